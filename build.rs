@@ -1,0 +1,321 @@
+//! Builds the kernels of `tf-kernels`:
+//!
+//! 1. nvcc → ONE fatbin holding every `kernels/*.cu` (SASS sm_80 + sm_90a and PTX
+//!    compute_80 by default), with the ptxas report saved and spills warned about.
+//!    No nvcc: the build still succeeds, `FATBIN` is `None`, one warning says how
+//!    to get it. Nothing is ever downloaded here.
+//! 2. g++ (cc crate) → the CPU SIMT emulator library running the same sources
+//!    (`kernels/emu/build_emu.rs`).
+//! 3. bindgen on `kernels/tf_kernels.h` → the Rust mirror of the params structs.
+
+#[path = "kernels/emu/build_emu.rs"]
+mod build_emu;
+#[allow(dead_code)]
+#[path = "xtask/src/toolchain.rs"]
+mod toolchain;
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Every environment variable this script reads (each gets `rerun-if-env-changed`).
+const ENV_VARS: &[&str] = &[
+    "NVCC",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "PATH",
+    "TF_CUDA_ARCHS",
+    "CUDA_COMPUTE_CAP",
+    "TF_NO_NVCC",
+    "LIBCLANG_PATH",
+];
+
+/// Default targets: SASS for Ampere and Hopper (sm_90a enables the arch-specific
+/// features later kernels may use), plus PTX for compute_80 so newer GPUs JIT.
+const DEFAULT_ARCHS: &str = "80,90a";
+
+/// nvcc flags shared by every compilation.
+const NVCC_FLAGS: &[&str] = &[
+    "-O3",
+    "-std=c++17",
+    "--threads",
+    "0",
+    "-Xptxas",
+    "-v",
+    "--expt-relaxed-constexpr",
+    "-Werror",
+    "all-warnings",
+];
+
+fn main() {
+    for v in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let kernels = root.join("kernels");
+    println!("cargo:rerun-if-changed=build.rs");
+    for f in walk(&kernels) {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+
+    let cu_files = kernel_sources(&kernels);
+    let fatbin = build_fatbin(&root, &out_dir, &cu_files);
+    write_generated(&out_dir, fatbin.as_ref());
+
+    run_bindgen(&root, &kernels, &out_dir);
+    if let Err(e) = build_emu::build(&build_emu::BuildEmu {
+        root: &root,
+        out_dir: &out_dir,
+    }) {
+        panic!("building the SIMT emulator failed:\n{e}");
+    }
+}
+
+/// All files under `dir`, recursively, sorted (for rerun-if-changed).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The product kernels: `kernels/*.cu` (not the emulator-only `kernels/test/`).
+fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(kernels)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "cu"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// `-gencode` flags for the arch list: SASS for every arch, PTX for the lowest.
+/// `TF_CUDA_ARCHS` ("90a" or "80,86,89,90a") wins over `CUDA_COMPUTE_CAP`
+/// (candle's single number, e.g. "90"), which wins over the default.
+fn gencode_flags() -> (String, Vec<String>) {
+    let list = env::var("TF_CUDA_ARCHS")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| {
+            env::var("CUDA_COMPUTE_CAP")
+                .ok()
+                .map(|s| s.trim().replace('.', ""))
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_ARCHS.to_string());
+    let archs: Vec<String> = list
+        .split(',')
+        .map(|s| s.trim().trim_start_matches("sm_").to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for a in &archs {
+        let digits = a.trim_end_matches('a');
+        if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
+            panic!("invalid CUDA arch '{a}' in '{list}': expected numbers like 80, 86, 90a");
+        }
+        if digits.parse::<u32>().unwrap_or(0) < 80 {
+            panic!("CUDA arch '{a}' is below 80: the kernels need sm_80 tensor-core instructions");
+        }
+    }
+    let mut flags = Vec::new();
+    for a in &archs {
+        flags.push("-gencode".to_string());
+        flags.push(format!("arch=compute_{a},code=sm_{a}"));
+    }
+    let lowest = archs
+        .iter()
+        .min_by_key(|a| a.trim_end_matches('a').parse::<u32>().unwrap_or(u32::MAX))
+        .expect("at least one arch");
+    if !lowest.ends_with('a') {
+        flags.push("-gencode".to_string());
+        flags.push(format!("arch=compute_{lowest},code=compute_{lowest}"));
+    }
+    (archs.join(","), flags)
+}
+
+struct Fatbin {
+    path: PathBuf,
+    ptxas: PathBuf,
+    archs: String,
+    nvcc_version: String,
+}
+
+/// Compiles every kernel into one fatbin through a generated unity source
+/// (`#include` of each `.cu`): one module, one load per context. File-local
+/// helpers therefore live in a per-file namespace.
+fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fatbin> {
+    if env::var_os("TF_NO_NVCC").is_some_and(|v| v != "0") {
+        println!("cargo:warning=TF_NO_NVCC is set: kernels not compiled for CUDA (FATBIN is None)");
+        return None;
+    }
+    if let Some(p) = env::var_os("NVCC").filter(|p| !Path::new(p).is_file()) {
+        println!("cargo:warning=NVCC={} is not a file; looking elsewhere", Path::new(&p).display());
+    }
+    let Some(nvcc) = toolchain::find_nvcc(root) else {
+        println!(
+            "cargo:warning=nvcc not found: CUDA kernels not built (FATBIN is None; the emulator still works). \
+             Run `cargo xtask setup` to install CUDA 13.0's nvcc into .toolchain/, or set NVCC / CUDA_HOME."
+        );
+        return None;
+    };
+    let (archs, gencode) = gencode_flags();
+    println!("cargo:warning=compiling kernels with {} for {archs}", nvcc.display());
+
+    let mut unity = String::from("// generated by build.rs: every kernels/*.cu in one module\n");
+    for f in cu_files {
+        writeln!(unity, "#include \"{}\"", f.display()).ok();
+    }
+    let unity_path = out_dir.join("tf_kernels_all.cu");
+    fs::write(&unity_path, unity).expect("write unity source");
+
+    let fatbin = out_dir.join("tf_kernels.fatbin");
+    let mut cmd = Command::new(&nvcc);
+    cmd.arg("-fatbin")
+        .args(NVCC_FLAGS)
+        .args(&gencode)
+        .arg("-I")
+        .arg(root.join("kernels"))
+        .arg("-I")
+        .arg(root.join("kernels/include"))
+        .arg("-o")
+        .arg(&fatbin)
+        .arg(&unity_path);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        panic!("nvcc failed ({}):\n{cmd:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+    }
+    let report = format!("{stdout}{stderr}");
+    let ptxas = out_dir.join("ptxas.txt");
+    fs::write(&ptxas, &report).expect("write ptxas report");
+    for line in spill_lines(&report) {
+        println!("cargo:warning=register spill: {line} (see {})", ptxas.display());
+    }
+    let nvcc_version = Command::new(&nvcc)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string())
+        .unwrap_or_default();
+    Some(Fatbin {
+        path: fatbin,
+        ptxas,
+        archs,
+        nvcc_version,
+    })
+}
+
+/// "function 'x' for 'sm_80': N bytes spill stores, M bytes spill loads" for every
+/// kernel whose ptxas entry reports a non-zero spill.
+fn spill_lines(report: &str) -> Vec<String> {
+    let mut current = String::new();
+    let mut out = Vec::new();
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function ").nth(1) {
+            current = rest.trim().to_string();
+        }
+        if line.contains("bytes spill stores") {
+            let nonzero = line
+                .split(',')
+                .filter(|p| p.contains("spill"))
+                .any(|p| p.split_whitespace().next().is_some_and(|n| n != "0"));
+            if nonzero {
+                out.push(format!("{current}: {}", line.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// `$OUT_DIR/kernels_gen.rs`: FATBIN, the ptxas report, the arch list.
+fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
+    let mut s = String::new();
+    match fatbin {
+        Some(f) => {
+            writeln!(s, "/// The fatbin of every kernel (SASS + PTX for {}).", f.archs).ok();
+            writeln!(
+                s,
+                "pub static FATBIN: Option<&[u8]> = Some(include_bytes!({:?}));",
+                f.path.display().to_string()
+            )
+            .ok();
+            writeln!(s, "/// ptxas' verbose report (registers, shared memory, spills per kernel and arch).").ok();
+            writeln!(
+                s,
+                "pub static PTXAS_REPORT: &str = include_str!({:?});",
+                f.ptxas.display().to_string()
+            )
+            .ok();
+            writeln!(s, "/// The CUDA archs compiled (SASS), comma-separated.").ok();
+            writeln!(s, "pub static CUDA_ARCHS: &str = {:?};", f.archs).ok();
+            writeln!(s, "/// nvcc's version line.").ok();
+            writeln!(s, "pub static NVCC_VERSION: &str = {:?};", f.nvcc_version).ok();
+        }
+        None => {
+            s.push_str("/// None: nvcc was not found when this crate was built.\n");
+            s.push_str("pub static FATBIN: Option<&[u8]> = None;\n");
+            s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
+            s.push_str("pub static PTXAS_REPORT: &str = \"\";\n");
+            s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
+            s.push_str("pub static CUDA_ARCHS: &str = \"\";\n");
+            s.push_str("/// Empty: nvcc was not found.\n");
+            s.push_str("pub static NVCC_VERSION: &str = \"\";\n");
+        }
+    }
+    fs::write(out_dir.join("kernels_gen.rs"), s).expect("write kernels_gen.rs");
+}
+
+/// bindgen over tf_kernels.h: only the project's `tf_*` names.
+fn run_bindgen(root: &Path, kernels: &Path, out_dir: &Path) {
+    let header = kernels.join("tf_kernels.h");
+    if env::var_os("LIBCLANG_PATH").is_none() {
+        if let Some(dir) = toolchain::find_libclang(root) {
+            // Runs before the emulator build starts its compiler threads, so no other
+            // thread reads the environment while it changes.
+            env::set_var("LIBCLANG_PATH", dir);
+        }
+    }
+    let bindings = bindgen::Builder::default()
+        .header(header.display().to_string())
+        .allowlist_type("tf_.*")
+        .allowlist_function("tf_.*")
+        .allowlist_var("TF_.*")
+        .derive_default(true)
+        .derive_debug(true)
+        .derive_copy(true)
+        .prepend_enum_name(false)
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .layout_tests(true)
+        .generate()
+        .unwrap_or_else(|e| {
+            panic!(
+                "bindgen failed on {}: {e}\nbindgen needs libclang: `cargo xtask setup` installs it \
+                 (or set LIBCLANG_PATH)",
+                header.display()
+            )
+        });
+    bindings
+        .write_to_file(out_dir.join("tf_kernels_sys.rs"))
+        .expect("write bindings");
+}

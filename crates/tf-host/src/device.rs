@@ -1,0 +1,361 @@
+//! Devices: a CUDA GPU (through cudarc) or the CPU SIMT emulator running the
+//! same kernel source. Both launch through [`Device::launch`] with the same
+//! geometry, computed by each op family's `plan`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use tf_kernels::emu;
+
+use crate::error::{Error, Result};
+
+/// Order in which the emulator runs the lanes of a warp (see DESIGN.md): tests
+/// vary it so that code relying on implicit warp lockstep fails.
+pub use tf_kernels::emu::LaneOrder;
+
+/// Options of the emulator backend.
+#[derive(Debug, Clone, Copy)]
+pub struct EmuOptions {
+    /// Lane order between warp rendezvous.
+    pub lane_order: LaneOrder,
+    /// Seed of the shuffled order; each launch uses `seed + launch index`.
+    pub seed: u64,
+    /// Worker OS threads running blocks; 0 = one per core.
+    pub os_threads: u32,
+}
+
+impl Default for EmuOptions {
+    fn default() -> Self {
+        EmuOptions {
+            lane_order: LaneOrder::Shuffled,
+            seed: 0x7f4a_7c15,
+            os_threads: 0,
+        }
+    }
+}
+
+/// Shared memory per block the emulator allows (the H100/H200 opt-in limit).
+const EMU_MAX_SMEM: u32 = tf_kernels::sys::TF_EMU_MAX_DYNAMIC_SMEM;
+/// Streaming multiprocessors the emulator reports, so launch geometry matches
+/// a GPU of the H100 class (plans must not depend on it for correctness).
+const EMU_SM_COUNT: u32 = 132;
+
+/// A device the kernels run on. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Device(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub(crate) backend: Backend,
+}
+
+pub(crate) enum Backend {
+    Cuda(CudaBackend),
+    Emulator(EmuBackend),
+}
+
+pub(crate) struct CudaBackend {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    blas: OnceLock<std::result::Result<Arc<CudaBlas>, String>>,
+    sm_count: u32,
+    max_smem_optin: u32,
+    name: String,
+}
+
+pub(crate) struct EmuBackend {
+    opts: EmuOptions,
+    launches: AtomicU64,
+}
+
+/// Grid, block and dynamic shared memory of one launch, as a plan computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, bytes.
+    pub smem: u32,
+}
+
+/// A kernel's params struct, passed by value. Implemented only for the
+/// bindgen-generated `tf_*_params` structs of `tf_kernels.h`.
+///
+/// # Safety
+/// The type must be `repr(C)`, `Copy`, and exactly the struct the kernel takes.
+pub(crate) unsafe trait KernelParams: Copy + 'static {}
+
+/// cudarc's `DeviceRepr` for a params struct (the struct is foreign to both
+/// crates, hence the transparent wrapper).
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct ParamsArg<P>(P);
+// SAFETY: ParamsArg is repr(transparent) over a repr(C) plain-data struct
+// (KernelParams' contract), which is what the kernel reads by value.
+unsafe impl<P: KernelParams> DeviceRepr for ParamsArg<P> {}
+
+/// One module per CUDA context, shared by every `Device` on that context.
+fn module_cache() -> &'static Mutex<HashMap<usize, Weak<CudaModule>>> {
+    static CACHE: OnceLock<Mutex<HashMap<usize, Weak<CudaModule>>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl Device {
+    /// The CUDA GPU `ordinal`, on its primary context and default stream.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        check_driver()?;
+        let count = CudaContext::device_count()?;
+        let count = usize::try_from(count).unwrap_or(0);
+        if ordinal >= count {
+            return Err(Error::NoDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        Self::from_stream(stream)
+    }
+
+    /// A device on a stream the caller owns (a program that already has a CUDA
+    /// context): every launch and copy of this `Device` goes to that stream.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Device> {
+        check_driver()?;
+        let fatbin = tf_kernels::FATBIN.ok_or(Error::KernelsNotBuilt)?;
+        let ctx = stream.context().clone();
+        let key = ctx.cu_ctx() as usize;
+        let module = {
+            let mut cache = module_cache().lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
+                    cache.insert(key, Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        let attr = |a| ctx.attribute(a).map(|v| u32::try_from(v).unwrap_or(0));
+        let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let max_smem_optin = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?;
+        let name = ctx.name()?;
+        Ok(Device(Arc::new(Inner {
+            backend: Backend::Cuda(CudaBackend {
+                ctx,
+                stream,
+                module,
+                functions: Mutex::new(HashMap::new()),
+                blas: OnceLock::new(),
+                sm_count,
+                max_smem_optin,
+                name,
+            }),
+        })))
+    }
+
+    /// The CPU SIMT emulator with default options (shuffled lane order).
+    pub fn emulator() -> Device {
+        Self::emulator_with(EmuOptions::default())
+    }
+
+    /// The CPU SIMT emulator with the given options.
+    pub fn emulator_with(opts: EmuOptions) -> Device {
+        Device(Arc::new(Inner {
+            backend: Backend::Emulator(EmuBackend {
+                opts,
+                launches: AtomicU64::new(0),
+            }),
+        }))
+    }
+
+    /// Whether this is a CUDA device (as opposed to the emulator).
+    pub fn is_cuda(&self) -> bool {
+        matches!(self.0.backend, Backend::Cuda(_))
+    }
+
+    /// A human-readable name: the GPU's, or "SIMT emulator".
+    pub fn name(&self) -> String {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.name.clone(),
+            Backend::Emulator(_) => "SIMT emulator (CPU)".to_string(),
+        }
+    }
+
+    /// Streaming multiprocessors (read from the device; a fixed H100-like
+    /// number on the emulator).
+    pub fn sm_count(&self) -> u32 {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.sm_count,
+            Backend::Emulator(_) => EMU_SM_COUNT,
+        }
+    }
+
+    /// Largest dynamic shared memory a block may opt in to, bytes.
+    pub fn max_smem_per_block(&self) -> u32 {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.max_smem_optin,
+            Backend::Emulator(_) => EMU_MAX_SMEM,
+        }
+    }
+
+    /// The CUDA stream, for interop (None on the emulator).
+    pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
+        match &self.0.backend {
+            Backend::Cuda(c) => Some(&c.stream),
+            Backend::Emulator(_) => None,
+        }
+    }
+
+    /// Waits for all work queued on this device (a no-op on the emulator,
+    /// whose launches are synchronous).
+    pub fn synchronize(&self) -> Result<()> {
+        if let Backend::Cuda(c) = &self.0.backend {
+            c.stream.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Whether two handles are the same device.
+    pub fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// cuBLAS on this device's stream, created on first use.
+    pub(crate) fn blas(&self) -> Result<Option<Arc<CudaBlas>>> {
+        let Backend::Cuda(c) = &self.0.backend else {
+            return Ok(None);
+        };
+        let b = c
+            .blas
+            .get_or_init(|| CudaBlas::new(c.stream.clone()).map(Arc::new).map_err(|e| e.to_string()));
+        match b {
+            Ok(b) => Ok(Some(b.clone())),
+            Err(e) => Err(Error::InvalidArgument {
+                op: "cublas",
+                msg: format!("cuBLAS could not be initialised: {e}"),
+            }),
+        }
+    }
+
+    /// Checks a geometry against the device's limits (the same limits a GPU
+    /// would enforce, so an emulator run fails where a GPU launch would).
+    pub(crate) fn check_geometry(&self, op: &'static str, g: &Geometry) -> Result<()> {
+        let threads = u64::from(g.block[0]) * u64::from(g.block[1]) * u64::from(g.block[2]);
+        if threads == 0 || threads > 1024 {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("block {:?} has {threads} threads; 1..=1024 allowed", g.block),
+            });
+        }
+        if g.grid.contains(&0) || g.grid[1] > 65535 || g.grid[2] > 65535 || g.grid[0] > i32::MAX as u32 {
+            return Err(Error::SizeOverflow {
+                op,
+                msg: format!("grid {:?} outside the CUDA limits (x < 2^31, y and z <= 65535, none 0)", g.grid),
+            });
+        }
+        if g.smem > self.max_smem_per_block() {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "needs {} bytes of shared memory per block; this device allows {}",
+                    g.smem,
+                    self.max_smem_per_block()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Launches `kernel` with `params` on this device.
+    ///
+    /// # Safety
+    /// Every pointer inside `params` must be valid for the accesses the kernel
+    /// makes with the sizes and strides inside `params` (the family's `plan`
+    /// checks this), on this device, and stay alive until the launch completes
+    /// (the caller holds the borrows; the emulator is synchronous, and CUDA
+    /// stream order protects later frees through cudarc's events).
+    pub(crate) unsafe fn launch<P: KernelParams>(
+        &self,
+        op: &'static str,
+        kernel: &'static str,
+        g: &Geometry,
+        params: &P,
+    ) -> Result<()> {
+        self.check_geometry(op, g)?;
+        match &self.0.backend {
+            Backend::Cuda(c) => {
+                let f = c.function(kernel)?;
+                if g.smem > 48 * 1024 {
+                    let smem = i32::try_from(g.smem).unwrap_or(i32::MAX);
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem,
+                    )?;
+                }
+                let cfg = LaunchConfig {
+                    grid_dim: (g.grid[0], g.grid[1], g.grid[2]),
+                    block_dim: (g.block[0], g.block[1], g.block[2]),
+                    shared_mem_bytes: g.smem,
+                };
+                let arg = ParamsArg(*params);
+                let mut b = c.stream.launch_builder(&f);
+                b.arg(&arg);
+                // SAFETY: the caller guarantees the pointers in `params`; the
+                // argument list is exactly the one params struct the kernel takes.
+                unsafe { b.launch(cfg) }?;
+                Ok(())
+            }
+            Backend::Emulator(e) => {
+                let n = e.launches.fetch_add(1, Ordering::Relaxed);
+                let cfg = emu::LaunchConfig {
+                    grid: g.grid,
+                    block: g.block,
+                    dynamic_smem_bytes: g.smem,
+                    lane_order: e.opts.lane_order,
+                    seed: e.opts.seed.wrapping_add(n),
+                    os_threads: e.opts.os_threads,
+                };
+                // SAFETY: the caller guarantees the pointers in `params` are host
+                // addresses valid for the kernel's accesses (emulator tensors
+                // live in host memory).
+                unsafe { emu::launch(kernel, &cfg, params) }.map_err(|e| Error::Emulator(e.to_string()))
+            }
+        }
+    }
+}
+
+impl CudaBackend {
+    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+        let mut fns = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = fns.get(kernel) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module
+            .load_function(kernel)
+            .map_err(|_| Error::MissingKernel(kernel.to_string()))?;
+        fns.insert(kernel, f.clone());
+        Ok(f)
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.name())
+    }
+}
+
+/// cudarc panics when libcuda is absent, so look for it first.
+fn check_driver() -> Result<()> {
+    // SAFETY: only probes whether the dynamic library can be loaded.
+    if unsafe { cudarc::driver::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err(Error::NoDriver)
+    }
+}

@@ -1,0 +1,32 @@
+//! `tf-host`: the API users link to run the TokenFormer kernels, on a CUDA GPU
+//! (through cudarc) or on the CPU SIMT emulator that runs the same kernel source.
+//!
+//! ```no_run
+//! use tf_host::{Device, Tensor};
+//! # fn main() -> tf_host::Result<()> {
+//! let dev = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
+//! let x: Tensor<f32> = dev.upload(&[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+//! assert_eq!(x.to_vec()?, vec![1.0, 2.0, 3.0, 4.0]);
+//! # Ok(()) }
+//! ```
+
+pub mod device;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+pub mod workspace;
+
+pub use device::{Device, EmuOptions, Geometry, LaneOrder};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use ops::grow::{grow_batch, GrowInit, GrowItem};
+pub use ops::linear::{linear, linear_into};
+pub use tensor::{Tensor, View, ViewMut};
+pub use workspace::Workspace;
+pub use half::{bf16, f16};
+
+/// The kernels' fatbin was compiled (nvcc was found at build time).
+pub fn cuda_kernels_built() -> bool {
+    tf_kernels::FATBIN.is_some()
+}

@@ -1,0 +1,428 @@
+//! Typed device tensors and strided views.
+//!
+//! A [`Tensor`] owns one contiguous buffer (device memory on CUDA, 256-byte
+//! aligned host memory on the emulator) and a row-major shape. Kernels take
+//! [`View`]s: a shape, element strides and an offset into a tensor, so a
+//! column block or a head of a fused QKV buffer is passed without a copy.
+
+use std::alloc::Layout;
+use std::ptr::NonNull;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop, ValidAsZeroBits};
+
+use crate::device::{Backend, Device};
+use crate::dtype::DType;
+use crate::error::{checked_product, Error, Result};
+
+/// Host memory of the emulator backend: zeroed, 256-byte aligned (as
+/// cudaMalloc is), so the kernels' 16-byte vector accesses are legal.
+pub(crate) struct HostBuf<T> {
+    ptr: NonNull<T>,
+    len: usize,
+    layout: Layout,
+}
+
+// SAFETY: HostBuf owns its allocation exclusively, like Vec<T>.
+unsafe impl<T: Send> Send for HostBuf<T> {}
+// SAFETY: shared access only reads, like &[T].
+unsafe impl<T: Sync> Sync for HostBuf<T> {}
+
+const HOST_ALIGN: usize = 256;
+
+impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
+    pub(crate) fn zeroed(len: usize) -> Result<Self> {
+        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| Error::SizeOverflow {
+            op: "alloc",
+            msg: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
+        })?;
+        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN).map_err(|e| Error::SizeOverflow {
+            op: "alloc",
+            msg: format!("{bytes} bytes: {e}"),
+        })?;
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| Error::SizeOverflow {
+            op: "alloc",
+            msg: format!("host allocation of {bytes} bytes failed"),
+        })?;
+        Ok(HostBuf { ptr, len, layout })
+    }
+
+    pub(crate) fn addr(&self) -> u64 {
+        self.ptr.as_ptr() as u64
+    }
+
+    pub(crate) fn as_slice(&self) -> &[T] {
+        // SAFETY: ptr is valid for len zero-initialised (valid: DType is
+        // ValidAsZeroBits) elements, owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as above, and &mut self gives exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for HostBuf<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with exactly this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+    }
+}
+
+pub(crate) enum Buffer<T> {
+    Cuda(CudaSlice<T>),
+    Host(HostBuf<T>),
+}
+
+/// A device tensor of storage type `T`, contiguous, row-major.
+pub struct Tensor<T: DType> {
+    dev: Device,
+    buf: Buffer<T>,
+    shape: Vec<usize>,
+}
+
+impl<T: DType> std::fmt::Debug for Tensor<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor<{}>{:?} on {:?}", T::NAME, self.shape, self.dev)
+    }
+}
+
+/// A device address held for one launch, and the cudarc guard that orders the
+/// stream after earlier writes (dropped after the launch is queued).
+pub(crate) struct DevPtr<'a> {
+    pub(crate) addr: u64,
+    pub(crate) _guard: Option<SyncOnDrop<'a>>,
+}
+
+impl Device {
+    /// A zero-filled tensor.
+    pub fn zeros<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("zeros", shape)?;
+        let buf = match &self.0.backend {
+            Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len)?),
+            Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
+        };
+        Ok(Tensor {
+            dev: self.clone(),
+            buf,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor holding `data` (row-major) with the given shape.
+    pub fn upload<T: DType>(&self, data: &[T], shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("upload", shape)?;
+        if len != data.len() {
+            return Err(Error::Shape {
+                op: "upload",
+                msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
+            });
+        }
+        let buf = match &self.0.backend {
+            Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data)?),
+            Backend::Emulator(_) => {
+                let mut b = HostBuf::zeroed(len)?;
+                b.as_mut_slice().copy_from_slice(data);
+                Buffer::Host(b)
+            }
+        };
+        Ok(Tensor {
+            dev: self.clone(),
+            buf,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// A tensor filled with NaN: what tests give kernels as output, so an
+    /// element the kernel fails to write is seen.
+    pub fn poisoned<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("poisoned", shape)?;
+        self.upload(&vec![T::NAN; len], shape)
+    }
+}
+
+impl<T: DType> Tensor<T> {
+    /// Wraps a caller's CUDA buffer (interop). The device must be the one the
+    /// slice was allocated on.
+    pub fn from_cuda_slice(dev: &Device, slice: CudaSlice<T>, shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("from_cuda_slice", shape)?;
+        if len != slice.len() {
+            return Err(Error::Shape {
+                op: "from_cuda_slice",
+                msg: format!("shape {shape:?} has {len} elements but the slice has {}", slice.len()),
+            });
+        }
+        match &dev.0.backend {
+            Backend::Cuda(c) if std::sync::Arc::ptr_eq(slice.context(), &c.ctx) => Ok(Tensor {
+                dev: dev.clone(),
+                buf: Buffer::Cuda(slice),
+                shape: shape.to_vec(),
+            }),
+            _ => Err(Error::DeviceMismatch { op: "from_cuda_slice" }),
+        }
+    }
+
+    /// The CUDA buffer (None on the emulator).
+    pub fn as_cuda_slice(&self) -> Option<&CudaSlice<T>> {
+        match &self.buf {
+            Buffer::Cuda(s) => Some(s),
+            Buffer::Host(_) => None,
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match &self.buf {
+            Buffer::Cuda(s) => s.len(),
+            Buffer::Host(h) => h.len,
+        }
+    }
+
+    /// Whether the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The device it lives on.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// Copies the contents to the host (waits for queued work).
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        match (&self.buf, &self.dev.0.backend) {
+            (Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.clone_dtoh(s)?),
+            (Buffer::Host(h), _) => Ok(h.as_slice().to_vec()),
+            _ => Err(Error::DeviceMismatch { op: "to_vec" }),
+        }
+    }
+
+    /// Overwrites the contents with `data` (same number of elements).
+    pub fn write(&mut self, data: &[T]) -> Result<()> {
+        if data.len() != self.len() {
+            return Err(Error::Shape {
+                op: "write",
+                msg: format!("tensor {:?} has {} elements but {} were given", self.shape, self.len(), data.len()),
+            });
+        }
+        match (&mut self.buf, &self.dev.0.backend) {
+            (Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.memcpy_htod(data, s)?),
+            (Buffer::Host(h), _) => {
+                h.as_mut_slice().copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(Error::DeviceMismatch { op: "write" }),
+        }
+    }
+
+    /// The same tensor with another shape of equal element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("reshape", shape)?;
+        if len != self.len() {
+            return Err(Error::Shape {
+                op: "reshape",
+                msg: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.len()),
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// A view of the whole tensor.
+    pub fn view(&self) -> View<'_, T> {
+        View {
+            t: self,
+            offset: 0,
+            shape: self.shape.clone(),
+            strides: contiguous_strides(&self.shape),
+        }
+    }
+
+    /// A mutable view of the whole tensor.
+    pub fn view_mut(&mut self) -> ViewMut<'_, T> {
+        let shape = self.shape.clone();
+        let strides = contiguous_strides(&shape);
+        ViewMut {
+            t: self,
+            offset: 0,
+            shape,
+            strides,
+        }
+    }
+
+    /// A strided view: element `[i0, i1, ..]` is at `offset + Σ i_k·strides[k]`.
+    /// Errors if any element lies outside the tensor.
+    pub fn strided(&self, offset: usize, shape: &[usize], strides: &[usize]) -> Result<View<'_, T>> {
+        check_strided(self.len(), offset, shape, strides)?;
+        Ok(View {
+            t: self,
+            offset,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+        })
+    }
+
+    /// A mutable strided view (see [`Tensor::strided`]). Overlapping elements
+    /// (a zero stride) are rejected for outputs.
+    pub fn strided_mut(&mut self, offset: usize, shape: &[usize], strides: &[usize]) -> Result<ViewMut<'_, T>> {
+        check_strided(self.len(), offset, shape, strides)?;
+        if shape.iter().zip(strides).any(|(&d, &s)| d > 1 && s == 0) {
+            return Err(Error::Shape {
+                op: "strided_mut",
+                msg: format!("zero stride in {strides:?} for shape {shape:?}: outputs may not alias"),
+            });
+        }
+        Ok(ViewMut {
+            t: self,
+            offset,
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+        })
+    }
+}
+
+fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1].saturating_mul(shape[i + 1]);
+    }
+    s
+}
+
+fn check_strided(len: usize, offset: usize, shape: &[usize], strides: &[usize]) -> Result<()> {
+    if shape.len() != strides.len() {
+        return Err(Error::Shape {
+            op: "strided",
+            msg: format!("shape {shape:?} and strides {strides:?} differ in rank"),
+        });
+    }
+    if shape.contains(&0) {
+        return if offset <= len {
+            Ok(())
+        } else {
+            Err(Error::Shape {
+                op: "strided",
+                msg: format!("offset {offset} past the tensor's {len} elements"),
+            })
+        };
+    }
+    let mut last = offset;
+    for (&d, &s) in shape.iter().zip(strides) {
+        last = (d - 1)
+            .checked_mul(s)
+            .and_then(|x| x.checked_add(last))
+            .ok_or_else(|| Error::SizeOverflow {
+                op: "strided",
+                msg: format!("shape {shape:?} with strides {strides:?} overflows"),
+            })?;
+    }
+    if last >= len {
+        return Err(Error::Shape {
+            op: "strided",
+            msg: format!(
+                "view offset {offset}, shape {shape:?}, strides {strides:?} reaches element {last} of a tensor of {len}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A read-only strided view of a tensor (what kernels take as input).
+#[derive(Clone)]
+pub struct View<'a, T: DType> {
+    t: &'a Tensor<T>,
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+/// A writable strided view of a tensor (what kernels take as output).
+pub struct ViewMut<'a, T: DType> {
+    t: &'a mut Tensor<T>,
+    offset: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+macro_rules! view_common {
+    ($ty:ident) => {
+        impl<'a, T: DType> $ty<'a, T> {
+            /// The shape.
+            pub fn shape(&self) -> &[usize] {
+                &self.shape
+            }
+            /// Element strides, one per axis.
+            pub fn strides(&self) -> &[usize] {
+                &self.strides
+            }
+            /// Element offset into the tensor.
+            pub fn offset(&self) -> usize {
+                self.offset
+            }
+            /// The device.
+            pub fn device(&self) -> &Device {
+                &self.t.dev
+            }
+            /// Whether the last axis is contiguous (stride 1, or length <= 1).
+            pub fn inner_contiguous(&self) -> bool {
+                match (self.shape.last(), self.strides.last()) {
+                    (Some(&d), Some(&s)) => s == 1 || d <= 1,
+                    _ => true,
+                }
+            }
+        }
+    };
+}
+view_common!(View);
+view_common!(ViewMut);
+
+impl<'a, T: DType> View<'a, T> {
+    /// The device address of the view's first element, for one launch.
+    pub(crate) fn ptr(&self) -> DevPtr<'a> {
+        let t: &'a Tensor<T> = self.t;
+        let off = (self.offset * std::mem::size_of::<T>()) as u64;
+        match (&t.buf, &t.dev.0.backend) {
+            (Buffer::Cuda(s), Backend::Cuda(c)) => {
+                let (p, g) = s.device_ptr(&c.stream);
+                DevPtr {
+                    addr: p + off,
+                    _guard: Some(g),
+                }
+            }
+            (Buffer::Host(h), _) => DevPtr {
+                addr: h.ptr.as_ptr() as u64 + off,
+                _guard: None,
+            },
+            (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
+        }
+    }
+}
+
+impl<'a, T: DType> ViewMut<'a, T> {
+    /// The device address of the view's first element, for one launch.
+    pub(crate) fn ptr_mut(&mut self) -> DevPtr<'_> {
+        let off = (self.offset * std::mem::size_of::<T>()) as u64;
+        let t = &mut *self.t;
+        match (&mut t.buf, &t.dev.0.backend) {
+            (Buffer::Cuda(s), Backend::Cuda(c)) => {
+                let (p, g) = s.device_ptr_mut(&c.stream);
+                DevPtr {
+                    addr: p + off,
+                    _guard: Some(g),
+                }
+            }
+            (Buffer::Host(h), _) => DevPtr {
+                addr: h.ptr.as_ptr() as u64 + off,
+                _guard: None,
+            },
+            (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
+        }
+    }
+}
