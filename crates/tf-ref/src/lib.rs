@@ -12,7 +12,9 @@
 //!   counter-based Philox4x32-10 normal initialiser ([`philox4x32_10`],
 //!   [`philox_normal`]) that the GPU and the emulator reproduce;
 //! - [`linear`]: the dense baseline `y = x·wᵀ`;
-//! - [`golden`]: golden safetensors files for other implementations to check against.
+//! - [`golden`]: golden safetensors files for other implementations to check against;
+//! - the whole model ([`model_forward`], [`block_forward`], [`layer_norm`], [`rotary`],
+//!   [`TokenformerConfig`], [`ModelParams`] with init, growth and safetensors checkpoints).
 //!
 //! Every input element is converted to f64 (exactly, for f32/f16/bf16) and all
 //! arithmetic is done in f64; outputs are returned in f64 ([`Mat`], [`AttnOut`]).
@@ -45,6 +47,7 @@ mod error;
 mod gelu;
 pub mod golden;
 mod grow;
+mod model;
 mod pattention;
 mod philox;
 
@@ -53,6 +56,10 @@ pub use element::{Element, Mat, MatRef};
 pub use error::{Error, Result};
 pub use gelu::{erf, erfc, gelu};
 pub use grow::{grow, Init};
+pub use model::{
+    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams,
+    ModelParams, Slot, TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
+};
 pub use pattention::{linear, pattention, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};
 
