@@ -57,6 +57,8 @@ fn main() {
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernels = root.join("kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    // The folder itself too, so a NEW kernel file triggers a rebuild.
+    println!("cargo:rerun-if-changed={}", kernels.display());
     for f in walk(&kernels) {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -50,12 +50,20 @@ pub struct PtxasEntry {
 pub fn parse_ptxas(report: &str) -> Vec<PtxasEntry> {
     let mut out: Vec<PtxasEntry> = Vec::new();
     let mut cur: Option<PtxasEntry> = None;
+    // The number right before `word`, skipping one "bytes" ("1024 bytes smem").
     let num_before = |line: &str, word: &str| -> u64 {
-        let toks: Vec<&str> = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
-        toks.windows(2)
-            .filter(|w| w[1].starts_with(word))
-            .filter_map(|w| w[0].parse::<u64>().ok())
-            .sum()
+        let toks: Vec<&str> = line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|t| !t.is_empty())
+            .collect();
+        let mut total = 0;
+        for (i, t) in toks.iter().enumerate() {
+            if t.starts_with(word) && i > 0 {
+                let j = if toks[i - 1] == "bytes" && i > 1 { i - 2 } else { i - 1 };
+                total += toks[j].parse::<u64>().unwrap_or(0);
+            }
+        }
+        total
     };
     for line in report.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {

@@ -1,0 +1,183 @@
+//! The CPU SIMT emulator: runs the kernels of `kernels/*.cu` (and the emulator's
+//! test kernels of `kernels/test/*.cu`), compiled as C++ by g++, on the CPU.
+//!
+//! A launch names the kernel and passes its params struct (the `tf_*_params` of
+//! [`crate::sys`]) by value, exactly as through cudarc; pointers in the params are
+//! host addresses. The emulator checks what a GPU leaves undefined (barriers some
+//! threads skip, warp collectives with inconsistent masks, misaligned or
+//! out-of-window `ldmatrix`/`cp.async` addresses, reads of shared memory before a
+//! write show 0xFF poison) and reports each as an [`EmuError`] naming the kernel,
+//! block, thread and source line. See `kernels/emu/README.md`.
+//!
+//! ```no_run
+//! use tf_kernels::emu::{launch, LaunchConfig};
+//! # let params = tf_kernels::sys::tf_grow_params::default();
+//! let cfg = LaunchConfig::new([4, 1, 1], [256, 1, 1]);
+//! // SAFETY: every pointer in `params` is valid for what the kernel does with it.
+//! unsafe { launch("grow_rows", &cfg, &params) }.expect("launch");
+//! ```
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::fmt;
+
+use crate::sys;
+
+/// The order in which the lanes of a warp run between rendezvous points.
+///
+/// Code that relies on implicit warp lockstep (no `__syncwarp` between a write and
+/// another lane's read) gives different results under different orders; correct
+/// code gives the same results under all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LaneOrder {
+    /// Lane 0 first, warp 0 first.
+    #[default]
+    Forward,
+    /// Lane 31 first, the last warp first.
+    Reverse,
+    /// A permutation drawn from the launch's seed, redrawn at every rendezvous.
+    Shuffled,
+}
+
+impl LaneOrder {
+    fn raw(self) -> i32 {
+        // The values of `tf_emu_lane_order` in kernels/tf_kernels.h.
+        match self {
+            LaneOrder::Forward => 0,
+            LaneOrder::Reverse => 1,
+            LaneOrder::Shuffled => 2,
+        }
+    }
+}
+
+/// The geometry and scheduling of one emulator launch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// gridDim (x, y, z).
+    pub grid: [u32; 3],
+    /// blockDim (x, y, z): at most 1024 threads.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block in bytes (at most 227 KiB).
+    pub dynamic_smem_bytes: u32,
+    /// The lane order of every warp.
+    pub lane_order: LaneOrder,
+    /// Seed of the shuffled lane order.
+    pub seed: u64,
+    /// Worker OS threads running blocks; 0 = one per core.
+    pub os_threads: u32,
+}
+
+impl LaunchConfig {
+    /// `grid` blocks of `block` threads, no dynamic shared memory, forward lane
+    /// order, one worker per core.
+    pub fn new(grid: [u32; 3], block: [u32; 3]) -> Self {
+        LaunchConfig {
+            grid,
+            block,
+            dynamic_smem_bytes: 0,
+            lane_order: LaneOrder::Forward,
+            seed: 0,
+            os_threads: 0,
+        }
+    }
+}
+
+impl Default for LaunchConfig {
+    fn default() -> Self {
+        LaunchConfig::new([1, 1, 1], [1, 1, 1])
+    }
+}
+
+/// A launch the emulator refused or a kernel that failed while running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmuError {
+    /// `tf_emu_launch`'s code: 1 invalid launch, 2 the kernel failed, 3 internal;
+    /// -1 when the launch was not attempted (e.g. a NUL in the kernel name).
+    pub code: i32,
+    /// What went wrong, naming the kernel, block, thread and source line where known.
+    pub message: String,
+}
+
+impl fmt::Display for EmuError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EmuError {}
+
+/// Runs `kernel` to completion on the emulator with `params` passed by value.
+///
+/// Fails, without running anything, on an unknown kernel, a params size that is
+/// not the kernel's, or a configuration a GPU rejects (more than 1024 threads,
+/// too much dynamic shared memory, a zero dimension); fails after running on a
+/// kernel error (divergent barrier, deadlock, misaligned `ldmatrix`, ...).
+///
+/// # Safety
+///
+/// The kernel dereferences the host addresses in `params` as it would device
+/// addresses on a GPU: every pointer it reads must be valid for reads, and every
+/// pointer it writes valid for writes, of everything the kernel touches for this
+/// configuration, for the duration of the call, with no other Rust reference to the
+/// written memory alive meanwhile. Several blocks run at once on different OS
+/// threads, so memory written by one block and accessed by another must be
+/// accessed atomically by the kernel (as on a GPU).
+pub unsafe fn launch<P: Copy>(
+    kernel: &str,
+    cfg: &LaunchConfig,
+    params: &P,
+) -> Result<(), EmuError> {
+    let name = CString::new(kernel).map_err(|_| EmuError {
+        code: -1,
+        message: format!("kernel name {kernel:?} contains a NUL byte"),
+    })?;
+    let args = sys::tf_emu_launch_args {
+        kernel: name.as_ptr(),
+        grid: cfg.grid,
+        block: cfg.block,
+        dynamic_smem_bytes: cfg.dynamic_smem_bytes,
+        params: (params as *const P).cast::<c_void>(),
+        params_bytes: std::mem::size_of::<P>(),
+        lane_order: cfg.lane_order.raw(),
+        seed: cfg.seed,
+        os_threads: cfg.os_threads,
+    };
+    // SAFETY: `args` points at live data (the name and params outlive the call) and
+    // `err` is a writable buffer of the length passed; what the kernel does with the
+    // params is the caller's contract (see # Safety).
+    unsafe { launch_raw(&args) }
+}
+
+/// [`launch`] from already-built arguments.
+///
+/// # Safety
+///
+/// As [`launch`]; in addition `args.kernel` is null or a NUL-terminated string and
+/// `args.params` points at `args.params_bytes` readable bytes.
+pub unsafe fn launch_raw(args: &sys::tf_emu_launch_args) -> Result<(), EmuError> {
+    let mut err = vec![0u8; 4096];
+    // SAFETY: per this function's contract; `err` is writable for its length.
+    let code = unsafe { sys::tf_emu_launch(args, err.as_mut_ptr().cast::<c_char>(), err.len()) };
+    if code == 0 {
+        return Ok(());
+    }
+    let message = CStr::from_bytes_until_nul(&err)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| String::from_utf8_lossy(&err).into_owned());
+    Err(EmuError { code, message })
+}
+
+/// The names of every kernel the emulator can launch, in registry order.
+pub fn kernel_names() -> Vec<String> {
+    // SAFETY: plain queries of a static table; names are static NUL-terminated strings.
+    let n = unsafe { sys::tf_emu_kernel_count() };
+    (0..n)
+        .filter_map(|i| {
+            // SAFETY: i < count, so the pointer is a valid static C string (or null).
+            let p = unsafe { sys::tf_emu_kernel_name(i) };
+            (!p.is_null()).then(|| {
+                // SAFETY: non-null, NUL-terminated, 'static.
+                unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+            })
+        })
+        .collect()
+}
