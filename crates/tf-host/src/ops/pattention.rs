@@ -1,0 +1,538 @@
+//! Pattention forward (kernels/pattention*.cu): `Y = Θ(X·K_Pᵀ)·V_P` with the
+//! three official row normalisations, on tensor cores for f16/bf16 and a SIMT
+//! path for f32.
+//!
+//! Follows the pattern of every op family: [`plan`] does ALL validation, the
+//! workspace layout and the launch geometry (the same for CUDA and the
+//! emulator); [`pattention_into`] only gathers pointers and launches.
+//!
+//! The kernels need scratch memory (scaled scores `h`, per-row statistics and,
+//! for small `t`, partial outputs) sized by [`pattention_workspace_bytes`]; a
+//! caller may keep one [`Workspace`] and pass it to every call.
+
+use tf_kernels::sys;
+
+use crate::device::{Device, Geometry, KernelParams};
+use crate::dtype::DType;
+use crate::error::{to_i64, to_u32, Error, Result};
+use crate::tensor::{Tensor, View, ViewMut};
+use crate::workspace::Workspace;
+
+const OP: &str = "pattention";
+
+// SAFETY: bindgen-generated repr(C) plain-data struct taken by value by every
+// pattention_* kernel.
+unsafe impl KernelParams for sys::tf_pattention_params {}
+
+/// Width of an n-tile of the statistics (`TF_PATTENTION_TILE_N`).
+const TILE_N: usize = sys::TF_PATTENTION_TILE_N as usize;
+/// Largest `t` of the decode path (`TF_PATTENTION_DECODE_MAX_T`).
+const DECODE_MAX_T: usize = sys::TF_PATTENTION_DECODE_MAX_T as usize;
+/// Alignment of each workspace region (`TF_PATTENTION_WS_ALIGN`).
+const WS_ALIGN: usize = sys::TF_PATTENTION_WS_ALIGN as usize;
+/// Rows per CTA of the tensor-core scores/out kernels (their `Traits::kBM`).
+const MMA_ROWS: usize = 128;
+/// Rows per CTA of the f32 SIMT scores/out kernels (`SimtTraits::kBM`).
+const SIMT_ROWS: usize = 64;
+/// Output columns per CTA of the out, decode and combine kernels.
+const COLS: usize = 128;
+/// Rows (warps) per CTA of pattention_rows (`kRowsWarps`).
+const ROWS_PER_CTA: usize = 8;
+
+/// The row normalisation Θ (TOKENFORMER.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Norm {
+    /// `S_ij = gelu(A_ij · sqrt(n_ref) / (‖A_i‖ + eps))`: every released config.
+    #[default]
+    L2NormGelu,
+    /// `G = gelu(A)`, `S_ij = G_ij · sqrt(n_ref) / (‖G_i‖ + eps)`.
+    GeluL2Norm,
+    /// `S_ij = n_ref · softmax(A_i)_j` (computed stably; `eps` unused).
+    Softmax,
+}
+
+impl Norm {
+    /// All variants.
+    pub const ALL: [Norm; 3] = [Norm::L2NormGelu, Norm::GeluL2Norm, Norm::Softmax];
+
+    pub(crate) fn code(self) -> sys::tf_norm {
+        match self {
+            Norm::L2NormGelu => sys::TF_NORM_L2_NORM_GELU,
+            Norm::GeluL2Norm => sys::TF_NORM_GELU_L2_NORM,
+            Norm::Softmax => sys::TF_NORM_SOFTMAX,
+        }
+    }
+}
+
+/// Options of [`pattention`]. The default is the official configuration:
+/// `l2_norm_gelu`, `n_ref` = the current token count, no epsilon.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct PattentionOptions {
+    /// The row normalisation.
+    pub norm: Norm,
+    /// Pinned reference token count (`sqrt(n_ref)`, `n_ref·`); `None` = `n`.
+    /// `Some(0)` is an error.
+    pub n_ref: Option<usize>,
+    /// Added to the row norm of the two L2 variants; finite and >= 0.
+    pub eps: f32,
+}
+
+/// Checks `opts` and returns the factor the kernels apply with `n` tokens:
+/// `sqrt(n_ref)` for the two L2 norms, `n_ref` for softmax (`n_ref` = `n`
+/// unless pinned).
+pub(crate) fn norm_scale(op: &'static str, opts: &PattentionOptions, n: usize) -> Result<f32> {
+    if !(opts.eps.is_finite() && opts.eps >= 0.0) {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("eps must be finite and >= 0, got {}", opts.eps),
+        });
+    }
+    let n_ref = match opts.n_ref {
+        None => n,
+        Some(0) => {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: "n_ref must be >= 1, got 0".into(),
+            })
+        }
+        Some(r) => r,
+    };
+    let scale = match opts.norm {
+        Norm::Softmax => n_ref as f64,
+        _ => (n_ref as f64).sqrt(),
+    } as f32;
+    if !scale.is_finite() {
+        return Err(Error::InvalidArgument {
+            op,
+            msg: format!("n_ref = {n_ref} is too large for an f32 scale"),
+        });
+    }
+    Ok(scale)
+}
+
+/// Which kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PattentionPath {
+    /// scores, rows, out (t > 64 or f32).
+    Tiled,
+    /// decode (+ scores first for l2_norm_gelu), combine (f16/bf16, t <= 64).
+    Decode,
+}
+
+/// Byte offsets of the workspace regions (tf_kernels.h, `tf_pattention_params`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceLayout {
+    /// `h` [t, h_stride] in the storage type.
+    pub h: usize,
+    /// `stats` [t, n_tiles] float2.
+    pub stats: usize,
+    /// `rowf` [t] float2.
+    pub rowf: usize,
+    /// `partial` [n_tiles, t, d_out] f32 (decode only; else = total).
+    pub partial: usize,
+    /// Total bytes.
+    pub total: usize,
+}
+
+/// One kernel launch of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// The kernel's name.
+    pub kernel: &'static str,
+    /// Its geometry.
+    pub geometry: Geometry,
+}
+
+/// What [`plan`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PattentionPlan {
+    /// Tokens (rows of x and y).
+    pub t: usize,
+    /// Parameter tokens.
+    pub n: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+    /// The path taken.
+    pub path: PattentionPath,
+    /// The workspace layout (bytes).
+    pub workspace: WorkspaceLayout,
+    /// Launches in order (empty when t = 0 or d_out = 0).
+    pub launches: Vec<Launch>,
+    /// `sqrt(n_ref)` (L2 norms) or `n_ref` (softmax), as the kernels take it.
+    pub scale: f32,
+    /// Row stride of h (elements).
+    pub h_stride: usize,
+    /// Number of n-tiles.
+    pub n_tiles: usize,
+    /// Decode: output columns per CTA.
+    pub decode_cols: usize,
+}
+
+/// Whether (dtype, t) takes the decode path.
+fn is_decode<T: DType>(t: usize) -> bool {
+    T::NAME != "f32" && t <= DECODE_MAX_T
+}
+
+fn round_up(op: &'static str, v: usize, m: usize) -> Result<usize> {
+    v.checked_next_multiple_of(m).ok_or_else(|| Error::SizeOverflow {
+        op,
+        msg: format!("{v} rounded up to a multiple of {m}"),
+    })
+}
+
+fn bytes_of(what: &str, dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::SizeOverflow {
+            op: OP,
+            msg: format!("workspace {what}: product of {dims:?} overflows"),
+        })
+}
+
+/// The workspace layout for storage type `T` and shapes (t, n, d_out): the one
+/// formula of tf_kernels.h (`tf_pattention_params`).
+pub fn workspace_layout<T: DType>(t: usize, n: usize, d_out: usize) -> Result<WorkspaceLayout> {
+    let n_tiles = n.div_ceil(TILE_N);
+    let h_stride = round_up(OP, n, 8)?;
+    let add = |a: usize, b: usize| {
+        a.checked_add(b).ok_or_else(|| Error::SizeOverflow {
+            op: OP,
+            msg: "workspace size overflows".into(),
+        })
+    };
+    let h_bytes = round_up(OP, bytes_of("h", &[t, h_stride, std::mem::size_of::<T>()])?, WS_ALIGN)?;
+    let stats_bytes = round_up(OP, bytes_of("stats", &[t, n_tiles, 8])?, WS_ALIGN)?;
+    let rowf_bytes = round_up(OP, bytes_of("rowf", &[t, 8])?, WS_ALIGN)?;
+    let partial_bytes = if is_decode::<T>(t) {
+        round_up(OP, bytes_of("partial", &[n_tiles, t, d_out, 4])?, WS_ALIGN)?
+    } else {
+        0
+    };
+    let stats = h_bytes;
+    let rowf = add(stats, stats_bytes)?;
+    let partial = add(rowf, rowf_bytes)?;
+    let total = add(partial, partial_bytes)?;
+    Ok(WorkspaceLayout {
+        h: 0,
+        stats,
+        rowf,
+        partial,
+        total,
+    })
+}
+
+/// Bytes of workspace one pattention call with storage type `T`, `t` tokens,
+/// `n` parameter tokens and output width `d_out` needs.
+pub fn pattention_workspace_bytes<T: DType>(t: usize, n: usize, d_out: usize) -> Result<usize> {
+    Ok(workspace_layout::<T>(t, n, d_out)?.total)
+}
+
+/// Kernel names, built in this one place.
+fn kernel_name<T: DType>(stage: &str) -> &'static str {
+    match (stage, T::NAME) {
+        ("scores", "f32") => "pattention_scores_f32",
+        ("scores", "f16") => "pattention_scores_f16",
+        ("scores", _) => "pattention_scores_bf16",
+        ("rows", "f32") => "pattention_rows_f32",
+        ("rows", "f16") => "pattention_rows_f16",
+        ("rows", _) => "pattention_rows_bf16",
+        ("out", "f32") => "pattention_out_f32",
+        ("out", "f16") => "pattention_out_f16",
+        ("out", _) => "pattention_out_bf16",
+        ("decode", "f16") => "pattention_decode_f16",
+        ("decode", _) => "pattention_decode_bf16",
+        ("combine", "f16") => "pattention_combine_f16",
+        (_, _) => "pattention_combine_bf16",
+    }
+}
+
+fn shape_err(msg: String) -> Error {
+    Error::Shape { op: OP, msg }
+}
+
+/// Checks one operand: 2-D, contiguous rows, and for 16-bit types a 16-byte
+/// aligned start and a row stride that is a multiple of 8 elements.
+fn check_operand<T: DType>(name: &str, shape: &[usize], strides: &[usize], offset: usize, inner: bool) -> Result<(usize, usize, usize)> {
+    let &[rows, cols] = shape else {
+        return Err(shape_err(format!("{name} must be 2-D, got shape {shape:?}")));
+    };
+    if !inner {
+        return Err(shape_err(format!("{name} rows must be contiguous (last stride 1), strides {strides:?}")));
+    }
+    let stride = strides[0];
+    if std::mem::size_of::<T>() == 2 {
+        let start = offset.saturating_mul(2);
+        if start % 16 != 0 {
+            return Err(Error::Alignment {
+                op: OP,
+                msg: format!(
+                    "{name} starts at element {offset}: {} storage needs a 16-byte aligned start (a multiple of 8 elements)",
+                    T::NAME
+                ),
+            });
+        }
+        if rows > 1 && stride % 8 != 0 {
+            return Err(Error::Alignment {
+                op: OP,
+                msg: format!(
+                    "{name} row stride {stride} elements: {} storage needs a multiple of 8 (16-byte rows)",
+                    T::NAME
+                ),
+            });
+        }
+    }
+    Ok((rows, cols, stride))
+}
+
+/// Validates the operands and options and computes the workspace layout and
+/// every launch. `workspace` is the size of a caller's workspace, if any.
+pub fn plan<T: DType>(
+    dev: &Device,
+    x: &View<'_, T>,
+    k_p: &View<'_, T>,
+    v_p: &View<'_, T>,
+    y: &ViewMut<'_, T>,
+    opts: &PattentionOptions,
+    workspace: Option<usize>,
+) -> Result<PattentionPlan> {
+    for d in [x.device(), k_p.device(), v_p.device(), y.device()] {
+        if !d.same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let (t, d_in, xs) = check_operand::<T>("x", x.shape(), x.strides(), x.offset(), x.inner_contiguous())?;
+    let (n, k_in, ks) = check_operand::<T>("k_p", k_p.shape(), k_p.strides(), k_p.offset(), k_p.inner_contiguous())?;
+    let (vn, d_out, vs) = check_operand::<T>("v_p", v_p.shape(), v_p.strides(), v_p.offset(), v_p.inner_contiguous())?;
+    let (yt, yo, ys) = check_operand::<T>("y", y.shape(), y.strides(), y.offset(), y.inner_contiguous())?;
+    if k_in != d_in {
+        return Err(shape_err(format!("x is [{t}, {d_in}] but k_p is [{n}, {k_in}]: d_in differs")));
+    }
+    if vn != n {
+        return Err(shape_err(format!("k_p is [{n}, {k_in}] but v_p is [{vn}, {d_out}]: n differs")));
+    }
+    if yt != t || yo != d_out {
+        return Err(shape_err(format!("y is [{yt}, {yo}] but [t, d_out] = [{t}, {d_out}]")));
+    }
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("k_p is [0, {d_in}]: at least one parameter token is needed"),
+        });
+    }
+    let scale = norm_scale(OP, opts, n)?;
+    // Every index the kernels form must fit their 64-bit signed arithmetic.
+    for (what, v) in [("x row stride", xs), ("k_p row stride", ks), ("v_p row stride", vs), ("y row stride", ys)] {
+        to_i64(OP, what, v)?;
+    }
+    for (what, rows, stride) in [("x", t, xs), ("k_p", n, ks), ("v_p", n, vs), ("y", t, ys)] {
+        let elems = rows.checked_mul(stride).and_then(|e| e.checked_add(d_in.max(d_out)));
+        match elems {
+            Some(e) => {
+                to_i64(OP, what, e.saturating_mul(std::mem::size_of::<T>()))?;
+            }
+            None => {
+                return Err(Error::SizeOverflow {
+                    op: OP,
+                    msg: format!("{what}: {rows} rows of stride {stride}"),
+                })
+            }
+        }
+    }
+
+    let layout = workspace_layout::<T>(t, n, d_out)?;
+    to_i64(OP, "workspace bytes", layout.total)?;
+    if let Some(have) = workspace {
+        if have < layout.total {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "workspace has {have} bytes; t = {t}, n = {n}, d_out = {d_out} in {} need {} (pattention_workspace_bytes)",
+                    T::NAME,
+                    layout.total
+                ),
+            });
+        }
+    }
+    let n_tiles = n.div_ceil(TILE_N);
+    let h_stride = round_up(OP, n, 8)?;
+    let path = if is_decode::<T>(t) { PattentionPath::Decode } else { PattentionPath::Tiled };
+    let mut launches = Vec::new();
+    let mut decode_cols = 0;
+    if t > 0 && d_out > 0 {
+        let g = |grid: [usize; 3], threads: u32, smem: u32| -> Result<Geometry> {
+            let grid = [
+                to_u32(OP, "grid x", grid[0])?,
+                to_u32(OP, "grid y", grid[1])?,
+                to_u32(OP, "grid z", grid[2])?,
+            ];
+            if grid[1] > 65535 || grid[0] > i32::MAX as u32 {
+                return Err(Error::SizeOverflow {
+                    op: OP,
+                    msg: format!("grid {grid:?} exceeds CUDA's limits (x < 2^31, y <= 65535): t = {t}, n = {n}, d_out = {d_out}"),
+                });
+            }
+            if smem > dev.max_smem_per_block() {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    msg: format!(
+                        "needs {smem} bytes of shared memory per block; this device allows {}",
+                        dev.max_smem_per_block()
+                    ),
+                });
+            }
+            Ok(Geometry {
+                grid,
+                block: [threads, 1, 1],
+                smem,
+            })
+        };
+        let f32_path = T::NAME == "f32";
+        let scores = if f32_path {
+            g([n_tiles, t.div_ceil(SIMT_ROWS), 1], 256, sys::TF_PATTENTION_SMEM_SCORES_F32)?
+        } else {
+            g([n_tiles, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_MMA)?
+        };
+        let col_blocks = d_out.div_ceil(COLS);
+        match path {
+            PattentionPath::Tiled => {
+                let out = if f32_path {
+                    g([col_blocks, t.div_ceil(SIMT_ROWS), 1], 256, sys::TF_PATTENTION_SMEM_OUT_F32)?
+                } else {
+                    g([col_blocks, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_MMA)?
+                };
+                launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: scores });
+                launches.push(Launch {
+                    kernel: kernel_name::<T>("rows"),
+                    geometry: g([t.div_ceil(ROWS_PER_CTA), 1, 1], 32 * ROWS_PER_CTA as u32, 0)?,
+                });
+                launches.push(Launch { kernel: kernel_name::<T>("out"), geometry: out });
+            }
+            PattentionPath::Decode => {
+                // Enough CTAs to cover the SMs twice: split the columns when the
+                // n-tiles alone are too few (each split recomputes its chunk's scores
+                // for gelu_l2_norm / softmax, which is cheap at t <= 64).
+                let want = (2 * dev.sm_count() as usize).div_ceil(n_tiles).clamp(1, col_blocks);
+                let blocks_per = col_blocks.div_ceil(want);
+                decode_cols = blocks_per * COLS;
+                let y_splits = col_blocks.div_ceil(blocks_per);
+                if opts.norm == Norm::L2NormGelu {
+                    launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: scores });
+                }
+                launches.push(Launch {
+                    kernel: kernel_name::<T>("decode"),
+                    geometry: g([n_tiles, y_splits, 1], 128, sys::TF_PATTENTION_SMEM_DECODE)?,
+                });
+                launches.push(Launch {
+                    kernel: kernel_name::<T>("combine"),
+                    geometry: g([col_blocks, t, 1], COLS as u32, 0)?,
+                });
+            }
+        }
+    }
+    Ok(PattentionPlan {
+        t,
+        n,
+        d_in,
+        d_out,
+        path,
+        workspace: layout,
+        launches,
+        scale,
+        h_stride,
+        n_tiles,
+        decode_cols,
+    })
+}
+
+/// `y = Θ(x·k_pᵀ)·v_p` into a caller-given `y` [t, d_out]: x [t, d_in],
+/// k_p [n, d_in], v_p [n, d_out], rows contiguous (16-bit storage: 16-byte
+/// aligned starts and row strides that are multiples of 8 elements). The
+/// scratch comes from `workspace` (at least [`pattention_workspace_bytes`]) or
+/// is allocated for the call.
+pub fn pattention_into<T: DType>(
+    dev: &Device,
+    x: &View<'_, T>,
+    k_p: &View<'_, T>,
+    v_p: &View<'_, T>,
+    y: &mut ViewMut<'_, T>,
+    opts: &PattentionOptions,
+    workspace: Option<&mut Workspace>,
+) -> Result<()> {
+    if let Some(ws) = &workspace {
+        if !ws.device().same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let p = plan(dev, x, k_p, v_p, y, opts, workspace.as_ref().map(|w| w.bytes()))?;
+    if p.launches.is_empty() {
+        return Ok(());
+    }
+    let mut owned;
+    let ws: &mut Workspace = match workspace {
+        Some(w) => w,
+        None => {
+            owned = Workspace::new(dev, p.workspace.total)?;
+            &mut owned
+        }
+    };
+    let i64_of = |what: &str, v: usize| to_i64(OP, what, v);
+    let (xp, kp, vp) = (x.ptr(), k_p.ptr(), v_p.ptr());
+    let wp = ws.ptr_mut();
+    let base = wp.addr;
+    let params = sys::tf_pattention_params {
+        x: xp.addr,
+        k_p: kp.addr,
+        v_p: vp.addr,
+        y: 0,
+        h: base + p.workspace.h as u64,
+        stats: base + p.workspace.stats as u64,
+        rowf: base + p.workspace.rowf as u64,
+        partial: if p.path == PattentionPath::Decode { base + p.workspace.partial as u64 } else { 0 },
+        t: i64_of("t", p.t)?,
+        n: i64_of("n", p.n)?,
+        d_in: i64_of("d_in", p.d_in)?,
+        d_out: i64_of("d_out", p.d_out)?,
+        x_row_stride: i64_of("x row stride", x.strides()[0])?,
+        k_row_stride: i64_of("k_p row stride", k_p.strides()[0])?,
+        v_row_stride: i64_of("v_p row stride", v_p.strides()[0])?,
+        y_row_stride: i64_of("y row stride", y.strides()[0])?,
+        h_stride: i64_of("h stride", p.h_stride)?,
+        n_tiles: i64_of("n tiles", p.n_tiles)?,
+        decode_cols: i64_of("decode columns", p.decode_cols)?,
+        scale: p.scale,
+        eps: opts.eps,
+        norm: opts.norm.code() as i32,
+        reserved: 0,
+    };
+    let yp = y.ptr_mut();
+    let params = sys::tf_pattention_params { y: yp.addr, ..params };
+    for l in &p.launches {
+        // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
+        // y [t, d_out] (contiguous rows at the given strides, 16-byte aligned
+        // starts and strides for 16-bit storage, i64-safe sizes), and that the
+        // workspace holds the layout's `total` bytes, which bound every h /
+        // stats / rowf / partial access; the kernels touch nothing else. The
+        // borrows and guards (xp, kp, vp, wp, yp) outlive the launches, which
+        // are stream-ordered (CUDA) or synchronous (emulator).
+        unsafe { dev.launch(OP, l.kernel, &l.geometry, &params) }?;
+    }
+    drop((xp, kp, vp, wp, yp));
+    Ok(())
+}
+
+/// `Θ(x·k_pᵀ)·v_p`, allocating the output [t, d_out] and the workspace.
+pub fn pattention<T: DType>(
+    dev: &Device,
+    x: &Tensor<T>,
+    k_p: &Tensor<T>,
+    v_p: &Tensor<T>,
+    opts: &PattentionOptions,
+) -> Result<Tensor<T>> {
+    let t = x.shape().first().copied().unwrap_or(0);
+    let d_out = v_p.shape().get(1).copied().unwrap_or(0);
+    let mut y = dev.zeros::<T>(&[t, d_out])?;
+    pattention_into(dev, &x.view(), &k_p.view(), &v_p.view(), &mut y.view_mut(), opts, None)?;
+    Ok(y)
+}

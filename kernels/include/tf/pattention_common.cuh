@@ -1,0 +1,235 @@
+// Device code shared by the Pattention kernels (kernels/pattention*.cu): constants,
+// the n-tile statistics and their per-row combination, the scores epilogue that
+// turns an f32 tile of A = X·K_Pᵀ into stored scaled scores, 16-byte tile loads into
+// swizzled shared memory, and small numeric helpers. The design is explained in the
+// header comment of kernels/pattention.cu.
+#pragma once
+#include "tf_kernels.h"
+#include "tf/cuda_types.cuh"
+#include "tf/async.cuh"
+#include "tf/convert.cuh"
+#include "tf/gelu.cuh"
+#include "tf/reduce.cuh"
+#include "tf/swizzle.cuh"
+
+namespace tf {
+namespace pat {
+
+// Width of an n-tile (columns of A that share one statistics entry per row).
+constexpr int kTileN = TF_PATTENTION_TILE_N;
+// Row stride (floats) of an f32 tile staged in shared memory for an epilogue: +8
+// makes the float2 fragment writes of a half-warp (rows g, cols 2t) conflict-free.
+constexpr int kStageLd = kTileN + 8;
+// Exponent recorded for an n-tile whose scores are all zero (L2 norms): 2^(kEmpty - E)
+// is 0 for any real row exponent E.
+constexpr float kEmpty = -1000.0f;
+constexpr float kLog2e = 1.4426950408889634f;
+
+static_assert(kTileN == 128, "the epilogues give each lane 4 of a tile row's 128 columns");
+
+__device__ __forceinline__ float neg_inf() { return -__builtin_huge_valf(); }
+
+__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+
+// 2^d for an integer-valued d <= 0 (exact; 0 below 2^-149).
+__device__ __forceinline__ float pow2_neg(float d) { return ldexpf(1.0f, (int)fmaxf(d, -300.0f)); }
+// v * 2^d for an integer-valued d <= 0 (exact unless the result is subnormal).
+__device__ __forceinline__ float scale_pow2(float v, float d) { return ldexpf(v, (int)fmaxf(d, -300.0f)); }
+
+// Element-wise product of two packed pairs of 16-bit floats (one HMUL2 on a GPU).
+// Used with power-of-two factors only, so the product is exact (or flushes to 0
+// below the type's smallest subnormal).
+template <typename T> struct Pair;
+template <> struct Pair<__half> { using type = __half2; };
+template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; };
+
+template <typename T>
+__device__ __forceinline__ uint32_t hmul2(uint32_t a, uint32_t b) {
+    using P = typename Pair<T>::type;
+    P pa, pb;
+    memcpy(&pa, &a, 4);
+    memcpy(&pb, &b, 4);
+    const P r = __hmul2(pa, pb);
+    uint32_t out;
+    memcpy(&out, &r, 4);
+    return out;
+}
+
+// Four consecutive elements of a row, stored from f32 (8 bytes for 16-bit types,
+// 16 for f32). `dst` must be aligned to 4 elements.
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, const float (&v)[4]) {
+    if constexpr (sizeof(T) == 4) {
+        *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+    } else {
+        uint2 u;
+        u.x = tf::pack2<T>(v[0], v[1]);
+        u.y = tf::pack2<T>(v[2], v[3]);
+        *reinterpret_cast<uint2*>(dst) = u;
+    }
+}
+
+// Four consecutive elements of a row as f32 (aligned to 4 elements).
+template <typename T>
+__device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
+    if constexpr (sizeof(T) == 4) {
+        const float4 a = *reinterpret_cast<const float4*>(src);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    } else {
+        const uint2 u = *reinterpret_cast<const uint2*>(src);
+        T e[4];
+        memcpy(e, &u, 8);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = tf::to_float<T>(e[j]);
+    }
+}
+
+// ---------------------------------------------------------------- statistics
+//
+// One entry per (row i, n-tile t), float2 (e, l):
+//   l2_norm_gelu: stored ĥ = A·2^-e with e = frexp exponent of max_t |A| (|ĥ| <= 1),
+//                 l = Σ_t ĥ² (from the f32 accumulators, before rounding ĥ)
+//   gelu_l2_norm: the same with G = gelu(A) in place of A
+//   softmax:      stored ĥ = 2^(A·log2e - e) with e = ceil(max_t A·log2e) (ĥ <= 1),
+//                 l = Σ_t ĥ
+// A tile whose (gelu-)scores are all zero records (kEmpty, 0). Because every scale is
+// a power of two, combining tiles (below) and rescaling stored 16-bit values by
+// 2^(e_t - E) are exact operations.
+
+// Combines the statistics of one row (a warp; lanes stride over the n_tiles
+// entries at `st`): E = max_t e_t over non-empty tiles, sum = Σ_t l_t·2^(k(e_t - E))
+// with k = 2 for the L2 norms (sums of squares), 1 for softmax. Every lane returns
+// the same values (deterministic: fixed order per lane, then a XOR butterfly).
+__device__ __forceinline__ void combine_row(const float2* st, int64_t n_tiles, int norm, int lane, float& E,
+                                            float& sum) {
+    float m = neg_inf();
+    for (int64_t t = lane; t < n_tiles; t += 32) {
+        const float2 s = st[t];
+        if (s.y > 0.0f) m = fmaxf(m, s.x);
+    }
+    m = tf::warp_max<32>(m);
+    float acc = 0.0f;
+    if (m != neg_inf()) {
+        const float k = norm == TF_NORM_SOFTMAX ? 1.0f : 2.0f;
+        for (int64_t t = lane; t < n_tiles; t += 32) {
+            const float2 s = st[t];
+            if (s.y > 0.0f) acc += scale_pow2(s.y, k * (s.x - m));
+        }
+    }
+    sum = tf::warp_sum<32>(acc);
+    E = m == neg_inf() ? kEmpty : m;
+}
+
+// The row factor after combining: output row i = base · Σ_t 2^(e_t - E)·(ĥ_t · V_t)
+// for gelu_l2_norm and softmax; for l2_norm_gelu, S_ij = gelu(ĥ_ij · base · 2^(e_t - E)).
+//   L2 norms: base = scale / (sqrt(sum) + eps·2^-E)  (= sqrt(n_ref)·2^E / (‖·‖ + eps)),
+//             0 when the row is all zero (never 0/0)
+//   softmax:  base = scale / sum                      (= n_ref·2^E / Σ_j 2^(A_ij·log2e))
+__device__ __forceinline__ float row_base(int norm, float scale, float eps, float E, float sum) {
+    if (norm == TF_NORM_SOFTMAX) return scale / sum;
+    if (!(sum > 0.0f)) return 0.0f;
+    return scale / (sqrtf(sum) + ldexpf(eps, -(int)E));
+}
+
+// ------------------------------------------------------------ scores epilogue
+
+// Applies the norm's element-wise part to one row of an f32 score tile held by a
+// warp (lane owns columns 4·lane .. 4·lane+3 of the n-tile; `valid` columns exist):
+// rewrites v[] with the values to store (0 past `valid`) and returns the tile's
+// statistics entry (see above). Every branch is warp-uniform.
+__device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, int norm) {
+    bool ok[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) ok[j] = 4 * lane + j < valid;
+    if (norm == TF_NORM_SOFTMAX) {
+        float mx = neg_inf();
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+            if (ok[j]) mx = fmaxf(mx, v[j] * kLog2e);
+        const float e = ceilf(tf::warp_max<32>(mx));
+        float l = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            v[j] = ok[j] ? exp2f(fmaf(v[j], kLog2e, -e)) : 0.0f;
+            l += v[j];
+        }
+        return make_float2(e, tf::warp_sum<32>(l));
+    }
+    if (norm == TF_NORM_GELU_L2_NORM) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = tf::gelu(v[j]);
+    }
+    float mx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        if (ok[j]) mx = fmaxf(mx, fabsf(v[j]));
+    mx = tf::warp_max<32>(mx);
+    if (!(mx > 0.0f)) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = 0.0f;
+        return make_float2(kEmpty, 0.0f);
+    }
+    int e;
+    (void)frexpf(mx, &e);
+    e = imax(e, -126);  // 2^-e stays a normal f32; |v·2^-e| <= 1 still holds
+    const float sc = ldexpf(1.0f, -e);
+    float l = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        v[j] = ok[j] ? v[j] * sc : 0.0f;
+        l += v[j] * v[j];
+    }
+    return make_float2((float)e, tf::warp_sum<32>(l));
+}
+
+// Runs score_row over the rows [0, rows) of an f32 tile staged at `stage` (row stride
+// kStageLd), one warp per row, and hands each finished row to `sink(r, lane, v, stat)`.
+template <int WARPS, typename Sink>
+__device__ __forceinline__ void scores_epilogue(const float* stage, int rows, int valid_cols, int norm, int warp,
+                                                int lane, Sink&& sink) {
+    for (int r = warp; r < rows; r += WARPS) {
+        const float4 a = *reinterpret_cast<const float4*>(stage + r * kStageLd + 4 * lane);
+        float v[4] = {a.x, a.y, a.z, a.w};
+        const float2 st = score_row(v, lane, valid_cols, norm);
+        sink(r, lane, v, st);
+    }
+}
+
+// Stores an m16n8 f32 accumulator fragment into a staged tile (rows g and g + 8,
+// columns 2·(lane % 4) .. +1 of the fragment at (row0, col0)).
+__device__ __forceinline__ void stage_fragment(float* stage, int row0, int col0, int lane, const float (&c)[4]) {
+    const int r = row0 + lane / 4, col = col0 + 2 * (lane % 4);
+    *reinterpret_cast<float2*>(stage + r * kStageLd + col) = make_float2(c[0], c[1]);
+    *reinterpret_cast<float2*>(stage + (r + 8) * kStageLd + col) = make_float2(c[2], c[3]);
+}
+
+// ---------------------------------------------------------------- tile loads
+
+// Issues cp.async copies of a ROWS x (CHUNKS·8) tile of 16-bit elements into the
+// XOR-swizzled tile `s` (tf::Swizzle<CHUNKS>): element (r, c) comes from g[r·ld + c]
+// for r < rows_valid and c < cols_valid, else is zero-filled (src-size < 16; a
+// fully empty chunk reads nothing and its address is clamped to g). THREADS threads
+// each copy ROWS·CHUNKS/THREADS chunks. Preconditions: g 16-byte aligned, ld a
+// multiple of 8.
+template <int ROWS, int CHUNKS, int THREADS, typename T>
+__device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t ld, int rows_valid,
+                                          int64_t cols_valid, int tid) {
+    static_assert(sizeof(T) == 2, "16-bit tiles");
+    using Sw = tf::Swizzle<CHUNKS>;
+    constexpr int kPer = ROWS * CHUNKS / THREADS;
+    static_assert((ROWS * CHUNKS) % THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+        const int c = tid + i * THREADS;
+        const int r = c / CHUNKS, ch = c % CHUNKS;
+        const int64_t left = cols_valid - ch * 8;
+        const int bytes = r < rows_valid ? (left >= 8 ? 16 : left > 0 ? (int)left * 2 : 0) : 0;
+        const T* src = bytes > 0 ? g + r * ld + ch * 8 : g;
+        tf::cp_async_16(s + Sw::offset(r, ch), src, bytes);
+    }
+}
+
+}  // namespace pat
+}  // namespace tf

@@ -1,0 +1,307 @@
+// pattention_out.cu: Pattention product 2, Y = S·V_P, reading the stored scores h
+// with the per-(row, n-tile) and per-row factors of the statistics applied.
+// The whole design is in pattention.cu.
+//
+// Computes, for row i and output column c:
+//   y[i, c] = r_i · Σ_j q_{i,t(j)} · h[i, j] · v_p[j, c]
+// with (r_i, E_i) = rowf[i] and q_{i,t} = 2^(e_{i,t} - E_i) (e from stats), a power of
+// two <= 1, so scaling the 16-bit h operand by it is exact. For l2_norm_gelu h already
+// holds S (pattention_rows rewrote it) and q = 1: the scaling is skipped entirely.
+//
+// f16 / bf16, kernels pattention_out_{f16,bf16}: grid (ceil(d_out / 128), ceil(t / 128)),
+//   128 threads = 4 warps in 2 x 2, CTA tile 128 rows x 128 columns, warp tile 64 x 64,
+//   k-step 32 along n, 4-stage cp.async ring (16 KB a stage). h tiles: 64-byte rows,
+//   swizzle chunk ^ ((row >> 1) & 3), ldmatrix.x4; V_P tiles: 32 rows of 256 bytes,
+//   swizzle chunk ^ (row & 7), ldmatrix.x4.trans (V_P is K-major for mma's B operand).
+//   q: every k-step lies inside one n-tile (128 = 4 k-steps); when a new n-tile starts a
+//   thread packs q for its 8 rows into f16x2/bf16x2 registers and prefetches the next
+//   tile's exponents; A fragments are then multiplied by q (one HMUL2 per register:
+//   16 per k16 step against 32 HMMA). blockIdx.x runs over column blocks so resident
+//   CTAs share an h row block; V_P stays in L2. The epilogue stages f32 accumulators
+//   in shared memory and writes 4 elements a lane (rows of 256 contiguous bytes).
+//
+// f32, kernel pattention_out_f32: SIMT path: grid (ceil(d_out / 128), ceil(t / 64)),
+//   256 threads, 64 x 128 tile, k-step 16, 4 x 8 per thread; q applied while staging h.
+#include "tf_kernels.h"
+#include "tf/cuda_types.cuh"
+#include "tf/async.cuh"
+#include "tf/mma.cuh"
+#include "tf/smem.cuh"
+#include "tf/swizzle.cuh"
+#include "tf/pattention_common.cuh"
+
+namespace tf_pattention_out {
+
+using namespace tf::pat;
+
+// ---------------------------------------------------------------------- traits
+
+// Product 2 tile: the same shape as product 1 (KERNEL-NOTES.md), 64 KB pipeline.
+struct Traits {
+    static constexpr int kBM = 128;            // rows (tokens) per CTA
+    static constexpr int kBN = 128;            // output columns per CTA
+    static constexpr int kBK = 32;             // parameter tokens per stage
+    static constexpr int kStages = 4;
+    static constexpr int kWarpsM = 2, kWarpsN = 2;
+    static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+    static constexpr int kWM = kBM / kWarpsM, kWN = kBN / kWarpsN;
+    static constexpr int kMT = kWM / 16, kNT = kWN / 8;
+    static constexpr int kChunksA = kBK / 8;   // h tile: 4 chunks a row
+    static constexpr int kChunksB = kBN / 8;   // V_P tile: 16 chunks a row
+    static constexpr int kBytesA = kBM * kBK * 2;
+    static constexpr int kBytesB = kBK * kBN * 2;
+    static constexpr int kStageBytes = kBytesA + kBytesB;
+    static constexpr int kPipeBytes = kStages * kStageBytes;
+    static constexpr int kEpiBytes = kBM * kStageLd * 4;
+    static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+    static constexpr int kStepsPerTile = kTileN / kBK;  // k-steps per statistics n-tile
+
+    static_assert(kTileN % kBK == 0, "a k-step never straddles two n-tiles (one q per step)");
+    static_assert(kBN == 128, "the epilogue gives each lane 4 of 128 columns");
+    static_assert(kBK % 16 == 0 && kNT % 2 == 0, "k16 steps; ldmatrix.x4.trans loads pairs of n8 tiles");
+    static_assert(kThreads == 128, "4 warps");
+    static_assert(kSmemBytes <= 227 * 1024, "shared memory per block at most 227 KB");
+};
+
+struct SimtTraits {
+    static constexpr int kBM = 64, kBN = 128, kBK = 16, kThreads = 256;
+    static constexpr int kTM = 4, kTN = 8;
+    static constexpr int kLdA = kBM + 4;       // [kBK][kLdA] k-major h tile (q applied)
+    static constexpr int kLdB = kBN;           // [kBK][kLdB] V_P tile, row-major
+    static constexpr int kSmemBytes = (kBK * kLdA + kBK * kLdB + kBM) * 4;
+    static_assert(kTileN % kBK == 0, "a k-step never straddles two n-tiles");
+    static_assert((kBM / kTM) * (kBN / kTN) == kThreads, "one micro-tile per thread");
+    static_assert(kSmemBytes <= 48 * 1024, "no opt-in needed");
+};
+
+static_assert(Traits::kSmemBytes == TF_PATTENTION_SMEM_MMA, "tf_kernels.h states the launch's shared memory");
+static_assert(SimtTraits::kSmemBytes == TF_PATTENTION_SMEM_OUT_F32, "tf_kernels.h states the launch's shared memory");
+
+// --------------------------------------------------------- tensor-core kernel
+
+template <typename T>
+__device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
+    using Tr = Traits;
+    using SwA = tf::Swizzle<Tr::kChunksA>;
+    using SwB = tf::Swizzle<Tr::kChunksB>;
+    TF_DYNAMIC_SMEM(unsigned char, smem);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wm = warp / Tr::kWarpsN, wn = warp % Tr::kWarpsN;
+    const int64_t n0 = (int64_t)blockIdx.x * Tr::kBN;
+    const int64_t m0 = (int64_t)blockIdx.y * Tr::kBM;
+    const int rows_a = (int)min64(Tr::kBM, p.t - m0);
+    const int mt_active = imin(Tr::kMT, imax(0, (rows_a - wm * Tr::kWM + 15) / 16));
+    const T* gh = reinterpret_cast<const T*>(p.h) + m0 * p.h_stride;
+    const T* gv = reinterpret_cast<const T*>(p.v_p) + n0;
+    const int64_t cols_b = p.d_out - n0;
+    const int k_tiles = (int)((p.n + Tr::kBK - 1) / Tr::kBK);
+    const bool scaled = p.norm != TF_NORM_L2_NORM_GELU;
+    const float2* stats = reinterpret_cast<const float2*>(p.stats);
+    const float2* rowf = reinterpret_cast<const float2*>(p.rowf);
+
+    auto load = [&](int kt) {
+        unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
+        const int64_t k0 = (int64_t)kt * Tr::kBK;
+        load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(sa, gh + k0, p.h_stride, rows_a, p.n - k0, tid);
+        load_tile<Tr::kBK, Tr::kChunksB, Tr::kThreads>(sa + Tr::kBytesA, gv + k0 * p.v_row_stride, p.v_row_stride,
+                                                       (int)min64(Tr::kBK, p.n - k0), cols_b, tid);
+    };
+
+    // Row exponents E_i and the next n-tile's exponents e_{i,t} of this thread's 8
+    // rows (m16 tile mi, half hf: row g + 8·hf); rows >= t get q = 0.
+    float row_e[Tr::kMT][2], next_e[Tr::kMT][2];
+    uint32_t q2[Tr::kMT][2];
+#pragma unroll
+    for (int mi = 0; mi < Tr::kMT; ++mi)
+#pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int64_t row = m0 + wm * Tr::kWM + mi * 16 + lane / 4 + 8 * hf;
+            const bool ok = scaled && row < p.t;
+            row_e[mi][hf] = ok ? rowf[row].y : 0.0f;
+            next_e[mi][hf] = ok ? stats[row * p.n_tiles].x : kEmpty;
+            q2[mi][hf] = 0;
+        }
+
+    float acc[Tr::kMT][Tr::kNT][4];
+#pragma unroll
+    for (int i = 0; i < Tr::kMT; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kNT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < Tr::kStages - 1; ++s) {
+        if (s < k_tiles) load(s);
+        tf::cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        tf::cp_async_wait<Tr::kStages - 2>();
+        __syncthreads();
+        if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1);
+        tf::cp_async_commit();
+        if (scaled && kt % Tr::kStepsPerTile == 0) {
+            const int64_t tile = kt / Tr::kStepsPerTile;
+#pragma unroll
+            for (int mi = 0; mi < Tr::kMT; ++mi)
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const float q = pow2_neg(next_e[mi][hf] - row_e[mi][hf]);
+                    q2[mi][hf] = tf::pack2<T>(q, q);
+                    const int64_t row = m0 + wm * Tr::kWM + mi * 16 + lane / 4 + 8 * hf;
+                    if (tile + 1 < p.n_tiles && row < p.t) next_e[mi][hf] = stats[row * p.n_tiles + tile + 1].x;
+                }
+        }
+        const unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
+        const unsigned char* sb = sa + Tr::kBytesA;
+#pragma unroll
+        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
+            uint32_t bf[Tr::kNT / 2][4];
+#pragma unroll
+            for (int np = 0; np < Tr::kNT / 2; ++np) {
+                // matrices: (k lo, n8 tile 2np), (k hi, 2np), (k lo, 2np + 1), (k hi, 2np + 1)
+                const int m = lane / 8;
+                const int kr = kk * 16 + (m % 2) * 8 + lane % 8;
+                tf::ldmatrix_x4_trans(bf[np], sb + SwB::offset(kr, wn * (Tr::kWN / 8) + 2 * np + m / 2));
+            }
+#pragma unroll
+            for (int mi = 0; mi < Tr::kMT; ++mi) {
+                if (mi < mt_active) {
+                    uint32_t af[4];
+                    tf::ldmatrix_x4(af, sa + SwA::offset(wm * Tr::kWM + mi * 16 + lane % 16, kk * 2 + lane / 16));
+                    if (scaled) {  // registers 0, 2: row g; 1, 3: row g + 8
+                        af[0] = hmul2<T>(af[0], q2[mi][0]);
+                        af[1] = hmul2<T>(af[1], q2[mi][1]);
+                        af[2] = hmul2<T>(af[2], q2[mi][0]);
+                        af[3] = hmul2<T>(af[3], q2[mi][1]);
+                    }
+#pragma unroll
+                    for (int np = 0; np < Tr::kNT / 2; ++np) {
+                        const uint32_t b0[2] = {bf[np][0], bf[np][1]};
+                        const uint32_t b1[2] = {bf[np][2], bf[np][3]};
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                    }
+                }
+            }
+        }
+    }
+    tf::cp_async_wait<0>();
+    __syncthreads();
+
+    float* stage = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int mi = 0; mi < Tr::kMT; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Tr::kNT; ++ni)
+            stage_fragment(stage, wm * Tr::kWM + mi * 16, wn * Tr::kWN + ni * 8, lane, acc[mi][ni]);
+    __syncthreads();
+
+    T* gy = reinterpret_cast<T*>(p.y);
+    const int64_t c0 = n0 + 4 * lane;
+    for (int r = warp; r < rows_a; r += Tr::kThreads / 32) {
+        const int64_t row = m0 + r;
+        const float rf = rowf[row].x;
+        const float4 a = *reinterpret_cast<const float4*>(stage + r * kStageLd + 4 * lane);
+        const float v[4] = {a.x * rf, a.y * rf, a.z * rf, a.w * rf};
+        T* dst = gy + row * p.y_row_stride + c0;
+        if (c0 + 3 < p.d_out) {
+            store4<T>(dst, v);
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (c0 + j < p.d_out) dst[j] = tf::from_float<T>(v[j]);
+        }
+    }
+}
+
+// ------------------------------------------------------------------ SIMT kernel
+
+__device__ __forceinline__ void out_simt(const tf_pattention_params& p) {
+    using Tr = SimtTraits;
+    TF_DYNAMIC_SMEM(unsigned char, smem);
+    float* sa = reinterpret_cast<float*>(smem);  // [kBK][kLdA]
+    float* sb = sa + Tr::kBK * Tr::kLdA;         // [kBK][kLdB]
+    float* sq = sb + Tr::kBK * Tr::kLdB;         // [kBM]: q of each row for the current n-tile
+
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int64_t n0 = (int64_t)blockIdx.x * Tr::kBN;
+    const int64_t m0 = (int64_t)blockIdx.y * Tr::kBM;
+    const int rows_a = (int)min64(Tr::kBM, p.t - m0);
+    const int cols_b = (int)min64(Tr::kBN, p.d_out - n0);
+    const bool scaled = p.norm != TF_NORM_L2_NORM_GELU;
+    const float* gh = reinterpret_cast<const float*>(p.h) + m0 * p.h_stride;
+    const float* gv = reinterpret_cast<const float*>(p.v_p) + n0;
+    const float2* stats = reinterpret_cast<const float2*>(p.stats);
+    const float2* rowf = reinterpret_cast<const float2*>(p.rowf);
+
+    float acc[Tr::kTM][Tr::kTN];
+#pragma unroll
+    for (int i = 0; i < Tr::kTM; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kTN; ++j) acc[i][j] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < p.n; k0 += Tr::kBK) {
+        if (k0 % kTileN == 0) {
+            if (tid < Tr::kBM) {
+                const int64_t row = m0 + tid;
+                float q = 0.0f;
+                if (row < p.t) q = scaled ? pow2_neg(stats[row * p.n_tiles + k0 / kTileN].x - rowf[row].y) : 1.0f;
+                sq[tid] = q;
+            }
+            __syncthreads();
+        }
+        for (int e = tid; e < Tr::kBM * Tr::kBK; e += Tr::kThreads) {
+            const int r = e / Tr::kBK, k = e % Tr::kBK;
+            sa[k * Tr::kLdA + r] = (r < rows_a && k0 + k < p.n) ? gh[r * p.h_stride + k0 + k] * sq[r] : 0.0f;
+        }
+        for (int e = tid; e < Tr::kBK * Tr::kBN; e += Tr::kThreads) {
+            const int k = e / Tr::kBN, c = e % Tr::kBN;
+            sb[k * Tr::kLdB + c] = (c < cols_b && k0 + k < p.n) ? gv[(k0 + k) * p.v_row_stride + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < Tr::kBK; ++k) {
+            float a[Tr::kTM], b[Tr::kTN];
+#pragma unroll
+            for (int i = 0; i < Tr::kTM; ++i) a[i] = sa[k * Tr::kLdA + ty * Tr::kTM + i];
+#pragma unroll
+            for (int j = 0; j < Tr::kTN; ++j) b[j] = sb[k * Tr::kLdB + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < Tr::kTM; ++i)
+#pragma unroll
+                for (int j = 0; j < Tr::kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+    float* gy = reinterpret_cast<float*>(p.y);
+#pragma unroll
+    for (int i = 0; i < Tr::kTM; ++i) {
+        const int r = ty * Tr::kTM + i;
+        if (r < rows_a) {
+            const float rf = rowf[m0 + r].x;
+#pragma unroll
+            for (int j = 0; j < Tr::kTN; ++j) {
+                const int c = tx + 16 * j;
+                if (c < cols_b) gy[(m0 + r) * p.y_row_stride + n0 + c] = acc[i][j] * rf;
+            }
+        }
+    }
+}
+
+}  // namespace tf_pattention_out
+
+// ------------------------------------------------------------------ entry points
+
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_out_f16(const tf_pattention_params p) {
+    tf_pattention_out::out_mma<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_out_bf16(const tf_pattention_params p) {
+    tf_pattention_out::out_mma<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) pattention_out_f32(const tf_pattention_params p) {
+    tf_pattention_out::out_simt(p);
+}

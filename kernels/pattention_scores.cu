@@ -1,0 +1,257 @@
+// pattention_scores.cu: Pattention product 1, A = X·K_Pᵀ, with the norm's
+// element-wise part and the per-row n-tile statistics fused into the epilogue.
+// The whole design (and why l2_norm_gelu stores scaled A) is in pattention.cu.
+//
+// Writes, for the CTA's rows i and n-tile t (columns [128t, 128t + 128) of A):
+//   h[i, j]      = ĥ_ij (storage type): A·2^-e (l2_norm_gelu), gelu(A)·2^-e
+//                  (gelu_l2_norm) or 2^(A·log2e - e) (softmax); 0 at columns
+//                  [n, h_stride) so the padding of h is defined
+//   stats[i, t]  = (e, l): see tf/pattention_common.cuh
+//
+// f16 / bf16, kernels pattention_scores_{f16,bf16}: grid (n_tiles, ceil(t / 128)),
+//   128 threads = 4 warps in 2 x 2, CTA tile 128 x 128, warp tile 64 x 64
+//   (4 m16 x 8 n8 mma.sync m16n8k16 tiles, 128 f32 accumulators a thread), k-step 32,
+//   4-stage cp.async ring (16 KB a stage). X and K_P tiles are 64-byte rows
+//   swizzled chunk ^ ((row >> 1) & 3), both read with ldmatrix.x4 (K_P rows are the
+//   "col" B operand directly). blockIdx.x runs over n-tiles, so CTAs resident
+//   together share one X row block; K_P stays in L2. Warps skip their m16 tiles
+//   that lie wholly past t (decode-sized t costs no wasted mma).
+//   Epilogue: the accumulators are staged as f32 in the (drained) pipeline memory;
+//   one warp per row computes the tile statistics (max, then scaled sum: two
+//   butterflies) and writes 4 elements a lane, 256 contiguous bytes a row.
+//
+// f32, kernel pattention_scores_f32: a SIMT path (correct, not fast): grid
+//   (n_tiles, ceil(t / 64)), 256 threads, CTA tile 64 x 128, k-step 16, each thread
+//   4 rows x 8 columns (columns 16 apart: conflict-free shared reads); same epilogue.
+#include "tf_kernels.h"
+#include "tf/cuda_types.cuh"
+#include "tf/async.cuh"
+#include "tf/mma.cuh"
+#include "tf/smem.cuh"
+#include "tf/swizzle.cuh"
+#include "tf/pattention_common.cuh"
+
+namespace tf_pattention_scores {
+
+using namespace tf::pat;
+
+// ---------------------------------------------------------------------- traits
+
+// Tensor-core tile of product 1 (KERNEL-NOTES.md "Pattention": 128 x 128, k-step 32,
+// 4 warps 2 x 2, 4 stages = 64 KB: 2 CTAs per SM on A100 (164 KB), 3 on H100).
+struct Traits {
+    static constexpr int kBM = 128;            // rows of X (tokens) per CTA
+    static constexpr int kBN = kTileN;         // parameter tokens per CTA = one n-tile
+    static constexpr int kBK = 32;             // d_in per pipeline stage
+    static constexpr int kStages = 4;
+    static constexpr int kWarpsM = 2, kWarpsN = 2;
+    static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
+    static constexpr int kWM = kBM / kWarpsM;  // 64
+    static constexpr int kWN = kBN / kWarpsN;  // 64
+    static constexpr int kMT = kWM / 16;       // m16 tiles per warp
+    static constexpr int kNT = kWN / 8;        // n8 tiles per warp
+    static constexpr int kChunks = kBK / 8;    // 16-byte chunks per tile row
+    static constexpr int kBytesA = kBM * kBK * 2;
+    static constexpr int kBytesB = kBN * kBK * 2;
+    static constexpr int kStageBytes = kBytesA + kBytesB;
+    static constexpr int kPipeBytes = kStages * kStageBytes;
+    static constexpr int kEpiBytes = kBM * kStageLd * 4;
+    static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+
+    static_assert(kBN == kTileN, "one CTA column block is exactly one statistics n-tile");
+    static_assert(kBK % 16 == 0 && kNT % 2 == 0, "k16 steps; ldmatrix.x4 loads pairs of n8 tiles");
+    static_assert(kBM % 16 == 0 && kThreads == 128, "4 warps");
+    static_assert(kSmemBytes <= 227 * 1024, "shared memory per block at most 227 KB");
+    static_assert(kMT * kNT * 4 <= 128, "accumulators must leave registers for fragments");
+};
+
+// SIMT f32 tile.
+struct SimtTraits {
+    static constexpr int kBM = 64, kBN = kTileN, kBK = 16, kThreads = 256;
+    static constexpr int kTM = 4, kTN = 8;     // rows x columns per thread
+    static constexpr int kLdA = kBM + 4;       // [kBK][kLdA] k-major X tile
+    static constexpr int kLdB = kBN + 4;       // [kBK][kLdB] k-major K_P tile
+    static constexpr int kPipeBytes = (kBK * kLdA + kBK * kLdB) * 4;
+    static constexpr int kEpiBytes = kBM * kStageLd * 4;
+    static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+    static_assert((kBM / kTM) * (kBN / kTN) == kThreads, "one micro-tile per thread");
+    static_assert(kSmemBytes <= 48 * 1024, "no opt-in needed");
+};
+
+static_assert(Traits::kSmemBytes == TF_PATTENTION_SMEM_MMA, "tf_kernels.h states the launch's shared memory");
+static_assert(SimtTraits::kSmemBytes == TF_PATTENTION_SMEM_SCORES_F32, "tf_kernels.h states the launch's shared memory");
+
+// ------------------------------------------------------------------- epilogue
+
+// Writes the finished rows of the staged tile to h and stats.
+template <typename T, int WARPS>
+__device__ __forceinline__ void write_scores(const tf_pattention_params& p, const float* stage, int64_t m0,
+                                             int rows, int warp, int lane) {
+    const int64_t t_idx = blockIdx.x;
+    const int64_t n0 = t_idx * kTileN;
+    const int valid = (int)min64(kTileN, p.n - n0);
+    T* h = reinterpret_cast<T*>(p.h);
+    float2* stats = reinterpret_cast<float2*>(p.stats);
+    scores_epilogue<WARPS>(stage, rows, valid, p.norm, warp, lane, [&](int r, int ln, const float(&v)[4], float2 st) {
+        const int64_t row = m0 + r, col = n0 + 4 * ln;
+        if (col < p.h_stride) store4<T>(h + row * p.h_stride + col, v);
+        if (ln == 0) stats[row * p.n_tiles + t_idx] = st;
+    });
+}
+
+// --------------------------------------------------------- tensor-core kernel
+
+template <typename T>
+__device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
+    using Tr = Traits;
+    using Sw = tf::Swizzle<Tr::kChunks>;
+    TF_DYNAMIC_SMEM(unsigned char, smem);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wm = warp / Tr::kWarpsN, wn = warp % Tr::kWarpsN;
+    const int64_t n0 = (int64_t)blockIdx.x * Tr::kBN;
+    const int64_t m0 = (int64_t)blockIdx.y * Tr::kBM;
+    const int rows_a = (int)min64(Tr::kBM, p.t - m0);
+    const int rows_b = (int)min64(Tr::kBN, p.n - n0);
+    // m16 tiles of this warp holding at least one row < t.
+    const int mt_active = imin(Tr::kMT, imax(0, (rows_a - wm * Tr::kWM + 15) / 16));
+    const T* gx = reinterpret_cast<const T*>(p.x) + m0 * p.x_row_stride;
+    const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride;
+    const int k_tiles = (int)((p.d_in + Tr::kBK - 1) / Tr::kBK);
+
+    auto load = [&](int kt) {
+        unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
+        const int64_t k0 = (int64_t)kt * Tr::kBK;
+        load_tile<Tr::kBM, Tr::kChunks, Tr::kThreads>(sa, gx + k0, p.x_row_stride, rows_a, p.d_in - k0, tid);
+        load_tile<Tr::kBN, Tr::kChunks, Tr::kThreads>(sa + Tr::kBytesA, gk + k0, p.k_row_stride, rows_b,
+                                                      p.d_in - k0, tid);
+    };
+
+    float acc[Tr::kMT][Tr::kNT][4];
+#pragma unroll
+    for (int i = 0; i < Tr::kMT; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kNT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+
+#pragma unroll
+    for (int s = 0; s < Tr::kStages - 1; ++s) {
+        if (s < k_tiles) load(s);
+        tf::cp_async_commit();
+    }
+    for (int kt = 0; kt < k_tiles; ++kt) {
+        tf::cp_async_wait<Tr::kStages - 2>();
+        __syncthreads();  // tile kt landed for all; stage (kt - 1) % S is free
+        if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1);
+        tf::cp_async_commit();
+        const unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
+        const unsigned char* sb = sa + Tr::kBytesA;
+#pragma unroll
+        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
+            uint32_t bf[Tr::kNT / 2][4];
+#pragma unroll
+            for (int np = 0; np < Tr::kNT / 2; ++np) {
+                // matrices: (n8 tile 2np, k lo), (2np, k hi), (2np + 1, k lo), (2np + 1, k hi)
+                const int r = wn * Tr::kWN + np * 16 + (lane / 16) * 8 + lane % 8;
+                tf::ldmatrix_x4(bf[np], sb + Sw::offset(r, kk * 2 + (lane / 8) % 2));
+            }
+#pragma unroll
+            for (int mi = 0; mi < Tr::kMT; ++mi) {
+                if (mi < mt_active) {
+                    uint32_t af[4];
+                    tf::ldmatrix_x4(af, sa + Sw::offset(wm * Tr::kWM + mi * 16 + lane % 16, kk * 2 + lane / 16));
+#pragma unroll
+                    for (int np = 0; np < Tr::kNT / 2; ++np) {
+                        const uint32_t b0[2] = {bf[np][0], bf[np][1]};
+                        const uint32_t b1[2] = {bf[np][2], bf[np][3]};
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                    }
+                }
+            }
+        }
+    }
+    tf::cp_async_wait<0>();
+    __syncthreads();  // every warp is done with the pipeline memory
+
+    float* stage = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int mi = 0; mi < Tr::kMT; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Tr::kNT; ++ni)
+            stage_fragment(stage, wm * Tr::kWM + mi * 16, wn * Tr::kWN + ni * 8, lane, acc[mi][ni]);
+    __syncthreads();
+    write_scores<T, Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+}
+
+// ------------------------------------------------------------------ SIMT kernel
+
+__device__ __forceinline__ void scores_simt(const tf_pattention_params& p) {
+    using Tr = SimtTraits;
+    TF_DYNAMIC_SMEM(unsigned char, smem);
+    float* sa = reinterpret_cast<float*>(smem);  // [kBK][kLdA]
+    float* sb = sa + Tr::kBK * Tr::kLdA;         // [kBK][kLdB]
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int tx = tid % 16, ty = tid / 16;
+    const int64_t n0 = (int64_t)blockIdx.x * Tr::kBN;
+    const int64_t m0 = (int64_t)blockIdx.y * Tr::kBM;
+    const int rows_a = (int)min64(Tr::kBM, p.t - m0);
+    const int rows_b = (int)min64(Tr::kBN, p.n - n0);
+    const float* gx = reinterpret_cast<const float*>(p.x) + m0 * p.x_row_stride;
+    const float* gk = reinterpret_cast<const float*>(p.k_p) + n0 * p.k_row_stride;
+
+    float acc[Tr::kTM][Tr::kTN];
+#pragma unroll
+    for (int i = 0; i < Tr::kTM; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kTN; ++j) acc[i][j] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < p.d_in; k0 += Tr::kBK) {
+        for (int e = tid; e < Tr::kBM * Tr::kBK; e += Tr::kThreads) {
+            const int r = e / Tr::kBK, k = e % Tr::kBK;
+            sa[k * Tr::kLdA + r] = (r < rows_a && k0 + k < p.d_in) ? gx[r * p.x_row_stride + k0 + k] : 0.0f;
+        }
+        for (int e = tid; e < Tr::kBN * Tr::kBK; e += Tr::kThreads) {
+            const int r = e / Tr::kBK, k = e % Tr::kBK;
+            sb[k * Tr::kLdB + r] = (r < rows_b && k0 + k < p.d_in) ? gk[r * p.k_row_stride + k0 + k] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < Tr::kBK; ++k) {
+            float a[Tr::kTM], b[Tr::kTN];
+#pragma unroll
+            for (int i = 0; i < Tr::kTM; ++i) a[i] = sa[k * Tr::kLdA + ty * Tr::kTM + i];
+#pragma unroll
+            for (int j = 0; j < Tr::kTN; ++j) b[j] = sb[k * Tr::kLdB + tx + 16 * j];
+#pragma unroll
+            for (int i = 0; i < Tr::kTM; ++i)
+#pragma unroll
+                for (int j = 0; j < Tr::kTN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+
+    float* stage = reinterpret_cast<float*>(smem);
+#pragma unroll
+    for (int i = 0; i < Tr::kTM; ++i)
+#pragma unroll
+        for (int j = 0; j < Tr::kTN; ++j) stage[(ty * Tr::kTM + i) * kStageLd + tx + 16 * j] = acc[i][j];
+    __syncthreads();
+    write_scores<float, Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+}
+
+}  // namespace tf_pattention_scores
+
+// ------------------------------------------------------------------ entry points
+
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_scores_f16(const tf_pattention_params p) {
+    tf_pattention_scores::scores_mma<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_scores_bf16(const tf_pattention_params p) {
+    tf_pattention_scores::scores_mma<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) pattention_scores_f32(const tf_pattention_params p) {
+    tf_pattention_scores::scores_simt(p);
+}
