@@ -50,13 +50,13 @@ fn check_one<T: DType + Element>(dev: &Device, rows_old: usize, rows_new: usize,
             g.to_bits() == w.to_bits()
         } else {
             // one rounding step of T at |w| (f32 needs a few ulps of libm slack)
-            let ulp = (w.abs() * if T::NAME == "f32" { 1e-6 } else { 1e-2 }).max(1e-30);
+            let ulp = (w.abs() * if <T as DType>::NAME == "f32" { 1e-6 } else { 1e-2 }).max(1e-30);
             (g - w).abs() <= ulp
         };
         assert!(
             ok,
             "{} {init} [{rows_old}->{rows_new}, {cols}] element {i} (row {}): got {g}, want {w} (seed {s})",
-            T::NAME,
+            <T as DType>::NAME,
             i / cols
         );
     }
@@ -194,4 +194,96 @@ fn bad_growth_input_is_an_error_not_a_panic() {
     let foreign: Tensor<f32> = other_dev.zeros(&[4, 8]).unwrap();
     let r = grow_batch(&dev, vec![GrowItem { src: Some(foreign.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Zeros }]);
     assert!(matches!(r, Err(Error::DeviceMismatch { .. })), "{r:?}");
+}
+
+mod layer {
+    use super::common::{backends, rand_vec, seed};
+    use rand::SeedableRng;
+    use tf_host::{bf16, Device, Init, Norm, Pattention, PattentionOptions, Tensor, ValueInit};
+
+    fn layer(dev: &Device, n: usize, d_in: usize, d_out: usize, norm: Norm, s: u64) -> (Pattention<bf16>, Vec<bf16>, Vec<bf16>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(s);
+        let k: Vec<bf16> = rand_vec(&mut rng, n * d_in, 0.5);
+        let v: Vec<bf16> = rand_vec(&mut rng, n * d_out, 0.5);
+        let kt = dev.upload(&k, &[n, d_in]).unwrap();
+        let vt = dev.upload(&v, &[n, d_out]).unwrap();
+        let opts = PattentionOptions { norm, ..Default::default() };
+        (Pattention::new(dev, kt, vt, opts).unwrap(), k, v)
+    }
+
+    #[test]
+    fn growth_keeps_old_rows_and_matches_tf_ref_philox() {
+        let s = seed();
+        for (dev, _) in backends() {
+            let (d_in, d_out) = (16, 24);
+            let (mut l, k, v) = layer(&dev, 10, d_in, d_out, Norm::L2NormGelu, s);
+            // inside no capacity: reallocates; then in place inside the 1.5x capacity
+            l.grow(13, Init::Normal { key_std: 0.02, value_std: 0.5, seed: 9 }).unwrap();
+            assert!(l.capacity() >= 15, "capacity {} after growing past it", l.capacity());
+            let cap = l.capacity();
+            l.grow(14, Init::Zeros).unwrap();
+            assert_eq!(l.capacity(), cap, "growth inside the capacity reallocated");
+            let keys = tensor_rows(&l.keys());
+            let values = tensor_rows(&l.values());
+            assert_eq!(&keys[..10 * d_in], &k[..], "old key rows changed");
+            assert_eq!(&values[..10 * d_out], &v[..], "old value rows changed");
+            let want_k = tf_ref::grow(
+                tf_ref::MatRef::new(&k, 10, d_in).unwrap(),
+                13,
+                &tf_ref::Init::Normal { std: 0.02, seed: 9 },
+            )
+            .unwrap();
+            let want_v = tf_ref::grow(
+                tf_ref::MatRef::new(&v, 10, d_out).unwrap(),
+                13,
+                &tf_ref::Init::Normal { std: 0.5, seed: 9 ^ tf_host::layer::VALUE_SEED_XOR },
+            )
+            .unwrap();
+            for (g, w) in keys[..13 * d_in].iter().zip(&want_k).chain(values[..13 * d_out].iter().zip(&want_v)) {
+                assert!((g.to_f32() - w.to_f32()).abs() <= w.to_f32().abs() * 1e-2, "{g} vs {w}");
+            }
+            assert!(keys[13 * d_in..].iter().chain(&values[13 * d_out..]).all(|x| x.to_f32() == 0.0));
+        }
+    }
+
+    fn tensor_rows(v: &tf_host::View<'_, bf16>) -> Vec<bf16> {
+        // copy the view's rows out through a fresh tensor
+        let dev = v.device().clone();
+        let (rows, cols) = (v.shape()[0], v.shape()[1]);
+        let mut out: Tensor<bf16> = dev.poisoned(&[rows, cols]).unwrap();
+        tf_host::grow_batch(
+            &dev,
+            vec![tf_host::GrowItem { src: Some(v.clone()), dst: out.view_mut(), rows_old: rows, init: tf_host::GrowInit::Zeros }],
+        )
+        .unwrap();
+        out.to_vec().unwrap()
+    }
+
+    #[test]
+    fn grow_preserving_leaves_outputs_unchanged_and_grow_changes_them() {
+        let s = seed();
+        for (dev, _) in backends() {
+            for norm in [Norm::L2NormGelu, Norm::GeluL2Norm] {
+                let (d_in, d_out, t) = (16, 24, 9);
+                let mut rng = rand::rngs::StdRng::seed_from_u64(s ^ 1);
+                let x: Vec<bf16> = rand_vec(&mut rng, t * d_in, 1.0);
+                let xt = dev.upload(&x, &[t, d_in]).unwrap();
+                let (mut l, _, _) = layer(&dev, 12, d_in, d_out, norm, s);
+                let before = l.forward(&xt).unwrap().to_vec().unwrap();
+                l.grow_preserving(40, ValueInit::Normal { std: 0.5, seed: 3 }).unwrap();
+                assert_eq!(l.n(), 40);
+                assert_eq!(l.options().n_ref, Some(12));
+                let after = l.forward(&xt).unwrap().to_vec().unwrap();
+                assert_eq!(before, after, "{norm:?}: grow_preserving changed the outputs");
+                // a plain growth (random keys) must change them
+                let (mut l2, _, _) = layer(&dev, 12, d_in, d_out, norm, s);
+                l2.grow(40, Init::Normal { key_std: 0.5, value_std: 0.5, seed: 3 }).unwrap();
+                let changed = l2.forward(&xt).unwrap().to_vec().unwrap();
+                assert_ne!(before, changed, "{norm:?}: a random growth left the outputs unchanged");
+            }
+            let (mut sm, _, _) = layer(&dev, 12, 16, 24, Norm::Softmax, s);
+            assert!(sm.grow_preserving(20, ValueInit::Zeros).is_err(), "softmax growth cannot preserve");
+            assert!(sm.grow(5, Init::Zeros).is_err(), "shrinking must be refused");
+        }
+    }
 }

@@ -24,19 +24,27 @@ pub fn seed() -> u64 {
 
 /// The devices every kernel test runs on: the emulator always (shuffled lanes;
 /// the seed varies the order), and CUDA device 0 when one is usable; otherwise
-/// the reason it is skipped is printed.
+/// the reason it is skipped is printed. `TF_TEST_BACKENDS=cuda` (the GPU run
+/// kit) keeps only CUDA, `=emulator` only the emulator.
 pub fn backends() -> Vec<(Device, &'static str)> {
-    let mut v = vec![(
-        Device::emulator_with(EmuOptions {
-            lane_order: LaneOrder::Shuffled,
-            seed: seed(),
-            os_threads: 0,
-        }),
-        "emulator",
-    )];
-    match Device::cuda(0) {
-        Ok(d) => v.push((d, "cuda")),
-        Err(e) => eprintln!("CUDA skipped: {e}"),
+    let only = std::env::var("TF_TEST_BACKENDS").unwrap_or_default();
+    let mut v = Vec::new();
+    if only != "cuda" {
+        v.push((
+            Device::emulator_with(EmuOptions {
+                lane_order: LaneOrder::Shuffled,
+                seed: seed(),
+                os_threads: 0,
+            }),
+            "emulator",
+        ));
+    }
+    if only != "emulator" {
+        match Device::cuda(0) {
+            Ok(d) => v.push((d, "cuda")),
+            Err(e) if only == "cuda" => panic!("TF_TEST_BACKENDS=cuda but CUDA is unusable: {e}"),
+            Err(e) => eprintln!("CUDA skipped: {e}"),
+        }
     }
     v
 }

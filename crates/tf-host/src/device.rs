@@ -220,6 +220,28 @@ impl Device {
         Ok(())
     }
 
+    /// GPU time of `iters` calls of `f`, measured with CUDA events on this
+    /// device's stream (the calls are queued back to back; the host waits once
+    /// at the end). The emulator refuses: its timings are not performance.
+    pub fn time_iters<F: FnMut() -> Result<()>>(&self, iters: u64, mut f: F) -> Result<std::time::Duration> {
+        let Backend::Cuda(c) = &self.0.backend else {
+            return Err(Error::InvalidArgument {
+                op: "time_iters",
+                msg: "the emulator has no meaningful timings; benchmark on a CUDA device".into(),
+            });
+        };
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = c.ctx.new_event(flags)?;
+        let end = c.ctx.new_event(flags)?;
+        start.record(&c.stream)?;
+        for _ in 0..iters {
+            f()?;
+        }
+        end.record(&c.stream)?;
+        let ms = start.elapsed_ms(&end)?;
+        Ok(std::time::Duration::from_secs_f64(f64::from(ms) / 1e3))
+    }
+
     /// Whether two handles are the same device.
     pub fn same(&self, other: &Device) -> bool {
         Arc::ptr_eq(&self.0, &other.0)

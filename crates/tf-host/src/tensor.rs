@@ -222,6 +222,28 @@ impl<T: DType> Tensor<T> {
         }
     }
 
+    /// Copies `src` into this tensor (same element count) on the device: a
+    /// device-to-device copy on CUDA (the bandwidth baseline of the benchmarks).
+    pub fn copy_from(&mut self, src: &Tensor<T>) -> Result<()> {
+        if src.len() != self.len() {
+            return Err(Error::Shape {
+                op: "copy_from",
+                msg: format!("source {:?} and destination {:?} differ in size", src.shape, self.shape),
+            });
+        }
+        if !src.dev.same(&self.dev) {
+            return Err(Error::DeviceMismatch { op: "copy_from" });
+        }
+        match (&mut self.buf, &src.buf, &self.dev.0.backend) {
+            (Buffer::Cuda(d), Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.memcpy_dtod(s, d)?),
+            (Buffer::Host(d), Buffer::Host(s), _) => {
+                d.as_mut_slice().copy_from_slice(s.as_slice());
+                Ok(())
+            }
+            _ => Err(Error::DeviceMismatch { op: "copy_from" }),
+        }
+    }
+
     /// The same tensor with another shape of equal element count.
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("reshape", shape)?;

@@ -1,0 +1,301 @@
+//! The Pattention layer: key and value parameter tokens with spare capacity,
+//! grown by appending rows (TOKENFORMER.md, "Growth"; DESIGN.md, "Growth semantics").
+//!
+//! K_P and V_P live in buffers of `capacity` rows of which the first `n` are the
+//! layer's tokens. Growing within the capacity only initialises the new rows (in
+//! place); growing past it copies the old rows into buffers 1.5× larger (or
+//! exactly `n_new` if that is more), like `Vec`. Rows `[0, n_old)` are never
+//! changed, bit for bit.
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
+use crate::ops::pattention::{pattention_into, PattentionOptions};
+use crate::tensor::{Tensor, View, ViewMut};
+use crate::workspace::Workspace;
+
+const OP: &str = "Pattention::grow";
+
+/// How the rows appended by a growth are initialised.
+#[derive(Clone, Copy, Debug)]
+pub enum Init<'a, T: DType> {
+    /// Zero keys and zero values.
+    Zeros,
+    /// Normal keys and values from Philox (DESIGN.md): keys with `seed`, values
+    /// with `seed ^ 0x9E37_79B9_7F4A_7C15`, element `r·cols + c` of each tensor.
+    Normal {
+        /// Standard deviation of the key tokens (the official init: 0.02).
+        key_std: f32,
+        /// Standard deviation of the value tokens (official: 2 / (L·√d)).
+        value_std: f32,
+        /// Philox key.
+        seed: u64,
+    },
+    /// Given rows: keys `[n_new - n, d_in]` and values `[n_new - n, d_out]`, row-major.
+    Rows {
+        /// The new key rows.
+        keys: &'a [T],
+        /// The new value rows.
+        values: &'a [T],
+    },
+}
+
+/// Seed of the value tokens derived from a growth's seed.
+pub const VALUE_SEED_XOR: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// A Pattention layer `y = Θ(x·K_Pᵀ)·V_P` that owns its parameter tokens.
+pub struct Pattention<T: DType> {
+    dev: Device,
+    k_buf: Tensor<T>,
+    v_buf: Tensor<T>,
+    n: usize,
+    opts: PattentionOptions,
+}
+
+impl<T: DType> std::fmt::Debug for Pattention<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Pattention<{}>(n {} of capacity {}, d_in {}, d_out {}, {:?})",
+            T::NAME,
+            self.n,
+            self.capacity(),
+            self.d_in(),
+            self.d_out(),
+            self.opts
+        )
+    }
+}
+
+impl<T: DType> Pattention<T> {
+    /// A layer from its key tokens `[n, d_in]` and value tokens `[n, d_out]`.
+    pub fn new(dev: &Device, k_p: Tensor<T>, v_p: Tensor<T>, opts: PattentionOptions) -> Result<Self> {
+        let (&[n, _], &[nv, _]) = (k_p.shape(), v_p.shape()) else {
+            return Err(Error::Shape {
+                op: "Pattention::new",
+                msg: format!("k_p and v_p must be 2-D, got {:?} and {:?}", k_p.shape(), v_p.shape()),
+            });
+        };
+        if n != nv || n == 0 {
+            return Err(Error::Shape {
+                op: "Pattention::new",
+                msg: format!(
+                    "k_p {:?} and v_p {:?} must have the same, non-zero number of tokens",
+                    k_p.shape(),
+                    v_p.shape()
+                ),
+            });
+        }
+        if !k_p.device().same(dev) || !v_p.device().same(dev) {
+            return Err(Error::DeviceMismatch { op: "Pattention::new" });
+        }
+        Ok(Pattention {
+            dev: dev.clone(),
+            k_buf: k_p,
+            v_buf: v_p,
+            n,
+            opts,
+        })
+    }
+
+    /// Number of parameter tokens.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// Rows the buffers hold before the next growth must reallocate.
+    pub fn capacity(&self) -> usize {
+        self.k_buf.shape()[0]
+    }
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.k_buf.shape()[1]
+    }
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.v_buf.shape()[1]
+    }
+    /// Norm, pinned n_ref and eps.
+    pub fn options(&self) -> &PattentionOptions {
+        &self.opts
+    }
+    /// Pins (or unpins) the reference token count of the scale.
+    pub fn set_n_ref(&mut self, n_ref: Option<usize>) {
+        self.opts.n_ref = n_ref;
+    }
+    /// The key tokens `[n, d_in]` (a view into the capacity buffer).
+    pub fn keys(&self) -> View<'_, T> {
+        let d = self.d_in();
+        // In bounds by construction: n <= capacity.
+        self.k_buf
+            .strided(0, &[self.n, d], &[d, 1])
+            .unwrap_or_else(|_| self.k_buf.view())
+    }
+    /// The value tokens `[n, d_out]`.
+    pub fn values(&self) -> View<'_, T> {
+        let d = self.d_out();
+        self.v_buf
+            .strided(0, &[self.n, d], &[d, 1])
+            .unwrap_or_else(|_| self.v_buf.view())
+    }
+
+    /// `y = Θ(x·K_Pᵀ)·V_P`, x `[t, d_in]` → y `[t, d_out]`.
+    pub fn forward(&self, x: &Tensor<T>) -> Result<Tensor<T>> {
+        let t = x.shape().first().copied().unwrap_or(0);
+        let mut y = self.dev.zeros::<T>(&[t, self.d_out()])?;
+        self.forward_into(&x.view(), &mut y.view_mut(), None)?;
+        Ok(y)
+    }
+
+    /// The same into a caller-given output and (optionally) workspace.
+    pub fn forward_into(&self, x: &View<'_, T>, y: &mut ViewMut<'_, T>, ws: Option<&mut Workspace>) -> Result<()> {
+        pattention_into(&self.dev, x, &self.keys(), &self.values(), y, &self.opts, ws)
+    }
+
+    /// Appends rows so the layer has `n_new` tokens; rows `[0, n)` are unchanged.
+    pub fn grow(&mut self, n_new: usize, init: Init<'_, T>) -> Result<()> {
+        let (k, v) = match init {
+            Init::Zeros => (RowInit::Zeros, RowInit::Zeros),
+            Init::Normal { key_std, value_std, seed } => (
+                RowInit::Normal { std: key_std, seed },
+                RowInit::Normal {
+                    std: value_std,
+                    seed: seed ^ VALUE_SEED_XOR,
+                },
+            ),
+            Init::Rows { keys, values } => (RowInit::Rows(keys), RowInit::Rows(values)),
+        };
+        self.grow_rows(OP, n_new, k, v)
+    }
+
+    /// Growth that leaves the layer's outputs unchanged (TOKENFORMER.md): the new
+    /// KEY rows are zero (score 0, gelu(0) = 0, nothing added to the norm) and the
+    /// scale keeps the current reference count (n_ref pinned). New value rows
+    /// follow `value_init` (non-zero values let the new tokens train: with zero
+    /// keys AND zero values their gradients would vanish). Refused for softmax,
+    /// which no growth preserves (exp(0) = 1).
+    pub fn grow_preserving(&mut self, n_new: usize, value_init: ValueInit) -> Result<()> {
+        const OP_P: &str = "Pattention::grow_preserving";
+        if self.opts.norm == crate::ops::pattention::Norm::Softmax {
+            return Err(Error::InvalidArgument {
+                op: OP_P,
+                msg: "softmax cannot be preserved by growth (exp(0) = 1 adds mass); use grow".into(),
+            });
+        }
+        let pinned = self.opts.n_ref.unwrap_or(self.n);
+        let v = match value_init {
+            ValueInit::Zeros => RowInit::Zeros,
+            ValueInit::Normal { std, seed } => RowInit::Normal { std, seed },
+        };
+        self.grow_rows(OP_P, n_new, RowInit::Zeros, v)?;
+        self.opts.n_ref = Some(pinned);
+        Ok(())
+    }
+
+    /// Appends rows to both tensors in one launch: in place inside the capacity,
+    /// else into buffers 1.5x larger with the old rows copied.
+    fn grow_rows(&mut self, op: &'static str, n_new: usize, k: RowInit<'_, T>, v: RowInit<'_, T>) -> Result<()> {
+        if n_new < self.n {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!("cannot shrink from {} to {n_new} tokens", self.n),
+            });
+        }
+        if n_new == self.n {
+            return Ok(());
+        }
+        let (d_in, d_out, n) = (self.d_in(), self.d_out(), self.n);
+        let new_rows = n_new - n;
+        let k_rows = k.upload(&self.dev, op, new_rows, d_in)?;
+        let v_rows = v.upload(&self.dev, op, new_rows, d_out)?;
+        let (k_init, v_init) = (k.grow_init(k_rows.as_ref()), v.grow_init(v_rows.as_ref()));
+        if n_new <= self.capacity() {
+            let items = vec![
+                GrowItem {
+                    src: None,
+                    dst: self.k_buf.strided_mut(0, &[n_new, d_in], &[d_in, 1])?,
+                    rows_old: n,
+                    init: k_init,
+                },
+                GrowItem {
+                    src: None,
+                    dst: self.v_buf.strided_mut(0, &[n_new, d_out], &[d_out, 1])?,
+                    rows_old: n,
+                    init: v_init,
+                },
+            ];
+            grow_batch(&self.dev, items)?;
+        } else {
+            let cap = n_new.max(self.capacity().saturating_add(self.capacity() / 2));
+            let mut k_new = self.dev.zeros::<T>(&[cap, d_in])?;
+            let mut v_new = self.dev.zeros::<T>(&[cap, d_out])?;
+            let items = vec![
+                GrowItem {
+                    src: Some(self.keys()),
+                    dst: k_new.strided_mut(0, &[n_new, d_in], &[d_in, 1])?,
+                    rows_old: n,
+                    init: k_init,
+                },
+                GrowItem {
+                    src: Some(self.values()),
+                    dst: v_new.strided_mut(0, &[n_new, d_out], &[d_out, 1])?,
+                    rows_old: n,
+                    init: v_init,
+                },
+            ];
+            grow_batch(&self.dev, items)?;
+            self.k_buf = k_new;
+            self.v_buf = v_new;
+        }
+        self.n = n_new;
+        Ok(())
+    }
+}
+
+/// Initialisation of one tensor's new rows.
+#[derive(Clone, Copy)]
+enum RowInit<'a, T: DType> {
+    Zeros,
+    Normal { std: f32, seed: u64 },
+    Rows(&'a [T]),
+}
+
+impl<'a, T: DType> RowInit<'a, T> {
+    /// Host rows uploaded for a `Rows` init (checked against the row count).
+    fn upload(&self, dev: &Device, op: &'static str, rows: usize, cols: usize) -> Result<Option<Tensor<T>>> {
+        match self {
+            RowInit::Rows(data) => {
+                if data.len() != rows * cols {
+                    return Err(Error::Shape {
+                        op,
+                        msg: format!("{rows} new rows of {cols} need {} elements, got {}", rows * cols, data.len()),
+                    });
+                }
+                Ok(Some(dev.upload(data, &[rows, cols])?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn grow_init<'t>(&self, uploaded: Option<&'t Tensor<T>>) -> GrowInit<'t, T> {
+        match (self, uploaded) {
+            (RowInit::Normal { std, seed }, _) => GrowInit::Normal { std: *std, seed: *seed },
+            (RowInit::Rows(_), Some(t)) => GrowInit::Rows(t.view()),
+            _ => GrowInit::Zeros,
+        }
+    }
+}
+
+/// Initialisation of the value rows in [`Pattention::grow_preserving`].
+#[derive(Clone, Copy, Debug)]
+pub enum ValueInit {
+    /// Zero values (the new tokens then receive no gradient until keys move).
+    Zeros,
+    /// Normal values from Philox, element `r·d_out + c` of the value tensor.
+    Normal {
+        /// Standard deviation.
+        std: f32,
+        /// Philox key.
+        seed: u64,
+    },
+}
