@@ -1,0 +1,527 @@
+//! Multi-head scaled dot-product attention, forward (kernels/attention.cu):
+//! `o = softmax(scale · q·kᵀ + mask) · v` per batch and head, plus the natural
+//! log-sum-exp of every query row.
+//!
+//! Layouts: `q` `[B, T_q, H, D]`, `k` and `v` `[B, T_k, H, D]`, `o` `[B, T_q, H, D]`
+//! (strided views; the head dimension contiguous), `lse` `[B, H, T_q]` f32 (any
+//! strides). Causal masking is bottom-right aligned: query `i` sees key `j` iff
+//! `j ≤ i + T_k − T_q`, so one query row against a KV cache sees every key; a row
+//! that sees no key gets `o = 0` and `lse = +inf`.
+//!
+//! Kernels: f16/bf16 on tensor cores (FlashAttention-2 structure), f32 on a SIMT
+//! path; head dims 64, 80, 96, 128. For f16/bf16, views start at a multiple of 8
+//! elements (16 bytes) and every stride of an axis longer than 1 is a multiple of 8
+//! elements (the kernels move 16-byte chunks with cp.async).
+//!
+//! Split-KV (Flash-Decoding): when the query blocks of all batches and heads cannot
+//! fill the GPU (decode, T_q = 1, against a long KV cache), the f16/bf16 path splits
+//! each query block's K range over several blocks, which write f32 partial results
+//! to a scratch buffer, and `attn_combine_*` merges them. The number of splits is
+//! FlashAttention-2's heuristic (`num_splits_heuristic`, below) unless the caller
+//! forces one ([`attention_into_splits`]).
+//!
+//! As for every op family, [`plan`] does all validation and the launch geometry,
+//! identically for CUDA and the emulator; [`attention_into`] only fills pointers
+//! and launches.
+
+use tf_kernels::sys;
+
+use crate::device::{Device, Geometry, KernelParams};
+use crate::dtype::DType;
+use crate::error::{checked_product, to_i64, to_u32, Error, Result};
+use crate::tensor::{Tensor, View, ViewMut};
+
+const OP: &str = "attention";
+
+// SAFETY: bindgen-generated repr(C) plain-data struct taken by value by attn_fwd_*.
+unsafe impl KernelParams for sys::tf_attn_params {}
+
+/// Head dimensions with a kernel.
+pub const HEAD_DIMS: [usize; 4] = [64, 80, 96, 128];
+
+/// Options of [`attention`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AttnOptions {
+    /// Bottom-right-aligned causal mask.
+    pub causal: bool,
+    /// Softmax scale on `q·k`; `None` = `1/sqrt(D)`. Must be finite and > 0.
+    pub scale: Option<f32>,
+}
+
+/// Shapes of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttnShape {
+    /// Batch B.
+    pub batch: usize,
+    /// Query length T_q.
+    pub t_q: usize,
+    /// Key/value length T_k.
+    pub t_k: usize,
+    /// Heads H.
+    pub heads: usize,
+    /// Head dimension D.
+    pub head_dim: usize,
+}
+
+/// What [`plan`] decided.
+#[derive(Debug, Clone)]
+pub struct AttnPlan {
+    /// The shapes.
+    pub shape: AttnShape,
+    /// The kernel to launch.
+    pub kernel: &'static str,
+    /// Its geometry; `None` when there is nothing to compute (B, H or T_q is 0).
+    pub geometry: Option<Geometry>,
+    /// Splits of each query block's K range (1: no split-KV).
+    pub num_splits: usize,
+    /// With split-KV: the combine kernel and its geometry.
+    pub combine: Option<(&'static str, Geometry)>,
+    /// With split-KV: f32 elements of the partial-o and partial-lse scratch buffers.
+    pub scratch: (usize, usize),
+    /// The softmax scale used.
+    pub scale: f32,
+    /// The params with every size, stride and option filled; the pointers are 0
+    /// until [`attention_into`] fills them at launch.
+    pub params: sys::tf_attn_params,
+}
+
+/// The kernel for storage type `T` and head dimension `d` (the one place kernel
+/// names are built).
+pub fn kernel_name<T: DType>(d: usize) -> Result<&'static str> {
+    Ok(match (T::NAME, d) {
+        ("f16", 64) => "attn_fwd_f16_hd64",
+        ("f16", 80) => "attn_fwd_f16_hd80",
+        ("f16", 96) => "attn_fwd_f16_hd96",
+        ("f16", 128) => "attn_fwd_f16_hd128",
+        ("bf16", 64) => "attn_fwd_bf16_hd64",
+        ("bf16", 80) => "attn_fwd_bf16_hd80",
+        ("bf16", 96) => "attn_fwd_bf16_hd96",
+        ("bf16", 128) => "attn_fwd_bf16_hd128",
+        ("f32", 64) => "attn_fwd_f32_hd64",
+        ("f32", 80) => "attn_fwd_f32_hd80",
+        ("f32", 96) => "attn_fwd_f32_hd96",
+        ("f32", 128) => "attn_fwd_f32_hd128",
+        _ => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("head dimension {d} is not supported: 64, 80, 96 or 128"),
+            })
+        }
+    })
+}
+
+/// The split-KV forward kernel and the combine kernel for `T` and `d` (f16/bf16).
+fn split_kernel_names<T: DType>(d: usize) -> Option<(&'static str, &'static str)> {
+    Some(match (T::NAME, d) {
+        ("f16", 64) => ("attn_fwd_split_f16_hd64", "attn_combine_f16"),
+        ("f16", 80) => ("attn_fwd_split_f16_hd80", "attn_combine_f16"),
+        ("f16", 96) => ("attn_fwd_split_f16_hd96", "attn_combine_f16"),
+        ("f16", 128) => ("attn_fwd_split_f16_hd128", "attn_combine_f16"),
+        ("bf16", 64) => ("attn_fwd_split_bf16_hd64", "attn_combine_bf16"),
+        ("bf16", 80) => ("attn_fwd_split_bf16_hd80", "attn_combine_bf16"),
+        ("bf16", 96) => ("attn_fwd_split_bf16_hd96", "attn_combine_bf16"),
+        ("bf16", 128) => ("attn_fwd_split_bf16_hd128", "attn_combine_bf16"),
+        _ => return None,
+    })
+}
+
+/// FlashAttention-2's `num_splits_heuristic` (flash_api.cpp): no split when the
+/// blocks already fill 80% of the SMs; otherwise the fewest splits whose wave
+/// efficiency is within 85% of the best, among split counts that change the K
+/// blocks per split.
+pub fn num_splits_heuristic(blocks: usize, sm_count: usize, n_blocks: usize, max_splits: usize) -> usize {
+    if blocks * 5 >= sm_count * 4 || sm_count == 0 {
+        return 1;
+    }
+    let max_splits = max_splits.min(sm_count).min(n_blocks).max(1);
+    let eligible = |s: usize| s == 1 || n_blocks.div_ceil(s) != n_blocks.div_ceil(s - 1);
+    let efficiency = |s: usize| {
+        let waves = (blocks * s) as f64 / sm_count as f64;
+        waves / waves.ceil()
+    };
+    let best = (1..=max_splits).filter(|&s| eligible(s)).map(efficiency).fold(0.0f64, f64::max);
+    (1..=max_splits).find(|&s| eligible(s) && efficiency(s) >= 0.85 * best).unwrap_or(1)
+}
+
+/// Query rows per block, keys per K/V tile and dynamic shared memory (bytes) of
+/// the kernel for `T` and head dimension `d` (tiles from tf_kernels.h; the
+/// formulas are the kernels' traits).
+pub fn tiles<T: DType>(d: usize) -> Result<(usize, usize, usize)> {
+    kernel_name::<T>(d)?;
+    Ok(if T::NAME == "f32" {
+        let (bm, bn) = (sys::TF_ATTN_F32_BLOCK_M as usize, sys::TF_ATTN_F32_BLOCK_N as usize);
+        let floats = bm * (d + 1) + bn * (d + 1) + bn * d + bm * (bn + 1) + 3 * bm;
+        (bm, bn, 4 * floats)
+    } else {
+        let bm = sys::TF_ATTN_BLOCK_M as usize;
+        let bn = match d {
+            64 => sys::TF_ATTN_BLOCK_N_HD64,
+            80 => sys::TF_ATTN_BLOCK_N_HD80,
+            96 => sys::TF_ATTN_BLOCK_N_HD96,
+            _ => sys::TF_ATTN_BLOCK_N_HD128,
+        } as usize;
+        (bm, bn, (bm + 2 * bn) * d * 2)
+    })
+}
+
+/// Whether distinct indices of a view address distinct elements (axes of length
+/// > 1 sorted by stride, each stride at least the span of the previous ones).
+fn non_overlapping(shape: &[usize], strides: &[usize]) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let mut axes: Vec<(usize, usize)> =
+        shape.iter().zip(strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s, n)).collect();
+    axes.sort_unstable();
+    let mut span = 1usize;
+    for (s, n) in axes {
+        if s < span {
+            return false;
+        }
+        span = match s.checked_mul(n) {
+            Some(x) => x,
+            None => return true, // larger than any tensor: nothing further can overlap
+        };
+    }
+    true
+}
+
+/// For f16/bf16: the view's offset and the strides of its axes longer than 1 are
+/// multiples of 8 elements (16 bytes; tensor buffers are 256-byte aligned).
+fn check_aligned<T: DType>(what: &str, offset: usize, shape: &[usize], strides: &[usize]) -> Result<()> {
+    if std::mem::size_of::<T>() != 2 {
+        return Ok(());
+    }
+    let bad_stride = shape.iter().zip(strides).take(3).any(|(&n, &s)| n > 1 && s % 8 != 0);
+    if offset % 8 != 0 || bad_stride {
+        return Err(Error::Alignment {
+            op: OP,
+            msg: format!(
+                "{what} ({}) starts at element offset {offset} with strides {strides:?} for shape {shape:?}: \
+                 the {} kernels need the offset and the batch, sequence and head strides to be multiples \
+                 of 8 elements (16 bytes)",
+                T::NAME,
+                T::NAME
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Validates every input and output and computes the launch: shapes (`q`
+/// `[B, T_q, H, D]`, `k` = `v` `[B, T_k, H, D]`, `o` like `q`, `lse` `[B, H, T_q]`),
+/// head dimension, contiguity and alignment, non-overlapping outputs, scale, grid
+/// limits, shared memory, and the split-KV decision (heuristic).
+pub fn plan<T: DType>(
+    dev: &Device,
+    q: &View<'_, T>,
+    k: &View<'_, T>,
+    v: &View<'_, T>,
+    o: &ViewMut<'_, T>,
+    lse: &ViewMut<'_, f32>,
+    opts: AttnOptions,
+) -> Result<AttnPlan> {
+    plan_splits(dev, q, k, v, o, lse, opts, None)
+}
+
+/// [`plan`] with the number of K splits forced (`Some(n)`, 1..=128; f16/bf16 only
+/// for n > 1) or chosen by the heuristic (`None`).
+#[allow(clippy::too_many_arguments)]
+pub fn plan_splits<T: DType>(
+    dev: &Device,
+    q: &View<'_, T>,
+    k: &View<'_, T>,
+    v: &View<'_, T>,
+    o: &ViewMut<'_, T>,
+    lse: &ViewMut<'_, f32>,
+    opts: AttnOptions,
+    num_splits: Option<usize>,
+) -> Result<AttnPlan> {
+    for d in [q.device(), k.device(), v.device(), o.device(), lse.device()] {
+        if !d.same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let shape_err = |msg: String| Error::Shape { op: OP, msg };
+    let (&[b, t_q, h, d], &[kb, t_k, kh, kd]) = (q.shape(), k.shape()) else {
+        return Err(shape_err(format!("q and k must be 4-D [B, T, H, D], got q {:?}, k {:?}", q.shape(), k.shape())));
+    };
+    if v.shape() != k.shape() {
+        return Err(shape_err(format!(
+            "k is {:?} but v is {:?}: they must have the same shape [B, T_k, H, D]",
+            k.shape(),
+            v.shape()
+        )));
+    }
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(shape_err(format!("q is {:?} but k is {:?}: B, H and D must agree", q.shape(), k.shape())));
+    }
+    if o.shape() != q.shape() {
+        return Err(shape_err(format!("o is {:?} but q is {:?}: they must match", o.shape(), q.shape())));
+    }
+    if lse.shape() != [b, h, t_q] {
+        return Err(shape_err(format!("lse is {:?} but [B, H, T_q] = [{b}, {h}, {t_q}]", lse.shape())));
+    }
+    let kernel = kernel_name::<T>(d)?;
+    for (what, c) in [
+        ("q", q.inner_contiguous()),
+        ("k", k.inner_contiguous()),
+        ("v", v.inner_contiguous()),
+        ("o", o.inner_contiguous()),
+    ] {
+        if !c {
+            return Err(shape_err(format!("{what}: the head dimension must be contiguous (stride 1)")));
+        }
+    }
+    check_aligned::<T>("q", q.offset(), q.shape(), q.strides())?;
+    check_aligned::<T>("k", k.offset(), k.shape(), k.strides())?;
+    check_aligned::<T>("v", v.offset(), v.shape(), v.strides())?;
+    check_aligned::<T>("o", o.offset(), o.shape(), o.strides())?;
+    if !non_overlapping(o.shape(), o.strides()) || !non_overlapping(lse.shape(), lse.strides()) {
+        return Err(shape_err(format!(
+            "outputs may not overlap themselves: o strides {:?} for {:?}, lse strides {:?} for {:?}",
+            o.strides(),
+            o.shape(),
+            lse.strides(),
+            lse.shape()
+        )));
+    }
+    let scale = match opts.scale {
+        None => 1.0 / (d as f32).sqrt(),
+        Some(s) if s.is_finite() && s > 0.0 => s,
+        Some(s) => {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("scale must be finite and > 0, got {s}") })
+        }
+    };
+    for (what, n) in [("B", b), ("H", h)] {
+        if n > 65535 {
+            return Err(Error::SizeOverflow { op: OP, msg: format!("{what} = {n} exceeds 65535 (a grid dimension)") });
+        }
+    }
+    if t_k > i32::MAX as usize || t_q > i32::MAX as usize {
+        return Err(Error::SizeOverflow {
+            op: OP,
+            msg: format!("T_q = {t_q}, T_k = {t_k}: sequence lengths are at most 2^31 - 1"),
+        });
+    }
+    let (bm, bn, smem) = tiles::<T>(d)?;
+    let m_blocks = t_q.div_ceil(bm);
+    let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
+    let splits = match (num_splits, split_kernel_names::<T>(d)) {
+        (Some(n), _) if n == 0 || n > max_splits => {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("num_splits = {n}: between 1 and {max_splits}") })
+        }
+        (Some(n), None) if n > 1 => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("num_splits = {n}: split-KV exists for f16 and bf16 only, not {}", T::NAME),
+            })
+        }
+        (Some(n), _) => n,
+        (None, None) => 1,
+        (None, Some(_)) => {
+            num_splits_heuristic(m_blocks * b * h, dev.sm_count() as usize, t_k.div_ceil(bn), max_splits)
+        }
+    };
+    let i = |what: &str, x: usize| to_i64(OP, what, x);
+    let (qs, ks, vs, os, ls) = (q.strides(), k.strides(), v.strides(), o.strides(), lse.strides());
+    let params = sys::tf_attn_params {
+        q: 0,
+        k: 0,
+        v: 0,
+        o: 0,
+        lse: 0,
+        q_stride_b: i("q stride", qs[0])?,
+        q_stride_t: i("q stride", qs[1])?,
+        q_stride_h: i("q stride", qs[2])?,
+        k_stride_b: i("k stride", ks[0])?,
+        k_stride_t: i("k stride", ks[1])?,
+        k_stride_h: i("k stride", ks[2])?,
+        v_stride_b: i("v stride", vs[0])?,
+        v_stride_t: i("v stride", vs[1])?,
+        v_stride_h: i("v stride", vs[2])?,
+        o_stride_b: i("o stride", os[0])?,
+        o_stride_t: i("o stride", os[1])?,
+        o_stride_h: i("o stride", os[2])?,
+        lse_stride_b: i("lse stride", ls[0])?,
+        lse_stride_h: i("lse stride", ls[1])?,
+        lse_stride_t: i("lse stride", ls[2])?,
+        t_q: i("T_q", t_q)?,
+        t_k: i("T_k", t_k)?,
+        batch: b as i32,
+        heads: h as i32,
+        head_dim: d as i32,
+        causal: i32::from(opts.causal),
+        scale,
+        num_splits: splits as i32,
+        o_accum: 0,
+        lse_accum: 0,
+    };
+    let empty = b == 0 || h == 0 || t_q == 0;
+    let (kernel, combine, scratch) = match split_kernel_names::<T>(d) {
+        Some((fwd, comb)) if splits > 1 && !empty => {
+            let rows = checked_product(OP, &[b, h, t_q])?;
+            let lse_n = checked_product(OP, &[splits, rows])?;
+            let o_n = checked_product(OP, &[lse_n, d])?;
+            to_i64(OP, "split-KV scratch elements", o_n)?;
+            let g = Geometry {
+                grid: [to_u32(OP, "combine blocks", rows.div_ceil(sys::TF_ATTN_COMBINE_ROWS as usize))?, 1, 1],
+                block: [sys::TF_ATTN_THREADS, 1, 1],
+                smem: 0,
+            };
+            dev.check_geometry(OP, &g)?;
+            (fwd, Some((comb, g)), (o_n, lse_n))
+        }
+        _ => (kernel, None, (0, 0)),
+    };
+    let geometry = if empty {
+        None
+    } else {
+        let blocks_x = m_blocks
+            .checked_mul(splits)
+            .ok_or_else(|| Error::SizeOverflow { op: OP, msg: format!("{m_blocks} query blocks x {splits} splits") })?;
+        let g = Geometry {
+            grid: [to_u32(OP, "query blocks x splits", blocks_x)?, b as u32, h as u32],
+            block: [sys::TF_ATTN_THREADS, 1, 1],
+            smem: to_u32(OP, "shared memory", smem)?,
+        };
+        dev.check_geometry(OP, &g)?;
+        Some(g)
+    };
+    Ok(AttnPlan {
+        shape: AttnShape { batch: b, t_q, t_k, heads: h, head_dim: d },
+        kernel,
+        geometry,
+        num_splits: splits,
+        combine,
+        scratch,
+        scale,
+        params,
+    })
+}
+
+/// Attention into caller-given outputs: `o` `[B, T_q, H, D]` (storage type) and
+/// `lse` `[B, H, T_q]` (f32, natural log; `+inf` for a row that sees no key).
+pub fn attention_into<T: DType>(
+    dev: &Device,
+    q: &View<'_, T>,
+    k: &View<'_, T>,
+    v: &View<'_, T>,
+    o: &mut ViewMut<'_, T>,
+    lse: &mut ViewMut<'_, f32>,
+    opts: AttnOptions,
+) -> Result<()> {
+    attention_into_splits(dev, q, k, v, o, lse, opts, None)
+}
+
+/// [`attention_into`] with the number of K splits forced (`Some(n)`; for tests and
+/// benchmarks) or chosen by the heuristic (`None`). With n > 1 the partial results
+/// go through an f32 scratch buffer of n·B·H·T_q·(D + 1) elements, allocated here.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_into_splits<T: DType>(
+    dev: &Device,
+    q: &View<'_, T>,
+    k: &View<'_, T>,
+    v: &View<'_, T>,
+    o: &mut ViewMut<'_, T>,
+    lse: &mut ViewMut<'_, f32>,
+    opts: AttnOptions,
+    num_splits: Option<usize>,
+) -> Result<()> {
+    let plan = plan_splits(dev, q, k, v, o, lse, opts, num_splits)?;
+    let Some(geom) = plan.geometry else {
+        return Ok(());
+    };
+    let (qp, kp, vp) = (q.ptr(), k.ptr(), v.ptr());
+    let op = o.ptr_mut();
+    let lp = lse.ptr_mut();
+    if std::mem::size_of::<T>() == 2 {
+        // Tensor buffers are 256-byte aligned, so plan's offset check implies this;
+        // kept as a guard for buffers that came from elsewhere (interop).
+        for (what, a) in [("q", qp.addr), ("k", kp.addr), ("v", vp.addr), ("o", op.addr)] {
+            if a % 16 != 0 {
+                return Err(Error::Alignment {
+                    op: OP,
+                    msg: format!("{what} starts at address {a:#x}, which is not 16-byte aligned"),
+                });
+            }
+        }
+    }
+    let (mut o_acc, mut l_acc) = match plan.combine {
+        Some(_) => (Some(dev.zeros::<f32>(&[plan.scratch.0])?), Some(dev.zeros::<f32>(&[plan.scratch.1])?)),
+        None => (None, None),
+    };
+    let mut oa_view = o_acc.as_mut().map(|t| t.view_mut());
+    let mut la_view = l_acc.as_mut().map(|t| t.view_mut());
+    let oa = oa_view.as_mut().map(|v| v.ptr_mut());
+    let la = la_view.as_mut().map(|v| v.ptr_mut());
+    let params = sys::tf_attn_params {
+        q: qp.addr,
+        k: kp.addr,
+        v: vp.addr,
+        o: op.addr,
+        lse: lp.addr,
+        o_accum: oa.as_ref().map_or(0, |p| p.addr),
+        lse_accum: la.as_ref().map_or(0, |p| p.addr),
+        ..plan.params
+    };
+    // SAFETY: plan() checked that q, k, v, o and lse are views of this device with
+    // the shapes [B,T_q,H,D], [B,T_k,H,D] x2, [B,T_q,H,D], [B,H,T_q], so every
+    // element the kernel addresses through the pointers and strides in `params`
+    // lies inside its tensor; the head dimension is contiguous, the 16-bit views
+    // are 16-byte aligned with strides of 8 elements, the outputs do not overlap
+    // themselves (and cannot alias the inputs: they are borrowed mutably);
+    // the grid and shared memory match the kernel's traits. With split-KV the
+    // scratch buffers hold num_splits·B·H·T_q·D and num_splits·B·H·T_q f32, the
+    // extents plan() computed and the kernels index. The views, the scratch
+    // tensors and the pointer guards outlive both launch calls.
+    unsafe { dev.launch(OP, plan.kernel, &geom, &params) }?;
+    if let Some((combine, cg)) = plan.combine {
+        // SAFETY: as above; the combine kernel reads the scratch buffers written by
+        // the launch before it on the same stream, and writes o and lse.
+        unsafe { dev.launch(OP, combine, &cg, &params) }?;
+    }
+    drop((qp, kp, vp, op, lp, oa, la));
+    Ok(())
+}
+
+/// Attention with freshly allocated outputs: `(o [B, T_q, H, D], lse [B, H, T_q])`.
+pub fn attention<T: DType>(
+    dev: &Device,
+    q: &View<'_, T>,
+    k: &View<'_, T>,
+    v: &View<'_, T>,
+    opts: AttnOptions,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
+    let &[b, t_q, h, d] = q.shape() else {
+        return Err(Error::Shape { op: OP, msg: format!("q must be 4-D [B, T_q, H, D], got {:?}", q.shape()) });
+    };
+    kernel_name::<T>(d)?;
+    let mut o: Tensor<T> = dev.zeros(&[b, t_q, h, d])?;
+    let mut lse: Tensor<f32> = dev.zeros(&[b, h, t_q])?;
+    attention_into(dev, q, k, v, &mut o.view_mut(), &mut lse.view_mut(), opts)?;
+    Ok((o, lse))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_detection() {
+        assert!(non_overlapping(&[2, 3, 4, 64], &[768, 256, 64, 1]));
+        assert!(non_overlapping(&[2, 3, 4, 64], &[768, 64, 192, 1]));
+        assert!(!non_overlapping(&[2, 3, 4, 64], &[768, 256, 32, 1]));
+        assert!(non_overlapping(&[1, 5, 1, 64], &[0, 64, 7, 1]));
+        assert!(non_overlapping(&[1, 0, 2, 64], &[0, 128, 64, 1]));
+    }
+
+    #[test]
+    fn tiles_fit_48_kb() {
+        for d in HEAD_DIMS {
+            assert!(tiles::<f32>(d).unwrap().2 <= 48 * 1024);
+            assert!(tiles::<half::f16>(d).unwrap().2 <= 48 * 1024);
+        }
+        assert!(kernel_name::<f32>(72).is_err());
+    }
+}
