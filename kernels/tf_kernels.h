@@ -39,21 +39,95 @@ typedef enum tf_init {
 
 /* ------------------------------------------------------------ pattention --- */
 
-/* (pattention params: defined with kernels/pattention.cu) */
+/* Row normalisation Θ of Pattention (TOKENFORMER.md), applied to A = X·K_Pᵀ. */
+typedef enum tf_norm {
+    TF_NORM_L2_NORM_GELU = 0, /* S = gelu(A·sqrt(n_ref) / (‖A_i‖ + eps)): the default */
+    TF_NORM_GELU_L2_NORM = 1, /* G = gelu(A), S = G·sqrt(n_ref) / (‖G_i‖ + eps) */
+    TF_NORM_SOFTMAX = 2,      /* S = n_ref·softmax(A_i) (eps unused) */
+} tf_norm;
+
+/* Width of one n-tile: the per-row statistics hold one entry per n-tile. */
+#define TF_PATTENTION_TILE_N 128
+/* T at or below which f16/bf16 take the decode path (kernels/pattention_decode.cu). */
+#define TF_PATTENTION_DECODE_MAX_T 64
+/* Every workspace region starts at a multiple of this many bytes. */
+#define TF_PATTENTION_WS_ALIGN 256
+/* Dynamic shared memory (bytes) of the pattention kernels (static_asserted by them). */
+#define TF_PATTENTION_SMEM_MMA 69632        /* pattention_{scores,out}_{f16,bf16} */
+#define TF_PATTENTION_SMEM_SCORES_F32 34816 /* pattention_scores_f32 */
+#define TF_PATTENTION_SMEM_OUT_F32 12800    /* pattention_out_f32 */
+#define TF_PATTENTION_SMEM_DECODE 65536     /* pattention_decode_{f16,bf16} */
+
+/* Params of every pattention kernel (kernels/pattention*.cu); one struct, by value.
+ *
+ * Workspace (ONE function of the shapes; tf-host's pattention_workspace_bytes
+ * mirrors it): with n_tiles = ceil(n / 128), h_stride = round_up(n, 8),
+ * R(b) = round_up(b, 256), decode = (storage is f16 or bf16) && t <= 64:
+ *   h       at 0            R(t * h_stride * sizeof(storage))
+ *   stats   next            R(t * n_tiles * 8)
+ *   rowf    next            R(t * 8)
+ *   partial next            decode ? R(n_tiles * t * d_out * 4) : 0
+ * total = the sum; the base is 256-byte aligned. */
+typedef struct tf_pattention_params {
+    tf_ptr x;              /* [t, d_in] storage type, rows x_row_stride elements apart */
+    tf_ptr k_p;            /* [n, d_in] key tokens, rows k_row_stride elements apart */
+    tf_ptr v_p;            /* [n, d_out] value tokens, rows v_row_stride elements apart */
+    tf_ptr y;              /* [t, d_out] output, rows y_row_stride elements apart */
+    tf_ptr h;              /* workspace [t, h_stride] storage type: scaled scores, then S */
+    tf_ptr stats;          /* workspace [t, n_tiles] float2: (log2 scale, partial sum) per n-tile */
+    tf_ptr rowf;           /* workspace [t] float2: (row factor r, row exponent E) */
+    tf_ptr partial;        /* workspace [n_tiles, t, d_out] f32: decode partial outputs (else 0) */
+    int64_t t;             /* rows of x and y (tokens), >= 1 */
+    int64_t n;             /* parameter tokens: rows of k_p and v_p, >= 1 */
+    int64_t d_in;          /* columns of x and k_p, >= 1 */
+    int64_t d_out;         /* columns of v_p and y, >= 1 */
+    int64_t x_row_stride;  /* elements between rows of x (16-bit: multiple of 8) */
+    int64_t k_row_stride;  /* elements between rows of k_p (16-bit: multiple of 8) */
+    int64_t v_row_stride;  /* elements between rows of v_p (16-bit: multiple of 8) */
+    int64_t y_row_stride;  /* elements between rows of y (16-bit: multiple of 8) */
+    int64_t h_stride;      /* elements between rows of h: round_up(n, 8) */
+    int64_t n_tiles;       /* ceil(n / TF_PATTENTION_TILE_N): columns of stats */
+    int64_t decode_cols;   /* decode: y columns per block, multiple of 128 (blockIdx.y picks the range) */
+    float scale;           /* sqrt(n_ref) for the two L2 norms, n_ref for softmax */
+    float eps;             /* added to the row norm (L2 norms), finite, >= 0 */
+    int32_t norm;          /* tf_norm */
+    int32_t reserved;      /* 0 */
+} tf_pattention_params;
 
 /* ------------------------------------------------------------- attention --- */
 
-/* Params of the attention forward kernels `attn_fwd_{f32,f16,bf16}_hd{64,80,96,128}`
- * (kernels/attention.cu). Element (b, t, h, d) of q is at
- * q + b*q_stride_b + t*q_stride_t + h*q_stride_h + d: the head dimension is
- * contiguous; strides are in elements. For f16/bf16 every base is 16-byte aligned
- * and every stride a multiple of 8 elements (the host checks). */
+/* Tiles of the attention kernels. The host computes grids and dynamic shared memory
+ * from these; kernels/attention.cu builds its traits from them.
+ *   f16/bf16: grid (ceil(t_q / TF_ATTN_BLOCK_M) * num_splits, B, H), smem (BLOCK_M + 2 BLOCK_N) * D * 2 B;
+ *             combine: grid (ceil(B * H * t_q / TF_ATTN_COMBINE_ROWS), 1, 1), no smem.
+ *   f32:      grid (ceil(t_q / TF_ATTN_F32_BLOCK_M), B, H), smem 4 * (BM (D+1) + BN (D+1)
+ *             + BN D + BM (BN+1) + 3 BM) bytes with BM, BN the F32 tiles. */
+#define TF_ATTN_THREADS 128         /* threads per block, every attention kernel */
+#define TF_ATTN_BLOCK_M 128         /* f16/bf16: query rows per block */
+#define TF_ATTN_BLOCK_N_HD64 64     /* f16/bf16: keys per K/V tile, head dim 64 */
+#define TF_ATTN_BLOCK_N_HD80 64     /* ... head dim 80 */
+#define TF_ATTN_BLOCK_N_HD96 64     /* ... head dim 96 */
+#define TF_ATTN_BLOCK_N_HD128 32    /* ... head dim 128 */
+#define TF_ATTN_F32_BLOCK_M 32      /* f32: query rows per block */
+#define TF_ATTN_F32_BLOCK_N 16      /* f32: keys per K/V tile */
+#define TF_ATTN_MAX_SPLITS 128      /* split-KV: most splits of one query block */
+#define TF_ATTN_COMBINE_ROWS 4      /* split-KV combine (attn_combine_*): rows per 128-thread block, a warp each */
+
+/* Params of the attention kernels (kernels/attention.cu): the forward kernels
+ * `attn_fwd_{f32,f16,bf16}_hd{64,80,96,128}` and, after a split-KV forward
+ * (num_splits > 1), `attn_combine_{f16,bf16}`, which merges the partial results into
+ * o and lse. Element (b, t, h, d) of q is at q + b*q_stride_b + t*q_stride_t +
+ * h*q_stride_h + d: the head dimension is contiguous; strides are in elements. For
+ * f16/bf16 every base is 16-byte aligned and every stride a multiple of 8 elements
+ * (the host checks). */
 typedef struct tf_attn_params {
     tf_ptr q;                /* [B, t_q, H, head_dim] storage dtype, input */
     tf_ptr k;                /* [B, t_k, H, head_dim] storage dtype, input */
     tf_ptr v;                /* [B, t_k, H, head_dim] storage dtype, input */
     tf_ptr o;                /* [B, t_q, H, head_dim] storage dtype, output */
     tf_ptr lse;              /* [B, H, t_q] f32 output: natural-log sum-exp of the scaled scores, +inf if no key */
+    tf_ptr o_accum;          /* split-KV: [num_splits, B, H, t_q, head_dim] f32 partial o (0 if num_splits == 1) */
+    tf_ptr lse_accum;        /* split-KV: [num_splits, B, H, t_q] f32 partial lse, -inf for no key (0 if unsplit) */
     int64_t q_stride_b;      /* q: elements between batches */
     int64_t q_stride_t;      /* q: elements between sequence positions */
     int64_t q_stride_h;      /* q: elements between heads */
@@ -76,7 +150,7 @@ typedef struct tf_attn_params {
     int32_t head_dim;        /* D: 64, 80, 96 or 128, must match the kernel's name */
     int32_t causal;          /* 1: key j visible to query i iff j <= i + t_k - t_q (bottom right); 0: all */
     float scale;             /* softmax scale on q.k, finite and > 0 (1/sqrt(head_dim) by default) */
-    int32_t _pad;            /* 0; keeps the size a multiple of 8 bytes */
+    int32_t num_splits;      /* f16/bf16: CTAs sharing one query block's K blocks (gridDim.x = m blocks * this); f32: 1 */
 } tf_attn_params;
 
 /* ---------------------------------------------------------------- growth --- */
@@ -107,6 +181,92 @@ typedef struct tf_grow_params {
     int64_t num_descs;       /* number of descriptors */
 } tf_grow_params;
 
+/* --------------------------------------------------------------- rownorm --- */
+
+/* The normalisation Θ alone, in place on a score matrix A [t, n] (A -> S): the
+ * middle step of the UNFUSED Pattention pipeline (product, norm, product) that
+ * the benchmarks compare the fused kernels with. One block of 256 threads per
+ * row; f32 statistics. Same math and conventions as tf_pattention_params. */
+typedef struct tf_rownorm_params {
+    tf_ptr a;                /* [t, n] storage type, rows row_stride elements apart: in and out */
+    int64_t t;               /* rows */
+    int64_t n;               /* columns (parameter tokens) */
+    int64_t row_stride;      /* elements between rows */
+    float scale;             /* sqrt(n_ref) for the L2 norms, n_ref for softmax */
+    float eps;               /* added to the row norm (L2 norms) */
+    int32_t norm;            /* tf_norm */
+    int32_t reserved;        /* 0 */
+} tf_rownorm_params;
+
+/* ----------------------------------------------------------------- block --- */
+
+/* The small kernels of the rest of the TokenFormer block (kernels/block.cu):
+ * layer norm, partial rotary embedding, residual add, embedding gather. Every
+ * tensor is [t, d] with contiguous rows `*_row_stride` elements apart. */
+
+/* Rotated pairs per head the rotary params can hold: rot_dim <= 2 * this. */
+#define TF_ROTARY_MAX_PAIRS 128
+/* Positions (pos_offset + t) must stay below this: exact in f32. */
+#define TF_ROTARY_MAX_POS 16777216
+
+/* y = (x - mean) / sqrt(var + eps) [* weight + bias], per row, f32 statistics
+ * (two passes, biased variance). One warp per row (grid-stride over rows). */
+typedef struct tf_layer_norm_params {
+    tf_ptr x;                /* [t, d] storage type, input */
+    tf_ptr y;                /* [t, d] storage type, output (not aliasing x) */
+    tf_ptr weight;           /* [d] storage type, affine scale; 0: none (scale 1) */
+    tf_ptr bias;             /* [d] storage type, affine shift; 0: none (shift 0) */
+    int64_t t;               /* rows */
+    int64_t d;               /* columns, >= 1 */
+    int64_t x_row_stride;    /* elements between rows of x */
+    int64_t y_row_stride;    /* elements between rows of y */
+    float eps;               /* added to the variance, finite, >= 0 */
+    int32_t reserved;        /* 0 */
+} tf_layer_norm_params;
+
+/* GPT-NeoX rotate_half (non-interleaved) on the first rot_dim = 2*half dims of
+ * each head of x [t, heads*head_dim], in place; row i at position pos_offset + i.
+ * The angle of pair j is pos * inv_freq[j], inv_freq[j] = base^(-2j/rot_dim),
+ * given in turns (inv_freq / 2pi, computed in f64 on the host) split into two
+ * floats so that the kernel reduces the angle exactly. One thread per pair. */
+typedef struct tf_rotary_params {
+    tf_ptr x;                /* [t, heads*head_dim] storage type, in and out */
+    int64_t t;               /* rows */
+    int64_t row_stride;      /* elements between rows of x */
+    int64_t pos_offset;      /* position of row 0; pos_offset + t <= TF_ROTARY_MAX_POS */
+    int32_t heads;           /* heads per row, >= 1 */
+    int32_t head_dim;        /* elements per head, >= 2 * half */
+    int32_t half;            /* rotated pairs per head: rot_dim / 2, 1..=TF_ROTARY_MAX_PAIRS */
+    int32_t reserved;        /* 0 */
+    float turns_hi[TF_ROTARY_MAX_PAIRS]; /* [half] f32(inv_freq[j] / 2pi); unused entries 0 */
+    float turns_lo[TF_ROTARY_MAX_PAIRS]; /* [half] f32(inv_freq[j] / 2pi - turns_hi[j]) */
+} tf_rotary_params;
+
+/* y += x (the residual add), same shape [t, d], f32 sum rounded once. One warp per
+ * row (grid-stride over rows), 16-byte chunks where aligned. */
+typedef struct tf_residual_add_params {
+    tf_ptr y;                /* [t, d] storage type, in and out */
+    tf_ptr x;                /* [t, d] storage type, added (not aliasing y) */
+    int64_t t;               /* rows */
+    int64_t d;               /* columns */
+    int64_t y_row_stride;    /* elements between rows of y */
+    int64_t x_row_stride;    /* elements between rows of x */
+} tf_residual_add_params;
+
+/* y[i, :] = table[tokens[i], :] (token embedding gather; ids checked < vocab on
+ * the host). One warp per row (grid-stride over rows), 16-byte chunks where
+ * aligned; a bit-exact copy. */
+typedef struct tf_embedding_params {
+    tf_ptr table;            /* [vocab, d] storage type */
+    tf_ptr tokens;           /* [t] uint32 token ids, each < vocab */
+    tf_ptr y;                /* [t, d] storage type, output */
+    int64_t t;               /* rows of y (tokens) */
+    int64_t d;               /* columns */
+    int64_t vocab;           /* rows of table */
+    int64_t table_row_stride;/* elements between rows of table */
+    int64_t y_row_stride;    /* elements between rows of y */
+} tf_embedding_params;
+
 /* ---------------------------------------------------------------- linear --- */
 
 /* y = x . w^T: the dense layer the benchmarks compare Pattention with. On CUDA
@@ -133,6 +293,21 @@ typedef enum tf_emu_lane_order {
     TF_EMU_ORDER_SHUFFLED = 2, /* a permutation drawn from `seed`, per block */
 } tf_emu_lane_order;
 
+/* How the emulator interleaves the warps of a block between __syncthreads. */
+typedef enum tf_emu_warp_order {
+    /* Warps take turns, one rendezvous (warp collective or barrier) each: no warp
+     * gets more than one collective ahead of another (the default). */
+    TF_EMU_WARPS_ROUND_ROBIN = 0,
+    /* Warp-major: the first warp runs until every live lane of it waits at a
+     * __syncthreads or has exited, then the next warp, ...: one warp runs ahead, so
+     * a missing barrier between one warp's shared-memory reads and another warp's
+     * overwrite (store or cp.async) shows up. Warps in ascending order. */
+    TF_EMU_WARPS_AHEAD = 1,
+    TF_EMU_WARPS_AHEAD_REVERSE = 2,  /* warp-major, last warp first */
+    TF_EMU_WARPS_AHEAD_SHUFFLED = 3, /* warp-major, order drawn from `seed` at every barrier */
+    TF_EMU_WARPS_MIXED = 4,          /* one of the four above per block, drawn from `seed` */
+} tf_emu_warp_order;
+
 /* One kernel launch on the CPU SIMT emulator. */
 typedef struct tf_emu_launch_args {
     const char *kernel;          /* the kernel's extern "C" name */
@@ -144,6 +319,7 @@ typedef struct tf_emu_launch_args {
     int32_t lane_order;          /* tf_emu_lane_order */
     uint64_t seed;               /* lane-order seed */
     uint32_t os_threads;         /* worker OS threads for blocks; 0 = number of cores */
+    int32_t warp_order;          /* tf_emu_warp_order (0: round robin) */
 } tf_emu_launch_args;
 
 /* Runs a kernel to completion on the emulator. Returns 0 on success; otherwise
@@ -160,6 +336,23 @@ const char *tf_emu_kernel_name(size_t i);
 #define TF_EMU_MAX_STATIC_SMEM (48u * 1024u)
 #define TF_EMU_MAX_DYNAMIC_SMEM (227u * 1024u)
 #define TF_EMU_MAX_THREADS_PER_BLOCK 1024u
+
+/* ------------------------------------------------- emulator test kernels --- */
+
+/* Params of the emulator-only test kernels in kernels/test/ (tests/emulator.rs;
+ * not part of the fatbin). One generic struct: each kernel's comment says what
+ * its inputs, outputs, `n`, `mode` and `arg` mean. */
+typedef struct tf_test_params {
+    tf_ptr in0;    /* input buffers */
+    tf_ptr in1;
+    tf_ptr in2;
+    tf_ptr out0;   /* output buffers */
+    tf_ptr out1;
+    tf_ptr out2;
+    int64_t n;     /* an element count or iteration count */
+    int32_t mode;  /* the kernel's variant */
+    int32_t arg;   /* a variant argument */
+} tf_test_params;
 
 #ifdef __cplusplus
 }

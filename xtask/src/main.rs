@@ -4,7 +4,9 @@
 //! - `test`:  setup, then `cargo test --workspace` with the toolchain in the
 //!   environment (so every test run compiles the kernels through nvcc and ptxas),
 //!   then the SASS checks of the compiled fatbin.
-//! - `bench`: setup, then the benchmarks.
+//! - `bench`: setup, then `tokenformer bench` (the Pattention-vs-dense table,
+//!   attention and growth on the GPU; without one, the emulator check);
+//!   `bench --criterion` runs the criterion benches instead.
 
 mod toolchain;
 
@@ -29,6 +31,8 @@ fn main() -> ExitCode {
         Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
+        Some("device-kit") => device_kit(&root),
+        Some("sass") => sass_checks(&root),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -49,7 +53,13 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 commands:
   setup           find or install (into .toolchain/) nvcc 13.0 and libclang
   test [args]     setup, then cargo test --workspace [args], then the SASS checks
-  bench [args]    setup, then cargo bench [args]";
+  bench [args]    setup, then `tokenformer bench [args]` (release build; without a
+                  GPU it says so and runs `tokenformer check` on the emulator);
+                  `bench --criterion [args]` runs `cargo bench [args]` instead
+  sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
+  device-kit      build release test and bench binaries, the fatbin, the ptxas
+                  report and the run script into device-kit/ (< 64 MiB), to run
+                  on any GPU machine: device-kit/run.sh OUT_DIR";
 
 fn project_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -152,9 +162,121 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     sass_checks(root)
 }
 
+/// `tokenformer bench` (release build) with `extra` passed on; on a machine
+/// without a GPU the CLI says so and runs its emulator check. `--criterion`
+/// first runs the criterion benches (`cargo bench`) instead.
 fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
     let tc = setup(root)?;
-    run(cargo(root, &tc).args(["bench", "--workspace"]).args(extra))
+    if extra.first().is_some_and(|a| a == "--criterion") {
+        return run(cargo(root, &tc).args(["bench", "--workspace"]).args(&extra[1..]));
+    }
+    run(cargo(root, &tc)
+        .args(["run", "--release", "--quiet", "-p", "tf-cli", "--bin", "tokenformer", "--", "bench"])
+        .args(extra))
+}
+
+/// Tests the GPU run kit carries (the CUDA half of each; the emulator half is
+/// skipped there through TF_TEST_BACKENDS=cuda).
+const KIT_TESTS: &[&str] = &["pattention", "attention", "grow", "baseline", "model"];
+/// Benches the kit carries.
+const KIT_BENCHES: &[&str] = &["pattention", "attention", "grow"];
+/// Largest kit the GPU machine accepts.
+const KIT_LIMIT: u64 = 64 << 20;
+
+/// Builds `device-kit/`: stripped release binaries, the fatbin, the ptxas
+/// report, PyTorch's baselines and the run script; checks the run script here
+/// in its `--check` mode.
+fn device_kit(root: &Path) -> Result<(), String> {
+    let tc = setup(root)?;
+    let kit = root.join("device-kit");
+    if kit.exists() {
+        std::fs::remove_dir_all(&kit).map_err(|e| format!("{}: {e}", kit.display()))?;
+    }
+    for sub in ["tests", "benches"] {
+        std::fs::create_dir_all(kit.join(sub)).map_err(|e| format!("{}: {e}", kit.display()))?;
+    }
+    let mut tests = cargo(root, &tc);
+    tests.args(["test", "--release", "--no-run", "--message-format=json"]);
+    for t in KIT_TESTS {
+        tests.args(["--test", t]);
+    }
+    let mut benches = cargo(root, &tc);
+    benches.args(["bench", "--no-run", "--message-format=json"]);
+    for b in KIT_BENCHES {
+        benches.args(["--bench", b]);
+    }
+    for (cmd, names, dir) in [(&mut tests, KIT_TESTS, "tests"), (&mut benches, KIT_BENCHES, "benches")] {
+        cmd.env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+            .env("CARGO_PROFILE_BENCH_STRIP", "symbols")
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_BENCH_DEBUG", "false");
+        let json = run_capture(cmd)?;
+        for name in names {
+            let exe = executable_of(&json, name).ok_or_else(|| format!("cargo built no executable for {dir}/{name}"))?;
+            copy(&exe, &kit.join(dir).join(name))?;
+        }
+    }
+    let fatbin = newest(&root.join("target/release"), "tf_kernels.fatbin")
+        .ok_or("no release fatbin: the kernels were not compiled by nvcc")?;
+    copy(&fatbin, &kit.join("tf_kernels.fatbin"))?;
+    if let Some(dir) = fatbin.parent() {
+        copy(&dir.join("ptxas.txt"), &kit.join("ptxas.txt"))?;
+    }
+    copy(&root.join("benches/torch_baseline.py"), &kit.join("torch_baseline.py"))?;
+    copy(&root.join("xtask/kit/summarize.py"), &kit.join("summarize.py"))?;
+    copy(&root.join("xtask/kit/run.sh"), &kit.join("run.sh"))?;
+    let size = dir_size(&kit);
+    println!("xtask: device-kit {} ({:.1} MiB)", kit.display(), size as f64 / (1u64 << 20) as f64);
+    if size > KIT_LIMIT {
+        return Err(format!("device-kit is {size} bytes, over the {KIT_LIMIT}-byte limit"));
+    }
+    // The run script's GPU check, here: on a machine without a GPU it must stop
+    // with a clear message and exit code 2; with one, --check exits 0.
+    let check_out = root.join("target/kit-check");
+    let out = Command::new(kit.join("run.sh"))
+        .arg(&check_out)
+        .arg("--check")
+        .output()
+        .map_err(|e| format!("cannot run run.sh: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}");
+    match out.status.code() {
+        Some(0) | Some(2) if text.contains("GPU") => Ok(()),
+        other => Err(format!("run.sh --check ended with {other:?} and no GPU verdict")),
+    }
+}
+
+/// The `"executable"` of the cargo JSON message for target `name`.
+fn executable_of(json: &str, name: &str) -> Option<PathBuf> {
+    json.lines()
+        .filter(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains("\"executable\":\""))
+        .filter_map(|l| {
+            let rest = l.split("\"executable\":\"").nth(1)?;
+            Some(PathBuf::from(rest.split('"').next()?))
+        })
+        .next_back()
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
 }
 
 /// The SASS of the fatbin the tests just used: what ptxas and cuobjdump say.
@@ -177,6 +299,55 @@ fn sass_checks(root: &Path) -> Result<(), String> {
     }
     let kernels = report.matches("Compiling entry function").count();
     println!("xtask: ptxas     {kernels} kernel compilations, 0 spill bytes ({})", ptxas.display());
+    sass_instructions(&fatbin)
+}
+
+/// Tensor-core kernels (16-bit Pattention products and attention) must use the
+/// tensor cores (HMMA), ldmatrix (LDSM) and cp.async (LDGSTS) in the SASS of
+/// every arch, as `cuobjdump -sass` shows.
+fn sass_instructions(fatbin: &Path) -> Result<(), String> {
+    let root = project_root();
+    let Some(cuobjdump) = toolchain::find_nvcc(&root).and_then(|n| Some(n.parent()?.join("cuobjdump"))).filter(|p| p.is_file())
+    else {
+        println!("xtask: SASS      skipped: no cuobjdump beside nvcc");
+        return Ok(());
+    };
+    let sass = run_capture(Command::new(&cuobjdump).arg("-sass").arg(fatbin))?;
+    let needs_tensor_cores = |name: &str| {
+        let sixteen = name.ends_with("_f16") || name.ends_with("_bf16") || name.contains("_f16_") || name.contains("_bf16_");
+        sixteen
+            && (name.starts_with("pattention_scores")
+                || name.starts_with("pattention_out")
+                || name.starts_with("pattention_decode")
+                || name.starts_with("attn_fwd"))
+    };
+    // (kernel name, its SASS) for every function of every arch
+    let mut functions: Vec<(String, String)> = Vec::new();
+    for line in sass.lines() {
+        if let Some(name) = line.trim().strip_prefix("Function : ") {
+            functions.push((name.trim().to_string(), String::new()));
+        } else if let Some((_, body)) = functions.last_mut() {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    for (name, body) in functions.iter().filter(|(n, _)| needs_tensor_cores(n)) {
+        checked += 1;
+        for op in ["HMMA", "LDSM", "LDGSTS"] {
+            if !body.contains(op) {
+                missing.push(format!("{name}: no {op}"));
+            }
+        }
+    }
+    if checked == 0 {
+        return Err("SASS check found no tensor-core kernel in the fatbin".into());
+    }
+    if !missing.is_empty() {
+        return Err(format!("SASS check failed:\n{}", missing.join("\n")));
+    }
+    println!("xtask: SASS      HMMA, LDSM, LDGSTS present in all {checked} tensor-core kernel compilations");
     Ok(())
 }
 

@@ -139,6 +139,16 @@ impl<T: DType> Pattention<T> {
             .unwrap_or_else(|_| self.v_buf.view())
     }
 
+    /// The key and value tokens copied to the host, `[n, d_in]` and `[n, d_out]`
+    /// row-major (checkpoints).
+    pub(crate) fn download(&self) -> Result<(Vec<T>, Vec<T>)> {
+        let mut k = self.k_buf.to_vec()?;
+        let mut v = self.v_buf.to_vec()?;
+        k.truncate(self.n * self.d_in());
+        v.truncate(self.n * self.d_out());
+        Ok((k, v))
+    }
+
     /// `y = Θ(x·K_Pᵀ)·V_P`, x `[t, d_in]` → y `[t, d_out]`.
     pub fn forward(&self, x: &Tensor<T>) -> Result<Tensor<T>> {
         let t = x.shape().first().copied().unwrap_or(0);
@@ -195,22 +205,74 @@ impl<T: DType> Pattention<T> {
     /// Appends rows to both tensors in one launch: in place inside the capacity,
     /// else into buffers 1.5x larger with the old rows copied.
     fn grow_rows(&mut self, op: &'static str, n_new: usize, k: RowInit<'_, T>, v: RowInit<'_, T>) -> Result<()> {
+        let mut staged = self.stage_growth(op, n_new)?;
+        if n_new == self.n {
+            return Ok(());
+        }
+        let new_rows = n_new - self.n;
+        let k_rows = k.upload(&self.dev, op, new_rows, self.d_in())?;
+        let v_rows = v.upload(&self.dev, op, new_rows, self.d_out())?;
+        let (k_init, v_init) = (k.grow_init(k_rows.as_ref()), v.grow_init(v_rows.as_ref()));
+        let dev = self.dev.clone();
+        let items = self.growth_items(&mut staged, k_init, v_init)?;
+        grow_batch(&dev, items)?;
+        self.commit_growth(staged);
+        Ok(())
+    }
+
+    /// First step of a growth to `n_new` tokens (several layers can be grown in
+    /// ONE launch: stage each, gather every layer's [`growth_items`](Self::growth_items)
+    /// into one `grow_batch`, then [`commit_growth`](Self::commit_growth) each).
+    /// Checks `n_new` and allocates larger buffers when the capacity is exceeded;
+    /// the layer itself is unchanged until the commit.
+    pub(crate) fn stage_growth(&self, op: &'static str, n_new: usize) -> Result<StagedGrowth<T>> {
         if n_new < self.n {
             return Err(Error::InvalidArgument {
                 op,
                 msg: format!("cannot shrink from {} to {n_new} tokens", self.n),
             });
         }
-        if n_new == self.n {
-            return Ok(());
+        let bufs = if n_new > self.capacity() {
+            let cap = n_new.max(self.capacity().saturating_add(self.capacity() / 2));
+            Some((self.dev.zeros::<T>(&[cap, self.d_in()])?, self.dev.zeros::<T>(&[cap, self.d_out()])?))
+        } else {
+            None
+        };
+        Ok(StagedGrowth { n_new, bufs })
+    }
+
+    /// The two growth items (keys, values) of a staged growth: in place inside
+    /// the capacity (nothing copied), else old rows copied into the new buffers.
+    /// Empty when the token count does not change.
+    pub(crate) fn growth_items<'a>(
+        &'a mut self,
+        staged: &'a mut StagedGrowth<T>,
+        k_init: GrowInit<'a, T>,
+        v_init: GrowInit<'a, T>,
+    ) -> Result<Vec<GrowItem<'a, T>>> {
+        let (d_in, d_out, n, n_new) = (self.d_in(), self.d_out(), self.n, staged.n_new);
+        if n_new == n {
+            return Ok(Vec::new());
         }
-        let (d_in, d_out, n) = (self.d_in(), self.d_out(), self.n);
-        let new_rows = n_new - n;
-        let k_rows = k.upload(&self.dev, op, new_rows, d_in)?;
-        let v_rows = v.upload(&self.dev, op, new_rows, d_out)?;
-        let (k_init, v_init) = (k.grow_init(k_rows.as_ref()), v.grow_init(v_rows.as_ref()));
-        if n_new <= self.capacity() {
-            let items = vec![
+        Ok(match &mut staged.bufs {
+            Some((k_new, v_new)) => {
+                let this: &'a Self = self;
+                vec![
+                    GrowItem {
+                        src: Some(this.keys()),
+                        dst: k_new.strided_mut(0, &[n_new, d_in], &[d_in, 1])?,
+                        rows_old: n,
+                        init: k_init,
+                    },
+                    GrowItem {
+                        src: Some(this.values()),
+                        dst: v_new.strided_mut(0, &[n_new, d_out], &[d_out, 1])?,
+                        rows_old: n,
+                        init: v_init,
+                    },
+                ]
+            }
+            None => vec![
                 GrowItem {
                     src: None,
                     dst: self.k_buf.strided_mut(0, &[n_new, d_in], &[d_in, 1])?,
@@ -223,33 +285,27 @@ impl<T: DType> Pattention<T> {
                     rows_old: n,
                     init: v_init,
                 },
-            ];
-            grow_batch(&self.dev, items)?;
-        } else {
-            let cap = n_new.max(self.capacity().saturating_add(self.capacity() / 2));
-            let mut k_new = self.dev.zeros::<T>(&[cap, d_in])?;
-            let mut v_new = self.dev.zeros::<T>(&[cap, d_out])?;
-            let items = vec![
-                GrowItem {
-                    src: Some(self.keys()),
-                    dst: k_new.strided_mut(0, &[n_new, d_in], &[d_in, 1])?,
-                    rows_old: n,
-                    init: k_init,
-                },
-                GrowItem {
-                    src: Some(self.values()),
-                    dst: v_new.strided_mut(0, &[n_new, d_out], &[d_out, 1])?,
-                    rows_old: n,
-                    init: v_init,
-                },
-            ];
-            grow_batch(&self.dev, items)?;
-            self.k_buf = k_new;
-            self.v_buf = v_new;
-        }
-        self.n = n_new;
-        Ok(())
+            ],
+        })
     }
+
+    /// Last step of a growth, after its items were launched: the layer takes the
+    /// new buffers (if any) and the new token count.
+    pub(crate) fn commit_growth(&mut self, staged: StagedGrowth<T>) {
+        if let Some((k, v)) = staged.bufs {
+            self.k_buf = k;
+            self.v_buf = v;
+        }
+        self.n = staged.n_new;
+    }
+}
+
+/// A growth checked and allocated but not yet launched (see
+/// [`Pattention::stage_growth`]).
+pub(crate) struct StagedGrowth<T: DType> {
+    n_new: usize,
+    /// New key and value buffers when the capacity is exceeded.
+    bufs: Option<(Tensor<T>, Tensor<T>)>,
 }
 
 /// Initialisation of one tensor's new rows.

@@ -10,9 +10,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bench;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod layer;
+pub mod model;
 pub mod ops;
 pub mod tensor;
 pub mod workspace;
@@ -20,8 +23,12 @@ pub mod workspace;
 pub use device::{Device, EmuOptions, Geometry, LaneOrder};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use layer::{Init, Pattention, ValueInit};
+pub use model::{KvCache, ModelParams, Sampling, Slot, Tokenformer, TokenformerConfig};
+pub use ops::attention::{attention, attention_into, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
+pub use ops::pattention::{pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
 pub use tensor::{Tensor, View, ViewMut};
 pub use workspace::Workspace;
 pub use half::{bf16, f16};

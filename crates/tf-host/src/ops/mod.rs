@@ -1,4 +1,8 @@
 //! Operations: one module per kernel family, each with its `plan`.
 
+pub mod attention;
+pub mod block;
 pub mod grow;
 pub mod linear;
+pub mod pattention;
+pub mod rownorm;

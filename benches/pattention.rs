@@ -1,0 +1,35 @@
+//! Pattention against dense linear layers (TOKENFORMER.md shapes), on the GPU.
+//!
+//! Per case (d, n, T, dtype, norm) three variants, in one criterion group:
+//! - `fused`: this project's kernels (`pattention_into`, one reused workspace);
+//! - `unfused`: what a PyTorch user runs today: cuBLAS `X·K_Pᵀ` → the norm as its
+//!   own kernel over the `[T, n]` scores in global memory → cuBLAS `S·V_P`;
+//! - `dense`: a `d → d` linear layer through cuBLAS (equal parameters and FLOPs
+//!   at n = d/2).
+//!
+//! The cases and the measurement are `tf_host::bench`'s (shared with
+//! `tokenformer bench`). FLOPs as TOKENFORMER.md counts them: `2·T·d·n + 2·T·n·d`
+//! (Θ not counted); dense `2·T·d·d`. Criterion's throughput is in elements =
+//! FLOPs, so its "Gelem/s" reads as GFLOP/s. Inputs rotate over 4 buffers so
+//! caches do not flatter. Without a CUDA device the bench prints why and
+//! measures nothing.
+
+mod common;
+
+use common::{criterion, gpu, hook, peaks, report};
+use tf_host::bench::{pattention_cases, run_pattention_case, BenchSet};
+
+fn main() {
+    let Some(dev) = gpu("pattention") else { return };
+    let peaks = peaks(&dev);
+    let mut c = criterion();
+    let mut rows = Vec::new();
+    {
+        let mut h = hook(&mut c, &dev);
+        for case in pattention_cases(BenchSet::from_env()) {
+            rows.extend(run_pattention_case(&dev, &case, &mut h).expect("pattention case"));
+        }
+    }
+    report(&rows, &peaks);
+    c.final_summary();
+}

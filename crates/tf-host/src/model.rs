@@ -1,0 +1,973 @@
+//! A whole TokenFormer on a device: the official initialisation (on the device,
+//! the same Philox numbers as `tf_ref::ModelParams::init`), GPT-NeoX safetensors
+//! checkpoints, the forward pass to logits, a KV cache for incremental decoding,
+//! greedy and temperature sampling, and growth of every Pattention at once.
+//!
+//! The forward pass, for token ids `tokens` at positions `p..p+t` (TOKENFORMER.md):
+//!
+//! ```text
+//! x = embedding[tokens]                                    [t, d]
+//! for each block:
+//!     h = LN(x)                                            no affine, eps 1e-5
+//!     q, k, v = Pattention_{q,k,v}(h)                      k, v written into the KV cache
+//!     q, k = rotary(q), rotary(k)                          first rot_dim dims of each head
+//!     ctx = attention(q [1,t,H,hd], K [1,p+t,H,hd], V)     causal, bottom-right aligned
+//!     x += Pattention_proj(ctx)
+//!     x += Pattention_ffn(LN(x))
+//! logits = LN_affine(x) · embeddingᵀ                       [t, vocab]
+//! ```
+//!
+//! Head dimensions the attention kernels have (64, 80, 96, 128) run directly on
+//! the cache. Smaller ones (the `tiny` test config has 16) run padded with zeros
+//! to the next kernel size: q and the cache rows hold the head's dims followed
+//! by zeros, which change neither `q·k` nor (in the dims that are kept) the
+//! output; the scale stays `1/sqrt(head_dim)`. The padding copies go through the
+//! growth kernel used as a strided 2-D copy, q, k and v in one launch.
+//!
+//! The configuration and checkpoint formats are tf-ref's ([`TokenformerConfig`],
+//! [`ModelParams`]); no tf-ref arithmetic runs here.
+//!
+//! ```no_run
+//! use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let dev = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
+//!     let cfg = TokenformerConfig::by_name("354m")?;           // or a custom struct literal
+//!     let mut model = Tokenformer::<bf16>::new(&dev, &cfg, 42)?; // official init, on the device
+//!     // let model = Tokenformer::<bf16>::load(&dev, &cfg, "tokenformer-354m.safetensors")?;
+//!     let logits = model.forward(&[1, 2, 3])?;                  // Tensor<bf16> [3, 50304]
+//!     let ids = model.generate(&[1, 2, 3], 32, Sampling::Greedy)?; // KV cache, one row per step
+//!     model.grow_preserving(1792, 1792, 7168, 7)?;              // 354m -> 757m, logits unchanged
+//!     model.save("tokenformer-757m.safetensors")?;              // GPT-NeoX key names
+//!     println!("{:?} {ids:?}", logits.shape());
+//!     Ok(())
+//! }
+//! ```
+
+use tf_ref::{tensor_seed, BlockParams};
+/// The configuration and checkpoint types, tf-ref's (re-exported for users).
+pub use tf_ref::{ModelParams, Slot, TokenformerConfig, CONFIG_NAMES};
+
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::layer::{Pattention, StagedGrowth};
+use crate::ops::attention::{attention_into, AttnOptions, HEAD_DIMS};
+use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
+use crate::ops::linear::linear_into;
+use crate::ops::pattention::{pattention_workspace_bytes, Norm, PattentionOptions};
+use crate::tensor::{Tensor, View, ViewMut};
+use crate::workspace::Workspace;
+
+/// Standard deviation of the embedding and of every key-token matrix (GPT-NeoX
+/// `init_method_std` 0.02), as tf-ref.
+const KEY_STD: f32 = 0.02;
+
+/// Standard deviation of the value tokens: `2 / (L·√d)` ("wang init"), computed
+/// in f64 and rounded to f32, as tf-ref.
+fn value_std(cfg: &TokenformerConfig) -> f32 {
+    (2.0 / (cfg.layers as f64 * (cfg.d as f64).sqrt())) as f32
+}
+
+/// Index of a block tensor in [`TokenformerConfig::tensor_names`] (the index
+/// [`tensor_seed`] takes): `1 + 10·block + 2·slot + value`.
+fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
+    (block as u64)
+        .wrapping_mul(10)
+        .wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
+}
+
+/// A tf-ref error (config or checkpoint) as a tf-host error, message kept whole.
+fn from_ref(op: &'static str) -> impl Fn(tf_ref::Error) -> Error {
+    move |e| match e {
+        tf_ref::Error::Shape { .. } => Error::Shape {
+            op,
+            msg: e.to_string(),
+        },
+        other => Error::InvalidArgument {
+            op,
+            msg: other.to_string(),
+        },
+    }
+}
+
+fn norm_of(n: tf_ref::Norm) -> Norm {
+    match n {
+        tf_ref::Norm::L2NormGelu => Norm::L2NormGelu,
+        tf_ref::Norm::GeluL2Norm => Norm::GeluL2Norm,
+        tf_ref::Norm::Softmax => Norm::Softmax,
+    }
+}
+
+/// Sizes derived from a config, checked once.
+#[derive(Debug, Clone, Copy)]
+struct Geo {
+    d: usize,
+    vocab: usize,
+    heads: usize,
+    /// The model's head dimension.
+    hd: usize,
+    /// The attention kernel's head dimension (`hd` or the next larger kernel size).
+    hd_pad: usize,
+    rot_dim: usize,
+    base: f32,
+    eps: f32,
+    norm: Norm,
+}
+
+impl Geo {
+    fn of<T: DType>(op: &'static str, cfg: &TokenformerConfig) -> Result<Geo> {
+        cfg.validate().map_err(from_ref(op))?;
+        let hd = cfg.head_dim();
+        let Some(&hd_pad) = HEAD_DIMS.iter().find(|&&k| k >= hd) else {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "config {:?}: head dimension {hd} is larger than the attention kernels' largest ({})",
+                    cfg.name,
+                    HEAD_DIMS[HEAD_DIMS.len() - 1]
+                ),
+            });
+        };
+        if std::mem::size_of::<T>() == 2 && cfg.d % 8 != 0 {
+            return Err(Error::Alignment {
+                op,
+                msg: format!(
+                    "config {:?}: d = {} must be a multiple of 8 for {} storage (16-byte rows)",
+                    cfg.name,
+                    cfg.d,
+                    T::NAME
+                ),
+            });
+        }
+        let rot_dim = cfg.rot_dim().map_err(from_ref(op))?;
+        Ok(Geo {
+            d: cfg.d,
+            vocab: cfg.vocab,
+            heads: cfg.heads,
+            hd,
+            hd_pad,
+            rot_dim,
+            base: cfg.rotary_base as f32,
+            eps: cfg.ln_eps as f32,
+            norm: norm_of(cfg.norm),
+        })
+    }
+
+    fn padded(&self) -> bool {
+        self.hd_pad != self.hd
+    }
+
+    /// Elements of one cache row (one position, every head).
+    fn cache_row(&self) -> usize {
+        self.heads * self.hd_pad
+    }
+}
+
+/// How [`Tokenformer::generate`] picks each next token from the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (the first one on ties).
+    Greedy,
+    /// A draw from `softmax(logits / t)`, reproducible for a given `seed`.
+    Temperature {
+        /// The temperature, finite and > 0.
+        t: f32,
+        /// Seed of the draws.
+        seed: u64,
+    },
+}
+
+/// Keys and values of every layer for the positions seen so far, for decoding
+/// one token at a time: per layer `[1, max_len, heads, head_dim]` (head_dim
+/// padded as the model pads it). Made by [`Tokenformer::new_cache`].
+pub struct KvCache<T: DType> {
+    dev: Device,
+    k: Vec<Tensor<T>>,
+    v: Vec<Tensor<T>>,
+    len: usize,
+    max_len: usize,
+    heads: usize,
+    hd_pad: usize,
+}
+
+impl<T: DType> std::fmt::Debug for KvCache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KvCache<{}>({} layers, {} of {} positions, {} heads x {})",
+            T::NAME,
+            self.k.len(),
+            self.len,
+            self.max_len,
+            self.heads,
+            self.hd_pad
+        )
+    }
+}
+
+impl<T: DType> KvCache<T> {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Most positions it can hold.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+    /// Forgets every position (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// A TokenFormer with storage type `T` (f32, f16, bf16) on a device.
+pub struct Tokenformer<T: DType> {
+    dev: Device,
+    cfg: TokenformerConfig,
+    geo: Geo,
+    /// The tied embedding `[vocab, d]`.
+    embedding: Tensor<T>,
+    /// Per block, the five Pattentions in [`Slot::ALL`] order.
+    blocks: Vec<[Pattention<T>; 5]>,
+    norm_weight: Tensor<T>,
+    norm_bias: Tensor<T>,
+}
+
+impl<T: DType> std::fmt::Debug for Tokenformer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Tokenformer<{}>({:?}: {} layers, d {}, {} heads, slots {}/{}/{}, vocab {} on {:?})",
+            T::NAME,
+            self.cfg.name,
+            self.cfg.layers,
+            self.cfg.d,
+            self.cfg.heads,
+            self.cfg.qkv_slots,
+            self.cfg.proj_slots,
+            self.cfg.ffn_slots,
+            self.cfg.vocab,
+            self.dev
+        )
+    }
+}
+
+fn pattention_opts(geo: &Geo, n_ref: Option<usize>) -> PattentionOptions {
+    PattentionOptions {
+        norm: geo.norm,
+        n_ref,
+        eps: 0.0,
+    }
+}
+
+/// An f64 host tensor as a device tensor of `T` (via f32, as checkpoints store it).
+fn upload_f64<T: DType>(dev: &Device, data: &[f64], shape: &[usize]) -> Result<Tensor<T>> {
+    let v: Vec<T> = data.iter().map(|&x| T::from_f32(x as f32)).collect();
+    dev.upload(&v, shape)
+}
+
+fn to_f64<T: DType>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|x| f64::from(x.to_f32())).collect()
+}
+
+/// A growth item that is a plain strided 2-D copy (no rows appended).
+fn copy_item<'a, T: DType>(src: View<'a, T>, dst: ViewMut<'a, T>) -> GrowItem<'a, T> {
+    let rows = src.shape()[0];
+    GrowItem {
+        src: Some(src),
+        dst,
+        rows_old: rows,
+        init: GrowInit::Zeros,
+    }
+}
+
+impl<T: DType> Tokenformer<T> {
+    /// A model with the official initialisation, made on the device: embedding
+    /// and key tokens N(0, 0.02²), value tokens N(0, (2/(L·√d))²), final norm
+    /// weight 1 and bias 0. Tensor `i` of [`TokenformerConfig::tensor_names`]
+    /// uses the Philox stream `tensor_seed(seed, i)`, so the values are those of
+    /// `tf_ref::ModelParams::init(cfg, seed)` (rounded to `T`; up to a last-bit
+    /// difference of the device's `log`/`cos`). All random tensors are filled by
+    /// one launch of the growth kernel.
+    pub fn new(dev: &Device, cfg: &TokenformerConfig, seed: u64) -> Result<Self> {
+        const OP: &str = "Tokenformer::new";
+        let geo = Geo::of::<T>(OP, cfg)?;
+        let d = cfg.d;
+        let mut embedding = dev.zeros::<T>(&[cfg.vocab, d])?;
+        let mut tokens = Vec::with_capacity(cfg.layers * 5);
+        for _ in 0..cfg.layers {
+            for slot in Slot::ALL {
+                let n = cfg.slots(slot);
+                tokens.push((dev.zeros::<T>(&[n, d])?, dev.zeros::<T>(&[n, d])?));
+            }
+        }
+        let v_std = value_std(cfg);
+        {
+            let mut items = Vec::with_capacity(1 + 2 * tokens.len());
+            items.push(GrowItem {
+                src: None,
+                dst: embedding.view_mut(),
+                rows_old: 0,
+                init: GrowInit::Normal {
+                    std: KEY_STD,
+                    seed: tensor_seed(seed, 0),
+                },
+            });
+            for (j, (k, v)) in tokens.iter_mut().enumerate() {
+                let (block, slot) = (j / 5, Slot::ALL[j % 5]);
+                items.push(GrowItem {
+                    src: None,
+                    dst: k.view_mut(),
+                    rows_old: 0,
+                    init: GrowInit::Normal {
+                        std: KEY_STD,
+                        seed: tensor_seed(seed, tensor_index(block, slot, false)),
+                    },
+                });
+                items.push(GrowItem {
+                    src: None,
+                    dst: v.view_mut(),
+                    rows_old: 0,
+                    init: GrowInit::Normal {
+                        std: v_std,
+                        seed: tensor_seed(seed, tensor_index(block, slot, true)),
+                    },
+                });
+            }
+            grow_batch(dev, items)?;
+        }
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        let mut it = tokens.into_iter();
+        for _ in 0..cfg.layers {
+            let mut ps = Vec::with_capacity(5);
+            for _ in Slot::ALL {
+                let (k, v) = it.next().ok_or_else(|| Error::InvalidArgument {
+                    op: OP,
+                    msg: "internal: parameter tensors miscounted".into(),
+                })?;
+                ps.push(Pattention::new(dev, k, v, pattention_opts(&geo, None))?);
+            }
+            blocks.push(five(ps)?);
+        }
+        Ok(Tokenformer {
+            dev: dev.clone(),
+            cfg: cfg.clone(),
+            geo,
+            embedding,
+            blocks,
+            norm_weight: dev.upload(&vec![T::from_f32(1.0); d], &[d])?,
+            norm_bias: dev.zeros::<T>(&[d])?,
+        })
+    }
+
+    /// A model holding `params` (checked against `cfg`; errors name the key),
+    /// each value rounded to `T` through f32. Pinned `n_ref`s are kept.
+    pub fn from_params(
+        dev: &Device,
+        cfg: &TokenformerConfig,
+        params: &ModelParams,
+    ) -> Result<Self> {
+        const OP: &str = "Tokenformer::from_params";
+        let geo = Geo::of::<T>(OP, cfg)?;
+        params.check(cfg).map_err(from_ref(OP))?;
+        let d = cfg.d;
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for b in &params.blocks {
+            let mut ps = Vec::with_capacity(5);
+            for slot in Slot::ALL {
+                let n = cfg.slots(slot);
+                let (k, v) = b.tokens(slot);
+                ps.push(Pattention::new(
+                    dev,
+                    upload_f64(dev, k, &[n, d])?,
+                    upload_f64(dev, v, &[n, d])?,
+                    pattention_opts(&geo, b.n_ref(slot)),
+                )?);
+            }
+            blocks.push(five(ps)?);
+        }
+        Ok(Tokenformer {
+            dev: dev.clone(),
+            cfg: cfg.clone(),
+            geo,
+            embedding: upload_f64(dev, &params.embedding, &[cfg.vocab, d])?,
+            blocks,
+            norm_weight: upload_f64(dev, &params.final_norm_weight, &[d])?,
+            norm_bias: upload_f64(dev, &params.final_norm_bias, &[d])?,
+        })
+    }
+
+    /// The parameters copied to the host (f64 holding the `T` values exactly),
+    /// with the pinned `n_ref`s: what [`save`](Self::save) writes.
+    pub fn to_params(&self) -> Result<ModelParams> {
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for b in &self.blocks {
+            let mut tok: Vec<(Vec<f64>, Vec<f64>)> = Vec::with_capacity(5);
+            let mut n_ref = [None; 5];
+            for (p, slot) in b.iter().zip(Slot::ALL) {
+                let (k, v) = p.download()?;
+                tok.push((to_f64(&k), to_f64(&v)));
+                n_ref[slot.index()] = p.options().n_ref;
+            }
+            let mut it = tok.into_iter();
+            let mut next = || it.next().unwrap_or_default();
+            blocks.push(BlockParams {
+                q: next(),
+                k: next(),
+                v: next(),
+                proj: next(),
+                ffn: next(),
+                n_ref,
+            });
+        }
+        Ok(ModelParams {
+            embedding: to_f64(&self.embedding.to_vec()?),
+            blocks,
+            final_norm_weight: to_f64(&self.norm_weight.to_vec()?),
+            final_norm_bias: to_f64(&self.norm_bias.to_vec()?),
+        })
+    }
+
+    /// A model read from a safetensors checkpoint with the official GPT-NeoX key
+    /// names (tf-ref's format). A missing, extra or wrongly shaped tensor is an
+    /// error naming its key.
+    pub fn load(
+        dev: &Device,
+        cfg: &TokenformerConfig,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        const OP: &str = "Tokenformer::load";
+        Geo::of::<T>(OP, cfg)?;
+        let params = ModelParams::load_safetensors(cfg, path).map_err(from_ref(OP))?;
+        Self::from_params(dev, cfg, &params)
+    }
+
+    /// Writes the model as a safetensors checkpoint (f32 tensors, official key
+    /// names, pinned `n_ref`s in the metadata).
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
+        self.to_params()?
+            .save_safetensors(&self.cfg, path)
+            .map_err(from_ref("Tokenformer::save"))
+    }
+
+    /// The configuration (its slot counts follow growth).
+    pub fn config(&self) -> &TokenformerConfig {
+        &self.cfg
+    }
+
+    /// The device.
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// The Pattention `slot` of block `block`, if both exist.
+    pub fn pattention(&self, block: usize, slot: Slot) -> Option<&Pattention<T>> {
+        self.blocks.get(block).map(|b| &b[slot.index()])
+    }
+
+    /// An empty KV cache for up to `max_len` positions.
+    pub fn new_cache(&self, max_len: usize) -> Result<KvCache<T>> {
+        if max_len == 0 {
+            return Err(Error::InvalidArgument {
+                op: "Tokenformer::new_cache",
+                msg: "max_len must be >= 1".into(),
+            });
+        }
+        let shape = [1, max_len, self.geo.heads, self.geo.hd_pad];
+        let mut k = Vec::with_capacity(self.blocks.len());
+        let mut v = Vec::with_capacity(self.blocks.len());
+        for _ in &self.blocks {
+            k.push(self.dev.zeros::<T>(&shape)?);
+            v.push(self.dev.zeros::<T>(&shape)?);
+        }
+        Ok(KvCache {
+            dev: self.dev.clone(),
+            k,
+            v,
+            len: 0,
+            max_len,
+            heads: self.geo.heads,
+            hd_pad: self.geo.hd_pad,
+        })
+    }
+
+    /// Logits `[t, vocab]` of the token ids `tokens` (positions `0..t`).
+    pub fn forward(&self, tokens: &[u32]) -> Result<Tensor<T>> {
+        let mut cache = self.new_cache(tokens.len().max(1))?;
+        self.run(tokens, &mut cache, false)
+    }
+
+    /// Logits `[t, vocab]` of `tokens` at positions `cache.len()..cache.len() + t`,
+    /// attending to every position the cache holds; their keys and values are
+    /// appended to the cache. One token at a time is incremental decoding (the
+    /// attention runs with one query row against the whole cache).
+    pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache<T>) -> Result<Tensor<T>> {
+        self.run(tokens, cache, false)
+    }
+
+    /// `max_new` token ids continuing `prompt`, each chosen by `sampling` from the
+    /// logits of the last position (prompt processed in one pass, then one token
+    /// per step through the KV cache). Returns the new ids only.
+    pub fn generate(&self, prompt: &[u32], max_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
+        self.generate_with(prompt, max_new, sampling, |_| {})
+    }
+
+    /// [`generate`](Self::generate), calling `on_token` with each new id as it is chosen.
+    pub fn generate_with(
+        &self,
+        prompt: &[u32],
+        max_new: usize,
+        sampling: Sampling,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        const OP: &str = "Tokenformer::generate";
+        let mut rng = match sampling {
+            Sampling::Greedy => None,
+            Sampling::Temperature { t, seed } => {
+                if !(t.is_finite() && t > 0.0) {
+                    return Err(Error::InvalidArgument {
+                        op: OP,
+                        msg: format!("temperature must be finite and > 0, got {t}"),
+                    });
+                }
+                Some((t, SplitMix64(seed)))
+            }
+        };
+        self.check_tokens(OP, prompt)?;
+        let total = prompt
+            .len()
+            .checked_add(max_new)
+            .ok_or_else(|| Error::SizeOverflow {
+                op: OP,
+                msg: format!("{} prompt tokens + {max_new} new", prompt.len()),
+            })?;
+        let mut out = Vec::with_capacity(max_new);
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut cache = self.new_cache(total)?;
+        let mut logits = self.run(prompt, &mut cache, true)?;
+        loop {
+            let row: Vec<f32> = logits.to_vec()?.iter().map(|x| x.to_f32()).collect();
+            let tok = match &mut rng {
+                None => argmax(&row),
+                Some((t, r)) => sample_temperature(&row, *t, r),
+            }
+            .ok_or_else(|| Error::InvalidArgument {
+                op: OP,
+                msg: format!("the logits at position {} are not finite", cache.len() - 1),
+            })?;
+            out.push(tok);
+            on_token(tok);
+            if out.len() == max_new {
+                return Ok(out);
+            }
+            logits = self.run(&[tok], &mut cache, true)?;
+        }
+    }
+
+    /// Grows every Pattention of every block to the given token counts (each at
+    /// least the current one) in ONE launch of the growth kernel. New rows, as
+    /// `tf_ref::ModelParams::grow(.., preserving: false, seed)`: keys
+    /// N(0, 0.02²) and values N(0, (2/(L·√d))²) from the streams
+    /// `tensor_seed(seed, i)` continued at the old row count. The outputs change.
+    pub fn grow(
+        &mut self,
+        new_qkv: usize,
+        new_proj: usize,
+        new_ffn: usize,
+        seed: u64,
+    ) -> Result<()> {
+        self.grow_all(new_qkv, new_proj, new_ffn, false, seed)
+    }
+
+    /// Growth that leaves the logits unchanged (TOKENFORMER.md): new key rows are
+    /// zero and each grown Pattention's `n_ref` is pinned to its old count (an
+    /// already pinned one keeps its pin); new value rows are random as in
+    /// [`grow`](Self::grow) so that they can train. One launch. Refused for the
+    /// softmax norm, which no growth preserves.
+    pub fn grow_preserving(
+        &mut self,
+        new_qkv: usize,
+        new_proj: usize,
+        new_ffn: usize,
+        seed: u64,
+    ) -> Result<()> {
+        self.grow_all(new_qkv, new_proj, new_ffn, true, seed)
+    }
+
+    fn grow_all(
+        &mut self,
+        new_qkv: usize,
+        new_proj: usize,
+        new_ffn: usize,
+        preserving: bool,
+        seed: u64,
+    ) -> Result<()> {
+        let op: &'static str = if preserving {
+            "Tokenformer::grow_preserving"
+        } else {
+            "Tokenformer::grow"
+        };
+        if preserving && self.geo.norm == Norm::Softmax {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: "softmax cannot be preserved by growth (exp(0) = 1 adds mass); use grow"
+                    .into(),
+            });
+        }
+        for (what, old, new) in [
+            ("qkv", self.cfg.qkv_slots, new_qkv),
+            ("proj", self.cfg.proj_slots, new_proj),
+            ("ffn", self.cfg.ffn_slots, new_ffn),
+        ] {
+            if new < old {
+                return Err(Error::InvalidArgument {
+                    op,
+                    msg: format!(
+                        "{what} slots {old} -> {new}: growth cannot remove parameter tokens"
+                    ),
+                });
+            }
+        }
+        let grown = self
+            .cfg
+            .with_slots(new_qkv, new_proj, new_ffn)
+            .map_err(from_ref(op))?;
+        let v_std = value_std(&self.cfg);
+        let mut staged: Vec<StagedGrowth<T>> = Vec::with_capacity(self.blocks.len() * 5);
+        for b in &self.blocks {
+            for (p, slot) in b.iter().zip(Slot::ALL) {
+                staged.push(p.stage_growth(op, grown.slots(slot))?);
+            }
+        }
+        {
+            let mut items = Vec::with_capacity(staged.len() * 2);
+            let layers = self
+                .blocks
+                .iter_mut()
+                .enumerate()
+                .flat_map(|(i, b)| b.iter_mut().zip(Slot::ALL).map(move |(p, s)| (i, s, p)));
+            for ((i, slot, p), st) in layers.zip(staged.iter_mut()) {
+                let k_init = if preserving {
+                    GrowInit::Zeros
+                } else {
+                    GrowInit::Normal {
+                        std: KEY_STD,
+                        seed: tensor_seed(seed, tensor_index(i, slot, false)),
+                    }
+                };
+                let v_init = GrowInit::Normal {
+                    std: v_std,
+                    seed: tensor_seed(seed, tensor_index(i, slot, true)),
+                };
+                items.extend(p.growth_items(st, k_init, v_init)?);
+            }
+            if !items.is_empty() {
+                grow_batch(&self.dev, items)?;
+            }
+        }
+        let all = self.blocks.iter_mut().flat_map(|b| b.iter_mut());
+        for (p, st) in all.zip(staged) {
+            let old = p.n();
+            p.commit_growth(st);
+            if preserving && p.n() > old {
+                let pin = p.options().n_ref.unwrap_or(old);
+                p.set_n_ref(Some(pin));
+            }
+        }
+        self.cfg = grown;
+        Ok(())
+    }
+
+    fn check_tokens(&self, op: &'static str, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: "at least one token id is needed".into(),
+            });
+        }
+        if let Some((pos, &id)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.geo.vocab)
+        {
+            return Err(Error::InvalidArgument {
+                op,
+                msg: format!(
+                    "token id {id} at position {pos} is out of range: config {:?} has vocab {}",
+                    self.cfg.name, self.geo.vocab
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The forward pass over `tokens` at positions `cache.len()..`, appending to
+    /// the cache; logits of every new position, or of the last one only.
+    fn run(&self, tokens: &[u32], cache: &mut KvCache<T>, last_only: bool) -> Result<Tensor<T>> {
+        const OP: &str = "Tokenformer::forward";
+        self.check_tokens(OP, tokens)?;
+        if !cache.dev.same(&self.dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+        if cache.k.len() != self.blocks.len()
+            || cache.heads != self.geo.heads
+            || cache.hd_pad != self.geo.hd_pad
+        {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!(
+                    "the KV cache is for {} layers of {} heads x {} but the model has {} layers of {} x {}",
+                    cache.k.len(),
+                    cache.heads,
+                    cache.hd_pad,
+                    self.blocks.len(),
+                    self.geo.heads,
+                    self.geo.hd_pad
+                ),
+            });
+        }
+        let t = tokens.len();
+        let p = cache.len;
+        let end = p
+            .checked_add(t)
+            .filter(|&e| e <= cache.max_len)
+            .ok_or_else(|| Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "{t} new tokens after {p} cached positions pass the KV cache's max_len {}",
+                    cache.max_len
+                ),
+            })?;
+        let g = self.geo;
+        let (d, h, hd, hp) = (g.d, g.heads, g.hd, g.hd_pad);
+        let row = g.cache_row();
+        let max_len = cache.max_len;
+        let dev = &self.dev;
+
+        let mut x = dev.zeros::<T>(&[t, d])?;
+        embedding_into(dev, &self.embedding.view(), tokens, &mut x.view_mut())?;
+        let mut hb = dev.zeros::<T>(&[t, d])?;
+        let mut q = dev.zeros::<T>(&[t, d])?;
+        let mut ctx = dev.zeros::<T>(&[t, d])?;
+        let mut tmp = dev.zeros::<T>(&[t, d])?;
+        let mut lse = dev.zeros::<f32>(&[1, h, t])?;
+        // Padded head dims: k and v staged in [t, d], q and ctx padded.
+        let mut pad = if g.padded() {
+            Some((
+                dev.zeros::<T>(&[t, d])?,
+                dev.zeros::<T>(&[t, d])?,
+                dev.zeros::<T>(&[1, t, h, hp])?,
+                dev.zeros::<T>(&[1, t, h, hp])?,
+            ))
+        } else {
+            None
+        };
+        let mut ws_bytes = 0;
+        for slot in Slot::ALL {
+            let n = self.blocks.first().map_or(0, |b| b[slot.index()].n());
+            ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(t, n, d)?);
+        }
+        let mut ws = Workspace::new(dev, ws_bytes)?;
+        let attn_opts = AttnOptions {
+            causal: true,
+            scale: Some(1.0 / (hd as f32).sqrt()),
+        };
+        let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
+        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, h, hd, g.rot_dim, g.base, p);
+
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            let hv = hb.view();
+            blk[sq].forward_into(&hv, &mut q.view_mut(), Some(&mut ws))?;
+            rope(&mut q.view_mut())?;
+            match &mut pad {
+                None => {
+                    let mut kd = kc.strided_mut(p * d, &[t, d], &[d, 1])?;
+                    blk[sk].forward_into(&hv, &mut kd, Some(&mut ws))?;
+                    rope(&mut kd)?;
+                    let mut vd = vc.strided_mut(p * d, &[t, d], &[d, 1])?;
+                    blk[sv].forward_into(&hv, &mut vd, Some(&mut ws))?;
+                }
+                Some((kt, vt, qp, _)) => {
+                    blk[sk].forward_into(&hv, &mut kt.view_mut(), Some(&mut ws))?;
+                    rope(&mut kt.view_mut())?;
+                    blk[sv].forward_into(&hv, &mut vt.view_mut(), Some(&mut ws))?;
+                    let heads_rows = [t * h, hd];
+                    grow_batch(
+                        dev,
+                        vec![
+                            copy_item(
+                                q.strided(0, &heads_rows, &[hd, 1])?,
+                                qp.strided_mut(0, &heads_rows, &[hp, 1])?,
+                            ),
+                            copy_item(
+                                kt.strided(0, &heads_rows, &[hd, 1])?,
+                                kc.strided_mut(p * row, &heads_rows, &[hp, 1])?,
+                            ),
+                            copy_item(
+                                vt.strided(0, &heads_rows, &[hd, 1])?,
+                                vc.strided_mut(p * row, &heads_rows, &[hp, 1])?,
+                            ),
+                        ],
+                    )?;
+                }
+            }
+            let kv_shape = [1, end, h, hp];
+            let kv_strides = [max_len * row, row, hp, 1];
+            let k4 = kc.strided(0, &kv_shape, &kv_strides)?;
+            let v4 = vc.strided(0, &kv_shape, &kv_strides)?;
+            let q_shape = [1, t, h, hp];
+            let q_strides = [t * row, row, hp, 1];
+            match &mut pad {
+                None => {
+                    let q4 = q.strided(0, &q_shape, &q_strides)?;
+                    let mut o4 = ctx.strided_mut(0, &q_shape, &q_strides)?;
+                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                }
+                Some((_, _, qp, cp)) => {
+                    let q4 = qp.strided(0, &q_shape, &q_strides)?;
+                    let mut o4 = cp.strided_mut(0, &q_shape, &q_strides)?;
+                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                    drop(o4);
+                    let heads_rows = [t * h, hd];
+                    grow_batch(
+                        dev,
+                        vec![copy_item(
+                            cp.strided(0, &heads_rows, &[hp, 1])?,
+                            ctx.strided_mut(0, &heads_rows, &[hd, 1])?,
+                        )],
+                    )?;
+                }
+            }
+            blk[sp].forward_into(&ctx.view(), &mut tmp.view_mut(), Some(&mut ws))?;
+            add_assign(dev, &mut x.view_mut(), &tmp.view())?;
+            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            blk[sf].forward_into(&hb.view(), &mut tmp.view_mut(), Some(&mut ws))?;
+            add_assign(dev, &mut x.view_mut(), &tmp.view())?;
+        }
+        layer_norm_into(
+            dev,
+            &x.view(),
+            Some(&self.norm_weight.view()),
+            Some(&self.norm_bias.view()),
+            g.eps,
+            &mut hb.view_mut(),
+        )?;
+        let rows = if last_only { 1 } else { t };
+        let hv = hb.strided((t - rows) * d, &[rows, d], &[d, 1])?;
+        let mut logits = dev.zeros::<T>(&[rows, g.vocab])?;
+        linear_into(dev, &hv, &self.embedding.view(), &mut logits.view_mut())?;
+        cache.len = end;
+        Ok(logits)
+    }
+}
+
+/// Five Pattentions as an array (the caller pushed exactly five).
+fn five<T: DType>(v: Vec<Pattention<T>>) -> Result<[Pattention<T>; 5]> {
+    v.try_into()
+        .map_err(|v: Vec<Pattention<T>>| Error::InvalidArgument {
+            op: "Tokenformer",
+            msg: format!("internal: a block needs 5 Pattentions, got {}", v.len()),
+        })
+}
+
+/// Index of the largest value (the first on ties); None if any value is not finite.
+fn argmax(v: &[f32]) -> Option<u32> {
+    if v.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    u32::try_from(best).ok()
+}
+
+/// A draw from softmax(v / t); None if any value is not finite.
+fn sample_temperature(v: &[f32], t: f32, rng: &mut SplitMix64) -> Option<u32> {
+    if v.is_empty() || v.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = v
+        .iter()
+        .map(|&x| ((f64::from(x) - f64::from(m)) / f64::from(t)).exp())
+        .collect();
+    let total: f64 = w.iter().sum();
+    let mut u = rng.uniform() * total;
+    for (i, &wi) in w.iter().enumerate() {
+        if u < wi {
+            return u32::try_from(i).ok();
+        }
+        u -= wi;
+    }
+    // Rounding left u just past the last weight: the last token with weight > 0.
+    w.iter()
+        .rposition(|&x| x > 0.0)
+        .and_then(|i| u32::try_from(i).ok())
+}
+
+/// SplitMix64 (Steele et al.): the sampler's small, seedable generator.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_helpers() {
+        assert_eq!(argmax(&[0.0, 2.0, 2.0, -1.0]), Some(1));
+        assert_eq!(argmax(&[0.0, f32::NAN]), None);
+        let mut r = SplitMix64(7);
+        // A very low temperature is greedy.
+        assert_eq!(sample_temperature(&[0.0, 5.0, 1.0], 1e-3, &mut r), Some(1));
+        // Draws follow the weights roughly.
+        let mut counts = [0usize; 2];
+        for _ in 0..4000 {
+            counts[sample_temperature(&[0.0, (3.0f32).ln()], 1.0, &mut r).unwrap() as usize] += 1;
+        }
+        let frac = counts[1] as f64 / 4000.0;
+        assert!((frac - 0.75).abs() < 0.03, "{frac}");
+    }
+
+    #[test]
+    fn tensor_indices_follow_tensor_names() {
+        let cfg = TokenformerConfig::by_name("tiny").unwrap();
+        let names = cfg.tensor_names();
+        for i in 0..cfg.layers {
+            for slot in Slot::ALL {
+                for value in [false, true] {
+                    let (name, _) = &names[tensor_index(i, slot, value) as usize];
+                    let part = if value { "value" } else { "key" };
+                    assert_eq!(name, &format!("{}.{part}_param_tokens", slot.key_prefix(i)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU run kit: on a machine with an NVIDIA GPU (no Rust or network needed),
+#   ./run.sh OUT_DIR            GPU tests, then the benches (quick set), then
+#                               PyTorch's baselines, then one side-by-side table
+#   ./run.sh OUT_DIR --check    stop after the GPU check
+# Everything lands in OUT_DIR: table.md, bench.jsonl, torch.jsonl, *.log.
+# Budget: under 8 minutes on an H100/H200.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: run.sh OUT_DIR [--check]}
+mode=${2:-}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+log() { echo "[kit $(date +%H:%M:%S)] $*" | tee -a "$out/kit.log"; }
+
+log "GPU check"
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >"$out/gpu.txt" 2>&1; then
+    log "no NVIDIA GPU visible here (nvidia-smi missing or failing): nothing to run"
+    exit 2
+fi
+cat "$out/gpu.txt" | tee -a "$out/kit.log"
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
+if [ "$mode" = "--check" ]; then
+    log "GPU found; --check given, stopping here"
+    exit 0
+fi
+
+status=0
+export TF_TEST_BACKENDS=cuda
+for t in "$here"/tests/*; do
+    name=$(basename "$t")
+    log "test $name"
+    if ! timeout 300 "$t" --test-threads 1 >"$out/test-$name.log" 2>&1; then
+        log "test $name FAILED (see test-$name.log)"
+        status=1
+    fi
+    tail -3 "$out/test-$name.log" | tee -a "$out/kit.log"
+done
+
+export TF_BENCH_SET=quick TF_BENCH_SECONDS=${TF_BENCH_SECONDS:-0.5} TF_BENCH_JSON="$out/bench.jsonl"
+: >"$out/bench.jsonl"
+for b in "$here"/benches/*; do
+    name=$(basename "$b")
+    log "bench $name"
+    if ! timeout 240 "$b" --bench >"$out/bench-$name.log" 2>&1; then
+        log "bench $name FAILED (see bench-$name.log)"
+        status=1
+    fi
+done
+
+log "torch baselines"
+: >"$out/torch.jsonl"
+if ! timeout 240 python3 "$here/torch_baseline.py" "$out/torch.jsonl" >"$out/torch.log" 2>&1; then
+    log "torch baselines FAILED (see torch.log)"
+    status=1
+fi
+python3 "$here/summarize.py" "$out" | tee -a "$out/kit.log"
+log "done (status $status)"
+exit $status
