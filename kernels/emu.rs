@@ -49,6 +49,53 @@ impl LaneOrder {
     }
 }
 
+/// How the warps of a block interleave between `__syncthreads`.
+///
+/// Code that is missing a `__syncthreads` between one warp's last read of a
+/// shared-memory tile and another warp's overwrite of it (a store or a `cp.async`)
+/// is a race on a GPU; the overwrite lands before the read only when the writing
+/// warp runs ahead, which the warp-major orders do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WarpOrder {
+    /// Warps take turns, one rendezvous (warp collective or barrier) each, in the
+    /// lane order's warp order (forward: warp 0 first; reverse: last warp first;
+    /// shuffled: drawn at every barrier).
+    #[default]
+    RoundRobin,
+    /// Warp-major: warp 0 runs until all its live lanes wait at a `__syncthreads`
+    /// or have exited, then warp 1, and so on (after every barrier).
+    Ahead,
+    /// Warp-major, the last warp first.
+    AheadReverse,
+    /// Warp-major, the warp order drawn from the seed at every barrier.
+    AheadShuffled,
+    /// One of the four above per block, drawn from the seed (so varying the seed
+    /// varies the warp schedule too).
+    Mixed,
+}
+
+impl WarpOrder {
+    /// Every order, `Mixed` last.
+    pub const ALL: [WarpOrder; 5] = [
+        WarpOrder::RoundRobin,
+        WarpOrder::Ahead,
+        WarpOrder::AheadReverse,
+        WarpOrder::AheadShuffled,
+        WarpOrder::Mixed,
+    ];
+
+    fn raw(self) -> i32 {
+        // The values of `tf_emu_warp_order` in kernels/tf_kernels.h.
+        match self {
+            WarpOrder::RoundRobin => 0,
+            WarpOrder::Ahead => 1,
+            WarpOrder::AheadReverse => 2,
+            WarpOrder::AheadShuffled => 3,
+            WarpOrder::Mixed => 4,
+        }
+    }
+}
+
 /// The geometry and scheduling of one emulator launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchConfig {
@@ -60,15 +107,17 @@ pub struct LaunchConfig {
     pub dynamic_smem_bytes: u32,
     /// The lane order of every warp.
     pub lane_order: LaneOrder,
-    /// Seed of the shuffled lane order.
+    /// Seed of the shuffled lane order (and of the shuffled / mixed warp orders).
     pub seed: u64,
     /// Worker OS threads running blocks; 0 = one per core.
     pub os_threads: u32,
+    /// How the warps of a block interleave.
+    pub warp_order: WarpOrder,
 }
 
 impl LaunchConfig {
     /// `grid` blocks of `block` threads, no dynamic shared memory, forward lane
-    /// order, one worker per core.
+    /// order, round-robin warps, one worker per core.
     pub fn new(grid: [u32; 3], block: [u32; 3]) -> Self {
         LaunchConfig {
             grid,
@@ -77,6 +126,7 @@ impl LaunchConfig {
             lane_order: LaneOrder::Forward,
             seed: 0,
             os_threads: 0,
+            warp_order: WarpOrder::RoundRobin,
         }
     }
 }
@@ -140,6 +190,7 @@ pub unsafe fn launch<P: Copy>(
         lane_order: cfg.lane_order.raw(),
         seed: cfg.seed,
         os_threads: cfg.os_threads,
+        warp_order: cfg.warp_order.raw(),
     };
     // SAFETY: `args` points at live data (the name and params outlive the call) and
     // `err` is a writable buffer of the length passed; what the kernel does with the

@@ -13,7 +13,9 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tf_kernels::emu::{kernel_names, launch, launch_raw, EmuError, LaneOrder, LaunchConfig};
+use tf_kernels::emu::{
+    kernel_names, launch, launch_raw, EmuError, LaneOrder, LaunchConfig, WarpOrder,
+};
 use tf_kernels::sys::{tf_emu_launch_args, tf_test_params};
 
 const ORDERS: [LaneOrder; 3] = [LaneOrder::Forward, LaneOrder::Reverse, LaneOrder::Shuffled];
@@ -665,6 +667,98 @@ fn implicit_warp_lockstep_is_a_race() {
     );
 }
 
+/// A missing `__syncthreads` between the warps' last reads of a shared tile and one
+/// warp's overwrite of it (plain stores or cp.async) is caught only by the
+/// warp-major orders that run the writing warp first: the round-robin order keeps
+/// the warps within one collective of each other, so the reader always reads first.
+#[test]
+fn missing_barrier_before_a_tile_overwrite_is_a_race() {
+    let s = seed();
+    let mut rng = StdRng::seed_from_u64(s);
+    let (blocks, phases) = (8usize, 8usize);
+    let mut x: Vec<f32> = (0..phases * 64)
+        .map(|_| rng.random_range(-50..=50) as f32)
+        .collect();
+    for ph in 0..phases {
+        x[ph * 64] += 10_000.0 * (ph + 1) as f32; // consecutive tiles' sums differ
+    }
+    let sums: Vec<f32> = x.chunks(64).map(|c| c.iter().sum()).collect();
+    let want: Vec<f32> = (0..blocks)
+        .flat_map(|_| sums.iter().flat_map(|&v| [v, v]))
+        .collect();
+    let run_tiles = |mode: i32, arg: i32, order: LaneOrder, warps: WarpOrder| {
+        let mut out = vec![0.0f32; want.len()];
+        let p = tf_test_params {
+            in0: addr(&x),
+            out0: addr_mut(&mut out),
+            n: phases as i64,
+            mode,
+            arg,
+            ..params()
+        };
+        let mut c = cfg(blocks as u32, 64, order);
+        c.seed = s;
+        c.warp_order = warps;
+        run("tf_test_tile_overwrite_race", &c, &p).unwrap();
+        out
+    };
+    for arg in [0, 1] {
+        let what = if arg == 0 { "stores" } else { "cp.async" };
+        for order in ORDERS {
+            for warps in WarpOrder::ALL {
+                assert_eq!(
+                    run_tiles(1, arg, order, warps),
+                    want,
+                    "with the barrier every schedule is exact ({what}, {order:?}, {warps:?}, seed {s})"
+                );
+            }
+            // The race goes unseen when the warps take turns, or when the reading
+            // warp (1) is the one that runs ahead.
+            for warps in [WarpOrder::RoundRobin, WarpOrder::AheadReverse] {
+                assert_eq!(
+                    run_tiles(0, arg, order, warps),
+                    want,
+                    "no barrier, {warps:?}: warp 1 reads before warp 0 overwrites ({what}, {order:?})"
+                );
+            }
+            // Warp 0 first: it overwrites the tile before warp 1 reads it.
+            let got = run_tiles(0, arg, order, WarpOrder::Ahead);
+            for b in 0..blocks {
+                for ph in 0..phases {
+                    let (w0, w1) = (got[(b * phases + ph) * 2], got[(b * phases + ph) * 2 + 1]);
+                    assert_eq!(
+                        w0, sums[ph],
+                        "warp 0 reads its own tile ({what}, {order:?})"
+                    );
+                    if ph + 1 == phases {
+                        assert_eq!(w1, sums[ph], "no overwrite after the last phase");
+                    } else if arg == 0 {
+                        assert_eq!(
+                            w1,
+                            sums[ph + 1],
+                            "no barrier, Ahead, stores: warp 1 reads the next tile ({order:?})"
+                        );
+                    } else {
+                        assert!(
+                            w1.is_nan(),
+                            "no barrier, Ahead, cp.async: warp 1 reads poison, got {w1} ({order:?})"
+                        );
+                    }
+                }
+            }
+            // Warp order drawn per barrier: 8 blocks x 7 overwrites, each caught
+            // when warp 0 is drawn first.
+            let got = run_tiles(0, arg, order, WarpOrder::AheadShuffled);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .any(|(g, w)| g.to_bits() != w.to_bits()),
+                "no barrier, AheadShuffled: some phase must go wrong ({what}, {order:?}, seed {s})"
+            );
+        }
+    }
+}
+
 #[test]
 fn thread_and_block_indices() {
     let (grid, block) = ([3u32, 2, 2], [4u32, 3, 2]);
@@ -1178,6 +1272,23 @@ fn launch_errors_a_gpu_would_give() {
     // SAFETY: null name (the case under test), params point at a live struct.
     let e = unsafe { launch_raw(&args) }.unwrap_err();
     assert!(e.message.contains("null kernel name"), "{e}");
+    // an out-of-range warp order (only reachable through the raw arguments)
+    let name = c"tf_test_errors";
+    let args = tf_emu_launch_args {
+        kernel: name.as_ptr(),
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        params: (&p as *const tf_test_params).cast(),
+        params_bytes: std::mem::size_of::<tf_test_params>(),
+        warp_order: 5,
+        ..Default::default()
+    };
+    // SAFETY: refused before running; the name and params are live.
+    let e = unsafe { launch_raw(&args) }.unwrap_err();
+    assert!(
+        e.code == 1 && e.message.contains("unknown warp order 5"),
+        "{e}"
+    );
     // a NUL inside the name never reaches the emulator
     let e = run("tf_test\0errors", &LaunchConfig::default(), &p).unwrap_err();
     assert_eq!(e.code, -1);
@@ -1219,6 +1330,7 @@ fn registry_lists_every_kernel() {
         "tf_test_errors",
         "tf_test_big_static",
         "tf_test_bench",
+        "tf_test_tile_overwrite_race",
         "grow_rows",
     ] {
         assert!(names.iter().any(|n| n == k), "{k} missing from {names:?}");
@@ -1235,7 +1347,7 @@ fn registry_lists_every_kernel() {
 #[test]
 #[ignore = "timing report, not a check"]
 fn emulator_speed() {
-    let time = |mode: i32, n: i64, threads: u32| -> f64 {
+    let time_w = |mode: i32, n: i64, threads: u32, warps: WarpOrder| -> f64 {
         let mut out = vec![0f32; threads as usize];
         let p = tf_test_params {
             out0: addr_mut(&mut out),
@@ -1245,6 +1357,7 @@ fn emulator_speed() {
         };
         let mut c = cfg(1, threads, LaneOrder::Forward);
         c.os_threads = 1;
+        c.warp_order = warps;
         run("tf_test_bench", &c, &p).unwrap(); // warm (stacks mapped)
         (0..7)
             .map(|_| {
@@ -1254,6 +1367,7 @@ fn emulator_speed() {
             })
             .fold(f64::INFINITY, f64::min) // the least disturbed of 7 runs
     };
+    let time = |mode: i32, n: i64, threads: u32| time_w(mode, n, threads, WarpOrder::RoundRobin);
     let base = time(0, 0, 128);
     // two threads yielding (__nanosleep) in turn: one fiber-to-fiber switch per yield
     let sw = time(4, 100_000, 2) - time(4, 0, 2);
@@ -1286,5 +1400,16 @@ fn emulator_speed() {
         "128-thread block, 1,000 __shfl_xor_sync: {:.2} ms",
         shfl * 1e3
     );
+    for warps in [WarpOrder::Ahead, WarpOrder::Mixed] {
+        let base_w = time_w(0, 0, 128, warps);
+        let bar_w = time_w(1, 1000, 128, warps) - base_w;
+        let mma_w = time_w(2, 1000, 128, warps) - base_w;
+        println!(
+            "warp order {warps:?}: 1,000 __syncthreads {:.2} ms, 4,000 warp-mmas {:.2} ms ({:.2} us each)",
+            bar_w * 1e3,
+            mma_w * 1e3,
+            mma_w * 1e6 / 4000.0
+        );
+    }
     println!("empty 128-thread launch: {:.1} us", base * 1e6);
 }

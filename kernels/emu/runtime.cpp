@@ -11,6 +11,11 @@
 //   fiber-to-fiber switch). The run queue is filled in the launch's lane order
 //   (forward, reverse, or a seeded shuffle redrawn at every release), so code that
 //   relies on implicit warp lockstep sees a different interleaving than it expects.
+// - Between warps, the launch's warp order: round robin (a warp whose collective
+//   completes goes to the back of the queue: warps advance one rendezvous at a time)
+//   or warp-major (its lanes go to the front: the warp runs until all its live lanes
+//   wait at __syncthreads or have exited, then the next warp), which exposes a
+//   missing barrier between one warp's shared-memory reads and another's overwrite.
 // - A rendezvous that can never complete ends the launch with an error: threads at
 //   different barriers, a thread exiting while others wait (at a barrier, or in a warp
 //   collective whose mask names it), lanes disagreeing on the mask or the op, a lane
@@ -121,6 +126,7 @@ struct Launch {
     uint32_t nthreads = 0;
     uint32_t dyn_bytes = 0;
     int order = 0;
+    int warp_order = 0;  // tf_emu_warp_order
     uint64_t seed = 0;
     uint64_t nblocks = 0;
     std::atomic<uint64_t> next{0};
@@ -155,6 +161,8 @@ struct Worker {
     const char* bar_file = nullptr;
     int bar_line = 0, bar_op = 0, bar_acc = 0;
     uint8_t warp_order[kMaxWarps];
+    int warp_pol = 0;    // this block's tf_emu_warp_order (never MIXED)
+    bool ahead = false;  // warp-major: a warp's released lanes go to the queue's front
     bool failed = false;
     char errbuf[4096];
     // Shared memory of the block.
@@ -362,6 +370,8 @@ inline void set_current(Fiber* f) {
 
 inline void rq_push(Worker& W, uint32_t i) { W.rq[W.rq_tail++ % kMaxThreads] = i; }
 
+inline void rq_push_front(Worker& W, uint32_t i) { W.rq[--W.rq_head % kMaxThreads] = i; }
+
 inline Fiber* rq_pop(Worker& W) {
     if (W.rq_head == W.rq_tail) return nullptr;
     return &W.fibers[W.rq[W.rq_head++ % kMaxThreads]];
@@ -376,42 +386,42 @@ void shuffle(uint8_t* p, uint32_t n, uint64_t& rng) {
     }
 }
 
-// Queues the lanes of `mask` of warp `w` in the warp's lane order.
-void release_lanes(Worker& W, uint32_t w, uint32_t mask) {
+// Queues the lanes of `mask` of warp `w` in the warp's lane order: at the back of
+// the run queue, or (`front`, warp-major) at its front, so they run next.
+void release_lanes(Worker& W, uint32_t w, uint32_t mask, bool front = false) {
     Fiber* base = &W.fibers[w * 32];
+    uint32_t lanes[32];
+    uint32_t cnt = 0;
     switch (W.L->order) {
         case TF_EMU_ORDER_FORWARD:
-            for (uint32_t m = mask; m; m &= m - 1) {
-                const uint32_t l = (uint32_t)__builtin_ctz(m);
-                base[l].state = St::Ready;
-                rq_push(W, w * 32 + l);
-            }
+            for (uint32_t m = mask; m; m &= m - 1) lanes[cnt++] = (uint32_t)__builtin_ctz(m);
             break;
         case TF_EMU_ORDER_REVERSE:
             for (uint32_t m = mask; m;) {
                 const uint32_t l = 31u - (uint32_t)__builtin_clz(m);
                 m &= ~(1u << l);
-                base[l].state = St::Ready;
-                rq_push(W, w * 32 + l);
+                lanes[cnt++] = l;
             }
             break;
         default: {
             WarpState& ws = W.warps[w];
             shuffle(ws.perm, 32, W.rng);  // a new order at every release
-            for (int k = 0; k < 32; ++k) {
-                const uint32_t l = ws.perm[k];
-                if (mask & (1u << l)) {
-                    base[l].state = St::Ready;
-                    rq_push(W, w * 32 + l);
-                }
-            }
+            for (int k = 0; k < 32; ++k)
+                if (mask & (1u << ws.perm[k])) lanes[cnt++] = ws.perm[k];
         }
     }
+    for (uint32_t k = 0; k < cnt; ++k) base[lanes[k]].state = St::Ready;
+    if (front)
+        for (uint32_t k = cnt; k-- > 0;) rq_push_front(W, w * 32 + lanes[k]);
+    else
+        for (uint32_t k = 0; k < cnt; ++k) rq_push(W, w * 32 + lanes[k]);
 }
 
 // Queues every live thread of the block: warps in the block's warp order.
 void release_all(Worker& W) {
-    if (W.L->order == TF_EMU_ORDER_SHUFFLED) shuffle(W.warp_order, W.nwarps, W.rng);
+    if (W.warp_pol == TF_EMU_WARPS_AHEAD_SHUFFLED ||
+        (W.warp_pol == TF_EMU_WARPS_ROUND_ROBIN && W.L->order == TF_EMU_ORDER_SHUFFLED))
+        shuffle(W.warp_order, W.nwarps, W.rng);
     for (uint32_t k = 0; k < W.nwarps; ++k) {
         const uint32_t w = W.warp_order[k];
         release_lanes(W, w, W.warps[w].exist & ~W.warps[w].exited);
@@ -553,6 +563,11 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
     W.rng = L.seed ^ (0xD1B54A32D192ED03ull * (b + 1));
     (void)splitmix(W.rng);
 
+    W.warp_pol = L.warp_order == TF_EMU_WARPS_MIXED ? (int)(splitmix(W.rng) % 4) : L.warp_order;
+    W.ahead = W.warp_pol != TF_EMU_WARPS_ROUND_ROBIN;
+    const bool warps_reversed = W.warp_pol == TF_EMU_WARPS_AHEAD_REVERSE ||
+                                (W.warp_pol == TF_EMU_WARPS_ROUND_ROBIN && L.order == TF_EMU_ORDER_REVERSE);
+
     W.n = L.nthreads;
     W.nwarps = (W.n + 31) / 32;
     for (uint32_t w = 0; w < W.nwarps; ++w) {
@@ -562,7 +577,7 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
         ws.exited = 0;
         ws.ngroups = 0;
         for (int k = 0; k < 32; ++k) ws.perm[k] = (uint8_t)(L.order == TF_EMU_ORDER_REVERSE ? 31 - k : k);
-        W.warp_order[w] = (uint8_t)(L.order == TF_EMU_ORDER_REVERSE ? W.nwarps - 1 - w : w);
+        W.warp_order[w] = (uint8_t)(warps_reversed ? W.nwarps - 1 - w : w);
     }
 
     // Shared memory: dynamic at the top of the window, statics allocated below it.
@@ -1010,7 +1025,7 @@ void collective(Worker& W, Fiber* f, int op, uint32_t mask, const char* file, in
         const Group done = *g;
         resolve(W, f, f->warp, done);
         *g = ws.groups[--ws.ngroups];
-        release_lanes(W, f->warp, mask);
+        release_lanes(W, f->warp, mask, W.ahead);
     }
     park(W, f);
 }
@@ -1267,6 +1282,8 @@ std::string validate(const tf_emu_launch_args* a, const tf_emu_kernel_entry** ko
                    a->dynamic_smem_bytes, kMaxDynamic);
     if (a->lane_order < TF_EMU_ORDER_FORWARD || a->lane_order > TF_EMU_ORDER_SHUFFLED)
         return fmt("kernel `%s`: unknown lane order %d", name, a->lane_order);
+    if (a->warp_order < TF_EMU_WARPS_ROUND_ROBIN || a->warp_order > TF_EMU_WARPS_MIXED)
+        return fmt("kernel `%s`: unknown warp order %d", name, a->warp_order);
     return "";
 }
 
@@ -1286,6 +1303,13 @@ int launch(const tf_emu_launch_args* a, char* err, size_t err_len) {
     L.nthreads = a->block[0] * a->block[1] * a->block[2];
     L.dyn_bytes = a->dynamic_smem_bytes;
     L.order = a->lane_order;
+    L.warp_order = a->warp_order;
+    // TF_EMU_WARP_ORDER=0..4 overrides every launch's warp order (to run a whole test
+    // suite under one schedule).
+    if (const char* e = getenv("TF_EMU_WARP_ORDER")) {
+        const int v = atoi(e);
+        if (*e && v >= TF_EMU_WARPS_ROUND_ROBIN && v <= TF_EMU_WARPS_MIXED) L.warp_order = v;
+    }
     L.seed = a->seed;
     L.nblocks = (uint64_t)a->grid[0] * a->grid[1] * a->grid[2];
 

@@ -2,6 +2,7 @@
 // atomics and thread indices (tests/emulator.rs). Emulator only: not in the fatbin.
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
+#include "tf/async.cuh"
 #include "tf/smem.cuh"
 
 namespace tf_test_warp {
@@ -163,6 +164,50 @@ __device__ void smem_poison(const tf_test_params& p) {
     o1[t] = s[(t + 1) % blockDim.x];
 }
 
+// Warps reading a shared tile that one warp then overwrites: the tile pipeline of a
+// tiled kernel, shrunk. Blocks of 64 threads (2 warps), n phases; every block reads
+// the same input. Phase 0's tile (64 f32 of in0) is loaded by all threads, then a
+// barrier. In every phase each warp sums the tile (lane l reads tile[l] and
+// tile[l + 32], then a __shfl_xor_sync tree) into out0[(block * n + phase) * 2 +
+// warp]; then warp 0 alone loads the next phase's tile (in0 + 64 * (phase + 1)) over
+// the same tile: arg 0 with plain stores; arg 1 with cp.async (16 bytes per lane,
+// lanes 0-15), waited for after the next barrier and followed by another barrier
+// (the usual issue / barrier / wait / barrier pipeline). mode 1: a __syncthreads
+// between the sums and the overwrite (correct); mode 0: none (a race on a GPU: warp 0
+// may overwrite the tile before warp 1 has read it). Under the round-robin warp order
+// warp 1 always reads before warp 0 overwrites (the shuffles keep the warps within
+// one collective of each other), so mode 0 passes there; under a warp-major order
+// that runs warp 0 first, warp 1 reads the next tile (arg 0) or poison (arg 1).
+__device__ void tile_overwrite_race(const tf_test_params& p) {
+    __shared__ __align__(16) float tile[64];
+    const unsigned t = threadIdx.x, lane = t % 32, warp = t / 32;
+    const float* src = reinterpret_cast<const float*>(p.in0);
+    float* out = reinterpret_cast<float*>(p.out0) + (int64_t)blockIdx.x * p.n * 2;
+    tile[t] = src[t];
+    __syncthreads();
+    for (int64_t ph = 0; ph < p.n; ++ph) {
+        float v = tile[lane] + tile[lane + 32];
+        for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+        if (lane == 0) out[ph * 2 + warp] = v;
+        if (p.mode) __syncthreads();  // the barrier the overwrite needs
+        if (ph + 1 < p.n && warp == 0) {
+            const float* next = src + 64 * (ph + 1);
+            if (p.arg == 1) {
+                if (lane < 16) tf::cp_async_16(&tile[lane * 4], next + lane * 4, 16);
+                tf::cp_async_commit();
+            } else {
+                tile[lane] = next[lane];
+                tile[lane + 32] = next[lane + 32];
+            }
+        }
+        __syncthreads();
+        if (p.arg == 1) {
+            tf::cp_async_wait<0>();
+            __syncthreads();
+        }
+    }
+}
+
 }  // namespace tf_test_warp
 
 extern "C" __global__ void tf_test_collectives(const tf_test_params p) { tf_test_warp::collectives(p); }
@@ -172,3 +217,6 @@ extern "C" __global__ void __launch_bounds__(1024) tf_test_block_reduce(const tf
 extern "C" __global__ void tf_test_warp_race(const tf_test_params p) { tf_test_warp::warp_race(p); }
 extern "C" __global__ void tf_test_indices(const tf_test_params p) { tf_test_warp::indices(p); }
 extern "C" __global__ void tf_test_smem_poison(const tf_test_params p) { tf_test_warp::smem_poison(p); }
+extern "C" __global__ void tf_test_tile_overwrite_race(const tf_test_params p) {
+    tf_test_warp::tile_overwrite_race(p);
+}

@@ -341,6 +341,9 @@ impl Device {
                     lane_order: e.opts.lane_order,
                     seed: e.opts.seed.wrapping_add(n),
                     os_threads: e.opts.os_threads,
+                    // a warp schedule per block drawn from the seed (round robin
+                    // or warp-major): the seed varies per launch
+                    warp_order: emu::WarpOrder::Mixed,
                 };
                 // SAFETY: the caller guarantees the pointers in `params` are host
                 // addresses valid for the kernel's accesses (emulator tensors
