@@ -21,33 +21,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every environment variable this script reads (each gets `rerun-if-env-changed`).
-const ENV_VARS: &[&str] = &[
-    "NVCC",
-    "CUDA_HOME",
-    "CUDA_PATH",
-    "PATH",
-    "TF_CUDA_ARCHS",
-    "CUDA_COMPUTE_CAP",
-    "TF_NO_NVCC",
-    "LIBCLANG_PATH",
-];
+const ENV_VARS: &[&str] =
+    &["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "LIBCLANG_PATH"];
 
 /// Default targets: SASS for Ampere and Hopper (sm_90a enables the arch-specific
 /// features later kernels may use), plus PTX for compute_80 so newer GPUs JIT.
 const DEFAULT_ARCHS: &str = "80,90a";
 
 /// nvcc flags shared by every compilation.
-const NVCC_FLAGS: &[&str] = &[
-    "-O3",
-    "-std=c++17",
-    "--threads",
-    "0",
-    "-Xptxas",
-    "-v",
-    "--expt-relaxed-constexpr",
-    "-Werror",
-    "all-warnings",
-];
+const NVCC_FLAGS: &[&str] =
+    &["-O3", "-std=c++17", "--threads", "0", "-Xptxas", "-v", "--expt-relaxed-constexpr", "-Werror", "all-warnings"];
 
 fn main() {
     for v in ENV_VARS {
@@ -68,10 +51,7 @@ fn main() {
     write_generated(&out_dir, fatbin.as_ref());
 
     run_bindgen(&root, &kernels, &out_dir);
-    if let Err(e) = build_emu::build(&build_emu::BuildEmu {
-        root: &root,
-        out_dir: &out_dir,
-    }) {
+    if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
         panic!("building the SIMT emulator failed:\n{e}");
     }
 }
@@ -98,12 +78,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// The product kernels: `kernels/*.cu` (not the emulator-only `kernels/test/`).
 fn kernel_sources(kernels: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(kernels)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-                .collect()
-        })
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "cu")).collect())
         .unwrap_or_default();
     v.sort();
     v
@@ -116,18 +91,10 @@ fn gencode_flags() -> (String, Vec<String>) {
     let list = env::var("TF_CUDA_ARCHS")
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .or_else(|| {
-            env::var("CUDA_COMPUTE_CAP")
-                .ok()
-                .map(|s| s.trim().replace('.', ""))
-                .filter(|s| !s.is_empty())
-        })
+        .or_else(|| env::var("CUDA_COMPUTE_CAP").ok().map(|s| s.trim().replace('.', "")).filter(|s| !s.is_empty()))
         .unwrap_or_else(|| DEFAULT_ARCHS.to_string());
-    let archs: Vec<String> = list
-        .split(',')
-        .map(|s| s.trim().trim_start_matches("sm_").to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
+    let archs: Vec<String> =
+        list.split(',').map(|s| s.trim().trim_start_matches("sm_").to_string()).filter(|s| !s.is_empty()).collect();
     for a in &archs {
         let digits = a.trim_end_matches('a');
         if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
@@ -200,9 +167,7 @@ fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fat
         .arg("-o")
         .arg(&fatbin)
         .arg(&unity_path);
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
@@ -220,12 +185,7 @@ fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fat
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string())
         .unwrap_or_default();
-    Some(Fatbin {
-        path: fatbin,
-        ptxas,
-        archs,
-        nvcc_version,
-    })
+    Some(Fatbin { path: fatbin, ptxas, archs, nvcc_version })
 }
 
 /// "function 'x' for 'sm_80': N bytes spill stores, M bytes spill loads" for every
@@ -256,19 +216,10 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
     match fatbin {
         Some(f) => {
             writeln!(s, "/// The fatbin of every kernel (SASS + PTX for {}).", f.archs).ok();
-            writeln!(
-                s,
-                "pub static FATBIN: Option<&[u8]> = Some(include_bytes!({:?}));",
-                f.path.display().to_string()
-            )
-            .ok();
+            writeln!(s, "pub static FATBIN: Option<&[u8]> = Some(include_bytes!({:?}));", f.path.display().to_string())
+                .ok();
             writeln!(s, "/// ptxas' verbose report (registers, shared memory, spills per kernel and arch).").ok();
-            writeln!(
-                s,
-                "pub static PTXAS_REPORT: &str = include_str!({:?});",
-                f.ptxas.display().to_string()
-            )
-            .ok();
+            writeln!(s, "pub static PTXAS_REPORT: &str = include_str!({:?});", f.ptxas.display().to_string()).ok();
             writeln!(s, "/// The CUDA archs compiled (SASS), comma-separated.").ok();
             writeln!(s, "pub static CUDA_ARCHS: &str = {:?};", f.archs).ok();
             writeln!(s, "/// nvcc's version line.").ok();
@@ -317,7 +268,5 @@ fn run_bindgen(root: &Path, kernels: &Path, out_dir: &Path) {
                 header.display()
             )
         });
-    bindings
-        .write_to_file(out_dir.join("tf_kernels_sys.rs"))
-        .expect("write bindings");
+    bindings.write_to_file(out_dir.join("tf_kernels_sys.rs")).expect("write bindings");
 }

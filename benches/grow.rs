@@ -18,11 +18,7 @@ fn main() {
         let mut h = hook(&mut c, &dev);
         run_grow(&dev, &mut h).expect("grow case")
     };
-    let b = |v: &str| {
-        rows.iter()
-            .find(|r| r.variant == v)
-            .map_or(0.0, |r| r.min_bytes / r.time.as_secs_f64() / 1e9)
-    };
+    let b = |v: &str| rows.iter().find(|r| r.variant == v).map_or(0.0, |r| r.min_bytes / r.time.as_secs_f64() / 1e9);
     eprintln!(
         "grow: one launch; zeros {:.0} GB/s, normal {:.0} GB/s, dtod copy {:.0} GB/s",
         b("grow zeros"),

@@ -76,13 +76,8 @@ pub enum WarpOrder {
 
 impl WarpOrder {
     /// Every order, `Mixed` last.
-    pub const ALL: [WarpOrder; 5] = [
-        WarpOrder::RoundRobin,
-        WarpOrder::Ahead,
-        WarpOrder::AheadReverse,
-        WarpOrder::AheadShuffled,
-        WarpOrder::Mixed,
-    ];
+    pub const ALL: [WarpOrder; 5] =
+        [WarpOrder::RoundRobin, WarpOrder::Ahead, WarpOrder::AheadReverse, WarpOrder::AheadShuffled, WarpOrder::Mixed];
 
     fn raw(self) -> i32 {
         // The values of `tf_emu_warp_order` in kernels/tf_kernels.h.
@@ -171,15 +166,9 @@ impl std::error::Error for EmuError {}
 /// written memory alive meanwhile. Several blocks run at once on different OS
 /// threads, so memory written by one block and accessed by another must be
 /// accessed atomically by the kernel (as on a GPU).
-pub unsafe fn launch<P: Copy>(
-    kernel: &str,
-    cfg: &LaunchConfig,
-    params: &P,
-) -> Result<(), EmuError> {
-    let name = CString::new(kernel).map_err(|_| EmuError {
-        code: -1,
-        message: format!("kernel name {kernel:?} contains a NUL byte"),
-    })?;
+pub unsafe fn launch<P: Copy>(kernel: &str, cfg: &LaunchConfig, params: &P) -> Result<(), EmuError> {
+    let name = CString::new(kernel)
+        .map_err(|_| EmuError { code: -1, message: format!("kernel name {kernel:?} contains a NUL byte") })?;
     let args = sys::tf_emu_launch_args {
         kernel: name.as_ptr(),
         grid: cfg.grid,

@@ -11,14 +11,7 @@
 include!(concat!(env!("OUT_DIR"), "/kernels_gen.rs"));
 
 /// Bindings to `kernels/tf_kernels.h` (bindgen output; `tf_*` names only).
-#[allow(
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code,
-    clippy::all,
-    missing_docs
-)]
+#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, clippy::all, missing_docs)]
 pub mod sys {
     include!(concat!(env!("OUT_DIR"), "/tf_kernels_sys.rs"));
 }
@@ -52,10 +45,7 @@ pub fn parse_ptxas(report: &str) -> Vec<PtxasEntry> {
     let mut cur: Option<PtxasEntry> = None;
     // The number right before `word`, skipping one "bytes" ("1024 bytes smem").
     let num_before = |line: &str, word: &str| -> u64 {
-        let toks: Vec<&str> = line
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|t| !t.is_empty())
-            .collect();
+        let toks: Vec<&str> = line.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
         let mut total = 0;
         for (i, t) in toks.iter().enumerate() {
             if t.starts_with(word) && i > 0 {

@@ -77,13 +77,9 @@ fn check_norm<T: DType + Element>(dev: &Device, name: &str, t: usize, n: usize, 
         Norm::GeluL2Norm => tf_ref::Norm::GeluL2Norm,
         Norm::Softmax => tf_ref::Norm::Softmax,
     };
-    let ropts = tf_ref::PattentionOpts {
-        norm,
-        n_ref: opts.n_ref,
-        eps: opts.eps as f64,
-    };
-    let want = tf_ref::pattention_scores(MatRef::new(&a, t, n).unwrap(), MatRef::new(&eye, n, n).unwrap(), &ropts)
-        .unwrap();
+    let ropts = tf_ref::PattentionOpts { norm, n_ref: opts.n_ref, eps: opts.eps as f64 };
+    let want =
+        tf_ref::pattention_scores(MatRef::new(&a, t, n).unwrap(), MatRef::new(&eye, n, n).unwrap(), &ropts).unwrap();
     let got: Vec<f32> = at.to_vec().unwrap().iter().map(|v| DType::to_f32(*v)).collect();
     assert_close(
         &format!("{name} norm {:?}<{}> [{t}x{n}]", opts.norm, <T as DType>::NAME),

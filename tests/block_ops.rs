@@ -27,15 +27,7 @@ fn rng(s: u64, salt: u64) -> rand::rngs::StdRng {
 
 /// A `[t, d]` block at column `c0` of a `[t, w]` tensor whose other columns hold
 /// `fill`; returns the tensor (write through `strided_mut(c0, [t, d], [w, 1])`).
-fn embedded<T: DType>(
-    dev: &Device,
-    data: &[T],
-    t: usize,
-    d: usize,
-    c0: usize,
-    w: usize,
-    fill: T,
-) -> Tensor<T> {
+fn embedded<T: DType>(dev: &Device, data: &[T], t: usize, d: usize, c0: usize, w: usize, fill: T) -> Tensor<T> {
     let mut all = vec![fill; t * w];
     for r in 0..t {
         all[r * w + c0..r * w + c0 + d].copy_from_slice(&data[r * d..(r + 1) * d]);
@@ -45,14 +37,7 @@ fn embedded<T: DType>(
 
 /// Columns `[c0, c0 + d)` of a `[t, w]` buffer, and whether every other column is
 /// still `fill` (bit-for-bit).
-fn extract<T: DType>(
-    all: &[T],
-    t: usize,
-    d: usize,
-    c0: usize,
-    w: usize,
-    fill: T,
-) -> (Vec<T>, bool) {
+fn extract<T: DType>(all: &[T], t: usize, d: usize, c0: usize, w: usize, fill: T) -> (Vec<T>, bool) {
     let mut v = Vec::with_capacity(t * d);
     let mut intact = true;
     for r in 0..t {
@@ -83,18 +68,13 @@ fn check_layer_norm<T: DType + Element>(
 ) {
     let mut r = rng(s, (t * 1000 + d) as u64);
     // a non-zero mean per row, so the mean subtraction matters
-    let x: Vec<T> = (0..t * d)
-        .map(|i| T::from_f32(r.random_range(-1.0f32..1.0) * 2.0 + (i / d) as f32 * 0.1 + 0.5))
-        .collect();
+    let x: Vec<T> =
+        (0..t * d).map(|i| T::from_f32(r.random_range(-1.0f32..1.0) * 2.0 + (i / d) as f32 * 0.1 + 0.5)).collect();
     let w: Vec<T> = rand_vec(&mut r, d, 1.5);
     let b: Vec<T> = rand_vec(&mut r, d, 0.5);
     let (wt, bt) = (dev.upload(&w, &[d]).unwrap(), dev.upload(&b, &[d]).unwrap());
     let (wv, bv) = (wt.view(), bt.view());
-    let (wo, bo) = if affine {
-        (Some(&wv), Some(&bv))
-    } else {
-        (None, None)
-    };
+    let (wo, bo) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
     let eps = 1e-5f32;
     let got = if offset {
         let xt = embedded(dev, &x, t, d, 1, d + 3, T::from_f32(7.0));
@@ -108,8 +88,8 @@ fn check_layer_norm<T: DType + Element>(
         let (v, _) = extract(&all, t, d, 1, d + 3, T::NAN);
         // the columns outside the block stay NaN (poison): nothing written there
         assert!(
-            (0..t).all(|r| DType::to_f32(all[r * (d + 3)]).is_nan()
-                && DType::to_f32(all[r * (d + 3) + d + 1]).is_nan()),
+            (0..t)
+                .all(|r| DType::to_f32(all[r * (d + 3)]).is_nan() && DType::to_f32(all[r * (d + 3) + d + 1]).is_nan()),
             "layer norm wrote outside its column block"
         );
         v
@@ -119,21 +99,12 @@ fn check_layer_norm<T: DType + Element>(
         layer_norm_into(dev, &xt.view(), wo, bo, eps, &mut yt.view_mut()).unwrap();
         yt.to_vec().unwrap()
     };
-    let (w64, b64): (Vec<f64>, Vec<f64>) = (
-        w.iter().map(|v| v.to_f64()).collect(),
-        b.iter().map(|v| v.to_f64()).collect(),
-    );
-    let (wr, br) = if affine {
-        (Some(&w64[..]), Some(&b64[..]))
-    } else {
-        (None, None)
-    };
+    let (w64, b64): (Vec<f64>, Vec<f64>) =
+        (w.iter().map(|v| v.to_f64()).collect(), b.iter().map(|v| v.to_f64()).collect());
+    let (wr, br) = if affine { (Some(&w64[..]), Some(&b64[..])) } else { (None, None) };
     let want = tf_ref::layer_norm(MatRef::new(&x, t, d).unwrap(), wr, br, f64::from(eps)).unwrap();
     assert_close(
-        &format!(
-            "{name} layer_norm<{}> [{t}x{d}] affine {affine} offset {offset} (seed {s})",
-            <T as DType>::NAME
-        ),
+        &format!("{name} layer_norm<{}> [{t}x{d}] affine {affine} offset {offset} (seed {s})", <T as DType>::NAME),
         &f32s(&got),
         &want.data,
         tolerance::<T>(),
@@ -165,24 +136,10 @@ fn layer_norm_matches_tf_ref() {
         let xt = dev.upload(&x, &[3, 1536]).unwrap();
         let wt = dev.upload(&w, &[1536]).unwrap();
         let mut yt: Tensor<f32> = dev.poisoned(&[3, 1536]).unwrap();
-        layer_norm_into(
-            &dev,
-            &xt.view(),
-            Some(&wt.view()),
-            None,
-            1e-5,
-            &mut yt.view_mut(),
-        )
-        .unwrap();
+        layer_norm_into(&dev, &xt.view(), Some(&wt.view()), None, 1e-5, &mut yt.view_mut()).unwrap();
         let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
-        let want =
-            tf_ref::layer_norm(MatRef::new(&x, 3, 1536).unwrap(), Some(&w64), None, 1e-5).unwrap();
-        assert_close(
-            &format!("{name} layer_norm weight only"),
-            &yt.to_vec().unwrap(),
-            &want.data,
-            1e-5,
-        );
+        let want = tf_ref::layer_norm(MatRef::new(&x, 3, 1536).unwrap(), Some(&w64), None, 1e-5).unwrap();
+        assert_close(&format!("{name} layer_norm weight only"), &yt.to_vec().unwrap(), &want.data, 1e-5);
     }
 }
 
@@ -217,22 +174,10 @@ fn check_rotary<T: DType + Element>(
     }
     let (got, intact) = extract(&xt.to_vec().unwrap(), t, cols, c0, w, fill);
     assert!(intact, "{name} rotary wrote outside its column block");
-    let want = tf_ref::rotary(
-        MatRef::new(&x, t, cols).unwrap(),
-        heads,
-        head_dim,
-        pct,
-        10000.0,
-        pos_offset,
-    )
-    .unwrap();
+    let want = tf_ref::rotary(MatRef::new(&x, t, cols).unwrap(), heads, head_dim, pct, 10000.0, pos_offset).unwrap();
     for (i, (g, x0)) in got.iter().zip(&x).enumerate() {
         if i % head_dim >= rot {
-            assert_eq!(
-                DType::to_f32(*g).to_bits(),
-                DType::to_f32(*x0).to_bits(),
-                "unrotated dim {i} changed"
-            );
+            assert_eq!(DType::to_f32(*g).to_bits(), DType::to_f32(*x0).to_bits(), "unrotated dim {i} changed");
         }
     }
     let what = format!(
@@ -273,10 +218,7 @@ fn rotary_is_accurate_at_16k() {
         for head_dim in [64, 80, 96] {
             let rel = check_rotary::<f32>(&dev, name, 130, 4, head_dim, 0.25, 16000, false, s);
             eprintln!("{name} rotary f32 head_dim {head_dim} positions 16000..16130: relative error {rel:.2e}");
-            assert!(
-                rel < 1e-6,
-                "{name} rotary f32 at 16k: relative error {rel:.2e} >= 1e-6"
-            );
+            assert!(rel < 1e-6, "{name} rotary f32 at 16k: relative error {rel:.2e} >= 1e-6");
         }
     }
 }
@@ -298,11 +240,7 @@ fn check_add<T: DType>(dev: &Device, name: &str, t: usize, d: usize, offset: boo
     }
     let (got, intact) = extract(&yt.to_vec().unwrap(), t, d, c0, w, fill);
     assert!(intact, "{name} add wrote outside y's column block");
-    let want: Vec<f64> = y0
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| f64::from(a.to_f32()) + f64::from(b.to_f32()))
-        .collect();
+    let want: Vec<f64> = y0.iter().zip(&x).map(|(a, b)| f64::from(a.to_f32()) + f64::from(b.to_f32())).collect();
     // one rounding of the exact sum to T
     let rtol = match <T as DType>::NAME {
         "f32" => 1e-7,
@@ -310,10 +248,7 @@ fn check_add<T: DType>(dev: &Device, name: &str, t: usize, d: usize, offset: boo
         _ => 8e-3,
     };
     assert_close(
-        &format!(
-            "{name} add_assign<{}> [{t}x{d}] offset {offset} (seed {s})",
-            <T as DType>::NAME
-        ),
+        &format!("{name} add_assign<{}> [{t}x{d}] offset {offset} (seed {s})", <T as DType>::NAME),
         &f32s(&got),
         &want,
         rtol,
@@ -356,11 +291,7 @@ fn check_embedding<T: DType>(dev: &Device, name: &str, t: usize, d: usize, offse
     };
     let mut yt: Tensor<T> = dev.poisoned(&[t, w]).unwrap();
     {
-        let tv = if offset {
-            tab.strided(1, &[vocab, d], &[d + 1, 1]).unwrap()
-        } else {
-            tab.view()
-        };
+        let tv = if offset { tab.strided(1, &[vocab, d], &[d + 1, 1]).unwrap() } else { tab.view() };
         let mut yv = yt.strided_mut(c0, &[t, d], &[w, 1]).unwrap();
         embedding_into(dev, &tv, &tokens, &mut yv).unwrap();
     }
@@ -415,38 +346,17 @@ fn bad_inputs_are_errors_naming_the_values() {
         &["10", "position 1", "10 rows"],
     );
     assert!(y.to_vec().unwrap().iter().all(|&v| v == 0.0));
-    err_has(
-        embedding_into(&dev, &table.view(), &[3], &mut y.view_mut()).unwrap_err(),
-        &["1 tokens", "[2, 128]"],
-    );
+    err_has(embedding_into(&dev, &table.view(), &[3], &mut y.view_mut()).unwrap_err(), &["1 tokens", "[2, 128]"]);
     let narrow: Tensor<f32> = dev.zeros(&[10, 64]).unwrap();
-    err_has(
-        embedding_into(&dev, &narrow.view(), &[1, 2], &mut y.view_mut()).unwrap_err(),
-        &["[10, 64]", "[2, 128]"],
-    );
+    err_has(embedding_into(&dev, &narrow.view(), &[1, 2], &mut y.view_mut()).unwrap_err(), &["[10, 64]", "[2, 128]"]);
 
     // rotary: rot_dim odd, rot_dim > head_dim, heads x head_dim != cols, positions past 2^24
     let mut q: Tensor<f32> = dev.upload(&[1.0; 2 * 128], &[2, 128]).unwrap();
-    err_has(
-        rotary_into(&dev, &mut q.view_mut(), 2, 64, 15, 1e4, 0).unwrap_err(),
-        &["15", "even"],
-    );
-    err_has(
-        rotary_into(&dev, &mut q.view_mut(), 2, 64, 66, 1e4, 0).unwrap_err(),
-        &["66", "64"],
-    );
-    err_has(
-        rotary_into(&dev, &mut q.view_mut(), 3, 64, 16, 1e4, 0).unwrap_err(),
-        &["[2, 128]", "3 x 64"],
-    );
-    err_has(
-        rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, 1e4, 1 << 24).unwrap_err(),
-        &["16777216"],
-    );
-    err_has(
-        rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, -1.0, 0).unwrap_err(),
-        &["base", "-1"],
-    );
+    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 15, 1e4, 0).unwrap_err(), &["15", "even"]);
+    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 66, 1e4, 0).unwrap_err(), &["66", "64"]);
+    err_has(rotary_into(&dev, &mut q.view_mut(), 3, 64, 16, 1e4, 0).unwrap_err(), &["[2, 128]", "3 x 64"]);
+    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, 1e4, 1 << 24).unwrap_err(), &["16777216"]);
+    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, -1.0, 0).unwrap_err(), &["base", "-1"]);
     assert!(q.to_vec().unwrap().iter().all(|&v| v == 1.0));
 
     // layer norm: y shape, weight length, eps
@@ -457,28 +367,14 @@ fn bad_inputs_are_errors_naming_the_values() {
     );
     let w: Tensor<f32> = dev.zeros(&[100]).unwrap();
     err_has(
-        layer_norm_into(
-            &dev,
-            &x.view(),
-            Some(&w.view()),
-            None,
-            1e-5,
-            &mut y.view_mut(),
-        )
-        .unwrap_err(),
+        layer_norm_into(&dev, &x.view(), Some(&w.view()), None, 1e-5, &mut y.view_mut()).unwrap_err(),
         &["weight", "[100]", "[128]"],
     );
-    err_has(
-        layer_norm_into(&dev, &x.view(), None, None, -1.0, &mut y.view_mut()).unwrap_err(),
-        &["eps", "-1"],
-    );
+    err_has(layer_norm_into(&dev, &x.view(), None, None, -1.0, &mut y.view_mut()).unwrap_err(), &["eps", "-1"]);
 
     // add: shapes differ
     let x3: Tensor<f32> = dev.zeros(&[2, 127]).unwrap();
-    err_has(
-        add_assign(&dev, &mut y.view_mut(), &x3.view()).unwrap_err(),
-        &["[2, 128]", "[2, 127]"],
-    );
+    err_has(add_assign(&dev, &mut y.view_mut(), &x3.view()).unwrap_err(), &["[2, 128]", "[2, 127]"]);
 
     // another device's tensor
     let other = Device::emulator();

@@ -13,9 +13,7 @@ use std::time::Instant;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use tf_kernels::emu::{
-    kernel_names, launch, launch_raw, EmuError, LaneOrder, LaunchConfig, WarpOrder,
-};
+use tf_kernels::emu::{kernel_names, launch, launch_raw, EmuError, LaneOrder, LaunchConfig, WarpOrder};
 use tf_kernels::sys::{tf_emu_launch_args, tf_test_params};
 
 const ORDERS: [LaneOrder; 3] = [LaneOrder::Forward, LaneOrder::Reverse, LaneOrder::Shuffled];
@@ -23,15 +21,9 @@ const POISON32: u32 = 0xFFFF_FFFF;
 
 /// The seed of this run's random inputs: `TF_TEST_SEED`, else fresh (printed).
 fn seed() -> u64 {
-    let s = std::env::var("TF_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let s = std::env::var("TF_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
+    });
     eprintln!("seed {s} (TF_TEST_SEED={s} reproduces)");
     s
 }
@@ -146,15 +138,8 @@ fn one_hot_tiles(dt: Dt) -> Vec<Tile> {
             let mut a = vec![0u16; 256];
             a[i * 16 + k] = dt.bits(1.0);
             let b = (0..128).map(|e| dt.bits((e + 1) as f32)).collect();
-            let c = (0..128)
-                .map(|e| (e / 8) as f32 * 0.25 + (e % 8) as f32 * 0.125)
-                .collect();
-            tiles.push(Tile {
-                a,
-                b,
-                c,
-                what: format!("A one-hot at ({i},{k})"),
-            });
+            let c = (0..128).map(|e| (e / 8) as f32 * 0.25 + (e % 8) as f32 * 0.125).collect();
+            tiles.push(Tile { a, b, c, what: format!("A one-hot at ({i},{k})") });
         }
     }
     // B one-hot at every (k, n); A[i][k] = 16i + k + 1 (<= 256: exact in bf16).
@@ -163,12 +148,7 @@ fn one_hot_tiles(dt: Dt) -> Vec<Tile> {
             let a = (0..256).map(|e| dt.bits((e + 1) as f32)).collect();
             let mut b = vec![0u16; 128];
             b[k * 8 + n] = dt.bits(1.0);
-            tiles.push(Tile {
-                a,
-                b,
-                c: vec![0.0; 128],
-                what: format!("B one-hot at ({k},{n})"),
-            });
+            tiles.push(Tile { a, b, c: vec![0.0; 128], what: format!("B one-hot at ({k},{n})") });
         }
     }
     tiles
@@ -213,12 +193,8 @@ fn mma_random() {
     for dt in [Dt::F16, Dt::Bf16] {
         let tiles: Vec<Tile> = (0..37)
             .map(|t| Tile {
-                a: (0..256)
-                    .map(|_| dt.bits(rng.random_range(-2.0..2.0)))
-                    .collect(),
-                b: (0..128)
-                    .map(|_| dt.bits(rng.random_range(-2.0..2.0)))
-                    .collect(),
+                a: (0..256).map(|_| dt.bits(rng.random_range(-2.0..2.0))).collect(),
+                b: (0..128).map(|_| dt.bits(rng.random_range(-2.0..2.0))).collect(),
                 c: (0..128).map(|_| rng.random_range(-4.0..4.0)).collect(),
                 what: format!("random tile {t}"),
             })
@@ -264,8 +240,7 @@ fn ldmatrix_matches_the_ptx_tables() {
                 };
                 run("tf_test_ldmatrix", &cfg(1, 32, order), &p).unwrap();
                 // Matrix m, row r is the row lane 8m + r pointed at.
-                let m_at =
-                    |m: usize, r: usize, c: usize| rows[perm[8 * m + r] as usize * 8 + c] as u32;
+                let m_at = |m: usize, r: usize, c: usize| rows[perm[8 * m + r] as usize * 8 + c] as u32;
                 for l in 0..32 {
                     let (g, q) = (l >> 2, l % 4);
                     for m in 0..4 {
@@ -295,12 +270,8 @@ fn ldmatrix_feeds_mma() {
     let mut rng = StdRng::seed_from_u64(s);
     for (mode, dt) in [(1, Dt::F16), (2, Dt::Bf16)] {
         for order in ORDERS {
-            let a: Vec<u16> = (0..256)
-                .map(|_| dt.bits(rng.random_range(-1.0..1.0)))
-                .collect();
-            let b: Vec<u16> = (0..128)
-                .map(|_| dt.bits(rng.random_range(-1.0..1.0)))
-                .collect();
+            let a: Vec<u16> = (0..256).map(|_| dt.bits(rng.random_range(-1.0..1.0))).collect();
+            let b: Vec<u16> = (0..128).map(|_| dt.bits(rng.random_range(-1.0..1.0))).collect();
             let mut d0 = vec![f32::NAN; 128];
             let mut d1 = vec![f32::NAN; 128];
             let p = tf_test_params {
@@ -314,15 +285,7 @@ fn ldmatrix_feeds_mma() {
             let mut c = cfg(1, 32, order);
             c.dynamic_smem_bytes = 2048;
             run("tf_test_ldsm_mma", &c, &p).unwrap();
-            let want = product(
-                dt,
-                &Tile {
-                    a,
-                    b,
-                    c: vec![0.0; 128],
-                    what: String::new(),
-                },
-            );
+            let want = product(dt, &Tile { a, b, c: vec![0.0; 128], what: String::new() });
             for e in 0..128 {
                 for (path, d) in [("ldmatrix.x2.trans B", &d0), ("ldmatrix.x2 of B^T", &d1)] {
                     assert!(
@@ -412,31 +375,11 @@ fn shuffles_follow_cuda_semantics() {
     for w in [32, 16, 8, 4, 2, 1] {
         cases.push((0, 0, w));
     }
-    for (d, w) in [
-        (0, 32),
-        (1, 32),
-        (3, 32),
-        (16, 32),
-        (31, 32),
-        (1, 8),
-        (3, 8),
-        (2, 4),
-    ] {
+    for (d, w) in [(0, 32), (1, 32), (3, 32), (16, 32), (31, 32), (1, 8), (3, 8), (2, 4)] {
         cases.push((1, d, w));
         cases.push((2, d, w));
     }
-    for (m, w) in [
-        (1, 32),
-        (2, 32),
-        (4, 32),
-        (8, 32),
-        (16, 32),
-        (31, 32),
-        (3, 8),
-        (4, 4),
-        (1, 2),
-        (6, 4),
-    ] {
+    for (m, w) in [(1, 32), (2, 32), (4, 32), (8, 32), (16, 32), (31, 32), (3, 8), (4, 4), (1, 2), (6, 4)] {
         cases.push((3, m, w));
     }
     for order in ORDERS {
@@ -467,9 +410,7 @@ fn votes_typed_shuffles_and_reductions() {
         // ballot / any / all
         let (out, _, _) = collective(4, 0, 32, &vals, &src, order);
         for t in 0..128 {
-            let want = (0..32)
-                .filter(|&l| vals[w(t) + l] & 1 == 1)
-                .fold(0u32, |m, l| m | 1 << l);
+            let want = (0..32).filter(|&l| vals[w(t) + l] & 1 == 1).fold(0u32, |m, l| m | 1 << l);
             assert_eq!(out[t], want, "__ballot_sync thread {t} ({order:?})");
         }
         let present = (vals[40] % 32) as i32;
@@ -479,10 +420,7 @@ fn votes_typed_shuffles_and_reductions() {
             assert_eq!(out[t], want, "__any_sync thread {t} ({order:?})");
         }
         let (out, _, _) = collective(5, 99, 32, &vals, &src, order);
-        assert!(
-            out.iter().all(|&x| x == 0),
-            "__any_sync of a false predicate"
-        );
+        assert!(out.iter().all(|&x| x == 0), "__any_sync of a false predicate");
         let (out, _, _) = collective(6, 0, 32, &vals, &src, order);
         for t in 0..128 {
             let want = (0..32).all(|l| vals[w(t) + l] & 1 == 1) as u32;
@@ -490,19 +428,12 @@ fn votes_typed_shuffles_and_reductions() {
         }
         let odd: Vec<u32> = vals.iter().map(|v| v | 1).collect();
         let (out, _, _) = collective(6, 0, 32, &odd, &src, order);
-        assert!(
-            out.iter().all(|&x| x == 1),
-            "__all_sync of a true predicate"
-        );
+        assert!(out.iter().all(|&x| x == 1), "__all_sync of a true predicate");
         // 64-bit, __half2 and float shuffles
         let (_, out1, _) = collective(7, 5, 32, &vals, &src, order);
         for t in 0..128 {
             let j = w(t) + ((t % 32) ^ 5);
-            assert_eq!(
-                out1[t],
-                ((vals[j] as u64) << 32) | (!vals[j]) as u64,
-                "64-bit shuffle thread {t}"
-            );
+            assert_eq!(out1[t], ((vals[j] as u64) << 32) | (!vals[j]) as u64, "64-bit shuffle thread {t}");
         }
         let (out, _, _) = collective(8, 3, 32, &vals, &src, order);
         for t in 0..128 {
@@ -512,13 +443,8 @@ fn votes_typed_shuffles_and_reductions() {
         let (out, _, _) = collective(9, 17, 32, &vals, &src, order);
         for t in 0..128 {
             let want = vals[w(t) + 17];
-            let same = out[t] == want
-                || (f32::from_bits(want).is_nan() && f32::from_bits(out[t]).is_nan());
-            assert!(
-                same,
-                "float __shfl_sync thread {t}: {:#x} vs {want:#x}",
-                out[t]
-            );
+            let same = out[t] == want || (f32::from_bits(want).is_nan() && f32::from_bits(out[t]).is_nan());
+            assert!(same, "float __shfl_sync thread {t}: {:#x} vs {want:#x}", out[t]);
         }
         // two disjoint groups in flight at once
         let (out, _, _) = collective(10, 5, 32, &vals, &src, order);
@@ -537,30 +463,18 @@ fn votes_typed_shuffles_and_reductions() {
         let (out, out1, _) = collective(11, 0, 32, &vals, &src, order);
         for t in 0..128 {
             let lanes = &vals[w(t)..w(t) + 32];
-            assert_eq!(
-                out[t],
-                lanes.iter().fold(0u32, |a, &b| a.wrapping_add(b)),
-                "__reduce_add_sync"
-            );
-            assert_eq!(
-                out1[t],
-                *lanes.iter().max().unwrap() as u64,
-                "__reduce_max_sync"
-            );
+            assert_eq!(out[t], lanes.iter().fold(0u32, |a, &b| a.wrapping_add(b)), "__reduce_add_sync");
+            assert_eq!(out1[t], *lanes.iter().max().unwrap() as u64, "__reduce_max_sync");
         }
         let (out, _, _) = collective(12, 3, 32, &vals, &src, order);
         for t in 0..128 {
-            let want = (0..32)
-                .filter(|&l| vals[w(t) + l] % 3 == vals[t] % 3)
-                .fold(0u32, |m, l| m | 1 << l);
+            let want = (0..32).filter(|&l| vals[w(t) + l] % 3 == vals[t] % 3).fold(0u32, |m, l| m | 1 << l);
             assert_eq!(out[t], want, "__match_any_sync thread {t}");
         }
         let (out, _, _) = collective(13, 0, 32, &vals, &src, order);
         for t in 0..128 {
             let (parity, bit) = if t % 2 == 0 { (0, 1) } else { (1, 2) };
-            let want = (0..32)
-                .filter(|&l| l % 2 == parity && vals[w(t) + l] & bit != 0)
-                .fold(0u32, |m, l| m | 1 << l);
+            let want = (0..32).filter(|&l| l % 2 == parity && vals[w(t) + l] & bit != 0).fold(0u32, |m, l| m | 1 << l);
             assert_eq!(out[t], want, "split ballot thread {t} ({order:?})");
         }
         // barrier reductions over each 64-thread block
@@ -584,9 +498,7 @@ fn block_reduction_with_barriers_on_several_os_threads() {
     let s = seed();
     let mut rng = StdRng::seed_from_u64(s);
     let (blocks, threads) = (13usize, 256usize);
-    let x: Vec<f32> = (0..blocks * threads)
-        .map(|_| rng.random_range(-100..=100) as f32)
-        .collect();
+    let x: Vec<f32> = (0..blocks * threads).map(|_| rng.random_range(-100..=100) as f32).collect();
     for os_threads in [1, 2, 4] {
         for order in ORDERS {
             let mut sums = vec![f32::NAN; blocks];
@@ -604,18 +516,11 @@ fn block_reduction_with_barriers_on_several_os_threads() {
             run("tf_test_block_reduce", &c, &p).unwrap();
             for b in 0..blocks {
                 let want: f32 = x[b * threads..(b + 1) * threads].iter().sum();
-                assert_eq!(
-                    sums[b], want,
-                    "block {b} ({os_threads} OS threads, {order:?}, seed {s})"
-                );
+                assert_eq!(sums[b], want, "block {b} ({os_threads} OS threads, {order:?}, seed {s})");
             }
             assert_eq!(total[0], x.iter().sum::<f32>(), "atomicAdd f32 total");
             assert_eq!(counters[0], (blocks * threads) as u32, "atomicAdd u32");
-            assert_eq!(
-                counters[1],
-                x.iter().map(|v| v.to_bits()).max().unwrap(),
-                "atomicMax u32"
-            );
+            assert_eq!(counters[1], x.iter().map(|v| v.to_bits()).max().unwrap(), "atomicMax u32");
             assert_eq!(counters[2], (blocks * threads) as u32, "atomicAdd i32");
         }
     }
@@ -626,45 +531,24 @@ fn implicit_warp_lockstep_is_a_race() {
     let s = seed();
     let mut rng = StdRng::seed_from_u64(s);
     let (blocks, threads) = (8usize, 128usize);
-    let x: Vec<f32> = (0..blocks * threads)
-        .map(|_| rng.random_range(-50..=50) as f32)
-        .collect();
+    let x: Vec<f32> = (0..blocks * threads).map(|_| rng.random_range(-50..=50) as f32).collect();
     let want: Vec<f32> = x.chunks(32).map(|w| w.iter().sum()).collect();
     let run_race = |mode: i32, order: LaneOrder| {
         let mut out = vec![0.0f32; want.len()];
-        let p = tf_test_params {
-            in0: addr(&x),
-            out0: addr_mut(&mut out),
-            mode,
-            ..params()
-        };
+        let p = tf_test_params { in0: addr(&x), out0: addr_mut(&mut out), mode, ..params() };
         let mut c = cfg(blocks as u32, threads as u32, order);
         c.seed = s;
         run("tf_test_warp_race", &c, &p).unwrap();
         out
     };
     for order in ORDERS {
-        assert_eq!(
-            run_race(1, order),
-            want,
-            "with __syncwarp every order is right ({order:?})"
-        );
+        assert_eq!(run_race(1, order), want, "with __syncwarp every order is right ({order:?})");
     }
     let fwd = run_race(0, LaneOrder::Forward);
-    assert!(
-        fwd.iter().all(|v| v.is_nan()),
-        "forward order, no __syncwarp: lane 0 reads poison: {fwd:?}"
-    );
+    assert!(fwd.iter().all(|v| v.is_nan()), "forward order, no __syncwarp: lane 0 reads poison: {fwd:?}");
     let shuffled = run_race(0, LaneOrder::Shuffled);
-    let wrong = shuffled
-        .iter()
-        .zip(&want)
-        .filter(|(g, w)| g.to_bits() != w.to_bits())
-        .count();
-    assert!(
-        wrong > 0,
-        "shuffled order, no __syncwarp: some warp must go wrong (seed {s})"
-    );
+    let wrong = shuffled.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+    assert!(wrong > 0, "shuffled order, no __syncwarp: some warp must go wrong (seed {s})");
 }
 
 /// A missing `__syncthreads` between the warps' last reads of a shared tile and one
@@ -676,26 +560,15 @@ fn missing_barrier_before_a_tile_overwrite_is_a_race() {
     let s = seed();
     let mut rng = StdRng::seed_from_u64(s);
     let (blocks, phases) = (8usize, 8usize);
-    let mut x: Vec<f32> = (0..phases * 64)
-        .map(|_| rng.random_range(-50..=50) as f32)
-        .collect();
+    let mut x: Vec<f32> = (0..phases * 64).map(|_| rng.random_range(-50..=50) as f32).collect();
     for ph in 0..phases {
         x[ph * 64] += 10_000.0 * (ph + 1) as f32; // consecutive tiles' sums differ
     }
     let sums: Vec<f32> = x.chunks(64).map(|c| c.iter().sum()).collect();
-    let want: Vec<f32> = (0..blocks)
-        .flat_map(|_| sums.iter().flat_map(|&v| [v, v]))
-        .collect();
+    let want: Vec<f32> = (0..blocks).flat_map(|_| sums.iter().flat_map(|&v| [v, v])).collect();
     let run_tiles = |mode: i32, arg: i32, order: LaneOrder, warps: WarpOrder| {
         let mut out = vec![0.0f32; want.len()];
-        let p = tf_test_params {
-            in0: addr(&x),
-            out0: addr_mut(&mut out),
-            n: phases as i64,
-            mode,
-            arg,
-            ..params()
-        };
+        let p = tf_test_params { in0: addr(&x), out0: addr_mut(&mut out), n: phases as i64, mode, arg, ..params() };
         let mut c = cfg(blocks as u32, 64, order);
         c.seed = s;
         c.warp_order = warps;
@@ -726,10 +599,7 @@ fn missing_barrier_before_a_tile_overwrite_is_a_race() {
             for b in 0..blocks {
                 for ph in 0..phases {
                     let (w0, w1) = (got[(b * phases + ph) * 2], got[(b * phases + ph) * 2 + 1]);
-                    assert_eq!(
-                        w0, sums[ph],
-                        "warp 0 reads its own tile ({what}, {order:?})"
-                    );
+                    assert_eq!(w0, sums[ph], "warp 0 reads its own tile ({what}, {order:?})");
                     if ph + 1 == phases {
                         assert_eq!(w1, sums[ph], "no overwrite after the last phase");
                     } else if arg == 0 {
@@ -739,10 +609,7 @@ fn missing_barrier_before_a_tile_overwrite_is_a_race() {
                             "no barrier, Ahead, stores: warp 1 reads the next tile ({order:?})"
                         );
                     } else {
-                        assert!(
-                            w1.is_nan(),
-                            "no barrier, Ahead, cp.async: warp 1 reads poison, got {w1} ({order:?})"
-                        );
+                        assert!(w1.is_nan(), "no barrier, Ahead, cp.async: warp 1 reads poison, got {w1} ({order:?})");
                     }
                 }
             }
@@ -750,9 +617,7 @@ fn missing_barrier_before_a_tile_overwrite_is_a_race() {
             // when warp 0 is drawn first.
             let got = run_tiles(0, arg, order, WarpOrder::AheadShuffled);
             assert!(
-                got.iter()
-                    .zip(&want)
-                    .any(|(g, w)| g.to_bits() != w.to_bits()),
+                got.iter().zip(&want).any(|(g, w)| g.to_bits() != w.to_bits()),
                 "no barrier, AheadShuffled: some phase must go wrong ({what}, {order:?}, seed {s})"
             );
         }
@@ -765,14 +630,8 @@ fn thread_and_block_indices() {
     let nb = (grid[0] * grid[1] * grid[2]) as usize;
     let nt = (block[0] * block[1] * block[2]) as usize;
     let mut out = vec![0u32; nb * nt * 12];
-    let p = tf_test_params {
-        out0: addr_mut(&mut out),
-        ..params()
-    };
-    let c = LaunchConfig {
-        os_threads: 3,
-        ..LaunchConfig::new(grid, block)
-    };
+    let p = tf_test_params { out0: addr_mut(&mut out), ..params() };
+    let c = LaunchConfig { os_threads: 3, ..LaunchConfig::new(grid, block) };
     run("tf_test_indices", &c, &p).unwrap();
     let mut i = 0;
     for bz in 0..grid[2] {
@@ -781,10 +640,8 @@ fn thread_and_block_indices() {
                 for tz in 0..block[2] {
                     for ty in 0..block[1] {
                         for tx in 0..block[0] {
-                            let want = [
-                                tx, ty, tz, bx, by, bz, block[0], block[1], block[2], grid[0],
-                                grid[1], grid[2],
-                            ];
+                            let want =
+                                [tx, ty, tz, bx, by, bz, block[0], block[1], block[2], grid[0], grid[1], grid[2]];
                             assert_eq!(out[i * 12..i * 12 + 12], want, "thread {i}");
                             i += 1;
                         }
@@ -802,46 +659,22 @@ fn shared_memory_is_poisoned_per_block() {
         let mut o0 = vec![0u32; blocks * 256];
         let mut o1 = vec![0u32; blocks * 256];
         let mut o2 = vec![0u32; blocks * 4];
-        let p = tf_test_params {
-            out0: addr_mut(&mut o0),
-            out1: addr_mut(&mut o1),
-            out2: addr_mut(&mut o2),
-            ..params()
-        };
+        let p =
+            tf_test_params { out0: addr_mut(&mut o0), out1: addr_mut(&mut o1), out2: addr_mut(&mut o2), ..params() };
         let mut c = cfg(blocks as u32, threads as u32, LaneOrder::Shuffled);
         c.os_threads = os_threads;
         c.dynamic_smem_bytes = 256;
         run("tf_test_smem_poison", &c, &p).unwrap();
         for b in 0..blocks {
             for t in 0..threads {
-                assert_eq!(
-                    o0[b * 256 + t],
-                    POISON32,
-                    "static __shared__ read before write, block {b} thread {t}"
-                );
+                assert_eq!(o0[b * 256 + t], POISON32, "static __shared__ read before write, block {b} thread {t}");
                 let want = 1000 * b as u32 + ((t + 1) % threads) as u32;
-                assert_eq!(
-                    o1[b * 256 + t],
-                    want,
-                    "static __shared__ after writes, block {b} thread {t}"
-                );
+                assert_eq!(o1[b * 256 + t], want, "static __shared__ after writes, block {b} thread {t}");
             }
-            assert_eq!(
-                o2[b * 4],
-                POISON32,
-                "dynamic shared memory read before write, block {b}"
-            );
+            assert_eq!(o2[b * 4], POISON32, "dynamic shared memory read before write, block {b}");
             assert_eq!(o2[b * 4 + 1], 1, "dynamic shared memory is 16-byte aligned");
-            assert_eq!(
-                o2[b * 4 + 2],
-                1,
-                "__align__(128) static __shared__ is 128-byte aligned"
-            );
-            assert_eq!(
-                o2[b * 4 + 3],
-                POISON32,
-                "static __shared__ double read before write"
-            );
+            assert_eq!(o2[b * 4 + 2], 1, "__align__(128) static __shared__ is 128-byte aligned");
+            assert_eq!(o2[b * 4 + 3], POISON32, "static __shared__ double read before write");
         }
     }
 }
@@ -855,12 +688,8 @@ fn cp_async_zero_fill_and_wait_group_order() {
     let threads = 64usize;
     for size in [4usize, 8, 16] {
         for order in ORDERS {
-            let src: Vec<u8> = (0..threads * 2 * size)
-                .map(|_| rng.random_range(0..0xFF))
-                .collect();
-            let nbytes: Vec<i32> = (0..threads)
-                .map(|_| rng.random_range(0..=size as i32))
-                .collect();
+            let src: Vec<u8> = (0..threads * 2 * size).map(|_| rng.random_range(0..0xFF)).collect();
+            let nbytes: Vec<i32> = (0..threads).map(|_| rng.random_range(0..=size as i32)).collect();
             let mut out = vec![0x11u8; 5 * threads * 2 * size];
             let p = tf_test_params {
                 in0: addr(&src),
@@ -874,36 +703,20 @@ fn cp_async_zero_fill_and_wait_group_order() {
             run("tf_test_cp_async", &c, &p).unwrap();
             for t in 0..threads {
                 let mine = &src[t * 2 * size..(t + 1) * 2 * size];
-                let a: Vec<u8> = (0..size)
-                    .map(|i| if i < nbytes[t] as usize { mine[i] } else { 0 })
-                    .collect();
+                let a: Vec<u8> = (0..size).map(|i| if i < nbytes[t] as usize { mine[i] } else { 0 }).collect();
                 let b = &mine[size..];
                 let poison = vec![0xFFu8; size];
-                let snap = |ph: usize| {
-                    &out[(ph * threads + t) * 2 * size..(ph * threads + t + 1) * 2 * size]
-                };
+                let snap = |ph: usize| &out[(ph * threads + t) * 2 * size..(ph * threads + t + 1) * 2 * size];
                 let expect: [(&[u8], &[u8], &str); 5] = [
                     (&poison, &poison, "before any wait: poison"),
-                    (
-                        &a,
-                        &poison,
-                        "after wait_group 1: A landed (zero-filled), B pending",
-                    ),
+                    (&a, &poison, "after wait_group 1: A landed (zero-filled), B pending"),
                     (&a, b, "after wait_group 0: both landed"),
                     (&a, &poison, "an uncommitted copy is not waited for"),
                     (&a, &mine[..size], "after commit + wait_group 0"),
                 ];
                 for (ph, (wa, wb, what)) in expect.iter().enumerate() {
-                    assert_eq!(
-                        &snap(ph)[..size],
-                        *wa,
-                        "cp.async {size} B thread {t}: {what} (A half, seed {s})"
-                    );
-                    assert_eq!(
-                        &snap(ph)[size..],
-                        *wb,
-                        "cp.async {size} B thread {t}: {what} (B half, seed {s})"
-                    );
+                    assert_eq!(&snap(ph)[..size], *wa, "cp.async {size} B thread {t}: {what} (A half, seed {s})");
+                    assert_eq!(&snap(ph)[size..], *wb, "cp.async {size} B thread {t}: {what} (B half, seed {s})");
                 }
             }
         }
@@ -985,34 +798,16 @@ fn conversions_round_to_nearest_even() {
     x.extend((0..200_000).map(|_| f32::from_bits(rng.random())));
     let mut h = vec![0u16; x.len()];
     let mut b = vec![0u16; x.len()];
-    let p = tf_test_params {
-        in0: addr(&x),
-        out0: addr_mut(&mut h),
-        out1: addr_mut(&mut b),
-        n: x.len() as i64,
-        ..params()
-    };
+    let p =
+        tf_test_params { in0: addr(&x), out0: addr_mut(&mut h), out1: addr_mut(&mut b), n: x.len() as i64, ..params() };
     run("tf_test_convert", &cfg(4, 256, LaneOrder::Forward), &p).unwrap();
     for (i, &v) in x.iter().enumerate() {
         let (wh, wb) = (half::f16::from_f32(v), half::bf16::from_f32(v));
         if v.is_nan() {
-            assert!(
-                half::f16::from_bits(h[i]).is_nan() && half::bf16::from_bits(b[i]).is_nan(),
-                "NaN stays NaN"
-            );
+            assert!(half::f16::from_bits(h[i]).is_nan() && half::bf16::from_bits(b[i]).is_nan(), "NaN stays NaN");
         } else {
-            assert_eq!(
-                h[i],
-                wh.to_bits(),
-                "f32 {v:e} ({:#x}) -> f16 (seed {s})",
-                v.to_bits()
-            );
-            assert_eq!(
-                b[i],
-                wb.to_bits(),
-                "f32 {v:e} ({:#x}) -> bf16 (seed {s})",
-                v.to_bits()
-            );
+            assert_eq!(h[i], wh.to_bits(), "f32 {v:e} ({:#x}) -> f16 (seed {s})", v.to_bits());
+            assert_eq!(b[i], wb.to_bits(), "f32 {v:e} ({:#x}) -> bf16 (seed {s})", v.to_bits());
         }
     }
     // every f16 / bf16 bit pattern -> f32, exactly
@@ -1029,28 +824,14 @@ fn conversions_round_to_nearest_even() {
     };
     run("tf_test_convert", &cfg(4, 256, LaneOrder::Forward), &p).unwrap();
     for &u in &bits {
-        let (wh, wb) = (
-            half::f16::from_bits(u).to_f32(),
-            half::bf16::from_bits(u).to_f32(),
-        );
+        let (wh, wb) = (half::f16::from_bits(u).to_f32(), half::bf16::from_bits(u).to_f32());
         let i = u as usize;
-        assert!(
-            fh[i].to_bits() == wh.to_bits() || (fh[i].is_nan() && wh.is_nan()),
-            "f16 {u:#x} -> f32"
-        );
-        assert!(
-            fb[i].to_bits() == wb.to_bits() || (fb[i].is_nan() && wb.is_nan()),
-            "bf16 {u:#x} -> f32"
-        );
+        assert!(fh[i].to_bits() == wh.to_bits() || (fh[i].is_nan() && wh.is_nan()), "f16 {u:#x} -> f32");
+        assert!(fb[i].to_bits() == wb.to_bits() || (fb[i].is_nan() && wb.is_nan()), "bf16 {u:#x} -> f32");
     }
     // f64 -> f16 / bf16 (one rounding from f64) against a search over all values.
-    let mut d: Vec<f64> = vec![
-        65519.999999,
-        65520.0,
-        1.0 + 1.0 / 2048.0 + 1e-12,
-        1.0 + 1.0 / 2048.0,
-        2.9802322387695312e-8,
-    ];
+    let mut d: Vec<f64> =
+        vec![65519.999999, 65520.0, 1.0 + 1.0 / 2048.0 + 1e-12, 1.0 + 1.0 / 2048.0, 2.9802322387695312e-8];
     d.extend((0..20_000).map(|_| {
         let e = rng.random_range(-30..20);
         rng.random_range(-1.0f64..1.0) * 2f64.powi(e)
@@ -1075,16 +856,8 @@ fn conversions_round_to_nearest_even() {
     let f16v = |u: u16| half::f16::from_bits(u).to_f64();
     let bf16v = |u: u16| half::bf16::from_bits(u).to_f64();
     for (i, &v) in d.iter().enumerate() {
-        assert_eq!(
-            h[i],
-            rne_reference(v, f16v, 0x7bff, 10),
-            "f64 {v:e} -> f16 (seed {s})"
-        );
-        assert_eq!(
-            b[i],
-            rne_reference(v, bf16v, 0x7f7f, 7),
-            "f64 {v:e} -> bf16 (seed {s})"
-        );
+        assert_eq!(h[i], rne_reference(v, f16v, 0x7bff, 10), "f64 {v:e} -> f16 (seed {s})");
+        assert_eq!(b[i], rne_reference(v, bf16v, 0x7f7f, 7), "f64 {v:e} -> bf16 (seed {s})");
     }
 }
 
@@ -1098,14 +871,8 @@ fn error_of_arg(mode: i32, arg: i32, block: u32, order: LaneOrder) -> String {
     let src = [7u8; 64];
     let mut out = vec![0f32; 1024];
     let mut sink = vec![0u8; 64];
-    let p = tf_test_params {
-        in0: addr(&src),
-        out0: addr_mut(&mut out),
-        out1: addr_mut(&mut sink),
-        mode,
-        arg,
-        ..params()
-    };
+    let p =
+        tf_test_params { in0: addr(&src), out0: addr_mut(&mut out), out1: addr_mut(&mut sink), mode, arg, ..params() };
     let mut c = cfg(6, block, order);
     c.os_threads = 2;
     c.dynamic_smem_bytes = 256;
@@ -1138,27 +905,16 @@ fn kernel_errors_are_reported_not_hung() {
         (15, 64, &["exited", "__syncthreads"]),
     ];
     for order in ORDERS {
-        assert_eq!(
-            error_of(0, 64, order),
-            "",
-            "mode 0 runs cleanly ({order:?})"
-        );
+        assert_eq!(error_of(0, 64, order), "", "mode 0 runs cleanly ({order:?})");
         for (mode, block, words) in cases {
             let msg = error_of(mode, block, order);
             assert!(!msg.is_empty(), "error mode {mode} must fail ({order:?})");
             for w in words.iter().chain(&["tf_test_errors", "emu_misc.cu:"]) {
-                assert!(
-                    msg.contains(w),
-                    "error mode {mode} ({order:?}): {w:?} missing from: {msg}"
-                );
+                assert!(msg.contains(w), "error mode {mode} ({order:?}): {w:?} missing from: {msg}");
             }
         }
         // the emulator is usable after a failed launch
-        assert_eq!(
-            error_of(0, 64, order),
-            "",
-            "a clean launch after failures ({order:?})"
-        );
+        assert_eq!(error_of(0, 64, order), "", "a clean launch after failures ({order:?})");
     }
 }
 
@@ -1168,43 +924,23 @@ fn memory_faults_in_kernels_are_reported() {
     assert_eq!(msg, "", "the last byte of dynamic shared memory is fine");
     let msg = error_of_arg(16, 256 + 40, 64, LaneOrder::Forward);
     assert!(
-        msg.contains("past the end of the block's dynamic shared memory")
-            && msg.contains("thread (9,0,0)"),
+        msg.contains("past the end of the block's dynamic shared memory") && msg.contains("thread (9,0,0)"),
         "{msg}"
     );
     let msg = error_of(17, 64, LaneOrder::Forward);
-    assert!(
-        msg.contains("stack overflow") && msg.contains("thread (3,0,0)"),
-        "{msg}"
-    );
+    assert!(msg.contains("stack overflow") && msg.contains("thread (3,0,0)"), "{msg}");
     let msg = error_of(18, 64, LaneOrder::Reverse);
-    assert!(
-        msg.contains("invalid memory access") && msg.contains("thread (40,0,0)"),
-        "{msg}"
-    );
-    assert_eq!(
-        error_of(0, 64, LaneOrder::Shuffled),
-        "",
-        "a clean launch after faults"
-    );
+    assert!(msg.contains("invalid memory access") && msg.contains("thread (40,0,0)"), "{msg}");
+    assert_eq!(error_of(0, 64, LaneOrder::Shuffled), "", "a clean launch after faults");
 }
 
 #[test]
 fn static_shared_memory_over_48k_fails() {
     let mut out = vec![0u8; 64];
-    let p = tf_test_params {
-        out0: addr_mut(&mut out),
-        ..params()
-    };
+    let p = tf_test_params { out0: addr_mut(&mut out), ..params() };
     let e = run("tf_test_big_static", &cfg(2, 64, LaneOrder::Forward), &p).unwrap_err();
-    assert!(
-        e.message.contains("static __shared__") && e.message.contains("48 KiB"),
-        "{e}"
-    );
-    assert!(
-        e.message.contains("emu_misc.cu:"),
-        "names the declaration: {e}"
-    );
+    assert!(e.message.contains("static __shared__") && e.message.contains("48 KiB"), "{e}");
+    assert!(e.message.contains("emu_misc.cu:"), "names the declaration: {e}");
 }
 
 #[test]
@@ -1218,48 +954,18 @@ fn launch_errors_a_gpu_would_give() {
         }
     };
     let k = "tf_test_errors";
-    bad(
-        k,
-        LaunchConfig::new([1, 1, 1], [1025, 1, 1]),
-        &["too many threads", "1025"],
-    );
-    bad(
-        k,
-        LaunchConfig::new([1, 1, 1], [32, 32, 2]),
-        &["too many threads", "2048"],
-    );
+    bad(k, LaunchConfig::new([1, 1, 1], [1025, 1, 1]), &["too many threads", "1025"]);
+    bad(k, LaunchConfig::new([1, 1, 1], [32, 32, 2]), &["too many threads", "2048"]);
     bad(k, LaunchConfig::new([1, 1, 1], [1, 1, 65]), &["exceeds"]);
-    bad(
-        k,
-        LaunchConfig::new([0, 1, 1], [32, 1, 1]),
-        &["grid", "zero"],
-    );
-    bad(
-        k,
-        LaunchConfig::new([1, 1, 1], [32, 0, 1]),
-        &["block", "zero"],
-    );
-    bad(
-        k,
-        LaunchConfig::new([1, 70000, 1], [32, 1, 1]),
-        &["grid", "exceeds"],
-    );
-    let big = LaunchConfig {
-        dynamic_smem_bytes: 227 * 1024 + 1,
-        ..LaunchConfig::new([1, 1, 1], [32, 1, 1])
-    };
+    bad(k, LaunchConfig::new([0, 1, 1], [32, 1, 1]), &["grid", "zero"]);
+    bad(k, LaunchConfig::new([1, 1, 1], [32, 0, 1]), &["block", "zero"]);
+    bad(k, LaunchConfig::new([1, 70000, 1], [32, 1, 1]), &["grid", "exceeds"]);
+    let big = LaunchConfig { dynamic_smem_bytes: 227 * 1024 + 1, ..LaunchConfig::new([1, 1, 1], [32, 1, 1]) };
     bad(k, big, &["too much dynamic shared memory", "232449"]);
-    bad(
-        "no_such_kernel",
-        LaunchConfig::default(),
-        &["unknown kernel", "no_such_kernel", "tf_test_errors"],
-    );
+    bad("no_such_kernel", LaunchConfig::default(), &["unknown kernel", "no_such_kernel", "tf_test_errors"]);
     // a params struct of the wrong size
     let e = unsafe { launch(k, &LaunchConfig::default(), &0u32) }.unwrap_err();
-    assert!(
-        e.message.contains("params of 4 bytes") && e.message.contains("tf_test_params"),
-        "{e}"
-    );
+    assert!(e.message.contains("params of 4 bytes") && e.message.contains("tf_test_params"), "{e}");
     // a null kernel name (only reachable through the raw arguments)
     let args = tf_emu_launch_args {
         kernel: std::ptr::null(),
@@ -1285,31 +991,18 @@ fn launch_errors_a_gpu_would_give() {
     };
     // SAFETY: refused before running; the name and params are live.
     let e = unsafe { launch_raw(&args) }.unwrap_err();
-    assert!(
-        e.code == 1 && e.message.contains("unknown warp order 5"),
-        "{e}"
-    );
+    assert!(e.code == 1 && e.message.contains("unknown warp order 5"), "{e}");
     // a NUL inside the name never reaches the emulator
     let e = run("tf_test\0errors", &LaunchConfig::default(), &p).unwrap_err();
     assert_eq!(e.code, -1);
     // static + dynamic shared memory share the 227 KiB: the kernel's 1 KiB static
     // tile fits beside 226 KiB of dynamic memory, not beside 227 KiB
     let mut out = vec![0f32; 64];
-    let p0 = tf_test_params {
-        out0: addr_mut(&mut out),
-        ..params()
-    };
-    let smem = |bytes: u32| LaunchConfig {
-        dynamic_smem_bytes: bytes,
-        ..LaunchConfig::new([1, 1, 1], [64, 1, 1])
-    };
+    let p0 = tf_test_params { out0: addr_mut(&mut out), ..params() };
+    let smem = |bytes: u32| LaunchConfig { dynamic_smem_bytes: bytes, ..LaunchConfig::new([1, 1, 1], [64, 1, 1]) };
     run(k, &smem(226 * 1024), &p0).unwrap();
     let e = run(k, &smem(227 * 1024), &p0).unwrap_err();
-    assert!(
-        e.message.contains("static (1024) + dynamic (232448)")
-            && e.message.contains("emu_misc.cu:"),
-        "{e}"
-    );
+    assert!(e.message.contains("static (1024) + dynamic (232448)") && e.message.contains("emu_misc.cu:"), "{e}");
 }
 
 #[test]
@@ -1349,12 +1042,7 @@ fn registry_lists_every_kernel() {
 fn emulator_speed() {
     let time_w = |mode: i32, n: i64, threads: u32, warps: WarpOrder| -> f64 {
         let mut out = vec![0f32; threads as usize];
-        let p = tf_test_params {
-            out0: addr_mut(&mut out),
-            n,
-            mode,
-            ..params()
-        };
+        let p = tf_test_params { out0: addr_mut(&mut out), n, mode, ..params() };
         let mut c = cfg(1, threads, LaneOrder::Forward);
         c.os_threads = 1;
         c.warp_order = warps;
@@ -1371,11 +1059,7 @@ fn emulator_speed() {
     let base = time(0, 0, 128);
     // two threads yielding (__nanosleep) in turn: one fiber-to-fiber switch per yield
     let sw = time(4, 100_000, 2) - time(4, 0, 2);
-    println!(
-        "fiber switches (yield ping-pong): {:.1} M/s ({:.1} ns each)",
-        2e5 / sw / 1e6,
-        sw / 2e5 * 1e9
-    );
+    println!("fiber switches (yield ping-pong): {:.1} M/s ({:.1} ns each)", 2e5 / sw / 1e6, sw / 2e5 * 1e9);
     let sync = time(0, 10_000, 128) - base;
     // each __syncwarp: every lane parks (one switch out) and is resumed (one switch in)
     println!(
@@ -1384,11 +1068,7 @@ fn emulator_speed() {
         sync / (128.0 * 10_000.0) * 1e9
     );
     let bar = time(1, 1000, 128) - base;
-    println!(
-        "128-thread block, 1,000 __syncthreads: {:.2} ms ({:.2} us per barrier)",
-        bar * 1e3,
-        bar * 1e3
-    );
+    println!("128-thread block, 1,000 __syncthreads: {:.2} ms ({:.2} us per barrier)", bar * 1e3, bar * 1e3);
     let mma = time(2, 1000, 128) - base;
     println!(
         "128-thread block (4 warps), 1,000 mma.sync per warp: {:.2} ms ({:.2} us per warp-mma)",
@@ -1396,10 +1076,7 @@ fn emulator_speed() {
         mma * 1e6 / 4000.0
     );
     let shfl = time(3, 1000, 128) - base;
-    println!(
-        "128-thread block, 1,000 __shfl_xor_sync: {:.2} ms",
-        shfl * 1e3
-    );
+    println!("128-thread block, 1,000 __shfl_xor_sync: {:.2} ms", shfl * 1e3);
     for warps in [WarpOrder::Ahead, WarpOrder::Mixed] {
         let base_w = time_w(0, 0, 128, warps);
         let bar_w = time_w(1, 1000, 128, warps) - base_w;

@@ -24,16 +24,7 @@ fn check_one<T: DType + Element>(dev: &Device, rows_old: usize, rows_new: usize,
         "rows" => GrowInit::Rows(extra_t.view()),
         _ => GrowInit::Normal { std, seed: pseed },
     };
-    grow_batch(
-        dev,
-        vec![GrowItem {
-            src: Some(src.view()),
-            dst: dst.view_mut(),
-            rows_old,
-            init: ginit,
-        }],
-    )
-    .unwrap();
+    grow_batch(dev, vec![GrowItem { src: Some(src.view()), dst: dst.view_mut(), rows_old, init: ginit }]).unwrap();
     let got = dst.to_vec().unwrap();
     let extra64: Vec<f64> = extra.iter().map(|v| v.to_f64()).collect();
     let rinit = match init {
@@ -85,8 +76,7 @@ fn batched_growth_of_several_tensors_in_one_call() {
         let olds: Vec<Vec<bf16>> = shapes.iter().map(|&(ro, _, c)| rand_vec(&mut rng, ro * c, 1.0)).collect();
         let srcs: Vec<Tensor<bf16>> =
             shapes.iter().zip(&olds).map(|(&(ro, _, c), o)| dev.upload(o, &[ro, c]).unwrap()).collect();
-        let mut dsts: Vec<Tensor<bf16>> =
-            shapes.iter().map(|&(_, rn, c)| dev.poisoned(&[rn, c]).unwrap()).collect();
+        let mut dsts: Vec<Tensor<bf16>> = shapes.iter().map(|&(_, rn, c)| dev.poisoned(&[rn, c]).unwrap()).collect();
         let items: Vec<GrowItem<'_, bf16>> = srcs
             .iter()
             .zip(dsts.iter_mut())
@@ -163,24 +153,40 @@ fn bad_growth_input_is_an_error_not_a_panic() {
     let cases: Vec<(&str, Result<(), Error>)> = vec![
         (
             "rows_old > rows_new",
-            grow_batch(&dev, vec![GrowItem { src: Some(src.view()), dst: small.view_mut(), rows_old: 4, init: GrowInit::Zeros }]),
+            grow_batch(
+                &dev,
+                vec![GrowItem { src: Some(src.view()), dst: small.view_mut(), rows_old: 4, init: GrowInit::Zeros }],
+            ),
         ),
         (
             "cols differ",
-            grow_batch(&dev, vec![GrowItem { src: Some(other.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Zeros }]),
+            grow_batch(
+                &dev,
+                vec![GrowItem { src: Some(other.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Zeros }],
+            ),
         ),
         (
             "init rows wrong count",
             grow_batch(
                 &dev,
-                vec![GrowItem { src: Some(src.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Rows(rows.view()) }],
+                vec![GrowItem {
+                    src: Some(src.view()),
+                    dst: dst.view_mut(),
+                    rows_old: 4,
+                    init: GrowInit::Rows(rows.view()),
+                }],
             ),
         ),
         (
             "negative std",
             grow_batch(
                 &dev,
-                vec![GrowItem { src: Some(src.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Normal { std: -1.0, seed: 0 } }],
+                vec![GrowItem {
+                    src: Some(src.view()),
+                    dst: dst.view_mut(),
+                    rows_old: 4,
+                    init: GrowInit::Normal { std: -1.0, seed: 0 },
+                }],
             ),
         ),
     ];
@@ -192,7 +198,10 @@ fn bad_growth_input_is_an_error_not_a_panic() {
     }
     let other_dev = Device::emulator();
     let foreign: Tensor<f32> = other_dev.zeros(&[4, 8]).unwrap();
-    let r = grow_batch(&dev, vec![GrowItem { src: Some(foreign.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Zeros }]);
+    let r = grow_batch(
+        &dev,
+        vec![GrowItem { src: Some(foreign.view()), dst: dst.view_mut(), rows_old: 4, init: GrowInit::Zeros }],
+    );
     assert!(matches!(r, Err(Error::DeviceMismatch { .. })), "{r:?}");
 }
 
@@ -201,7 +210,14 @@ mod layer {
     use rand::SeedableRng;
     use tf_host::{bf16, Device, Init, Norm, Pattention, PattentionOptions, Tensor, ValueInit};
 
-    fn layer(dev: &Device, n: usize, d_in: usize, d_out: usize, norm: Norm, s: u64) -> (Pattention<bf16>, Vec<bf16>, Vec<bf16>) {
+    fn layer(
+        dev: &Device,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        norm: Norm,
+        s: u64,
+    ) -> (Pattention<bf16>, Vec<bf16>, Vec<bf16>) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(s);
         let k: Vec<bf16> = rand_vec(&mut rng, n * d_in, 0.5);
         let v: Vec<bf16> = rand_vec(&mut rng, n * d_out, 0.5);
@@ -253,7 +269,12 @@ mod layer {
         let mut out: Tensor<bf16> = dev.poisoned(&[rows, cols]).unwrap();
         tf_host::grow_batch(
             &dev,
-            vec![tf_host::GrowItem { src: Some(v.clone()), dst: out.view_mut(), rows_old: rows, init: tf_host::GrowInit::Zeros }],
+            vec![tf_host::GrowItem {
+                src: Some(v.clone()),
+                dst: out.view_mut(),
+                rows_old: rows,
+                init: tf_host::GrowInit::Zeros,
+            }],
         )
         .unwrap();
         out.to_vec().unwrap()

@@ -40,11 +40,7 @@ fn tiny64() -> TokenformerConfig {
 /// The parameters rounded to `T` (what the device model holds), so the
 /// comparison measures the kernels, not the rounding of the weights.
 fn rounded<T: Element>(p: &ModelParams) -> ModelParams {
-    let r = |v: &Vec<f64>| {
-        v.iter()
-            .map(|&x| T::from_f64(x).to_f64())
-            .collect::<Vec<f64>>()
-    };
+    let r = |v: &Vec<f64>| v.iter().map(|&x| T::from_f64(x).to_f64()).collect::<Vec<f64>>();
     let mut q = p.clone();
     q.embedding = r(&p.embedding);
     for b in &mut q.blocks {
@@ -60,13 +56,7 @@ fn rounded<T: Element>(p: &ModelParams) -> ModelParams {
 }
 
 fn logits<T: DType>(m: &Tokenformer<T>, tokens: &[u32]) -> Vec<f32> {
-    m.forward(tokens)
-        .unwrap()
-        .to_vec()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_f32())
-        .collect()
+    m.forward(tokens).unwrap().to_vec().unwrap().iter().map(|x| x.to_f32()).collect()
 }
 
 fn random_tokens(rng: &mut impl Rng, n: usize, vocab: usize) -> Vec<u32> {
@@ -77,60 +67,24 @@ fn random_tokens(rng: &mut impl Rng, n: usize, vocab: usize) -> Vec<u32> {
 /// stores one (after each layer norm, Pattention, rotary, attention, residual
 /// add, and the logits): a same-precision CPU computation, to tell the kernels'
 /// error from the storage type's.
-fn storage_reference<T: Element>(
-    cfg: &TokenformerConfig,
-    p: &ModelParams,
-    tokens: &[u32],
-) -> Vec<f64> {
-    use tf_ref::{
-        attention, layer_norm, linear, pattention, rotary, Mat, MatRef, PattentionOpts, Slot,
-        Tensor4Ref,
-    };
+fn storage_reference<T: Element>(cfg: &TokenformerConfig, p: &ModelParams, tokens: &[u32]) -> Vec<f64> {
+    use tf_ref::{attention, layer_norm, linear, pattention, rotary, Mat, MatRef, PattentionOpts, Slot, Tensor4Ref};
     let (d, t, heads, hd) = (cfg.d, tokens.len(), cfg.heads, cfg.head_dim());
-    let r = |m: Mat| Mat {
-        data: m.data.iter().map(|&x| T::from_f64(x).to_f64()).collect(),
-        ..m
-    };
-    let add = |a: &Mat, b: &Mat| {
-        r(Mat {
-            data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-            ..a.clone()
-        })
-    };
-    let data = tokens
-        .iter()
-        .flat_map(|&id| p.embedding[id as usize * d..(id as usize + 1) * d].to_vec())
-        .collect();
-    let mut x = Mat {
-        data,
-        rows: t,
-        cols: d,
-    };
+    let r = |m: Mat| Mat { data: m.data.iter().map(|&x| T::from_f64(x).to_f64()).collect(), ..m };
+    let add = |a: &Mat, b: &Mat| r(Mat { data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(), ..a.clone() });
+    let data = tokens.iter().flat_map(|&id| p.embedding[id as usize * d..(id as usize + 1) * d].to_vec()).collect();
+    let mut x = Mat { data, rows: t, cols: d };
     for b in &p.blocks {
         let pat = |slot: Slot, inp: &Mat| {
             let n = cfg.slots(slot);
             let (k, v) = b.tokens(slot);
-            let opts = PattentionOpts {
-                norm: cfg.norm,
-                n_ref: b.n_ref(slot),
-                eps: 0.0,
-            };
-            let y = pattention(
-                inp.view(),
-                MatRef::new(k, n, d).unwrap(),
-                MatRef::new(v, n, d).unwrap(),
-                &opts,
-            );
+            let opts = PattentionOpts { norm: cfg.norm, n_ref: b.n_ref(slot), eps: 0.0 };
+            let y = pattention(inp.view(), MatRef::new(k, n, d).unwrap(), MatRef::new(v, n, d).unwrap(), &opts);
             r(y.unwrap())
         };
-        let rope =
-            |m: Mat| r(rotary(m.view(), heads, hd, cfg.rotary_pct, cfg.rotary_base, 0).unwrap());
+        let rope = |m: Mat| r(rotary(m.view(), heads, hd, cfg.rotary_pct, cfg.rotary_base, 0).unwrap());
         let h = r(layer_norm(x.view(), None, None, cfg.ln_eps).unwrap());
-        let (q, k, v) = (
-            rope(pat(Slot::Query, &h)),
-            rope(pat(Slot::Key, &h)),
-            pat(Slot::Value, &h),
-        );
+        let (q, k, v) = (rope(pat(Slot::Query, &h)), rope(pat(Slot::Key, &h)), pat(Slot::Value, &h));
         let shape = [1, t, heads, hd];
         let o = attention(
             Tensor4Ref::new(&q.data, shape).unwrap(),
@@ -140,22 +94,12 @@ fn storage_reference<T: Element>(
             Some(1.0 / (hd as f64).sqrt()),
         )
         .unwrap();
-        let ctx = r(Mat {
-            data: o.o,
-            rows: t,
-            cols: d,
-        });
+        let ctx = r(Mat { data: o.o, rows: t, cols: d });
         x = add(&x, &pat(Slot::Proj, &ctx));
         let h1 = r(layer_norm(x.view(), None, None, cfg.ln_eps).unwrap());
         x = add(&x, &pat(Slot::Ffn, &h1));
     }
-    let h = r(layer_norm(
-        x.view(),
-        Some(&p.final_norm_weight),
-        Some(&p.final_norm_bias),
-        cfg.ln_eps,
-    )
-    .unwrap());
+    let h = r(layer_norm(x.view(), Some(&p.final_norm_weight), Some(&p.final_norm_bias), cfg.ln_eps).unwrap());
     r(linear(h.view(), MatRef::new(&p.embedding, cfg.vocab, d).unwrap()).unwrap()).data
 }
 
@@ -170,20 +114,10 @@ fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 /// same-precision CPU computation ([`storage_reference`]) when that is larger:
 /// for bf16 the storage rounding of some 30 chained ops alone reaches 0.5-0.9e-2
 /// on the tiny configs, so a fixed 1e-2 would fail now and then on a sound model.
-fn check_forward<T: DType + Element>(
-    dev: &Device,
-    cfg: &TokenformerConfig,
-    t: usize,
-    tol: f64,
-    s: u64,
-) {
+fn check_forward<T: DType + Element>(dev: &Device, cfg: &TokenformerConfig, t: usize, tol: f64, s: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(s);
     let mut params = ModelParams::init(cfg, s).unwrap();
-    for (w, b) in params
-        .final_norm_weight
-        .iter_mut()
-        .zip(&mut params.final_norm_bias)
-    {
+    for (w, b) in params.final_norm_weight.iter_mut().zip(&mut params.final_norm_bias) {
         *w = rng.random_range(0.5..1.5);
         *b = rng.random_range(-0.1..0.1);
     }
@@ -217,10 +151,7 @@ fn device_init_matches_reference_init() {
     let s = seed();
     let dev = Device::emulator();
     let cfg = tiny();
-    let got = Tokenformer::<f32>::new(&dev, &cfg, s)
-        .unwrap()
-        .to_params()
-        .unwrap();
+    let got = Tokenformer::<f32>::new(&dev, &cfg, s).unwrap().to_params().unwrap();
     let want = ModelParams::init(&cfg, s).unwrap();
     let flat = |p: &ModelParams| {
         let mut v = p.embedding.clone();
@@ -237,10 +168,7 @@ fn device_init_matches_reference_init() {
     let (g, w) = (flat(&got), flat(&want));
     assert_eq!(g.len(), w.len());
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        assert!(
-            (a - b).abs() <= b.abs() * 1e-6 + 1e-30,
-            "element {i}: device {a}, tf-ref {b} (seed {s})"
-        );
+        assert!((a - b).abs() <= b.abs() * 1e-6 + 1e-30, "element {i}: device {a}, tf-ref {b} (seed {s})");
     }
 }
 
@@ -254,11 +182,7 @@ fn check_decode<T: DType>(dev: &Device, cfg: &TokenformerConfig, s: u64, tol: f6
     let v = cfg.vocab;
     let mut cache = m.new_cache(tokens.len()).unwrap();
     let pre = 4;
-    let first = m
-        .forward_cached(&tokens[..pre], &mut cache)
-        .unwrap()
-        .to_vec()
-        .unwrap();
+    let first = m.forward_cached(&tokens[..pre], &mut cache).unwrap().to_vec().unwrap();
     let first: Vec<f32> = first.iter().map(|x| x.to_f32()).collect();
     let want: Vec<f64> = full[..pre * v].iter().map(|&x| f64::from(x)).collect();
     assert_close("prefill", &first, &want, tol);
@@ -266,21 +190,9 @@ fn check_decode<T: DType>(dev: &Device, cfg: &TokenformerConfig, s: u64, tol: f6
         let step = m.forward_cached(&tokens[i..=i], &mut cache).unwrap();
         assert_eq!(step.shape(), [1, v]);
         let got: Vec<f32> = step.to_vec().unwrap().iter().map(|x| x.to_f32()).collect();
-        let want: Vec<f64> = full[i * v..(i + 1) * v]
-            .iter()
-            .map(|&x| f64::from(x))
-            .collect();
-        let (rel, _) = assert_close(
-            &format!("{} {} decode step {i}", cfg.name, T::NAME),
-            &got,
-            &want,
-            tol,
-        );
-        eprintln!(
-            "{} {} decode step {i}: rel {rel:.2e} against the full forward",
-            cfg.name,
-            T::NAME
-        );
+        let want: Vec<f64> = full[i * v..(i + 1) * v].iter().map(|&x| f64::from(x)).collect();
+        let (rel, _) = assert_close(&format!("{} {} decode step {i}", cfg.name, T::NAME), &got, &want, tol);
+        eprintln!("{} {} decode step {i}: rel {rel:.2e} against the full forward", cfg.name, T::NAME);
     }
     assert_eq!(cache.len(), tokens.len());
     // The cache is full: one more token is refused.
@@ -314,25 +226,16 @@ fn generate_is_greedy_argmax_and_reproducible() {
     for &tok in &out {
         let l = logits(&m, &seq);
         let last = &l[(seq.len() - 1) * cfg.vocab..];
-        let best = last
-            .iter()
-            .enumerate()
-            .fold(0, |b, (i, &x)| if x > last[b] { i } else { b });
+        let best = last.iter().enumerate().fold(0, |b, (i, &x)| if x > last[b] { i } else { b });
         assert_eq!(tok as usize, best);
         seq.push(tok);
     }
-    let a = m
-        .generate(&prompt, 4, Sampling::Temperature { t: 1.5, seed: 9 })
-        .unwrap();
-    let b = m
-        .generate(&prompt, 4, Sampling::Temperature { t: 1.5, seed: 9 })
-        .unwrap();
+    let a = m.generate(&prompt, 4, Sampling::Temperature { t: 1.5, seed: 9 }).unwrap();
+    let b = m.generate(&prompt, 4, Sampling::Temperature { t: 1.5, seed: 9 }).unwrap();
     assert_eq!(a, b);
     assert!(a.iter().all(|&x| (x as usize) < cfg.vocab));
     for bad in [0.0, -1.0, f32::NAN] {
-        assert!(m
-            .generate(&prompt, 2, Sampling::Temperature { t: bad, seed: 1 })
-            .is_err());
+        assert!(m.generate(&prompt, 2, Sampling::Temperature { t: bad, seed: 1 }).is_err());
     }
 }
 
@@ -352,23 +255,10 @@ fn growth_preserving_and_not() {
         m.grow_preserving(200, 72, 300, s ^ 5).unwrap();
         assert_eq!(m.config().qkv_slots, 200);
         assert_eq!(m.pattention(0, tf_ref::Slot::Ffn).unwrap().n(), 300);
-        assert_eq!(
-            m.pattention(1, tf_ref::Slot::Query)
-                .unwrap()
-                .options()
-                .n_ref,
-            Some(64)
-        );
+        assert_eq!(m.pattention(1, tf_ref::Slot::Query).unwrap().options().n_ref, Some(64));
         let after = logits(&m, &tokens);
-        let differing = before
-            .iter()
-            .zip(&after)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert_eq!(
-            differing, 0,
-            "{name}: grow_preserving changed {differing} logits"
-        );
+        let differing = before.iter().zip(&after).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "{name}: grow_preserving changed {differing} logits");
 
         // The same growth in tf-ref.
         let mut p = rounded::<bf16>(&ModelParams::init(&cfg, s).unwrap());
@@ -378,16 +268,12 @@ fn growth_preserving_and_not() {
         for (i, (g, w)) in got.blocks.iter().zip(&want.blocks).enumerate() {
             for slot in tf_ref::Slot::ALL {
                 assert_eq!(g.n_ref(slot), w.n_ref(slot), "block {i} {slot:?} n_ref");
-                for (part, a, b) in [
-                    ("key", &g.tokens(slot).0, &w.tokens(slot).0),
-                    ("value", &g.tokens(slot).1, &w.tokens(slot).1),
-                ] {
+                for (part, a, b) in
+                    [("key", &g.tokens(slot).0, &w.tokens(slot).0), ("value", &g.tokens(slot).1, &w.tokens(slot).1)]
+                {
                     assert_eq!(a.len(), b.len());
                     for (j, (x, y)) in a.iter().zip(b).enumerate() {
-                        assert!(
-                            (x - y).abs() <= y.abs() * 1e-2,
-                            "block {i} {slot:?} {part} [{j}]: {x} vs {y}"
-                        );
+                        assert!((x - y).abs() <= y.abs() * 1e-2, "block {i} {slot:?} {part} [{j}]: {x} vs {y}");
                     }
                 }
             }
@@ -395,16 +281,8 @@ fn growth_preserving_and_not() {
 
         m.grow(256, 80, 320, s ^ 6).unwrap();
         let grown = logits(&m, &tokens);
-        let changed = before
-            .iter()
-            .zip(&grown)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert!(
-            changed > before.len() / 2,
-            "{name}: plain grow changed only {changed} of {} logits",
-            before.len()
-        );
+        let changed = before.iter().zip(&grown).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert!(changed > before.len() / 2, "{name}: plain grow changed only {changed} of {} logits", before.len());
         // Shrinking and softmax-preserving are refused.
         assert!(m.grow(100, 80, 320, 1).is_err());
     }
@@ -481,45 +359,27 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     let missing: Vec<_> = all.iter().filter(|t| t.0 != missing_key).cloned().collect();
     let p = dir.join("missing.safetensors");
     write_safetensors(&p, &missing);
-    let e = Tokenformer::<f32>::load(&dev, &cfg, &p)
-        .unwrap_err()
-        .to_string();
+    let e = Tokenformer::<f32>::load(&dev, &cfg, &p).unwrap_err().to_string();
     assert!(e.contains(missing_key) && e.contains("missing"), "{e}");
 
     let wrong_key = "sequential.2.mlp.value_param_tokens";
     let wrong: Vec<_> = all
         .iter()
-        .map(|t| {
-            if t.0 == wrong_key {
-                (t.0.clone(), vec![100, 64], vec![0.0; 6400])
-            } else {
-                t.clone()
-            }
-        })
+        .map(|t| if t.0 == wrong_key { (t.0.clone(), vec![100, 64], vec![0.0; 6400]) } else { t.clone() })
         .collect();
     let p = dir.join("wrong.safetensors");
     write_safetensors(&p, &wrong);
-    let e = Tokenformer::<f32>::load(&dev, &cfg, &p)
-        .unwrap_err()
-        .to_string();
+    let e = Tokenformer::<f32>::load(&dev, &cfg, &p).unwrap_err().to_string();
     assert!(e.contains(wrong_key) && e.contains("[100, 64]"), "{e}");
 
     let mut extra = all.clone();
-    extra.push((
-        "sequential.9.mlp.key_param_tokens".into(),
-        vec![2, 2],
-        vec![0.0; 4],
-    ));
+    extra.push(("sequential.9.mlp.key_param_tokens".into(), vec![2, 2], vec![0.0; 4]));
     let p = dir.join("extra.safetensors");
     write_safetensors(&p, &extra);
-    let e = Tokenformer::<f32>::load(&dev, &cfg, &p)
-        .unwrap_err()
-        .to_string();
+    let e = Tokenformer::<f32>::load(&dev, &cfg, &p).unwrap_err().to_string();
     assert!(e.contains("sequential.9.mlp.key_param_tokens"), "{e}");
 
-    let e = Tokenformer::<f32>::load(&dev, &cfg, dir.join("absent.safetensors"))
-        .unwrap_err()
-        .to_string();
+    let e = Tokenformer::<f32>::load(&dev, &cfg, dir.join("absent.safetensors")).unwrap_err().to_string();
     assert!(e.contains("absent.safetensors"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -534,10 +394,7 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(m.forward(&[]).is_err());
     assert!(m.new_cache(0).is_err());
     let mut cache = m.new_cache(2).unwrap();
-    let e = m
-        .forward_cached(&[1, 2, 3], &mut cache)
-        .unwrap_err()
-        .to_string();
+    let e = m.forward_cached(&[1, 2, 3], &mut cache).unwrap_err().to_string();
     assert!(e.contains("max_len"), "{e}");
     // A cache of another model shape is refused.
     let other = Tokenformer::<f32>::new(&dev, &tiny64(), 1).unwrap();
@@ -550,10 +407,7 @@ fn bad_input_is_an_error_not_a_panic() {
     let mut big = cfg.clone();
     big.d = 1024;
     big.heads = 4; // head dim 256: no attention kernel
-    assert!(Tokenformer::<f32>::new(&dev, &big, 1)
-        .unwrap_err()
-        .to_string()
-        .contains("head dimension 256"));
+    assert!(Tokenformer::<f32>::new(&dev, &big, 1).unwrap_err().to_string().contains("head dimension 256"));
     let mut odd = cfg;
     odd.d = 36;
     odd.heads = 2;

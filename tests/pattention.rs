@@ -11,8 +11,8 @@ use common::{assert_close, backends, rand_vec, seed, tolerance};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tf_host::{
-    bf16, f16, pattention, pattention_into, pattention_workspace_bytes, DType, Device, EmuOptions, Error,
-    LaneOrder, Norm, PattentionOptions, Tensor, Workspace,
+    bf16, f16, pattention, pattention_into, pattention_workspace_bytes, DType, Device, EmuOptions, Error, LaneOrder,
+    Norm, PattentionOptions, Tensor, Workspace,
 };
 use tf_ref::{Element, MatRef};
 
@@ -50,11 +50,7 @@ fn ref_norm(n: Norm) -> tf_ref::Norm {
 }
 
 fn reference<T: DType + Element>(p: &Problem<T>, o: &PattentionOptions) -> Vec<f64> {
-    let opts = tf_ref::PattentionOpts {
-        norm: ref_norm(o.norm),
-        n_ref: o.n_ref,
-        eps: f64::from(o.eps),
-    };
+    let opts = tf_ref::PattentionOpts { norm: ref_norm(o.norm), n_ref: o.n_ref, eps: f64::from(o.eps) };
     tf_ref::pattention(
         MatRef::new(&p.x, p.t, p.d_in).unwrap(),
         MatRef::new(&p.k, p.n, p.d_in).unwrap(),
@@ -348,8 +344,8 @@ fn bad_inputs_return_errors() {
     // workspace too small
     let need = pattention_workspace_bytes::<f16>(4, 8, 24).unwrap();
     let mut small = Workspace::new(&dev, need - 1).unwrap();
-    let e = pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), &o, Some(&mut small))
-        .unwrap_err();
+    let e =
+        pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), &o, Some(&mut small)).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "small workspace: {e}");
     assert!(e.to_string().contains(&need.to_string()), "the message names the size needed: {e}");
     let mut exact = Workspace::new(&dev, need).unwrap();

@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Throughput};
-use tf_host::bench::{
-    append_env_json, measure_peaks, pattention_ratios, table, Peaks, Row, Variant, Work,
-};
+use tf_host::bench::{append_env_json, measure_peaks, pattention_ratios, table, Peaks, Row, Variant, Work};
 use tf_host::Device;
 
 /// The CUDA device, or None after printing why the CUDA benches are skipped.
@@ -21,7 +19,9 @@ pub fn gpu(bench: &str) -> Option<Device> {
             Some(d)
         }
         Err(e) => {
-            eprintln!("{bench}: skipped, no CUDA device ({e}); emulator timings are not performance, so nothing is measured");
+            eprintln!(
+                "{bench}: skipped, no CUDA device ({e}); emulator timings are not performance, so nothing is measured"
+            );
             None
         }
     }
@@ -30,10 +30,7 @@ pub fn gpu(bench: &str) -> Option<Device> {
 /// Criterion configured for GPU timings: short warm-up, measurement time from
 /// `TF_BENCH_SECONDS` (default 3 s; the kit uses less).
 pub fn criterion() -> criterion::Criterion {
-    let secs: f64 = std::env::var("TF_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3.0);
+    let secs: f64 = std::env::var("TF_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3.0);
     criterion::Criterion::default()
         .warm_up_time(Duration::from_secs_f64((secs / 3.0).max(0.2)))
         .measurement_time(Duration::from_secs_f64(secs.max(0.3)))
@@ -54,10 +51,7 @@ pub fn peaks(dev: &Device) -> Peaks {
 
 /// Registers each variant of a `tf_host::bench` case runner as a criterion
 /// benchmark (`iter_custom` with CUDA events) before the runner takes its median.
-pub fn hook<'c>(
-    c: &'c mut criterion::Criterion,
-    dev: &'c Device,
-) -> impl FnMut(&mut Variant<'_>) + 'c {
+pub fn hook<'c>(c: &'c mut criterion::Criterion, dev: &'c Device) -> impl FnMut(&mut Variant<'_>) + 'c {
     move |v: &mut Variant<'_>| {
         let mut g = c.benchmark_group(&v.group);
         g.throughput(match v.work {

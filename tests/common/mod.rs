@@ -8,16 +8,13 @@ use tf_host::{DType, Device, EmuOptions, LaneOrder};
 /// The seed of this test run: `TF_TEST_SEED` if set, else fresh; printed so a
 /// failure can be replayed.
 pub fn seed() -> u64 {
-    let s = std::env::var("TF_TEST_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            t ^ (std::process::id() as u64).rotate_left(32)
-        });
+    let s = std::env::var("TF_TEST_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        t ^ (std::process::id() as u64).rotate_left(32)
+    });
     eprintln!("seed {s} (replay with TF_TEST_SEED={s})");
     s
 }
@@ -31,11 +28,7 @@ pub fn backends() -> Vec<(Device, &'static str)> {
     let mut v = Vec::new();
     if only != "cuda" {
         v.push((
-            Device::emulator_with(EmuOptions {
-                lane_order: LaneOrder::Shuffled,
-                seed: seed(),
-                os_threads: 0,
-            }),
+            Device::emulator_with(EmuOptions { lane_order: LaneOrder::Shuffled, seed: seed(), os_threads: 0 }),
             "emulator",
         ));
     }
@@ -51,9 +44,7 @@ pub fn backends() -> Vec<(Device, &'static str)> {
 
 /// `n` values uniform in [-scale, scale] (never all zero), as T.
 pub fn rand_vec<T: DType>(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<T> {
-    (0..n)
-        .map(|_| T::from_f32(rng.random_range(-scale..=scale)))
-        .collect()
+    (0..n).map(|_| T::from_f32(rng.random_range(-scale..=scale))).collect()
 }
 
 /// Tolerance of DESIGN.md for a storage type (relative Frobenius error).
@@ -70,13 +61,7 @@ pub fn tolerance<T: DType>() -> f64 {
 /// `rtol`, when a value is NaN or infinite where the reference is finite, or
 /// when the lengths differ.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) -> (f64, f64) {
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{what}: length {} vs reference {}",
-        got.len(),
-        want.len()
-    );
+    assert_eq!(got.len(), want.len(), "{what}: length {} vs reference {}", got.len(), want.len());
     let (mut num, mut den, mut max_abs) = (0f64, 0f64, 0f64);
     let mut bad = Vec::new();
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -96,30 +81,14 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) -> (f64, f
         den += w * w;
         max_abs = max_abs.max(d.abs());
     }
-    assert!(
-        bad.is_empty(),
-        "{what}: {} non-finite mismatches, first: {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
-    let rel = if den > 0.0 {
-        (num / den).sqrt()
-    } else {
-        num.sqrt()
-    };
+    assert!(bad.is_empty(), "{what}: {} non-finite mismatches, first: {:?}", bad.len(), &bad[..bad.len().min(5)]);
+    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
     if rel > rtol {
-        let mut worst: Vec<(usize, f64)> = got
-            .iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs())
-            .enumerate()
-            .collect();
+        let mut worst: Vec<(usize, f64)> =
+            got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).abs()).enumerate().collect();
         worst.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let first: Vec<String> = worst
-            .iter()
-            .take(5)
-            .map(|&(i, _)| format!("[{i}] got {} want {}", got[i], want[i]))
-            .collect();
+        let first: Vec<String> =
+            worst.iter().take(5).map(|&(i, _)| format!("[{i}] got {} want {}", got[i], want[i])).collect();
         panic!("{what}: relative error {rel:.3e} > {rtol:.1e} (max abs {max_abs:.3e}); worst: {first:?}");
     }
     (rel, max_abs)

@@ -109,15 +109,11 @@ fn setup(root: &Path) -> Result<Toolchain, String> {
         Some(p) => p,
         None => {
             install_libclang(root)?;
-            toolchain::find_libclang(root)
-                .ok_or("installed libclang but no libclang.so was found afterwards")?
+            toolchain::find_libclang(root).ok_or("installed libclang but no libclang.so was found afterwards")?
         }
     };
     println!("xtask: libclang  {}", libclang.display());
-    Ok(Toolchain {
-        nvcc: Some(nvcc),
-        libclang: Some(libclang),
-    })
+    Ok(Toolchain { nvcc: Some(nvcc), libclang: Some(libclang) })
 }
 
 fn install_cuda(root: &Path) -> Result<(), String> {
@@ -212,7 +208,8 @@ fn device_kit(root: &Path) -> Result<(), String> {
             .env("CARGO_PROFILE_BENCH_DEBUG", "false");
         let json = run_capture(cmd)?;
         for name in names {
-            let exe = executable_of(&json, name).ok_or_else(|| format!("cargo built no executable for {dir}/{name}"))?;
+            let exe =
+                executable_of(&json, name).ok_or_else(|| format!("cargo built no executable for {dir}/{name}"))?;
             copy(&exe, &kit.join(dir).join(name))?;
         }
     }
@@ -258,9 +255,7 @@ fn executable_of(json: &str, name: &str) -> Option<PathBuf> {
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::copy(from, to)
-        .map(|_| ())
-        .map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| format!("copy {} -> {}: {e}", from.display(), to.display()))
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -307,14 +302,16 @@ fn sass_checks(root: &Path) -> Result<(), String> {
 /// every arch, as `cuobjdump -sass` shows.
 fn sass_instructions(fatbin: &Path) -> Result<(), String> {
     let root = project_root();
-    let Some(cuobjdump) = toolchain::find_nvcc(&root).and_then(|n| Some(n.parent()?.join("cuobjdump"))).filter(|p| p.is_file())
+    let Some(cuobjdump) =
+        toolchain::find_nvcc(&root).and_then(|n| Some(n.parent()?.join("cuobjdump"))).filter(|p| p.is_file())
     else {
         println!("xtask: SASS      skipped: no cuobjdump beside nvcc");
         return Ok(());
     };
     let sass = run_capture(Command::new(&cuobjdump).arg("-sass").arg(fatbin))?;
     let needs_tensor_cores = |name: &str| {
-        let sixteen = name.ends_with("_f16") || name.ends_with("_bf16") || name.contains("_f16_") || name.contains("_bf16_");
+        let sixteen =
+            name.ends_with("_f16") || name.ends_with("_bf16") || name.contains("_f16_") || name.contains("_bf16_");
         sixteen
             && (name.starts_with("pattention_scores")
                 || name.starts_with("pattention_out")

@@ -39,10 +39,7 @@ pub fn find_nvcc(root: &Path) -> Option<PathBuf> {
 /// `.toolchain/cuda/lib/python3.*/site-packages/nvidia/cu13/bin/nvcc`, as the
 /// PyPI `cuda-toolkit` 13.0 wheels lay it out.
 pub fn local_nvcc(root: &Path) -> Option<PathBuf> {
-    local_site_packages(root, "cuda")
-        .into_iter()
-        .map(|sp| sp.join("nvidia/cu13/bin/nvcc"))
-        .find(|p| p.is_file())
+    local_site_packages(root, "cuda").into_iter().map(|sp| sp.join("nvidia/cu13/bin/nvcc")).find(|p| p.is_file())
 }
 
 /// The `site-packages` folders of the venv `.toolchain/<venv>`.
@@ -52,11 +49,7 @@ pub fn local_site_packages(root: &Path, venv: &str) -> Vec<PathBuf> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("python3"))
-                })
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("python3")))
                 .map(|p| p.join("site-packages"))
                 .filter(|p| p.is_dir())
                 .collect()

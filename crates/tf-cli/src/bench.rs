@@ -6,8 +6,8 @@
 use std::process::ExitCode;
 
 use tf_host::bench::{
-    attention_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios,
-    run_attention_case, run_grow, run_pattention_case, svg, table, BenchSet, Variant,
+    attention_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios, run_attention_case, run_grow,
+    run_pattention_case, svg, table, BenchSet, Variant,
 };
 use tf_host::Device;
 
@@ -18,9 +18,7 @@ const FAMILIES: [&str; 3] = ["pattention", "attention", "grow"];
 
 pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     if let Some(bad) = args.only.iter().find(|f| !FAMILIES.contains(&f.as_str())) {
-        return Err(format!(
-            "--only: unknown family {bad:?}; expected some of {FAMILIES:?}"
-        ));
+        return Err(format!("--only: unknown family {bad:?}; expected some of {FAMILIES:?}"));
     }
     let dev = match Device::cuda(0) {
         Ok(d) => d,
@@ -33,24 +31,12 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
             if args.json.is_some() || args.svg.is_some() {
                 println!("bench: --json / --svg not written: nothing was measured.");
             }
-            let code = crate::check::run(&CheckArgs {
-                seed: args.seed,
-                device: DeviceArg::Emulator,
-            })?;
+            let code = crate::check::run(&CheckArgs { seed: args.seed, device: DeviceArg::Emulator })?;
             return Ok(code);
         }
     };
-    let set = if args.quick {
-        BenchSet::Quick
-    } else {
-        BenchSet::Full
-    };
-    println!(
-        "bench: {} ({} SMs), {:?} set",
-        dev.name(),
-        dev.sm_count(),
-        set
-    );
+    let set = if args.quick { BenchSet::Quick } else { BenchSet::Full };
+    println!("bench: {} ({} SMs), {:?} set", dev.name(), dev.sm_count(), set);
     let sp = spinner("measuring peaks (8192³ cuBLAS bf16, 1 GiB copy)");
     let peaks = measure_peaks(&dev).map_err(s)?;
     sp.finish_and_clear();
@@ -60,16 +46,8 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
         peaks.bytes / 1e9
     );
     let want = |f: &str| args.only.iter().any(|o| o == f);
-    let pcases = if want("pattention") {
-        pattention_cases(set)
-    } else {
-        Vec::new()
-    };
-    let acases = if want("attention") {
-        attention_cases(set)
-    } else {
-        Vec::new()
-    };
+    let pcases = if want("pattention") { pattention_cases(set) } else { Vec::new() };
+    let acases = if want("attention") { attention_cases(set) } else { Vec::new() };
     let total = pcases.len() + acases.len() + usize::from(want("grow"));
     let pb = bar(total as u64, "benchmarking");
     let mut no_hook = |_: &mut Variant<'_>| {};
@@ -100,13 +78,11 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     println!("\n{}", table(&rows, &peaks));
     print!("{}", pattention_ratios(&rows));
     if let Some(path) = &args.json {
-        std::fs::write(path, json_lines(&rows, &peaks))
-            .map_err(|e| format!("--json {}: {e}", path.display()))?;
+        std::fs::write(path, json_lines(&rows, &peaks)).map_err(|e| format!("--json {}: {e}", path.display()))?;
         println!("bench: wrote {} rows to {}", rows.len(), path.display());
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&rows, Some(&peaks)))
-            .map_err(|e| format!("--svg {}: {e}", path.display()))?;
+        std::fs::write(path, svg(&rows, Some(&peaks))).map_err(|e| format!("--svg {}: {e}", path.display()))?;
         println!("bench: wrote the chart to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -55,11 +55,7 @@ pub fn grow(a: &GrowArgs) -> CliResult<ExitCode> {
         return Err("--tokens must be at least 1".into());
     }
     let (dev, why) = device(a.device)?;
-    emulator_guard(
-        &dev,
-        &grown,
-        &format!("growing {} to {}", cfg.name, grown.name),
-    )?;
+    emulator_guard(&dev, &grown, &format!("growing {} to {}", cfg.name, grown.name))?;
     match a.dtype {
         DtypeArg::F32 => grow_with::<f32>(a, &dev, &why, &cfg, (q, p, f)),
         DtypeArg::F16 => grow_with::<f16>(a, &dev, &why, &cfg, (q, p, f)),
@@ -76,14 +72,8 @@ fn grow_with<T: DType>(
 ) -> CliResult<ExitCode> {
     println!("grow: {} on {}, {}", cfg.name, describe(dev, why), T::NAME);
     let mut rng = StdRng::seed_from_u64(a.seed);
-    let tokens: Vec<u32> = (0..a.tokens)
-        .map(|_| rng.random_range(0..cfg.vocab as u32))
-        .collect();
-    let sp = spinner(&format!(
-        "initialising {} ({} parameters) on the device",
-        cfg.name,
-        millions(cfg.param_count())
-    ));
+    let tokens: Vec<u32> = (0..a.tokens).map(|_| rng.random_range(0..cfg.vocab as u32)).collect();
+    let sp = spinner(&format!("initialising {} ({} parameters) on the device", cfg.name, millions(cfg.param_count())));
     let mut m = Tokenformer::<T>::new(dev, cfg, a.seed).map_err(s)?;
     sp.set_message(format!("forward pass over {} tokens", tokens.len()));
     let before = m.forward(&tokens).and_then(|l| l.to_vec()).map_err(s)?;
@@ -118,16 +108,8 @@ fn grow_with<T: DType>(
         "growth: {:.3} ms for {} Pattentions in one launch of the growth kernel ({}{})",
         took.as_secs_f64() * 1e3,
         5 * cfg.layers,
-        if a.preserving {
-            "zero keys, n_ref pinned"
-        } else {
-            "random keys and values"
-        },
-        if dev.is_cuda() {
-            ""
-        } else {
-            "; emulator time, not performance"
-        }
+        if a.preserving { "zero keys, n_ref pinned" } else { "random keys and values" },
+        if dev.is_cuda() { "" } else { "; emulator time, not performance" }
     );
     let (mut max_abs, mut num, mut den, mut differ) = (0f64, 0f64, 0f64, 0usize);
     for (x, y) in before.iter().zip(&after) {
@@ -138,11 +120,7 @@ fn grow_with<T: DType>(
         den += x * x;
         differ += usize::from(x.to_bits() != y.to_bits());
     }
-    let rel = if den > 0.0 {
-        (num / den).sqrt()
-    } else {
-        num.sqrt()
-    };
+    let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
     println!(
         "logits over {} tokens: max |change| {max_abs:.3e}, relative change {rel:.3e}, {differ} of {} values differ{}",
         a.tokens,
@@ -162,9 +140,7 @@ fn grow_with<T: DType>(
         );
     }
     if a.preserving && differ != 0 {
-        return Err(format!(
-            "grow --preserving changed {differ} logits: the growth did not preserve the function"
-        ));
+        return Err(format!("grow --preserving changed {differ} logits: the growth did not preserve the function"));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -209,10 +185,7 @@ fn generate_with<T: DType>(
     eprintln!(
         "generate: {} ({}) on {}, {}, {}",
         cfg.name,
-        a.checkpoint.as_ref().map_or_else(
-            || format!("random init, seed {}", a.seed),
-            |p| p.display().to_string()
-        ),
+        a.checkpoint.as_ref().map_or_else(|| format!("random init, seed {}", a.seed), |p| p.display().to_string()),
         describe(dev, why),
         T::NAME,
         match sampling {
@@ -221,9 +194,7 @@ fn generate_with<T: DType>(
         }
     );
     let pb = bar(a.max_new as u64, "generating");
-    let out = m
-        .generate_with(prompt, a.max_new, sampling, |_| pb.inc(1))
-        .map_err(s)?;
+    let out = m.generate_with(prompt, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
     pb.finish_and_clear();
     let ids: Vec<String> = out.iter().map(u32::to_string).collect();
     println!("{}", ids.join(","));
@@ -232,17 +203,12 @@ fn generate_with<T: DType>(
 
 /// `golden`: tf-ref's golden files.
 pub fn golden(a: &GoldenArgs) -> CliResult<ExitCode> {
-    let files = tf_ref::golden::write_all(&a.out, a.seed)
-        .map_err(|e| format!("golden --out {}: {e}", a.out.display()))?;
+    let files =
+        tf_ref::golden::write_all(&a.out, a.seed).map_err(|e| format!("golden --out {}: {e}", a.out.display()))?;
     for f in &files {
         println!("{}", f.display());
     }
-    println!(
-        "golden: {} files in {} (seed {})",
-        files.len(),
-        a.out.display(),
-        a.seed
-    );
+    println!("golden: {} files in {} (seed {})", files.len(), a.out.display(), a.seed);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -258,15 +224,9 @@ pub fn info() -> CliResult<ExitCode> {
         ),
         Err(e) => println!("cuda:     unavailable: {e}"),
     }
-    println!(
-        "emulator: {} (always available; runs the same kernel source)",
-        Device::emulator().name()
-    );
+    println!("emulator: {} (always available; runs the same kernel source)", Device::emulator().name());
     if tf_kernels::FATBIN.is_some() {
-        println!(
-            "kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)",
-            tf_kernels::CUDA_ARCHS
-        );
+        println!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)", tf_kernels::CUDA_ARCHS);
         println!("nvcc:     {}", tf_kernels::NVCC_VERSION);
     } else {
         println!("kernels:  no fatbin: nvcc was not found when tf-kernels was built (run `cargo xtask setup`)");
@@ -295,10 +255,7 @@ pub fn info() -> CliResult<ExitCode> {
             spilling
         );
         if let Some(w) = worst {
-            println!(
-                "ptxas:    most registers {} ({} on {})",
-                w.registers, w.kernel, w.arch
-            );
+            println!("ptxas:    most registers {} ({} on {})", w.registers, w.kernel, w.arch);
         }
         let max_smem = entries.iter().map(|e| e.smem_bytes).max().unwrap_or(0);
         println!("ptxas:    largest static shared memory {max_smem} bytes");

@@ -22,11 +22,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "tokenformer",
-    version,
-    about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation"
-)]
+#[command(name = "tokenformer", version, about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -12,11 +12,7 @@ pub type CliResult<T> = Result<T, String>;
 
 /// `msg` on one line (newlines joined with "; ").
 pub fn one_line(msg: &str) -> String {
-    msg.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    msg.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
 }
 
 /// Any displayable error as a string (for `?` on tf-host / tf-ref results).
@@ -29,9 +25,7 @@ pub fn s<E: std::fmt::Display>(e: E) -> String {
 pub fn device(arg: DeviceArg) -> CliResult<(Device, Option<String>)> {
     match arg {
         DeviceArg::Emulator => Ok((Device::emulator(), None)),
-        DeviceArg::Cuda => Device::cuda(0)
-            .map(|d| (d, None))
-            .map_err(|e| format!("--device cuda: {e}")),
+        DeviceArg::Cuda => Device::cuda(0).map(|d| (d, None)).map_err(|e| format!("--device cuda: {e}")),
         DeviceArg::Auto => match Device::cuda(0) {
             Ok(d) => Ok((d, None)),
             Err(e) => Ok((Device::emulator(), Some(e.to_string()))),
@@ -48,9 +42,7 @@ pub fn config(name: &str) -> CliResult<TokenformerConfig> {
 /// terminal), with a message.
 pub fn bar(len: u64, msg: &str) -> ProgressBar {
     let b = ProgressBar::new(len);
-    if let Ok(style) =
-        ProgressStyle::with_template("{spinner} {msg:<40} [{bar:30}] {pos}/{len} {elapsed}")
-    {
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg:<40} [{bar:30}] {pos}/{len} {elapsed}") {
         b.set_style(style.progress_chars("=> "));
     }
     b.set_message(msg.to_string());
@@ -85,10 +77,7 @@ pub fn parse_ids(s: &str) -> CliResult<Vec<u32>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u32>()
-                .map_err(|_| format!("--tokens: {t:?} is not a token id (a non-negative integer)"))
-        })
+        .map(|t| t.parse::<u32>().map_err(|_| format!("--tokens: {t:?} is not a token id (a non-negative integer)")))
         .collect()
 }
 
@@ -96,17 +85,11 @@ pub fn parse_ids(s: &str) -> CliResult<Vec<u32>> {
 pub fn parse_slots(s: &str) -> CliResult<(usize, usize, usize)> {
     let v: Vec<usize> = s
         .split(',')
-        .map(|t| {
-            t.trim()
-                .parse::<usize>()
-                .map_err(|_| format!("--to-slots: {t:?} is not a count"))
-        })
+        .map(|t| t.trim().parse::<usize>().map_err(|_| format!("--to-slots: {t:?} is not a count")))
         .collect::<CliResult<_>>()?;
     match v[..] {
         [q, p, f] => Ok((q, p, f)),
-        _ => Err(format!(
-            "--to-slots needs three counts QKV,PROJ,FFN, got {s:?}"
-        )),
+        _ => Err(format!("--to-slots needs three counts QKV,PROJ,FFN, got {s:?}")),
     }
 }
 

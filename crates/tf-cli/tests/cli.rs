@@ -6,27 +6,17 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn tokenformer(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tokenformer"))
-        .args(args)
-        .output()
-        .expect("the tokenformer binary runs")
+    Command::new(env!("CARGO_BIN_EXE_tokenformer")).args(args).output().expect("the tokenformer binary runs")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 fn ok(args: &[&str]) -> String {
     let o = tokenformer(args);
     let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "tokenformer {args:?} failed ({:?}):\n{out}\n{err}",
-        o.status.code()
-    );
+    assert!(o.status.success(), "tokenformer {args:?} failed ({:?}):\n{out}\n{err}", o.status.code());
     assert!(!err.contains("panicked"), "{err}");
     out
 }
@@ -36,24 +26,11 @@ fn ok(args: &[&str]) -> String {
 fn fails(args: &[&str]) -> String {
     let o = tokenformer(args);
     let (out, err) = text(&o);
-    assert!(
-        !o.status.success(),
-        "tokenformer {args:?} succeeded:\n{out}"
-    );
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("generate:"))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "tokenformer {args:?}: expected one error line, got:\n{err}"
-    );
+    assert!(!o.status.success(), "tokenformer {args:?} succeeded:\n{out}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("generate:")).collect();
+    assert_eq!(lines.len(), 1, "tokenformer {args:?}: expected one error line, got:\n{err}");
     assert!(lines[0].starts_with("tokenformer: "), "{err}");
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
     lines[0].to_string()
 }
 
@@ -75,21 +52,8 @@ fn info_reports_device_archs_and_ptxas() {
 fn check_passes_on_every_backend() {
     let out = ok(&["check", "--seed", "7"]);
     assert!(out.contains("seed 7"), "{out}");
-    for kernel in [
-        "pattention",
-        "attention",
-        "grow",
-        "linear",
-        "layer_norm",
-        "rotary",
-        "add",
-        "embedding",
-        "model",
-    ] {
-        assert!(
-            out.lines().any(|l| l.contains(kernel) && l.ends_with("ok")),
-            "no passing {kernel} row:\n{out}"
-        );
+    for kernel in ["pattention", "attention", "grow", "linear", "layer_norm", "rotary", "add", "embedding", "model"] {
+        assert!(out.lines().any(|l| l.contains(kernel) && l.ends_with("ok")), "no passing {kernel} row:\n{out}");
     }
     assert!(!out.contains("FAIL"), "{out}");
     assert!(out.contains("checks ok"), "{out}");
@@ -101,42 +65,19 @@ fn golden_writes_the_files() {
     let out = ok(&["golden", "--out", dir.to_str().unwrap()]);
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
     assert!(files.len() >= 9, "{out}");
-    assert!(files
-        .iter()
-        .all(|f| f.path().extension().is_some_and(|e| e == "safetensors")));
+    assert!(files.iter().all(|f| f.path().extension().is_some_and(|e| e == "safetensors")));
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn generate_greedy_and_sampled() {
-    let out = ok(&[
-        "generate",
-        "--config",
-        "tiny",
-        "--tokens",
-        "1,2,3",
-        "--max-new",
-        "6",
-        "--device",
-        "emulator",
-    ]);
+    let out = ok(&["generate", "--config", "tiny", "--tokens", "1,2,3", "--max-new", "6", "--device", "emulator"]);
     let ids: Vec<u32> = out.trim().split(',').map(|t| t.parse().unwrap()).collect();
     assert_eq!(ids.len(), 6);
     assert!(ids.iter().all(|&i| i < 512));
     // Same seed, same ids.
-    let args = [
-        "generate",
-        "--config",
-        "tiny",
-        "--tokens",
-        "5",
-        "--max-new",
-        "4",
-        "--temperature",
-        "0.9",
-        "--seed",
-        "3",
-    ];
+    let args =
+        ["generate", "--config", "tiny", "--tokens", "5", "--max-new", "4", "--temperature", "0.9", "--seed", "3"];
     assert_eq!(ok(&args), ok(&args));
 }
 
@@ -158,19 +99,8 @@ fn grow_preserving_then_generate_from_the_checkpoint() {
     ]);
     assert!(out.contains("bitwise identical"), "{out}");
     assert!(out.contains("max |change| 0.000e0"), "{out}");
-    let out = ok(&[
-        "grow",
-        "--config",
-        "tiny",
-        "--to-slots",
-        "96,64,200",
-        "--dtype",
-        "f32",
-    ]);
-    assert!(
-        !out.contains("bitwise identical"),
-        "plain growth should change the logits:\n{out}"
-    );
+    let out = ok(&["grow", "--config", "tiny", "--to-slots", "96,64,200", "--dtype", "f32"]);
+    assert!(!out.contains("bitwise identical"), "plain growth should change the logits:\n{out}");
     let ids = ok(&[
         "generate",
         "--config",
@@ -186,26 +116,17 @@ fn grow_preserving_then_generate_from_the_checkpoint() {
     ]);
     assert_eq!(ids.trim().split(',').count(), 3);
     // The grown checkpoint does not fit the ungrown config: refused naming the key.
-    let e = fails(&[
-        "generate",
-        "--config",
-        "tiny",
-        "--checkpoint",
-        ckpt.to_str().unwrap(),
-        "--tokens",
-        "1",
-    ]);
-    assert!(
-        e.contains("sequential.2.attention.query.key_param_tokens"),
-        "{e}"
-    );
+    let e = fails(&["generate", "--config", "tiny", "--checkpoint", ckpt.to_str().unwrap(), "--tokens", "1"]);
+    assert!(e.contains("sequential.2.attention.query.key_param_tokens"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn bench_without_a_gpu_says_so_and_checks() {
     if tf_host::Device::cuda(0).is_ok() {
-        eprintln!("a CUDA device is present: the no-GPU path of bench is not exercised (its GPU run is the device kit's)");
+        eprintln!(
+            "a CUDA device is present: the no-GPU path of bench is not exercised (its GPU run is the device kit's)"
+        );
         return;
     }
     let out = ok(&["bench", "--seed", "11"]);
@@ -222,31 +143,13 @@ fn bad_arguments_fail_cleanly() {
     fails(&["grow", "--config", "nope", "--to", "757m"]);
     fails(&["grow", "--config", "tiny", "--to-slots", "32,64,128"]);
     fails(&["grow", "--config", "tiny", "--to", "757m"]);
-    let e = fails(&[
-        "grow", "--config", "354m", "--to", "757m", "--device", "emulator",
-    ]);
+    let e = fails(&["grow", "--config", "354m", "--to", "757m", "--device", "emulator"]);
     assert!(e.contains("too slow on the CPU emulator"), "{e}");
     let e = fails(&["generate", "--config", "tiny", "--tokens", "1,600"]);
     assert!(e.contains("token id 600"), "{e}");
     fails(&["generate", "--config", "tiny", "--tokens", "1,x"]);
-    fails(&[
-        "generate",
-        "--config",
-        "tiny",
-        "--tokens",
-        "1",
-        "--temperature",
-        "-1",
-    ]);
-    fails(&[
-        "generate",
-        "--config",
-        "tiny",
-        "--tokens",
-        "1",
-        "--checkpoint",
-        "/nonexistent/model.safetensors",
-    ]);
+    fails(&["generate", "--config", "tiny", "--tokens", "1", "--temperature", "-1"]);
+    fails(&["generate", "--config", "tiny", "--tokens", "1", "--checkpoint", "/nonexistent/model.safetensors"]);
     fails(&["bench", "--only", "nothing"]);
     fails(&["golden"]);
 }

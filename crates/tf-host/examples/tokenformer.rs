@@ -19,12 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let prompt = [1u32, 2, 3];
     let logits = model.forward(&prompt)?; // [3, vocab]
-    println!(
-        "{} on {}: logits {:?}",
-        cfg.name,
-        dev.name(),
-        logits.shape()
-    );
+    println!("{} on {}: logits {:?}", cfg.name, dev.name(), logits.shape());
 
     let ids = model.generate(&prompt, 8, Sampling::Greedy)?;
     println!("greedy: {ids:?}");

@@ -22,9 +22,7 @@ use crate::ops::attention::attention_into;
 use crate::ops::attention::AttnOptions;
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
-use crate::ops::pattention::{
-    pattention_into, pattention_workspace_bytes, Norm, PattentionOptions,
-};
+use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
 use crate::ops::rownorm::pattention_norm_into;
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
@@ -124,12 +122,7 @@ impl Row {
 
 /// Median GPU time of one call of `f`: `reps` samples of `per` back-to-back
 /// calls each (CUDA events), after one warm-up sample.
-pub fn median_time<F: FnMut() -> Result<()>>(
-    dev: &Device,
-    reps: usize,
-    per: u64,
-    mut f: F,
-) -> Result<Duration> {
+pub fn median_time<F: FnMut() -> Result<()>>(dev: &Device, reps: usize, per: u64, mut f: F) -> Result<Duration> {
     let per = per.max(1);
     dev.time_iters(per, &mut f)?;
     let mut v = Vec::with_capacity(reps.max(1));
@@ -150,12 +143,7 @@ pub fn random<T: DType>(dev: &Device, shape: &[usize], std: f32, seed: u64) -> R
     let mut t = dev.zeros::<T>(&[rows, cols])?;
     grow_batch(
         dev,
-        vec![GrowItem {
-            src: None,
-            dst: t.view_mut(),
-            rows_old: 0,
-            init: GrowInit::Normal { std, seed },
-        }],
+        vec![GrowItem { src: None, dst: t.view_mut(), rows_old: 0, init: GrowInit::Normal { std, seed } }],
     )?;
     t.reshape(shape)
 }
@@ -166,9 +154,7 @@ pub fn measure_peaks(dev: &Device) -> Result<Peaks> {
     let a: Tensor<bf16> = random(dev, &[n, n], 1.0, 1)?;
     let b: Tensor<bf16> = random(dev, &[n, n], 1.0, 2)?;
     let mut c: Tensor<bf16> = dev.zeros(&[n, n])?;
-    let t = median_time(dev, 5, 5, || {
-        linear_into(dev, &a.view(), &b.view(), &mut c.view_mut())
-    })?;
+    let t = median_time(dev, 5, 5, || linear_into(dev, &a.view(), &b.view(), &mut c.view_mut()))?;
     let flops = 2.0 * (n as f64).powi(3) / t.as_secs_f64();
     drop((a, b, c));
     let len = 1usize << 29; // 1 GiB of bf16
@@ -199,45 +185,17 @@ pub struct PattentionCase {
 /// with l2_norm_gelu (the quick set: fewer widths, T 16384, the sweep only at d = n = 1024).
 pub fn pattention_cases(set: BenchSet) -> Vec<PattentionCase> {
     let quick = set == BenchSet::Quick;
-    let ds: &[usize] = if quick {
-        &[1024, 1536]
-    } else {
-        &[768, 1024, 1280, 1536]
-    };
+    let ds: &[usize] = if quick { &[1024, 1536] } else { &[768, 1024, 1280, 1536] };
     let ts: &[usize] = if quick { &[16384] } else { &[4096, 16384] };
     let mut v = Vec::new();
     for &d in ds {
         for n in [d / 2, d, 4 * d] {
             for &t in ts {
-                v.push(PattentionCase {
-                    d,
-                    n,
-                    t,
-                    norm: Norm::L2NormGelu,
-                    dtype: "bf16",
-                });
+                v.push(PattentionCase { d, n, t, norm: Norm::L2NormGelu, dtype: "bf16" });
                 if !quick || (d == 1024 && n == d) {
-                    v.push(PattentionCase {
-                        d,
-                        n,
-                        t,
-                        norm: Norm::GeluL2Norm,
-                        dtype: "bf16",
-                    });
-                    v.push(PattentionCase {
-                        d,
-                        n,
-                        t,
-                        norm: Norm::Softmax,
-                        dtype: "bf16",
-                    });
-                    v.push(PattentionCase {
-                        d,
-                        n,
-                        t,
-                        norm: Norm::L2NormGelu,
-                        dtype: "f16",
-                    });
+                    v.push(PattentionCase { d, n, t, norm: Norm::GeluL2Norm, dtype: "bf16" });
+                    v.push(PattentionCase { d, n, t, norm: Norm::Softmax, dtype: "bf16" });
+                    v.push(PattentionCase { d, n, t, norm: Norm::L2NormGelu, dtype: "f16" });
                 }
             }
         }
@@ -259,16 +217,9 @@ pub fn norm_name(n: Norm) -> &'static str {
 /// norm kernel over `[T, n]` in global memory → cuBLAS `S·V_P`, what a PyTorch
 /// user runs) and `dense dxd (cuBLAS)` (a `d → d` linear layer). FLOPs
 /// `4·T·d·n` (Θ not counted), dense `2·T·d²`.
-pub fn run_pattention<T: DType>(
-    dev: &Device,
-    case: &PattentionCase,
-    hook: Hook<'_>,
-) -> Result<Vec<Row>> {
+pub fn run_pattention<T: DType>(dev: &Device, case: &PattentionCase, hook: Hook<'_>) -> Result<Vec<Row>> {
     let PattentionCase { d, n, t, norm, .. } = *case;
-    let opts = PattentionOptions {
-        norm,
-        ..Default::default()
-    };
+    let opts = PattentionOptions { norm, ..Default::default() };
     let mut xs = Vec::with_capacity(ROTATE);
     for i in 0..ROTATE {
         xs.push(random::<T>(dev, &[t, d], 1.0, 10 + i as u64)?);
@@ -293,15 +244,7 @@ pub fn run_pattention<T: DType>(
     let mut i = 0usize;
     let mut fused = || {
         i = (i + 1) % ROTATE;
-        pattention_into(
-            dev,
-            &xs[i].view(),
-            &k_p.view(),
-            &v_p.view(),
-            &mut y.view_mut(),
-            &opts,
-            Some(&mut ws),
-        )
+        pattention_into(dev, &xs[i].view(), &k_p.view(), &v_p.view(), &mut y.view_mut(), &opts, Some(&mut ws))
     };
     hook(&mut Variant {
         group: group.clone(),
@@ -361,11 +304,7 @@ pub fn run_pattention<T: DType>(
 }
 
 /// [`run_pattention`] with the case's storage type.
-pub fn run_pattention_case(
-    dev: &Device,
-    case: &PattentionCase,
-    hook: Hook<'_>,
-) -> Result<Vec<Row>> {
+pub fn run_pattention_case(dev: &Device, case: &PattentionCase, hook: Hook<'_>) -> Result<Vec<Row>> {
     match case.dtype {
         "f16" => run_pattention::<half::f16>(dev, case, hook),
         "bf16" => run_pattention::<bf16>(dev, case, hook),
@@ -393,33 +332,15 @@ pub struct AttentionCase {
 /// 1k…16k, causal and not, bf16 and f16 (quick: bf16).
 pub fn attention_cases(set: BenchSet) -> Vec<AttentionCase> {
     let quick = set == BenchSet::Quick;
-    let hds: &[usize] = if quick {
-        &[64, 128]
-    } else {
-        &[64, 80, 96, 128]
-    };
-    let seqs: &[usize] = if quick {
-        &[1024, 4096, 16384]
-    } else {
-        &[1024, 2048, 4096, 8192, 16384]
-    };
+    let hds: &[usize] = if quick { &[64, 128] } else { &[64, 80, 96, 128] };
+    let seqs: &[usize] = if quick { &[1024, 4096, 16384] } else { &[1024, 2048, 4096, 8192, 16384] };
     let mut v = Vec::new();
     for &head_dim in hds {
         for &seq in seqs {
             for causal in [false, true] {
-                v.push(AttentionCase {
-                    head_dim,
-                    seq,
-                    causal,
-                    dtype: "bf16",
-                });
+                v.push(AttentionCase { head_dim, seq, causal, dtype: "bf16" });
                 if !quick {
-                    v.push(AttentionCase {
-                        head_dim,
-                        seq,
-                        causal,
-                        dtype: "f16",
-                    });
+                    v.push(AttentionCase { head_dim, seq, causal, dtype: "f16" });
                 }
             }
         }
@@ -430,17 +351,8 @@ pub fn attention_cases(set: BenchSet) -> Vec<AttentionCase> {
 /// Times one attention case: batch × heads filling the device (16k tokens per
 /// batch, 2048 / head_dim heads, as FlashAttention's benchmark). FLOPs
 /// `4·B·H·T²·D`, halved when causal.
-pub fn run_attention<T: DType>(
-    dev: &Device,
-    case: &AttentionCase,
-    hook: Hook<'_>,
-) -> Result<Vec<Row>> {
-    let AttentionCase {
-        head_dim: hd,
-        seq,
-        causal,
-        ..
-    } = *case;
+pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_>) -> Result<Vec<Row>> {
+    let AttentionCase { head_dim: hd, seq, causal, .. } = *case;
     let heads = 2048 / hd;
     let batch = (16384 / seq).max(1);
     let shape = [batch, seq, heads, hd];
@@ -449,31 +361,15 @@ pub fn run_attention<T: DType>(
     let v: Tensor<T> = random(dev, &shape, 1.0, 3)?;
     let mut o: Tensor<T> = dev.zeros(&shape)?;
     let mut lse: Tensor<f32> = dev.zeros(&[batch, heads, seq])?;
-    let opts = AttnOptions {
-        causal,
-        scale: None,
-    };
+    let opts = AttnOptions { causal, scale: None };
     let mut flops = 4.0 * (batch * heads * seq * seq * hd) as f64;
     if causal {
         flops /= 2.0;
     }
     let elem = std::mem::size_of::<T>() as f64;
     let bytes = elem * 4.0 * (batch * seq * heads * hd) as f64 + 4.0 * (batch * heads * seq) as f64;
-    let id = format!(
-        "hd{hd}_s{seq}_b{batch}_h{heads}_{}",
-        if causal { "causal" } else { "full" }
-    );
-    let mut run = || {
-        attention_into(
-            dev,
-            &q.view(),
-            &k.view(),
-            &v.view(),
-            &mut o.view_mut(),
-            &mut lse.view_mut(),
-            opts,
-        )
-    };
+    let id = format!("hd{hd}_s{seq}_b{batch}_h{heads}_{}", if causal { "causal" } else { "full" });
+    let mut run = || attention_into(dev, &q.view(), &k.view(), &v.view(), &mut o.view_mut(), &mut lse.view_mut(), opts);
     hook(&mut Variant {
         group: format!("attention/{}", T::NAME),
         function: "flash".into(),
@@ -511,20 +407,12 @@ pub fn run_attention_case(dev: &Device, case: &AttentionCase, hook: Hook<'_>) ->
 /// launch (zeros and Philox-normal new rows), against one device-to-device copy
 /// of the old bytes. Bytes counted: old rows read and written, new rows written.
 pub fn run_grow(dev: &Device, hook: Hook<'_>) -> Result<Vec<Row>> {
-    let cfg = tf_ref::TokenformerConfig::by_name("1.5b").map_err(|e| Error::InvalidArgument {
-        op: "bench",
-        msg: e.to_string(),
-    })?;
+    let cfg = tf_ref::TokenformerConfig::by_name("1.5b")
+        .map_err(|e| Error::InvalidArgument { op: "bench", msg: e.to_string() })?;
     let d = cfg.d;
     let mut shapes = Vec::new();
     for _ in 0..cfg.layers {
-        for slots in [
-            cfg.qkv_slots,
-            cfg.qkv_slots,
-            cfg.qkv_slots,
-            cfg.proj_slots,
-            cfg.ffn_slots,
-        ] {
+        for slots in [cfg.qkv_slots, cfg.qkv_slots, cfg.qkv_slots, cfg.proj_slots, cfg.ffn_slots] {
             shapes.push((slots, slots + slots / 4)); // keys
             shapes.push((slots, slots + slots / 4)); // values
         }
@@ -549,14 +437,7 @@ pub fn run_grow(dev: &Device, hook: Hook<'_>) -> Result<Vec<Row>> {
                 src: Some(s.view()),
                 dst: dst.view_mut(),
                 rows_old: ro,
-                init: if normal {
-                    GrowInit::Normal {
-                        std: 0.02,
-                        seed: i as u64,
-                    }
-                } else {
-                    GrowInit::Zeros
-                },
+                init: if normal { GrowInit::Normal { std: 0.02, seed: i as u64 } } else { GrowInit::Zeros },
             })
             .collect();
         grow_batch(dev, items)
@@ -598,12 +479,7 @@ pub fn run_grow(dev: &Device, hook: Hook<'_>) -> Result<Vec<Row>> {
     Ok(vec![
         row("bf16/1.5b_x1.25", "grow zeros", moved, times[0]),
         row("bf16/1.5b_x1.25", "grow normal", moved, times[1]),
-        row(
-            "bf16/1.5b_old",
-            "memcpy dtod",
-            2.0 * old_bytes as f64,
-            t_copy,
-        ),
+        row("bf16/1.5b_old", "memcpy dtod", 2.0 * old_bytes as f64, t_copy),
     ])
 }
 
@@ -639,17 +515,10 @@ pub fn table(rows: &[Row], p: &Peaks) -> String {
 /// TFLOP/s over dense TFLOP/s. One line per case.
 pub fn pattention_ratios(rows: &[Row]) -> String {
     let mut s = String::new();
-    let mut cases: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.family == "pattention")
-        .map(|r| r.case.as_str())
-        .collect();
+    let mut cases: Vec<&str> = rows.iter().filter(|r| r.family == "pattention").map(|r| r.case.as_str()).collect();
     cases.dedup();
     for c in cases {
-        let get = |v: &str| {
-            rows.iter()
-                .find(|r| r.case == c && r.variant.starts_with(v))
-        };
+        let get = |v: &str| rows.iter().find(|r| r.case == c && r.variant.starts_with(v));
         if let (Some(f), Some(u), Some(d)) = (get("fused"), get("unfused"), get("dense")) {
             let _ = writeln!(
                 s,
@@ -706,10 +575,7 @@ pub fn json_lines(rows: &[Row], p: &Peaks) -> String {
 pub fn append_env_json(rows: &[Row], p: &Peaks) -> std::io::Result<()> {
     use std::io::Write as _;
     if let Ok(path) = std::env::var("TF_BENCH_JSON") {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         f.write_all(json_lines(rows, p).as_bytes())?;
     }
     Ok(())
@@ -719,40 +585,19 @@ pub fn append_env_json(rows: &[Row], p: &Peaks) -> std::io::Result<()> {
 /// line per (variant, d) over the bf16 `l2_norm_gelu` cases at the largest T,
 /// plus the peak as a dashed line. Empty chart (with a note) without such rows.
 pub fn svg(rows: &[Row], p: Option<&Peaks>) -> String {
-    let pick: Vec<&Row> = rows
-        .iter()
-        .filter(|r| r.family == "pattention" && r.case.starts_with("bf16/l2_norm_gelu/"))
-        .collect();
-    let t_of = |r: &Row| {
-        r.case
-            .rsplit("_t")
-            .next()
-            .and_then(|t| t.parse::<usize>().ok())
-            .unwrap_or(0)
-    };
+    let pick: Vec<&Row> =
+        rows.iter().filter(|r| r.family == "pattention" && r.case.starts_with("bf16/l2_norm_gelu/")).collect();
+    let t_of = |r: &Row| r.case.rsplit("_t").next().and_then(|t| t.parse::<usize>().ok()).unwrap_or(0);
     let t_max = pick.iter().map(|r| t_of(r)).max().unwrap_or(0);
     let pick: Vec<&Row> = pick.into_iter().filter(|r| t_of(r) == t_max).collect();
     let (w, h) = (760.0f64, 440.0f64);
     let (l, r_, top, bot) = (70.0, 200.0, 40.0, 60.0);
     let (pw, ph) = (w - l - r_, h - top - bot);
     let ns: Vec<f64> = pick.iter().map(|r| (r.n.max(1) as f64).log2()).collect();
-    let (x0, x1) = ns
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
-            (a.min(x), b.max(x))
-        });
-    let (x0, x1) = if x0.is_finite() && x1 > x0 {
-        (x0 - 0.25, x1 + 0.25)
-    } else {
-        (8.0, 13.0)
-    };
+    let (x0, x1) = ns.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let (x0, x1) = if x0.is_finite() && x1 > x0 { (x0 - 0.25, x1 + 0.25) } else { (8.0, 13.0) };
     let peak = p.map(|p| p.flops / 1e12);
-    let y_max = pick
-        .iter()
-        .map(|r| r.tflops())
-        .chain(peak)
-        .fold(1.0f64, f64::max)
-        * 1.1;
+    let y_max = pick.iter().map(|r| r.tflops()).chain(peak).fold(1.0f64, f64::max) * 1.1;
     let sx = |x: f64| l + (x - x0) / (x1 - x0) * pw;
     let sy = |y: f64| top + ph - y / y_max * ph;
     let mut s = String::new();
@@ -767,18 +612,9 @@ pub fn svg(rows: &[Row], p: Option<&Peaks>) -> String {
         l + pw / 2.0
     );
     // axes, grid and ticks
-    let _ = writeln!(
-        s,
-        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        top + ph,
-        l + pw,
-        top + ph
-    );
-    let _ = writeln!(
-        s,
-        "<line x1=\"{l}\" y1=\"{top}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>",
-        top + ph
-    );
+    let _ =
+        writeln!(s, "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>", top + ph, l + pw, top + ph);
+    let _ = writeln!(s, "<line x1=\"{l}\" y1=\"{top}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>", top + ph);
     for i in 0..=5 {
         let y = y_max * f64::from(i) / 5.0;
         let _ = writeln!(
@@ -833,9 +669,7 @@ pub fn svg(rows: &[Row], p: Option<&Peaks>) -> String {
         );
     }
     // series: (variant, d)
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
-    ];
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
     let mut series: Vec<(String, usize)> = pick.iter().map(|r| (r.variant.clone(), r.d)).collect();
     series.sort();
     series.dedup();
@@ -864,10 +698,7 @@ pub fn svg(rows: &[Row], p: Option<&Peaks>) -> String {
             path.join(" ")
         );
         for (x, y) in &pts {
-            let _ = writeln!(
-                s,
-                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>"
-            );
+            let _ = writeln!(s, "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3\" fill=\"{color}\"/>");
         }
         let ly = top + 14.0 + 16.0 * k as f64;
         let _ = writeln!(
@@ -885,10 +716,7 @@ pub fn svg(rows: &[Row], p: Option<&Peaks>) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -910,23 +738,15 @@ mod tests {
 
     #[test]
     fn outputs_are_well_formed() {
-        let rows = vec![
-            row("fused", 512, 1024, 100),
-            row("fused", 1024, 1024, 180),
-            row("unfused(cuBLAS)", 1024, 1024, 300),
-        ];
-        let p = Peaks {
-            flops: 900e12,
-            bytes: 4e12,
-        };
+        let rows =
+            vec![row("fused", 512, 1024, 100), row("fused", 1024, 1024, 180), row("unfused(cuBLAS)", 1024, 1024, 300)];
+        let p = Peaks { flops: 900e12, bytes: 4e12 };
         let svg = svg(&rows, Some(&p));
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 2);
         let j = json_lines(&rows, &p);
         assert_eq!(j.lines().count(), 3);
-        assert!(j
-            .lines()
-            .all(|l| l.starts_with("{\"family\":\"pattention\"") && l.ends_with('}')));
+        assert!(j.lines().all(|l| l.starts_with("{\"family\":\"pattention\"") && l.ends_with('}')));
         assert!(table(&rows, &p).contains("fused"));
         assert_eq!(json_str("a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
         assert!(svg_empty_is_valid());

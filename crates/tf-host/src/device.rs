@@ -32,11 +32,7 @@ pub struct EmuOptions {
 
 impl Default for EmuOptions {
     fn default() -> Self {
-        EmuOptions {
-            lane_order: LaneOrder::Shuffled,
-            seed: 0x7f4a_7c15,
-            os_threads: 0,
-        }
+        EmuOptions { lane_order: LaneOrder::Shuffled, seed: 0x7f4a_7c15, os_threads: 0 }
     }
 }
 
@@ -165,12 +161,7 @@ impl Device {
 
     /// The CPU SIMT emulator with the given options.
     pub fn emulator_with(opts: EmuOptions) -> Device {
-        Device(Arc::new(Inner {
-            backend: Backend::Emulator(EmuBackend {
-                opts,
-                launches: AtomicU64::new(0),
-            }),
-        }))
+        Device(Arc::new(Inner { backend: Backend::Emulator(EmuBackend { opts, launches: AtomicU64::new(0) }) }))
     }
 
     /// Whether this is a CUDA device (as opposed to the emulator).
@@ -252,15 +243,12 @@ impl Device {
         let Backend::Cuda(c) = &self.0.backend else {
             return Ok(None);
         };
-        let b = c
-            .blas
-            .get_or_init(|| CudaBlas::new(c.stream.clone()).map(Arc::new).map_err(|e| e.to_string()));
+        let b = c.blas.get_or_init(|| CudaBlas::new(c.stream.clone()).map(Arc::new).map_err(|e| e.to_string()));
         match b {
             Ok(b) => Ok(Some(b.clone())),
-            Err(e) => Err(Error::InvalidArgument {
-                op: "cublas",
-                msg: format!("cuBLAS could not be initialised: {e}"),
-            }),
+            Err(e) => {
+                Err(Error::InvalidArgument { op: "cublas", msg: format!("cuBLAS could not be initialised: {e}") })
+            }
         }
     }
 
@@ -314,10 +302,7 @@ impl Device {
                 let f = c.function(kernel)?;
                 if g.smem > 48 * 1024 {
                     let smem = i32::try_from(g.smem).unwrap_or(i32::MAX);
-                    f.set_attribute(
-                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        smem,
-                    )?;
+                    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)?;
                 }
                 let cfg = LaunchConfig {
                     grid_dim: (g.grid[0], g.grid[1], g.grid[2]),
@@ -360,10 +345,7 @@ impl CudaBackend {
         if let Some(f) = fns.get(kernel) {
             return Ok(f.clone());
         }
-        let f = self
-            .module
-            .load_function(kernel)
-            .map_err(|_| Error::MissingKernel(kernel.to_string()))?;
+        let f = self.module.load_function(kernel).map_err(|_| Error::MissingKernel(kernel.to_string()))?;
         fns.insert(kernel, f.clone());
         Ok(f)
     }

@@ -56,24 +56,15 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub(crate) fn checked_product(op: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| Error::SizeOverflow {
-            op,
-            msg: format!("product of {dims:?} overflows usize"),
-        })
+        .ok_or_else(|| Error::SizeOverflow { op, msg: format!("product of {dims:?} overflows usize") })
 }
 
 /// `u32::try_from` with an error naming the quantity.
 pub(crate) fn to_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
-    u32::try_from(v).map_err(|_| Error::SizeOverflow {
-        op,
-        msg: format!("{what} = {v} does not fit in 32 bits"),
-    })
+    u32::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 32 bits") })
 }
 
 /// `i64::try_from` with an error naming the quantity.
 pub(crate) fn to_i64(op: &'static str, what: &str, v: usize) -> Result<i64> {
-    i64::try_from(v).map_err(|_| Error::SizeOverflow {
-        op,
-        msg: format!("{what} = {v} does not fit in 64-bit signed"),
-    })
+    i64::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 64-bit signed") })
 }

@@ -90,13 +90,7 @@ impl<T: DType> Pattention<T> {
         if !k_p.device().same(dev) || !v_p.device().same(dev) {
             return Err(Error::DeviceMismatch { op: "Pattention::new" });
         }
-        Ok(Pattention {
-            dev: dev.clone(),
-            k_buf: k_p,
-            v_buf: v_p,
-            n,
-            opts,
-        })
+        Ok(Pattention { dev: dev.clone(), k_buf: k_p, v_buf: v_p, n, opts })
     }
 
     /// Number of parameter tokens.
@@ -127,16 +121,12 @@ impl<T: DType> Pattention<T> {
     pub fn keys(&self) -> View<'_, T> {
         let d = self.d_in();
         // In bounds by construction: n <= capacity.
-        self.k_buf
-            .strided(0, &[self.n, d], &[d, 1])
-            .unwrap_or_else(|_| self.k_buf.view())
+        self.k_buf.strided(0, &[self.n, d], &[d, 1]).unwrap_or_else(|_| self.k_buf.view())
     }
     /// The value tokens `[n, d_out]`.
     pub fn values(&self) -> View<'_, T> {
         let d = self.d_out();
-        self.v_buf
-            .strided(0, &[self.n, d], &[d, 1])
-            .unwrap_or_else(|_| self.v_buf.view())
+        self.v_buf.strided(0, &[self.n, d], &[d, 1]).unwrap_or_else(|_| self.v_buf.view())
     }
 
     /// The key and value tokens copied to the host, `[n, d_in]` and `[n, d_out]`
@@ -168,10 +158,7 @@ impl<T: DType> Pattention<T> {
             Init::Zeros => (RowInit::Zeros, RowInit::Zeros),
             Init::Normal { key_std, value_std, seed } => (
                 RowInit::Normal { std: key_std, seed },
-                RowInit::Normal {
-                    std: value_std,
-                    seed: seed ^ VALUE_SEED_XOR,
-                },
+                RowInit::Normal { std: value_std, seed: seed ^ VALUE_SEED_XOR },
             ),
             Init::Rows { keys, values } => (RowInit::Rows(keys), RowInit::Rows(values)),
         };
@@ -227,10 +214,7 @@ impl<T: DType> Pattention<T> {
     /// the layer itself is unchanged until the commit.
     pub(crate) fn stage_growth(&self, op: &'static str, n_new: usize) -> Result<StagedGrowth<T>> {
         if n_new < self.n {
-            return Err(Error::InvalidArgument {
-                op,
-                msg: format!("cannot shrink from {} to {n_new} tokens", self.n),
-            });
+            return Err(Error::InvalidArgument { op, msg: format!("cannot shrink from {} to {n_new} tokens", self.n) });
         }
         let bufs = if n_new > self.capacity() {
             let cap = n_new.max(self.capacity().saturating_add(self.capacity() / 2));

@@ -23,6 +23,7 @@ pub mod workspace;
 pub use device::{Device, EmuOptions, Geometry, LaneOrder};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use half::{bf16, f16};
 pub use layer::{Init, Pattention, ValueInit};
 pub use model::{KvCache, ModelParams, Sampling, Slot, Tokenformer, TokenformerConfig};
 pub use ops::attention::{attention, attention_into, AttnOptions};
@@ -31,7 +32,6 @@ pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
 pub use tensor::{Tensor, View, ViewMut};
 pub use workspace::Workspace;
-pub use half::{bf16, f16};
 
 /// The kernels' fatbin was compiled (nvcc was found at build time).
 pub fn cuda_kernels_built() -> bool {

@@ -73,22 +73,14 @@ fn value_std(cfg: &TokenformerConfig) -> f32 {
 /// Index of a block tensor in [`TokenformerConfig::tensor_names`] (the index
 /// [`tensor_seed`] takes): `1 + 10·block + 2·slot + value`.
 fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
-    (block as u64)
-        .wrapping_mul(10)
-        .wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
+    (block as u64).wrapping_mul(10).wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
 }
 
 /// A tf-ref error (config or checkpoint) as a tf-host error, message kept whole.
 fn from_ref(op: &'static str) -> impl Fn(tf_ref::Error) -> Error {
     move |e| match e {
-        tf_ref::Error::Shape { .. } => Error::Shape {
-            op,
-            msg: e.to_string(),
-        },
-        other => Error::InvalidArgument {
-            op,
-            msg: other.to_string(),
-        },
+        tf_ref::Error::Shape { .. } => Error::Shape { op, msg: e.to_string() },
+        other => Error::InvalidArgument { op, msg: other.to_string() },
     }
 }
 
@@ -259,11 +251,7 @@ impl<T: DType> std::fmt::Debug for Tokenformer<T> {
 }
 
 fn pattention_opts(geo: &Geo, n_ref: Option<usize>) -> PattentionOptions {
-    PattentionOptions {
-        norm: geo.norm,
-        n_ref,
-        eps: 0.0,
-    }
+    PattentionOptions { norm: geo.norm, n_ref, eps: 0.0 }
 }
 
 /// An f64 host tensor as a device tensor of `T` (via f32, as checkpoints store it).
@@ -279,12 +267,7 @@ fn to_f64<T: DType>(v: &[T]) -> Vec<f64> {
 /// A growth item that is a plain strided 2-D copy (no rows appended).
 fn copy_item<'a, T: DType>(src: View<'a, T>, dst: ViewMut<'a, T>) -> GrowItem<'a, T> {
     let rows = src.shape()[0];
-    GrowItem {
-        src: Some(src),
-        dst,
-        rows_old: rows,
-        init: GrowInit::Zeros,
-    }
+    GrowItem { src: Some(src), dst, rows_old: rows, init: GrowInit::Zeros }
 }
 
 impl<T: DType> Tokenformer<T> {
@@ -314,10 +297,7 @@ impl<T: DType> Tokenformer<T> {
                 src: None,
                 dst: embedding.view_mut(),
                 rows_old: 0,
-                init: GrowInit::Normal {
-                    std: KEY_STD,
-                    seed: tensor_seed(seed, 0),
-                },
+                init: GrowInit::Normal { std: KEY_STD, seed: tensor_seed(seed, 0) },
             });
             for (j, (k, v)) in tokens.iter_mut().enumerate() {
                 let (block, slot) = (j / 5, Slot::ALL[j % 5]);
@@ -325,19 +305,13 @@ impl<T: DType> Tokenformer<T> {
                     src: None,
                     dst: k.view_mut(),
                     rows_old: 0,
-                    init: GrowInit::Normal {
-                        std: KEY_STD,
-                        seed: tensor_seed(seed, tensor_index(block, slot, false)),
-                    },
+                    init: GrowInit::Normal { std: KEY_STD, seed: tensor_seed(seed, tensor_index(block, slot, false)) },
                 });
                 items.push(GrowItem {
                     src: None,
                     dst: v.view_mut(),
                     rows_old: 0,
-                    init: GrowInit::Normal {
-                        std: v_std,
-                        seed: tensor_seed(seed, tensor_index(block, slot, true)),
-                    },
+                    init: GrowInit::Normal { std: v_std, seed: tensor_seed(seed, tensor_index(block, slot, true)) },
                 });
             }
             grow_batch(dev, items)?;
@@ -368,11 +342,7 @@ impl<T: DType> Tokenformer<T> {
 
     /// A model holding `params` (checked against `cfg`; errors name the key),
     /// each value rounded to `T` through f32. Pinned `n_ref`s are kept.
-    pub fn from_params(
-        dev: &Device,
-        cfg: &TokenformerConfig,
-        params: &ModelParams,
-    ) -> Result<Self> {
+    pub fn from_params(dev: &Device, cfg: &TokenformerConfig, params: &ModelParams) -> Result<Self> {
         const OP: &str = "Tokenformer::from_params";
         let geo = Geo::of::<T>(OP, cfg)?;
         params.check(cfg).map_err(from_ref(OP))?;
@@ -417,14 +387,7 @@ impl<T: DType> Tokenformer<T> {
             }
             let mut it = tok.into_iter();
             let mut next = || it.next().unwrap_or_default();
-            blocks.push(BlockParams {
-                q: next(),
-                k: next(),
-                v: next(),
-                proj: next(),
-                ffn: next(),
-                n_ref,
-            });
+            blocks.push(BlockParams { q: next(), k: next(), v: next(), proj: next(), ffn: next(), n_ref });
         }
         Ok(ModelParams {
             embedding: to_f64(&self.embedding.to_vec()?),
@@ -437,11 +400,7 @@ impl<T: DType> Tokenformer<T> {
     /// A model read from a safetensors checkpoint with the official GPT-NeoX key
     /// names (tf-ref's format). A missing, extra or wrongly shaped tensor is an
     /// error naming its key.
-    pub fn load(
-        dev: &Device,
-        cfg: &TokenformerConfig,
-        path: impl AsRef<std::path::Path>,
-    ) -> Result<Self> {
+    pub fn load(dev: &Device, cfg: &TokenformerConfig, path: impl AsRef<std::path::Path>) -> Result<Self> {
         const OP: &str = "Tokenformer::load";
         Geo::of::<T>(OP, cfg)?;
         let params = ModelParams::load_safetensors(cfg, path).map_err(from_ref(OP))?;
@@ -451,9 +410,7 @@ impl<T: DType> Tokenformer<T> {
     /// Writes the model as a safetensors checkpoint (f32 tensors, official key
     /// names, pinned `n_ref`s in the metadata).
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.to_params()?
-            .save_safetensors(&self.cfg, path)
-            .map_err(from_ref("Tokenformer::save"))
+        self.to_params()?.save_safetensors(&self.cfg, path).map_err(from_ref("Tokenformer::save"))
     }
 
     /// The configuration (its slot counts follow growth).
@@ -474,10 +431,7 @@ impl<T: DType> Tokenformer<T> {
     /// An empty KV cache for up to `max_len` positions.
     pub fn new_cache(&self, max_len: usize) -> Result<KvCache<T>> {
         if max_len == 0 {
-            return Err(Error::InvalidArgument {
-                op: "Tokenformer::new_cache",
-                msg: "max_len must be >= 1".into(),
-            });
+            return Err(Error::InvalidArgument { op: "Tokenformer::new_cache", msg: "max_len must be >= 1".into() });
         }
         let shape = [1, max_len, self.geo.heads, self.geo.hd_pad];
         let mut k = Vec::with_capacity(self.blocks.len());
@@ -486,15 +440,7 @@ impl<T: DType> Tokenformer<T> {
             k.push(self.dev.zeros::<T>(&shape)?);
             v.push(self.dev.zeros::<T>(&shape)?);
         }
-        Ok(KvCache {
-            dev: self.dev.clone(),
-            k,
-            v,
-            len: 0,
-            max_len,
-            heads: self.geo.heads,
-            hd_pad: self.geo.hd_pad,
-        })
+        Ok(KvCache { dev: self.dev.clone(), k, v, len: 0, max_len, heads: self.geo.heads, hd_pad: self.geo.hd_pad })
     }
 
     /// Logits `[t, vocab]` of the token ids `tokens` (positions `0..t`).
@@ -540,13 +486,10 @@ impl<T: DType> Tokenformer<T> {
             }
         };
         self.check_tokens(OP, prompt)?;
-        let total = prompt
-            .len()
-            .checked_add(max_new)
-            .ok_or_else(|| Error::SizeOverflow {
-                op: OP,
-                msg: format!("{} prompt tokens + {max_new} new", prompt.len()),
-            })?;
+        let total = prompt.len().checked_add(max_new).ok_or_else(|| Error::SizeOverflow {
+            op: OP,
+            msg: format!("{} prompt tokens + {max_new} new", prompt.len()),
+        })?;
         let mut out = Vec::with_capacity(max_new);
         if max_new == 0 {
             return Ok(out);
@@ -577,13 +520,7 @@ impl<T: DType> Tokenformer<T> {
     /// `tf_ref::ModelParams::grow(.., preserving: false, seed)`: keys
     /// N(0, 0.02²) and values N(0, (2/(L·√d))²) from the streams
     /// `tensor_seed(seed, i)` continued at the old row count. The outputs change.
-    pub fn grow(
-        &mut self,
-        new_qkv: usize,
-        new_proj: usize,
-        new_ffn: usize,
-        seed: u64,
-    ) -> Result<()> {
+    pub fn grow(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
         self.grow_all(new_qkv, new_proj, new_ffn, false, seed)
     }
 
@@ -592,34 +529,16 @@ impl<T: DType> Tokenformer<T> {
     /// already pinned one keeps its pin); new value rows are random as in
     /// [`grow`](Self::grow) so that they can train. One launch. Refused for the
     /// softmax norm, which no growth preserves.
-    pub fn grow_preserving(
-        &mut self,
-        new_qkv: usize,
-        new_proj: usize,
-        new_ffn: usize,
-        seed: u64,
-    ) -> Result<()> {
+    pub fn grow_preserving(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
         self.grow_all(new_qkv, new_proj, new_ffn, true, seed)
     }
 
-    fn grow_all(
-        &mut self,
-        new_qkv: usize,
-        new_proj: usize,
-        new_ffn: usize,
-        preserving: bool,
-        seed: u64,
-    ) -> Result<()> {
-        let op: &'static str = if preserving {
-            "Tokenformer::grow_preserving"
-        } else {
-            "Tokenformer::grow"
-        };
+    fn grow_all(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, preserving: bool, seed: u64) -> Result<()> {
+        let op: &'static str = if preserving { "Tokenformer::grow_preserving" } else { "Tokenformer::grow" };
         if preserving && self.geo.norm == Norm::Softmax {
             return Err(Error::InvalidArgument {
                 op,
-                msg: "softmax cannot be preserved by growth (exp(0) = 1 adds mass); use grow"
-                    .into(),
+                msg: "softmax cannot be preserved by growth (exp(0) = 1 adds mass); use grow".into(),
             });
         }
         for (what, old, new) in [
@@ -630,16 +549,11 @@ impl<T: DType> Tokenformer<T> {
             if new < old {
                 return Err(Error::InvalidArgument {
                     op,
-                    msg: format!(
-                        "{what} slots {old} -> {new}: growth cannot remove parameter tokens"
-                    ),
+                    msg: format!("{what} slots {old} -> {new}: growth cannot remove parameter tokens"),
                 });
             }
         }
-        let grown = self
-            .cfg
-            .with_slots(new_qkv, new_proj, new_ffn)
-            .map_err(from_ref(op))?;
+        let grown = self.cfg.with_slots(new_qkv, new_proj, new_ffn).map_err(from_ref(op))?;
         let v_std = value_std(&self.cfg);
         let mut staged: Vec<StagedGrowth<T>> = Vec::with_capacity(self.blocks.len() * 5);
         for b in &self.blocks {
@@ -658,15 +572,9 @@ impl<T: DType> Tokenformer<T> {
                 let k_init = if preserving {
                     GrowInit::Zeros
                 } else {
-                    GrowInit::Normal {
-                        std: KEY_STD,
-                        seed: tensor_seed(seed, tensor_index(i, slot, false)),
-                    }
+                    GrowInit::Normal { std: KEY_STD, seed: tensor_seed(seed, tensor_index(i, slot, false)) }
                 };
-                let v_init = GrowInit::Normal {
-                    std: v_std,
-                    seed: tensor_seed(seed, tensor_index(i, slot, true)),
-                };
+                let v_init = GrowInit::Normal { std: v_std, seed: tensor_seed(seed, tensor_index(i, slot, true)) };
                 items.extend(p.growth_items(st, k_init, v_init)?);
             }
             if !items.is_empty() {
@@ -688,16 +596,9 @@ impl<T: DType> Tokenformer<T> {
 
     fn check_tokens(&self, op: &'static str, tokens: &[u32]) -> Result<()> {
         if tokens.is_empty() {
-            return Err(Error::InvalidArgument {
-                op,
-                msg: "at least one token id is needed".into(),
-            });
+            return Err(Error::InvalidArgument { op, msg: "at least one token id is needed".into() });
         }
-        if let Some((pos, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &id)| id as usize >= self.geo.vocab)
-        {
+        if let Some((pos, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= self.geo.vocab) {
             return Err(Error::InvalidArgument {
                 op,
                 msg: format!(
@@ -717,10 +618,7 @@ impl<T: DType> Tokenformer<T> {
         if !cache.dev.same(&self.dev) {
             return Err(Error::DeviceMismatch { op: OP });
         }
-        if cache.k.len() != self.blocks.len()
-            || cache.heads != self.geo.heads
-            || cache.hd_pad != self.geo.hd_pad
-        {
+        if cache.k.len() != self.blocks.len() || cache.heads != self.geo.heads || cache.hd_pad != self.geo.hd_pad {
             return Err(Error::Shape {
                 op: OP,
                 msg: format!(
@@ -736,16 +634,10 @@ impl<T: DType> Tokenformer<T> {
         }
         let t = tokens.len();
         let p = cache.len;
-        let end = p
-            .checked_add(t)
-            .filter(|&e| e <= cache.max_len)
-            .ok_or_else(|| Error::InvalidArgument {
-                op: OP,
-                msg: format!(
-                    "{t} new tokens after {p} cached positions pass the KV cache's max_len {}",
-                    cache.max_len
-                ),
-            })?;
+        let end = p.checked_add(t).filter(|&e| e <= cache.max_len).ok_or_else(|| Error::InvalidArgument {
+            op: OP,
+            msg: format!("{t} new tokens after {p} cached positions pass the KV cache's max_len {}", cache.max_len),
+        })?;
         let g = self.geo;
         let (d, h, hd, hp) = (g.d, g.heads, g.hd, g.hd_pad);
         let row = g.cache_row();
@@ -776,10 +668,7 @@ impl<T: DType> Tokenformer<T> {
             ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(t, n, d)?);
         }
         let mut ws = Workspace::new(dev, ws_bytes)?;
-        let attn_opts = AttnOptions {
-            causal: true,
-            scale: Some(1.0 / (hd as f32).sqrt()),
-        };
+        let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()) };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
         let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, h, hd, g.rot_dim, g.base, p);
 
@@ -805,10 +694,7 @@ impl<T: DType> Tokenformer<T> {
                     grow_batch(
                         dev,
                         vec![
-                            copy_item(
-                                q.strided(0, &heads_rows, &[hd, 1])?,
-                                qp.strided_mut(0, &heads_rows, &[hp, 1])?,
-                            ),
+                            copy_item(q.strided(0, &heads_rows, &[hd, 1])?, qp.strided_mut(0, &heads_rows, &[hp, 1])?),
                             copy_item(
                                 kt.strided(0, &heads_rows, &[hd, 1])?,
                                 kc.strided_mut(p * row, &heads_rows, &[hp, 1])?,
@@ -873,11 +759,10 @@ impl<T: DType> Tokenformer<T> {
 
 /// Five Pattentions as an array (the caller pushed exactly five).
 fn five<T: DType>(v: Vec<Pattention<T>>) -> Result<[Pattention<T>; 5]> {
-    v.try_into()
-        .map_err(|v: Vec<Pattention<T>>| Error::InvalidArgument {
-            op: "Tokenformer",
-            msg: format!("internal: a block needs 5 Pattentions, got {}", v.len()),
-        })
+    v.try_into().map_err(|v: Vec<Pattention<T>>| Error::InvalidArgument {
+        op: "Tokenformer",
+        msg: format!("internal: a block needs 5 Pattentions, got {}", v.len()),
+    })
 }
 
 /// Index of the largest value (the first on ties); None if any value is not finite.
@@ -900,10 +785,7 @@ fn sample_temperature(v: &[f32], t: f32, rng: &mut SplitMix64) -> Option<u32> {
         return None;
     }
     let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let w: Vec<f64> = v
-        .iter()
-        .map(|&x| ((f64::from(x) - f64::from(m)) / f64::from(t)).exp())
-        .collect();
+    let w: Vec<f64> = v.iter().map(|&x| ((f64::from(x) - f64::from(m)) / f64::from(t)).exp()).collect();
     let total: f64 = w.iter().sum();
     let mut u = rng.uniform() * total;
     for (i, &wi) in w.iter().enumerate() {
@@ -913,9 +795,7 @@ fn sample_temperature(v: &[f32], t: f32, rng: &mut SplitMix64) -> Option<u32> {
         u -= wi;
     }
     // Rounding left u just past the last weight: the last token with weight > 0.
-    w.iter()
-        .rposition(|&x| x > 0.0)
-        .and_then(|i| u32::try_from(i).ok())
+    w.iter().rposition(|&x| x > 0.0).and_then(|i| u32::try_from(i).ok())
 }
 
 /// SplitMix64 (Steele et al.): the sampler's small, seedable generator.

@@ -35,10 +35,8 @@ impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
             op: "alloc",
             msg: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
         })?;
-        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN).map_err(|e| Error::SizeOverflow {
-            op: "alloc",
-            msg: format!("{bytes} bytes: {e}"),
-        })?;
+        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN)
+            .map_err(|e| Error::SizeOverflow { op: "alloc", msg: format!("{bytes} bytes: {e}") })?;
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
         let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| Error::SizeOverflow {
@@ -104,11 +102,7 @@ impl Device {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len)?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
         };
-        Ok(Tensor {
-            dev: self.clone(),
-            buf,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
     }
 
     /// A tensor holding `data` (row-major) with the given shape.
@@ -128,11 +122,7 @@ impl Device {
                 Buffer::Host(b)
             }
         };
-        Ok(Tensor {
-            dev: self.clone(),
-            buf,
-            shape: shape.to_vec(),
-        })
+        Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
     }
 
     /// A tensor filled with NaN: what tests give kernels as output, so an
@@ -155,11 +145,9 @@ impl<T: DType> Tensor<T> {
             });
         }
         match &dev.0.backend {
-            Backend::Cuda(c) if std::sync::Arc::ptr_eq(slice.context(), &c.ctx) => Ok(Tensor {
-                dev: dev.clone(),
-                buf: Buffer::Cuda(slice),
-                shape: shape.to_vec(),
-            }),
+            Backend::Cuda(c) if std::sync::Arc::ptr_eq(slice.context(), &c.ctx) => {
+                Ok(Tensor { dev: dev.clone(), buf: Buffer::Cuda(slice), shape: shape.to_vec() })
+            }
             _ => Err(Error::DeviceMismatch { op: "from_cuda_slice" }),
         }
     }
@@ -259,36 +247,21 @@ impl<T: DType> Tensor<T> {
 
     /// A view of the whole tensor.
     pub fn view(&self) -> View<'_, T> {
-        View {
-            t: self,
-            offset: 0,
-            shape: self.shape.clone(),
-            strides: contiguous_strides(&self.shape),
-        }
+        View { t: self, offset: 0, shape: self.shape.clone(), strides: contiguous_strides(&self.shape) }
     }
 
     /// A mutable view of the whole tensor.
     pub fn view_mut(&mut self) -> ViewMut<'_, T> {
         let shape = self.shape.clone();
         let strides = contiguous_strides(&shape);
-        ViewMut {
-            t: self,
-            offset: 0,
-            shape,
-            strides,
-        }
+        ViewMut { t: self, offset: 0, shape, strides }
     }
 
     /// A strided view: element `[i0, i1, ..]` is at `offset + Σ i_k·strides[k]`.
     /// Errors if any element lies outside the tensor.
     pub fn strided(&self, offset: usize, shape: &[usize], strides: &[usize]) -> Result<View<'_, T>> {
         check_strided(self.len(), offset, shape, strides)?;
-        Ok(View {
-            t: self,
-            offset,
-            shape: shape.to_vec(),
-            strides: strides.to_vec(),
-        })
+        Ok(View { t: self, offset, shape: shape.to_vec(), strides: strides.to_vec() })
     }
 
     /// A mutable strided view (see [`Tensor::strided`]). Overlapping elements
@@ -301,12 +274,7 @@ impl<T: DType> Tensor<T> {
                 msg: format!("zero stride in {strides:?} for shape {shape:?}: outputs may not alias"),
             });
         }
-        Ok(ViewMut {
-            t: self,
-            offset,
-            shape: shape.to_vec(),
-            strides: strides.to_vec(),
-        })
+        Ok(ViewMut { t: self, offset, shape: shape.to_vec(), strides: strides.to_vec() })
     }
 }
 
@@ -329,21 +297,15 @@ fn check_strided(len: usize, offset: usize, shape: &[usize], strides: &[usize]) 
         return if offset <= len {
             Ok(())
         } else {
-            Err(Error::Shape {
-                op: "strided",
-                msg: format!("offset {offset} past the tensor's {len} elements"),
-            })
+            Err(Error::Shape { op: "strided", msg: format!("offset {offset} past the tensor's {len} elements") })
         };
     }
     let mut last = offset;
     for (&d, &s) in shape.iter().zip(strides) {
-        last = (d - 1)
-            .checked_mul(s)
-            .and_then(|x| x.checked_add(last))
-            .ok_or_else(|| Error::SizeOverflow {
-                op: "strided",
-                msg: format!("shape {shape:?} with strides {strides:?} overflows"),
-            })?;
+        last = (d - 1).checked_mul(s).and_then(|x| x.checked_add(last)).ok_or_else(|| Error::SizeOverflow {
+            op: "strided",
+            msg: format!("shape {shape:?} with strides {strides:?} overflows"),
+        })?;
     }
     if last >= len {
         return Err(Error::Shape {
@@ -413,15 +375,9 @@ impl<'a, T: DType> View<'a, T> {
         match (&t.buf, &t.dev.0.backend) {
             (Buffer::Cuda(s), Backend::Cuda(c)) => {
                 let (p, g) = s.device_ptr(&c.stream);
-                DevPtr {
-                    addr: p + off,
-                    _guard: Some(g),
-                }
+                DevPtr { addr: p + off, _guard: Some(g) }
             }
-            (Buffer::Host(h), _) => DevPtr {
-                addr: h.ptr.as_ptr() as u64 + off,
-                _guard: None,
-            },
+            (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
             (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
     }
@@ -435,15 +391,9 @@ impl<'a, T: DType> ViewMut<'a, T> {
         match (&mut t.buf, &t.dev.0.backend) {
             (Buffer::Cuda(s), Backend::Cuda(c)) => {
                 let (p, g) = s.device_ptr_mut(&c.stream);
-                DevPtr {
-                    addr: p + off,
-                    _guard: Some(g),
-                }
+                DevPtr { addr: p + off, _guard: Some(g) }
             }
-            (Buffer::Host(h), _) => DevPtr {
-                addr: h.ptr.as_ptr() as u64 + off,
-                _guard: None,
-            },
+            (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
             (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
     }

@@ -34,11 +34,7 @@ impl Workspace {
             Backend::Cuda(c) => Buf::Cuda(c.stream.alloc_zeros::<u8>(bytes.max(1))?),
             Backend::Emulator(_) => Buf::Host(HostBuf::zeroed(bytes.div_ceil(8).max(1))?),
         };
-        Ok(Workspace {
-            dev: dev.clone(),
-            buf,
-            bytes,
-        })
+        Ok(Workspace { dev: dev.clone(), buf, bytes })
     }
 
     /// A copy of `data` (plain-old-data structs, e.g. kernel descriptor tables)
@@ -85,10 +81,7 @@ impl Workspace {
                 let (p, g) = s.device_ptr(&c.stream);
                 DevPtr { addr: p, _guard: Some(g) }
             }
-            (Buf::Host(h), _) => DevPtr {
-                addr: h.addr(),
-                _guard: None,
-            },
+            (Buf::Host(h), _) => DevPtr { addr: h.addr(), _guard: None },
             (Buf::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
     }
@@ -100,10 +93,7 @@ impl Workspace {
                 let (p, g) = s.device_ptr_mut(&c.stream);
                 DevPtr { addr: p, _guard: Some(g) }
             }
-            (Buf::Host(h), _) => DevPtr {
-                addr: h.addr(),
-                _guard: None,
-            },
+            (Buf::Host(h), _) => DevPtr { addr: h.addr(), _guard: None },
             (Buf::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
     }

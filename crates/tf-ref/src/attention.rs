@@ -32,10 +32,7 @@ impl<'a, T> Tensor4Ref<'a, T> {
     fn check(&self, op: &'static str, name: &str) -> Result<()> {
         let want = numel(self.shape).ok_or_else(|| Error::Shape {
             op,
-            msg: format!(
-                "{name} is {:?}: the element count overflows usize",
-                self.shape
-            ),
+            msg: format!("{name} is {:?}: the element count overflows usize", self.shape),
         })?;
         if self.data.len() != want {
             return Err(Error::Shape {
@@ -96,10 +93,7 @@ pub fn attention<T: Element>(
     if k.shape != v.shape {
         return Err(Error::Shape {
             op: OP,
-            msg: format!(
-                "k is {:?} but v is {:?}: they must have the same shape [B, Tk, H, D]",
-                k.shape, v.shape
-            ),
+            msg: format!("k is {:?} but v is {:?}: they must have the same shape [B, Tk, H, D]", k.shape, v.shape),
         });
     }
     let [b_q, t_q, h_q, d_q] = q.shape;
@@ -108,10 +102,7 @@ pub fn attention<T: Element>(
         if a != b {
             return Err(Error::Shape {
                 op: OP,
-                msg: format!(
-                    "q is {:?} but k is {:?}: {what} differs ({a} vs {b})",
-                    q.shape, k.shape
-                ),
+                msg: format!("q is {:?} but k is {:?}: {what} differs ({a} vs {b})", q.shape, k.shape),
             });
         }
     }
@@ -125,12 +116,7 @@ pub fn attention<T: Element>(
     let scale = match scale {
         None => 1.0 / (dim as f64).sqrt(),
         Some(s) if s.is_finite() => s,
-        Some(s) => {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("scale must be finite, got {s}"),
-            })
-        }
+        Some(s) => return Err(Error::InvalidArgument { op: OP, msg: format!("scale must be finite, got {s}") }),
     };
 
     // q is validated and D ≥ 1, so B·Tq·H ≤ B·Tq·H·D = q.data.len() (the length of o).
@@ -139,22 +125,14 @@ pub fn attention<T: Element>(
     let mut o = zeros(OP, q.data.len())?;
     let mut lse = zeros(OP, q.data.len() / dim)?;
     if q.data.is_empty() {
-        return Ok(AttnOut {
-            o,
-            lse,
-            shape_o: q.shape,
-        });
+        return Ok(AttnOut { o, lse, shape_o: q.shape });
     }
     let mut scores = zeros(OP, t_k)?;
     for b in 0..batch {
         for h in 0..heads {
             for i in 0..t_q {
                 // Number of visible keys: all, or those with j ≤ i + Tk − Tq.
-                let visible = if causal {
-                    (i + 1 + t_k).saturating_sub(t_q).min(t_k)
-                } else {
-                    t_k
-                };
+                let visible = if causal { (i + 1 + t_k).saturating_sub(t_q).min(t_k) } else { t_k };
                 let lse_at = (b * heads + h) * t_q + i;
                 if visible == 0 {
                     lse[lse_at] = f64::INFINITY;
@@ -164,16 +142,10 @@ pub fn attention<T: Element>(
                 let qi = &q.data[qo..qo + dim];
                 for (j, s) in scores[..visible].iter_mut().enumerate() {
                     let ko = k.offset(b, j, h);
-                    let dot: f64 = qi
-                        .iter()
-                        .zip(&k.data[ko..ko + dim])
-                        .map(|(a, c)| a.to_f64() * c.to_f64())
-                        .sum();
+                    let dot: f64 = qi.iter().zip(&k.data[ko..ko + dim]).map(|(a, c)| a.to_f64() * c.to_f64()).sum();
                     *s = scale * dot;
                 }
-                let max = scores[..visible]
-                    .iter()
-                    .fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+                let max = scores[..visible].iter().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
                 let mut sum = 0.0;
                 let oo = q.offset(b, i, h);
                 let oi = &mut o[oo..oo + dim];
@@ -190,9 +162,5 @@ pub fn attention<T: Element>(
             }
         }
     }
-    Ok(AttnOut {
-        o,
-        lse,
-        shape_o: q.shape,
-    })
+    Ok(AttnOut { o, lse, shape_o: q.shape })
 }

@@ -107,16 +107,10 @@ impl<'a, T> MatRef<'a, T> {
 
     /// Checks the length invariant; `name` is the operand's name in messages.
     pub(crate) fn check(&self, op: &'static str, name: &str) -> Result<()> {
-        let want = self
-            .rows
-            .checked_mul(self.cols)
-            .ok_or_else(|| Error::Shape {
-                op,
-                msg: format!(
-                    "{name} is [{}, {}]: the element count overflows usize",
-                    self.rows, self.cols
-                ),
-            })?;
+        let want = self.rows.checked_mul(self.cols).ok_or_else(|| Error::Shape {
+            op,
+            msg: format!("{name} is [{}, {}]: the element count overflows usize", self.rows, self.cols),
+        })?;
         if self.data.len() != want {
             return Err(Error::Shape {
                 op,
@@ -140,10 +134,7 @@ impl<'a, T> MatRef<'a, T> {
 impl<T: Element> MatRef<'_, T> {
     /// Row `r` converted to f64 (callers have checked the length invariant and `r < rows`).
     pub(crate) fn row_f64(&self, r: usize) -> Vec<f64> {
-        self.data[r * self.cols..(r + 1) * self.cols]
-            .iter()
-            .map(|v| v.to_f64())
-            .collect()
+        self.data[r * self.cols..(r + 1) * self.cols].iter().map(|v| v.to_f64()).collect()
     }
 }
 
@@ -184,11 +175,7 @@ impl Mat {
 
     /// A borrowed view, to feed one op's output into another.
     pub fn view(&self) -> MatRef<'_, f64> {
-        MatRef {
-            data: &self.data,
-            rows: self.rows,
-            cols: self.cols,
-        }
+        MatRef { data: &self.data, rows: self.rows, cols: self.cols }
     }
 
     /// The elements rounded (to nearest, ties to even) to storage type `T`.

@@ -14,9 +14,7 @@
 //!
 //! For `grow_normal` the Philox seed of [`Init::Normal`] is the file's `seed`.
 
-use crate::{
-    attention, grow, pattention, Error, Init, MatRef, Norm, PattentionOpts, Result, Tensor4Ref,
-};
+use crate::{attention, grow, pattention, Error, Init, MatRef, Norm, PattentionOpts, Result, Tensor4Ref};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -46,9 +44,8 @@ impl SplitMix64 {
     /// so every file has its own inputs and adding a case changes no other file.
     fn for_case(seed: u64, case: &str) -> Self {
         // FNV-1a of the name.
-        let h = case.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
+        let h =
+            case.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
         let mut g = SplitMix64(seed ^ h);
         g.next_u64(); // one warm-up step decorrelates nearby seeds further
         g
@@ -88,10 +85,7 @@ struct F32Tensor {
 
 impl F32Tensor {
     fn new(shape: &[usize], values: &[f32]) -> Self {
-        F32Tensor {
-            shape: shape.to_vec(),
-            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        F32Tensor { shape: shape.to_vec(), bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
     }
 }
 
@@ -127,11 +121,7 @@ impl Case {
         let mut meta = Metadata::new();
         meta.insert("op".into(), op.into());
         meta.insert("seed".into(), seed.to_string());
-        Case {
-            name: name.into(),
-            tensors: Vec::new(),
-            meta,
-        }
+        Case { name: name.into(), tensors: Vec::new(), meta }
     }
 
     fn tensor(&mut self, name: &'static str, shape: &[usize], values: &[f32]) {
@@ -164,17 +154,8 @@ fn pattention_case(seed: u64, norm: Norm, n_ref: Option<usize>) -> Result<Case> 
     let x = g.normal_f32(t * d_in, 1.0);
     let k_p = g.normal_f32(n * d_in, 1.0 / (d_in as f64).sqrt());
     let v_p = g.normal_f32(n * d_out, 1.0);
-    let opts = PattentionOpts {
-        norm,
-        n_ref,
-        eps: 0.0,
-    };
-    let y = pattention(
-        MatRef::new(&x, t, d_in)?,
-        MatRef::new(&k_p, n, d_in)?,
-        MatRef::new(&v_p, n, d_out)?,
-        &opts,
-    )?;
+    let opts = PattentionOpts { norm, n_ref, eps: 0.0 };
+    let y = pattention(MatRef::new(&x, t, d_in)?, MatRef::new(&k_p, n, d_in)?, MatRef::new(&v_p, n, d_out)?, &opts)?;
     let mut c = Case::new(name, "pattention", seed);
     c.tensor("x", &[t, d_in], &x);
     c.tensor("k_p", &[n, d_in], &k_p);
@@ -218,11 +199,7 @@ fn grow_case(seed: u64, normal: bool) -> Result<Case> {
     let name = if normal { "grow_normal" } else { "grow_zeros" };
     let mut g = SplitMix64::for_case(seed, name);
     let old = g.normal_f32(n_old * cols, f64::from(std));
-    let init = if normal {
-        Init::Normal { std, seed }
-    } else {
-        Init::Zeros
-    };
+    let init = if normal { Init::Normal { std, seed } } else { Init::Zeros };
     let new = grow(MatRef::new(&old, n_old, cols)?, n_new, &init)?;
     let mut c = Case::new(name, "grow", seed);
     c.tensor("old", &[n_old, cols], &old);
@@ -245,13 +222,7 @@ pub fn write_all(dir: &Path, seed: u64) -> Result<Vec<PathBuf>> {
         pattention_case(seed, Norm::L2NormGelu, Some(PINNED_N_REF))?,
         attention_case(seed, "attention_causal", true, t, t)?,
         attention_case(seed, "attention_noncausal", false, t, t)?,
-        attention_case(
-            seed,
-            &format!("attention_causal_tq{t_q}_tk{t_k}"),
-            true,
-            t_q,
-            t_k,
-        )?,
+        attention_case(seed, &format!("attention_causal_tq{t_q}_tk{t_k}"), true, t_q, t_k)?,
         grow_case(seed, false)?,
         grow_case(seed, true)?,
     ];
@@ -269,18 +240,10 @@ pub fn read(path: &Path) -> Result<(Tensors, Metadata)> {
         if view.dtype() != Dtype::F32 {
             return Err(Error::InvalidArgument {
                 op: "golden::read",
-                msg: format!(
-                    "{}: tensor {name:?} is {:?}, expected F32",
-                    path.display(),
-                    view.dtype()
-                ),
+                msg: format!("{}: tensor {name:?} is {:?}, expected F32", path.display(), view.dtype()),
             });
         }
-        let values = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         tensors.insert(name, (view.shape().to_vec(), values));
     }
     Ok((tensors, meta))
@@ -289,36 +252,24 @@ pub fn read(path: &Path) -> Result<(Tensors, Metadata)> {
 const VERIFY: &str = "golden::verify";
 
 fn get<'t>(tensors: &'t Tensors, name: &str) -> Result<&'t (Vec<usize>, Vec<f32>)> {
-    tensors.get(name).ok_or_else(|| Error::InvalidArgument {
-        op: VERIFY,
-        msg: format!("missing tensor {name:?}"),
-    })
+    tensors.get(name).ok_or_else(|| Error::InvalidArgument { op: VERIFY, msg: format!("missing tensor {name:?}") })
 }
 
 fn get_meta<'m>(meta: &'m Metadata, key: &str) -> Result<&'m str> {
     meta.get(key)
         .map(String::as_str)
-        .ok_or_else(|| Error::InvalidArgument {
-            op: VERIFY,
-            msg: format!("missing metadata key {key:?}"),
-        })
+        .ok_or_else(|| Error::InvalidArgument { op: VERIFY, msg: format!("missing metadata key {key:?}") })
 }
 
 fn parse<F: std::str::FromStr>(key: &str, s: &str) -> Result<F> {
-    s.parse().map_err(|_| Error::InvalidArgument {
-        op: VERIFY,
-        msg: format!("metadata {key}={s:?} does not parse"),
-    })
+    s.parse().map_err(|_| Error::InvalidArgument { op: VERIFY, msg: format!("metadata {key}={s:?} does not parse") })
 }
 
 fn mat<'a>(tensors: &'a Tensors, name: &str) -> Result<MatRef<'a, f32>> {
     let (shape, data) = get(tensors, name)?;
     match shape.as_slice() {
         &[r, c] => MatRef::new(data, r, c),
-        s => Err(Error::Shape {
-            op: VERIFY,
-            msg: format!("tensor {name:?} is {s:?}, expected 2 dimensions"),
-        }),
+        s => Err(Error::Shape { op: VERIFY, msg: format!("tensor {name:?} is {s:?}, expected 2 dimensions") }),
     }
 }
 
@@ -326,10 +277,7 @@ fn t4<'a>(tensors: &'a Tensors, name: &str) -> Result<Tensor4Ref<'a, f32>> {
     let (shape, data) = get(tensors, name)?;
     match shape.as_slice() {
         &[a, b, c, d] => Tensor4Ref::new(data, [a, b, c, d]),
-        s => Err(Error::Shape {
-            op: VERIFY,
-            msg: format!("tensor {name:?} is {s:?}, expected 4 dimensions"),
-        }),
+        s => Err(Error::Shape { op: VERIFY, msg: format!("tensor {name:?} is {s:?}, expected 4 dimensions") }),
     }
 }
 
@@ -346,17 +294,13 @@ fn max_diff(name: &str, stored: &[f32], recomputed: &[f32]) -> Result<f64> {
             ),
         });
     }
-    Ok(stored
-        .iter()
-        .zip(recomputed)
-        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
-        .fold(0.0, |m, d| {
-            if d.is_nan() || m.is_nan() {
-                f64::NAN
-            } else {
-                m.max(d)
-            }
-        }))
+    Ok(stored.iter().zip(recomputed).map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs()).fold(0.0, |m, d| {
+        if d.is_nan() || m.is_nan() {
+            f64::NAN
+        } else {
+            m.max(d)
+        }
+    }))
 }
 
 /// Recomputes a golden file's outputs from its inputs and metadata with this crate
@@ -376,31 +320,16 @@ pub fn verify(path: &Path) -> Result<f64> {
                 None => 0.0,
             };
             let opts = PattentionOpts { norm, n_ref, eps };
-            let y = pattention(
-                mat(&tensors, "x")?,
-                mat(&tensors, "k_p")?,
-                mat(&tensors, "v_p")?,
-                &opts,
-            )?;
+            let y = pattention(mat(&tensors, "x")?, mat(&tensors, "k_p")?, mat(&tensors, "v_p")?, &opts)?;
             max_diff("y", &get(&tensors, "y")?.1, &y.to_vec::<f32>())
         }
         "attention" => {
             let causal = parse("causal", get_meta(&meta, "causal")?)?;
             let scale = parse("scale", get_meta(&meta, "scale")?)?;
-            let out = attention(
-                t4(&tensors, "q")?,
-                t4(&tensors, "k")?,
-                t4(&tensors, "v")?,
-                causal,
-                Some(scale),
-            )?;
+            let out = attention(t4(&tensors, "q")?, t4(&tensors, "k")?, t4(&tensors, "v")?, causal, Some(scale))?;
             let d_o = max_diff("o", &get(&tensors, "o")?.1, &to_f32(&out.o))?;
             let d_lse = max_diff("lse", &get(&tensors, "lse")?.1, &to_f32(&out.lse))?;
-            Ok(if d_o.is_nan() || d_lse.is_nan() {
-                f64::NAN
-            } else {
-                d_o.max(d_lse)
-            })
+            Ok(if d_o.is_nan() || d_lse.is_nan() { f64::NAN } else { d_o.max(d_lse) })
         }
         "grow" => {
             let old = mat(&tensors, "old")?;
@@ -411,19 +340,11 @@ pub fn verify(path: &Path) -> Result<f64> {
                     std: parse("std", get_meta(&meta, "std")?)?,
                     seed: parse("seed", get_meta(&meta, "seed")?)?,
                 },
-                other => {
-                    return Err(Error::InvalidArgument {
-                        op: VERIFY,
-                        msg: format!("unknown init {other:?}"),
-                    })
-                }
+                other => return Err(Error::InvalidArgument { op: VERIFY, msg: format!("unknown init {other:?}") }),
             };
             let grown = grow(old, new.rows, &init)?;
             max_diff("new", new.data, &grown)
         }
-        other => Err(Error::InvalidArgument {
-            op: VERIFY,
-            msg: format!("unknown op {other:?}"),
-        }),
+        other => Err(Error::InvalidArgument { op: VERIFY, msg: format!("unknown op {other:?}") }),
     }
 }

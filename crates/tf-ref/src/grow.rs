@@ -36,9 +36,7 @@ pub fn grow<T: Element>(old: MatRef<'_, T>, n_new: usize, init: &Init<'_>) -> Re
     if n_new < n_old {
         return Err(Error::InvalidArgument {
             op: OP,
-            msg: format!(
-                "old is [{n_old}, {cols}] but n_new is {n_new}: growth cannot remove rows"
-            ),
+            msg: format!("old is [{n_old}, {cols}] but n_new is {n_new}: growth cannot remove rows"),
         });
     }
     let total = n_new.checked_mul(cols).ok_or_else(|| Error::Shape {
@@ -47,11 +45,10 @@ pub fn grow<T: Element>(old: MatRef<'_, T>, n_new: usize, init: &Init<'_>) -> Re
     })?;
     let added = total - old.data.len();
     let mut out: Vec<T> = Vec::new();
-    out.try_reserve_exact(total)
-        .map_err(|_| Error::InvalidArgument {
-            op: OP,
-            msg: format!("cannot allocate the grown tensor [{n_new}, {cols}]"),
-        })?;
+    out.try_reserve_exact(total).map_err(|_| Error::InvalidArgument {
+        op: OP,
+        msg: format!("cannot allocate the grown tensor [{n_new}, {cols}]"),
+    })?;
     out.extend_from_slice(old.data);
     match *init {
         Init::Zeros => out.resize(total, T::from_f64(0.0)),
@@ -78,9 +75,7 @@ pub fn grow<T: Element>(old: MatRef<'_, T>, n_new: usize, init: &Init<'_>) -> Re
             }
             // usize -> u64 is lossless on every supported target.
             let start = old.data.len() as u64;
-            out.extend(
-                (start..total as u64).map(|e| T::from_f64(f64::from(philox_normal(seed, e, std)))),
-            );
+            out.extend((start..total as u64).map(|e| T::from_f64(f64::from(philox_normal(seed, e, std)))));
         }
     }
     Ok(out)

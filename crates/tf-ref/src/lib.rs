@@ -57,8 +57,8 @@ pub use error::{Error, Result};
 pub use gelu::{erf, erfc, gelu};
 pub use grow::{grow, Init};
 pub use model::{
-    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams,
-    ModelParams, Slot, TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
+    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, ModelParams, Slot,
+    TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
 };
 pub use pattention::{linear, pattention, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};
@@ -68,18 +68,12 @@ pub use philox::{philox4x32_10, philox_normal};
 pub(crate) fn zeros(op: &'static str, len: usize) -> Result<Vec<f64>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len)
-        .map_err(|_| Error::InvalidArgument {
-            op,
-            msg: format!("cannot allocate an output of {len} elements"),
-        })?;
+        .map_err(|_| Error::InvalidArgument { op, msg: format!("cannot allocate an output of {len} elements") })?;
     v.resize(len, 0.0);
     Ok(v)
 }
 
 /// `a * b`, or a shape error naming `what` if it overflows `usize`.
 pub(crate) fn checked_mul(op: &'static str, what: &str, a: usize, b: usize) -> Result<usize> {
-    a.checked_mul(b).ok_or_else(|| Error::Shape {
-        op,
-        msg: format!("{what}: {a} x {b} overflows usize"),
-    })
+    a.checked_mul(b).ok_or_else(|| Error::Shape { op, msg: format!("{what}: {a} x {b} overflows usize") })
 }

@@ -45,15 +45,10 @@ impl FromStr for Norm {
 
     /// Parses an official name (as returned by [`Norm::name`]).
     fn from_str(s: &str) -> Result<Self> {
-        Norm::ALL
-            .into_iter()
-            .find(|n| n.name() == s)
-            .ok_or_else(|| Error::InvalidArgument {
-                op: "Norm::from_str",
-                msg: format!(
-                    "unknown norm {s:?}: expected one of \"l2_norm_gelu\", \"gelu_l2_norm\", \"softmax\""
-                ),
-            })
+        Norm::ALL.into_iter().find(|n| n.name() == s).ok_or_else(|| Error::InvalidArgument {
+            op: "Norm::from_str",
+            msg: format!("unknown norm {s:?}: expected one of \"l2_norm_gelu\", \"gelu_l2_norm\", \"softmax\""),
+        })
     }
 }
 
@@ -80,35 +75,21 @@ fn check_scores<T>(x: &MatRef<'_, T>, k_p: &MatRef<'_, T>, opts: &PattentionOpts
     if x.cols != k_p.cols {
         return Err(Error::Shape {
             op: OP,
-            msg: format!(
-                "x is [{}, {}] but k_p is [{}, {}]: d_in differs",
-                x.rows, x.cols, k_p.rows, k_p.cols
-            ),
+            msg: format!("x is [{}, {}] but k_p is [{}, {}]: d_in differs", x.rows, x.cols, k_p.rows, k_p.cols),
         });
     }
     if k_p.rows == 0 {
         return Err(Error::InvalidArgument {
             op: OP,
-            msg: format!(
-                "k_p is [0, {}]: at least one parameter token is needed",
-                k_p.cols
-            ),
+            msg: format!("k_p is [0, {}]: at least one parameter token is needed", k_p.cols),
         });
     }
     if !(opts.eps.is_finite() && opts.eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("eps must be finite and >= 0, got {}", opts.eps),
-        });
+        return Err(Error::InvalidArgument { op: OP, msg: format!("eps must be finite and >= 0, got {}", opts.eps) });
     }
     let n_ref = match opts.n_ref {
         None => k_p.rows,
-        Some(0) => {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: "n_ref must be >= 1, got 0".to_string(),
-            })
-        }
+        Some(0) => return Err(Error::InvalidArgument { op: OP, msg: "n_ref must be >= 1, got 0".to_string() }),
         Some(r) => r,
     };
     // usize -> f64 is exact below 2^53, far beyond any real token count.
@@ -162,11 +143,7 @@ fn normalise_row(a: &mut [f64], norm: Norm, n_ref: f64, eps: f64) {
 /// `x` is `[T, d_in]`, `k_p` is `[n, d_in]` with `n ≥ 1`; `T = 0` gives an empty
 /// result. Errors: mismatched shapes (the message names both), `n = 0`,
 /// `n_ref = Some(0)`, `eps` negative or not finite.
-pub fn pattention_scores<T: Element>(
-    x: MatRef<'_, T>,
-    k_p: MatRef<'_, T>,
-    opts: &PattentionOpts,
-) -> Result<Mat> {
+pub fn pattention_scores<T: Element>(x: MatRef<'_, T>, k_p: MatRef<'_, T>, opts: &PattentionOpts) -> Result<Mat> {
     let n_ref = check_scores(&x, &k_p, opts)?;
     let (t, n) = (x.rows, k_p.rows);
     let mut s = zeros(OP, checked_mul(OP, "scores [T, n]", t, n)?)?;
@@ -179,11 +156,7 @@ pub fn pattention_scores<T: Element>(
         }
         normalise_row(row, opts.norm, n_ref, opts.eps);
     }
-    Ok(Mat {
-        data: s,
-        rows: t,
-        cols: n,
-    })
+    Ok(Mat { data: s, rows: t, cols: n })
 }
 
 /// Pattention forward: `Y = Θ(X·K_Pᵀ) · V_P`.
@@ -202,10 +175,7 @@ pub fn pattention<T: Element>(
     if k_p.rows != v_p.rows {
         return Err(Error::Shape {
             op: OP,
-            msg: format!(
-                "k_p is [{}, {}] but v_p is [{}, {}]: n differs",
-                k_p.rows, k_p.cols, v_p.rows, v_p.cols
-            ),
+            msg: format!("k_p is [{}, {}] but v_p is [{}, {}]: n differs", k_p.rows, k_p.cols, v_p.rows, v_p.cols),
         });
     }
     let s = pattention_scores(x, k_p, opts)?;
@@ -220,11 +190,7 @@ pub fn pattention<T: Element>(
             }
         }
     }
-    Ok(Mat {
-        data: y,
-        rows: t,
-        cols: d_out,
-    })
+    Ok(Mat { data: y, rows: t, cols: d_out })
 }
 
 /// The dense baseline `y = x·wᵀ` (PyTorch `F.linear`, no bias): `x` is
@@ -251,9 +217,5 @@ pub fn linear<T: Element>(x: MatRef<'_, T>, w: MatRef<'_, T>) -> Result<Mat> {
             *yo = xi.iter().zip(wo).map(|(p, q)| p * q).sum();
         }
     }
-    Ok(Mat {
-        data: y,
-        rows: t,
-        cols: d_out,
-    })
+    Ok(Mat { data: y, rows: t, cols: d_out })
 }

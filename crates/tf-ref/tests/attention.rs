@@ -29,10 +29,7 @@ fn naive(
                 let s: Vec<Option<f64>> = (0..tk)
                     .map(|j| {
                         allowed(j).then(|| {
-                            scale
-                                * (0..d)
-                                    .map(|c| q[at(tq, bi, i, hi) + c] * k[at(tk, bi, j, hi) + c])
-                                    .sum::<f64>()
+                            scale * (0..d).map(|c| q[at(tq, bi, i, hi) + c] * k[at(tk, bi, j, hi) + c]).sum::<f64>()
                         })
                     })
                     .collect();
@@ -59,15 +56,7 @@ fn naive(
     (o, lse)
 }
 
-fn run(
-    q: &[f64],
-    k: &[f64],
-    v: &[f64],
-    qs: [usize; 4],
-    tk: usize,
-    causal: bool,
-    scale: Option<f64>,
-) -> AttnOut {
+fn run(q: &[f64], k: &[f64], v: &[f64], qs: [usize; 4], tk: usize, causal: bool, scale: Option<f64>) -> AttnOut {
     let ks = [qs[0], tk, qs[2], qs[3]];
     attention(
         Tensor4Ref::new(q, qs).unwrap(),
@@ -95,11 +84,7 @@ fn matches_naive_on_random_shapes() {
         let h = rng.random_range(1..=3);
         let d = rng.random_range(1..=9);
         let tq = rng.random_range(1..=11);
-        let tk = if case % 3 == 0 {
-            tq
-        } else {
-            rng.random_range(1..=11)
-        };
+        let tk = if case % 3 == 0 { tq } else { rng.random_range(1..=11) };
         let causal = case % 2 == 0;
         let scale = if case % 4 == 1 { Some(0.3) } else { None };
         let q = random(&mut rng, b * tq * h * d);
@@ -107,15 +92,7 @@ fn matches_naive_on_random_shapes() {
         let v = random(&mut rng, b * tk * h * d);
         let qs = [b, tq, h, d];
         let out = run(&q, &k, &v, qs, tk, causal, scale);
-        let (o, lse) = naive(
-            &q,
-            &k,
-            &v,
-            qs,
-            tk,
-            causal,
-            scale.unwrap_or(1.0 / (d as f64).sqrt()),
-        );
+        let (o, lse) = naive(&q, &k, &v, qs, tk, causal, scale.unwrap_or(1.0 / (d as f64).sqrt()));
         let what = format!("case {case}: q {qs:?} tk {tk} causal {causal}");
         assert_eq!(out.shape_o, qs);
         close(&out.o, &o, 1e-13, &format!("{what} o"));
@@ -240,41 +217,18 @@ fn shape_errors_name_the_shapes() {
     let k_b = vec![0.1f32; 7 * 3 * 16];
     let qt = Tensor4Ref::new(&q, [2, 5, 3, 16]).unwrap();
     let kt = Tensor4Ref::new(&k, [2, 7, 3, 16]).unwrap();
-    for (kk, shape, dim) in [
-        (&k_h, [2, 7, 4, 16], "H"),
-        (&k_d, [2, 7, 3, 8], "D"),
-        (&k_b, [1, 7, 3, 16], "B"),
-    ] {
+    for (kk, shape, dim) in [(&k_h, [2, 7, 4, 16], "H"), (&k_d, [2, 7, 3, 8], "D"), (&k_b, [1, 7, 3, 16], "B")] {
         let kx = Tensor4Ref::new(kk, shape).unwrap();
         let m = err(attention(qt, kx, kx, true, None)).to_string();
-        assert!(
-            m.contains("[2, 5, 3, 16]") && m.contains(&format!("{shape:?}")),
-            "{m}"
-        );
+        assert!(m.contains("[2, 5, 3, 16]") && m.contains(&format!("{shape:?}")), "{m}");
         assert!(m.contains(&format!("{dim} differs")), "{m}");
     }
     let kd = Tensor4Ref::new(&k_d, [2, 7, 3, 8]).unwrap();
     let m = err(attention(qt, kt, kd, false, None)).to_string();
-    assert!(
-        m.contains("[2, 7, 3, 16]") && m.contains("[2, 7, 3, 8]"),
-        "{m}"
-    );
+    assert!(m.contains("[2, 7, 3, 16]") && m.contains("[2, 7, 3, 8]"), "{m}");
     // A buffer that does not match its shape.
-    let m = err(attention(
-        Tensor4Ref {
-            data: &q[1..],
-            shape: [2, 5, 3, 16],
-        },
-        kt,
-        kt,
-        false,
-        None,
-    ))
-    .to_string();
-    assert!(
-        m.contains("[2, 5, 3, 16]") && m.contains("480") && m.contains("479"),
-        "{m}"
-    );
+    let m = err(attention(Tensor4Ref { data: &q[1..], shape: [2, 5, 3, 16] }, kt, kt, false, None)).to_string();
+    assert!(m.contains("[2, 5, 3, 16]") && m.contains("480") && m.contains("479"), "{m}");
     assert!(Tensor4Ref::new(&q, [2, 5, 3, 15]).is_err());
     assert!(Tensor4Ref::new(&q[..0], [usize::MAX, 2, 1, 1]).is_err());
 }
@@ -284,16 +238,10 @@ fn invalid_arguments_are_errors() {
     let q = [0.5f64; 4];
     let qt = Tensor4Ref::new(&q, [1, 2, 2, 1]).unwrap();
     for s in [f64::NAN, f64::INFINITY] {
-        assert!(matches!(
-            err(attention(qt, qt, qt, false, Some(s))),
-            Error::InvalidArgument { .. }
-        ));
+        assert!(matches!(err(attention(qt, qt, qt, false, Some(s))), Error::InvalidArgument { .. }));
     }
     let z = Tensor4Ref::new(&q[..0], [1, 2, 2, 0]).unwrap();
-    assert!(matches!(
-        err(attention(z, z, z, true, None)),
-        Error::InvalidArgument { .. }
-    ));
+    assert!(matches!(err(attention(z, z, z, true, None)), Error::InvalidArgument { .. }));
     // Empty batch: an empty result, even with absurd other sizes.
     let e = Tensor4Ref::<f64>::new(&[], [0, usize::MAX, 3, 4]).unwrap();
     let out = attention(e, e, e, true, None).unwrap();

@@ -9,14 +9,9 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "tf-ref-golden-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("tf-ref-golden-{tag}-{}-{nanos}", std::process::id()));
         TempDir(p)
     }
 }
@@ -43,10 +38,7 @@ fn write_read_recompute() {
     let dir = TempDir::new("rt");
     let seed = 12345;
     let paths = write_all(&dir.0, seed).unwrap();
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = paths.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for want in [
         "pattention_l2_norm_gelu.safetensors",
         "pattention_gelu_l2_norm.safetensors",
@@ -58,10 +50,7 @@ fn write_read_recompute() {
         "grow_zeros.safetensors",
         "grow_normal.safetensors",
     ] {
-        assert!(
-            names.iter().any(|n| n == want),
-            "{want} missing from {names:?}"
-        );
+        assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
     }
     for p in &paths {
         assert_eq!(verify(p).unwrap(), 0.0, "{}", p.display());
@@ -69,10 +58,7 @@ fn write_read_recompute() {
         assert_eq!(meta["seed"], seed.to_string());
         for (name, (shape, data)) in &t {
             assert_eq!(shape.iter().product::<usize>(), data.len(), "{name}");
-            assert!(
-                data.iter().all(|v| v.is_finite()),
-                "{name} has non-finite values"
-            );
+            assert!(data.iter().all(|v| v.is_finite()), "{name} has non-finite values");
         }
         // Independent recomputation through the public API (not `verify`).
         match meta["op"].as_str() {
@@ -104,11 +90,7 @@ fn write_read_recompute() {
             "grow" => {
                 let (old, new) = (&t["old"], &t["new"]);
                 assert_eq!((old.0.clone(), new.0.clone()), (vec![50, 24], vec![77, 24]));
-                assert!(old
-                    .1
-                    .iter()
-                    .zip(&new.1)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(old.1.iter().zip(&new.1).all(|(a, b)| a.to_bits() == b.to_bits()));
                 let tail = &new.1[old.1.len()..];
                 match meta["init"].as_str() {
                     "zeros" => assert!(tail.iter().all(|&v| v == 0.0)),
@@ -147,11 +129,7 @@ fn pinned_n_ref_metadata_only_when_pinned() {
         let (_, meta) = read(p).unwrap();
         let name = p.file_name().unwrap().to_string_lossy();
         if name.starts_with("pattention") {
-            assert_eq!(
-                meta.contains_key("n_ref"),
-                name.contains("nref64"),
-                "{name}"
-            );
+            assert_eq!(meta.contains_key("n_ref"), name.contains("nref64"), "{name}");
             if name.contains("nref64") {
                 assert_eq!(meta["n_ref"], "64");
             }

@@ -6,29 +6,17 @@ use tf_ref::{grow, philox4x32_10, philox_normal, Error, Init, MatRef};
 #[test]
 fn philox_known_answers() {
     // Random123 kat_vectors, philox4x32_10.
+    assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+    assert_eq!(philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]), [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]);
     assert_eq!(
-        philox4x32_10([0; 4], [0; 2]),
-        [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]
-    );
-    assert_eq!(
-        philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]),
-        [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
-    );
-    assert_eq!(
-        philox4x32_10(
-            [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
-            [0xa4093822, 0x299f31d0]
-        ),
+        philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
         [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
     );
 }
 
 /// The normal stream recomputed from the documented definition.
 fn normal_by_definition(seed: u64, e: u64, std: f32) -> f32 {
-    let w = philox4x32_10(
-        [e as u32, (e >> 32) as u32, 0, 0],
-        [seed as u32, (seed >> 32) as u32],
-    );
+    let w = philox4x32_10([e as u32, (e >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32]);
     let u1 = (f64::from(w[0]) + 1.0) / 4294967296.0;
     let u2 = f64::from(w[1]) / 4294967296.0;
     (f64::from(std) * (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
@@ -36,13 +24,7 @@ fn normal_by_definition(seed: u64, e: u64, std: f32) -> f32 {
 
 #[test]
 fn philox_normal_follows_its_definition() {
-    for (seed, e) in [
-        (0u64, 0u64),
-        (1, 1),
-        (0xdead_beef_0123_4567, 5),
-        (42, 0x1_0000_0003),
-        (u64::MAX, u64::MAX),
-    ] {
+    for (seed, e) in [(0u64, 0u64), (1, 1), (0xdead_beef_0123_4567, 5), (42, 0x1_0000_0003), (u64::MAX, u64::MAX)] {
         assert_eq!(
             philox_normal(seed, e, 0.02).to_bits(),
             normal_by_definition(seed, e, 0.02).to_bits(),
@@ -50,40 +32,27 @@ fn philox_normal_follows_its_definition() {
         );
     }
     // The high words of seed and element matter.
-    assert_ne!(
-        philox_normal(1, 7, 1.0),
-        philox_normal(1 | (1 << 32), 7, 1.0)
-    );
-    assert_ne!(
-        philox_normal(1, 7, 1.0),
-        philox_normal(1, 7 | (1 << 32), 1.0)
-    );
+    assert_ne!(philox_normal(1, 7, 1.0), philox_normal(1 | (1 << 32), 7, 1.0));
+    assert_ne!(philox_normal(1, 7, 1.0), philox_normal(1, 7 | (1 << 32), 1.0));
     assert_eq!(philox_normal(9, 9, 0.0), 0.0);
 }
 
 #[test]
 fn philox_normal_has_the_right_moments() {
     let n = 40_000u64;
-    let xs: Vec<f64> = (0..n)
-        .map(|e| f64::from(philox_normal(2024, e, 0.5)))
-        .collect();
+    let xs: Vec<f64> = (0..n).map(|e| f64::from(philox_normal(2024, e, 0.5))).collect();
     let mean = xs.iter().sum::<f64>() / n as f64;
     let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
     // Standard errors: mean 0.5/200 = 0.0025, variance 0.25·sqrt(2/n) ≈ 0.0018.
     assert!(mean.abs() < 0.0125, "mean {mean}");
     assert!((var - 0.25).abs() < 0.01, "variance {var}");
     let within_1sd = xs.iter().filter(|x| x.abs() < 0.5).count() as f64 / n as f64;
-    assert!(
-        (within_1sd - 0.6827).abs() < 0.01,
-        "P(|x| < σ) = {within_1sd}"
-    );
+    assert!((within_1sd - 0.6827).abs() < 0.01, "P(|x| < σ) = {within_1sd}");
 }
 
 fn old_rows(rows: usize, cols: usize) -> Vec<f32> {
     // Includes values whose bit patterns matter: -0, subnormal, NaN payload.
-    let mut v: Vec<f32> = (0..rows * cols)
-        .map(|i| (i as f32 * 0.37).sin() * 0.02)
-        .collect();
+    let mut v: Vec<f32> = (0..rows * cols).map(|i| (i as f32 * 0.37).sin() * 0.02).collect();
     v[0] = -0.0;
     v[1] = f32::from_bits(1);
     v[2] = f32::from_bits(0x7fc0_1234);
@@ -95,23 +64,11 @@ fn growth_keeps_old_rows_bit_identical() {
     let (n_old, cols, n_new) = (50, 24, 77);
     let old = old_rows(n_old, cols);
     let m = MatRef::new(&old, n_old, cols).unwrap();
-    let rows: Vec<f64> = (0..(n_new - n_old) * cols)
-        .map(|i| i as f64 * 0.5)
-        .collect();
-    for init in [
-        Init::Zeros,
-        Init::Rows(&rows),
-        Init::Normal {
-            std: 0.02,
-            seed: 99,
-        },
-    ] {
+    let rows: Vec<f64> = (0..(n_new - n_old) * cols).map(|i| i as f64 * 0.5).collect();
+    for init in [Init::Zeros, Init::Rows(&rows), Init::Normal { std: 0.02, seed: 99 }] {
         let new = grow(m, n_new, &init).unwrap();
         assert_eq!(new.len(), n_new * cols, "{init:?}");
-        let same = new[..old.len()]
-            .iter()
-            .zip(&old)
-            .all(|(a, b)| a.to_bits() == b.to_bits());
+        let same = new[..old.len()].iter().zip(&old).all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "{init:?}: old rows changed");
         let tail = &new[old.len()..];
         match init {
@@ -145,22 +102,14 @@ fn normal_growth_is_deterministic_and_step_independent() {
     assert!(a.iter().zip(&two).all(|(x, y)| x.to_bits() == y.to_bits()));
     // No-op growth.
     let same = grow(m, 50, &init).unwrap();
-    assert!(same
-        .iter()
-        .zip(&old)
-        .all(|(x, y)| x.to_bits() == y.to_bits()));
+    assert!(same.iter().zip(&old).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
 #[test]
 fn growth_rounds_to_the_storage_type() {
     let old = [f16::from_f32(1.0); 2];
     let m = MatRef::new(&old, 1, 2).unwrap();
-    let new = grow(
-        m,
-        2,
-        &Init::Rows(&[1.0 + 2f64.powi(-11) + 2f64.powi(-30), -3.0]),
-    )
-    .unwrap();
+    let new = grow(m, 2, &Init::Rows(&[1.0 + 2f64.powi(-11) + 2f64.powi(-30), -3.0])).unwrap();
     assert_eq!(new[2].to_f64(), 1.0 + 2f64.powi(-10));
     assert_eq!(new[3].to_f64(), -3.0);
     let old = [bf16::ZERO; 3];
@@ -184,28 +133,15 @@ fn growth_errors() {
     let rows = vec![0.0; 26 * 24 + 1];
     match grow(m, 77, &Init::Rows(&rows)) {
         Err(Error::Shape { msg, .. }) => {
-            assert!(
-                msg.contains("648") && msg.contains("625") && msg.contains("[77, 24]"),
-                "{msg}"
-            )
+            assert!(msg.contains("648") && msg.contains("625") && msg.contains("[77, 24]"), "{msg}")
         }
         other => panic!("expected Shape, got {other:?}"),
     }
     for std in [-1.0f32, f32::NAN, f32::INFINITY] {
-        assert!(matches!(
-            grow(m, 77, &Init::Normal { std, seed: 0 }),
-            Err(Error::InvalidArgument { .. })
-        ));
+        assert!(matches!(grow(m, 77, &Init::Normal { std, seed: 0 }), Err(Error::InvalidArgument { .. })));
     }
     assert!(grow(m, usize::MAX, &Init::Zeros).is_err());
-    let lying = MatRef {
-        data: &old[..5],
-        rows: 50,
-        cols: 24,
-    };
+    let lying = MatRef { data: &old[..5], rows: 50, cols: 24 };
     let e = grow(lying, 77, &Init::Zeros).unwrap_err().to_string();
-    assert!(
-        e.starts_with("grow: ") && e.contains("[50, 24]") && e.contains('5'),
-        "{e}"
-    );
+    assert!(e.starts_with("grow: ") && e.contains("[50, 24]") && e.contains('5'), "{e}");
 }

@@ -4,8 +4,8 @@
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::PathBuf;
 use tf_ref::{
-    block_forward, layer_norm, model_forward, rotary, BlockParams, Error, Mat, MatRef, ModelParams,
-    Norm, Slot, TokenformerConfig, CONFIG_NAMES,
+    block_forward, layer_norm, model_forward, rotary, BlockParams, Error, Mat, MatRef, ModelParams, Norm, Slot,
+    TokenformerConfig, CONFIG_NAMES,
 };
 
 /// A fresh file path under the system temp dir, removed on drop.
@@ -13,14 +13,9 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        TempFile(std::env::temp_dir().join(format!(
-            "tf-ref-model-{tag}-{}-{nanos}.safetensors",
-            std::process::id()
-        )))
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        TempFile(std::env::temp_dir().join(format!("tf-ref-model-{tag}-{}-{nanos}.safetensors", std::process::id())))
     }
 }
 
@@ -47,10 +42,7 @@ fn values(seed: u64, len: usize) -> Vec<f64> {
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 fn tiny() -> TokenformerConfig {
@@ -125,15 +117,7 @@ fn layer_norm_rejects_bad_arguments() {
 fn rotary_at_position_0_is_identity() {
     let (heads, hd) = (3, 16);
     let x = values(5, heads * hd);
-    let y = rotary(
-        MatRef::new(&x, 1, heads * hd).unwrap(),
-        heads,
-        hd,
-        0.25,
-        1e4,
-        0,
-    )
-    .unwrap();
+    let y = rotary(MatRef::new(&x, 1, heads * hd).unwrap(), heads, hd, 0.25, 1e4, 0).unwrap();
     assert_eq!(y.data, x);
 }
 
@@ -141,15 +125,7 @@ fn rotary_at_position_0_is_identity() {
 fn rotary_preserves_the_norm_of_each_rotated_pair() {
     let (t, heads, hd, pct) = (7, 2, 16, 0.5);
     let x = values(6, t * heads * hd);
-    let y = rotary(
-        MatRef::new(&x, t, heads * hd).unwrap(),
-        heads,
-        hd,
-        pct,
-        1e4,
-        5,
-    )
-    .unwrap();
+    let y = rotary(MatRef::new(&x, t, heads * hd).unwrap(), heads, hd, pct, 1e4, 5).unwrap();
     let half = 4; // rot_dim = 16 · 0.5 = 8
     let mut moved = 0.0_f64;
     for r in 0..t {
@@ -179,31 +155,13 @@ fn rotary_matches_a_hand_computed_case() {
     // θ = [3, 0.03]; pairs (x0, x2) and (x1, x3).
     let (c0, s0) = (3.0f64.cos(), 3.0f64.sin());
     let (c1, s1) = (0.03f64.cos(), 0.03f64.sin());
-    let want = [
-        1.0 * c0 - 3.0 * s0,
-        2.0 * c1 - 4.0 * s1,
-        3.0 * c0 + 1.0 * s0,
-        4.0 * c1 + 2.0 * s1,
-        5.0,
-        6.0,
-        7.0,
-        8.0,
-    ];
+    let want = [1.0 * c0 - 3.0 * s0, 2.0 * c1 - 4.0 * s1, 3.0 * c0 + 1.0 * s0, 4.0 * c1 + 2.0 * s1, 5.0, 6.0, 7.0, 8.0];
     let y = rotary(MatRef::new(&x4, 4, 8).unwrap(), 1, 8, 0.5, 1e4, 0).unwrap();
     let got = y.row(3).unwrap();
     assert!(max_abs_diff(got, &want) < 1e-15, "{got:?} vs {want:?}");
 
     // rotary_pct 0.25: rot_dim 2, one pair (x0, x1) at θ = 3.
-    let want = [
-        1.0 * c0 - 2.0 * s0,
-        2.0 * c0 + 1.0 * s0,
-        3.0,
-        4.0,
-        5.0,
-        6.0,
-        7.0,
-        8.0,
-    ];
+    let want = [1.0 * c0 - 2.0 * s0, 2.0 * c0 + 1.0 * s0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
     let y = rotary(MatRef::new(&x, 1, 8).unwrap(), 1, 8, 0.25, 1e4, 3).unwrap();
     assert!(max_abs_diff(&y.data, &want) < 1e-15, "{:?}", y.data);
 }
@@ -213,24 +171,8 @@ fn rotary_offset_shifts_positions() {
     let (heads, hd, k) = (4, 16, 6);
     let row = values(7, heads * hd);
     let rep: Vec<f64> = (0..=k).flat_map(|_| row.iter().copied()).collect();
-    let full = rotary(
-        MatRef::new(&rep, k + 1, heads * hd).unwrap(),
-        heads,
-        hd,
-        0.25,
-        1e4,
-        0,
-    )
-    .unwrap();
-    let one = rotary(
-        MatRef::new(&row, 1, heads * hd).unwrap(),
-        heads,
-        hd,
-        0.25,
-        1e4,
-        k,
-    )
-    .unwrap();
+    let full = rotary(MatRef::new(&rep, k + 1, heads * hd).unwrap(), heads, hd, 0.25, 1e4, 0).unwrap();
+    let one = rotary(MatRef::new(&row, 1, heads * hd).unwrap(), heads, hd, 0.25, 1e4, k).unwrap();
     assert_eq!(one.row(0).unwrap(), full.row(k).unwrap());
     assert_ne!(one.row(0).unwrap(), full.row(k - 1).unwrap());
 }
@@ -282,11 +224,7 @@ fn released_configs_validate_with_their_head_dims() {
     assert!(bad.validate().unwrap_err().to_string().contains("heads"));
     let mut bad = tiny();
     bad.ffn_slots = 0;
-    assert!(bad
-        .validate()
-        .unwrap_err()
-        .to_string()
-        .contains("ffn_slots"));
+    assert!(bad.validate().unwrap_err().to_string().contains("ffn_slots"));
     let mut bad = tiny();
     bad.rotary_pct = 0.3125; // 16 · 0.3125 = 5: odd
     assert!(bad.validate().is_err());
@@ -304,20 +242,11 @@ fn param_counts_follow_the_formula() {
         let exact = c.vocab * c.d + c.layers * per_block + 2 * c.d;
         assert_eq!(c.param_count(), exact, "{name}");
         // And it is the sum of the checkpoint tensors' sizes.
-        let total: usize = c
-            .tensor_names()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let total: usize = c.tensor_names().iter().map(|(_, s)| s.iter().product::<usize>()).sum();
         assert_eq!(total, exact, "{name}");
     }
     // Released Pile configs (qkv = proj = d, ffn = 4d): 16·L·d² + V·d (+ 2d norm).
-    for (name, nominal) in [
-        ("150m", 150e6),
-        ("450m", 450e6),
-        ("900m", 900e6),
-        ("1.5b", 1.5e9),
-    ] {
+    for (name, nominal) in [("150m", 150e6), ("450m", 450e6), ("900m", 900e6), ("1.5b", 1.5e9)] {
         let c = TokenformerConfig::by_name(name).unwrap();
         let approx = 16 * c.layers * c.d * c.d + c.vocab * c.d;
         assert_eq!(c.param_count(), approx + 2 * c.d, "{name}");
@@ -367,10 +296,7 @@ fn tiny_forward_gives_finite_logits_of_shape_t_by_vocab() {
     assert!(logits.data.iter().any(|&v| v.abs() > 1e-3));
     // The same token at different positions gets different logits (rotary, context).
     assert_ne!(logits.row(3), logits.row(4));
-    assert_eq!(
-        model_forward(&cfg, &p, &[]).unwrap().shape(),
-        [0, cfg.vocab]
-    );
+    assert_eq!(model_forward(&cfg, &p, &[]).unwrap().shape(), [0, cfg.vocab]);
 }
 
 #[test]
@@ -384,38 +310,10 @@ fn forward_rejects_bad_input() {
     let mut broken = p.clone();
     broken.blocks[1].proj.1.pop();
     let err = model_forward(&cfg, &broken, &[1]).unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("sequential.3.attention.proj.value_param_tokens"),
-        "{err}"
-    );
-    let err = block_forward(
-        &cfg,
-        &broken.blocks[1],
-        &Mat {
-            data: vec![0.0; 64],
-            rows: 1,
-            cols: 64,
-        },
-        0,
-    )
-    .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("attention.proj.value_param_tokens"),
-        "{err}"
-    );
-    let err = block_forward(
-        &cfg,
-        &p.blocks[0],
-        &Mat {
-            data: vec![0.0; 63],
-            rows: 1,
-            cols: 63,
-        },
-        0,
-    )
-    .unwrap_err();
+    assert!(err.to_string().contains("sequential.3.attention.proj.value_param_tokens"), "{err}");
+    let err = block_forward(&cfg, &broken.blocks[1], &Mat { data: vec![0.0; 64], rows: 1, cols: 64 }, 0).unwrap_err();
+    assert!(err.to_string().contains("attention.proj.value_param_tokens"), "{err}");
+    let err = block_forward(&cfg, &p.blocks[0], &Mat { data: vec![0.0; 63], rows: 1, cols: 63 }, 0).unwrap_err();
     assert!(err.to_string().contains("[1, 63]"), "{err}");
     let mut short = p.clone();
     short.blocks.pop();
@@ -452,9 +350,7 @@ fn naive_block(cfg: &TokenformerConfig, p: &BlockParams, x: &[f64], t: usize) ->
             .flat_map(|r| {
                 let m = r.iter().sum::<f64>() / d as f64;
                 let var = r.iter().map(|a| (a - m).powi(2)).sum::<f64>() / d as f64;
-                r.iter()
-                    .map(move |a| (a - m) / (var + 1e-5).sqrt())
-                    .collect::<Vec<_>>()
+                r.iter().map(move |a| (a - m) / (var + 1e-5).sqrt()).collect::<Vec<_>>()
             })
             .collect()
     };
@@ -463,11 +359,7 @@ fn naive_block(cfg: &TokenformerConfig, p: &BlockParams, x: &[f64], t: usize) ->
             MatRef::new(h, t, d).unwrap(),
             MatRef::new(&tok.0, n, d).unwrap(),
             MatRef::new(&tok.1, n, d).unwrap(),
-            &tf_ref::PattentionOpts {
-                norm: cfg.norm,
-                n_ref,
-                eps: 0.0,
-            },
+            &tf_ref::PattentionOpts { norm: cfg.norm, n_ref, eps: 0.0 },
         )
         .unwrap()
         .data
@@ -483,11 +375,7 @@ fn naive_block(cfg: &TokenformerConfig, p: &BlockParams, x: &[f64], t: usize) ->
                     let f = j % (rot / 2);
                     let theta = i as f64 / cfg.rotary_base.powf(2.0 * f as f64 / rot as f64);
                     // rotate_half: [-x2, x1]
-                    let rh = if j < rot / 2 {
-                        -old[j + rot / 2]
-                    } else {
-                        old[j - rot / 2]
-                    };
+                    let rh = if j < rot / 2 { -old[j + rot / 2] } else { old[j - rot / 2] };
                     v[o + j] = old[j] * theta.cos() + rh * theta.sin();
                 }
             }
@@ -504,10 +392,7 @@ fn naive_block(cfg: &TokenformerConfig, p: &BlockParams, x: &[f64], t: usize) ->
         for i in 0..t {
             let s: Vec<f64> = (0..=i)
                 .map(|j| {
-                    (0..hd)
-                        .map(|c| q[i * d + h * hd + c] * k[j * d + h * hd + c])
-                        .sum::<f64>()
-                        / (hd as f64).sqrt()
+                    (0..hd).map(|c| q[i * d + h * hd + c] * k[j * d + h * hd + c]).sum::<f64>() / (hd as f64).sqrt()
                 })
                 .collect();
             let m = s.iter().cloned().fold(f64::MIN, f64::max);
@@ -534,17 +419,7 @@ fn block_forward_matches_a_naive_composition() {
     let t = 6;
     let x = values(13, t * cfg.d);
     let want = naive_block(&cfg, &p.blocks[0], &x, t);
-    let got = block_forward(
-        &cfg,
-        &p.blocks[0],
-        &Mat {
-            data: x,
-            rows: t,
-            cols: cfg.d,
-        },
-        0,
-    )
-    .unwrap();
+    let got = block_forward(&cfg, &p.blocks[0], &Mat { data: x, rows: t, cols: cfg.d }, 0).unwrap();
     let diff = max_abs_diff(&got.data, &want);
     assert!(diff < 1e-12, "block differs from the spec by {diff}");
 }
@@ -560,10 +435,7 @@ fn model_forward_matches_its_definition() {
     let tokens = [5u32, 500, 5, 64];
     let d = cfg.d;
     let mut h = Mat {
-        data: tokens
-            .iter()
-            .flat_map(|&id| p.embedding[id as usize * d..(id as usize + 1) * d].to_vec())
-            .collect(),
+        data: tokens.iter().flat_map(|&id| p.embedding[id as usize * d..(id as usize + 1) * d].to_vec()).collect(),
         rows: tokens.len(),
         cols: d,
     };
@@ -575,11 +447,8 @@ fn model_forward_matches_its_definition() {
         let r = h.row(i).unwrap();
         let m = r.iter().sum::<f64>() / d as f64;
         let var = r.iter().map(|a| (a - m).powi(2)).sum::<f64>() / d as f64;
-        let normed: Vec<f64> = (0..d)
-            .map(|c| {
-                (r[c] - m) / (var + 1e-5).sqrt() * p.final_norm_weight[c] + p.final_norm_bias[c]
-            })
-            .collect();
+        let normed: Vec<f64> =
+            (0..d).map(|c| (r[c] - m) / (var + 1e-5).sqrt() * p.final_norm_weight[c] + p.final_norm_bias[c]).collect();
         for e in p.embedding.chunks(d) {
             want.push(normed.iter().zip(e).map(|(a, b)| a * b).sum::<f64>());
         }
@@ -596,11 +465,7 @@ fn block_forward_is_translation_invariant() {
     // (or to v) would.
     let cfg = tiny();
     let p = ModelParams::init(&cfg, 3).unwrap();
-    let x = Mat {
-        data: values(9, 4 * cfg.d),
-        rows: 4,
-        cols: cfg.d,
-    };
+    let x = Mat { data: values(9, 4 * cfg.d), rows: 4, cols: cfg.d };
     let a = block_forward(&cfg, &p.blocks[0], &x, 0).unwrap();
     let b = block_forward(&cfg, &p.blocks[0], &x, 1000).unwrap();
     assert_eq!(a.shape(), [4, cfg.d]);
@@ -619,10 +484,7 @@ fn preserving_growth_keeps_logits_and_plain_growth_changes_them() {
 
     let mut kept = p.clone();
     let grown = kept.grow(&cfg, 96, 80, 200, true, 99).unwrap();
-    assert_eq!(
-        (grown.qkv_slots, grown.proj_slots, grown.ffn_slots),
-        (96, 80, 200)
-    );
+    assert_eq!((grown.qkv_slots, grown.proj_slots, grown.ffn_slots), (96, 80, 200));
     kept.check(&grown).unwrap();
     assert_eq!(kept.blocks[1].n_ref(Slot::Ffn), Some(128));
     assert_eq!(kept.blocks[0].n_ref(Slot::Query), Some(64));
@@ -646,10 +508,7 @@ fn preserving_growth_keeps_logits_and_plain_growth_changes_them() {
     assert_eq!(plain.blocks[0].n_ref, [None; 5]);
     let changed = model_forward(&grown_plain, &plain, &TOKENS).unwrap();
     let diff = max_abs_diff(&before.data, &changed.data);
-    assert!(
-        diff > 1e-6,
-        "plain growth left the logits unchanged ({diff})"
-    );
+    assert!(diff > 1e-6, "plain growth left the logits unchanged ({diff})");
 }
 
 #[test]
@@ -675,10 +534,7 @@ fn plain_growth_continues_the_init_stream_and_bad_growth_is_refused() {
     let mut soft = cfg.clone();
     soft.norm = Norm::Softmax;
     assert!(r.grow(&soft, 64, 64, 256, true, 0).is_err());
-    assert_eq!(
-        r, snapshot,
-        "a failed growth must leave the parameters alone"
-    );
+    assert_eq!(r, snapshot, "a failed growth must leave the parameters alone");
 }
 
 // ---------------------------------------------------------------- checkpoints
@@ -689,38 +545,11 @@ fn tensor_names_are_the_official_keys() {
     let p = ModelParams::init(&cfg, 0).unwrap();
     let names = p.tensor_names(&cfg);
     assert_eq!(names.len(), 1 + 10 * cfg.layers + 2);
-    assert_eq!(
-        names[0],
-        (
-            "sequential.0.word_embeddings.weight".to_string(),
-            vec![512, 64]
-        )
-    );
-    assert_eq!(
-        names[1],
-        (
-            "sequential.2.attention.query.key_param_tokens".to_string(),
-            vec![64, 64]
-        )
-    );
-    assert_eq!(
-        names[8],
-        (
-            "sequential.2.attention.proj.value_param_tokens".to_string(),
-            vec![64, 64]
-        )
-    );
-    assert_eq!(
-        names[20],
-        (
-            "sequential.3.mlp.value_param_tokens".to_string(),
-            vec![128, 64]
-        )
-    );
-    assert_eq!(
-        names[21],
-        ("sequential.5.norm.weight".to_string(), vec![64])
-    );
+    assert_eq!(names[0], ("sequential.0.word_embeddings.weight".to_string(), vec![512, 64]));
+    assert_eq!(names[1], ("sequential.2.attention.query.key_param_tokens".to_string(), vec![64, 64]));
+    assert_eq!(names[8], ("sequential.2.attention.proj.value_param_tokens".to_string(), vec![64, 64]));
+    assert_eq!(names[20], ("sequential.3.mlp.value_param_tokens".to_string(), vec![128, 64]));
+    assert_eq!(names[21], ("sequential.5.norm.weight".to_string(), vec![64]));
     assert_eq!(names[22], ("sequential.5.norm.bias".to_string(), vec![64]));
 }
 
@@ -729,14 +558,8 @@ fn safetensors_round_trip() {
     let cfg = tiny();
     let mut p = ModelParams::init(&cfg, 5).unwrap();
     // Non-trivial norm weights, and pinned n_refs from a preserving growth.
-    p.final_norm_weight = values(10, cfg.d)
-        .iter()
-        .map(|&v| f64::from(v as f32))
-        .collect();
-    p.final_norm_bias = values(11, cfg.d)
-        .iter()
-        .map(|&v| f64::from(v as f32))
-        .collect();
+    p.final_norm_weight = values(10, cfg.d).iter().map(|&v| f64::from(v as f32)).collect();
+    p.final_norm_bias = values(11, cfg.d).iter().map(|&v| f64::from(v as f32)).collect();
     let grown = p.grow(&cfg, 72, 64, 136, true, 3).unwrap();
     let f = TempFile::new("roundtrip");
     p.save_safetensors(&grown, &f.0).unwrap();
@@ -746,10 +569,7 @@ fn safetensors_round_trip() {
     assert_eq!(q.blocks[1].n_ref(Slot::Proj), None); // proj did not grow
                                                      // Loading with the wrong config is refused, naming a key.
     let err = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err();
-    assert!(
-        err.to_string().contains("sequential.2.attention.query"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("sequential.2.attention.query"), "{err}");
 }
 
 /// Saves `p`, then rewrites the file through `edit` of its (name, dtype, shape, bytes) list.
@@ -763,21 +583,11 @@ fn rewritten(
     p.save_safetensors(cfg, &f.0).unwrap();
     let buf = std::fs::read(&f.0).unwrap();
     let st = SafeTensors::deserialize(&buf).unwrap();
-    let mut list: Vec<(String, Vec<usize>, Vec<u8>)> = st
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
+    let mut list: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
     edit(&mut list);
-    let views: Vec<(String, TensorView<'_>)> = list
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
+    let views: Vec<(String, TensorView<'_>)> =
+        list.iter().map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap())).collect();
     let bytes = safetensors::serialize(views, None).unwrap();
     std::fs::write(&f.0, bytes).unwrap();
     f
@@ -797,24 +607,17 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     let err = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Shape { .. }), "{msg}");
-    assert!(
-        msg.contains(key) && msg.contains("[127, 64]") && msg.contains("[128, 64]"),
-        "{msg}"
-    );
+    assert!(msg.contains(key) && msg.contains("[127, 64]") && msg.contains("[128, 64]"), "{msg}");
 
     let f = rewritten("missing", &cfg, &p, |l| l.retain(|t| t.0 != key));
-    let msg = ModelParams::load_safetensors(&cfg, &f.0)
-        .unwrap_err()
-        .to_string();
+    let msg = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err().to_string();
     assert!(msg.contains("missing") && msg.contains(key), "{msg}");
 
     let extra = "sequential.4.mlp.key_param_tokens";
     let f = rewritten("extra", &cfg, &p, |l| {
         l.push((extra.to_string(), vec![2, 2], vec![0; 16]));
     });
-    let msg = ModelParams::load_safetensors(&cfg, &f.0)
-        .unwrap_err()
-        .to_string();
+    let msg = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err().to_string();
     assert!(msg.contains("unexpected") && msg.contains(extra), "{msg}");
 
     // The unmodified rewrite loads (so the failures above are the edits' doing).
@@ -825,13 +628,7 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     let mut broken: ModelParams = p.clone();
     let b: &mut BlockParams = &mut broken.blocks[0];
     b.k.0.truncate(10);
-    let err = broken
-        .save_safetensors(&cfg, &TempFile::new("bad").0)
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("sequential.2.attention.key.key_param_tokens"),
-        "{err}"
-    );
+    let err = broken.save_safetensors(&cfg, &TempFile::new("bad").0).unwrap_err();
+    assert!(err.to_string().contains("sequential.2.attention.key.key_param_tokens"), "{err}");
     assert!(ModelParams::load_safetensors(&cfg, "/nonexistent/x.safetensors").is_err());
 }

@@ -3,9 +3,7 @@
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_ref::{
-    linear, pattention, pattention_scores, Element, Error, Mat, MatRef, Norm, PattentionOpts,
-};
+use tf_ref::{linear, pattention, pattention_scores, Element, Error, Mat, MatRef, Norm, PattentionOpts};
 
 // gelu(±1), gelu(±2) from the standard table (0.5·x·(1 + erf(x/√2))).
 const GELU_1: f64 = 0.8413447460685429;
@@ -15,19 +13,13 @@ const GELU_M2: f64 = -0.04550026389635842;
 const TANH_1: f64 = 0.7615941559557649;
 
 fn opts(norm: Norm) -> PattentionOpts {
-    PattentionOpts {
-        norm,
-        ..Default::default()
-    }
+    PattentionOpts { norm, ..Default::default() }
 }
 
 fn close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * w.abs().max(1.0),
-            "element {i}: got {g:e}, want {w:e}"
-        );
+        assert!((g - w).abs() <= tol * w.abs().max(1.0), "element {i}: got {g:e}, want {w:e}");
     }
 }
 
@@ -45,10 +37,7 @@ fn hand(o: &PattentionOpts) -> (Mat, Mat) {
     let x = MatRef::new(&X, 1, 2).unwrap();
     let k = MatRef::new(&KP, 2, 2).unwrap();
     let v = MatRef::new(&VP, 2, 2).unwrap();
-    (
-        pattention_scores(x, k, o).unwrap(),
-        pattention(x, k, v, o).unwrap(),
-    )
+    (pattention_scores(x, k, o).unwrap(), pattention(x, k, v, o).unwrap())
 }
 
 #[test]
@@ -56,21 +45,14 @@ fn hand_case_l2_norm_gelu() {
     let (s, y) = hand(&opts(Norm::L2NormGelu));
     close(&s.data, &[GELU_1, GELU_M1], 1e-15);
     // y = gelu(1)·[2, 1] + gelu(−1)·[4, −3]
-    close(
-        &y.data,
-        &[2.0 * GELU_1 + 4.0 * GELU_M1, GELU_1 - 3.0 * GELU_M1],
-        1e-15,
-    );
+    close(&y.data, &[2.0 * GELU_1 + 4.0 * GELU_M1, GELU_1 - 3.0 * GELU_M1], 1e-15);
     assert_eq!(y.shape(), [1, 2]);
 }
 
 #[test]
 fn hand_case_pinned_n_ref_doubles_the_argument() {
     // n_ref = 8: scale √8/√2 = 2, so S = [gelu(2), gelu(−2)].
-    let o = PattentionOpts {
-        n_ref: Some(8),
-        ..Default::default()
-    };
+    let o = PattentionOpts { n_ref: Some(8), ..Default::default() };
     let (s, _) = hand(&o);
     close(&s.data, &[GELU_2, GELU_M2], 1e-15);
 }
@@ -78,10 +60,7 @@ fn hand_case_pinned_n_ref_doubles_the_argument() {
 #[test]
 fn hand_case_eps_enters_the_denominator() {
     // eps = √2: scale √2/(√2 + √2) = 1/2, S = [gelu(0.5), gelu(−0.5)].
-    let o = PattentionOpts {
-        eps: std::f64::consts::SQRT_2,
-        ..Default::default()
-    };
+    let o = PattentionOpts { eps: std::f64::consts::SQRT_2, ..Default::default() };
     let (s, _) = hand(&o);
     close(&s.data, &[0.34573123063700656, -0.15426876936299344], 1e-15);
 }
@@ -113,26 +92,14 @@ fn softmax_rows_sum_to_n_ref_and_are_stable() {
     let x: Vec<f64> = random(&mut rng, t * d).iter().map(|v| v * 400.0).collect();
     let k = random(&mut rng, n * d);
     for n_ref in [None, Some(5), Some(1000)] {
-        let o = PattentionOpts {
-            norm: Norm::Softmax,
-            n_ref,
-            eps: 0.0,
-        };
-        let s = pattention_scores(
-            MatRef::new(&x, t, d).unwrap(),
-            MatRef::new(&k, n, d).unwrap(),
-            &o,
-        )
-        .unwrap();
+        let o = PattentionOpts { norm: Norm::Softmax, n_ref, eps: 0.0 };
+        let s = pattention_scores(MatRef::new(&x, t, d).unwrap(), MatRef::new(&k, n, d).unwrap(), &o).unwrap();
         let want = n_ref.unwrap_or(n) as f64;
         for i in 0..t {
             let row = s.row(i).unwrap();
             assert!(row.iter().all(|v| v.is_finite() && *v >= 0.0));
             let sum: f64 = row.iter().sum();
-            assert!(
-                (sum - want).abs() < 1e-12 * want,
-                "row {i} sums to {sum}, want {want}"
-            );
+            assert!((sum - want).abs() < 1e-12 * want, "row {i} sums to {sum}, want {want}");
         }
     }
 }
@@ -169,12 +136,7 @@ fn l2_norm_gelu_is_invariant_to_scaling_x() {
         .unwrap()
     };
     let xc: Vec<f64> = x.iter().map(|a| a * 3.7).collect();
-    let diff: f64 = run2(&x)
-        .data
-        .iter()
-        .zip(&run2(&xc).data)
-        .map(|(a, b)| (a - b).abs())
-        .sum();
+    let diff: f64 = run2(&x).data.iter().zip(&run2(&xc).data).map(|(a, b)| (a - b).abs()).sum();
     assert!(diff > 1e-3);
 }
 
@@ -186,25 +148,17 @@ fn zero_row_of_x_gives_zero_row_of_y_for_l2_norms() {
     x[2 * d..3 * d].fill(0.0);
     let k = random(&mut rng, n * d);
     let v = random(&mut rng, n * d_out);
-    let (xm, km, vm) = (
-        MatRef::new(&x, t, d).unwrap(),
-        MatRef::new(&k, n, d).unwrap(),
-        MatRef::new(&v, n, d_out).unwrap(),
-    );
+    let (xm, km, vm) =
+        (MatRef::new(&x, t, d).unwrap(), MatRef::new(&k, n, d).unwrap(), MatRef::new(&v, n, d_out).unwrap());
     for norm in [Norm::L2NormGelu, Norm::GeluL2Norm] {
         let y = pattention(xm, km, vm, &opts(norm)).unwrap();
         assert!(y.data.iter().all(|v| !v.is_nan()), "{norm}: NaN in y");
-        assert!(
-            y.row(2).unwrap().iter().all(|&v| v == 0.0),
-            "{norm}: row 2 not zero"
-        );
+        assert!(y.row(2).unwrap().iter().all(|&v| v == 0.0), "{norm}: row 2 not zero");
         assert!(y.row(1).unwrap().iter().any(|&v| v != 0.0));
     }
     // Softmax of a zero row is uniform: S = n_ref/n each, so with n_ref = n, y = Σ_j v_j.
     let y = pattention(xm, km, vm, &opts(Norm::Softmax)).unwrap();
-    let colsum: Vec<f64> = (0..d_out)
-        .map(|c| (0..n).map(|j| v[j * d_out + c]).sum())
-        .collect();
+    let colsum: Vec<f64> = (0..d_out).map(|c| (0..n).map(|j| v[j * d_out + c]).sum()).collect();
     close(y.row(2).unwrap(), &colsum, 1e-14);
 }
 
@@ -215,24 +169,14 @@ fn n_ref_equal_to_n_is_the_default() {
     let x = random(&mut rng, t * d);
     let k = random(&mut rng, n * d);
     let v = random(&mut rng, n * d_out);
-    let (xm, km, vm) = (
-        MatRef::new(&x, t, d).unwrap(),
-        MatRef::new(&k, n, d).unwrap(),
-        MatRef::new(&v, n, d_out).unwrap(),
-    );
+    let (xm, km, vm) =
+        (MatRef::new(&x, t, d).unwrap(), MatRef::new(&k, n, d).unwrap(), MatRef::new(&v, n, d_out).unwrap());
     for norm in Norm::ALL {
         let a = pattention(xm, km, vm, &opts(norm)).unwrap();
-        let pinned = PattentionOpts {
-            norm,
-            n_ref: Some(n),
-            eps: 0.0,
-        };
+        let pinned = PattentionOpts { norm, n_ref: Some(n), eps: 0.0 };
         let b = pattention(xm, km, vm, &pinned).unwrap();
         assert_eq!(a, b, "{norm}");
-        let other = PattentionOpts {
-            n_ref: Some(n + 1),
-            ..pinned
-        };
+        let other = PattentionOpts { n_ref: Some(n + 1), ..pinned };
         assert_ne!(a, pattention(xm, km, vm, &other).unwrap(), "{norm}");
     }
 }
@@ -250,23 +194,15 @@ fn pattention_matches_an_explicit_three_step_computation() {
             MatRef::new(&x, t, d).unwrap(),
             MatRef::new(&k, n, d).unwrap(),
             MatRef::new(&v, n, d_out).unwrap(),
-            &PattentionOpts {
-                norm,
-                n_ref: Some(3),
-                eps: 0.25,
-            },
+            &PattentionOpts { norm, n_ref: Some(3), eps: 0.25 },
         )
         .unwrap();
         for i in 0..t {
-            let a: Vec<f64> = (0..n)
-                .map(|j| (0..d).map(|c| x[i * d + c] * k[j * d + c]).sum())
-                .collect();
+            let a: Vec<f64> = (0..n).map(|j| (0..d).map(|c| x[i * d + c] * k[j * d + c]).sum()).collect();
             let s: Vec<f64> = match norm {
                 Norm::L2NormGelu => {
                     let nrm = a.iter().map(|v| v * v).sum::<f64>().sqrt() + 0.25;
-                    a.iter()
-                        .map(|v| tf_ref::gelu(v * 3f64.sqrt() / nrm))
-                        .collect()
+                    a.iter().map(|v| tf_ref::gelu(v * 3f64.sqrt() / nrm)).collect()
                 }
                 Norm::GeluL2Norm => {
                     let g: Vec<f64> = a.iter().map(|&v| tf_ref::gelu(v)).collect();
@@ -278,9 +214,7 @@ fn pattention_matches_an_explicit_three_step_computation() {
                     a.iter().map(|v| 3.0 * v.exp() / z).collect()
                 }
             };
-            let want: Vec<f64> = (0..d_out)
-                .map(|c| (0..n).map(|j| s[j] * v[j * d_out + c]).sum())
-                .collect();
+            let want: Vec<f64> = (0..d_out).map(|c| (0..n).map(|j| s[j] * v[j * d_out + c]).sum()).collect();
             close(y.row(i).unwrap(), &want, 1e-13);
         }
     }
@@ -354,49 +288,20 @@ fn shape_errors_name_the_shapes() {
     let xm = MatRef::new(&x, 37, 48).unwrap();
     let o = PattentionOpts::default();
 
-    let m = err_msg(pattention(
-        xm,
-        MatRef::new(&k_bad, 70, 47).unwrap(),
-        MatRef::new(&v, 70, 40).unwrap(),
-        &o,
-    ));
-    assert!(
-        m.contains("[37, 48]") && m.contains("[70, 47]") && m.contains("d_in"),
-        "{m}"
-    );
+    let m = err_msg(pattention(xm, MatRef::new(&k_bad, 70, 47).unwrap(), MatRef::new(&v, 70, 40).unwrap(), &o));
+    assert!(m.contains("[37, 48]") && m.contains("[70, 47]") && m.contains("d_in"), "{m}");
     assert!(m.starts_with("pattention: "), "{m}");
 
-    let m = err_msg(pattention(
-        xm,
-        MatRef::new(&k, 70, 48).unwrap(),
-        MatRef::new(&v_bad, 69, 40).unwrap(),
-        &o,
-    ));
+    let m = err_msg(pattention(xm, MatRef::new(&k, 70, 48).unwrap(), MatRef::new(&v_bad, 69, 40).unwrap(), &o));
     assert!(m.contains("[70, 48]") && m.contains("[69, 40]"), "{m}");
 
-    let m = err_msg(pattention_scores(
-        xm,
-        MatRef::new(&k_bad, 70, 47).unwrap(),
-        &o,
-    ));
+    let m = err_msg(pattention_scores(xm, MatRef::new(&k_bad, 70, 47).unwrap(), &o));
     assert!(m.contains("[37, 48]") && m.contains("[70, 47]"), "{m}");
 
     // A hand-built view whose buffer does not match its shape.
-    let lying = MatRef {
-        data: &x[..10],
-        rows: 37,
-        cols: 48,
-    };
-    let m = err_msg(pattention(
-        lying,
-        MatRef::new(&k, 70, 48).unwrap(),
-        MatRef::new(&v, 70, 40).unwrap(),
-        &o,
-    ));
-    assert!(
-        m.contains("[37, 48]") && m.contains("1776") && m.contains("10"),
-        "{m}"
-    );
+    let lying = MatRef { data: &x[..10], rows: 37, cols: 48 };
+    let m = err_msg(pattention(lying, MatRef::new(&k, 70, 48).unwrap(), MatRef::new(&v, 70, 40).unwrap(), &o));
+    assert!(m.contains("[37, 48]") && m.contains("1776") && m.contains("10"), "{m}");
 
     match MatRef::new(&x, 36, 48) {
         Err(Error::Shape { msg, .. }) => {
@@ -407,10 +312,7 @@ fn shape_errors_name_the_shapes() {
     assert!(MatRef::new(&x[..0], usize::MAX, 2).is_err()); // overflow, no panic
 
     let m = err_msg(linear(xm, MatRef::new(&k_bad, 70, 47).unwrap()));
-    assert!(
-        m.contains("[37, 48]") && m.contains("[70, 47]") && m.starts_with("linear"),
-        "{m}"
-    );
+    assert!(m.contains("[37, 48]") && m.contains("[70, 47]") && m.starts_with("linear"), "{m}");
 }
 
 #[test]
@@ -418,16 +320,8 @@ fn invalid_arguments_are_errors() {
     let x = [1.0f64, 2.0];
     let k = [1.0f64, 2.0];
     let v = [3.0f64];
-    let (xm, km, vm) = (
-        MatRef::new(&x, 1, 2).unwrap(),
-        MatRef::new(&k, 1, 2).unwrap(),
-        MatRef::new(&v, 1, 1).unwrap(),
-    );
-    let with = |n_ref, eps| PattentionOpts {
-        norm: Norm::L2NormGelu,
-        n_ref,
-        eps,
-    };
+    let (xm, km, vm) = (MatRef::new(&x, 1, 2).unwrap(), MatRef::new(&k, 1, 2).unwrap(), MatRef::new(&v, 1, 1).unwrap());
+    let with = |n_ref, eps| PattentionOpts { norm: Norm::L2NormGelu, n_ref, eps };
     for (o, needle) in [
         (with(Some(0), 0.0), "n_ref"),
         (with(None, -1e-5), "-0.00001"),
@@ -451,17 +345,8 @@ fn invalid_arguments_are_errors() {
     ));
     assert!(m.contains("[0, 2]"), "{m}");
     // Huge empty operands must not overflow or allocate absurdly.
-    let big = MatRef::<f64> {
-        data: &[],
-        rows: usize::MAX,
-        cols: 0,
-    };
-    assert!(pattention_scores(
-        big,
-        MatRef::new(&[], 3, 0).unwrap(),
-        &PattentionOpts::default()
-    )
-    .is_err());
+    let big = MatRef::<f64> { data: &[], rows: usize::MAX, cols: 0 };
+    assert!(pattention_scores(big, MatRef::new(&[], 3, 0).unwrap(), &PattentionOpts::default()).is_err());
 }
 
 #[test]
@@ -485,11 +370,7 @@ fn linear_matches_hand_values() {
     // x = [[1, 2, 3]], w = [[1, 0, -1], [2, 2, 2]] → y = [[-2, 12]]
     let x = [1.0f32, 2.0, 3.0];
     let w = [1.0f32, 0.0, -1.0, 2.0, 2.0, 2.0];
-    let y = linear(
-        MatRef::new(&x, 1, 3).unwrap(),
-        MatRef::new(&w, 2, 3).unwrap(),
-    )
-    .unwrap();
+    let y = linear(MatRef::new(&x, 1, 3).unwrap(), MatRef::new(&w, 2, 3).unwrap()).unwrap();
     assert_eq!(y.shape(), [1, 2]);
     assert_eq!(y.data, vec![-2.0, 12.0]);
     assert_eq!(y.to_vec::<f32>(), vec![-2.0f32, 12.0]);
@@ -503,35 +384,20 @@ fn element_rounding_is_nearest_even_from_f64() {
     assert_eq!(f16::from_f64(tie).to_f64(), 1.0);
     assert_eq!(<f16 as Element>::from_f64(tie).to_f64(), 1.0);
     let above = tie + 2f64.powi(-40);
-    assert_eq!(
-        <f16 as Element>::from_f64(above).to_f64(),
-        1.0 + 2f64.powi(-10)
-    );
+    assert_eq!(<f16 as Element>::from_f64(above).to_f64(), 1.0 + 2f64.powi(-10));
     let tie_odd = 1.0 + 3.0 * 2f64.powi(-11); // between 1+2^-10 (odd) and 1+2^-9 (even)
-    assert_eq!(
-        <f16 as Element>::from_f64(tie_odd).to_f64(),
-        1.0 + 2f64.powi(-9)
-    );
+    assert_eq!(<f16 as Element>::from_f64(tie_odd).to_f64(), 1.0 + 2f64.powi(-9));
     // bf16 around 1: spacing 2^-7.
     let tie = 1.0 + 2f64.powi(-8);
     assert_eq!(<bf16 as Element>::from_f64(tie).to_f64(), 1.0);
-    assert_eq!(
-        <bf16 as Element>::from_f64(tie + 2f64.powi(-45)).to_f64(),
-        1.0 + 2f64.powi(-7)
-    );
-    assert_eq!(
-        <bf16 as Element>::from_f64(-tie - 2f64.powi(-45)).to_f64(),
-        -(1.0 + 2f64.powi(-7))
-    );
+    assert_eq!(<bf16 as Element>::from_f64(tie + 2f64.powi(-45)).to_f64(), 1.0 + 2f64.powi(-7));
+    assert_eq!(<bf16 as Element>::from_f64(-tie - 2f64.powi(-45)).to_f64(), -(1.0 + 2f64.powi(-7)));
     // Overflow, underflow, NaN.
     assert!(<f16 as Element>::from_f64(1e6).to_f64().is_infinite());
     assert_eq!(<f16 as Element>::from_f64(1e-30).to_f64(), 0.0);
     assert!(<bf16 as Element>::from_f64(f64::NAN).to_f64().is_nan());
     assert_eq!(<f32 as Element>::from_f64(0.1), 0.1f32);
-    assert_eq!(
-        (f32::NAME, f64::NAME, f16::NAME, bf16::NAME),
-        ("f32", "f64", "f16", "bf16")
-    );
+    assert_eq!((f32::NAME, f64::NAME, f16::NAME, bf16::NAME), ("f32", "f64", "f16", "bf16"));
     // Exhaustive-ish: every f16 midpoint ± a tiny offset in [1, 2) rounds correctly.
     for m in 0..1024u32 {
         let lo = 1.0 + f64::from(m) * 2f64.powi(-10);
@@ -554,12 +420,8 @@ fn zero_key_growth_with_pinned_n_ref_preserves_l2_outputs() {
     let k = random(&mut rng, n * d);
     let v = random(&mut rng, n * d_out);
     let k2 = tf_ref::grow(MatRef::new(&k, n, d).unwrap(), n_new, &tf_ref::Init::Zeros).unwrap();
-    let v2 = tf_ref::grow(
-        MatRef::new(&v, n, d_out).unwrap(),
-        n_new,
-        &tf_ref::Init::Normal { std: 1.0, seed: 3 },
-    )
-    .unwrap();
+    let v2 =
+        tf_ref::grow(MatRef::new(&v, n, d_out).unwrap(), n_new, &tf_ref::Init::Normal { std: 1.0, seed: 3 }).unwrap();
     for norm in Norm::ALL {
         let before = pattention(
             MatRef::new(&x, t, d).unwrap(),
@@ -573,29 +435,16 @@ fn zero_key_growth_with_pinned_n_ref_preserves_l2_outputs() {
                 MatRef::new(&x, t, d).unwrap(),
                 MatRef::new(&k2, n_new, d).unwrap(),
                 MatRef::new(&v2, n_new, d_out).unwrap(),
-                &PattentionOpts {
-                    norm,
-                    n_ref,
-                    eps: 0.0,
-                },
+                &PattentionOpts { norm, n_ref, eps: 0.0 },
             )
             .unwrap()
         };
-        let diff = |m: &Mat| {
-            m.data
-                .iter()
-                .zip(&before.data)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max)
-        };
+        let diff = |m: &Mat| m.data.iter().zip(&before.data).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
         if norm == Norm::Softmax {
             assert!(diff(&after(Some(n))) > 1e-3);
         } else {
             assert!(diff(&after(Some(n))) < 1e-14, "{norm}");
-            assert!(
-                diff(&after(None)) > 1e-3,
-                "{norm}: unpinned n_ref must change y"
-            );
+            assert!(diff(&after(None)) > 1e-3, "{norm}: unpinned n_ref must change y");
         }
     }
 }

@@ -70,16 +70,10 @@ fn dims2(
     strides: &[usize],
 ) -> Result<[usize; 2]> {
     let &[r, c] = shape else {
-        return Err(Error::Shape {
-            op,
-            msg: format!("{what} must be 2-D, got shape {shape:?}"),
-        });
+        return Err(Error::Shape { op, msg: format!("{what} must be 2-D, got shape {shape:?}") });
     };
     if !inner_contiguous {
-        return Err(Error::Shape {
-            op,
-            msg: format!("{what} rows must be contiguous, strides {strides:?}"),
-        });
+        return Err(Error::Shape { op, msg: format!("{what} rows must be contiguous, strides {strides:?}") });
     }
     Ok([r, c])
 }
@@ -101,11 +95,7 @@ fn row_stride(op: &'static str, what: &str, strides: &[usize]) -> Result<i64> {
 fn rows_geometry(dev: &Device, op: &'static str, rows: usize) -> Result<Geometry> {
     let want = (rows.div_ceil(ROWS_PER_BLOCK) as u64).max(1);
     let cap = u64::from(dev.sm_count()).max(1) * BLOCKS_PER_SM;
-    Ok(Geometry {
-        grid: [to_u32(op, "blocks", want.min(cap) as usize)?, 1, 1],
-        block: [THREADS, 1, 1],
-        smem: 0,
-    })
+    Ok(Geometry { grid: [to_u32(op, "blocks", want.min(cap) as usize)?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
 }
 
 // ------------------------------------------------------------------ layer norm
@@ -133,38 +123,24 @@ pub fn layer_norm_plan<T: DType>(
     eps: f32,
     y: &ViewMut<'_, T>,
 ) -> Result<LayerNormPlan> {
-    let devices = [
-        Some(x.device()),
-        Some(y.device()),
-        weight.map(|w| w.device()),
-        bias.map(|b| b.device()),
-    ];
+    let devices = [Some(x.device()), Some(y.device()), weight.map(|w| w.device()), bias.map(|b| b.device())];
     if devices.into_iter().flatten().any(|d| !d.same(dev)) {
         return Err(Error::DeviceMismatch { op: LN });
     }
     let [t, d] = dims_of(LN, "x", x)?;
     let [yt, yd] = dims_of_mut(LN, "y", y)?;
     if [yt, yd] != [t, d] {
-        return Err(Error::Shape {
-            op: LN,
-            msg: format!("x is [{t}, {d}] but y is [{yt}, {yd}]"),
-        });
+        return Err(Error::Shape { op: LN, msg: format!("x is [{t}, {d}] but y is [{yt}, {yd}]") });
     }
     if d == 0 {
-        return Err(Error::Shape {
-            op: LN,
-            msg: format!("x is [{t}, 0]: a row needs at least one element"),
-        });
+        return Err(Error::Shape { op: LN, msg: format!("x is [{t}, 0]: a row needs at least one element") });
     }
     for (what, v) in [("weight", weight), ("bias", bias)] {
         if let Some(v) = v {
             if v.shape() != [d] {
                 return Err(Error::Shape {
                     op: LN,
-                    msg: format!(
-                        "x is [{t}, {d}] but {what} is {:?} (expected [{d}])",
-                        v.shape()
-                    ),
+                    msg: format!("x is [{t}, {d}] but {what} is {:?} (expected [{d}])", v.shape()),
                 });
             }
             if !v.inner_contiguous() {
@@ -176,10 +152,7 @@ pub fn layer_norm_plan<T: DType>(
         }
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op: LN,
-            msg: format!("eps must be finite and >= 0, got {eps}"),
-        });
+        return Err(Error::InvalidArgument { op: LN, msg: format!("eps must be finite and >= 0, got {eps}") });
     }
     if d >= 1 << 24 {
         return Err(Error::SizeOverflow {
@@ -187,11 +160,7 @@ pub fn layer_norm_plan<T: DType>(
             msg: format!("d = {d}: rows of 2^24 elements or more are not supported (f32 count)"),
         });
     }
-    Ok(LayerNormPlan {
-        t,
-        d,
-        geometry: rows_geometry(dev, LN, t)?,
-    })
+    Ok(LayerNormPlan { t, d, geometry: rows_geometry(dev, LN, t)? })
 }
 
 /// `y = (x - mean) / sqrt(var + eps) [* weight + bias]` per row of x `[t, d]`
@@ -223,22 +192,12 @@ pub fn layer_norm_into<T: DType>(
         reserved: 0,
     };
     let yp = y.ptr_mut();
-    let params = sys::tf_layer_norm_params {
-        y: yp.addr,
-        ..params
-    };
+    let params = sys::tf_layer_norm_params { y: yp.addr, ..params };
     // SAFETY: layer_norm_plan checked x and y [t, d] with contiguous rows at their
     // row strides and weight/bias [d] contiguous; warp r reads row r of x (and the
     // [d] vectors) and writes row r of y only; y is a distinct &mut borrow; all
     // borrows (and cudarc guards) outlive the launch.
-    unsafe {
-        dev.launch(
-            LN,
-            kernel_name::<T>(Kernel::LayerNorm),
-            &plan.geometry,
-            &params,
-        )
-    }
+    unsafe { dev.launch(LN, kernel_name::<T>(Kernel::LayerNorm), &plan.geometry, &params) }
 }
 
 // ------------------------------------------------------------------ rotary
@@ -297,17 +256,11 @@ pub fn rotary_plan<T: DType>(
     if half > MAX_PAIRS {
         return Err(Error::InvalidArgument {
             op: ROT,
-            msg: format!(
-                "rot_dim = {rot_dim}: at most {} rotated dims per head",
-                2 * MAX_PAIRS
-            ),
+            msg: format!("rot_dim = {rot_dim}: at most {} rotated dims per head", 2 * MAX_PAIRS),
         });
     }
     if !(base.is_finite() && base > 0.0) {
-        return Err(Error::InvalidArgument {
-            op: ROT,
-            msg: format!("base must be finite and > 0, got {base}"),
-        });
+        return Err(Error::InvalidArgument { op: ROT, msg: format!("base must be finite and > 0, got {base}") });
     }
     match pos_offset.checked_add(t) {
         Some(end) if end <= MAX_POS => {}
@@ -327,20 +280,14 @@ pub fn rotary_plan<T: DType>(
             (hi, (turns - f64::from(hi)) as f32)
         })
         .collect();
-    let pairs = (t as u64)
-        .saturating_mul(heads as u64)
-        .saturating_mul(half as u64);
+    let pairs = (t as u64).saturating_mul(heads as u64).saturating_mul(half as u64);
     let cap = u64::from(dev.sm_count()).max(1) * BLOCKS_PER_SM;
     let blocks = pairs.div_ceil(u64::from(THREADS)).clamp(1, cap);
     Ok(RotaryPlan {
         t,
         half,
         turns,
-        geometry: Geometry {
-            grid: [to_u32(ROT, "blocks", blocks as usize)?, 1, 1],
-            block: [THREADS, 1, 1],
-            smem: 0,
-        },
+        geometry: Geometry { grid: [to_u32(ROT, "blocks", blocks as usize)?, 1, 1], block: [THREADS, 1, 1], smem: 0 },
     })
 }
 
@@ -379,21 +326,11 @@ pub fn rotary_into<T: DType>(
         turns_lo,
     };
     let xp = x.ptr_mut();
-    let params = sys::tf_rotary_params {
-        x: xp.addr,
-        ..params
-    };
+    let params = sys::tf_rotary_params { x: xp.addr, ..params };
     // SAFETY: rotary_plan checked x [t, heads·head_dim] with contiguous rows at its
     // row stride and 2·half <= head_dim; each thread reads and writes one pair
     // (j, j + half) inside one head of one row; the &mut borrow outlives the launch.
-    unsafe {
-        dev.launch(
-            ROT,
-            kernel_name::<T>(Kernel::Rotary),
-            &plan.geometry,
-            &params,
-        )
-    }
+    unsafe { dev.launch(ROT, kernel_name::<T>(Kernel::Rotary), &plan.geometry, &params) }
 }
 
 // ------------------------------------------------------------------ residual add
@@ -401,21 +338,14 @@ pub fn rotary_into<T: DType>(
 const ADD: &str = "add_assign";
 
 /// Validates y and x `[t, d]` (same shape); returns `(t, d)` and the geometry.
-pub fn add_plan<T: DType>(
-    dev: &Device,
-    y: &ViewMut<'_, T>,
-    x: &View<'_, T>,
-) -> Result<([usize; 2], Geometry)> {
+pub fn add_plan<T: DType>(dev: &Device, y: &ViewMut<'_, T>, x: &View<'_, T>) -> Result<([usize; 2], Geometry)> {
     if !x.device().same(dev) || !y.device().same(dev) {
         return Err(Error::DeviceMismatch { op: ADD });
     }
     let [t, d] = dims_of_mut(ADD, "y", y)?;
     let xd = dims_of(ADD, "x", x)?;
     if xd != [t, d] {
-        return Err(Error::Shape {
-            op: ADD,
-            msg: format!("y is [{t}, {d}] but x is [{}, {}]", xd[0], xd[1]),
-        });
+        return Err(Error::Shape { op: ADD, msg: format!("y is [{t}, {d}] but x is [{}, {}]", xd[0], xd[1]) });
     }
     Ok(([t, d], rows_geometry(dev, ADD, t)?))
 }
@@ -437,21 +367,11 @@ pub fn add_assign<T: DType>(dev: &Device, y: &mut ViewMut<'_, T>, x: &View<'_, T
         x_row_stride: row_stride(ADD, "x row stride", x.strides())?,
     };
     let yp = y.ptr_mut();
-    let params = sys::tf_residual_add_params {
-        y: yp.addr,
-        ..params
-    };
+    let params = sys::tf_residual_add_params { y: yp.addr, ..params };
     // SAFETY: add_plan checked y and x [t, d] with contiguous rows at their row
     // strides; warp r touches row r of each only; y is a distinct &mut borrow (x
     // cannot alias it); the borrows outlive the launch.
-    unsafe {
-        dev.launch(
-            ADD,
-            kernel_name::<T>(Kernel::ResidualAdd),
-            &geometry,
-            &params,
-        )
-    }
+    unsafe { dev.launch(ADD, kernel_name::<T>(Kernel::ResidualAdd), &geometry, &params) }
 }
 
 // ------------------------------------------------------------------ embedding
@@ -482,16 +402,10 @@ pub fn embedding_plan<T: DType>(
             ),
         });
     }
-    if let Some((i, &id)) = tokens
-        .iter()
-        .enumerate()
-        .find(|(_, &id)| id as usize >= vocab)
-    {
+    if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
         return Err(Error::InvalidArgument {
             op: EMB,
-            msg: format!(
-                "token id {id} at position {i} is out of range: the vocabulary has {vocab} rows"
-            ),
+            msg: format!("token id {id} at position {i} is out of range: the vocabulary has {vocab} rows"),
         });
     }
     Ok(([vocab, d], rows_geometry(dev, EMB, tokens.len())?))
@@ -523,10 +437,7 @@ pub fn embedding_into<T: DType>(
         y_row_stride: row_stride(EMB, "y row stride", y.strides())?,
     };
     let yp = y.ptr_mut();
-    let params = sys::tf_embedding_params {
-        y: yp.addr,
-        ..params
-    };
+    let params = sys::tf_embedding_params { y: yp.addr, ..params };
     // SAFETY: embedding_plan checked table [vocab, d] and y [t, d] with contiguous
     // rows at their row strides and every id < vocab; the id table holds t u32s
     // and lives in `ids` until after the launch; warp r reads row tokens[r] of the
@@ -535,8 +446,5 @@ pub fn embedding_into<T: DType>(
 }
 
 fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::SizeOverflow {
-        op,
-        msg: format!("{what} = {v} does not fit in 32 bits"),
-    })
+    i32::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 32 bits") })
 }

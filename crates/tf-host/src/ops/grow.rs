@@ -10,8 +10,8 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::workspace::Workspace;
 use crate::tensor::{View, ViewMut};
+use crate::workspace::Workspace;
 
 const OP: &str = "grow";
 /// Threads per block of `grow_rows` (its `__launch_bounds__`).
@@ -82,10 +82,7 @@ pub fn plan<T: DType>(dev: &Device, items: &[GrowItem<'_, T>]) -> Result<GrowPla
 }
 
 fn check_item<T: DType>(dev: &Device, i: usize, it: &GrowItem<'_, T>) -> Result<GrowShape> {
-    let shape_err = |msg: String| Error::Shape {
-        op: OP,
-        msg: format!("item {i}: {msg}"),
-    };
+    let shape_err = |msg: String| Error::Shape { op: OP, msg: format!("item {i}: {msg}") };
     if !it.dst.device().same(dev) {
         return Err(Error::DeviceMismatch { op: OP });
     }
@@ -96,10 +93,7 @@ fn check_item<T: DType>(dev: &Device, i: usize, it: &GrowItem<'_, T>) -> Result<
         return Err(shape_err(format!("dst rows must be contiguous, strides {:?}", it.dst.strides())));
     }
     if it.rows_old > rows_new {
-        return Err(shape_err(format!(
-            "rows_old = {} exceeds the destination's {rows_new} rows",
-            it.rows_old
-        )));
+        return Err(shape_err(format!("rows_old = {} exceeds the destination's {rows_new} rows", it.rows_old)));
     }
     if let Some(src) = &it.src {
         if !src.device().same(dev) {
@@ -146,16 +140,9 @@ fn check_item<T: DType>(dev: &Device, i: usize, it: &GrowItem<'_, T>) -> Result<
     let bytes = rows_new
         .checked_mul(cols)
         .and_then(|e| e.checked_mul(std::mem::size_of::<T>()))
-        .ok_or_else(|| Error::SizeOverflow {
-            op: OP,
-            msg: format!("item {i}: [{rows_new}, {cols}] of {}", T::NAME),
-        })?;
+        .ok_or_else(|| Error::SizeOverflow { op: OP, msg: format!("item {i}: [{rows_new}, {cols}] of {}", T::NAME) })?;
     to_i64(OP, "tensor bytes", bytes)?;
-    Ok(GrowShape {
-        rows_old: it.rows_old,
-        rows_new,
-        cols,
-    })
+    Ok(GrowShape { rows_old: it.rows_old, rows_new, cols })
 }
 
 /// Launch geometry for a list of shapes: grid (blocks_x, descriptors), with
@@ -167,11 +154,8 @@ pub fn geometry(dev: &Device, shapes: &[GrowShape]) -> Result<GrowPlan> {
     while start < shapes.len() {
         let end = (start + MAX_DESCS_PER_LAUNCH).min(shapes.len());
         let batch = &shapes[start..end];
-        let max_chunks = batch
-            .iter()
-            .map(|s| (s.rows_new as u64).saturating_mul(s.cols as u64).div_ceil(8))
-            .max()
-            .unwrap_or(0);
+        let max_chunks =
+            batch.iter().map(|s| (s.rows_new as u64).saturating_mul(s.cols as u64).div_ceil(8)).max().unwrap_or(0);
         let per_block = u64::from(THREADS) * UNROLL;
         let want = max_chunks.div_ceil(per_block).max(1);
         let budget = (u64::from(dev.sm_count()) * 8).div_ceil(batch.len() as u64).max(1);
@@ -240,10 +224,7 @@ pub fn grow_batch<T: DType>(dev: &Device, mut items: Vec<GrowItem<'_, T>>) -> Re
         }
         let table = Workspace::upload_pod(dev, &descs)?;
         let table_ptr = table.ptr();
-        let params = sys::tf_grow_params {
-            descs: table_ptr.addr,
-            num_descs: to_i64(OP, "descriptors", descs.len())?,
-        };
+        let params = sys::tf_grow_params { descs: table_ptr.addr, num_descs: to_i64(OP, "descriptors", descs.len())? };
         // SAFETY: plan() checked every item: dst views cover [rows_new, cols]
         // with contiguous rows, src/init views cover the rows the kernel reads,
         // sizes fit i64; the descriptor table lives in `table` until after the

@@ -64,12 +64,7 @@ pub fn plan<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: &ViewMu
     let (&[t, d_in], &[d_out, w_in], &[yt, yo]) = (x.shape(), w.shape(), y.shape()) else {
         return Err(Error::Shape {
             op: OP,
-            msg: format!(
-                "x, w, y must be 2-D: x {:?}, w {:?}, y {:?}",
-                x.shape(),
-                w.shape(),
-                y.shape()
-            ),
+            msg: format!("x, w, y must be 2-D: x {:?}, w {:?}, y {:?}", x.shape(), w.shape(), y.shape()),
         });
     };
     if w_in != d_in || yt != t || yo != d_out {
@@ -95,18 +90,11 @@ pub fn plan<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: &ViewMu
     let gx = to_u32(OP, "d_out tiles", d_out.div_ceil(TILE).max(1))?;
     let gy = to_u32(OP, "t tiles", t.div_ceil(TILE).max(1))?;
     if gy > 65535 {
-        return Err(Error::SizeOverflow {
-            op: OP,
-            msg: format!("t = {t} needs {gy} row tiles; at most 65535"),
-        });
+        return Err(Error::SizeOverflow { op: OP, msg: format!("t = {t} needs {gy} row tiles; at most 65535") });
     }
     Ok(LinearPlan {
         shape: LinearShape { t, d_in, d_out },
-        geometry: Geometry {
-            grid: [gx, gy, 1],
-            block: [TILE as u32, TILE as u32, 1],
-            smem: 0,
-        },
+        geometry: Geometry { grid: [gx, gy, 1], block: [TILE as u32, TILE as u32, 1], smem: 0 },
     })
 }
 
@@ -120,10 +108,7 @@ pub fn linear_into<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: 
     let row_stride = |s: &[usize]| s[0];
     if let Some(blas) = dev.blas()? {
         if d_in == 0 {
-            return Err(Error::Shape {
-                op: OP,
-                msg: "d_in = 0 is not supported on cuBLAS".into(),
-            });
+            return Err(Error::Shape { op: OP, msg: "d_in = 0 is not supported on cuBLAS".into() });
         }
         let (alpha, beta) = (1.0f32, 0.0f32);
         let (lda, ldb) = (row_stride(w.strides()).max(d_in), row_stride(x.strides()).max(d_in));
@@ -190,8 +175,5 @@ pub fn linear<T: DType>(dev: &Device, x: &Tensor<T>, w: &Tensor<T>) -> Result<Te
 }
 
 fn i32_of(v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::SizeOverflow {
-        op: OP,
-        msg: format!("{v} does not fit cuBLAS' 32-bit sizes"),
-    })
+    i32::try_from(v).map_err(|_| Error::SizeOverflow { op: OP, msg: format!("{v} does not fit cuBLAS' 32-bit sizes") })
 }

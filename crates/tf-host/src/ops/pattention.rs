@@ -82,19 +82,11 @@ pub struct PattentionOptions {
 /// unless pinned).
 pub(crate) fn norm_scale(op: &'static str, opts: &PattentionOptions, n: usize) -> Result<f32> {
     if !(opts.eps.is_finite() && opts.eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op,
-            msg: format!("eps must be finite and >= 0, got {}", opts.eps),
-        });
+        return Err(Error::InvalidArgument { op, msg: format!("eps must be finite and >= 0, got {}", opts.eps) });
     }
     let n_ref = match opts.n_ref {
         None => n,
-        Some(0) => {
-            return Err(Error::InvalidArgument {
-                op,
-                msg: "n_ref must be >= 1, got 0".into(),
-            })
-        }
+        Some(0) => return Err(Error::InvalidArgument { op, msg: "n_ref must be >= 1, got 0".into() }),
         Some(r) => r,
     };
     let scale = match opts.norm {
@@ -102,10 +94,7 @@ pub(crate) fn norm_scale(op: &'static str, opts: &PattentionOptions, n: usize) -
         _ => (n_ref as f64).sqrt(),
     } as f32;
     if !scale.is_finite() {
-        return Err(Error::InvalidArgument {
-            op,
-            msg: format!("n_ref = {n_ref} is too large for an f32 scale"),
-        });
+        return Err(Error::InvalidArgument { op, msg: format!("n_ref = {n_ref} is too large for an f32 scale") });
     }
     Ok(scale)
 }
@@ -176,19 +165,14 @@ fn is_decode<T: DType>(t: usize) -> bool {
 }
 
 fn round_up(op: &'static str, v: usize, m: usize) -> Result<usize> {
-    v.checked_next_multiple_of(m).ok_or_else(|| Error::SizeOverflow {
-        op,
-        msg: format!("{v} rounded up to a multiple of {m}"),
-    })
+    v.checked_next_multiple_of(m)
+        .ok_or_else(|| Error::SizeOverflow { op, msg: format!("{v} rounded up to a multiple of {m}") })
 }
 
 fn bytes_of(what: &str, dims: &[usize]) -> Result<usize> {
     dims.iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::SizeOverflow {
-            op: OP,
-            msg: format!("workspace {what}: product of {dims:?} overflows"),
-        })
+        .ok_or_else(|| Error::SizeOverflow { op: OP, msg: format!("workspace {what}: product of {dims:?} overflows") })
 }
 
 /// The workspace layout for storage type `T` and shapes (t, n, d_out): the one
@@ -197,30 +181,18 @@ pub fn workspace_layout<T: DType>(t: usize, n: usize, d_out: usize) -> Result<Wo
     let n_tiles = n.div_ceil(TILE_N);
     let h_stride = round_up(OP, n, 8)?;
     let add = |a: usize, b: usize| {
-        a.checked_add(b).ok_or_else(|| Error::SizeOverflow {
-            op: OP,
-            msg: "workspace size overflows".into(),
-        })
+        a.checked_add(b).ok_or_else(|| Error::SizeOverflow { op: OP, msg: "workspace size overflows".into() })
     };
     let h_bytes = round_up(OP, bytes_of("h", &[t, h_stride, std::mem::size_of::<T>()])?, WS_ALIGN)?;
     let stats_bytes = round_up(OP, bytes_of("stats", &[t, n_tiles, 8])?, WS_ALIGN)?;
     let rowf_bytes = round_up(OP, bytes_of("rowf", &[t, 8])?, WS_ALIGN)?;
-    let partial_bytes = if is_decode::<T>(t) {
-        round_up(OP, bytes_of("partial", &[n_tiles, t, d_out, 4])?, WS_ALIGN)?
-    } else {
-        0
-    };
+    let partial_bytes =
+        if is_decode::<T>(t) { round_up(OP, bytes_of("partial", &[n_tiles, t, d_out, 4])?, WS_ALIGN)? } else { 0 };
     let stats = h_bytes;
     let rowf = add(stats, stats_bytes)?;
     let partial = add(rowf, rowf_bytes)?;
     let total = add(partial, partial_bytes)?;
-    Ok(WorkspaceLayout {
-        h: 0,
-        stats,
-        rowf,
-        partial,
-        total,
-    })
+    Ok(WorkspaceLayout { h: 0, stats, rowf, partial, total })
 }
 
 /// Bytes of workspace one pattention call with storage type `T`, `t` tokens,
@@ -254,7 +226,13 @@ fn shape_err(msg: String) -> Error {
 
 /// Checks one operand: 2-D, contiguous rows, and for 16-bit types a 16-byte
 /// aligned start and a row stride that is a multiple of 8 elements.
-fn check_operand<T: DType>(name: &str, shape: &[usize], strides: &[usize], offset: usize, inner: bool) -> Result<(usize, usize, usize)> {
+fn check_operand<T: DType>(
+    name: &str,
+    shape: &[usize],
+    strides: &[usize],
+    offset: usize,
+    inner: bool,
+) -> Result<(usize, usize, usize)> {
     let &[rows, cols] = shape else {
         return Err(shape_err(format!("{name} must be 2-D, got shape {shape:?}")));
     };
@@ -332,12 +310,7 @@ pub fn plan<T: DType>(
             Some(e) => {
                 to_i64(OP, what, e.saturating_mul(std::mem::size_of::<T>()))?;
             }
-            None => {
-                return Err(Error::SizeOverflow {
-                    op: OP,
-                    msg: format!("{what}: {rows} rows of stride {stride}"),
-                })
-            }
+            None => return Err(Error::SizeOverflow { op: OP, msg: format!("{what}: {rows} rows of stride {stride}") }),
         }
     }
 
@@ -362,15 +335,13 @@ pub fn plan<T: DType>(
     let mut decode_cols = 0;
     if t > 0 && d_out > 0 {
         let g = |grid: [usize; 3], threads: u32, smem: u32| -> Result<Geometry> {
-            let grid = [
-                to_u32(OP, "grid x", grid[0])?,
-                to_u32(OP, "grid y", grid[1])?,
-                to_u32(OP, "grid z", grid[2])?,
-            ];
+            let grid = [to_u32(OP, "grid x", grid[0])?, to_u32(OP, "grid y", grid[1])?, to_u32(OP, "grid z", grid[2])?];
             if grid[1] > 65535 || grid[0] > i32::MAX as u32 {
                 return Err(Error::SizeOverflow {
                     op: OP,
-                    msg: format!("grid {grid:?} exceeds CUDA's limits (x < 2^31, y <= 65535): t = {t}, n = {n}, d_out = {d_out}"),
+                    msg: format!(
+                        "grid {grid:?} exceeds CUDA's limits (x < 2^31, y <= 65535): t = {t}, n = {n}, d_out = {d_out}"
+                    ),
                 });
             }
             if smem > dev.max_smem_per_block() {
@@ -382,11 +353,7 @@ pub fn plan<T: DType>(
                     ),
                 });
             }
-            Ok(Geometry {
-                grid,
-                block: [threads, 1, 1],
-                smem,
-            })
+            Ok(Geometry { grid, block: [threads, 1, 1], smem })
         };
         let f32_path = T::NAME == "f32";
         let scores = if f32_path {
@@ -431,19 +398,7 @@ pub fn plan<T: DType>(
             }
         }
     }
-    Ok(PattentionPlan {
-        t,
-        n,
-        d_in,
-        d_out,
-        path,
-        workspace: layout,
-        launches,
-        scale,
-        h_stride,
-        n_tiles,
-        decode_cols,
-    })
+    Ok(PattentionPlan { t, n, d_in, d_out, path, workspace: layout, launches, scale, h_stride, n_tiles, decode_cols })
 }
 
 /// `y = Θ(x·k_pᵀ)·v_p` into a caller-given `y` [t, d_out]: x [t, d_in],

@@ -30,27 +30,14 @@ pub fn plan<T: DType>(dev: &Device, a: &ViewMut<'_, T>, opts: &PattentionOptions
         return Err(Error::DeviceMismatch { op: OP });
     }
     let &[t, n] = a.shape() else {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("scores must be 2-D [t, n], got {:?}", a.shape()),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("scores must be 2-D [t, n], got {:?}", a.shape()) });
     };
     if !a.inner_contiguous() {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("score rows must be contiguous, strides {:?}", a.strides()),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("score rows must be contiguous, strides {:?}", a.strides()) });
     }
     let scale = norm_scale(OP, opts, n)?;
     let rows = to_u32(OP, "rows", t.max(1))?;
-    Ok((
-        Geometry {
-            grid: [rows, 1, 1],
-            block: [THREADS, 1, 1],
-            smem: 0,
-        },
-        scale,
-    ))
+    Ok((Geometry { grid: [rows, 1, 1], block: [THREADS, 1, 1], smem: 0 }, scale))
 }
 
 /// `a ← Θ(a)` row by row (the three norms of TOKENFORMER.md).

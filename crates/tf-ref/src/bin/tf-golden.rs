@@ -33,12 +33,8 @@ fn main() -> ExitCode {
     let Some(out) = out else {
         return fail("--out DIR is required");
     };
-    let seed = seed.unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed =
+        seed.unwrap_or_else(|| SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
     println!("seed = {seed}");
     match tf_ref::golden::write_all(&out, seed) {
         Ok(paths) => {

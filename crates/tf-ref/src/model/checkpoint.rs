@@ -81,10 +81,7 @@ impl ModelParams {
             .named_tensors(cfg)
             .into_iter()
             .map(|(name, shape, data)| {
-                let bytes = data
-                    .iter()
-                    .flat_map(|&v| f32::from_f64(v).to_le_bytes())
-                    .collect();
+                let bytes = data.iter().flat_map(|&v| f32::from_f64(v).to_le_bytes()).collect();
                 (name, F32Tensor { shape, bytes })
             })
             .collect();
@@ -99,12 +96,8 @@ impl ModelParams {
         }
         let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
         let bytes = safetensors::serialize(views, Some(meta))?;
-        std::fs::write(path.as_ref(), bytes).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{SAVE}: {}: {e}", path.as_ref().display()),
-            ))
-        })
+        std::fs::write(path.as_ref(), bytes)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{SAVE}: {}: {e}", path.as_ref().display()))))
     }
 
     /// Reads parameters for `cfg` from a safetensors file with the official key
@@ -119,22 +112,14 @@ impl ModelParams {
     pub fn load_safetensors(cfg: &TokenformerConfig, path: impl AsRef<Path>) -> Result<Self> {
         cfg.validate()?;
         let path = path.as_ref();
-        let buf = std::fs::read(path).map_err(|e| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{LOAD}: {}: {e}", path.display()),
-            ))
-        })?;
+        let buf = std::fs::read(path)
+            .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{LOAD}: {}: {e}", path.display()))))?;
         let st = SafeTensors::deserialize(&buf)?;
         let (_, header) = SafeTensors::read_metadata(&buf)?;
         let expected = cfg.tensor_names();
 
         let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        let extra: BTreeSet<&str> = st
-            .names()
-            .into_iter()
-            .filter(|n| !wanted.contains(n))
-            .collect();
+        let extra: BTreeSet<&str> = st.names().into_iter().filter(|n| !wanted.contains(n)).collect();
         if let Some(first) = extra.first() {
             let shape = st.tensor(first)?.shape().to_vec();
             return Err(Error::InvalidArgument {
@@ -153,11 +138,7 @@ impl ModelParams {
         for (name, shape) in &expected {
             let view = st.tensor(name).map_err(|_| Error::InvalidArgument {
                 op: LOAD,
-                msg: format!(
-                    "{}: missing tensor {name:?} (config {:?} expects {shape:?})",
-                    path.display(),
-                    cfg.name
-                ),
+                msg: format!("{}: missing tensor {name:?} (config {:?} expects {shape:?})", path.display(), cfg.name),
             })?;
             if view.shape() != shape.as_slice() {
                 return Err(Error::Shape {
@@ -195,10 +176,7 @@ impl ModelParams {
                         _ => {
                             return Err(Error::InvalidArgument {
                                 op: LOAD,
-                                msg: format!(
-                                    "{}: metadata {key} = {s:?} is not an integer >= 1",
-                                    path.display()
-                                ),
+                                msg: format!("{}: metadata {key} = {s:?} is not an integer >= 1", path.display()),
                             })
                         }
                     }
@@ -206,12 +184,7 @@ impl ModelParams {
             }
             blocks.push(b);
         }
-        let params = ModelParams {
-            embedding,
-            blocks,
-            final_norm_weight: next(),
-            final_norm_bias: next(),
-        };
+        let params = ModelParams { embedding, blocks, final_norm_weight: next(), final_norm_bias: next() };
         params.check(cfg)?;
         Ok(params)
     }

@@ -125,46 +125,23 @@ impl TokenformerConfig {
     }
 
     fn checked_param_count(&self) -> Option<usize> {
-        let tokens = Slot::ALL
-            .iter()
-            .try_fold(0_usize, |acc, &s| acc.checked_add(self.slots(s)))?;
-        let blocks = self
-            .layers
-            .checked_mul(self.d.checked_mul(2)?)?
-            .checked_mul(tokens)?;
-        self.vocab
-            .checked_mul(self.d)?
-            .checked_add(blocks)?
-            .checked_add(self.d.checked_mul(2)?)
+        let tokens = Slot::ALL.iter().try_fold(0_usize, |acc, &s| acc.checked_add(self.slots(s)))?;
+        let blocks = self.layers.checked_mul(self.d.checked_mul(2)?)?.checked_mul(tokens)?;
+        self.vocab.checked_mul(self.d)?.checked_add(blocks)?.checked_add(self.d.checked_mul(2)?)
     }
 
     /// This config with new slot counts (the target of a growth), validated. Its
     /// name is that of the released config it now equals in every other field
     /// (`354m` with 1792 / 1792 / 7168 slots is `757m`), else `"<name>-grown"`
     /// (unchanged if the counts are).
-    pub fn with_slots(
-        &self,
-        qkv_slots: usize,
-        proj_slots: usize,
-        ffn_slots: usize,
-    ) -> Result<Self> {
-        let mut c = TokenformerConfig {
-            qkv_slots,
-            proj_slots,
-            ffn_slots,
-            ..self.clone()
-        };
+    pub fn with_slots(&self, qkv_slots: usize, proj_slots: usize, ffn_slots: usize) -> Result<Self> {
+        let mut c = TokenformerConfig { qkv_slots, proj_slots, ffn_slots, ..self.clone() };
         c.validate()?;
         if c != *self {
             c.name = CONFIG_NAMES
                 .iter()
                 .filter_map(|n| TokenformerConfig::by_name(n).ok())
-                .find(|r| {
-                    TokenformerConfig {
-                        name: r.name.clone(),
-                        ..c.clone()
-                    } == *r
-                })
+                .find(|r| TokenformerConfig { name: r.name.clone(), ..c.clone() } == *r)
                 .map_or_else(|| format!("{}-grown", self.name), |r| r.name);
         }
         Ok(c)
@@ -181,12 +158,7 @@ impl TokenformerConfig {
     /// count that fits in `usize`. Errors name the config and the field.
     pub fn validate(&self) -> Result<()> {
         const OP: &str = "TokenformerConfig::validate";
-        let bad = |msg: String| {
-            Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("config {:?}: {msg}", self.name),
-            })
-        };
+        let bad = |msg: String| Err(Error::InvalidArgument { op: OP, msg: format!("config {:?}: {msg}", self.name) });
         for (field, v) in [
             ("layers", self.layers),
             ("d", self.d),
@@ -202,25 +174,16 @@ impl TokenformerConfig {
             }
         }
         if self.d % self.heads != 0 {
-            return bad(format!(
-                "d = {} is not divisible by heads = {}",
-                self.d, self.heads
-            ));
+            return bad(format!("d = {} is not divisible by heads = {}", self.d, self.heads));
         }
         if let Err(e) = self.rot_dim() {
             return bad(format!("rotary: {e}"));
         }
         if !(self.rotary_base.is_finite() && self.rotary_base > 0.0) {
-            return bad(format!(
-                "rotary_base must be finite and > 0, got {}",
-                self.rotary_base
-            ));
+            return bad(format!("rotary_base must be finite and > 0, got {}", self.rotary_base));
         }
         if !(self.ln_eps.is_finite() && self.ln_eps >= 0.0) {
-            return bad(format!(
-                "ln_eps must be finite and >= 0, got {}",
-                self.ln_eps
-            ));
+            return bad(format!("ln_eps must be finite and >= 0, got {}", self.ln_eps));
         }
         if self.checked_param_count().is_none() {
             return bad("the parameter count overflows usize".to_string());
@@ -240,17 +203,11 @@ impl TokenformerConfig {
     ///
     /// A tensor's position in this list is its index for [`tensor_seed`](super::tensor_seed).
     pub fn tensor_names(&self) -> Vec<(String, Vec<usize>)> {
-        let mut names = vec![(
-            "sequential.0.word_embeddings.weight".to_string(),
-            vec![self.vocab, self.d],
-        )];
+        let mut names = vec![("sequential.0.word_embeddings.weight".to_string(), vec![self.vocab, self.d])];
         for i in 0..self.layers {
             for slot in Slot::ALL {
                 for part in ["key", "value"] {
-                    names.push((
-                        format!("{}.{part}_param_tokens", slot.key_prefix(i)),
-                        vec![self.slots(slot), self.d],
-                    ));
+                    names.push((format!("{}.{part}_param_tokens", slot.key_prefix(i)), vec![self.slots(slot), self.d]));
                 }
             }
         }

@@ -14,21 +14,13 @@ fn pattn(cfg: &TokenformerConfig, p: &BlockParams, slot: Slot, x: &Mat) -> Resul
         x.view(),
         MatRef::new(k_p, n, cfg.d)?,
         MatRef::new(v_p, n, cfg.d)?,
-        &PattentionOpts {
-            norm: cfg.norm,
-            n_ref: p.n_ref(slot),
-            eps: 0.0,
-        },
+        &PattentionOpts { norm: cfg.norm, n_ref: p.n_ref(slot), eps: 0.0 },
     )
 }
 
 /// `a + b` elementwise (same shapes, checked by the caller).
 fn add(a: &Mat, b: &Mat) -> Mat {
-    Mat {
-        data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(),
-        rows: a.rows,
-        cols: a.cols,
-    }
+    Mat { data: a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect(), rows: a.rows, cols: a.cols }
 }
 
 /// Checks one block's tensors against `cfg` (element counts and `n_ref`), naming
@@ -80,49 +72,27 @@ fn check_block(cfg: &TokenformerConfig, p: &BlockParams) -> Result<()> {
 /// Errors: an invalid config, a block tensor not of its config shape (named by its
 /// key inside the block, e.g. `mlp.value_param_tokens`), `x` not `[t, d]`,
 /// `pos_offset + t` overflowing.
-pub fn block_forward(
-    cfg: &TokenformerConfig,
-    p: &BlockParams,
-    x: &Mat,
-    pos_offset: usize,
-) -> Result<Mat> {
+pub fn block_forward(cfg: &TokenformerConfig, p: &BlockParams, x: &Mat, pos_offset: usize) -> Result<Mat> {
     cfg.validate()?;
     check_block(cfg, p)?;
     x.view().check("block_forward", "x")?;
     if x.cols != cfg.d {
         return Err(Error::Shape {
             op: "block_forward",
-            msg: format!(
-                "x is [{}, {}] but config {:?} has d = {}",
-                x.rows, x.cols, cfg.name, cfg.d
-            ),
+            msg: format!("x is [{}, {}] but config {:?} has d = {}", x.rows, x.cols, cfg.name, cfg.d),
         });
     }
     block_forward_checked(cfg, p, x, pos_offset)
 }
 
 /// [`block_forward`] after validation.
-fn block_forward_checked(
-    cfg: &TokenformerConfig,
-    p: &BlockParams,
-    x: &Mat,
-    pos_offset: usize,
-) -> Result<Mat> {
+fn block_forward_checked(cfg: &TokenformerConfig, p: &BlockParams, x: &Mat, pos_offset: usize) -> Result<Mat> {
     let (t, heads, hd) = (x.rows, cfg.heads, cfg.head_dim());
     let h = layer_norm(x.view(), None, None, cfg.ln_eps)?;
     let q = pattn(cfg, p, Slot::Query, &h)?;
     let k = pattn(cfg, p, Slot::Key, &h)?;
     let v = pattn(cfg, p, Slot::Value, &h)?;
-    let rope = |m: &Mat| {
-        rotary(
-            m.view(),
-            heads,
-            hd,
-            cfg.rotary_pct,
-            cfg.rotary_base,
-            pos_offset,
-        )
-    };
+    let rope = |m: &Mat| rotary(m.view(), heads, hd, cfg.rotary_pct, cfg.rotary_base, pos_offset);
     let (q, k) = (rope(&q)?, rope(&k)?);
     // [t, d] row-major is [1, t, heads, head_dim] row-major.
     let shape = [1, t, heads, hd];
@@ -133,11 +103,7 @@ fn block_forward_checked(
         true,
         Some(1.0 / (hd as f64).sqrt()),
     )?;
-    let ctx = Mat {
-        data: ctx.o,
-        rows: t,
-        cols: cfg.d,
-    };
+    let ctx = Mat { data: ctx.o, rows: t, cols: cfg.d };
     let x1 = add(x, &pattn(cfg, p, Slot::Proj, &ctx)?);
     let h1 = layer_norm(x1.view(), None, None, cfg.ln_eps)?;
     Ok(add(&x1, &pattn(cfg, p, Slot::Ffn, &h1)?))
@@ -170,19 +136,10 @@ pub fn model_forward(cfg: &TokenformerConfig, p: &ModelParams, tokens: &[u32]) -
         }
         row.copy_from_slice(&p.embedding[id * d..(id + 1) * d]);
     }
-    let mut h = Mat {
-        data: x,
-        rows: t,
-        cols: d,
-    };
+    let mut h = Mat { data: x, rows: t, cols: d };
     for b in &p.blocks {
         h = block_forward_checked(cfg, b, &h, 0)?;
     }
-    let h = layer_norm(
-        h.view(),
-        Some(&p.final_norm_weight),
-        Some(&p.final_norm_bias),
-        cfg.ln_eps,
-    )?;
+    let h = layer_norm(h.view(), Some(&p.final_norm_weight), Some(&p.final_norm_bias), cfg.ln_eps)?;
     linear(h.view(), MatRef::new(&p.embedding, cfg.vocab, d)?)
 }

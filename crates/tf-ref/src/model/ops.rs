@@ -12,39 +12,25 @@ use crate::{zeros, Element, Error, Mat, MatRef, Result};
 ///
 /// Errors: `x`'s buffer not matching its shape, `cols = 0`, `weight` or `bias`
 /// not holding `cols` values, `eps` negative or not finite.
-pub fn layer_norm<T: Element>(
-    x: MatRef<'_, T>,
-    weight: Option<&[f64]>,
-    bias: Option<&[f64]>,
-    eps: f64,
-) -> Result<Mat> {
+pub fn layer_norm<T: Element>(x: MatRef<'_, T>, weight: Option<&[f64]>, bias: Option<&[f64]>, eps: f64) -> Result<Mat> {
     const OP: &str = "layer_norm";
     x.check(OP, "x")?;
     let (rows, cols) = (x.rows, x.cols);
     if cols == 0 {
-        return Err(Error::Shape {
-            op: OP,
-            msg: format!("x is [{rows}, 0]: a row needs at least one element"),
-        });
+        return Err(Error::Shape { op: OP, msg: format!("x is [{rows}, 0]: a row needs at least one element") });
     }
     for (what, v) in [("weight", weight), ("bias", bias)] {
         if let Some(v) = v {
             if v.len() != cols {
                 return Err(Error::Shape {
                     op: OP,
-                    msg: format!(
-                        "x is [{rows}, {cols}] but {what} holds {} values (expected {cols})",
-                        v.len()
-                    ),
+                    msg: format!("x is [{rows}, {cols}] but {what} holds {} values (expected {cols})", v.len()),
                 });
             }
         }
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("eps must be finite and >= 0, got {eps}"),
-        });
+        return Err(Error::InvalidArgument { op: OP, msg: format!("eps must be finite and >= 0, got {eps}") });
     }
     let mut out = zeros(OP, x.data.len())?;
     let n = cols as f64;
@@ -54,21 +40,13 @@ pub fn layer_norm<T: Element>(
         let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
         let denom = (var + eps).sqrt();
         for (c, (y, v)) in yr.iter_mut().zip(&xr).enumerate() {
-            let normed = if denom == 0.0 {
-                0.0
-            } else {
-                (v - mean) / denom
-            };
+            let normed = if denom == 0.0 { 0.0 } else { (v - mean) / denom };
             let w = weight.map_or(1.0, |w| w[c]);
             let b = bias.map_or(0.0, |b| b[c]);
             *y = normed * w + b;
         }
     }
-    Ok(Mat {
-        data: out,
-        rows,
-        cols,
-    })
+    Ok(Mat { data: out, rows, cols })
 }
 
 /// The number of rotated dimensions of each head: `floor(head_dim · rotary_pct)`
@@ -78,10 +56,7 @@ pub fn layer_norm<T: Element>(
 pub fn rotary_dims(head_dim: usize, rotary_pct: f64) -> Result<usize> {
     const OP: &str = "rotary_dims";
     if !(rotary_pct.is_finite() && (0.0..=1.0).contains(&rotary_pct)) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("rotary_pct must be in [0, 1], got {rotary_pct}"),
-        });
+        return Err(Error::InvalidArgument { op: OP, msg: format!("rotary_pct must be in [0, 1], got {rotary_pct}") });
     }
     // head_dim · pct ≤ head_dim, so the cast neither saturates nor wraps.
     let rot = (head_dim as f64 * rotary_pct) as usize;
@@ -129,18 +104,12 @@ pub fn rotary<T: Element>(
     if heads.checked_mul(head_dim) != Some(x.cols) {
         return Err(Error::Shape {
             op: OP,
-            msg: format!(
-                "x is [{}, {}] but heads x head_dim is {heads} x {head_dim}",
-                x.rows, x.cols
-            ),
+            msg: format!("x is [{}, {}] but heads x head_dim is {heads} x {head_dim}", x.rows, x.cols),
         });
     }
     let rot = rotary_dims(head_dim, rotary_pct)?;
     if !(base.is_finite() && base > 0.0) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            msg: format!("base must be finite and > 0, got {base}"),
-        });
+        return Err(Error::InvalidArgument { op: OP, msg: format!("base must be finite and > 0, got {base}") });
     }
     if pos_offset.checked_add(x.rows).is_none() {
         return Err(Error::InvalidArgument {
@@ -149,19 +118,11 @@ pub fn rotary<T: Element>(
         });
     }
     let half = rot / 2;
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|j| base.powf(-((2 * j) as f64) / rot as f64))
-        .collect();
+    let inv_freq: Vec<f64> = (0..half).map(|j| base.powf(-((2 * j) as f64) / rot as f64)).collect();
     let mut out = zeros(OP, x.data.len())?;
-    out.iter_mut()
-        .zip(x.data)
-        .for_each(|(o, v)| *o = v.to_f64());
+    out.iter_mut().zip(x.data).for_each(|(o, v)| *o = v.to_f64());
     if half == 0 {
-        return Ok(Mat {
-            data: out,
-            rows: x.rows,
-            cols: x.cols,
-        });
+        return Ok(Mat { data: out, rows: x.rows, cols: x.cols });
     }
     for (i, row) in out.chunks_exact_mut(x.cols).enumerate() {
         let pos = (pos_offset + i) as f64;
@@ -176,9 +137,5 @@ pub fn rotary<T: Element>(
             }
         }
     }
-    Ok(Mat {
-        data: out,
-        rows: x.rows,
-        cols: x.cols,
-    })
+    Ok(Mat { data: out, rows: x.rows, cols: x.cols })
 }

@@ -96,14 +96,7 @@ impl BlockParams {
     /// Assembles a block from its five Pattentions in [`Slot::ALL`] order.
     fn from_slots(tokens: [(Vec<f64>, Vec<f64>); 5], n_ref: [Option<usize>; 5]) -> Self {
         let [q, k, v, proj, ffn] = tokens;
-        BlockParams {
-            q,
-            k,
-            v,
-            proj,
-            ffn,
-            n_ref,
-        }
+        BlockParams { q, k, v, proj, ffn, n_ref }
     }
 }
 
@@ -150,19 +143,13 @@ pub fn tensor_seed(seed: u64, index: u64) -> u64 {
 fn block_tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
     // usize -> u64 is lossless on every supported target; the wrapping cannot
     // matter for a model that fits in memory.
-    (block as u64)
-        .wrapping_mul(10)
-        .wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
+    (block as u64).wrapping_mul(10).wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
 }
 
 /// `[rows, cols]` of `N(0, std²)` from the Philox stream `seed` (values rounded to f32).
 fn normal(rows: usize, cols: usize, std: f32, seed: u64) -> Result<Vec<f64>> {
     let empty: &[f64] = &[];
-    grow(
-        MatRef::new(empty, 0, cols)?,
-        rows,
-        &Init::Normal { std, seed },
-    )
+    grow(MatRef::new(empty, 0, cols)?, rows, &Init::Normal { std, seed })
 }
 
 impl ModelParams {
@@ -188,12 +175,7 @@ impl ModelParams {
             }
             blocks.push(BlockParams::from_slots(tokens, [None; 5]));
         }
-        Ok(ModelParams {
-            embedding,
-            blocks,
-            final_norm_weight: vec![1.0; d],
-            final_norm_bias: vec![0.0; d],
-        })
+        Ok(ModelParams { embedding, blocks, final_norm_weight: vec![1.0; d], final_norm_bias: vec![0.0; d] })
     }
 
     /// Grows every Pattention of every block to the new token counts (each ≥ the
@@ -235,17 +217,13 @@ impl ModelParams {
                     .to_string(),
             });
         }
-        for (what, old, new) in [
-            ("qkv", cfg.qkv_slots, new_qkv),
-            ("proj", cfg.proj_slots, new_proj),
-            ("ffn", cfg.ffn_slots, new_ffn),
-        ] {
+        for (what, old, new) in
+            [("qkv", cfg.qkv_slots, new_qkv), ("proj", cfg.proj_slots, new_proj), ("ffn", cfg.ffn_slots, new_ffn)]
+        {
             if new < old {
                 return Err(Error::InvalidArgument {
                     op: OP,
-                    msg: format!(
-                        "{what} slots {old} -> {new}: growth cannot remove parameter tokens"
-                    ),
+                    msg: format!("{what} slots {old} -> {new}: growth cannot remove parameter tokens"),
                 });
             }
         }
@@ -263,15 +241,10 @@ impl ModelParams {
                 let key_init = if preserving {
                     Init::Zeros
                 } else {
-                    Init::Normal {
-                        std: KEY_STD,
-                        seed: tensor_seed(seed, block_tensor_index(i, slot, false)),
-                    }
+                    Init::Normal { std: KEY_STD, seed: tensor_seed(seed, block_tensor_index(i, slot, false)) }
                 };
-                let value_init = Init::Normal {
-                    std: v_std,
-                    seed: tensor_seed(seed, block_tensor_index(i, slot, true)),
-                };
+                let value_init =
+                    Init::Normal { std: v_std, seed: tensor_seed(seed, block_tensor_index(i, slot, true)) };
                 *t = (
                     grow(MatRef::new(k_old, n_old, d)?, n_new, &key_init)?,
                     grow(MatRef::new(v_old, n_old, d)?, n_new, &value_init)?,
@@ -294,10 +267,7 @@ impl ModelParams {
     /// Every tensor with its key, expected shape and data, in
     /// [`TokenformerConfig::tensor_names`] order. Callers have checked
     /// `blocks.len() == cfg.layers`.
-    pub(crate) fn named_tensors<'a>(
-        &'a self,
-        cfg: &TokenformerConfig,
-    ) -> Vec<(String, Vec<usize>, &'a [f64])> {
+    pub(crate) fn named_tensors<'a>(&'a self, cfg: &TokenformerConfig) -> Vec<(String, Vec<usize>, &'a [f64])> {
         let mut data: Vec<&[f64]> = vec![&self.embedding];
         for b in &self.blocks {
             for slot in Slot::ALL {
@@ -308,11 +278,7 @@ impl ModelParams {
         }
         data.push(&self.final_norm_weight);
         data.push(&self.final_norm_bias);
-        cfg.tensor_names()
-            .into_iter()
-            .zip(data)
-            .map(|((name, shape), d)| (name, shape, d))
-            .collect()
+        cfg.tensor_names().into_iter().zip(data).map(|((name, shape), d)| (name, shape, d)).collect()
     }
 
     /// Checks that the parameters fit `cfg`: `layers` blocks, every tensor holding
