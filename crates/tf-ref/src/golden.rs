@@ -77,10 +77,10 @@ impl SplitMix64 {
     }
 }
 
-/// An f32 tensor ready for serialisation.
-struct F32Tensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+/// An f32 tensor ready for serialisation (golden files and checkpoints).
+pub(crate) struct F32Tensor {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) bytes: Vec<u8>,
 }
 
 impl F32Tensor {

@@ -4,34 +4,13 @@ use super::config::TokenformerConfig;
 use super::params::{BlockParams, ModelParams, Slot};
 use crate::{Element, Error, Result};
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
-use std::borrow::Cow;
+use crate::golden::F32Tensor;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 const SAVE: &str = "ModelParams::save_safetensors";
 const LOAD: &str = "ModelParams::load_safetensors";
-
-/// An f32 tensor ready for serialisation.
-struct F32Tensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl View for &F32Tensor {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
 
 /// The metadata key holding the pinned `n_ref` of a Pattention:
 /// `sequential.{i+2}.attention.query.n_ref`, …, `sequential.{i+2}.mlp.n_ref`.
