@@ -99,18 +99,9 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     };
 
     float acc[Tr::kMT][Tr::kNT][4];
-#pragma unroll
-    for (int i = 0; i < Tr::kMT; ++i)
-#pragma unroll
-        for (int j = 0; j < Tr::kNT; ++j)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+    zero_acc(acc);
 
-#pragma unroll
-    for (int s = 0; s < Tr::kStagesA - 1; ++s) {
-        if (s < k_tiles) load(s);
-        tf::cp_async_commit();
-    }
+    ring_prologue<Tr::kStagesA>(k_tiles, load);
     for (int kt = 0; kt < k_tiles; ++kt) {
         tf::cp_async_wait<Tr::kStagesA - 2>();
         __syncthreads();
@@ -237,11 +228,7 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
     const bool even = p.d_out % 2 == 0;
     float acc[Tr::kMT][Tr::kNT][4];
 
-#pragma unroll
-    for (int s = 0; s < Tr::kStagesB - 1; ++s) {
-        if (s < steps) load(s);
-        tf::cp_async_commit();
-    }
+    ring_prologue<Tr::kStagesB>(steps, load);
     for (int it = 0; it < steps; ++it) {
         tf::cp_async_wait<Tr::kStagesB - 2>();
         __syncthreads();
@@ -249,12 +236,7 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
         tf::cp_async_commit();
         const int blk = it / slices, s = it % slices;
         if (s == 0) {
-#pragma unroll
-            for (int i = 0; i < Tr::kMT; ++i)
-#pragma unroll
-                for (int j = 0; j < Tr::kNT; ++j)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+            zero_acc(acc);
         }
         const unsigned char* sv = sR + (it % Tr::kStagesB) * Tr::kStageB;
 #pragma unroll

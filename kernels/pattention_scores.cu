@@ -128,18 +128,9 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
     };
 
     float acc[Tr::kMT][Tr::kNT][4];
-#pragma unroll
-    for (int i = 0; i < Tr::kMT; ++i)
-#pragma unroll
-        for (int j = 0; j < Tr::kNT; ++j)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+    zero_acc(acc);
 
-#pragma unroll
-    for (int s = 0; s < Tr::kStages - 1; ++s) {
-        if (s < k_tiles) load(s);
-        tf::cp_async_commit();
-    }
+    ring_prologue<Tr::kStages>(k_tiles, load);
     for (int kt = 0; kt < k_tiles; ++kt) {
         tf::cp_async_wait<Tr::kStages - 2>();
         __syncthreads();  // tile kt landed for all; stage (kt - 1) % S is free

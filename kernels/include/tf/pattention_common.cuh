@@ -231,5 +231,28 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
     }
 }
 
+// Zeroes an mma accumulator array of MT x NT m16n8 tiles.
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[i][j][c] = 0.0f;
+}
+
+// Prologue of a STAGES-deep cp.async ring over `steps` tiles: issues tiles
+// 0 .. STAGES-2 that exist, one commit group per stage (empty groups past the end
+// keep the main loop's cp_async_wait<STAGES - 2> accounting uniform).
+template <int STAGES, typename Load>
+__device__ __forceinline__ void ring_prologue(int steps, Load& load) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < steps) load(s);
+        tf::cp_async_commit();
+    }
+}
+
 }  // namespace pat
 }  // namespace tf
