@@ -108,6 +108,11 @@ pub struct LaunchConfig {
     pub os_threads: u32,
     /// How the warps of a block interleave.
     pub warp_order: WarpOrder,
+    /// The watchdog's limit in milliseconds: a worker whose threads make no progress
+    /// (no barrier, warp collective or exit) for this long stops the launch with an
+    /// error naming the kernel and where each thread stands. 0 = `TF_EMU_TIMEOUT_S`
+    /// seconds from the environment (0 there turns the watchdog off), else 60 s.
+    pub timeout_ms: u32,
 }
 
 impl LaunchConfig {
@@ -122,6 +127,7 @@ impl LaunchConfig {
             seed: 0,
             os_threads: 0,
             warp_order: WarpOrder::RoundRobin,
+            timeout_ms: 0,
         }
     }
 }
@@ -180,6 +186,7 @@ pub unsafe fn launch<P: Copy>(kernel: &str, cfg: &LaunchConfig, params: &P) -> R
         seed: cfg.seed,
         os_threads: cfg.os_threads,
         warp_order: cfg.warp_order.raw(),
+        timeout_ms: cfg.timeout_ms,
     };
     // SAFETY: `args` points at live data (the name and params outlive the call) and
     // `err` is a writable buffer of the length passed; what the kernel does with the

@@ -320,12 +320,19 @@ typedef struct tf_emu_launch_args {
     uint64_t seed;               /* lane-order seed */
     uint32_t os_threads;         /* worker OS threads for blocks; 0 = number of cores */
     int32_t warp_order;          /* tf_emu_warp_order (0: round robin) */
+    uint32_t timeout_ms;         /* watchdog: a worker whose threads make no progress (no
+                                    rendezvous, no exit) this long stops the launch with an
+                                    error; 0 = TF_EMU_TIMEOUT_S seconds, else 60 s */
 } tf_emu_launch_args;
 
 /* Runs a kernel to completion on the emulator. Returns 0 on success; otherwise
  * a non-zero code and a NUL-terminated message in `err` (at most err_len bytes)
  * naming the kernel, block, thread and source location where known. */
 int tf_emu_launch(const tf_emu_launch_args *args, char *err, size_t err_len);
+
+/* Test hook: when `on`, the next fault the emulator handles faults again inside
+ * its handler, which must end the process with a message (never recurse). */
+void tf_emu_test_fault_in_handler(int on);
 
 /* Number of kernels the emulator knows, and the i-th kernel's name. */
 size_t tf_emu_kernel_count(void);

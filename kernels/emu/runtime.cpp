@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "fiber.h"
+#include "guard.h"
 #include "tf_emu_api.h"
 #include "tf_kernels.h"
 
@@ -131,6 +132,7 @@ struct Launch {
     uint64_t nblocks = 0;
     std::atomic<uint64_t> next{0};
     std::atomic<bool> failed{false};
+    uint64_t limit_ns = 0;  // the watchdog's limit without progress (0: unwatched)
     std::mutex err_mu;
     std::string err;
 
@@ -164,7 +166,11 @@ struct Worker {
     int warp_pol = 0;    // this block's tf_emu_warp_order (never MIXED)
     bool ahead = false;  // warp-major: a warp's released lanes go to the queue's front
     bool failed = false;
+    Interrupt stop;          // set by the signal handler (guard.cpp) when it stopped a fiber
+    uint32_t stop_fiber = 0;  // the fiber it stopped
     char errbuf[4096];
+    Watch watch;             // progress, as the watchdog sees it
+    SignalStack sigstack;    // the fault handler's stack while this worker runs
     // Shared memory of the block.
     char* dyn_start = nullptr;
     char* dyn_end = nullptr;
@@ -431,6 +437,7 @@ void release_all(Worker& W) {
 // Switches from the current fiber `f` to the next ready one (or the scheduler);
 // returns when `f` is resumed. `f` is resumed only if someone queued it.
 void park(Worker& W, Fiber* f) {
+    bump(W.watch);
     Fiber* next = rq_pop(W);
     if (next == f) {
         set_current(f);
@@ -461,6 +468,23 @@ void park(Worker& W, Fiber* f) {
     ctx_switch(&f->ctx, &W.sched);
     abort();  // unreachable: a failed block's fibers are never resumed
 }
+
+}  // namespace
+
+// Called from the signal handler (guard.cpp): only stores and a context switch.
+void interrupt_fiber(const Interrupt& why) {
+    Worker* W = t_worker;
+    Fiber* f = t_cur;
+    if (!W || !f || !W->L || W->failed) return;
+    W->stop = why;
+    W->stop_fiber = f->linear;
+    W->failed = true;
+    t_cur = nullptr;
+    ctx_switch(&f->ctx, &W->sched);
+    abort();  // unreachable: a failed block's fibers are never resumed
+}
+
+namespace {
 
 // If lane `dead` (exited) last completed a collective at the same call site as `g`
 // but with another mask or op, says so ("" otherwise): that is why it is missing.
@@ -510,7 +534,9 @@ void fiber_entry() {
     thread_exit(W, f);
 }
 
-void describe_deadlock(Worker& W) {
+// Where every thread of the block stands, runs of equal states merged:
+// "threads 0-31 wait at __syncthreads (kernels/x.cu:12); thread 32 is running; ...".
+std::string thread_states(const Worker& W) {
     std::string s;
     int segments = 0;
     uint32_t i = 0;
@@ -523,6 +549,7 @@ void describe_deadlock(Worker& W) {
             if (a.state == St::Barrier && !same_site(a.bar_file, a.bar_line, b.bar_file, b.bar_line)) break;
             if (a.state == St::Warp && (a.op != b.op || a.mask != b.mask || !same_site(a.file, a.line, b.file, b.line)))
                 break;
+            if (a.state == St::Running) break;
             ++j;
         }
         char seg[512];
@@ -539,6 +566,7 @@ void describe_deadlock(Worker& W) {
                          short_file(a.file), a.line);
                 break;
             case St::Exited: snprintf(seg, sizeof seg, "%s have exited", range); break;
+            case St::Running: snprintf(seg, sizeof seg, "%s is running", range); break;
             default: snprintf(seg, sizeof seg, "%s are runnable", range); break;
         }
         if (!s.empty()) s += "; ";
@@ -547,10 +575,55 @@ void describe_deadlock(Worker& W) {
         i = j + 1;
     }
     if (i < W.n) s += "; ...";
+    return s;
+}
+
+void describe_deadlock(Worker& W) {
     snprintf(W.errbuf, sizeof W.errbuf,
              "kernel `%s`, block (%u,%u,%u): deadlock: no thread can proceed (threads are numbered x-fastest): %s",
-             W.L->kernel->name, W.ids.block_idx.x, W.ids.block_idx.y, W.ids.block_idx.z, s.c_str());
+             W.L->kernel->name, W.ids.block_idx.x, W.ids.block_idx.y, W.ids.block_idx.z, thread_states(W).c_str());
     W.failed = true;
+}
+
+// The message for a fiber stopped by the signal handler (guard.cpp), formatted here,
+// outside the handler.
+void describe_stop(Worker& W) {
+    const Interrupt& s = W.stop;
+    const Fiber& f = W.fibers[W.stop_fiber];
+    char what[2048];
+    if (s.kind == Stop::Timeout) {
+        snprintf(what, sizeof what,
+                 "no progress for %.3g s (the emulator's watchdog; TF_EMU_TIMEOUT_S sets the limit): this thread ran "
+                 "without reaching a barrier, a warp collective or its end (pc %p). A loop that waits for another "
+                 "thread's write needs __syncwarp, __syncthreads or __nanosleep in it to let that thread run. Where "
+                 "the threads stand (numbered x-fastest): %s",
+                 (double)W.L->limit_ns / 1e9, reinterpret_cast<void*>(s.pc), thread_states(W).c_str());
+    } else {
+        const char* a = static_cast<const char*>(s.addr);
+        const size_t ps = page_size();
+        const char* stacks_end = W.stacks + W.slot * kMaxThreads;
+        if (a >= W.stacks && a < stacks_end && (size_t)(a - W.stacks) % W.slot < ps) {
+            const Fiber& o = W.fibers[(size_t)(a - W.stacks) / W.slot];
+            snprintf(what, sizeof what,
+                     "stack overflow: thread (%u,%u,%u) of the block exhausted its %zu KiB fiber stack (large local "
+                     "arrays or deep recursion? TF_EMU_STACK_KIB raises it)",
+                     o.tid.x, o.tid.y, o.tid.z, W.stack_size / 1024);
+        } else if (a >= W.win + kWindowBytes && a < W.win + kWindowBytes + ps) {
+            snprintf(what, sizeof what,
+                     "invalid shared memory access at %p: %zu bytes past the end of the block's dynamic shared memory "
+                     "(%u bytes requested)",
+                     s.addr, (size_t)(a - (W.win + kWindowBytes)), W.L->dyn_bytes);
+        } else if (a >= W.win - ps && a < W.win) {
+            snprintf(what, sizeof what, "invalid shared memory access at %p: below the block's shared memory window",
+                     s.addr);
+        } else {
+            snprintf(what, sizeof what, "invalid memory access (%s) at address %p (pc %p)",
+                     s.sig == SIGBUS ? "SIGBUS" : "SIGSEGV", s.addr, reinterpret_cast<void*>(s.pc));
+        }
+    }
+    snprintf(W.errbuf, sizeof W.errbuf, "kernel `%s`, block (%u,%u,%u), thread (%u,%u,%u) (warp %u, lane %u): %s",
+             W.L->kernel->name, W.ids.block_idx.x, W.ids.block_idx.y, W.ids.block_idx.z, f.tid.x, f.tid.y, f.tid.z,
+             f.warp, f.lane, what);
 }
 
 void run_block(Worker& W, Launch& L, uint64_t b) {
@@ -604,6 +677,7 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
     W.n_exited = 0;
     W.n_at_bar = 0;
     W.failed = false;
+    W.stop = Interrupt();
     release_all(W);
 
     for (;;) {
@@ -613,104 +687,18 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
             break;
         }
         set_current(f);
+        bump(W.watch);
         ctx_switch(&W.sched, &f->ctx);
         if (W.failed) break;
+    }
+    if (W.stop.kind != Stop::None) {
+        left_handler();
+        describe_stop(W);
     }
     t_cur = nullptr;
     t_thread_idx = nullptr;
     if (W.failed) L.set_error(W.errbuf);
 }
-
-// ------------------------------------------------------------------ faults
-// A SIGSEGV / SIGBUS raised by kernel code running in a fiber (a stack overflow into
-// a guard page, an access past the shared-memory window, a wild pointer) ends the
-// launch with an error instead of killing the process: the handler (on the thread's
-// alternate signal stack) records it and switches to the worker's scheduler, which
-// abandons the block. Faults anywhere else go to the previous handler (Rust's).
-
-struct sigaction g_old_segv, g_old_bus;
-
-void chain_fault(int sig, siginfo_t* si, void* uctx) {
-    const struct sigaction& old = sig == SIGBUS ? g_old_bus : g_old_segv;
-    if (old.sa_flags & SA_SIGINFO) {
-        old.sa_sigaction(sig, si, uctx);
-    } else if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) {
-        old.sa_handler(sig);
-    } else {
-        sigaction(sig, &old, nullptr);  // default action when the access re-faults
-    }
-}
-
-void fault_handler(int sig, siginfo_t* si, void* uctx) {
-    Worker* W = t_worker;
-    Fiber* f = t_cur;
-    if (!W || !f || !W->L || W->failed) {
-        chain_fault(sig, si, uctx);
-        return;
-    }
-    const char* a = static_cast<const char*>(si->si_addr);
-    const size_t ps = page_size();
-    const char* stacks_end = W->stacks + W->slot * kMaxThreads;
-    if (a >= W->stacks && a < stacks_end && (size_t)(a - W->stacks) % W->slot < ps) {
-        const size_t i = (size_t)(a - W->stacks) / W->slot;
-        fail(*W, f,
-             "stack overflow: thread (%u,%u,%u) of the block exhausted its %zu KiB fiber stack (large local "
-             "arrays or deep recursion? TF_EMU_STACK_KIB raises it)",
-             W->fibers[i].tid.x, W->fibers[i].tid.y, W->fibers[i].tid.z, W->stack_size / 1024);
-    }
-    if (a >= W->win + kWindowBytes && a < W->win + kWindowBytes + ps)
-        fail(*W, f,
-             "invalid shared memory access at %p: %zu bytes past the end of the block's dynamic shared memory "
-             "(%u bytes requested)",
-             si->si_addr, (size_t)(a - (W->win + kWindowBytes)), W->L->dyn_bytes);
-    if (a >= W->win - ps && a < W->win)
-        fail(*W, f, "invalid shared memory access at %p: below the block's shared memory window", si->si_addr);
-    fail(*W, f, "invalid memory access (%s) at address %p", sig == SIGBUS ? "SIGBUS" : "SIGSEGV", si->si_addr);
-}
-
-void install_fault_handler() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = fault_handler;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;  // never returns when it handles
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGSEGV, &sa, &g_old_segv);
-        sigaction(SIGBUS, &sa, &g_old_bus);
-    });
-}
-
-// An alternate signal stack for the current thread if it has none (the fault handler
-// must run off the fiber stack it may have overflowed); undone by the destructor.
-struct AltStack {
-    void* mem = nullptr;
-    AltStack() {
-        stack_t cur;
-        if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;
-        const size_t size = 64 * 1024;
-        mem = malloc(size);
-        if (!mem) return;
-        stack_t st;
-        st.ss_sp = mem;
-        st.ss_size = size;
-        st.ss_flags = 0;
-        if (sigaltstack(&st, nullptr) != 0) {
-            free(mem);
-            mem = nullptr;
-        }
-    }
-    ~AltStack() {
-        if (!mem) return;
-        stack_t st;
-        memset(&st, 0, sizeof st);
-        st.ss_flags = SS_DISABLE;
-        sigaltstack(&st, nullptr);
-        free(mem);
-    }
-    AltStack(const AltStack&) = delete;
-    AltStack& operator=(const AltStack&) = delete;
-};
 
 // Runs blocks of the launch until none is left. The launching thread (`first`) always
 // gets a Worker (waiting if need be); extra threads give up when none is free.
@@ -730,14 +718,21 @@ void worker_main(Launch* L, bool first) {
         checkin(W);
         return;
     }
-    AltStack alt;
+    SignalStackScope alt(W->sigstack);
+    if (!alt.installed()) {
+        L->set_error("the emulator could not map or install its signal stack (mmap or sigaltstack failed)");
+        checkin(W);
+        return;
+    }
     t_worker = W;
     W->L = L;
+    watch_begin(&W->watch, L->kernel->name, L->limit_ns);
     while (!L->failed.load(std::memory_order_relaxed)) {
         const uint64_t b = L->next.fetch_add(1);
         if (b >= L->nblocks) break;
         run_block(*W, *L, b);
     }
+    watch_end(&W->watch);
     W->L = nullptr;
     t_worker = nullptr;
     t_block_ids = nullptr;
@@ -1294,8 +1289,9 @@ int launch(const tf_emu_launch_args* a, char* err, size_t err_len) {
         put_err(err, err_len, bad);
         return 1;
     }
-    install_fault_handler();
+    install_guard();
     Launch L;
+    L.limit_ns = watchdog_limit_ns(a->timeout_ms);
     L.kernel = k;
     L.params = a->params;
     L.grid = dim3(a->grid[0], a->grid[1], a->grid[2]);

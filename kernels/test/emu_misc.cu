@@ -86,6 +86,8 @@ __device__ void convert(const tf_test_params& p) {
 // 14 shuffle width 3                               15 exit at a barrier of another warp
 // 16 a write `arg` bytes into 256 bytes of dynamic shared memory (past its end)
 // 17 thread 3 overflows its stack (deep recursion)  18 a read through a wild pointer
+// 19 thread 0 spins until thread 1 writes a flag, with no rendezvous in the loop (a
+//    hang under cooperative scheduling when thread 0 runs first: the watchdog's case)
 __device__ __noinline__ int deep(int n) {
     volatile char buf[1024];
     buf[n % 1024] = (char)n;
@@ -165,6 +167,14 @@ __device__ void errors(const tf_test_params& p) {
         case 18:
             if (t == 40) v = (float)*reinterpret_cast<volatile int*>(p.in2 + 16);  // in2 = 0
             break;
+        case 19: {
+            volatile uint32_t* flag = reinterpret_cast<volatile uint32_t*>(p.out1);  // out1 = 0 before
+            if (t == 1) *flag = 1u;
+            if (t == 0)
+                while (*flag == 0u) {
+                }
+            break;
+        }
         default: break;
     }
     out[t] = v;

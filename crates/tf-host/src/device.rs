@@ -329,6 +329,8 @@ impl Device {
                     // a warp schedule per block drawn from the seed (round robin
                     // or warp-major): the seed varies per launch
                     warp_order: emu::WarpOrder::Mixed,
+                    // the watchdog's limit from TF_EMU_TIMEOUT_S, else its default
+                    timeout_ms: 0,
                 };
                 // SAFETY: the caller guarantees the pointers in `params` are host
                 // addresses valid for the kernel's accesses (emulator tensors
