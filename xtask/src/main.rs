@@ -8,6 +8,7 @@
 //!   attention and growth on the GPU; without one, the emulator check);
 //!   `bench --criterion` runs the criterion benches instead.
 
+mod limits;
 mod toolchain;
 
 use std::env;
@@ -52,7 +53,9 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   setup           find or install (into .toolchain/) nvcc 13.0 and libclang
-  test [args]     setup, then cargo test --workspace [args], then the SASS checks
+  test [args]     setup, then cargo test --workspace [args], then the SASS checks;
+                  a test binary running past TF_TEST_BINARY_TIMEOUT_S (600 s) or the
+                  whole run past TF_TEST_TIMEOUT_S (2700 s) is killed and named
   bench [args]    setup, then `tokenformer bench [args]` (release build; without a
                   GPU it says so and runs `tokenformer check` on the emulator);
                   `bench --criterion [args]` runs `cargo bench [args]` instead
@@ -154,7 +157,7 @@ fn ensure_venv(venv: &Path) -> Result<(), String> {
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     let tc = setup(root)?;
-    run(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
+    limits::run_tests(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
     sass_checks(root)
 }
 
