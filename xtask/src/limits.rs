@@ -35,7 +35,12 @@ enum Line {
 }
 
 /// Echoes `r` to our stdout or stderr line by line and sends each line on.
-fn pump<R: Read + Send + 'static>(r: R, to_err: bool, tx: mpsc::Sender<Line>) -> std::thread::JoinHandle<()> {
+fn pump<R: Read + Send + 'static>(
+    r: R,
+    to_err: bool,
+    echo: bool,
+    tx: mpsc::Sender<Line>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut buf = Vec::new();
@@ -45,9 +50,9 @@ fn pump<R: Read + Send + 'static>(r: R, to_err: bool, tx: mpsc::Sender<Line>) ->
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            if to_err {
+            if echo && to_err {
                 let _ = std::io::stderr().write_all(&buf);
-            } else {
+            } else if echo {
                 let mut o = std::io::stdout().lock();
                 let _ = o.write_all(&buf);
                 let _ = o.flush();
@@ -72,16 +77,18 @@ struct Current {
 pub fn run_tests(cmd: &mut Command) -> Result<(), String> {
     let per_binary = limit("TF_TEST_BINARY_TIMEOUT_S", BINARY_LIMIT_S)?;
     let total = limit("TF_TEST_TIMEOUT_S", TOTAL_LIMIT_S)?;
-    run_limited(cmd, per_binary, total)
+    run_limited(cmd, per_binary, total, true)
 }
 
-fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration) -> Result<(), String> {
+/// `echo`: pass the command's output through (off in this module's tests, whose
+/// stand-in output would otherwise look like cargo's to an enclosing run).
+fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration, echo: bool) -> Result<(), String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).process_group(0);
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let (tx, rx) = mpsc::channel();
-    let out = pump(child.stdout.take().ok_or("no stdout pipe")?, false, tx.clone());
-    let err = pump(child.stderr.take().ok_or("no stderr pipe")?, true, tx);
+    let out = pump(child.stdout.take().ok_or("no stdout pipe")?, false, echo, tx.clone());
+    let err = pump(child.stderr.take().ok_or("no stderr pipe")?, true, echo, tx);
     let mut cur: Option<Current> = None;
     let mut lines_open = true;
     loop {
@@ -204,7 +211,7 @@ mod tests {
     #[test]
     fn a_test_binary_past_its_limit_is_killed_and_named() {
         let start = Instant::now();
-        let e = run_limited(&mut fake_cargo(60), Duration::from_secs(1), Duration::from_secs(120)).unwrap_err();
+        let e = run_limited(&mut fake_cargo(60), Duration::from_secs(1), Duration::from_secs(120), false).unwrap_err();
         assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
         assert!(e.contains("tests/fake.rs") && e.contains("ran past its 1 s limit"), "{e}");
         assert!(e.contains("tests not finished: b"), "{e}");
@@ -212,15 +219,15 @@ mod tests {
 
     #[test]
     fn the_whole_run_has_a_limit_too() {
-        let e = run_limited(&mut fake_cargo(60), Duration::from_secs(100), Duration::from_secs(1)).unwrap_err();
+        let e = run_limited(&mut fake_cargo(60), Duration::from_secs(100), Duration::from_secs(1), false).unwrap_err();
         assert!(e.contains("TF_TEST_TIMEOUT_S") && e.contains("tests/fake.rs"), "{e}");
     }
 
     #[test]
     fn a_run_within_its_limits_passes_and_a_failing_one_fails() {
-        assert_eq!(run_limited(&mut fake_cargo(0), Duration::from_secs(60), Duration::from_secs(60)), Ok(()));
+        assert_eq!(run_limited(&mut fake_cargo(0), Duration::from_secs(60), Duration::from_secs(60), false), Ok(()));
         let mut failing = Command::new("sh");
         failing.args(["-c", "exit 3"]);
-        assert!(run_limited(&mut failing, Duration::from_secs(60), Duration::from_secs(60)).is_err());
+        assert!(run_limited(&mut failing, Duration::from_secs(60), Duration::from_secs(60), false).is_err());
     }
 }
