@@ -104,9 +104,11 @@ pub fn check_writable(path: &Path) -> io::Result<()> {
         return Err(at(path, io::Error::new(io::ErrorKind::NotFound, format!("no directory {}", dir.display()))));
     }
     let probe = temp_path(&dir, name);
-    OpenOptions::new().write(true).create_new(true).open(&probe).map_err(|e| {
-        at(path, io::Error::new(e.kind(), format!("cannot create a file in {}: {e}", dir.display())))
-    })?;
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| at(path, io::Error::new(e.kind(), format!("cannot create a file in {}: {e}", dir.display()))))?;
     std::fs::remove_file(&probe).map_err(|e| at(&probe, e))
 }
 

@@ -59,8 +59,8 @@ pub use error::{Error, Result};
 pub use gelu::{erf, erfc, gelu};
 pub use grow::{grow, Init};
 pub use model::{
-    block_forward, layer_norm, model_forward, CheckpointInfo, LoadOptions, rotary, rotary_dims, tensor_seed, BlockParams, ModelParams, Slot,
-    TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
+    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, CheckpointInfo,
+    LoadOptions, ModelParams, Slot, TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
 };
 pub use pattention::{linear, pattention, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};

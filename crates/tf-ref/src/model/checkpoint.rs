@@ -169,7 +169,9 @@ fn data_fault(buf: &[u8]) -> Option<String> {
             return Some(format!("tensor {name:?} declares bytes {a}..{b} but its shape and dtype need {want}"));
         }
         if *b > data as u64 {
-            return Some(format!("tensor {name:?} needs bytes {a}..{b} but the file holds {data} data bytes: truncated?"));
+            return Some(format!(
+                "tensor {name:?} needs bytes {a}..{b} but the file holds {data} data bytes: truncated?"
+            ));
         }
     }
     let end = ranges.last().map_or(0, |r| r.1);
