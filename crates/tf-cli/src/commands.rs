@@ -54,9 +54,12 @@ struct Provenance {
     init_seed: Option<u64>,
 }
 
+/// Slot counts (qkv, proj, ffn).
+type Slots = (usize, usize, usize);
+
 /// Reads a checkpoint's header: its slot counts (from the tensor shapes) and
 /// provenance. Errors name the flag and the file.
-fn checkpoint_info(path: &Path) -> CliResult<(Option<(usize, usize, usize)>, Provenance)> {
+fn checkpoint_info(path: &Path) -> CliResult<(Option<Slots>, Provenance)> {
     let info = CheckpointInfo::read(path).map_err(|e| format!("--checkpoint: {e}"))?;
     let dtype = match info.metadata.get(META_DTYPE).map(String::as_str) {
         None => None,
@@ -81,11 +84,7 @@ fn checkpoint_info(path: &Path) -> CliResult<(Option<(usize, usize, usize)>, Pro
 
 /// The config a command runs: `--config` with the slot counts of `--slots`, else
 /// of the checkpoint's tensors, else the config's own.
-fn model_config(
-    name: &str,
-    slots: Option<&str>,
-    from_file: Option<(usize, usize, usize)>,
-) -> CliResult<TokenformerConfig> {
+fn model_config(name: &str, slots: Option<&str>, from_file: Option<Slots>) -> CliResult<TokenformerConfig> {
     let cfg = config(name)?;
     let slots = match slots {
         Some(s) => Some(parse_slots("--slots", s)?),
@@ -161,7 +160,7 @@ fn grow_with<T: DType>(
     dev: &Device,
     why: &Option<String>,
     cfg: &TokenformerConfig,
-    (q, p, f): (usize, usize, usize),
+    (q, p, f): Slots,
     prov: Option<&Provenance>,
 ) -> CliResult<ExitCode> {
     let init_seed = match prov {
@@ -314,7 +313,6 @@ pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn generate_with<T: DType>(
     a: &GenerateArgs,
     dev: &Device,

@@ -107,8 +107,8 @@ pub struct GrowArgs {
     /// model) instead of a random init.
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<std::path::PathBuf>,
-    /// Slot counts of the checkpoint, qkv,proj,ffn (default: read from the file).
-    #[arg(long, value_name = "QKV,PROJ,FFN", requires = "checkpoint")]
+    /// Slot counts of the model, qkv,proj,ffn (default: read from the checkpoint, else the config's).
+    #[arg(long, value_name = "QKV,PROJ,FFN")]
     pub slots: Option<String>,
     /// A released config to grow to (same shape, more slots), e.g. 757m.
     #[arg(long, conflicts_with = "to_slots")]
@@ -150,8 +150,8 @@ pub struct GenerateArgs {
     /// Safetensors checkpoint with the official GPT-NeoX key names (default: random init).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<std::path::PathBuf>,
-    /// Slot counts of a grown checkpoint, qkv,proj,ffn (default: read from the file).
-    #[arg(long, value_name = "QKV,PROJ,FFN", requires = "checkpoint")]
+    /// Slot counts of the model, qkv,proj,ffn (default: read from the checkpoint, else the config's).
+    #[arg(long, value_name = "QKV,PROJ,FFN")]
     pub slots: Option<String>,
     /// Prompt token ids, comma-separated.
     #[arg(long, value_name = "IDS")]

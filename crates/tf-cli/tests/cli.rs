@@ -252,8 +252,11 @@ fn grow_refuses_shrinking_and_says_when_nothing_grew() {
 #[test]
 fn output_paths_are_checked_before_any_compute() {
     let start = std::time::Instant::now();
-    let e = fails(&["grow", "--config", "tiny", "--to-slots", "96,64,128", "--save", "/nonexistent/dir/g.safetensors"]);
+    let args = ["grow", "--config", "tiny", "--to-slots", "96,64,128", "--save", "/nonexistent/dir/g.safetensors"];
+    let e = fails(&args);
     assert!(e.contains("--save") && e.contains("/nonexistent/dir"), "{e}");
+    // Refused before the model was made or grown: nothing on stdout.
+    assert_eq!(text(&tokenformer(&args)).0, "", "grow ran before refusing its --save path");
     let e = fails(&["bench", "--json", "/nonexistent/dir/rows.jsonl"]);
     assert!(e.contains("--json") && e.contains("/nonexistent/dir"), "{e}");
     let dir = tmp("outdir");
