@@ -226,7 +226,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            let raw: Vec<String> = std::env::args().skip(1).collect();
+            let raw: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
             if let Some(hint) = util::negative_value_hint(&raw) {
                 eprintln!("tokenformer: {hint}");
                 return ExitCode::from(2);
