@@ -445,3 +445,19 @@ impl<'a, T: DType> ViewMut<'a, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+    use cudarc::driver::DriverError;
+
+    #[test]
+    fn a_cuda_allocation_failure_is_out_of_memory() {
+        match device_oom::<f32>(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY), 1000) {
+            Error::OutOfMemory { bytes: 4000, what } => assert!(what.contains("1000 elements"), "{what}"),
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        assert!(matches!(device_oom::<f32>(DriverError(CUresult::CUDA_ERROR_INVALID_VALUE), 1), Error::Driver(_)));
+    }
+}
