@@ -244,30 +244,43 @@ fn grow_with<T: DType>(
         before.len(),
         if differ == 0 { " (bitwise identical)" } else { "" }
     );
-    // A growth that was to preserve the function and did not is never saved.
-    if a.preserving && differ != 0 {
+    let save = a.save.as_ref().map(|path| {
+        move || -> CliResult<()> {
+            let seed_text = init_seed.map(|v| v.to_string());
+            let mut meta = vec![(META_DTYPE, T::NAME)];
+            if let Some(v) = &seed_text {
+                meta.push((META_INIT_SEED, v.as_str()));
+            }
+            m.save_with_metadata(path, &meta).map_err(|e| format!("--save: {e}"))?;
+            outln!(
+                "saved {} to {} ({}; generate with --config {} --checkpoint {})",
+                g.name,
+                path.display(),
+                T::NAME,
+                cfg.name,
+                path.display()
+            );
+            Ok(())
+        }
+    });
+    check_then_save(a.preserving, differ, save)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `save` (if any) only after a `--preserving` growth was seen to leave
+/// every logit bitwise unchanged: a growth that did not preserve the function is
+/// an error and is never saved.
+fn check_then_save(preserving: bool, differ: usize, save: Option<impl FnOnce() -> CliResult<()>>) -> CliResult<()> {
+    if preserving && differ != 0 {
         return Err(format!(
             "grow --preserving changed {differ} logits: the growth did not preserve the function{}",
-            if a.save.is_some() { "; nothing was saved" } else { "" }
+            if save.is_some() { "; nothing was saved" } else { "" }
         ));
     }
-    if let Some(path) = &a.save {
-        let seed_text = init_seed.map(|v| v.to_string());
-        let mut meta = vec![(META_DTYPE, T::NAME)];
-        if let Some(v) = &seed_text {
-            meta.push((META_INIT_SEED, v.as_str()));
-        }
-        m.save_with_metadata(path, &meta).map_err(|e| format!("--save: {e}"))?;
-        outln!(
-            "saved {} to {} ({}; generate with --config {} --checkpoint {})",
-            g.name,
-            path.display(),
-            T::NAME,
-            cfg.name,
-            path.display()
-        );
+    match save {
+        Some(f) => f(),
+        None => Ok(()),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `generate`: token ids in, token ids out.
@@ -427,4 +440,33 @@ pub fn info() -> CliResult<ExitCode> {
         outln!("ptxas:    largest static shared memory {max_smem} bytes");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_growth_that_changed_the_logits_is_not_saved() {
+        let mut saved = 0;
+        let e = check_then_save(
+            true,
+            3,
+            Some(|| -> CliResult<()> {
+                saved += 1;
+                Ok(())
+            }),
+        )
+        .unwrap_err();
+        assert!(e.contains("changed 3 logits") && e.contains("nothing was saved"), "{e}");
+        assert_eq!(saved, 0, "saved before the check");
+        let mut save = || -> CliResult<()> {
+            saved += 1;
+            Ok(())
+        };
+        check_then_save(true, 0, Some(&mut save)).unwrap();
+        check_then_save(false, 5, Some(&mut save)).unwrap();
+        assert_eq!(saved, 2);
+        assert!(check_then_save(true, 1, None::<fn() -> CliResult<()>>).unwrap_err().ends_with("function"));
+    }
 }
