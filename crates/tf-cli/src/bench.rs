@@ -11,7 +11,7 @@ use tf_host::bench::{
 };
 use tf_host::Device;
 
-use crate::util::{bar, s, spinner, CliResult};
+use crate::util::{bar, check_output, out, outln, s, spinner, write_file, CliResult};
 use crate::{BenchArgs, CheckArgs, DeviceArg};
 
 const FAMILIES: [&str; 3] = ["pattention", "attention", "grow"];
@@ -20,27 +20,34 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     if let Some(bad) = args.only.iter().find(|f| !FAMILIES.contains(&f.as_str())) {
         return Err(format!("--only: unknown family {bad:?}; expected some of {FAMILIES:?}"));
     }
+    // Output paths are checked before anything runs.
+    if let Some(path) = &args.json {
+        check_output("--json", path)?;
+    }
+    if let Some(path) = &args.svg {
+        check_output("--svg", path)?;
+    }
     let dev = match Device::cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            println!("bench: no usable GPU ({e}).");
-            println!(
+            outln!("bench: no usable GPU ({e}).");
+            outln!(
                 "bench: the benchmarks need a CUDA device; emulator timings are not performance, so nothing is timed. \
                  Running `tokenformer check` on the emulator instead."
             );
             if args.json.is_some() || args.svg.is_some() {
-                println!("bench: --json / --svg not written: nothing was measured.");
+                outln!("bench: --json / --svg not written: nothing was measured.");
             }
             let code = crate::check::run(&CheckArgs { seed: args.seed, device: DeviceArg::Emulator })?;
             return Ok(code);
         }
     };
     let set = if args.quick { BenchSet::Quick } else { BenchSet::Full };
-    println!("bench: {} ({} SMs), {:?} set", dev.name(), dev.sm_count(), set);
+    outln!("bench: {} ({} SMs), {:?} set", dev.name(), dev.sm_count(), set);
     let sp = spinner("measuring peaks (8192³ cuBLAS bf16, 1 GiB copy)");
     let peaks = measure_peaks(&dev).map_err(s)?;
     sp.finish_and_clear();
-    println!(
+    outln!(
         "peaks: cuBLAS bf16 {:.1} TFLOP/s (8192³), device copy {:.0} GB/s (1 GiB, read + write)",
         peaks.flops / 1e12,
         peaks.bytes / 1e9
@@ -75,15 +82,15 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    println!("\n{}", table(&rows, &peaks));
-    print!("{}", pattention_ratios(&rows));
+    outln!("\n{}", table(&rows, &peaks));
+    out!("{}", pattention_ratios(&rows));
     if let Some(path) = &args.json {
-        std::fs::write(path, json_lines(&rows, &peaks)).map_err(|e| format!("--json {}: {e}", path.display()))?;
-        println!("bench: wrote {} rows to {}", rows.len(), path.display());
+        write_file("--json", path, json_lines(&rows, &peaks).as_bytes())?;
+        outln!("bench: wrote {} rows to {}", rows.len(), path.display());
     }
     if let Some(path) = &args.svg {
-        std::fs::write(path, svg(&rows, Some(&peaks))).map_err(|e| format!("--svg {}: {e}", path.display()))?;
-        println!("bench: wrote the chart to {}", path.display());
+        write_file("--svg", path, svg(&rows, Some(&peaks)).as_bytes())?;
+        outln!("bench: wrote the chart to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

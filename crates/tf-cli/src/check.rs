@@ -17,7 +17,7 @@ use tf_host::{
 };
 use tf_ref::{Element, MatRef, Tensor4Ref};
 
-use crate::util::{bar, device, s, seed_or_fresh, CliResult};
+use crate::util::{bar, device, outln, s, seed_or_fresh, CliResult};
 use crate::{CheckArgs, DeviceArg};
 
 /// Kernel output and the reference, both flattened.
@@ -371,7 +371,7 @@ fn backends(arg: DeviceArg) -> CliResult<Vec<(Device, &'static str)>> {
         match device(DeviceArg::Cuda) {
             Ok((d, _)) => v.push((d, "cuda")),
             Err(e) if arg == DeviceArg::Cuda => return Err(e),
-            Err(e) => println!("CUDA skipped: {}", e.trim_start_matches("--device cuda: ")),
+            Err(e) => outln!("CUDA skipped: {}", e.trim_start_matches("--device cuda: ")),
         }
     }
     Ok(v)
@@ -380,7 +380,7 @@ fn backends(arg: DeviceArg) -> CliResult<Vec<(Device, &'static str)>> {
 /// Runs the checks and prints the table; non-zero exit on any failure.
 pub fn run(args: &CheckArgs) -> CliResult<ExitCode> {
     let seed = seed_or_fresh(args.seed);
-    println!("check: every kernel against tf-ref (f64), seed {seed} (replay with --seed {seed})");
+    outln!("check: every kernel against tf-ref (f64), seed {seed} (replay with --seed {seed})");
     let backends = backends(args.device)?;
     let cases = all_cases();
     let pb = bar((cases.len() * backends.len()) as u64, "checking");
@@ -404,16 +404,23 @@ pub fn run(args: &CheckArgs) -> CliResult<ExitCode> {
         }
     }
     pb.finish_and_clear();
-    println!(
+    outln!(
         "{:<9} {:<11} {:<5} {:<34} {:>9} {:>9} {:>8} {:>7}  result",
-        "backend", "kernel", "dtype", "case", "rel err", "max abs", "tol", "time s"
+        "backend",
+        "kernel",
+        "dtype",
+        "case",
+        "rel err",
+        "max abs",
+        "tol",
+        "time s"
     );
     for r in &rows {
         let (rel, abs, note) = match &r.result {
             Ok((rel, abs)) => (format!("{rel:.2e}"), format!("{abs:.2e}"), String::new()),
             Err(e) => ("-".into(), "-".into(), format!(": {e}")),
         };
-        println!(
+        outln!(
             "{:<9} {:<11} {:<5} {:<34} {:>9} {:>9} {:>8.0e} {:>7.2}  {}{note}",
             r.backend,
             r.kernel,
@@ -428,10 +435,10 @@ pub fn run(args: &CheckArgs) -> CliResult<ExitCode> {
     }
     let failed = rows.iter().filter(|r| !r.ok()).count();
     if failed == 0 {
-        println!("check: all {} checks ok", rows.len());
+        outln!("check: all {} checks ok", rows.len());
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("check: {failed} of {} checks FAILED", rows.len());
+        outln!("check: {failed} of {} checks FAILED", rows.len());
         Ok(ExitCode::FAILURE)
     }
 }

@@ -1,14 +1,15 @@
 //! `grow`, `generate`, `golden` and `info`.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::{bf16, f16, DType, Device, Sampling, Tokenformer, TokenformerConfig};
+use tf_host::{bf16, f16, CheckpointInfo, DType, Device, LoadOptions, Sampling, Tokenformer, TokenformerConfig};
 
-use crate::util::{bar, config, device, millions, parse_ids, parse_slots, s, spinner, CliResult};
-use crate::{DtypeArg, GenerateArgs, GoldenArgs, GrowArgs};
+use crate::util::{bar, check_output, config, device, millions, outln, parse_ids, parse_slots, s, spinner, CliResult};
+use crate::{DtypeArg, GenerateArgs, GoldenArgs, GrowArgs, DEFAULT_DTYPE, DEFAULT_INIT_SEED};
 
 /// Largest model (parameters) the emulator is asked to run: beyond this it
 /// takes minutes per forward pass.
@@ -33,9 +34,84 @@ fn describe(dev: &Device, why_not_cuda: &Option<String>) -> String {
     }
 }
 
+/// Metadata key of the storage type a checkpoint was made with.
+pub const META_DTYPE: &str = "tokenformer.dtype";
+/// Metadata key of the init seed of the model a checkpoint descends from.
+pub const META_INIT_SEED: &str = "tokenformer.init_seed";
+
+fn dtype_name(d: DtypeArg) -> &'static str {
+    match d {
+        DtypeArg::F32 => "f32",
+        DtypeArg::F16 => "f16",
+        DtypeArg::Bf16 => "bf16",
+    }
+}
+
+/// What a checkpoint records about how it was made (absent for files other
+/// programs wrote).
+struct Provenance {
+    dtype: Option<DtypeArg>,
+    init_seed: Option<u64>,
+}
+
+/// Slot counts (qkv, proj, ffn).
+type Slots = (usize, usize, usize);
+
+/// Reads a checkpoint's header: its slot counts (from the tensor shapes) and
+/// provenance. Errors name the flag and the file.
+fn checkpoint_info(path: &Path) -> CliResult<(Option<Slots>, Provenance)> {
+    let info = CheckpointInfo::read(path).map_err(|e| format!("--checkpoint: {e}"))?;
+    let dtype = match info.metadata.get(META_DTYPE).map(String::as_str) {
+        None => None,
+        Some("f32") => Some(DtypeArg::F32),
+        Some("f16") => Some(DtypeArg::F16),
+        Some("bf16") => Some(DtypeArg::Bf16),
+        Some(other) => {
+            return Err(format!(
+                "--checkpoint {}: metadata {META_DTYPE} = {other:?} is not f32, f16 or bf16",
+                path.display()
+            ))
+        }
+    };
+    let init_seed = match info.metadata.get(META_INIT_SEED) {
+        None => None,
+        Some(v) => Some(v.parse::<u64>().map_err(|_| {
+            format!("--checkpoint {}: metadata {META_INIT_SEED} = {v:?} is not a seed", path.display())
+        })?),
+    };
+    Ok((info.slots(), Provenance { dtype, init_seed }))
+}
+
+/// The config a command runs: `--config` with the slot counts of `--slots`, else
+/// of the checkpoint's tensors, else the config's own.
+fn model_config(name: &str, slots: Option<&str>, from_file: Option<Slots>) -> CliResult<TokenformerConfig> {
+    let cfg = config(name)?;
+    let slots = match slots {
+        Some(s) => Some(parse_slots("--slots", s)?),
+        None => from_file,
+    };
+    match slots {
+        Some((q, p, f)) => cfg.with_slots(q, p, f).map_err(|e| format!("--slots: {e}")),
+        None => Ok(cfg),
+    }
+}
+
+/// The storage type: `--dtype`, else the checkpoint's, else the shared default.
+fn pick_dtype(flag: Option<DtypeArg>, prov: Option<&Provenance>) -> DtypeArg {
+    flag.or(prov.and_then(|p| p.dtype)).unwrap_or(DEFAULT_DTYPE)
+}
+
 /// `grow`: grows every Pattention of a model at once and compares the logits.
 pub fn grow(a: &GrowArgs) -> CliResult<ExitCode> {
-    let cfg = config(&a.config)?;
+    // Everything the user typed is checked before the model exists.
+    let (file_slots, prov) = match &a.checkpoint {
+        Some(path) => {
+            let (slots, prov) = checkpoint_info(path)?;
+            (slots, Some(prov))
+        }
+        None => (None, None),
+    };
+    let cfg = model_config(&a.config, a.slots.as_deref(), file_slots)?;
     let (q, p, f) = match (&a.to, &a.to_slots) {
         (Some(name), None) => {
             let t = config(name)?;
@@ -47,19 +123,35 @@ pub fn grow(a: &GrowArgs) -> CliResult<ExitCode> {
             }
             (t.qkv_slots, t.proj_slots, t.ffn_slots)
         }
-        (None, Some(slots)) => parse_slots(slots)?,
+        (None, Some(slots)) => parse_slots("--to-slots", slots)?,
         _ => return Err("grow needs the target: --to CONFIG or --to-slots QKV,PROJ,FFN".into()),
     };
-    let grown = cfg.with_slots(q, p, f).map_err(s)?;
-    if a.tokens == 0 {
-        return Err("--tokens must be at least 1".into());
+    let flag = if a.to.is_some() { "--to" } else { "--to-slots" };
+    for (what, old, new) in [("qkv", cfg.qkv_slots, q), ("proj", cfg.proj_slots, p), ("ffn", cfg.ffn_slots, f)] {
+        if new < old {
+            return Err(format!(
+                "{flag}: {what} slots {old} -> {new}: growth only appends parameter tokens, the model has {},{},{}",
+                cfg.qkv_slots, cfg.proj_slots, cfg.ffn_slots
+            ));
+        }
+    }
+    let grown = cfg.with_slots(q, p, f).map_err(|e| format!("{flag}: {e}"))?;
+    if a.tokens == 0 || a.tokens > cfg.seq {
+        return Err(format!(
+            "--tokens {}: the compared forward pass takes 1 to {} tokens (config {}'s context length, seq)",
+            a.tokens, cfg.seq, cfg.name
+        ));
+    }
+    if let Some(path) = &a.save {
+        check_output("--save", path)?;
     }
     let (dev, why) = device(a.device)?;
     emulator_guard(&dev, &grown, &format!("growing {} to {}", cfg.name, grown.name))?;
-    match a.dtype {
-        DtypeArg::F32 => grow_with::<f32>(a, &dev, &why, &cfg, (q, p, f)),
-        DtypeArg::F16 => grow_with::<f16>(a, &dev, &why, &cfg, (q, p, f)),
-        DtypeArg::Bf16 => grow_with::<bf16>(a, &dev, &why, &cfg, (q, p, f)),
+    let dtype = pick_dtype(a.dtype, prov.as_ref());
+    match dtype {
+        DtypeArg::F32 => grow_with::<f32>(a, &dev, &why, &cfg, (q, p, f), prov.as_ref()),
+        DtypeArg::F16 => grow_with::<f16>(a, &dev, &why, &cfg, (q, p, f), prov.as_ref()),
+        DtypeArg::Bf16 => grow_with::<bf16>(a, &dev, &why, &cfg, (q, p, f), prov.as_ref()),
     }
 }
 
@@ -68,49 +160,74 @@ fn grow_with<T: DType>(
     dev: &Device,
     why: &Option<String>,
     cfg: &TokenformerConfig,
-    (q, p, f): (usize, usize, usize),
+    (q, p, f): Slots,
+    prov: Option<&Provenance>,
 ) -> CliResult<ExitCode> {
-    println!("grow: {} on {}, {}", cfg.name, describe(dev, why), T::NAME);
-    let mut rng = StdRng::seed_from_u64(a.seed);
+    let init_seed = match prov {
+        Some(pr) => pr.init_seed,
+        None => Some(a.init_seed.unwrap_or(DEFAULT_INIT_SEED)),
+    };
+    let source = match &a.checkpoint {
+        Some(path) => format!("{} ({})", cfg.name, path.display()),
+        None => format!("{} (random init, seed {})", cfg.name, init_seed.unwrap_or(DEFAULT_INIT_SEED)),
+    };
+    outln!("grow: {source} on {}, {}", describe(dev, why), T::NAME);
+    let mut rng = StdRng::seed_from_u64(a.grow_seed);
     let tokens: Vec<u32> = (0..a.tokens).map(|_| rng.random_range(0..cfg.vocab as u32)).collect();
-    let sp = spinner(&format!("initialising {} ({} parameters) on the device", cfg.name, millions(cfg.param_count())));
-    let mut m = Tokenformer::<T>::new(dev, cfg, a.seed).map_err(s)?;
+    let sp = spinner(&format!("loading {} ({} parameters) on the device", cfg.name, millions(cfg.param_count())));
+    let mut m = match &a.checkpoint {
+        Some(path) => {
+            let opts = LoadOptions { allow_non_finite: a.allow_non_finite };
+            Tokenformer::<T>::load_with(dev, cfg, path, &opts).map_err(s)?
+        }
+        None => Tokenformer::<T>::new(dev, cfg, init_seed.unwrap_or(DEFAULT_INIT_SEED)).map_err(s)?,
+    };
     sp.set_message(format!("forward pass over {} tokens", tokens.len()));
     let before = m.forward(&tokens).and_then(|l| l.to_vec()).map_err(s)?;
     sp.set_message("growing".to_string());
     dev.synchronize().map_err(s)?;
     let start = Instant::now();
     if a.preserving {
-        m.grow_preserving(q, p, f, a.seed ^ 0x5eed).map_err(s)?;
+        m.grow_preserving(q, p, f, a.grow_seed ^ 0x5eed).map_err(s)?;
     } else {
-        m.grow(q, p, f, a.seed ^ 0x5eed).map_err(s)?;
+        m.grow(q, p, f, a.grow_seed ^ 0x5eed).map_err(s)?;
     }
     dev.synchronize().map_err(s)?;
     let took = start.elapsed();
     sp.set_message(format!("forward pass over {} tokens", tokens.len()));
     let after = m.forward(&tokens).and_then(|l| l.to_vec()).map_err(s)?;
     sp.finish_and_clear();
-    let g = m.config();
-    println!(
-        "grew {} -> {}: qkv {} -> {}, proj {} -> {}, ffn {} -> {} slots; {} -> {} parameters",
-        cfg.name,
-        g.name,
-        cfg.qkv_slots,
-        g.qkv_slots,
-        cfg.proj_slots,
-        g.proj_slots,
-        cfg.ffn_slots,
-        g.ffn_slots,
-        millions(cfg.param_count()),
-        millions(g.param_count())
-    );
-    println!(
-        "growth: {:.3} ms for {} Pattentions in one launch of the growth kernel ({}{})",
-        took.as_secs_f64() * 1e3,
-        5 * cfg.layers,
-        if a.preserving { "zero keys, n_ref pinned" } else { "random keys and values" },
-        if dev.is_cuda() { "" } else { "; emulator time, not performance" }
-    );
+    let g = m.config().clone();
+    let grew = (g.qkv_slots, g.proj_slots, g.ffn_slots) != (cfg.qkv_slots, cfg.proj_slots, cfg.ffn_slots);
+    if grew {
+        outln!(
+            "grew {} -> {}: qkv {} -> {}, proj {} -> {}, ffn {} -> {} slots; {} -> {} parameters",
+            cfg.name,
+            g.name,
+            cfg.qkv_slots,
+            g.qkv_slots,
+            cfg.proj_slots,
+            g.proj_slots,
+            cfg.ffn_slots,
+            g.ffn_slots,
+            millions(cfg.param_count()),
+            millions(g.param_count())
+        );
+        outln!(
+            "growth: {:.3} ms for {} Pattentions in one launch of the growth kernel ({}{})",
+            took.as_secs_f64() * 1e3,
+            5 * cfg.layers,
+            if a.preserving { "zero keys, n_ref pinned" } else { "random keys and values" },
+            if dev.is_cuda() { "" } else { "; emulator time, not performance" }
+        );
+    } else {
+        outln!(
+            "grow: nothing to grow: the model already has qkv {}, proj {}, ffn {} slots; it is unchanged",
+            g.qkv_slots,
+            g.proj_slots,
+            g.ffn_slots
+        );
+    }
     let (mut max_abs, mut num, mut den, mut differ) = (0f64, 0f64, 0f64, 0usize);
     for (x, y) in before.iter().zip(&after) {
         let (x, y) = (f64::from(x.to_f32()), f64::from(y.to_f32()));
@@ -121,52 +238,91 @@ fn grow_with<T: DType>(
         differ += usize::from(x.to_bits() != y.to_bits());
     }
     let rel = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
-    println!(
+    outln!(
         "logits over {} tokens: max |change| {max_abs:.3e}, relative change {rel:.3e}, {differ} of {} values differ{}",
         a.tokens,
         before.len(),
         if differ == 0 { " (bitwise identical)" } else { "" }
     );
-    if let Some(path) = &a.save {
-        m.save(path).map_err(s)?;
-        println!(
-            "saved {} to {} (generate with --config {} --slots {},{},{})",
-            g.name,
-            path.display(),
-            cfg.name,
-            g.qkv_slots,
-            g.proj_slots,
-            g.ffn_slots
-        );
-    }
-    if a.preserving && differ != 0 {
-        return Err(format!("grow --preserving changed {differ} logits: the growth did not preserve the function"));
-    }
+    let save = a.save.as_ref().map(|path| {
+        move || -> CliResult<()> {
+            let seed_text = init_seed.map(|v| v.to_string());
+            let mut meta = vec![(META_DTYPE, T::NAME)];
+            if let Some(v) = &seed_text {
+                meta.push((META_INIT_SEED, v.as_str()));
+            }
+            m.save_with_metadata(path, &meta).map_err(|e| format!("--save: {e}"))?;
+            outln!(
+                "saved {} to {} ({}; generate with --config {} --checkpoint {})",
+                g.name,
+                path.display(),
+                T::NAME,
+                cfg.name,
+                path.display()
+            );
+            Ok(())
+        }
+    });
+    check_then_save(a.preserving, differ, save)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `save` (if any) only after a `--preserving` growth was seen to leave
+/// every logit bitwise unchanged: a growth that did not preserve the function is
+/// an error and is never saved.
+fn check_then_save(preserving: bool, differ: usize, save: Option<impl FnOnce() -> CliResult<()>>) -> CliResult<()> {
+    if preserving && differ != 0 {
+        return Err(format!(
+            "grow --preserving changed {differ} logits: the growth did not preserve the function{}",
+            if save.is_some() { "; nothing was saved" } else { "" }
+        ));
+    }
+    match save {
+        Some(f) => f(),
+        None => Ok(()),
+    }
 }
 
 /// `generate`: token ids in, token ids out.
 pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
-    let mut cfg = config(&a.config)?;
-    if let Some(slots) = &a.slots {
-        let (q, p, f) = parse_slots(slots).map_err(|e| e.replace("--to-slots", "--slots"))?;
-        cfg = cfg.with_slots(q, p, f).map_err(s)?;
-    }
+    // Everything the user typed is checked before any allocation it sizes.
+    let (file_slots, prov) = match &a.checkpoint {
+        Some(path) => {
+            let (slots, prov) = checkpoint_info(path)?;
+            (slots, Some(prov))
+        }
+        None => (None, None),
+    };
+    let cfg = model_config(&a.config, a.slots.as_deref(), file_slots)?;
     let prompt = parse_ids(&a.tokens)?;
     if prompt.is_empty() {
         return Err("--tokens: give at least one token id".into());
     }
+    match prompt.len().checked_add(a.max_new) {
+        Some(total) if total <= cfg.seq => {}
+        _ => {
+            return Err(format!(
+                "--max-new {}: {} prompt tokens + {} new exceed config {}'s context length (seq) of {}; at most {} new tokens fit",
+                a.max_new,
+                prompt.len(),
+                a.max_new,
+                cfg.name,
+                cfg.seq,
+                cfg.seq.saturating_sub(prompt.len())
+            ))
+        }
+    }
     let sampling = match a.temperature {
         None => Sampling::Greedy,
-        Some(t) if t.is_finite() && t > 0.0 => Sampling::Temperature { t, seed: a.seed },
+        Some(t) if t.is_finite() && t > 0.0 => Sampling::Temperature { t, seed: a.sample_seed },
         Some(t) => return Err(format!("--temperature must be finite and > 0, got {t}")),
     };
     let (dev, why) = device(a.device)?;
     emulator_guard(&dev, &cfg, &format!("running {}", cfg.name))?;
-    match a.dtype {
-        DtypeArg::F32 => generate_with::<f32>(a, &dev, &why, &cfg, &prompt, sampling),
-        DtypeArg::F16 => generate_with::<f16>(a, &dev, &why, &cfg, &prompt, sampling),
-        DtypeArg::Bf16 => generate_with::<bf16>(a, &dev, &why, &cfg, &prompt, sampling),
+    match pick_dtype(a.dtype, prov.as_ref()) {
+        DtypeArg::F32 => generate_with::<f32>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
+        DtypeArg::F16 => generate_with::<f16>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
+        DtypeArg::Bf16 => generate_with::<bf16>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
     }
 }
 
@@ -177,27 +333,50 @@ fn generate_with<T: DType>(
     cfg: &TokenformerConfig,
     prompt: &[u32],
     sampling: Sampling,
+    prov: Option<&Provenance>,
 ) -> CliResult<ExitCode> {
+    let init_seed = a.init_seed.unwrap_or(DEFAULT_INIT_SEED);
     let m = match &a.checkpoint {
-        Some(path) => Tokenformer::<T>::load(dev, cfg, path).map_err(s)?,
-        None => Tokenformer::<T>::new(dev, cfg, a.seed).map_err(s)?,
-    };
-    eprintln!(
-        "generate: {} ({}) on {}, {}, {}",
-        cfg.name,
-        a.checkpoint.as_ref().map_or_else(|| format!("random init, seed {}", a.seed), |p| p.display().to_string()),
-        describe(dev, why),
-        T::NAME,
-        match sampling {
-            Sampling::Greedy => "greedy".to_string(),
-            Sampling::Temperature { t, seed } => format!("temperature {t}, seed {seed}"),
+        Some(path) => {
+            let opts = LoadOptions { allow_non_finite: a.allow_non_finite };
+            Tokenformer::<T>::load_with(dev, cfg, path, &opts).map_err(s)?
         }
-    );
+        None => Tokenformer::<T>::new(dev, cfg, init_seed).map_err(s)?,
+    };
     let pb = bar(a.max_new as u64, "generating");
     let out = m.generate_with(prompt, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
     pb.finish_and_clear();
     let ids: Vec<String> = out.iter().map(u32::to_string).collect();
-    println!("{}", ids.join(","));
+    outln!("{}", ids.join(","));
+    // What ran, after the result (so that an error is the only line on stderr).
+    let source = match (&a.checkpoint, prov) {
+        (None, _) => format!("random init, seed {init_seed}"),
+        (Some(path), Some(pr)) => {
+            let mut s = path.display().to_string();
+            match (pr.dtype, pr.init_seed) {
+                (Some(d), Some(seed)) => s.push_str(&format!(", made in {} from init seed {seed}", dtype_name(d))),
+                (Some(d), None) => s.push_str(&format!(", made in {}", dtype_name(d))),
+                _ => {}
+            }
+            if let (Some(made), Some(asked)) = (pr.dtype, a.dtype) {
+                if made != asked {
+                    s.push_str(&format!("; run in {} as --dtype asks, so the tokens may differ", dtype_name(asked)));
+                }
+            }
+            s
+        }
+        (Some(path), None) => path.display().to_string(),
+    };
+    eprintln!(
+        "generate: {} ({source}) on {}, {}, {}",
+        cfg.name,
+        describe(dev, why),
+        T::NAME,
+        match sampling {
+            Sampling::Greedy => "greedy".to_string(),
+            Sampling::Temperature { t, seed } => format!("temperature {t}, sample seed {seed}"),
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -206,35 +385,35 @@ pub fn golden(a: &GoldenArgs) -> CliResult<ExitCode> {
     let files =
         tf_ref::golden::write_all(&a.out, a.seed).map_err(|e| format!("golden --out {}: {e}", a.out.display()))?;
     for f in &files {
-        println!("{}", f.display());
+        outln!("{}", f.display());
     }
-    println!("golden: {} files in {} (seed {})", files.len(), a.out.display(), a.seed);
+    outln!("golden: {} files in {} (seed {})", files.len(), a.out.display(), a.seed);
     Ok(ExitCode::SUCCESS)
 }
 
 /// `info`: driver and device, compiled archs, nvcc, the ptxas summary.
 pub fn info() -> CliResult<ExitCode> {
-    println!("tokenformer {}", env!("CARGO_PKG_VERSION"));
+    outln!("tokenformer {}", env!("CARGO_PKG_VERSION"));
     match Device::cuda(0) {
-        Ok(d) => println!(
+        Ok(d) => outln!(
             "cuda:     device 0 = {} ({} SMs, {} KiB shared memory per block)",
             d.name(),
             d.sm_count(),
             d.max_smem_per_block() / 1024
         ),
-        Err(e) => println!("cuda:     unavailable: {e}"),
+        Err(e) => outln!("cuda:     unavailable: {e}"),
     }
-    println!("emulator: {} (always available; runs the same kernel source)", Device::emulator().name());
+    outln!("emulator: {} (always available; runs the same kernel source)", Device::emulator().name());
     if tf_kernels::FATBIN.is_some() {
-        println!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)", tf_kernels::CUDA_ARCHS);
-        println!("nvcc:     {}", tf_kernels::NVCC_VERSION);
+        outln!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)", tf_kernels::CUDA_ARCHS);
+        outln!("nvcc:     {}", tf_kernels::NVCC_VERSION);
     } else {
-        println!("kernels:  no fatbin: nvcc was not found when tf-kernels was built (run `cargo xtask setup`)");
-        println!("nvcc:     none at build time");
+        outln!("kernels:  no fatbin: nvcc was not found when tf-kernels was built (run `cargo xtask setup`)");
+        outln!("nvcc:     none at build time");
     }
     let entries = tf_kernels::ptxas_summary();
     if entries.is_empty() {
-        println!("ptxas:    no report (no CUDA build)");
+        outln!("ptxas:    no report (no CUDA build)");
     } else {
         let mut kernels: Vec<&str> = entries.iter().map(|e| e.kernel.as_str()).collect();
         kernels.sort_unstable();
@@ -245,7 +424,7 @@ pub fn info() -> CliResult<ExitCode> {
         let worst = entries.iter().max_by_key(|e| e.registers);
         let spills: u64 = entries.iter().map(|e| e.spill_bytes).sum();
         let spilling = entries.iter().filter(|e| e.spill_bytes > 0).count();
-        println!(
+        outln!(
             "ptxas:    {} kernels x {} archs ({}), {} compilations; spill bytes {} ({} spilling)",
             kernels.len(),
             archs.len(),
@@ -255,10 +434,39 @@ pub fn info() -> CliResult<ExitCode> {
             spilling
         );
         if let Some(w) = worst {
-            println!("ptxas:    most registers {} ({} on {})", w.registers, w.kernel, w.arch);
+            outln!("ptxas:    most registers {} ({} on {})", w.registers, w.kernel, w.arch);
         }
         let max_smem = entries.iter().map(|e| e.smem_bytes).max().unwrap_or(0);
-        println!("ptxas:    largest static shared memory {max_smem} bytes");
+        outln!("ptxas:    largest static shared memory {max_smem} bytes");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_growth_that_changed_the_logits_is_not_saved() {
+        let mut saved = 0;
+        let e = check_then_save(
+            true,
+            3,
+            Some(|| -> CliResult<()> {
+                saved += 1;
+                Ok(())
+            }),
+        )
+        .unwrap_err();
+        assert!(e.contains("changed 3 logits") && e.contains("nothing was saved"), "{e}");
+        assert_eq!(saved, 0, "saved before the check");
+        let mut save = || -> CliResult<()> {
+            saved += 1;
+            Ok(())
+        };
+        check_then_save(true, 0, Some(&mut save)).unwrap();
+        check_then_save(false, 5, Some(&mut save)).unwrap();
+        assert_eq!(saved, 2);
+        assert!(check_then_save(true, 1, None::<fn() -> CliResult<()>>).unwrap_err().ends_with("function"));
+    }
 }

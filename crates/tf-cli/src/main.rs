@@ -92,33 +92,54 @@ pub struct CheckArgs {
     pub device: DeviceArg,
 }
 
+/// Storage type of a model made from scratch (`grow` and `generate` share it);
+/// with --checkpoint the default is the type the checkpoint was made with.
+pub const DEFAULT_DTYPE: DtypeArg = DtypeArg::F32;
+/// Seed of the random init of a model made from scratch (`grow` and `generate`).
+pub const DEFAULT_INIT_SEED: u64 = 0;
+
 #[derive(Args, Debug)]
 pub struct GrowArgs {
     /// Config to start from: 150m 450m 900m 1.5b 354m 757m tiny.
     #[arg(long)]
     pub config: String,
+    /// Start from this safetensors checkpoint (e.g. a trained or already grown
+    /// model) instead of a random init.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Slot counts of the model, qkv,proj,ffn (default: read from the checkpoint, else the config's).
+    #[arg(long, value_name = "QKV,PROJ,FFN")]
+    pub slots: Option<String>,
     /// A released config to grow to (same shape, more slots), e.g. 757m.
     #[arg(long, conflicts_with = "to_slots")]
     pub to: Option<String>,
-    /// Target slot counts qkv,proj,ffn, e.g. 128,128,256.
+    /// Target slot counts qkv,proj,ffn, e.g. 128,128,256 (each at least the current count).
     #[arg(long, value_name = "QKV,PROJ,FFN")]
     pub to_slots: Option<String>,
-    /// Zero keys and pinned n_ref: the logits must not change.
+    /// Zero keys and pinned n_ref: the logits must not change (checked before --save).
     #[arg(long)]
     pub preserving: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    #[arg(long, value_enum, default_value = "bf16")]
-    pub dtype: DtypeArg,
-    /// Seed of the initial model, the tokens and the new rows.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Tokens in the forward pass compared before and after.
+    /// Storage type [default: the checkpoint's, else f32].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Seed of the random init (without --checkpoint) [default: 0].
+    #[arg(long, value_name = "S", conflicts_with = "checkpoint")]
+    pub init_seed: Option<u64>,
+    /// Seed of the new rows and of the tokens of the compared forward pass.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub grow_seed: u64,
+    /// Tokens in the forward pass compared before and after (at most the config's seq).
     #[arg(long, default_value_t = 16)]
     pub tokens: usize,
-    /// Save the grown model as a safetensors checkpoint.
+    /// Save the grown model as a safetensors checkpoint (the storage type and init
+    /// seed are recorded in its metadata).
     #[arg(long, value_name = "FILE")]
     pub save: Option<std::path::PathBuf>,
+    /// Load a checkpoint even if it holds NaN or infinite weights.
+    #[arg(long, requires = "checkpoint")]
+    pub allow_non_finite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -129,25 +150,32 @@ pub struct GenerateArgs {
     /// Safetensors checkpoint with the official GPT-NeoX key names (default: random init).
     #[arg(long, value_name = "FILE")]
     pub checkpoint: Option<std::path::PathBuf>,
-    /// Slot counts of a grown checkpoint, qkv,proj,ffn (default: the config's).
+    /// Slot counts of the model, qkv,proj,ffn (default: read from the checkpoint, else the config's).
     #[arg(long, value_name = "QKV,PROJ,FFN")]
     pub slots: Option<String>,
     /// Prompt token ids, comma-separated.
     #[arg(long, value_name = "IDS")]
     pub tokens: String,
-    /// Tokens to generate.
+    /// Tokens to generate: the prompt plus these must fit the config's context length (seq).
     #[arg(long, default_value_t = 32)]
     pub max_new: usize,
     /// Sample at this temperature instead of greedy decoding.
     #[arg(long)]
     pub temperature: Option<f32>,
-    /// Seed of the random init (without --checkpoint) and of the sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the random init (without --checkpoint) [default: 0].
+    #[arg(long, value_name = "S", conflicts_with = "checkpoint")]
+    pub init_seed: Option<u64>,
+    /// Seed of the sampling (with --temperature).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub sample_seed: u64,
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceArg,
-    #[arg(long, value_enum, default_value = "f32")]
-    pub dtype: DtypeArg,
+    /// Storage type [default: the checkpoint's, else f32].
+    #[arg(long, value_enum)]
+    pub dtype: Option<DtypeArg>,
+    /// Load a checkpoint even if it holds NaN or infinite weights.
+    #[arg(long, requires = "checkpoint")]
+    pub allow_non_finite: bool,
 }
 
 #[derive(Args, Debug)]
@@ -160,6 +188,12 @@ pub struct GoldenArgs {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit makes writes fail with EFBIG (an error and the old file
+    // kept) instead of killing the process.
+    // SAFETY: setting a signal's disposition to SIG_IGN, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     std::panic::set_hook(Box::new(|info| {
         let msg = info
             .payload()
@@ -167,10 +201,11 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown".into());
-        // stdout closed early (`tokenformer check | head`): stop quietly, as a
-        // program killed by SIGPIPE would.
-        if msg.contains("Broken pipe") {
-            std::process::exit(141);
+        // Output the commands write goes through `outln!`, which returns errors;
+        // a write elsewhere (a library's print) failing is still one line, no trace.
+        if msg.contains("Broken pipe") || msg.contains("No space left") {
+            eprintln!("tokenformer: cannot write to stdout: {}", util::one_line(&msg));
+            std::process::exit(1);
         }
         eprintln!("tokenformer: internal error: {}", util::one_line(&msg));
     }));
@@ -190,6 +225,23 @@ fn main() -> ExitCode {
                 } else {
                     ExitCode::SUCCESS
                 };
+            }
+            let raw: Vec<String> = std::env::args_os().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+            if let Some(hint) = util::negative_value_hint(&raw) {
+                eprintln!("tokenformer: {hint}");
+                return ExitCode::from(2);
+            }
+            if raw.iter().any(|a| a == "--seed" || a.starts_with("--seed="))
+                && matches!(raw.first().map(String::as_str), Some("generate" | "grow"))
+            {
+                eprintln!(
+                    "tokenformer: --seed is not a flag of {}: use --init-seed (the random init) or {} \
+                     (see tokenformer {} --help)",
+                    raw[0],
+                    if raw[0] == "generate" { "--sample-seed (the sampling)" } else { "--grow-seed (the new rows)" },
+                    raw[0]
+                );
+                return ExitCode::from(2);
             }
             // clap's message up to its first blank line, on one line.
             let text = e.to_string();

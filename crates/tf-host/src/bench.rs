@@ -571,12 +571,19 @@ pub fn json_lines(rows: &[Row], p: &Peaks) -> String {
     s
 }
 
-/// Appends [`json_lines`] to the file named by `$TF_BENCH_JSON`, if set.
+/// Appends [`json_lines`] to the file named by `$TF_BENCH_JSON`, if set. The
+/// file is replaced atomically (old lines + new ones, `tf_ref::atomic`), so a
+/// failed write leaves it as it was rather than with a partial last line.
 pub fn append_env_json(rows: &[Row], p: &Peaks) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Ok(path) = std::env::var("TF_BENCH_JSON") {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        f.write_all(json_lines(rows, p).as_bytes())?;
+    if let Some(path) = std::env::var_os("TF_BENCH_JSON") {
+        let path = std::path::Path::new(&path);
+        let mut bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        bytes.extend_from_slice(json_lines(rows, p).as_bytes());
+        tf_ref::atomic::write_atomic(path, &bytes)?;
     }
     Ok(())
 }

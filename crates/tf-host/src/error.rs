@@ -34,6 +34,9 @@ pub enum Error {
     /// Sizes whose product overflows, or exceeds a launch limit.
     #[error("{op}: size overflow: {msg}")]
     SizeOverflow { op: &'static str, msg: String },
+    /// An allocation the host or the device could not satisfy.
+    #[error("out of memory: {bytes} bytes for {what}")]
+    OutOfMemory { bytes: usize, what: String },
     /// Tensors that live on different devices.
     #[error("{op}: tensors are on different devices")]
     DeviceMismatch { op: &'static str },

@@ -46,7 +46,7 @@
 
 use tf_ref::{tensor_seed, BlockParams};
 /// The configuration and checkpoint types, tf-ref's (re-exported for users).
-pub use tf_ref::{ModelParams, Slot, TokenformerConfig, CONFIG_NAMES};
+pub use tf_ref::{CheckpointInfo, LoadOptions, ModelParams, Slot, TokenformerConfig, CONFIG_NAMES};
 
 use crate::device::Device;
 use crate::dtype::DType;
@@ -399,18 +399,36 @@ impl<T: DType> Tokenformer<T> {
 
     /// A model read from a safetensors checkpoint with the official GPT-NeoX key
     /// names (tf-ref's format). A missing, extra or wrongly shaped tensor is an
-    /// error naming its key.
+    /// error naming its key; so is a NaN or infinite weight (see [`load_with`](Self::load_with)).
     pub fn load(dev: &Device, cfg: &TokenformerConfig, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        Self::load_with(dev, cfg, path, &LoadOptions::default())
+    }
+
+    /// [`load`](Self::load) with tf-ref's [`LoadOptions`] (e.g. accepting
+    /// non-finite weights).
+    pub fn load_with(
+        dev: &Device,
+        cfg: &TokenformerConfig,
+        path: impl AsRef<std::path::Path>,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         const OP: &str = "Tokenformer::load";
         Geo::of::<T>(OP, cfg)?;
-        let params = ModelParams::load_safetensors(cfg, path).map_err(from_ref(OP))?;
+        let params = ModelParams::load_safetensors_with(cfg, path, opts).map_err(from_ref(OP))?;
         Self::from_params(dev, cfg, &params)
     }
 
     /// Writes the model as a safetensors checkpoint (f32 tensors, official key
-    /// names, pinned `n_ref`s in the metadata).
+    /// names, pinned `n_ref`s in the metadata), replacing any old file atomically.
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<()> {
-        self.to_params()?.save_safetensors(&self.cfg, path).map_err(from_ref("Tokenformer::save"))
+        self.save_with_metadata(path, &[])
+    }
+
+    /// [`save`](Self::save) with extra string metadata (e.g. the storage type and
+    /// init seed the model was made with).
+    pub fn save_with_metadata(&self, path: impl AsRef<std::path::Path>, extra: &[(&str, &str)]) -> Result<()> {
+        const OP: &str = "Tokenformer::save";
+        self.to_params()?.save_safetensors_with_metadata(&self.cfg, path, extra).map_err(from_ref(OP))
     }
 
     /// The configuration (its slot counts follow growth).
@@ -490,11 +508,13 @@ impl<T: DType> Tokenformer<T> {
             op: OP,
             msg: format!("{} prompt tokens + {max_new} new", prompt.len()),
         })?;
-        let mut out = Vec::with_capacity(max_new);
         if max_new == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // The cache (total positions) is allocated first: it fails cleanly for a
+        // huge max_new, and once it exists the ids fit too.
         let mut cache = self.new_cache(total)?;
+        let mut out = Vec::with_capacity(max_new);
         let mut logits = self.run(prompt, &mut cache, true)?;
         loop {
             let row: Vec<f32> = logits.to_vec()?.iter().map(|x| x.to_f32()).collect();

@@ -31,18 +31,14 @@ const HOST_ALIGN: usize = 256;
 
 impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
     pub(crate) fn zeroed(len: usize) -> Result<Self> {
-        let bytes = len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| Error::SizeOverflow {
-            op: "alloc",
-            msg: format!("{len} elements of {} bytes", std::mem::size_of::<T>()),
-        })?;
-        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN)
-            .map_err(|e| Error::SizeOverflow { op: "alloc", msg: format!("{bytes} bytes: {e}") })?;
+        let elem = std::mem::size_of::<T>();
+        let oom = |bytes: usize| Error::OutOfMemory { bytes, what: format!("a host tensor of {len} elements") };
+        // More bytes than usize holds can never be allocated: out of memory too.
+        let bytes = len.checked_mul(elem).ok_or_else(|| oom(usize::MAX))?;
+        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN).map_err(|_| oom(bytes))?;
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| Error::SizeOverflow {
-            op: "alloc",
-            msg: format!("host allocation of {bytes} bytes failed"),
-        })?;
+        let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| oom(bytes))?;
         Ok(HostBuf { ptr, len, layout })
     }
 
@@ -99,7 +95,7 @@ impl Device {
     pub fn zeros<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("zeros", shape)?;
         let buf = match &self.0.backend {
-            Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len)?),
+            Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
         };
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
@@ -115,7 +111,7 @@ impl Device {
             });
         }
         let buf = match &self.0.backend {
-            Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data)?),
+            Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => {
                 let mut b = HostBuf::zeroed(len)?;
                 b.as_mut_slice().copy_from_slice(data);
@@ -278,6 +274,57 @@ impl<T: DType> Tensor<T> {
     }
 }
 
+/// A CUDA allocation failure as [`Error::OutOfMemory`]; other driver errors unchanged.
+fn device_oom<T>(e: cudarc::driver::DriverError, len: usize) -> Error {
+    if e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+        Error::OutOfMemory {
+            bytes: len.saturating_mul(std::mem::size_of::<T>()),
+            what: format!("a device tensor of {len} elements"),
+        }
+    } else {
+        Error::Driver(e)
+    }
+}
+
+/// Whether distinct indices of a view address distinct elements (axes of length
+/// > 1 sorted by stride, each stride at least the span of the previous ones).
+pub(crate) fn non_overlapping(shape: &[usize], strides: &[usize]) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let mut axes: Vec<(usize, usize)> =
+        shape.iter().zip(strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s, n)).collect();
+    axes.sort_unstable();
+    let mut span = 1usize;
+    for (s, n) in axes {
+        if s < span {
+            return false;
+        }
+        span = match s.checked_mul(n) {
+            Some(x) => x,
+            None => return true, // larger than any tensor: nothing further can overlap
+        };
+    }
+    true
+}
+
+/// A Shape error if output `what` of `op` addresses one element through two
+/// indices (e.g. a row stride smaller than the row): the threads writing it
+/// would race.
+pub(crate) fn check_disjoint<T: DType>(op: &'static str, what: &str, v: &ViewMut<'_, T>) -> Result<()> {
+    if non_overlapping(v.shape(), v.strides()) {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        msg: format!(
+            "output {what} overlaps itself: strides {:?} for shape {:?} (a row stride must be at least the row length)",
+            v.strides(),
+            v.shape()
+        ),
+    })
+}
+
 fn contiguous_strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1usize; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
@@ -396,5 +443,21 @@ impl<'a, T: DType> ViewMut<'a, T> {
             (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
             (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult;
+    use cudarc::driver::DriverError;
+
+    #[test]
+    fn a_cuda_allocation_failure_is_out_of_memory() {
+        match device_oom::<f32>(DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY), 1000) {
+            Error::OutOfMemory { bytes: 4000, what } => assert!(what.contains("1000 elements"), "{what}"),
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        assert!(matches!(device_oom::<f32>(DriverError(CUresult::CUDA_ERROR_INVALID_VALUE), 1), Error::Driver(_)));
     }
 }

@@ -135,10 +135,10 @@ impl Case {
     fn write(self, dir: &Path) -> Result<PathBuf> {
         let path = dir.join(format!("{}.safetensors", self.name));
         let views = self.tensors.iter().map(|(n, t)| (*n, t));
-        // Serialised in memory and written plainly (serialize_to_file would leave a
-        // 0600 temp-file mode on the result).
+        // Serialised in memory, then replaced atomically: an old golden file is
+        // never left half-written.
         let bytes = safetensors::serialize(views, Some(self.meta))?;
-        std::fs::write(&path, bytes)?;
+        crate::atomic::write_atomic(&path, &bytes)?;
         Ok(path)
     }
 }
@@ -211,8 +211,11 @@ fn grow_case(seed: u64, normal: bool) -> Result<Case> {
 
 /// Writes every golden case into `dir` (created if missing), one safetensors file
 /// per case, and returns the paths written. The same `seed` gives the same files.
+/// Each file is replaced atomically ([`crate::atomic`]); the folder is checked to
+/// be writable before anything is computed.
 pub fn write_all(dir: &Path, seed: u64) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    crate::atomic::check_writable(&dir.join("pattention_l2_norm_gelu.safetensors"))?;
     let (_, t, _, _) = ATTN;
     let (t_q, t_k) = ATTN_TQ_TK;
     let cases = [
@@ -346,5 +349,33 @@ pub fn verify(path: &Path) -> Result<f64> {
             max_diff("new", new.data, &grown)
         }
         other => Err(Error::InvalidArgument { op: VERIFY, msg: format!("unknown op {other:?}") }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::atomic::{inject_faults, Faults};
+
+    #[test]
+    fn a_failed_rewrite_leaves_every_old_golden_file_intact() {
+        let dir = std::env::temp_dir().join(format!("tf-ref-golden-faults-{}", std::process::id()));
+        std::fs::remove_dir_all(&dir).ok();
+        let files = write_all(&dir, 1).unwrap();
+        let old: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        for faults in [
+            Faults { fail_after_bytes: Some(100), fail_before_rename: false },
+            Faults { fail_after_bytes: None, fail_before_rename: true },
+        ] {
+            inject_faults(faults);
+            let r = write_all(&dir, 2);
+            inject_faults(Faults::default());
+            assert!(r.is_err(), "{faults:?}");
+            for (f, o) in files.iter().zip(&old) {
+                assert!(&std::fs::read(f).unwrap() == o, "{faults:?}: {} changed", f.display());
+            }
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files.len(), "{faults:?}: a temporary file was left");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

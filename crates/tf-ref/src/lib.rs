@@ -13,6 +13,7 @@
 //!   [`philox_normal`]) that the GPU and the emulator reproduce;
 //! - [`linear`]: the dense baseline `y = x·wᵀ`;
 //! - [`golden`]: golden safetensors files for other implementations to check against;
+//! - [`atomic`]: the one way files are written (temporary file, fsync, rename);
 //! - the whole model ([`model_forward`], [`block_forward`], [`layer_norm`], [`rotary`],
 //!   [`TokenformerConfig`], [`ModelParams`] with init, growth and safetensors checkpoints).
 //!
@@ -41,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic;
 mod attention;
 mod element;
 mod error;
@@ -57,8 +59,8 @@ pub use error::{Error, Result};
 pub use gelu::{erf, erfc, gelu};
 pub use grow::{grow, Init};
 pub use model::{
-    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, ModelParams, Slot,
-    TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
+    block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, CheckpointInfo,
+    LoadOptions, ModelParams, Slot, TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
 };
 pub use pattention::{linear, pattention, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};

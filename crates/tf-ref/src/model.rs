@@ -27,6 +27,7 @@ mod forward;
 mod ops;
 mod params;
 
+pub use checkpoint::{CheckpointInfo, LoadOptions};
 pub use config::{TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB};
 pub use forward::{block_forward, model_forward};
 pub use ops::{layer_norm, rotary, rotary_dims};

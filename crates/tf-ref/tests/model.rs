@@ -4,8 +4,8 @@
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::path::PathBuf;
 use tf_ref::{
-    block_forward, layer_norm, model_forward, rotary, BlockParams, Error, Mat, MatRef, ModelParams, Norm, Slot,
-    TokenformerConfig, CONFIG_NAMES,
+    block_forward, layer_norm, model_forward, rotary, BlockParams, CheckpointInfo, Error, LoadOptions, Mat, MatRef,
+    ModelParams, Norm, Slot, TokenformerConfig, CONFIG_NAMES,
 };
 
 /// A fresh file path under the system temp dir, removed on drop.
@@ -631,4 +631,64 @@ fn bad_checkpoints_are_refused_naming_the_key() {
     let err = broken.save_safetensors(&cfg, &TempFile::new("bad").0).unwrap_err();
     assert!(err.to_string().contains("sequential.2.attention.key.key_param_tokens"), "{err}");
     assert!(ModelParams::load_safetensors(&cfg, "/nonexistent/x.safetensors").is_err());
+}
+
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor_and_index() {
+    let cfg = tiny();
+    let p = ModelParams::init(&cfg, 8).unwrap();
+    let key = "sequential.2.attention.value.key_param_tokens";
+    // Row 5, column 7 of a [64, 64] tensor: flat index 5·64 + 7 = 327.
+    for (bad, shown) in [(f32::NAN, "NaN"), (f32::INFINITY, "inf"), (f32::NEG_INFINITY, "-inf")] {
+        let f = rewritten("nonfinite", &cfg, &p, |l| {
+            let t = l.iter_mut().find(|t| t.0 == key).unwrap();
+            t.2[327 * 4..328 * 4].copy_from_slice(&bad.to_le_bytes());
+        });
+        let msg = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err().to_string();
+        assert!(msg.contains(key) && msg.contains("[5, 7]") && msg.contains(shown), "{msg}");
+        assert!(msg.contains(&f.0.display().to_string()), "the file is named: {msg}");
+        // The opt-out loads it, NaN and all.
+        let q = ModelParams::load_safetensors_with(&cfg, &f.0, &LoadOptions { allow_non_finite: true }).unwrap();
+        let v = q.blocks[0].v.0[327];
+        assert!(!v.is_finite() && (v.is_nan() == bad.is_nan()), "{v}");
+    }
+}
+
+#[test]
+fn metadata_and_slots_are_read_from_the_header() {
+    let cfg = tiny().with_slots(72, 64, 136).unwrap();
+    let p = ModelParams::init(&cfg, 4).unwrap();
+    let f = TempFile::new("meta");
+    p.save_safetensors_with_metadata(&cfg, &f.0, &[("tokenformer.dtype", "bf16"), ("tokenformer.init_seed", "4")])
+        .unwrap();
+    let info = CheckpointInfo::read(&f.0).unwrap();
+    assert_eq!(info.metadata.get("tokenformer.dtype").map(String::as_str), Some("bf16"));
+    assert_eq!(info.metadata.get("tokenformer.init_seed").map(String::as_str), Some("4"));
+    assert_eq!(info.metadata.get("format").map(String::as_str), Some("pt"));
+    assert_eq!(info.slots(), Some((72, 64, 136)));
+    assert_eq!(info.shapes.get("sequential.3.mlp.value_param_tokens"), Some(&vec![136, 64]));
+    assert_eq!(ModelParams::load_safetensors(&cfg, &f.0).unwrap(), p);
+    // The format's own keys cannot be overridden.
+    assert!(p.save_safetensors_with_metadata(&cfg, &f.0, &[("format", "np")]).is_err());
+    assert!(CheckpointInfo::read("/nonexistent/x.safetensors").is_err());
+}
+
+#[test]
+fn a_truncated_checkpoint_is_refused_naming_the_file_and_tensor() {
+    let cfg = tiny();
+    let p = ModelParams::init(&cfg, 9).unwrap();
+    let f = TempFile::new("truncated");
+    p.save_safetensors(&cfg, &f.0).unwrap();
+    let mut bytes = std::fs::read(&f.0).unwrap();
+    // The last tensor in the data is the largest offset's: cut 10 bytes off it.
+    bytes.truncate(bytes.len() - 10);
+    std::fs::write(&f.0, &bytes).unwrap();
+    let info = CheckpointInfo::read(&f.0).unwrap();
+    let msg = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err().to_string();
+    assert!(msg.contains(&f.0.display().to_string()), "{msg}");
+    assert!(msg.contains("truncated"), "{msg}");
+    assert!(info.shapes.keys().any(|k| msg.contains(k.as_str())), "a tensor is named: {msg}");
+    std::fs::write(&f.0, b"garbage").unwrap();
+    let msg = ModelParams::load_safetensors(&cfg, &f.0).unwrap_err().to_string();
+    assert!(msg.contains(&f.0.display().to_string()), "{msg}");
 }

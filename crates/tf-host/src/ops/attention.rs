@@ -29,7 +29,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{checked_product, to_i64, to_u32, Error, Result};
-use crate::tensor::{Tensor, View, ViewMut};
+use crate::tensor::{non_overlapping, Tensor, View, ViewMut};
 
 const OP: &str = "attention";
 
@@ -162,28 +162,6 @@ pub fn tiles<T: DType>(d: usize) -> Result<(usize, usize, usize)> {
         } as usize;
         (bm, bn, (bm + 2 * bn) * d * 2)
     })
-}
-
-/// Whether distinct indices of a view address distinct elements (axes of length
-/// > 1 sorted by stride, each stride at least the span of the previous ones).
-fn non_overlapping(shape: &[usize], strides: &[usize]) -> bool {
-    if shape.contains(&0) {
-        return true;
-    }
-    let mut axes: Vec<(usize, usize)> =
-        shape.iter().zip(strides).filter(|(&n, _)| n > 1).map(|(&n, &s)| (s, n)).collect();
-    axes.sort_unstable();
-    let mut span = 1usize;
-    for (s, n) in axes {
-        if s < span {
-            return false;
-        }
-        span = match s.checked_mul(n) {
-            Some(x) => x,
-            None => return true, // larger than any tensor: nothing further can overlap
-        };
-    }
-    true
 }
 
 /// For f16/bf16: the view's offset and the strides of its axes longer than 1 are

@@ -13,7 +13,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::tensor::{View, ViewMut};
+use crate::tensor::{check_disjoint, View, ViewMut};
 use crate::workspace::Workspace;
 
 /// Threads per block of every kernel of block.cu (their `__launch_bounds__`).
@@ -82,8 +82,11 @@ fn dims_of<T: DType>(op: &'static str, what: &str, v: &View<'_, T>) -> Result<[u
     dims2(op, what, v.shape(), v.inner_contiguous(), v.strides())
 }
 
+/// As [`dims_of`], for an output: also refused if it overlaps itself.
 fn dims_of_mut<T: DType>(op: &'static str, what: &str, v: &ViewMut<'_, T>) -> Result<[usize; 2]> {
-    dims2(op, what, v.shape(), v.inner_contiguous(), v.strides())
+    let dims = dims2(op, what, v.shape(), v.inner_contiguous(), v.strides())?;
+    check_disjoint(op, what, v)?;
+    Ok(dims)
 }
 
 /// Row stride of a 2-D view, as the kernels' i64.

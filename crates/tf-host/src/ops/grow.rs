@@ -10,7 +10,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::tensor::{View, ViewMut};
+use crate::tensor::{non_overlapping, View, ViewMut};
 use crate::workspace::Workspace;
 
 const OP: &str = "grow";
@@ -91,6 +91,13 @@ fn check_item<T: DType>(dev: &Device, i: usize, it: &GrowItem<'_, T>) -> Result<
     };
     if !it.dst.inner_contiguous() {
         return Err(shape_err(format!("dst rows must be contiguous, strides {:?}", it.dst.strides())));
+    }
+    if !non_overlapping(it.dst.shape(), it.dst.strides()) {
+        return Err(shape_err(format!(
+            "dst overlaps itself: strides {:?} for shape {:?} (a row stride must be at least the row length)",
+            it.dst.strides(),
+            it.dst.shape()
+        )));
     }
     if it.rows_old > rows_new {
         return Err(shape_err(format!("rows_old = {} exceeds the destination's {rows_new} rows", it.rows_old)));

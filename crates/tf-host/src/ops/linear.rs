@@ -9,7 +9,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::tensor::{Tensor, View, ViewMut};
+use crate::tensor::{check_disjoint, Tensor, View, ViewMut};
 
 const OP: &str = "linear";
 const TILE: usize = 16;
@@ -53,8 +53,8 @@ fn kernel_name<T: DType>() -> &'static str {
     }
 }
 
-/// Checks x [t, d_in], w [d_out, d_in], y [t, d_out] (rows contiguous) and
-/// computes the launch geometry.
+/// Checks x [t, d_in], w [d_out, d_in], y [t, d_out] (rows contiguous, y not
+/// overlapping itself) and computes the launch geometry.
 pub fn plan<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: &ViewMut<'_, T>) -> Result<LinearPlan> {
     for d in [x.device(), w.device(), y.device()] {
         if !d.same(dev) {
@@ -87,6 +87,7 @@ pub fn plan<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: &ViewMu
             ),
         });
     }
+    check_disjoint(OP, "y", y)?;
     let gx = to_u32(OP, "d_out tiles", d_out.div_ceil(TILE).max(1))?;
     let gy = to_u32(OP, "t tiles", t.div_ceil(TILE).max(1))?;
     if gy > 65535 {

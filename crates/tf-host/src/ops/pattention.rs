@@ -15,7 +15,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::tensor::{Tensor, View, ViewMut};
+use crate::tensor::{check_disjoint, Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
 const OP: &str = "pattention";
@@ -293,6 +293,7 @@ pub fn plan<T: DType>(
     if yt != t || yo != d_out {
         return Err(shape_err(format!("y is [{yt}, {yo}] but [t, d_out] = [{t}, {d_out}]")));
     }
+    check_disjoint(OP, "y", y)?;
     if n == 0 {
         return Err(Error::InvalidArgument {
             op: OP,

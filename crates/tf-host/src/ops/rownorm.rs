@@ -7,7 +7,7 @@ use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
 use crate::ops::pattention::{norm_scale, PattentionOptions};
-use crate::tensor::ViewMut;
+use crate::tensor::{check_disjoint, ViewMut};
 
 const OP: &str = "pattention_norm";
 const THREADS: u32 = 256;
@@ -35,6 +35,7 @@ pub fn plan<T: DType>(dev: &Device, a: &ViewMut<'_, T>, opts: &PattentionOptions
     if !a.inner_contiguous() {
         return Err(Error::Shape { op: OP, msg: format!("score rows must be contiguous, strides {:?}", a.strides()) });
     }
+    check_disjoint(OP, "scores", a)?;
     let scale = norm_scale(OP, opts, n)?;
     let rows = to_u32(OP, "rows", t.max(1))?;
     Ok((Geometry { grid: [rows, 1, 1], block: [THREADS, 1, 1], smem: 0 }, scale))
