@@ -2,9 +2,9 @@
 
 use super::config::TokenformerConfig;
 use super::params::{BlockParams, ModelParams, Slot};
+use crate::golden::F32Tensor;
 use crate::{Element, Error, Result};
 use half::{bf16, f16};
-use crate::golden::F32Tensor;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
