@@ -24,8 +24,10 @@ const ERFC_CF_LIMIT: f64 = 1.0;
 /// that the rounding of `x²` does not cost relative accuracy when `x²` is large.
 fn exp_minus_square(x: f64) -> f64 {
     let hi = x * x;
-    if hi.is_infinite() {
-        return 0.0; // x² overflows: e^(−x²) underflows (the split below would give 0·∞)
+    if hi > 746.0 {
+        // e^(−x²) < 2^−1075 underflows to 0; the split below would give 0·∞ once
+        // |lo| (up to half an ulp of x²) passes ~709, or x² itself overflows
+        return 0.0;
     }
     let lo = x.mul_add(x, -hi); // x² − hi, exactly
     (-hi).exp() * (-lo).exp()
