@@ -149,7 +149,9 @@ __device__ __forceinline__ void write_split_partials(const tf_attn_params& p, co
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const float l = tf::warp_sum<4>(row_sum[mt][hr]);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            // l == 0: no key of this split was visible, or all had -inf scores (weight
+            // 0 in the combine either way); a NaN l makes o and lse NaN.
+            const float inv = l == 0.0f ? 0.0f : 1.0f / l;
             const int64_t row = row0 + mt * 16 + hr * 8;
             if (row < p.t_q) {
                 const int64_t at = split_row(p, split, row);
@@ -160,7 +162,7 @@ __device__ __forceinline__ void write_split_partials(const tf_attn_params& p, co
                     v.y = acc_o[mt][nt][2 * hr + 1] * inv;
                     *reinterpret_cast<float2*>(oa + at * HD + nt * 8 + 2 * tq) = v;
                 }
-                if (tq == 0) la[at] = l > 0.0f ? row_max[mt][hr] * p.scale + logf(l) : neg_inf();
+                if (tq == 0) la[at] = l == 0.0f ? neg_inf() : row_max[mt][hr] * p.scale + logf(l);
             }
         }
     }
@@ -194,6 +196,89 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
         const int bytes = ok ? 16 : 0;
         tf::cp_async_16(st + 16 * i * Sw::kRowBytes, src, bytes);
         if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, src + (ok ? 64 : 0), bytes);
+    }
+}
+
+// ---------------------------------------------- non-finite V in masked positions
+//
+// A causal K/V block that crosses the diagonal holds keys some rows of the CTA must
+// not see. Their P is 0, but 0·v = NaN for a NaN or infinite v, so the tensor-core
+// product would leak such a value into rows that cannot see the key. Rare (only a
+// non-finite V does it) and handled off the fast path: each thread checks the V
+// chunks it copied (load_tile's mapping); if any is non-finite, the CTA zeroes them
+// in shared memory before P·V and afterwards adds them, from global memory, to the
+// accumulators of exactly the rows that see their key (P·v is ±inf or NaN there,
+// whatever P is, so the sum of the non-finite values decides it).
+
+// Applies f(word&) to the 32-bit words of the chunks this thread copied with
+// load_tile<Tr, ROWS> (rows < rows_valid).
+template <typename Tr, int ROWS, typename F>
+__device__ __forceinline__ void for_own_words(unsigned char* s, int64_t rows_valid, int tid, F&& f) {
+    using Sw = tf::Swizzle<Tr::kChunks>;
+    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
+    const int rv = (int)min64(rows_valid, ROWS);
+    const bool two = c0 + 8 < Tr::kChunks;
+    unsigned char* st = s + Sw::offset(r0, c0);
+#pragma unroll
+    for (int i = 0; i < ROWS / 16; ++i) {
+        if (r0 + 16 * i < rv) {
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                if (c == 0 || two) {
+                    uint32_t* w = reinterpret_cast<uint32_t*>(st + 16 * i * Sw::kRowBytes + 128 * c);
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) f(w[k]);
+                }
+            }
+        }
+    }
+}
+
+template <typename Tr, int ROWS, typename T>
+__device__ __forceinline__ bool own_chunks_nonfinite(unsigned char* s, int64_t rows_valid, int tid) {
+    bool bad = false;
+    for_own_words<Tr, ROWS>(s, rows_valid, tid, [&](uint32_t& w) { bad |= pair_nonfinite<T>(w); });
+    return bad;
+}
+
+template <typename Tr, int ROWS, typename T>
+__device__ __forceinline__ void zero_own_nonfinite(unsigned char* s, int64_t rows_valid, int tid) {
+    constexpr uint32_t e = ExpBits<T>::value;
+    for_own_words<Tr, ROWS>(s, rows_valid, tid, [&](uint32_t& w) {
+        if ((w & e) == e) w &= 0xffff0000u;
+        if (((w >> 16) & e) == e) w &= 0x0000ffffu;
+    });
+}
+
+// Adds v[key, c] to o's accumulator of (row, c) for every non-finite v of the block's
+// keys [n0, min(n0 + BN, t_k)) and every row of this thread (row0 + 16 mt + 8 hr,
+// columns 8 nt + 2 tq + {0, 1}) that sees the key (causal: key <= row + diag).
+template <typename T, int MT, int NTO, int BN>
+__device__ __forceinline__ void add_visible_nonfinite_v(const tf_attn_params& p, const T* v,
+                                                        float (&acc_o)[MT][NTO][4], int64_t n0, int64_t row0, int64_t diag, int tq) {
+    const int64_t end = min64(n0 + BN, p.t_k);
+#pragma unroll 1
+    for (int64_t key = n0; key < end; ++key) {
+        const T* vr = v + key * p.v_stride_t + 2 * tq;
+#pragma unroll
+        for (int nt = 0; nt < NTO; ++nt) {
+            const uint32_t u = *reinterpret_cast<const uint32_t*>(vr + nt * 8);
+            if (pair_nonfinite<T>(u)) {
+                T e[2];
+                memcpy(e, &u, 4);
+                const float v0 = tf::to_float<T>(e[0]), v1 = tf::to_float<T>(e[1]);
+                const bool b0 = !(fabsf(v0) <= 3.4028235e38f), b1 = !(fabsf(v1) <= 3.4028235e38f);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int hr = 0; hr < 2; ++hr) {
+                        if (key <= row0 + mt * 16 + hr * 8 + diag) {
+                            if (b0) acc_o[mt][nt][2 * hr] += v0;
+                            if (b1) acc_o[mt][nt][2 * hr + 1] += v1;
+                        }
+                    }
+            }
+        }
     }
 }
 
@@ -341,7 +426,13 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
         }
 
         tf::cp_async_wait<0>();  // V(nb) landed
-        __syncthreads();         // ... for every thread; every warp is done with K(nb)
+        // ... for every thread; every warp is done with K(nb). Crossing blocks: does V
+        // hold a NaN / inf that a row which cannot see its key would get as 0·v?
+        const bool v_bad = __syncthreads_or(cross && own_chunks_nonfinite<Tr, BN, T>(sV, p.t_k - n0, tid));
+        if (v_bad) {  // block-uniform, rare
+            zero_own_nonfinite<Tr, BN, T>(sV, p.t_k - n0, tid);
+            __syncthreads();
+        }
         if (nb > n_lo) {
             const int64_t n1 = n0 - BN;
             load_tile<Tr, BN>(sK, k + n1 * p.k_stride_t, p.k_stride_t, p.t_k - n1, tid);
@@ -407,6 +498,7 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                 }
             }
         }
+        if (v_bad) add_visible_nonfinite_v<T, MT, NTO, BN>(p, v, acc_o, n0, m0 + row_w + g, diag, tq);
     }
 
     if (kSplit) {
@@ -422,15 +514,16 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const float l = tf::warp_sum<4>(row_sum[mt][hr]);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
             const int r = row_w + mt * 16 + g + hr * 8;
+            const bool sees = row_sees_a_key(p, m0 + r);
+            const float inv = inv_row_sum(l, sees);
 #pragma unroll
             for (int nt = 0; nt < NTO; ++nt) {
                 const uint32_t packed = tf::pack2<T>(acc_o[mt][nt][2 * hr] * inv, acc_o[mt][nt][2 * hr + 1] * inv);
                 *reinterpret_cast<uint32_t*>(sQ + Sw::offset(r, nt) + tq * 4) = packed;
             }
             if (tq == 0 && m0 + r < p.t_q) {
-                lse[(m0 + r) * p.lse_stride_t] = l > 0.0f ? row_max[mt][hr] * p.scale + logf(l) : pos_inf();
+                lse[(m0 + r) * p.lse_stride_t] = row_lse(row_max[mt][hr], p.scale, l, sees);
             }
         }
     }
