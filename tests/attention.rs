@@ -748,6 +748,31 @@ fn attn_non_finite<T: DType + Element>(
     }
 }
 
+/// q[0, 2] = -inf against keys whose column 2 is positive: every score of the row is
+/// -inf; split-KV (2 splits) must give o = NaN and lse = NaN, as tf-ref.
+fn attn_all_minus_inf(dev: &Device, c: Case, s: u64, k: Vec<f16>) {
+    let (mut q, _, v) = inputs::<f16>(&c, &mut c.rng(s));
+    q[2] = f16::NEG_INFINITY;
+    let qt = dev.upload(&q, &[c.b, c.t_q, c.h, c.d]).unwrap();
+    let kt = dev.upload(&k, &[c.b, c.t_k, c.h, c.d]).unwrap();
+    let vt = dev.upload(&v, &[c.b, c.t_k, c.h, c.d]).unwrap();
+    let mut ot: Tensor<f16> = dev.upload(&vec![f16::from_f32(7777.0); q.len()], &[c.b, c.t_q, c.h, c.d]).unwrap();
+    let mut lt: Tensor<f32> = dev.upload(&[7777.0f32], &[1, 1, 1]).unwrap();
+    let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
+    attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), Some(2)).unwrap();
+    let r = tf_ref::attention(
+        Tensor4Ref::new(&q, [c.b, c.t_q, c.h, c.d]).unwrap(),
+        Tensor4Ref::new(&k, [c.b, c.t_k, c.h, c.d]).unwrap(),
+        Tensor4Ref::new(&v, [c.b, c.t_k, c.h, c.d]).unwrap(),
+        c.causal,
+        None,
+    )
+    .unwrap();
+    assert!(r.o.iter().all(|x| x.is_nan()) && r.lse[0].is_nan(), "tf-ref: all -inf scores give NaN");
+    assert!(ot.to_vec().unwrap().iter().all(|x| x.to_f32().is_nan()), "split-KV o of an all -inf row");
+    assert!(lt.to_vec().unwrap()[0].is_nan(), "split-KV lse of an all -inf row");
+}
+
 #[test]
 fn nan_and_inf_inputs_reach_only_the_rows_that_see_them() {
     let s = seed();
@@ -764,6 +789,29 @@ fn nan_and_inf_inputs_reach_only_the_rows_that_see_them() {
                 attn_non_finite::<bf16>(&dev, c, s, Some(1), at2);
                 attn_non_finite::<f32>(&dev, c, s, Some(1), if causal { at } else { at2 });
             }
+            // causal T_q > T_k: query 0 sees no key and keeps o = 0, lse = +inf whatever
+            // key 0 holds; the others see key 0
+            let c = Case::new(1, 17, 16, 2, d, true);
+            let at = [(Which::Q, 16, 1), (Which::K, 0, 5), (Which::V, 0, d - 1)];
+            attn_non_finite::<f16>(&dev, c, s, Some(1), at);
+            attn_non_finite::<f32>(&dev, c, s, Some(1), at);
+            // causal T_q = T_k: query 0 sees only key 0; -inf in q[0, col] with
+            // k[0, col] > 0 makes its only score -inf: softmax 0/0 = NaN, not an empty row
+            let c = Case::new(1, 20, 20, 1, d, true);
+            let k0 = inputs::<bf16>(&c, &mut c.rng(s)).1;
+            let col = (0..d).find(|&x| k0[x].to_f32() > 0.0).unwrap();
+            let at = [(Which::Q, 0, col), (Which::K, 19, 0), (Which::V, 19, 1)];
+            attn_non_finite::<bf16>(&dev, c, s, Some(1), at);
+            attn_non_finite::<f32>(&dev, c, s, Some(1), at);
+            // the same through split-KV: one query against 70 keys whose scores are all
+            // -inf (q[0, col] = -inf, k[j, col] > 0 for every j): every split has weight
+            // 0, and the combine must give NaN, not an empty row
+            let c = Case::new(1, 1, 70, 1, d, true);
+            let (_, mut kk, _) = inputs::<f16>(&c, &mut c.rng(s));
+            for j in 0..70 {
+                kk[j * d + 2] = f16::from_f32(kk[j * d + 2].to_f32().abs() + 0.01);
+            }
+            attn_all_minus_inf(&dev, c, s, kk);
             // decode against a cache, split-KV (3 splits): the combine carries NaN
             let c = Case::new(1, 1, 200, 2, d, true);
             let at = [(Which::Q, 0, 1), (Which::K, 150, d - 1), (Which::V, 199, 2)];
