@@ -139,11 +139,12 @@ __device__ void write_empty_split(const tf_attn_params& p, int64_t m0, int bm, i
 // range's lse (-inf if the row saw none of its keys), in f32. `row0` is this
 // lane's first row (tile row g of its warp, absolute).
 template <int HD, int MT, int NTO>
-__device__ __forceinline__ void write_split_partials(const tf_attn_params& p, const float (&acc_o)[MT][NTO][4],
+__device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, const float (&acc_o)[MT][NTO][4],
                                                      const float (&row_max)[MT][2], const float (&row_sum)[MT][2],
                                                      int64_t row0, int split, int tq) {
     float* oa = reinterpret_cast<float*>(p.o_accum);
     float* la = reinterpret_cast<float*>(p.lse_accum);
+    bool bad = false;  // any non-finite output of this thread
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -160,12 +161,14 @@ __device__ __forceinline__ void write_split_partials(const tf_attn_params& p, co
                     float2 v;
                     v.x = acc_o[mt][nt][2 * hr] * inv;
                     v.y = acc_o[mt][nt][2 * hr + 1] * inv;
+                    bad |= nonfinite(v.x) || nonfinite(v.y);
                     *reinterpret_cast<float2*>(oa + at * HD + nt * 8 + 2 * tq) = v;
                 }
                 if (tq == 0) la[at] = l == 0.0f ? neg_inf() : row_max[mt][hr] * p.scale + logf(l);
             }
         }
     }
+    return bad;
 }
 
 // ------------------------------------------------- tensor-core path (f16/bf16)
@@ -199,85 +202,68 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
     }
 }
 
-// ---------------------------------------------- non-finite V in masked positions
+// ------------------------------------------ non-finite V behind the causal mask
 //
 // A causal K/V block that crosses the diagonal holds keys some rows of the CTA must
 // not see. Their P is 0, but 0·v = NaN for a NaN or infinite v, so the tensor-core
-// product would leak such a value into rows that cannot see the key. Rare (only a
-// non-finite V does it) and handled off the fast path: each thread checks the V
-// chunks it copied (load_tile's mapping); if any is non-finite, the CTA zeroes them
-// in shared memory before P·V and afterwards adds them, from global memory, to the
-// accumulators of exactly the rows that see their key (P·v is ±inf or NaN there,
-// whatever P is, so the sum of the non-finite values decides it).
+// product can leak such a value into rows that cannot see the key. A leak only ever
+// makes an output non-finite, and finite inputs never make one non-finite, so the fix
+// stays off the hot loop and out of its registers: the epilogue notes whether any of
+// the CTA's outputs is non-finite; only then (causal launches) does a second pass,
+// after the outputs are written, recompute each non-finite output of a row in f32
+// from global memory over exactly the keys the row sees,
+//   o_id = Σ_{j visible} exp(scale·q_i·k_j - lse_i)·v_jd,
+// skipping masked keys instead of multiplying them by 0. Legitimate NaN / inf (a
+// visible non-finite q, k or v) come out of the recomputation non-finite again.
 
-// Applies f(word&) to the 32-bit words of the chunks this thread copied with
-// load_tile<Tr, ROWS> (rows < rows_valid).
-template <typename Tr, int ROWS, typename F>
-__device__ __forceinline__ void for_own_words(unsigned char* s, int64_t rows_valid, int tid, F&& f) {
-    using Sw = tf::Swizzle<Tr::kChunks>;
-    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
-    const int rv = (int)min64(rows_valid, ROWS);
-    const bool two = c0 + 8 < Tr::kChunks;
-    unsigned char* st = s + Sw::offset(r0, c0);
+// One warp per row (rows [0, rows) of the CTA, `o` / `lse` at row 0, strides in
+// elements): recomputes the row's non-finite outputs over its visible keys in
+// [k_lo, k_hi) with the row's lse (for a split: that split's). lse = -inf (a split
+// that saw no key, or only -inf scores) makes them 0, the weight-0 partial.
+template <int HD, typename T, typename OT>
+__device__ __forceinline__ void recompute_nonfinite_rows(const tf_attn_params& p, const T* q, const T* k, const T* v,
+                                                      OT* o, int64_t o_stride, const float* lse, int64_t lse_stride,
+                                                      int64_t m0, int64_t k_lo, int64_t k_hi, int warp, int lane,
+                                                      int warps, int rows) {
+    constexpr int kPer = (HD + 31) / 32;
+    const int64_t diag = p.t_k - p.t_q;
+    for (int r = warp; r < rows; r += warps) {
+        OT* orow = o + r * o_stride;
+        bool bad = false;
 #pragma unroll
-    for (int i = 0; i < ROWS / 16; ++i) {
-        if (r0 + 16 * i < rv) {
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < HD) bad |= nonfinite(tf::to_float(orow[d]));
+        }
+        if (!__any_sync(0xffffffffu, bad)) continue;  // warp-uniform
+        const int64_t row = m0 + r;
+        const float L = lse[r * lse_stride];
+        const T* qr = q + r * p.q_stride_t;
+        const int64_t end = p.causal ? min64(k_hi, row + diag + 1) : k_hi;
+        float acc[kPer];
 #pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                if (c == 0 || two) {
-                    uint32_t* w = reinterpret_cast<uint32_t*>(st + 16 * i * Sw::kRowBytes + 128 * c);
+        for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+        for (int64_t key = k_lo; key < end; ++key) {
+            const T* kr = k + key * p.k_stride_t;
+            const T* vr = v + key * p.v_stride_t;
+            float dot = 0.0f;
 #pragma unroll
-                    for (int k = 0; k < 4; ++k) f(w[k]);
-                }
+            for (int i = 0; i < kPer; ++i) {
+                const int d = lane + 32 * i;
+                if (d < HD) dot = fmaf(tf::to_float<T>(qr[d]), tf::to_float<T>(kr[d]), dot);
+            }
+            dot = tf::warp_sum(dot);
+            const float pr = L == neg_inf() ? 0.0f : expf(fmaf(dot, p.scale, -L));
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int d = lane + 32 * i;
+                if (d < HD) acc[i] = fmaf(pr, tf::to_float<T>(vr[d]), acc[i]);
             }
         }
-    }
-}
-
-template <typename Tr, int ROWS, typename T>
-__device__ __forceinline__ bool own_chunks_nonfinite(unsigned char* s, int64_t rows_valid, int tid) {
-    bool bad = false;
-    for_own_words<Tr, ROWS>(s, rows_valid, tid, [&](uint32_t& w) { bad |= pair_nonfinite<T>(w); });
-    return bad;
-}
-
-template <typename Tr, int ROWS, typename T>
-__device__ __forceinline__ void zero_own_nonfinite(unsigned char* s, int64_t rows_valid, int tid) {
-    constexpr uint32_t e = ExpBits<T>::value;
-    for_own_words<Tr, ROWS>(s, rows_valid, tid, [&](uint32_t& w) {
-        if ((w & e) == e) w &= 0xffff0000u;
-        if (((w >> 16) & e) == e) w &= 0x0000ffffu;
-    });
-}
-
-// Adds v[key, c] to o's accumulator of (row, c) for every non-finite v of the block's
-// keys [n0, min(n0 + BN, t_k)) and every row of this thread (row0 + 16 mt + 8 hr,
-// columns 8 nt + 2 tq + {0, 1}) that sees the key (causal: key <= row + diag).
-template <typename T, int MT, int NTO, int BN>
-__device__ __forceinline__ void add_visible_nonfinite_v(const tf_attn_params& p, const T* v,
-                                                        float (&acc_o)[MT][NTO][4], int64_t n0, int64_t row0, int64_t diag, int tq) {
-    const int64_t end = min64(n0 + BN, p.t_k);
-#pragma unroll 1
-    for (int64_t key = n0; key < end; ++key) {
-        const T* vr = v + key * p.v_stride_t + 2 * tq;
 #pragma unroll
-        for (int nt = 0; nt < NTO; ++nt) {
-            const uint32_t u = *reinterpret_cast<const uint32_t*>(vr + nt * 8);
-            if (pair_nonfinite<T>(u)) {
-                T e[2];
-                memcpy(e, &u, 4);
-                const float v0 = tf::to_float<T>(e[0]), v1 = tf::to_float<T>(e[1]);
-                const bool b0 = !(fabsf(v0) <= 3.4028235e38f), b1 = !(fabsf(v1) <= 3.4028235e38f);
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int hr = 0; hr < 2; ++hr) {
-                        if (key <= row0 + mt * 16 + hr * 8 + diag) {
-                            if (b0) acc_o[mt][nt][2 * hr] += v0;
-                            if (b1) acc_o[mt][nt][2 * hr + 1] += v1;
-                        }
-                    }
-            }
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < HD && nonfinite(tf::to_float(orow[d]))) orow[d] = tf::from_float<OT>(acc[i]);
         }
     }
 }
@@ -426,13 +412,7 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
         }
 
         tf::cp_async_wait<0>();  // V(nb) landed
-        // ... for every thread; every warp is done with K(nb). Crossing blocks: does V
-        // hold a NaN / inf that a row which cannot see its key would get as 0·v?
-        const bool v_bad = __syncthreads_or(cross && own_chunks_nonfinite<Tr, BN, T>(sV, p.t_k - n0, tid));
-        if (v_bad) {  // block-uniform, rare
-            zero_own_nonfinite<Tr, BN, T>(sV, p.t_k - n0, tid);
-            __syncthreads();
-        }
+        __syncthreads();         // ... for every thread; every warp is done with K(nb)
         if (nb > n_lo) {
             const int64_t n1 = n0 - BN;
             load_tile<Tr, BN>(sK, k + n1 * p.k_stride_t, p.k_stride_t, p.t_k - n1, tid);
@@ -498,17 +478,25 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                 }
             }
         }
-        if (v_bad) add_visible_nonfinite_v<T, MT, NTO, BN>(p, v, acc_o, n0, m0 + row_w + g, diag, tq);
     }
 
     if (kSplit) {
-        write_split_partials<HD, MT, NTO>(p, acc_o, row_max, row_sum, m0 + row_w + g, split, tq);
+        const bool bad = write_split_partials<HD, MT, NTO>(p, acc_o, row_max, row_sum, m0 + row_w + g, split, tq);
+        // Causal: a masked key's NaN / inf v may have reached a row through 0·v (above).
+        if (p.causal && __syncthreads_or(bad)) {
+            const int64_t at = split_row(p, split, m0);
+            recompute_nonfinite_rows<HD>(p, q, k, v, reinterpret_cast<float*>(p.o_accum) + at * HD, (int64_t)HD,
+                                         reinterpret_cast<const float*>(p.lse_accum) + at, 1, m0, (int64_t)n_lo * BN,
+                                         min64((int64_t)n_hi * BN, p.t_k), warp, lane, Tr::kWarps,
+                                         (int)min64(BM, p.t_q - m0));
+        }
         return;
     }
 
     // Epilogue: quad-reduce the row sums, normalise, write lse and stage O in the
     // warp's own Q rows (only this warp ever read them; no cp.async is pending).
     float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_stride_b + h * p.lse_stride_h;
+    bool bad = false;  // any non-finite output of this thread
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -519,7 +507,9 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
             const float inv = inv_row_sum(l, sees);
 #pragma unroll
             for (int nt = 0; nt < NTO; ++nt) {
-                const uint32_t packed = tf::pack2<T>(acc_o[mt][nt][2 * hr] * inv, acc_o[mt][nt][2 * hr + 1] * inv);
+                const float o0 = acc_o[mt][nt][2 * hr] * inv, o1 = acc_o[mt][nt][2 * hr + 1] * inv;
+                bad |= m0 + r < p.t_q && (nonfinite(o0) || nonfinite(o1));
+                const uint32_t packed = tf::pack2<T>(o0, o1);
                 *reinterpret_cast<uint32_t*>(sQ + Sw::offset(r, nt) + tq * 4) = packed;
             }
             if (tq == 0 && m0 + r < p.t_q) {
@@ -540,6 +530,12 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                     *reinterpret_cast<const uint4*>(sQ + Sw::offset(r, c));
             }
         }
+    }
+    // Causal: a masked key's NaN / inf v may have reached a row through 0·v (above).
+    if (p.causal && __syncthreads_or(bad)) {
+        recompute_nonfinite_rows<HD>(p, q, k, v, o + m0 * p.o_stride_t, p.o_stride_t, lse + m0 * p.lse_stride_t,
+                                     p.lse_stride_t, m0, (int64_t)n_lo * BN, min64((int64_t)n_hi * BN, p.t_k), warp,
+                                     lane, Tr::kWarps, (int)min64(BM, p.t_q - m0));
     }
 }
 

@@ -788,6 +788,8 @@ fn nan_and_inf_inputs_reach_only_the_rows_that_see_them() {
                 attn_non_finite::<f16>(&dev, c, s, Some(1), at);
                 attn_non_finite::<bf16>(&dev, c, s, Some(1), at2);
                 attn_non_finite::<f32>(&dev, c, s, Some(1), if causal { at } else { at2 });
+                // split-KV (2 splits) over the same rows: each split's partials too
+                attn_non_finite::<f16>(&dev, c, s, Some(2), at2);
             }
             // causal T_q > T_k: query 0 sees no key and keeps o = 0, lse = +inf whatever
             // key 0 holds; the others see key 0

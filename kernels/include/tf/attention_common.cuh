@@ -29,18 +29,8 @@ __device__ __forceinline__ float row_lse(float mx, float scale, float l, bool se
     return l == 0.0f ? (sees ? nan_f() : pos_inf()) : mx * scale + logf(l);
 }
 
-// Exponent bits of a 16-bit storage type: all set = NaN or infinite.
-template <typename T> struct ExpBits;
-template <> struct ExpBits<__half> { static constexpr uint32_t value = 0x7c00u; };
-template <> struct ExpBits<__nv_bfloat16> { static constexpr uint32_t value = 0x7f80u; };
-
-// Whether either 16-bit value packed in `u` is NaN or infinite.
-template <typename T>
-__device__ __forceinline__ bool pair_nonfinite(uint32_t u) {
-    constexpr uint32_t e = ExpBits<T>::value;
-    return (u & e) == e || ((u >> 16) & e) == e;
-}
-
+// NaN or infinite.
+__device__ __forceinline__ bool nonfinite(float x) { return !(fabsf(x) <= 3.4028235e38f); }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
