@@ -537,11 +537,12 @@ fn non_finite<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize,
 fn nan_and_inf_inputs_poison_what_they_reach() {
     let s = seed();
     for (dev, backend) in backends() {
-        // t = 37: decode path (16-bit); t = 67: tiled, a partial row block. K_P row 128
-        // is the only column of the second n-tile (for softmax with -inf there, an
-        // n-tile of only -inf).
+        // t = 37: decode path (16-bit); t = 67: tiled, a partial row block (f32 is
+        // tiled at both). Columns 64..71 of d_in are the partial last k-step; K_P row
+        // 127 ends the first n-tile, row 128 is the only column of the second (for
+        // softmax with -inf there, an n-tile of only -inf).
         let decode = [(Input::X, 36, 71), (Input::K, 128, 71), (Input::V, 128, 39)];
-        let tiled = [(Input::X, 66, 33), (Input::K, 100, 5), (Input::V, 60, 17)];
+        let tiled = [(Input::X, 66, 64), (Input::K, 127, 64), (Input::V, 128, 32)];
         for (t, at) in [(37, decode), (67, tiled)] {
             non_finite::<f32>(&dev, backend, s, t, at);
             non_finite::<f16>(&dev, backend, s, t, at);
