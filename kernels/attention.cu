@@ -139,17 +139,20 @@ __device__ void write_empty_split(const tf_attn_params& p, int64_t m0, int bm, i
 // range's lse (-inf if the row saw none of its keys), in f32. `row0` is this
 // lane's first row (tile row g of its warp, absolute).
 template <int HD, int MT, int NTO>
-__device__ __forceinline__ void write_split_partials(const tf_attn_params& p, const float (&acc_o)[MT][NTO][4],
+__device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, const float (&acc_o)[MT][NTO][4],
                                                      const float (&row_max)[MT][2], const float (&row_sum)[MT][2],
                                                      int64_t row0, int split, int tq) {
     float* oa = reinterpret_cast<float*>(p.o_accum);
     float* la = reinterpret_cast<float*>(p.lse_accum);
+    bool bad = false;  // any non-finite output of this thread
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const float l = tf::warp_sum<4>(row_sum[mt][hr]);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            // l == 0: no key of this split was visible, or all had -inf scores (weight
+            // 0 in the combine either way); a NaN l makes o and lse NaN.
+            const float inv = l == 0.0f ? 0.0f : 1.0f / l;
             const int64_t row = row0 + mt * 16 + hr * 8;
             if (row < p.t_q) {
                 const int64_t at = split_row(p, split, row);
@@ -158,12 +161,14 @@ __device__ __forceinline__ void write_split_partials(const tf_attn_params& p, co
                     float2 v;
                     v.x = acc_o[mt][nt][2 * hr] * inv;
                     v.y = acc_o[mt][nt][2 * hr + 1] * inv;
+                    bad |= nonfinite(v.x) || nonfinite(v.y);
                     *reinterpret_cast<float2*>(oa + at * HD + nt * 8 + 2 * tq) = v;
                 }
-                if (tq == 0) la[at] = l > 0.0f ? row_max[mt][hr] * p.scale + logf(l) : neg_inf();
+                if (tq == 0) la[at] = l == 0.0f ? neg_inf() : row_max[mt][hr] * p.scale + logf(l);
             }
         }
     }
+    return bad;
 }
 
 // ------------------------------------------------- tensor-core path (f16/bf16)
@@ -194,6 +199,72 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
         const int bytes = ok ? 16 : 0;
         tf::cp_async_16(st + 16 * i * Sw::kRowBytes, src, bytes);
         if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, src + (ok ? 64 : 0), bytes);
+    }
+}
+
+// ------------------------------------------ non-finite V behind the causal mask
+//
+// A causal K/V block that crosses the diagonal holds keys some rows of the CTA must
+// not see. Their P is 0, but 0·v = NaN for a NaN or infinite v, so the tensor-core
+// product can leak such a value into rows that cannot see the key. A leak only ever
+// makes an output non-finite, and finite inputs never make one non-finite, so the fix
+// stays off the hot loop and out of its registers: the epilogue notes whether any of
+// the CTA's outputs is non-finite; only then (causal launches) does a second pass,
+// after the outputs are written, recompute each non-finite output of a row in f32
+// from global memory over exactly the keys the row sees,
+//   o_id = Σ_{j visible} exp(scale·q_i·k_j - lse_i)·v_jd,
+// skipping masked keys instead of multiplying them by 0. Legitimate NaN / inf (a
+// visible non-finite q, k or v) come out of the recomputation non-finite again.
+
+// One warp per row (rows [0, rows) of the CTA, `o` / `lse` at row 0, strides in
+// elements): recomputes the row's non-finite outputs over its visible keys in
+// [k_lo, k_hi) with the row's lse (for a split: that split's). lse = -inf (a split
+// that saw no key, or only -inf scores) makes them 0, the weight-0 partial.
+template <int HD, typename T, typename OT>
+__device__ __forceinline__ void recompute_nonfinite_rows(const tf_attn_params& p, const T* q, const T* k, const T* v,
+                                                      OT* o, int64_t o_stride, const float* lse, int64_t lse_stride,
+                                                      int64_t m0, int64_t k_lo, int64_t k_hi, int warp, int lane,
+                                                      int warps, int rows) {
+    constexpr int kPer = (HD + 31) / 32;
+    const int64_t diag = p.t_k - p.t_q;
+    for (int r = warp; r < rows; r += warps) {
+        OT* orow = o + r * o_stride;
+        bool bad = false;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < HD) bad |= nonfinite(tf::to_float(orow[d]));
+        }
+        if (!__any_sync(0xffffffffu, bad)) continue;  // warp-uniform
+        const int64_t row = m0 + r;
+        const float L = lse[r * lse_stride];
+        const T* qr = q + r * p.q_stride_t;
+        const int64_t end = p.causal ? min64(k_hi, row + diag + 1) : k_hi;
+        float acc[kPer];
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
+        for (int64_t key = k_lo; key < end; ++key) {
+            const T* kr = k + key * p.k_stride_t;
+            const T* vr = v + key * p.v_stride_t;
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int d = lane + 32 * i;
+                if (d < HD) dot = fmaf(tf::to_float<T>(qr[d]), tf::to_float<T>(kr[d]), dot);
+            }
+            dot = tf::warp_sum(dot);
+            const float pr = L == neg_inf() ? 0.0f : expf(fmaf(dot, p.scale, -L));
+#pragma unroll
+            for (int i = 0; i < kPer; ++i) {
+                const int d = lane + 32 * i;
+                if (d < HD) acc[i] = fmaf(pr, tf::to_float<T>(vr[d]), acc[i]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int d = lane + 32 * i;
+            if (d < HD && nonfinite(tf::to_float(orow[d]))) orow[d] = tf::from_float<OT>(acc[i]);
+        }
     }
 }
 
@@ -410,27 +481,39 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
     }
 
     if (kSplit) {
-        write_split_partials<HD, MT, NTO>(p, acc_o, row_max, row_sum, m0 + row_w + g, split, tq);
+        const bool bad = write_split_partials<HD, MT, NTO>(p, acc_o, row_max, row_sum, m0 + row_w + g, split, tq);
+        // Causal: a masked key's NaN / inf v may have reached a row through 0·v (above).
+        if (p.causal && __syncthreads_or(bad)) {
+            const int64_t at = split_row(p, split, m0);
+            recompute_nonfinite_rows<HD>(p, q, k, v, reinterpret_cast<float*>(p.o_accum) + at * HD, (int64_t)HD,
+                                         reinterpret_cast<const float*>(p.lse_accum) + at, 1, m0, (int64_t)n_lo * BN,
+                                         min64((int64_t)n_hi * BN, p.t_k), warp, lane, Tr::kWarps,
+                                         (int)min64(BM, p.t_q - m0));
+        }
         return;
     }
 
     // Epilogue: quad-reduce the row sums, normalise, write lse and stage O in the
     // warp's own Q rows (only this warp ever read them; no cp.async is pending).
     float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_stride_b + h * p.lse_stride_h;
+    bool bad = false;  // any non-finite output of this thread
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
             const float l = tf::warp_sum<4>(row_sum[mt][hr]);
-            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
             const int r = row_w + mt * 16 + g + hr * 8;
+            const bool sees = row_sees_a_key(p, m0 + r);
+            const float inv = inv_row_sum(l, sees);
 #pragma unroll
             for (int nt = 0; nt < NTO; ++nt) {
-                const uint32_t packed = tf::pack2<T>(acc_o[mt][nt][2 * hr] * inv, acc_o[mt][nt][2 * hr + 1] * inv);
+                const float o0 = acc_o[mt][nt][2 * hr] * inv, o1 = acc_o[mt][nt][2 * hr + 1] * inv;
+                bad |= m0 + r < p.t_q && (nonfinite(o0) || nonfinite(o1));
+                const uint32_t packed = tf::pack2<T>(o0, o1);
                 *reinterpret_cast<uint32_t*>(sQ + Sw::offset(r, nt) + tq * 4) = packed;
             }
             if (tq == 0 && m0 + r < p.t_q) {
-                lse[(m0 + r) * p.lse_stride_t] = l > 0.0f ? row_max[mt][hr] * p.scale + logf(l) : pos_inf();
+                lse[(m0 + r) * p.lse_stride_t] = row_lse(row_max[mt][hr], p.scale, l, sees);
             }
         }
     }
@@ -447,6 +530,12 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                     *reinterpret_cast<const uint4*>(sQ + Sw::offset(r, c));
             }
         }
+    }
+    // Causal: a masked key's NaN / inf v may have reached a row through 0·v (above).
+    if (p.causal && __syncthreads_or(bad)) {
+        recompute_nonfinite_rows<HD>(p, q, k, v, o + m0 * p.o_stride_t, p.o_stride_t, lse + m0 * p.lse_stride_t,
+                                     p.lse_stride_t, m0, (int64_t)n_lo * BN, min64((int64_t)n_hi * BN, p.t_k), warp,
+                                     lane, Tr::kWarps, (int)min64(BM, p.t_q - m0));
     }
 }
 

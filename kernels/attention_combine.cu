@@ -38,11 +38,14 @@ __device__ __forceinline__ void attn_combine(const tf_attn_params& p) {
     float* lse = reinterpret_cast<float*>(p.lse) + bb * p.lse_stride_b + hh * p.lse_stride_h + i * p.lse_stride_t;
 
     float mx = neg_inf();
-    for (int s = lane; s < p.num_splits; s += 32) mx = fmaxf(mx, la[s * rows]);
-    mx = tf::warp_max<32>(mx);
+    for (int s = lane; s < p.num_splits; s += 32) mx = tf::max_nan(mx, la[s * rows]);
+    mx = tf::warp_max<32>(mx);  // NaN if a split's lse is NaN: then o and lse are NaN
     if (mx == neg_inf()) {
-        for (int d = lane; d < p.head_dim; d += 32) o[d] = tf::from_float<T>(0.0f);
-        if (lane == 0) *lse = pos_inf();
+        // No split saw a key (o = 0, lse = +inf), or the row's keys all had -inf
+        // scores (the softmax is 0/0: NaN).
+        const bool sees = tf_attn::row_sees_a_key(p, i);
+        for (int d = lane; d < p.head_dim; d += 32) o[d] = tf::from_float<T>(sees ? tf_attn::nan_f() : 0.0f);
+        if (lane == 0) *lse = sees ? tf_attn::nan_f() : pos_inf();
         return;
     }
     float sum = 0.0f;

@@ -12,6 +12,7 @@
 #include "tf/cuda_types.cuh"
 #include "tf/convert.cuh"
 #include "tf/smem.cuh"
+#include "tf/reduce.cuh"
 #include "tf/attention_common.cuh"
 
 namespace tf_attn_simt {
@@ -21,6 +22,10 @@ using tf_attn::neg_inf;
 using tf_attn::num_key_blocks;
 using tf_attn::pos_inf;
 using tf_attn::write_empty_rows;
+using tf_attn::min64;
+using tf_attn::row_sees_a_key;
+using tf_attn::inv_row_sum;
+using tf_attn::row_lse;
 
 // SIMT f32 path.
 template <int HD>
@@ -109,7 +114,7 @@ __device__ __forceinline__ void attn_fwd_simt(const tf_attn_params& p) {
         if (tid < BM) {  // warp 0: online softmax of row tid
             float* pr = sP + tid * LP;
             float mx = sMax[tid];
-            for (int c = 0; c < BN; ++c) mx = fmaxf(mx, pr[c]);
+            for (int c = 0; c < BN; ++c) mx = tf::max_nan(mx, pr[c]);
             const float m_scaled = (mx == neg_inf() ? 0.0f : mx) * scale_log2;
             const float corr = exp2f(sMax[tid] * scale_log2 - m_scaled);
             float sum = sSum[tid] * corr;
@@ -126,7 +131,12 @@ __device__ __forceinline__ void attn_fwd_simt(const tf_attn_params& p) {
         const float corr = sCorr[orow];
 #pragma unroll
         for (int i = 0; i < CPT; ++i) acc[i] *= corr;
-        for (int c = 0; c < BN; ++c) {
+        // Only the keys this row sees: a masked key's P is 0, but 0·v is NaN for a
+        // NaN or infinite v, which must not reach a row that cannot see it.
+        int64_t lim64 = p.t_k - n0;
+        if (p.causal) lim64 = min64(lim64, m0 + orow + diag - n0 + 1);
+        const int lim = lim64 < 0 ? 0 : (lim64 > BN ? BN : (int)lim64);
+        for (int c = 0; c < lim; ++c) {
             const float pv = sP[orow * LP + c];
 #pragma unroll
             for (int i = 0; i < CPT; ++i) acc[i] = fmaf(pv, sV[c * HD + ocol + 4 * i], acc[i]);
@@ -136,13 +146,14 @@ __device__ __forceinline__ void attn_fwd_simt(const tf_attn_params& p) {
     const int64_t row = m0 + orow;
     if (row < p.t_q) {
         const float l = sSum[orow];
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        const bool sees = row_sees_a_key(p, row);
+        const float inv = inv_row_sum(l, sees);
         float* o = reinterpret_cast<float*>(p.o) + b * p.o_stride_b + h * p.o_stride_h + row * p.o_stride_t;
 #pragma unroll
         for (int i = 0; i < CPT; ++i) o[ocol + 4 * i] = acc[i] * inv;
         if (ocol == 0) {
             float* lse = reinterpret_cast<float*>(p.lse) + b * p.lse_stride_b + h * p.lse_stride_h;
-            lse[row * p.lse_stride_t] = l > 0.0f ? sMax[orow] * p.scale + logf(l) : pos_inf();
+            lse[row * p.lse_stride_t] = row_lse(sMax[orow], p.scale, l, sees);
         }
     }
 }

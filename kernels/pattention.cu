@@ -7,7 +7,10 @@
 //     gelu_l2_norm:           S_ij = G_ij · s / (‖G_i‖ + eps),  G = gelu(A)
 //     softmax:                S_ij = n_ref · exp(A_ij - max_i) / Σ_k exp(A_ik - max_i)
 //   gelu is the exact erf form; a row whose norm (+ eps) is zero gives a zero row of S
-//   (never NaN); n_ref is the current n unless the host pins it.
+//   (never NaN); n_ref is the current n unless the host pins it. Non-finite values
+//   follow the official formulas in IEEE arithmetic (as tf-ref): a NaN or inf score
+//   (for softmax: NaN or +inf) makes its whole output row NaN, a -inf softmax score
+//   weighs 0, NaN / inf in V_P reach their output column through the products.
 // Storage f16 / bf16 (tensor cores, f32 accumulation) or f32 (SIMT, f32 accumulation).
 //
 // Structure (KERNEL-NOTES.md "Pattention"): at TokenFormer widths (d_out 768-1536) a
@@ -104,7 +107,8 @@ __device__ __forceinline__ void rows(const tf_pattention_params& p) {
     T* h = reinterpret_cast<T*>(p.h) + row * p.h_stride;
     for (int64_t c = (int64_t)lane * kVec; c < p.n; c += 32 * kVec) {
         const float2 s = st[c / kTileN];
-        const float f = s.y > 0.0f ? scale_pow2(base, s.x - E) : 0.0f;
+        // An empty tile's factor is base·2^(kEmpty - E) = 0 (NaN for a poisoned row).
+        const float f = scale_pow2(base, s.x - E);
         uint4 u = *reinterpret_cast<const uint4*>(h + c);
         T e[kVec];
         memcpy(e, &u, 16);

@@ -169,7 +169,7 @@ __device__ __forceinline__ void chunk_from_h(const tf_pattention_params& p, unsi
         combine_row(st, p.n_tiles, p.norm, lane, E, sum);
         const float base = row_base(p.norm, p.scale, p.eps, E, sum);
         const float2 s = st[chunk];
-        const float f = s.y > 0.0f ? scale_pow2(base, s.x - E) : 0.0f;
+        const float f = scale_pow2(base, s.x - E);  // 0 for an empty tile, NaN for a poisoned row
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (c < p.h_stride) load4<T>(h + r * p.h_stride + c, v);
 #pragma unroll

@@ -3,7 +3,12 @@
 //   l2_norm_gelu  S = gelu(A * scale / (||A_i|| + eps))
 //   gelu_l2_norm  S = gelu(A) * scale / (||gelu(A_i)|| + eps)
 //   softmax       S = scale * exp(A - max_i) / sum_i exp(A - max_i)
-// A zero norm gives a zero row (never NaN). This is the middle step of the
+// A zero norm gives a zero row (never NaN). Non-finite scores follow the formulas
+// in IEEE arithmetic (as tf-ref's pattention_norm): a NaN poisons its row, an inf
+// makes the L2 norm inf (inf/inf = NaN at that entry, 0 elsewhere for l2_norm_gelu),
+// softmax is NaN for a NaN or +inf anywhere in the row and 0 at a -inf. The sum of
+// squares is not rescaled: rows with |A| beyond ~1e19 overflow it (the fused kernels
+// scale by powers of two and do not). This is the middle step of the
 // unfused pipeline (cuBLAS product -> this -> cuBLAS product) that the
 // benchmarks compare the fused kernels of pattention*.cu with; the fused path
 // never runs it.
@@ -31,7 +36,7 @@ __device__ float block_reduce(float v, float* red) {
     if (lane == 0) red[warp] = v;
     __syncthreads();
     float r = red[0];
-    for (int w = 1; w < WARPS; ++w) r = MAX ? fmaxf(r, red[w]) : r + red[w];
+    for (int w = 1; w < WARPS; ++w) r = MAX ? tf::max_nan(r, red[w]) : r + red[w];
     __syncthreads();  // red is reused by the next reduction
     return r;
 }
@@ -42,7 +47,7 @@ __device__ void rownorm(const tf_rownorm_params& p) {
     T* row = reinterpret_cast<T*>(p.a) + (int64_t)blockIdx.x * p.row_stride;
     if (p.norm == TF_NORM_SOFTMAX) {
         float m = -INFINITY;
-        for (int64_t j = threadIdx.x; j < p.n; j += THREADS) m = fmaxf(m, tf::to_float(row[j]));
+        for (int64_t j = threadIdx.x; j < p.n; j += THREADS) m = tf::max_nan(m, tf::to_float(row[j]));
         m = block_reduce<true>(m, red);
         float l = 0.f;
         for (int64_t j = threadIdx.x; j < p.n; j += THREADS) l += expf(tf::to_float(row[j]) - m);
@@ -61,7 +66,7 @@ __device__ void rownorm(const tf_rownorm_params& p) {
     }
     ss = block_reduce<false>(ss, red);
     const float den = sqrtf(ss) + p.eps;
-    const float f = den > 0.f ? p.scale / den : 0.f;
+    const float f = den == 0.f ? 0.f : p.scale / den;  // NaN den (a NaN in the row): NaN
     for (int64_t j = threadIdx.x; j < p.n; j += THREADS) {
         const float a = tf::to_float(row[j]);
         row[j] = tf::from_float<T>(gelu_first ? tf::gelu(a) * f : tf::gelu(a * f));

@@ -641,3 +641,185 @@ fn empty_shapes_are_no_ops() {
         assert_eq!(l.shape(), &[shape[0], shape[2], shape[1]]);
     }
 }
+
+// ------------------------------------------------------------ non-finite inputs
+//
+// Semantics (tf-ref's, which the kernels follow): the causal mask REMOVES a key from
+// the rows that cannot see it, before anything is computed from it. So a NaN or inf in
+// q row i poisons row i; in k or v row j only the rows that see key j (causal: rows
+// i >= j - (T_k - T_q)); a NaN score or a +inf one gives a NaN row (softmax), a -inf
+// score weight 0, a row whose visible scores are all -inf NaN (0/0), and a v column
+// with NaN or inf gives NaN or ±inf in that column of the rows that see it. This is
+// PyTorch's boolean-mask definition for q and k (masked_fill of the scores with -inf
+// before the softmax), and for v the one that keeps causal attention causal: with P·V
+// taken over all keys, a NaN in the value of a LATER token would reach earlier
+// outputs through 0·NaN, which no causal model can mean, and a prefill would then
+// disagree with the same tokens decoded one at a time from a KV cache.
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Which {
+    Q,
+    K,
+    V,
+}
+
+/// One NaN / ±inf in q, k or v (batch 0, head 0) at the given row and column; o and
+/// lse against tf-ref: the same elements non-finite (+inf lse exactly for rows that
+/// see no key), the finite part within tolerance. For NaN the number of poisoned
+/// outputs is also checked against the rules above. Outputs are pre-filled with a
+/// finite sentinel, so an element the kernel does not write cannot pass as NaN.
+fn attn_non_finite<T: DType + Element>(
+    dev: &Device,
+    c: Case,
+    s: u64,
+    splits: Option<usize>,
+    at: [(Which, usize, usize); 3],
+) {
+    let (q0, k0, v0) = inputs::<T>(&c, &mut c.rng(s));
+    let tol = tolerance::<T>();
+    for (which, row, col) in at {
+        for val in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let (mut q, mut k, mut v) = (q0.clone(), k0.clone(), v0.clone());
+            let idx = row * c.h * c.d + col; // batch 0, head 0
+            match which {
+                Which::Q => q[idx] = T::from_f32(val),
+                Which::K => k[idx] = T::from_f32(val),
+                Which::V => v[idx] = T::from_f32(val),
+            }
+            let what =
+                format!("{} {c:?} splits {splits:?}: {val} in {which:?}[{row}, {col}] (seed {s})", <T as DType>::NAME);
+            let qt = dev.upload(&q, &[c.b, c.t_q, c.h, c.d]).unwrap();
+            let kt = dev.upload(&k, &[c.b, c.t_k, c.h, c.d]).unwrap();
+            let vt = dev.upload(&v, &[c.b, c.t_k, c.h, c.d]).unwrap();
+            let mut ot: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); q.len()], &[c.b, c.t_q, c.h, c.d]).unwrap();
+            let mut lt: Tensor<f32> = dev.upload(&vec![7777.0f32; c.b * c.h * c.t_q], &[c.b, c.h, c.t_q]).unwrap();
+            let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
+            attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), splits)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            let o: Vec<f32> = ot.to_vec().unwrap().iter().map(|x| DType::to_f32(*x)).collect();
+            let lse = lt.to_vec().unwrap();
+            let r = tf_ref::attention(
+                Tensor4Ref::new(&q, [c.b, c.t_q, c.h, c.d]).unwrap(),
+                Tensor4Ref::new(&k, [c.b, c.t_k, c.h, c.d]).unwrap(),
+                Tensor4Ref::new(&v, [c.b, c.t_k, c.h, c.d]).unwrap(),
+                c.causal,
+                c.scale.map(f64::from),
+            )
+            .unwrap();
+            let (mut num, mut den, mut bad) = (0f64, 0f64, 0usize);
+            for (i, (&g, &w)) in o.iter().zip(&r.o).enumerate() {
+                assert_eq!(g.is_finite(), w.is_finite(), "{what}: o[{i}] got {g}, want {w}");
+                if w.is_finite() {
+                    num += (f64::from(g) - w).powi(2);
+                    den += w * w;
+                } else {
+                    bad += 1;
+                }
+            }
+            let rel = (num / den).sqrt();
+            assert!(rel <= tol, "{what}: finite part of o off by {rel:.3e}");
+            for (i, (&g, &w)) in lse.iter().zip(&r.lse).enumerate() {
+                if w.is_finite() {
+                    assert!(
+                        (f64::from(g) - w).abs() <= 8.0 * tol * w.abs().max(1.0),
+                        "{what}: lse[{i}] got {g}, want {w}"
+                    );
+                } else {
+                    assert!(g.is_nan() && w.is_nan() || f64::from(g) == w, "{what}: lse[{i}] got {g}, want {w}");
+                }
+            }
+            if val.is_nan() {
+                // rows of head 0 that see key j: causal i >= j - (t_k - t_q)
+                let seeing = |j: usize| -> usize {
+                    if c.causal {
+                        (0..c.t_q).filter(|&i| i as i64 + c.t_k as i64 - c.t_q as i64 >= j as i64).count()
+                    } else {
+                        c.t_q
+                    }
+                };
+                let want_bad = match which {
+                    Which::Q => c.d,
+                    Which::K => seeing(row) * c.d,
+                    Which::V => seeing(row),
+                };
+                assert_eq!(bad, want_bad, "{what}: non-finite outputs");
+            }
+        }
+    }
+}
+
+/// q[0, 2] = -inf against keys whose column 2 is positive: every score of the row is
+/// -inf; split-KV (2 splits) must give o = NaN and lse = NaN, as tf-ref.
+fn attn_all_minus_inf(dev: &Device, c: Case, s: u64, k: Vec<f16>) {
+    let (mut q, _, v) = inputs::<f16>(&c, &mut c.rng(s));
+    q[2] = f16::NEG_INFINITY;
+    let qt = dev.upload(&q, &[c.b, c.t_q, c.h, c.d]).unwrap();
+    let kt = dev.upload(&k, &[c.b, c.t_k, c.h, c.d]).unwrap();
+    let vt = dev.upload(&v, &[c.b, c.t_k, c.h, c.d]).unwrap();
+    let mut ot: Tensor<f16> = dev.upload(&vec![f16::from_f32(7777.0); q.len()], &[c.b, c.t_q, c.h, c.d]).unwrap();
+    let mut lt: Tensor<f32> = dev.upload(&[7777.0f32], &[1, 1, 1]).unwrap();
+    let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
+    attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), Some(2)).unwrap();
+    let r = tf_ref::attention(
+        Tensor4Ref::new(&q, [c.b, c.t_q, c.h, c.d]).unwrap(),
+        Tensor4Ref::new(&k, [c.b, c.t_k, c.h, c.d]).unwrap(),
+        Tensor4Ref::new(&v, [c.b, c.t_k, c.h, c.d]).unwrap(),
+        c.causal,
+        None,
+    )
+    .unwrap();
+    assert!(r.o.iter().all(|x| x.is_nan()) && r.lse[0].is_nan(), "tf-ref: all -inf scores give NaN");
+    assert!(ot.to_vec().unwrap().iter().all(|x| x.to_f32().is_nan()), "split-KV o of an all -inf row");
+    assert!(lt.to_vec().unwrap()[0].is_nan(), "split-KV lse of an all -inf row");
+}
+
+#[test]
+fn nan_and_inf_inputs_reach_only_the_rows_that_see_them() {
+    let s = seed();
+    for (dev, _) in backends() {
+        // hd 80: the recomputation's lanes cover 80 = 2·32 + 16 columns
+        for d in [64, 80, 128] {
+            // 70 x 70 causal: key 50 lies in a K block that crosses the diagonal (rows
+            // 0..49 must not see it), key 66 in the ragged last block; query 69 is the
+            // last row. Non-causal: everything reaches every row.
+            for causal in [true, false] {
+                let c = Case::new(1, 70, 70, 2, d, causal);
+                let at = [(Which::Q, 69, d - 1), (Which::K, 50, 3), (Which::V, 66, d - 1)];
+                let at2 = [(Which::Q, 5, 0), (Which::K, 66, d - 1), (Which::V, 50, 7)];
+                attn_non_finite::<f16>(&dev, c, s, Some(1), at);
+                attn_non_finite::<bf16>(&dev, c, s, Some(1), at2);
+                attn_non_finite::<f32>(&dev, c, s, Some(1), if causal { at } else { at2 });
+                // split-KV (2 splits) over the same rows: each split's partials too
+                attn_non_finite::<f16>(&dev, c, s, Some(2), at2);
+            }
+            // causal T_q > T_k: query 0 sees no key and keeps o = 0, lse = +inf whatever
+            // key 0 holds; the others see key 0
+            let c = Case::new(1, 17, 16, 2, d, true);
+            let at = [(Which::Q, 16, 1), (Which::K, 0, 5), (Which::V, 0, d - 1)];
+            attn_non_finite::<f16>(&dev, c, s, Some(1), at);
+            attn_non_finite::<f32>(&dev, c, s, Some(1), at);
+            // causal T_q = T_k: query 0 sees only key 0; -inf in q[0, col] with
+            // k[0, col] > 0 makes its only score -inf: softmax 0/0 = NaN, not an empty row
+            let c = Case::new(1, 20, 20, 1, d, true);
+            let k0 = inputs::<bf16>(&c, &mut c.rng(s)).1;
+            let col = (0..d).find(|&x| k0[x].to_f32() > 0.0).unwrap();
+            let at = [(Which::Q, 0, col), (Which::K, 19, 0), (Which::V, 19, 1)];
+            attn_non_finite::<bf16>(&dev, c, s, Some(1), at);
+            attn_non_finite::<f32>(&dev, c, s, Some(1), at);
+            // the same through split-KV: one query against 70 keys whose scores are all
+            // -inf (q[0, col] = -inf, k[j, col] > 0 for every j): every split has weight
+            // 0, and the combine must give NaN, not an empty row
+            let c = Case::new(1, 1, 70, 1, d, true);
+            let (_, mut kk, _) = inputs::<f16>(&c, &mut c.rng(s));
+            for j in 0..70 {
+                kk[j * d + 2] = f16::from_f32(kk[j * d + 2].to_f32().abs() + 0.01);
+            }
+            attn_all_minus_inf(&dev, c, s, kk);
+            // decode against a cache, split-KV (3 splits): the combine carries NaN
+            let c = Case::new(1, 1, 200, 2, d, true);
+            let at = [(Which::Q, 0, 1), (Which::K, 150, d - 1), (Which::V, 199, 2)];
+            attn_non_finite::<bf16>(&dev, c, s, Some(3), at);
+            attn_non_finite::<f16>(&dev, c, s, Some(3), at);
+        }
+    }
+}

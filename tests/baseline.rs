@@ -108,3 +108,73 @@ fn standalone_norm_matches_tf_ref() {
         }
     }
 }
+
+/// The stand-alone norm with a NaN, +inf or -inf in one score (a middle row, the
+/// last column), plus, for softmax, a row of only -inf: the same elements as
+/// tf-ref's `pattention_norm` (IEEE semantics of the official formulas) are
+/// non-finite, the rest agree within the dtype's tolerance. The counts are also
+/// checked against the rules: a NaN poisons its whole row; +inf gives NaN at that
+/// entry only for l2_norm_gelu and gelu_l2_norm (∞/∞; the finite entries become 0),
+/// the whole row for softmax; -inf the entry only for l2_norm_gelu, the whole row for
+/// gelu_l2_norm (gelu(-∞) = NaN), nothing for softmax (weight 0).
+fn check_norm_non_finite<T: DType + Element>(dev: &Device, name: &str, norm: Norm, s: u64) {
+    let (t, n) = (6, 300);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(s);
+    let base: Vec<T> = rand_vec(&mut rng, t * n, 2.0);
+    let opts = PattentionOptions { norm, ..Default::default() };
+    let ropts = tf_ref::PattentionOpts { norm: ref_norm(norm), n_ref: None, eps: 0.0 };
+    for val in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut a = base.clone();
+        let (r, c) = (2, n - 1);
+        a[r * n + c] = T::from_f32(val);
+        if norm == Norm::Softmax {
+            a[4 * n..5 * n].fill(T::from_f32(f32::NEG_INFINITY));
+        }
+        let mut at = dev.upload(&a, &[t, n]).unwrap();
+        pattention_norm_into(dev, &mut at.view_mut(), &opts).unwrap();
+        let got: Vec<f32> = at.to_vec().unwrap().iter().map(|v| DType::to_f32(*v)).collect();
+        let want = tf_ref::pattention_norm(MatRef::new(&a, t, n).unwrap(), &ropts).unwrap().data;
+        let what = format!("{name} norm {norm:?}<{}>: {val} at [{r}, {c}]", <T as DType>::NAME);
+        let (mut num, mut den, mut bad) = (0f64, 0f64, 0);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.is_nan(), w.is_nan(), "{what}: [{}, {}] got {g}, want {w}", i / n, i % n);
+            if w.is_nan() {
+                bad += 1;
+            } else {
+                num += (f64::from(g) - w).powi(2);
+                den += w * w;
+            }
+        }
+        let row_of = |v: f32| match (norm, v) {
+            (_, v) if v.is_nan() => n,
+            (Norm::Softmax, v) if v > 0.0 => n,
+            (Norm::Softmax, _) => 0,
+            (Norm::GeluL2Norm, v) if v < 0.0 => n,
+            _ => 1,
+        };
+        let want_bad = row_of(val) + if norm == Norm::Softmax { n } else { 0 };
+        assert_eq!(bad, want_bad, "{what}: NaN count");
+        let rel = (num / den).sqrt();
+        assert!(rel <= tolerance::<T>(), "{what}: finite part off by {rel:.3e}");
+    }
+}
+
+fn ref_norm(n: Norm) -> tf_ref::Norm {
+    match n {
+        Norm::L2NormGelu => tf_ref::Norm::L2NormGelu,
+        Norm::GeluL2Norm => tf_ref::Norm::GeluL2Norm,
+        Norm::Softmax => tf_ref::Norm::Softmax,
+    }
+}
+
+#[test]
+fn standalone_norm_propagates_nan_and_inf() {
+    let s = seed();
+    for (dev, name) in backends() {
+        for norm in Norm::ALL {
+            check_norm_non_finite::<f32>(&dev, name, norm, s);
+            check_norm_non_finite::<f16>(&dev, name, norm, s);
+            check_norm_non_finite::<bf16>(&dev, name, norm, s);
+        }
+    }
+}

@@ -384,3 +384,62 @@ fn bad_inputs_are_errors_naming_the_values() {
         tf_host::Error::DeviceMismatch { .. }
     ));
 }
+
+/// Layer norm with one NaN, +inf or -inf in x, in the weight or in the bias: the same
+/// elements as tf-ref (IEEE arithmetic, as PyTorch) are non-finite and the rest agree.
+/// The rules, checked as counts too: a NaN or inf in x[r, c] makes row r's mean or
+/// variance NaN or inf, so the whole row r is NaN; a NaN / inf in weight[c] or bias[c]
+/// reaches column c of every row.
+fn layer_norm_non_finite<T: DType + Element>(dev: &Device, name: &str, s: u64) {
+    let (t, d) = (5, 264);
+    let mut r = rng(s, 77);
+    let x0: Vec<T> = rand_vec(&mut r, t * d, 2.0);
+    let w0: Vec<T> = rand_vec(&mut r, d, 1.5);
+    let b0: Vec<T> = rand_vec(&mut r, d, 0.5);
+    for which in 0..3 {
+        for val in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let (mut x, mut w, mut b) = (x0.clone(), w0.clone(), b0.clone());
+            let (row, col) = (3, d - 1);
+            match which {
+                0 => x[row * d + col] = T::from_f32(val),
+                1 => w[col] = T::from_f32(val),
+                _ => b[col] = T::from_f32(val),
+            }
+            let (xt, wt, bt) =
+                (dev.upload(&x, &[t, d]).unwrap(), dev.upload(&w, &[d]).unwrap(), dev.upload(&b, &[d]).unwrap());
+            let mut yt: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); t * d], &[t, d]).unwrap();
+            layer_norm_into(dev, &xt.view(), Some(&wt.view()), Some(&bt.view()), 1e-5, &mut yt.view_mut()).unwrap();
+            let got = f32s(&yt.to_vec().unwrap());
+            let (w64, b64): (Vec<f64>, Vec<f64>) =
+                (w.iter().map(|v| v.to_f64()).collect(), b.iter().map(|v| v.to_f64()).collect());
+            let want = tf_ref::layer_norm(MatRef::new(&x, t, d).unwrap(), Some(&w64), Some(&b64), 1e-5).unwrap().data;
+            let what = format!(
+                "{name} layer_norm<{}>: {val} in {} (seed {s})",
+                <T as DType>::NAME,
+                ["x", "weight", "bias"][which]
+            );
+            let (mut num, mut den, mut bad) = (0f64, 0f64, 0);
+            for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g.is_finite(), w.is_finite(), "{what}: [{}, {}] got {g}, want {w}", i / d, i % d);
+                if w.is_finite() {
+                    num += (f64::from(g) - w).powi(2);
+                    den += w * w;
+                } else {
+                    bad += 1;
+                }
+            }
+            assert_eq!(bad, if which == 0 { d } else { t }, "{what}: non-finite outputs");
+            assert!((num / den).sqrt() <= tolerance::<T>(), "{what}: finite part off");
+        }
+    }
+}
+
+#[test]
+fn layer_norm_propagates_nan_and_inf() {
+    let s = seed();
+    for (dev, name) in backends() {
+        layer_norm_non_finite::<f32>(&dev, name, s);
+        layer_norm_non_finite::<f16>(&dev, name, s);
+        layer_norm_non_finite::<bf16>(&dev, name, s);
+    }
+}

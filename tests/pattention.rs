@@ -442,3 +442,145 @@ fn many_parameter_tokens() {
         }
     }
 }
+
+// ------------------------------------------------------------ non-finite inputs
+
+/// Runs the kernels into an output pre-filled with a finite sentinel (an element
+/// the kernels fail to write then shows up even where the reference is NaN).
+fn run_sentinel<T: DType>(dev: &Device, p: &Problem<T>, o: &PattentionOptions) -> Vec<f32> {
+    let x = dev.upload(&p.x, &[p.t, p.d_in]).unwrap();
+    let k = dev.upload(&p.k, &[p.n, p.d_in]).unwrap();
+    let v = dev.upload(&p.v, &[p.n, p.d_out]).unwrap();
+    let mut y: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); p.t * p.d_out], &[p.t, p.d_out]).unwrap();
+    pattention_into(dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), o, None).unwrap();
+    y.to_vec().unwrap().into_iter().map(DType::to_f32).collect()
+}
+
+/// Kernel vs tf-ref when inputs hold NaN or ±inf: the same elements are non-finite
+/// (NaN and ±inf are not told apart: where V_P holds ±inf, the exact zero scores of
+/// f32 arithmetic that f64 keeps tiny turn ±inf into NaN), and the finite elements
+/// agree within the dtype's tolerance (relative Frobenius). Returns (the number of
+/// non-finite elements, the relative error of the finite part).
+fn check_masked<T: DType + Element>(dev: &Device, what: &str, p: &Problem<T>, o: &PattentionOptions) -> (usize, f64) {
+    let got = run_sentinel(dev, p, o);
+    let want = reference(p, o);
+    let mut wrong = Vec::new();
+    let (mut num, mut den, mut bad) = (0f64, 0f64, 0);
+    for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+        if g.is_finite() != w.is_finite() {
+            wrong.push(format!("[{}, {}] got {g}, want {w}", i / p.d_out, i % p.d_out));
+        } else if w.is_finite() {
+            num += (g as f64 - w) * (g as f64 - w);
+            den += w * w;
+        } else {
+            bad += 1;
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{what}: {} elements differ in finiteness, first {:?}",
+        wrong.len(),
+        &wrong[..wrong.len().min(6)]
+    );
+    let rel = if den > 0.0 { (num / den).sqrt() } else { 0.0 };
+    assert!(rel <= tolerance::<T>(), "{what}: finite part off by {rel:.3e}");
+    (bad, rel)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Input {
+    X,
+    K,
+    V,
+}
+
+/// One NaN, +inf or -inf in x, K_P or V_P at the given positions (in tails of the
+/// tiles: last row / column, partial k-steps), every norm: the mask and the finite
+/// part against tf-ref. The rules that tf-ref implements say which elements must be
+/// non-finite; the counts are checked against them here too, so a reference that
+/// poisons nothing (or everything) fails: x row r -> output row r; K_P row j -> every
+/// row (L2 norms, NaN) or the rows whose score is +inf (softmax); V_P column c ->
+/// output column c.
+fn non_finite<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize, at: [(Input, usize, usize); 3]) {
+    let (n, d_in, d_out) = (129, 72, 40);
+    let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_0009);
+    let base = problem::<T>(&mut rng, t, n, d_in, d_out);
+    let mut worst = 0f64;
+    for norm in Norm::ALL {
+        let o = PattentionOptions { norm, ..Default::default() };
+        for (input, r, c) in at {
+            for val in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut p = Problem { x: base.x.clone(), k: base.k.clone(), v: base.v.clone(), ..base };
+                match input {
+                    Input::X => p.x[r * d_in + c] = T::from_f32(val),
+                    Input::K => p.k[r * d_in + c] = T::from_f32(val),
+                    Input::V => p.v[r * d_out + c] = T::from_f32(val),
+                }
+                let what = format!("{backend} {} {norm:?} t {t}: {val} in {input:?}[{r}, {c}]", <T as DType>::NAME);
+                let (bad, rel) = check_masked(dev, &what, &p, &o);
+                worst = worst.max(rel);
+                let want_bad = match input {
+                    Input::X => d_out,
+                    Input::V => t,
+                    Input::K if norm != Norm::Softmax || val.is_nan() => t * d_out,
+                    // A[i, r] = x[i, c]·val: +inf where the signs agree
+                    Input::K => d_out * (0..t).filter(|&i| f64::from(val) * p.x[i * d_in + c].to_f64() >= 0.0).count(),
+                };
+                assert_eq!(bad, want_bad, "{what}: non-finite outputs");
+            }
+        }
+    }
+    eprintln!("{backend} {:>4} t {t}: non-finite inputs, worst finite-part error {worst:.2e}", <T as DType>::NAME);
+}
+
+#[test]
+fn nan_and_inf_inputs_poison_what_they_reach() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        // t = 37: decode path (16-bit); t = 67: tiled, a partial row block (f32 is
+        // tiled at both). Columns 64..71 of d_in are the partial last k-step; K_P row
+        // 127 ends the first n-tile, row 128 is the only column of the second (for
+        // softmax with -inf there, an n-tile of only -inf).
+        let decode = [(Input::X, 36, 71), (Input::K, 128, 71), (Input::V, 128, 39)];
+        let tiled = [(Input::X, 66, 64), (Input::K, 127, 64), (Input::V, 128, 32)];
+        for (t, at) in [(37, decode), (67, tiled)] {
+            non_finite::<f32>(&dev, backend, s, t, at);
+            non_finite::<f16>(&dev, backend, s, t, at);
+            non_finite::<bf16>(&dev, backend, s, t, at);
+        }
+    }
+}
+
+/// Rows whose scores are huge (|A| ~ 1e30: their squares overflow f32) or tiny
+/// (|A| ~ 1e-30: their squares underflow) stay finite and accurate, next to an
+/// ordinary row, on both paths (f32 and bf16 hold such values; f16 cannot).
+fn extreme_rows<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize) {
+    let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_000a);
+    let mut p = problem::<T>(&mut rng, t, 129, 40, 24);
+    scale_row(&mut p, 1, 1e30);
+    scale_row(&mut p, t - 1, 1e-30);
+    for norm in Norm::ALL {
+        let o = PattentionOptions { norm, ..Default::default() };
+        let what = format!("{backend} {} {norm:?} t {t}: rows x 1e30 and x 1e-30", <T as DType>::NAME);
+        let (bad, _) = check_masked(dev, &what, &p, &o);
+        assert_eq!(bad, 0, "{what}");
+        // the two rows on their own (the Frobenius norm above is dominated by ordinary rows)
+        let got = run_sentinel(dev, &p, &o);
+        let want = reference(&p, &o);
+        for r in [1, t - 1] {
+            let row = r * p.d_out..(r + 1) * p.d_out;
+            assert_close(&format!("{what}, row {r}"), &got[row.clone()], &want[row], tolerance::<T>());
+        }
+    }
+}
+
+#[test]
+fn huge_and_tiny_rows_stay_finite_and_accurate() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        for t in [5, 70] {
+            extreme_rows::<f32>(&dev, backend, s, t);
+            extreme_rows::<bf16>(&dev, backend, s, t);
+        }
+    }
+}

@@ -77,6 +77,18 @@ pub struct AttnOut {
 /// `lse = ln Σ_j exp(scale · q·k_j)` over the visible keys, computed with a max
 /// shift. All arithmetic is in f64.
 ///
+/// Non-finite inputs follow IEEE arithmetic, with the causal mask REMOVING a key from
+/// the rows that cannot see it (it takes part in nothing they compute): a NaN or ∞ in
+/// `q` row i reaches row i only; in `k` or `v` row j only the rows that see key j. A NaN
+/// or `+∞` score gives a NaN row (o and lse), a `−∞` score weight 0, a row whose
+/// visible scores are all `−∞` NaN (`0/0`; a row that sees no key stays `o = 0`,
+/// `lse = +∞`), and a NaN / ±∞ in `v[j, c]` gives NaN / ±∞ in column c of the rows
+/// that see key j. For `q` and `k` this is PyTorch's boolean-mask semantics (scores
+/// `masked_fill`ed with `−∞` before the softmax); for `v` it is the one that keeps
+/// causal attention causal (with `P·V` over all keys, `0·NaN` would carry a later
+/// token's NaN value into earlier outputs, and a prefill would disagree with the
+/// same tokens decoded one by one).
+///
 /// Errors: a buffer length not matching its shape; `k` and `v` shapes differing;
 /// `q` disagreeing with `k` on `B`, `H` or `D` (messages name the shapes); `D = 0`;
 /// a `scale` that is not finite.

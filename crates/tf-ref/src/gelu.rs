@@ -24,6 +24,11 @@ const ERFC_CF_LIMIT: f64 = 1.0;
 /// that the rounding of `x²` does not cost relative accuracy when `x²` is large.
 fn exp_minus_square(x: f64) -> f64 {
     let hi = x * x;
+    if hi > 746.0 {
+        // e^(−x²) < 2^−1075 underflows to 0; the split below would give 0·∞ once
+        // |lo| (up to half an ulp of x²) passes ~709, or x² itself overflows
+        return 0.0;
+    }
     let lo = x.mul_add(x, -hi); // x² − hi, exactly
     (-hi).exp() * (-lo).exp()
 }
@@ -111,10 +116,12 @@ pub fn erfc(x: f64) -> f64 {
 ///
 /// For negative `x` it is evaluated as `0.5·x·erfc(−x/√2)`, the same value
 /// without the cancellation of `1 + erf(·)`, so small negative outputs keep their
-/// relative accuracy. `gelu(+∞) = +∞`, `gelu(−∞) = −0`, `gelu(NaN) = NaN`.
+/// relative accuracy. `gelu(+∞) = +∞`, `gelu(NaN) = NaN`, and `gelu(−∞) = NaN`: the
+/// formula in IEEE arithmetic is `0.5·(−∞)·(1 + erf(−∞)) = −∞·0` (PyTorch evaluates
+/// it literally, and so do the kernels), not the limit 0.
 pub fn gelu(x: f64) -> f64 {
     if x == f64::NEG_INFINITY {
-        return -0.0;
+        return f64::NAN;
     }
     if x >= 0.0 {
         0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))

@@ -62,7 +62,7 @@ pub use model::{
     block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, CheckpointInfo,
     LoadOptions, ModelParams, Slot, TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB,
 };
-pub use pattention::{linear, pattention, pattention_scores, Norm, PattentionOpts};
+pub use pattention::{linear, pattention, pattention_norm, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};
 
 /// Allocates a zero-filled f64 buffer of `len` elements, reporting an

@@ -7,16 +7,34 @@ use std::str::FromStr;
 /// The row normalisation Θ of Pattention (the "modified softmax"), applied to
 /// each row `A_i` of `A = X·K_Pᵀ`. `n_ref` is the reference token count
 /// (the current token count `n` unless pinned), `eps` the optional norm epsilon.
+///
+/// Non-finite values follow the official formulas in IEEE arithmetic, with one
+/// deliberate exception (an all-zero row of an L2 norm, below):
+/// - a NaN anywhere in `A_i` makes its norm NaN, so the whole row `S_i` is NaN;
+/// - an infinite `A_ij` makes `‖A_i‖₂` infinite: `S_ij = gelu(±∞/∞) = NaN` and the
+///   row's finite entries become `gelu(0) = 0` (l2_norm_gelu);
+/// - `gelu(−∞) = NaN` (`0.5·(−∞)·(1 + erf(−∞)) = −∞·0`), `gelu(+∞) = +∞`, so a
+///   `−∞` score makes a gelu_l2_norm row all NaN and a `+∞` one gives NaN there and 0
+///   elsewhere;
+/// - softmax: NaN or `+∞` in the row gives an all-NaN row, `−∞` gives `S_ij = 0`
+///   (the rest of the row stays finite), and a row of only `−∞` is all NaN (`0/0`);
+/// - huge finite scores never overflow: the norms are taken of the row scaled by
+///   its largest magnitude, softmax subtracts the row maximum.
+///
+/// In `Y = S·V_P` the usual products follow: a NaN in `S_ij` or `V_P[j, c]` makes
+/// `Y_ic` NaN, and an infinite `V_P[j, c]` gives `±∞` (or NaN where `S_ij = 0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Norm {
-    /// `S_ij = gelu(A_ij · sqrt(n_ref) / (‖A_i‖₂ + eps))`: the official default.
-    /// A zero denominator gives an all-zero row.
+    /// `S_ij = gelu(A_ij / (‖A_i‖₂ + eps) · sqrt(n_ref))`: the official default.
+    /// A zero denominator gives an all-zero row (the official formula would give
+    /// `0/0 = NaN`; this is the one deliberate deviation).
     #[default]
     L2NormGelu,
-    /// `G = gelu(A)`, `S_ij = G_ij · sqrt(n_ref) / (‖G_i‖₂ + eps)`.
-    /// A zero denominator gives an all-zero row.
+    /// `G = gelu(A)`, `S_ij = G_ij / (‖G_i‖₂ + eps) · sqrt(n_ref)`.
+    /// A zero denominator gives an all-zero row (as for `L2NormGelu`).
     GeluL2Norm,
-    /// `S_ij = n_ref · exp(A_ij − max_k A_ik) / Σ_k exp(A_ik − max_k A_ik)`; `eps` is ignored.
+    /// `S_ij = n_ref · exp(A_ij − max_k A_ik) / Σ_k exp(A_ik − max_k A_ik)`, the
+    /// official `exp(A) / ‖exp(A)‖₁ · n_ref` without its overflow; `eps` is ignored.
     Softmax,
 }
 
@@ -84,11 +102,22 @@ fn check_scores<T>(x: &MatRef<'_, T>, k_p: &MatRef<'_, T>, opts: &PattentionOpts
             msg: format!("k_p is [0, {}]: at least one parameter token is needed", k_p.cols),
         });
     }
+    check_opts(k_p.rows, opts)
+}
+
+/// Validates `n` (the token count) and the options; returns `n_ref` as f64.
+fn check_opts(n: usize, opts: &PattentionOpts) -> Result<f64> {
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: "no parameter tokens (n = 0): at least one is needed".to_string(),
+        });
+    }
     if !(opts.eps.is_finite() && opts.eps >= 0.0) {
         return Err(Error::InvalidArgument { op: OP, msg: format!("eps must be finite and >= 0, got {}", opts.eps) });
     }
     let n_ref = match opts.n_ref {
-        None => k_p.rows,
+        None => n,
         Some(0) => return Err(Error::InvalidArgument { op: OP, msg: "n_ref must be >= 1, got 0".to_string() }),
         Some(r) => r,
     };
@@ -96,17 +125,27 @@ fn check_scores<T>(x: &MatRef<'_, T>, k_p: &MatRef<'_, T>, opts: &PattentionOpts
     Ok(n_ref as f64)
 }
 
+/// The larger of `a` and `b`, NaN if either is NaN (`f64::max` would drop it).
+fn max_nan(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() {
+        f64::NAN
+    } else {
+        a.max(b)
+    }
+}
+
 /// Euclidean norm of `v`, scaled by its largest magnitude first so that it
-/// neither overflows nor underflows for extreme inputs.
+/// neither overflows nor underflows for extreme finite inputs. NaN if `v` holds
+/// a NaN, `+∞` if it holds an infinity (and no NaN).
 fn l2_norm(v: &[f64]) -> f64 {
-    let m = v.iter().fold(0.0_f64, |m, a| m.max(a.abs()));
+    let m = v.iter().fold(0.0_f64, |m, a| max_nan(m, a.abs()));
     if m == 0.0 || !m.is_finite() {
         return m;
     }
     m * v.iter().map(|a| (a / m) * (a / m)).sum::<f64>().sqrt()
 }
 
-/// Applies Θ in place to one row `a` of `A`.
+/// Applies Θ in place to one row `a` of `A` (IEEE semantics: see [`Norm`]).
 fn normalise_row(a: &mut [f64], norm: Norm, n_ref: f64, eps: f64) {
     match norm {
         Norm::L2NormGelu => {
@@ -114,8 +153,8 @@ fn normalise_row(a: &mut [f64], norm: Norm, n_ref: f64, eps: f64) {
             if denom == 0.0 {
                 a.fill(0.0);
             } else {
-                let s = n_ref.sqrt() / denom;
-                a.iter_mut().for_each(|v| *v = gelu(*v * s));
+                let s = n_ref.sqrt();
+                a.iter_mut().for_each(|v| *v = gelu(*v / denom * s));
             }
         }
         Norm::GeluL2Norm => {
@@ -124,18 +163,34 @@ fn normalise_row(a: &mut [f64], norm: Norm, n_ref: f64, eps: f64) {
             if denom == 0.0 {
                 a.fill(0.0);
             } else {
-                let s = n_ref.sqrt() / denom;
-                a.iter_mut().for_each(|v| *v *= s);
+                let s = n_ref.sqrt();
+                a.iter_mut().for_each(|v| *v = *v / denom * s);
             }
         }
         Norm::Softmax => {
-            let max = a.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v));
+            let max = a.iter().fold(f64::NEG_INFINITY, |m, &v| max_nan(m, v));
             a.iter_mut().for_each(|v| *v = (*v - max).exp());
             let sum: f64 = a.iter().sum();
-            let s = n_ref / sum;
-            a.iter_mut().for_each(|v| *v *= s);
+            a.iter_mut().for_each(|v| *v = *v / sum * n_ref);
         }
     }
+}
+
+/// Θ applied to the rows of a given score matrix `a` `[T, n]` (the middle step of
+/// the unfused pipeline `A = X·K_Pᵀ`, `S = Θ(A)`, `Y = S·V_P`), shape `[T, n]`.
+/// `n_ref` defaults to `n = a.cols`; errors as for [`pattention_scores`] (`n = 0`,
+/// `n_ref = Some(0)`, `eps` negative or not finite).
+pub fn pattention_norm<T: Element>(a: MatRef<'_, T>, opts: &PattentionOpts) -> Result<Mat> {
+    a.check(OP, "a")?;
+    let n_ref = check_opts(a.cols, opts)?;
+    let (t, n) = (a.rows, a.cols);
+    let mut s = zeros(OP, checked_mul(OP, "scores [T, n]", t, n)?)?;
+    for i in 0..t {
+        let row = &mut s[i * n..(i + 1) * n];
+        row.copy_from_slice(&a.row_f64(i));
+        normalise_row(row, opts.norm, n_ref, opts.eps);
+    }
+    Ok(Mat { data: s, rows: t, cols: n })
 }
 
 /// The normalised scores `S = Θ(X·K_Pᵀ)`, shape `[T, n]`.

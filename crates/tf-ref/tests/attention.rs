@@ -247,3 +247,75 @@ fn invalid_arguments_are_errors() {
     let out = attention(e, e, e, true, None).unwrap();
     assert!(out.o.is_empty() && out.lse.is_empty());
 }
+
+/// NaN / ±inf inputs, with the expected non-finite outputs derived from the rules
+/// (the causal mask removes key j from rows i < j − (T_k − T_q) before anything is
+/// computed from it): q row i → o row i and lse_i; k row j or a −∞·+∞ score → the rows
+/// that see key j; v[j, c] → column c of the rows that see key j.
+#[test]
+fn non_finite_inputs_reach_only_the_rows_that_see_them() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let (t, d) = (6, 4);
+    // entries bounded away from 0 (no ∞·0)
+    let mut away = |n: usize| -> Vec<f64> {
+        (0..n).map(|_| rng.random_range(0.2..1.0) * if rng.random_bool(0.5) { 1.0 } else { -1.0 }).collect()
+    };
+    let (q, k, v) = (away(t * d), away(t * d), away(t * d));
+    let run = |q: &[f64], k: &[f64], v: &[f64], causal: bool| {
+        let sh = [1, t, 1, d];
+        attention(
+            Tensor4Ref::new(q, sh).unwrap(),
+            Tensor4Ref::new(k, sh).unwrap(),
+            Tensor4Ref::new(v, sh).unwrap(),
+            causal,
+            None,
+        )
+        .unwrap()
+    };
+    let clean = run(&q, &k, &v, true);
+    let (j, c) = (3, 2);
+    for causal in [true, false] {
+        let sees = |i: usize| !causal || i >= j;
+        // NaN in k row j: exactly the rows that see key j are NaN, o and lse
+        let mut kn = k.clone();
+        kn[j * d + 1] = f64::NAN;
+        let r = run(&q, &kn, &v, causal);
+        for i in 0..t {
+            assert_eq!(r.lse[i].is_nan(), sees(i), "k NaN, causal {causal}: lse[{i}]");
+            assert!(r.o[i * d..(i + 1) * d].iter().all(|x| x.is_nan() == sees(i)), "k NaN, causal {causal}: o row {i}");
+        }
+        // NaN / ±∞ in v[j, c]: column c of the rows that see key j, nothing else
+        for val in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut vn = v.clone();
+            vn[j * d + c] = val;
+            let r = run(&q, &k, &vn, causal);
+            for i in 0..t {
+                for x in 0..d {
+                    assert_eq!(!r.o[i * d + x].is_finite(), sees(i) && x == c, "v {val}, causal {causal}: o[{i}, {x}]");
+                }
+                assert!(r.lse[i].is_finite());
+            }
+        }
+    }
+    // NaN in q row 1: o row 1 and lse_1 only
+    let mut qn = q.clone();
+    qn[d] = f64::NAN;
+    let r = run(&qn, &k, &v, true);
+    for i in 0..t {
+        assert_eq!(r.lse[i].is_nan(), i == 1);
+        if i != 1 {
+            assert_eq!(&r.o[i * d..(i + 1) * d], &clean.o[i * d..(i + 1) * d], "row {i} untouched");
+        }
+    }
+    // q row 0 sees only key 0 (causal): −∞ there makes its only score −∞: 0/0 = NaN,
+    // unlike a row that sees no key (o = 0, lse = +∞)
+    let mut q0 = q.clone();
+    q0[0] = f64::NEG_INFINITY * k[0].signum();
+    let r = run(&q0, &k, &v, true);
+    assert!(r.lse[0].is_nan() && r.o[..d].iter().all(|x| x.is_nan()));
+    assert!(r.lse[1..].iter().all(|x| x.is_finite()));
+    // +∞ score in a row: NaN row
+    let mut qi = q.clone();
+    qi[0] = f64::INFINITY * k[0].signum();
+    assert!(run(&qi, &k, &v, true).lse[0].is_nan());
+}

