@@ -1,4 +1,4 @@
-//! Pattention against dense linear layers (TOKENFORMER.md shapes), on the GPU.
+//! Pattention against dense linear layers (docs/tokenformer.md shapes), on the GPU.
 //!
 //! Per case (d, n, T, dtype, norm) three variants, in one criterion group:
 //! - `fused`: this project's kernels (`pattention_into`, one reused workspace);
@@ -8,7 +8,7 @@
 //!   at n = d/2).
 //!
 //! The cases and the measurement are `tf_host::bench`'s (shared with
-//! `tokenformer bench`). FLOPs as TOKENFORMER.md counts them: `2·T·d·n + 2·T·n·d`
+//! `tokenformer bench`). FLOPs as docs/tokenformer.md counts them: `2·T·d·n + 2·T·n·d`
 //! (Θ not counted); dense `2·T·d·d`. Criterion's throughput is in elements =
 //! FLOPs, so its "Gelem/s" reads as GFLOP/s. Inputs rotate over 4 buffers so
 //! caches do not flatter. Without a CUDA device the bench prints why and

@@ -1,5 +1,5 @@
 // block.cu: the small kernels of the rest of the TokenFormer block
-// (TOKENFORMER.md, "The TokenFormer block"), one section each:
+// (docs/tokenformer.md, "The TokenFormer block"), one section each:
 //
 //   layer_norm_*     y = (x - mean) / sqrt(var + eps) [* weight + bias] per row of
 //                    x [t, d]: the block's LN (no affine) and the final LN (affine).
@@ -29,7 +29,7 @@
 // j = 0; an f32 product is off by up to half an ulp of θ (4.9e-4 rad) and sin/cos by as
 // much: measured 2.7e-4 .. 5.7e-4 max abs error at positions 15999..16128 (relative
 // Frobenius error 5e-5 .. 1.1e-4 on the rotated dims), 5x over the f32 tolerance of
-// DESIGN.md. So the host computes inv_freq[j] / 2π in f64 and passes it split into two
+// docs/design.md. So the host computes inv_freq[j] / 2π in f64 and passes it split into two
 // floats (hi + lo); the kernel forms pos · hi exactly (the product plus its fma error),
 // drops whole turns (p - rint(p) is exact), adds the small terms and calls sincosf on an
 // angle in [-π, π]: 2.7e-7 max abs error at the same positions (relative 1e-7). Exact

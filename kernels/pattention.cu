@@ -1,6 +1,6 @@
 // pattention.cu: Pattention (token-parameter attention) forward for TokenFormer.
 //
-// Computes Y = Θ(X·K_Pᵀ)·V_P (TOKENFORMER.md) for
+// Computes Y = Θ(X·K_Pᵀ)·V_P (docs/tokenformer.md) for
 //   X [t, d_in], K_P [n, d_in], V_P [n, d_out], Y [t, d_out] (row strides in elements),
 //   Θ per row i of A = X·K_Pᵀ (tf_norm), with s = sqrt(n_ref), and eps >= 0:
 //     l2_norm_gelu (default): S_ij = gelu(A_ij · s / (‖A_i‖ + eps))
@@ -13,7 +13,7 @@
 //   weighs 0, NaN / inf in V_P reach their output column through the products.
 // Storage f16 / bf16 (tensor cores, f32 accumulation) or f32 (SIMT, f32 accumulation).
 //
-// Structure (KERNEL-NOTES.md "Pattention"): at TokenFormer widths (d_out 768-1536) a
+// Structure (docs/kernel-design.md "Pattention"): at TokenFormer widths (d_out 768-1536) a
 // FlashAttention-style single kernel cannot keep its output row in registers, so:
 //
 //   tiled path (t > 64, and every f32 call), three launches:
@@ -36,7 +36,7 @@
 //   pattention_combine_* (here) sums the partials over n-tiles in a fixed order with
 //   the exact power-of-two factors. gelu_l2_norm / softmax: 2 launches; l2_norm_gelu: 3.
 //
-// Why l2_norm_gelu stores (scaled) A and rewrites it (option (c) of KERNEL-NOTES.md):
+// Why l2_norm_gelu stores (scaled) A and rewrites it (option (c) of docs/kernel-design.md):
 // the norm must be known before the gelu. (a) running product 1 twice costs +50% of the
 // FLOPs at d_in = d_out; (d) applying gelu while loading product 2's operand evaluates
 // erf d_out/128 times per score (6-12x at TokenFormer widths, SIMT-bound); (b) the Gram

@@ -36,7 +36,7 @@ using namespace tf::pat;
 
 // ---------------------------------------------------------------------- traits
 
-// Product 2 tile: the same shape as product 1 (KERNEL-NOTES.md), 64 KB pipeline.
+// Product 2 tile: the same shape as product 1 (docs/kernel-design.md), 64 KB pipeline.
 struct Traits {
     static constexpr int kBM = 128;            // rows (tokens) per CTA
     static constexpr int kBN = 128;            // output columns per CTA

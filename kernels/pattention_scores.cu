@@ -37,7 +37,7 @@ using namespace tf::pat;
 
 // ---------------------------------------------------------------------- traits
 
-// Tensor-core tile of product 1 (KERNEL-NOTES.md "Pattention": 128 x 128, k-step 32,
+// Tensor-core tile of product 1 (docs/kernel-design.md "Pattention": 128 x 128, k-step 32,
 // 4 warps 2 x 2, 4 stages = 64 KB: 2 CTAs per SM on A100 (164 KB), 3 on H100).
 struct Traits {
     static constexpr int kBM = 128;            // rows of X (tokens) per CTA

@@ -1,5 +1,5 @@
 // rownorm.cu: the normalisation Θ of Pattention on its own, in place on a
-// score matrix A [t, n] -> S (TOKENFORMER.md, three norms):
+// score matrix A [t, n] -> S (docs/tokenformer.md, three norms):
 //   l2_norm_gelu  S = gelu(A * scale / (||A_i|| + eps))
 //   gelu_l2_norm  S = gelu(A) * scale / (||gelu(A_i)|| + eps)
 //   softmax       S = scale * exp(A - max_i) / sum_i exp(A - max_i)

@@ -34,12 +34,12 @@ typedef enum tf_dtype {
 typedef enum tf_init {
     TF_INIT_ZEROS = 0,  /* new rows are 0 */
     TF_INIT_ROWS = 1,   /* new rows copied from `init_src` */
-    TF_INIT_NORMAL = 2, /* new rows ~ N(0, std) from Philox4x32-10 (DESIGN.md) */
+    TF_INIT_NORMAL = 2, /* new rows ~ N(0, std) from Philox4x32-10 (docs/design.md) */
 } tf_init;
 
 /* ------------------------------------------------------------ pattention --- */
 
-/* Row normalisation Θ of Pattention (TOKENFORMER.md), applied to A = X·K_Pᵀ. */
+/* Row normalisation Θ of Pattention (docs/tokenformer.md), applied to A = X·K_Pᵀ. */
 typedef enum tf_norm {
     TF_NORM_L2_NORM_GELU = 0, /* S = gelu(A·sqrt(n_ref) / (‖A_i‖ + eps)): the default */
     TF_NORM_GELU_L2_NORM = 1, /* G = gelu(A), S = G·sqrt(n_ref) / (‖G_i‖ + eps) */

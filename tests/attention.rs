@@ -5,7 +5,7 @@
 //! scores, lane orders, bad inputs.
 //!
 //! Outputs are poisoned (NaN) first, so an element the kernel does not write fails.
-//! Judged by DESIGN.md: relative Frobenius error (f32 1e-5, f16 2e-3, bf16 1e-2) on
+//! Judged by docs/design.md: relative Frobenius error (f32 1e-5, f16 2e-3, bf16 1e-2) on
 //! o and lse (lse with an absolute floor, see `assert_lse_close`), max abs error
 //! within 8x that, NaN never passes; for f16/bf16 also at most 2x the error of a
 //! same-precision CPU computation (FlashAttention's test); f32 within 2x of an

@@ -1,6 +1,6 @@
 //! The SIMT emulator itself (kernels/emu), through the test kernels of
 //! `kernels/test/*.cu`: mma / ldmatrix / cp.async against the PTX ISA tables of
-//! PTX-FRAGMENTS.md (expected values computed here, from the tables, never from
+//! docs/ptx-fragments.md (expected values computed here, from the tables, never from
 //! emulator code), warp collectives against the CUDA semantics, barriers, shared
 //! memory poison, atomics, conversions against the `half` crate, and every error
 //! path. Run: `cargo test --test emulator` (timings: `-- --ignored --nocapture`).

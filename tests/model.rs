@@ -3,7 +3,7 @@
 //!
 //! Tolerances (relative Frobenius error of the logits against tf-ref's f64
 //! model): bf16 storage 1e-2, f32 storage 1e-4. The f32 bound is looser than
-//! DESIGN.md's per-kernel 1e-5 because some 30 kernels chain here (layer norms,
+//! docs/design.md's per-kernel 1e-5 because some 30 kernels chain here (layer norms,
 //! five Pattentions and an attention per block, residual adds, the logits
 //! product), each rounding to f32 storage.
 //!

@@ -542,7 +542,7 @@ fn scan_kernels(src: &str, toks: &[Tok], path: &Path) -> Result<Vec<Kernel>, Str
             n => {
                 return Err(format!(
                     "{at}: kernel `{name}` takes {n} parameters; the emulator (and the project's convention, \
-                     DESIGN.md) wants one params struct declared in kernels/tf_kernels.h"
+                     docs/design.md) wants one params struct declared in kernels/tf_kernels.h"
                 ))
             }
         };

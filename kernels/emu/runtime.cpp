@@ -762,7 +762,7 @@ inline double half_bits_to_double(uint32_t bits) {
     return (bits & 0x8000u) ? -(double)f : (double)f;
 }
 
-// D = A*B + C for the warp, from the lanes' fragments (PTX-FRAGMENTS.md). Products of
+// D = A*B + C for the warp, from the lanes' fragments (docs/ptx-fragments.md). Products of
 // two 16-bit values are exact in f64, as are partial sums of up to 16 of them for any
 // sane magnitudes; the result is rounded to f32 once.
 template <bool BF16>

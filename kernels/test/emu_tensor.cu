@@ -1,7 +1,7 @@
 // emu_tensor.cu: emulator test kernels for mma.sync m16n8k16, ldmatrix and their
 // composition (tests/emulator.rs). Emulator only: not part of the fatbin.
 //
-// Fragments are built here straight from the PTX ISA tables of PTX-FRAGMENTS.md
+// Fragments are built here straight from the PTX ISA tables of docs/ptx-fragments.md
 // (groupID = lane >> 2, threadID_in_group = lane % 4), never from emulator code.
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"

@@ -1,5 +1,5 @@
 //! Shared by the integration tests: the backends to run on, seeds, random data,
-//! and the comparison with tf-ref by the tolerances of DESIGN.md.
+//! and the comparison with tf-ref by the tolerances of docs/design.md.
 #![allow(dead_code)]
 
 use rand::Rng;
@@ -47,7 +47,7 @@ pub fn rand_vec<T: DType>(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<T> {
     (0..n).map(|_| T::from_f32(rng.random_range(-scale..=scale))).collect()
 }
 
-/// Tolerance of DESIGN.md for a storage type (relative Frobenius error).
+/// Tolerance of docs/design.md for a storage type (relative Frobenius error).
 pub fn tolerance<T: DType>() -> f64 {
     match T::NAME {
         "f32" => 1e-5,

@@ -1,6 +1,6 @@
 //! `tokenformer check`: every kernel against tf-ref (f64) on every available
 //! backend, on fresh random inputs (the seed is printed), outputs poisoned with
-//! NaN before each run. Tolerances (relative Frobenius error) are DESIGN.md's
+//! NaN before each run. Tolerances (relative Frobenius error) are docs/design.md's
 //! per kernel: f32 1e-5, f16 2e-3, bf16 1e-2; growth copies are exact up to the
 //! rounding of the Philox normals; the whole tiny model, where some 30 kernels
 //! chain, gets f32 1e-4 and bf16 2e-2.

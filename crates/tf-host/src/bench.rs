@@ -165,7 +165,7 @@ pub fn measure_peaks(dev: &Device) -> Result<Peaks> {
     Ok(Peaks { flops, bytes })
 }
 
-/// One Pattention case (TOKENFORMER.md shapes).
+/// One Pattention case (docs/tokenformer.md shapes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PattentionCase {
     /// Model width (d_in = d_out).

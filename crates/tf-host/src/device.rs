@@ -15,7 +15,7 @@ use tf_kernels::emu;
 
 use crate::error::{Error, Result};
 
-/// Order in which the emulator runs the lanes of a warp (see DESIGN.md): tests
+/// Order in which the emulator runs the lanes of a warp (see docs/design.md): tests
 /// vary it so that code relying on implicit warp lockstep fails.
 pub use tf_kernels::emu::LaneOrder;
 

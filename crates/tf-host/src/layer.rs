@@ -1,5 +1,5 @@
 //! The Pattention layer: key and value parameter tokens with spare capacity,
-//! grown by appending rows (TOKENFORMER.md, "Growth"; DESIGN.md, "Growth semantics").
+//! grown by appending rows (docs/tokenformer.md, "Growth"; docs/design.md, "Growth semantics").
 //!
 //! K_P and V_P live in buffers of `capacity` rows of which the first `n` are the
 //! layer's tokens. Growing within the capacity only initialises the new rows (in
@@ -22,7 +22,7 @@ const OP: &str = "Pattention::grow";
 pub enum Init<'a, T: DType> {
     /// Zero keys and zero values.
     Zeros,
-    /// Normal keys and values from Philox (DESIGN.md): keys with `seed`, values
+    /// Normal keys and values from Philox (docs/design.md): keys with `seed`, values
     /// with `seed ^ 0x9E37_79B9_7F4A_7C15`, element `r·cols + c` of each tensor.
     Normal {
         /// Standard deviation of the key tokens (the official init: 0.02).
@@ -165,7 +165,7 @@ impl<T: DType> Pattention<T> {
         self.grow_rows(OP, n_new, k, v)
     }
 
-    /// Growth that leaves the layer's outputs unchanged (TOKENFORMER.md): the new
+    /// Growth that leaves the layer's outputs unchanged (docs/tokenformer.md): the new
     /// KEY rows are zero (score 0, gelu(0) = 0, nothing added to the norm) and the
     /// scale keeps the current reference count (n_ref pinned). New value rows
     /// follow `value_init` (non-zero values let the new tokens train: with zero

@@ -3,7 +3,7 @@
 //! checkpoints, the forward pass to logits, a KV cache for incremental decoding,
 //! greedy and temperature sampling, and growth of every Pattention at once.
 //!
-//! The forward pass, for token ids `tokens` at positions `p..p+t` (TOKENFORMER.md):
+//! The forward pass, for token ids `tokens` at positions `p..p+t` (docs/tokenformer.md):
 //!
 //! ```text
 //! x = embedding[tokens]                                    [t, d]
@@ -544,7 +544,7 @@ impl<T: DType> Tokenformer<T> {
         self.grow_all(new_qkv, new_proj, new_ffn, false, seed)
     }
 
-    /// Growth that leaves the logits unchanged (TOKENFORMER.md): new key rows are
+    /// Growth that leaves the logits unchanged (docs/tokenformer.md): new key rows are
     /// zero and each grown Pattention's `n_ref` is pinned to its old count (an
     /// already pinned one keeps its pin); new value rows are random as in
     /// [`grow`](Self::grow) so that they can train. One launch. Refused for the

@@ -1,7 +1,7 @@
 //! # tf-ref: the CPU reference for the TokenFormer kernels
 //!
 //! Readable, slow, f64-accumulating implementations of everything the CUDA
-//! kernels compute (see `TOKENFORMER.md` and `DESIGN.md` in the shared notes):
+//! kernels compute (see `docs/tokenformer.md` and `docs/design.md`):
 //!
 //! - [`pattention`]: token-parameter attention `Y = Θ(X·K_Pᵀ)·V_P` with the three
 //!   official normalisations ([`Norm`]), an optional pinned reference token count

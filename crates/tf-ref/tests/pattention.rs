@@ -413,7 +413,7 @@ fn element_rounding_is_nearest_even_from_f64() {
 
 #[test]
 fn zero_key_growth_with_pinned_n_ref_preserves_l2_outputs() {
-    // TOKENFORMER.md: new zero KEY rows + n_ref pinned to the old count leave
+    // docs/tokenformer.md: new zero KEY rows + n_ref pinned to the old count leave
     // l2_norm_gelu and gelu_l2_norm unchanged whatever the new VALUE rows hold;
     // softmax is not preserved.
     let mut rng = StdRng::seed_from_u64(29);

@@ -1,5 +1,5 @@
 // Tensor-core matrix products and shared-memory matrix loads: mma.sync m16n8k16 and
-// ldmatrix. Fragment layouts: ../shared/PTX-FRAGMENTS.md (the PTX ISA tables).
+// ldmatrix. Fragment layouts: docs/ptx-fragments.md (the PTX ISA tables).
 //
 //   tf::mma_m16n8k16<T>(d, a, b);   // d += A*B; T = __half or __nv_bfloat16
 //                                   // a[4]: A 16x16 row-major, b[2]: B 16x8 (k-major), d[4]: f32

@@ -1,5 +1,5 @@
 // Philox4x32-10 (Salmon, Moraes, Dror, Shaw: "Parallel random numbers: as easy
-// as 1, 2, 3", SC'11) and the normal stream of DESIGN.md ("Growth semantics"),
+// as 1, 2, 3", SC'11) and the normal stream of docs/design.md ("Growth semantics"),
 // shared by every kernel that initialises parameters. tf-ref computes the same.
 #pragma once
 #include "tf/cuda_types.cuh"

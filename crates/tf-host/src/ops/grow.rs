@@ -31,7 +31,7 @@ pub enum GrowInit<'a, T: DType> {
     Zeros,
     /// These rows, `[rows_new - rows_old, cols]`.
     Rows(View<'a, T>),
-    /// N(0, std) from the Philox stream of DESIGN.md: element `r·cols + c` of the
+    /// N(0, std) from the Philox stream of docs/design.md: element `r·cols + c` of the
     /// grown tensor gets the same value on every backend and in tf-ref.
     Normal {
         /// Standard deviation.

@@ -39,7 +39,7 @@ const COLS: usize = 128;
 /// Rows (warps) per CTA of pattention_rows (`kRowsWarps`).
 const ROWS_PER_CTA: usize = 8;
 
-/// The row normalisation Θ (TOKENFORMER.md).
+/// The row normalisation Θ (docs/tokenformer.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Norm {
     /// `S_ij = gelu(A_ij · sqrt(n_ref) / (‖A_i‖ + eps))`: every released config.

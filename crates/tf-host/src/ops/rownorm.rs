@@ -41,7 +41,7 @@ pub fn plan<T: DType>(dev: &Device, a: &ViewMut<'_, T>, opts: &PattentionOptions
     Ok((Geometry { grid: [rows, 1, 1], block: [THREADS, 1, 1], smem: 0 }, scale))
 }
 
-/// `a ← Θ(a)` row by row (the three norms of TOKENFORMER.md).
+/// `a ← Θ(a)` row by row (the three norms of docs/tokenformer.md).
 pub fn pattention_norm_into<T: DType>(dev: &Device, a: &mut ViewMut<'_, T>, opts: &PattentionOptions) -> Result<()> {
     let (geometry, scale) = plan(dev, a, opts)?;
     let (t, n) = (a.shape()[0], a.shape()[1]);
