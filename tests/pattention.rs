@@ -71,9 +71,44 @@ fn run<T: DType>(dev: &Device, p: &Problem<T>, o: &PattentionOptions, ws: Option
     y.to_vec().unwrap().into_iter().map(DType::to_f32).collect()
 }
 
-/// Kernel vs tf-ref: relative Frobenius error within the dtype's tolerance, no
-/// NaN, every element written, and the largest element error within
-/// 5·tol·max|ref|. Returns (relative error, max abs error).
+/// The relative error of a CPU computation at the storage precision, against
+/// `want`: A and Θ in f64, S rounded to T (the kernels keep the [t, n]
+/// intermediate in T), Y = S·V_P in f64, rounded to T. A 16-bit kernel cannot be
+/// expected to beat the roundings its storage forces; with few outputs (t = 1,
+/// d_out = 8) they alone can pass bf16's 1e-2.
+fn same_precision_error<T: DType + Element>(p: &Problem<T>, o: &PattentionOptions, want: &[f64]) -> f64 {
+    let round = |v: f64| f64::from(T::from_f32(v as f32).to_f32());
+    let f = |v: &[T]| v.iter().map(|e| f64::from(e.to_f32())).collect::<Vec<f64>>();
+    let (x, k, v) = (f(&p.x), f(&p.k), f(&p.v));
+    let mut a = vec![0f64; p.t * p.n];
+    for i in 0..p.t {
+        for j in 0..p.n {
+            a[i * p.n + j] = (0..p.d_in).map(|c| x[i * p.d_in + c] * k[j * p.d_in + c]).sum();
+        }
+    }
+    let opts = tf_ref::PattentionOpts { norm: ref_norm(o.norm), n_ref: o.n_ref, eps: f64::from(o.eps) };
+    let s = tf_ref::pattention_norm(MatRef::new(&a, p.t, p.n).unwrap(), &opts).unwrap().data;
+    let s: Vec<f64> = s.into_iter().map(round).collect();
+    let (mut num, mut den) = (0f64, 0f64);
+    for i in 0..p.t {
+        for c in 0..p.d_out {
+            let y = round((0..p.n).map(|j| s[i * p.n + j] * v[j * p.d_out + c]).sum());
+            let w = want[i * p.d_out + c];
+            num += (y - w) * (y - w);
+            den += w * w;
+        }
+    }
+    if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    }
+}
+
+/// Kernel vs tf-ref: relative Frobenius error within the dtype's tolerance (for
+/// 16-bit types: or within twice the error of the same-precision CPU computation,
+/// whichever is larger), no NaN, every element written, and the largest element
+/// error within 5·tol·max|ref|. Returns (relative error, max abs error).
 fn check<T: DType + Element>(dev: &Device, backend: &str, p: &Problem<T>, o: &PattentionOptions) -> (f64, f64) {
     let got = run(dev, p, o, None);
     let want = reference(p, o);
@@ -88,7 +123,7 @@ fn check<T: DType + Element>(dev: &Device, backend: &str, p: &Problem<T>, o: &Pa
         p.d_in,
         p.d_out
     );
-    let tol = tolerance::<T>();
+    let tol = tolerance::<T>().max(2.0 * same_precision_error(p, o, &want));
     let (rel, max_abs) = assert_close(&what, &got, &want, tol);
     let scale = want.iter().fold(0f64, |m, w| m.max(w.abs()));
     assert!(
