@@ -4,15 +4,22 @@ use cudarc::cublas::result::CublasError;
 use cudarc::driver::DriverError;
 
 /// Everything a tf-host call can fail with. User input never panics: it comes
-/// back as one of these, with the offending values in the message.
+/// back as one of these, with the offending values in the message. New variants
+/// may be added: match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The CUDA driver library (libcuda) could not be loaded.
     #[error("no CUDA driver: libcuda could not be loaded on this machine")]
     NoDriver,
     /// The driver is there but the requested device is not.
     #[error("no CUDA device {ordinal}: the driver reports {count} device(s)")]
-    NoDevice { ordinal: usize, count: usize },
+    NoDevice {
+        /// The ordinal asked for.
+        ordinal: usize,
+        /// How many devices the driver reports.
+        count: usize,
+    },
     /// The crate was built without nvcc, so there is no fatbin to load.
     #[error("CUDA kernels not built: nvcc was not found when tf-kernels was compiled (run `cargo xtask setup`)")]
     KernelsNotBuilt,
@@ -21,25 +28,58 @@ pub enum Error {
     MissingKernel(String),
     /// Shapes that do not fit together.
     #[error("{op}: {msg}")]
-    Shape { op: &'static str, msg: String },
+    Shape {
+        /// The operation that refused its arguments, e.g. `"pattention"`.
+        op: &'static str,
+        /// What does not fit, naming the shapes.
+        msg: String,
+    },
     /// A storage type the operation does not support.
     #[error("{op}: unsupported dtype {dtype}")]
-    UnsupportedDtype { op: &'static str, dtype: &'static str },
+    UnsupportedDtype {
+        /// The operation.
+        op: &'static str,
+        /// The storage type's name (`"f32"`, `"f16"`, `"bf16"`).
+        dtype: &'static str,
+    },
     /// A pointer, stride or size that breaks an alignment rule of a kernel.
     #[error("{op}: {msg}")]
-    Alignment { op: &'static str, msg: String },
+    Alignment {
+        /// The operation.
+        op: &'static str,
+        /// Which pointer, stride or size, and the rule it breaks.
+        msg: String,
+    },
     /// A value out of its documented range (n_ref = 0, negative eps, ...).
     #[error("{op}: {msg}")]
-    InvalidArgument { op: &'static str, msg: String },
+    InvalidArgument {
+        /// The operation.
+        op: &'static str,
+        /// The value and its allowed range.
+        msg: String,
+    },
     /// Sizes whose product overflows, or exceeds a launch limit.
     #[error("{op}: size overflow: {msg}")]
-    SizeOverflow { op: &'static str, msg: String },
+    SizeOverflow {
+        /// The operation.
+        op: &'static str,
+        /// The sizes involved and the limit.
+        msg: String,
+    },
     /// An allocation the host or the device could not satisfy.
     #[error("out of memory: {bytes} bytes for {what}")]
-    OutOfMemory { bytes: usize, what: String },
+    OutOfMemory {
+        /// The size of the allocation that failed.
+        bytes: usize,
+        /// What it was for.
+        what: String,
+    },
     /// Tensors that live on different devices.
     #[error("{op}: tensors are on different devices")]
-    DeviceMismatch { op: &'static str },
+    DeviceMismatch {
+        /// The operation.
+        op: &'static str,
+    },
     /// An error from the CUDA driver.
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
@@ -54,6 +94,37 @@ pub enum Error {
 
 /// tf-host's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A tf-ref error (configs, checkpoints) as a tf-host error, so `?` works on
+/// `TokenformerConfig::by_name` and the checkpoint readers in functions returning
+/// [`Result`]. Shape and argument errors keep their operation and message; file
+/// and format errors become `InvalidArgument` with the whole message.
+impl From<tf_ref::Error> for Error {
+    fn from(e: tf_ref::Error) -> Self {
+        match e {
+            tf_ref::Error::Shape { op, msg } => Error::Shape { op, msg },
+            tf_ref::Error::InvalidArgument { op, msg } => Error::InvalidArgument { op, msg },
+            other => Error::InvalidArgument { op: "tf_ref", msg: other.to_string() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> Result<crate::TokenformerConfig> {
+        Ok(crate::TokenformerConfig::by_name(name)?)
+    }
+
+    #[test]
+    fn tf_ref_errors_convert_with_question_mark() {
+        assert!(config("tiny").is_ok());
+        let e = config("no-such-config").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+        assert!(e.to_string().contains("no-such-config"), "{e}");
+    }
+}
 
 /// `a * b * ...` in usize, or a `SizeOverflow` error naming the factors.
 pub(crate) fn checked_product(op: &'static str, dims: &[usize]) -> Result<usize> {

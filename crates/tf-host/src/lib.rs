@@ -21,7 +21,7 @@ pub mod tensor;
 pub mod workspace;
 
 pub use device::{Device, EmuOptions, Geometry, LaneOrder};
-pub use dtype::DType;
+pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layer::{Init, Pattention, ValueInit};

@@ -415,6 +415,32 @@ view_common!(View);
 view_common!(ViewMut);
 
 impl<'a, T: DType> View<'a, T> {
+    /// Copies the view's elements to the host, in row-major order of its shape
+    /// (waits for queued work). Reads the whole underlying tensor once.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let all = self.t.to_vec()?;
+        let n = checked_product("View::to_vec", &self.shape)?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+            bytes: n.saturating_mul(std::mem::size_of::<T>()),
+            what: format!("View::to_vec of a view {:?}", self.shape),
+        })?;
+        let mut idx = vec![0usize; self.shape.len()];
+        for _ in 0..n {
+            let at = self.offset + idx.iter().zip(&self.strides).map(|(i, s)| i * s).sum::<usize>();
+            out.push(all[at]);
+            // the next index, last axis fastest
+            for ax in (0..idx.len()).rev() {
+                idx[ax] += 1;
+                if idx[ax] < self.shape[ax] {
+                    break;
+                }
+                idx[ax] = 0;
+            }
+        }
+        Ok(out)
+    }
+
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr(&self) -> DevPtr<'a> {
         let t: &'a Tensor<T> = self.t;
@@ -451,6 +477,23 @@ mod tests {
     use super::*;
     use cudarc::driver::sys::CUresult;
     use cudarc::driver::DriverError;
+
+    #[test]
+    fn a_strided_view_reads_back_its_own_elements() {
+        let dev = Device::emulator();
+        let data: Vec<f32> = (0..5 * 7).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let t = dev.upload(&data, &[5, 7]).unwrap();
+        // rows 1, 3 (stride 14), columns 2..6 (stride 1), from offset 1*7 + 2
+        let v = t.strided(9, &[2, 4], &[14, 1]).unwrap();
+        let d = &data;
+        let want: Vec<f32> = [1usize, 3].iter().flat_map(|&r| (2..6).map(move |c| d[r * 7 + c])).collect();
+        assert_eq!(v.to_vec().unwrap(), want);
+        // a transposed view: columns as rows
+        let tv = t.strided(0, &[7, 5], &[1, 7]).unwrap();
+        let want_t: Vec<f32> = (0..7).flat_map(|c| (0..5).map(move |r| d[r * 7 + c])).collect();
+        assert_eq!(tv.to_vec().unwrap(), want_t);
+        assert_eq!(t.view().to_vec().unwrap(), data);
+    }
 
     #[test]
     fn a_cuda_allocation_failure_is_out_of_memory() {
