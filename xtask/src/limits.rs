@@ -135,8 +135,7 @@ fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration, echo: b
         let over_binary = cur.as_ref().is_some_and(|c| c.since.elapsed() > per_binary);
         let over_total = start.elapsed() > total;
         if over_binary || over_total {
-            // The whole process group: cargo and the test binary it runs.
-            let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+            kill_group(child.id());
             let _ = child.kill();
             let _ = child.wait();
             let which = if over_binary {
@@ -149,6 +148,21 @@ fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration, echo: b
                 None => format!("`cargo test` {which} before any test binary started (still building)"),
             });
         }
+    }
+}
+
+/// SIGKILL to the process group `pgid` (cargo and the test binary it runs: the
+/// child was made a group leader with `process_group(0)`). Called with the
+/// libc function, not the `kill` program: procps' `kill -KILL -PID` does not take
+/// `-PID` as a group and signalled every process of the session instead.
+fn kill_group(pgid: u32) {
+    match i32::try_from(pgid) {
+        // never 0 (our own group) or 1 (-1: every process we may signal)
+        Ok(g) if g > 1 => {
+            // SAFETY: kill(2) with a negative pid signals that process group only.
+            unsafe { libc::kill(-g, libc::SIGKILL) };
+        }
+        _ => {}
     }
 }
 

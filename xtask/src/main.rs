@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&root, &args[1..]),
         Some("device-kit") => device_kit(&root),
         Some("sass") => sass_checks(&root),
+        Some("features") => features(&root),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
             Ok(())
@@ -60,6 +61,9 @@ commands:
                   GPU it says so and runs `tokenformer check` on the emulator);
                   `bench --criterion [args]` runs `cargo bench [args]` instead
   sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
+  features        type-check tf-host with its non-default cudarc features
+                  (a CUDA 12 version, dynamic-linking) and tests/outside-crate,
+                  a crate beside cudarc with dynamic-linking, as candle uses it
   device-kit      build release test and bench binaries, the fatbin, the ptxas
                   report and the run script into device-kit/ (< 64 MiB), to run
                   on any GPU machine: device-kit/run.sh OUT_DIR";
@@ -172,6 +176,26 @@ fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
     run(cargo(root, &tc)
         .args(["run", "--release", "--quiet", "-p", "tf-cli", "--bin", "tokenformer", "--", "bench"])
         .args(extra))
+}
+
+/// Type-checks the feature combinations of tf-host a program beside another
+/// cudarc user needs (no GPU or libcuda needed for a check): a CUDA 12 version
+/// instead of the default 13.0, `dynamic-linking`, and `tests/outside-crate`, a
+/// crate outside the workspace with its own cudarc (`dynamic-linking`, CUDA 12.8)
+/// in the same build graph. Shares `target/` so unchanged crates are not rebuilt.
+fn features(root: &Path) -> Result<(), String> {
+    let tc = setup(root)?;
+    let checks: [&[&str]; 3] = [
+        &["check", "-p", "tf-host", "--no-default-features", "--features", "cuda-12080"],
+        &["check", "-p", "tf-host", "--features", "dynamic-linking"],
+        &["check", "--manifest-path", "tests/outside-crate/Cargo.toml", "--target-dir", "target"],
+    ];
+    for args in checks {
+        println!("xtask: cargo {}", args.join(" "));
+        run(cargo(root, &tc).args(args))?;
+    }
+    println!("xtask: features  tf-host type-checks with CUDA 12.8, dynamic-linking, and beside another cudarc user");
+    Ok(())
 }
 
 /// Tests the GPU run kit carries (the CUDA half of each; the emulator half is

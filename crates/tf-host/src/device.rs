@@ -359,12 +359,37 @@ impl std::fmt::Debug for Device {
     }
 }
 
-/// cudarc panics when libcuda is absent, so look for it first.
+/// cudarc panics when libcuda is absent (with run-time loading), so look for it
+/// first, with dlopen, the names cudarc tries. Independent of cudarc's linking
+/// mode: with `dynamic-linking` the library is already mapped and dlopen finds it.
 fn check_driver() -> Result<()> {
-    // SAFETY: only probes whether the dynamic library can be loaded.
-    if unsafe { cudarc::driver::sys::is_culib_present() } {
+    if driver_library_present() {
         Ok(())
     } else {
         Err(Error::NoDriver)
     }
+}
+
+#[cfg(unix)]
+fn driver_library_present() -> bool {
+    [c"libcuda.so", c"libcuda.so.1"].iter().any(|name| {
+        // SAFETY: dlopen with a NUL-terminated name and RTLD_LAZY has no other
+        // precondition; a handle it returns is closed again (the library stays
+        // mapped while cudarc holds its own handle).
+        unsafe {
+            let h = libc::dlopen(name.as_ptr(), libc::RTLD_LAZY);
+            if h.is_null() {
+                false
+            } else {
+                libc::dlclose(h);
+                true
+            }
+        }
+    })
+}
+
+#[cfg(not(unix))]
+fn driver_library_present() -> bool {
+    // SAFETY: only probes whether the dynamic library can be loaded.
+    unsafe { cudarc::driver::sys::is_culib_present() }
 }

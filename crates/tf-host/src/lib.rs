@@ -20,6 +20,10 @@ pub mod ops;
 pub mod tensor;
 pub mod workspace;
 
+/// The cudarc this crate is built with (same version and features), for programs
+/// that pass their own streams and buffers (`Device::from_stream`,
+/// `Tensor::from_cuda_slice`) without matching cudarc's version by hand.
+pub use cudarc;
 pub use device::{Device, EmuOptions, Geometry, LaneOrder};
 pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
