@@ -109,23 +109,6 @@ impl From<tf_ref::Error> for Error {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(name: &str) -> Result<crate::TokenformerConfig> {
-        Ok(crate::TokenformerConfig::by_name(name)?)
-    }
-
-    #[test]
-    fn tf_ref_errors_convert_with_question_mark() {
-        assert!(config("tiny").is_ok());
-        let e = config("no-such-config").unwrap_err();
-        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
-        assert!(e.to_string().contains("no-such-config"), "{e}");
-    }
-}
-
 /// `a * b * ...` in usize, or a `SizeOverflow` error naming the factors.
 pub(crate) fn checked_product(op: &'static str, dims: &[usize]) -> Result<usize> {
     dims.iter()
@@ -141,4 +124,21 @@ pub(crate) fn to_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
 /// `i64::try_from` with an error naming the quantity.
 pub(crate) fn to_i64(op: &'static str, what: &str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 64-bit signed") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str) -> Result<crate::TokenformerConfig> {
+        Ok(crate::TokenformerConfig::by_name(name)?)
+    }
+
+    #[test]
+    fn tf_ref_errors_convert_with_question_mark() {
+        assert!(config("tiny").is_ok());
+        let e = config("no-such-config").unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e:?}");
+        assert!(e.to_string().contains("no-such-config"), "{e}");
+    }
 }
