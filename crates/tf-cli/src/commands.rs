@@ -84,6 +84,24 @@ fn checkpoint_info(path: &Path) -> CliResult<(Option<Slots>, Provenance)> {
 
 /// The config a command runs: `--config` with the slot counts of `--slots`, else
 /// of the checkpoint's tensors, else the config's own.
+/// The model's configuration (`--config`, slot counts from `--slots`, else the
+/// checkpoint's tensors) and, with `--checkpoint`, what the file records of its
+/// making. Reads only the checkpoint's header.
+fn config_and_provenance(
+    name: &str,
+    slots: Option<&str>,
+    checkpoint: Option<&Path>,
+) -> CliResult<(TokenformerConfig, Option<Provenance>)> {
+    let (file_slots, prov) = match checkpoint {
+        Some(path) => {
+            let (slots, prov) = checkpoint_info(path)?;
+            (slots, Some(prov))
+        }
+        None => (None, None),
+    };
+    Ok((model_config(name, slots, file_slots)?, prov))
+}
+
 fn model_config(name: &str, slots: Option<&str>, from_file: Option<Slots>) -> CliResult<TokenformerConfig> {
     let cfg = config(name)?;
     let slots = match slots {
@@ -104,14 +122,7 @@ fn pick_dtype(flag: Option<DtypeArg>, prov: Option<&Provenance>) -> DtypeArg {
 /// `grow`: grows every Pattention of a model at once and compares the logits.
 pub fn grow(a: &GrowArgs) -> CliResult<ExitCode> {
     // Everything the user typed is checked before the model exists.
-    let (file_slots, prov) = match &a.checkpoint {
-        Some(path) => {
-            let (slots, prov) = checkpoint_info(path)?;
-            (slots, Some(prov))
-        }
-        None => (None, None),
-    };
-    let cfg = model_config(&a.config, a.slots.as_deref(), file_slots)?;
+    let (cfg, prov) = config_and_provenance(&a.config, a.slots.as_deref(), a.checkpoint.as_deref())?;
     let (q, p, f) = match (&a.to, &a.to_slots) {
         (Some(name), None) => {
             let t = config(name)?;
@@ -286,14 +297,7 @@ fn check_then_save(preserving: bool, differ: usize, save: Option<impl FnOnce() -
 /// `generate`: token ids in, token ids out.
 pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     // Everything the user typed is checked before any allocation it sizes.
-    let (file_slots, prov) = match &a.checkpoint {
-        Some(path) => {
-            let (slots, prov) = checkpoint_info(path)?;
-            (slots, Some(prov))
-        }
-        None => (None, None),
-    };
-    let cfg = model_config(&a.config, a.slots.as_deref(), file_slots)?;
+    let (cfg, prov) = config_and_provenance(&a.config, a.slots.as_deref(), a.checkpoint.as_deref())?;
     let prompt = parse_ids(&a.tokens)?;
     if prompt.is_empty() {
         return Err("--tokens: give at least one token id".into());
