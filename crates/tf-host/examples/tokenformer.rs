@@ -9,8 +9,14 @@
 use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // CUDA device 0 when there is one, else the CPU emulator (same kernels).
-    let dev = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
+    // CUDA device 0, or say why not and use the CPU emulator (same kernels, far slower).
+    let dev = match Device::cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("no CUDA ({e}); running on the CPU emulator");
+            Device::emulator()
+        }
+    };
     // A released config ("150m", "354m", ...) on a GPU; the tiny one runs anywhere.
     let name = if dev.is_cuda() { "354m" } else { "tiny" };
     let cfg = TokenformerConfig::by_name(name)?;

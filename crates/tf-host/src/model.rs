@@ -27,18 +27,28 @@
 //! The configuration and checkpoint formats are tf-ref's ([`TokenformerConfig`],
 //! [`ModelParams`]); no tf-ref arithmetic runs here.
 //!
-//! ```no_run
+//! ```
 //! use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let dev = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
-//!     let cfg = TokenformerConfig::by_name("354m")?;           // or a custom struct literal
+//!     // CUDA device 0, or say why not and use the CPU emulator (same kernels, far slower).
+//!     let dev = match Device::cuda(0) {
+//!         Ok(d) => d,
+//!         Err(e) => {
+//!             eprintln!("no CUDA ({e}); running on the CPU emulator");
+//!             Device::emulator()
+//!         }
+//!     };
+//!     // A released size on a GPU, the tiny config on the emulator (or a struct literal).
+//!     let cfg = TokenformerConfig::by_name(if dev.is_cuda() { "354m" } else { "tiny" })?;
+//!     println!("{} on {}", cfg.name, dev.name());
 //!     let mut model = Tokenformer::<bf16>::new(&dev, &cfg, 42)?; // official init, on the device
 //!     // let model = Tokenformer::<bf16>::load(&dev, &cfg, "tokenformer-354m.safetensors")?;
-//!     let logits = model.forward(&[1, 2, 3])?;                  // Tensor<bf16> [3, 50304]
-//!     let ids = model.generate(&[1, 2, 3], 32, Sampling::Greedy)?; // KV cache, one row per step
-//!     model.grow_preserving(1792, 1792, 7168, 7)?;              // 354m -> 757m, logits unchanged
-//!     model.save("tokenformer-757m.safetensors")?;              // GPT-NeoX key names
+//!     let logits = model.forward(&[1, 2, 3])?; // Tensor<bf16> [3, vocab]
+//!     let ids = model.generate(&[1, 2, 3], 8, Sampling::Greedy)?; // KV cache, one row per step
+//!     // Every Pattention grown at once, logits unchanged (354m -> 757m is 1792, 1792, 7168).
+//!     model.grow_preserving(cfg.qkv_slots * 2, cfg.proj_slots * 2, cfg.ffn_slots * 2, 7)?;
+//!     model.save(std::env::temp_dir().join("tokenformer-grown.safetensors"))?; // GPT-NeoX key names
 //!     println!("{:?} {ids:?}", logits.shape());
 //!     Ok(())
 //! }
