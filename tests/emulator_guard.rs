@@ -125,6 +125,16 @@ fn run_child(name: &str, env: &[(&str, &str)], limit: Duration) -> (std::process
     (status, reader.join().unwrap_or_default(), elapsed)
 }
 
+/// Parent side of a test that must pass in its child: runs it, checks that it
+/// exited 0 and printed `marker` (it reached the end of its checks); returns how
+/// long it took.
+fn passes_in_child(name: &str, env: &[(&str, &str)], limit: Duration, marker: &str) -> Duration {
+    let (st, err, took) = run_child(name, env, limit);
+    assert!(st.success(), "child failed ({st}):\n{err}");
+    assert!(err.contains(marker), "the child did not reach its checks ({marker:?} missing):\n{err}");
+    took
+}
+
 fn in_child() -> bool {
     std::env::var_os("TF_GUARD_CHILD").is_some()
 }
@@ -132,10 +142,8 @@ fn in_child() -> bool {
 #[test]
 fn faults_are_reported_with_a_tiny_borrowed_signal_stack() {
     if !in_child() {
-        let (st, err, _) =
-            run_child("faults_are_reported_with_a_tiny_borrowed_signal_stack", &[], Duration::from_secs(120));
-        assert!(st.success(), "child failed ({st}):\n{err}");
-        assert!(err.contains("child: faults reported"), "the child did not reach its checks:\n{err}");
+        let name = "faults_are_reported_with_a_tiny_borrowed_signal_stack";
+        passes_in_child(name, &[], Duration::from_secs(120), "child: faults reported");
         return;
     }
     // A thread that already has a tiny alternate signal stack runs the launches
@@ -185,10 +193,8 @@ fn a_fault_inside_the_fault_handler_ends_the_process_with_a_message() {
 #[test]
 fn a_kernel_that_never_yields_is_stopped_by_the_watchdog() {
     if !in_child() {
-        let (st, err, took) =
-            run_child("a_kernel_that_never_yields_is_stopped_by_the_watchdog", &[], Duration::from_secs(60));
-        assert!(st.success(), "child failed ({st}):\n{err}");
-        assert!(err.contains("child: stopped 2 launches"), "the child did not reach its checks:\n{err}");
+        let name = "a_kernel_that_never_yields_is_stopped_by_the_watchdog";
+        let took = passes_in_child(name, &[], Duration::from_secs(60), "child: stopped 2 launches");
         assert!(took < Duration::from_secs(30), "{took:?}");
         return;
     }
@@ -215,13 +221,9 @@ fn a_kernel_that_never_yields_is_stopped_by_the_watchdog() {
 #[test]
 fn the_watchdog_limit_comes_from_tf_emu_timeout_s() {
     if !in_child() {
-        let (st, err, took) = run_child(
-            "the_watchdog_limit_comes_from_tf_emu_timeout_s",
-            &[("TF_EMU_TIMEOUT_S", "0.25")],
-            Duration::from_secs(60),
-        );
-        assert!(st.success(), "child failed ({st}):\n{err}");
-        assert!(err.contains("child: stopped after"), "{err}");
+        let name = "the_watchdog_limit_comes_from_tf_emu_timeout_s";
+        let env = [("TF_EMU_TIMEOUT_S", "0.25")];
+        let took = passes_in_child(name, &env, Duration::from_secs(60), "child: stopped after");
         assert!(took < Duration::from_secs(30), "{took:?}");
         return;
     }

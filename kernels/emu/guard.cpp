@@ -224,13 +224,6 @@ bool SignalStack::map() {
     return true;
 }
 
-void SignalStack::unmap() {
-    if (!base) return;
-    munmap(base, size + (size_t)sysconf(_SC_PAGESIZE));
-    base = nullptr;
-    size = 0;
-}
-
 SignalStackScope::SignalStackScope(SignalStack& s) {
     static_assert(sizeof(stack_t) <= sizeof(old_), "stack_t does not fit");
     if (!s.map()) return;

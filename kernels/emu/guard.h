@@ -53,12 +53,12 @@ void left_handler();
 // the watchdog thread.
 void install_guard();
 
-// A signal stack owned by a worker: mapped once, installed per launch.
+// A signal stack owned by a worker: mapped once, installed per launch, kept for
+// the process's life (as the workers are).
 struct SignalStack {
     char* base = nullptr;  // the mapping: a guard page, then `size` usable bytes
     size_t size = 0;
     bool map();
-    void unmap();
 };
 
 // Installs `s` as the calling thread's signal stack for the scope's lifetime and
