@@ -22,6 +22,56 @@ use std::fmt;
 
 use crate::sys;
 
+mod memory;
+mod profile;
+pub use memory::DeviceBuffer;
+pub use profile::{last_profile, Profile, ProfileLine};
+
+/// The emulator's memory checks and its profiler, per launch (`kernels/emu/README.md`).
+///
+/// Kernel code is compiled with every load and store instrumented; with a check on,
+/// the emulator watches each access:
+/// - `race`: shared-memory hazards (read/write, write/read, write/write by different
+///   threads with no `__syncthreads` between, or no warp collective between two lanes
+///   of one warp), and `cp.async` destinations read or overwritten before the
+///   `cp.async.wait_group` that retires them;
+/// - `memory`: accesses of [`DeviceBuffer`]s (and tf-host's emulator tensors) out of
+///   bounds, after free or misaligned, and shared-memory accesses outside the block's
+///   shared memory: the launch fails at once, like a fault on a GPU;
+/// - `init`: reads of device memory never written, and of shared memory not written in
+///   the block;
+/// - `profile`: per source line, warp-level requests, sectors and bank-conflict
+///   wavefronts, read with [`last_profile`].
+///
+/// Hazards and uninitialised reads are collected and fail the launch at its end, each
+/// with both source lines. `TF_EMU_CHECK=all` (or `race,mem,init,profile`) in the
+/// environment turns checks on for every launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checks {
+    /// racecheck (shared memory).
+    pub race: bool,
+    /// memcheck (bounds, use after free, alignment).
+    pub memory: bool,
+    /// initcheck (reads of never-written memory).
+    pub init: bool,
+    /// The memory profiler.
+    pub profile: bool,
+}
+
+impl Checks {
+    /// No check (the default).
+    pub const NONE: Checks = Checks { race: false, memory: false, init: false, profile: false };
+    /// racecheck, memcheck and initcheck.
+    pub const ALL: Checks = Checks { race: true, memory: true, init: true, profile: false };
+    /// The profiler alone.
+    pub const PROFILE: Checks = Checks { race: false, memory: false, init: false, profile: true };
+
+    fn bits(self) -> u32 {
+        // The values of `tf_emu_check` in kernels/tf_kernels.h.
+        u32::from(self.race) | u32::from(self.memory) << 1 | u32::from(self.init) << 2 | u32::from(self.profile) << 3
+    }
+}
+
 /// The order in which the lanes of a warp run between rendezvous points.
 ///
 /// Code that relies on implicit warp lockstep (no `__syncwarp` between a write and
@@ -113,6 +163,8 @@ pub struct LaunchConfig {
     /// error naming the kernel and where each thread stands. 0 = `TF_EMU_TIMEOUT_S`
     /// seconds from the environment (0 there turns the watchdog off), else 60 s.
     pub timeout_ms: u32,
+    /// Memory checks and the profiler (off by default).
+    pub checks: Checks,
 }
 
 impl LaunchConfig {
@@ -128,6 +180,7 @@ impl LaunchConfig {
             os_threads: 0,
             warp_order: WarpOrder::RoundRobin,
             timeout_ms: 0,
+            checks: Checks::NONE,
         }
     }
 }
@@ -187,6 +240,7 @@ pub unsafe fn launch<P: Copy>(kernel: &str, cfg: &LaunchConfig, params: &P) -> R
         os_threads: cfg.os_threads,
         warp_order: cfg.warp_order.raw(),
         timeout_ms: cfg.timeout_ms,
+        checks: cfg.checks.bits(),
     };
     // SAFETY: `args` points at live data (the name and params outlive the call) and
     // `err` is a writable buffer of the length passed; what the kernel does with the
@@ -201,7 +255,7 @@ pub unsafe fn launch<P: Copy>(kernel: &str, cfg: &LaunchConfig, params: &P) -> R
 /// As [`launch`]; in addition `args.kernel` is null or a NUL-terminated string and
 /// `args.params` points at `args.params_bytes` readable bytes.
 pub unsafe fn launch_raw(args: &sys::tf_emu_launch_args) -> Result<(), EmuError> {
-    let mut err = vec![0u8; 4096];
+    let mut err = vec![0u8; 65536];
     // SAFETY: per this function's contract; `err` is writable for its length.
     let code = unsafe { sys::tf_emu_launch(args, err.as_mut_ptr().cast::<c_char>(), err.len()) };
     if code == 0 {

@@ -308,6 +308,16 @@ typedef enum tf_emu_warp_order {
     TF_EMU_WARPS_MIXED = 4,          /* one of the four above per block, drawn from `seed` */
 } tf_emu_warp_order;
 
+/* The emulator's memory checks and profiler (bits of tf_emu_launch_args.checks;
+ * TF_EMU_CHECK=race,mem,init,profile or =all in the environment adds them to every
+ * launch). See kernels/emu/README.md. */
+typedef enum tf_emu_check {
+    TF_EMU_CHECK_RACE = 1,    /* shared-memory hazards with no barrier between */
+    TF_EMU_CHECK_MEM = 2,     /* out of bounds, freed, misaligned accesses */
+    TF_EMU_CHECK_INIT = 4,    /* reads of memory never written */
+    TF_EMU_CHECK_PROFILE = 8, /* per-source-line memory requests (tf_emu_last_profile) */
+} tf_emu_check;
+
 /* One kernel launch on the CPU SIMT emulator. */
 typedef struct tf_emu_launch_args {
     const char *kernel;          /* the kernel's extern "C" name */
@@ -323,6 +333,7 @@ typedef struct tf_emu_launch_args {
     uint32_t timeout_ms;         /* watchdog: a worker whose threads make no progress (no
                                     rendezvous, no exit) this long stops the launch with an
                                     error; 0 = TF_EMU_TIMEOUT_S seconds, else 60 s */
+    uint32_t checks;             /* tf_emu_check bits */
 } tf_emu_launch_args;
 
 /* Runs a kernel to completion on the emulator. Returns 0 on success; otherwise
@@ -333,6 +344,21 @@ int tf_emu_launch(const tf_emu_launch_args *args, char *err, size_t err_len);
 /* Test hook: when `on`, the next fault the emulator handles faults again inside
  * its handler, which must end the process with a message (never recurse). */
 void tf_emu_test_fault_in_handler(int on);
+
+/* Emulator device memory: `bytes` zeroed bytes, 256-byte aligned, between two
+ * 256-byte redzones that memcheck recognises. `initialized` 0 marks the bytes as
+ * never written (initcheck reports reads of them until something writes them).
+ * NULL when out of memory. */
+void *tf_emu_malloc(size_t bytes, int initialized);
+/* Frees a tf_emu_malloc allocation (NULL and unknown pointers are ignored); memcheck
+ * reports later accesses of it as use after free. */
+void tf_emu_free(void *ptr);
+/* Marks bytes of a tf_emu_malloc allocation as written (initialized != 0) or not. */
+void tf_emu_mark_initialized(const void *ptr, size_t bytes, int initialized);
+/* The profile of the calling thread's last launch with TF_EMU_CHECK_PROFILE, as
+ * tab-separated text (kernels/emu/profile.cpp); copies at most len - 1 bytes and a NUL,
+ * returns its full length. */
+size_t tf_emu_last_profile(char *buf, size_t len);
 
 /* Number of kernels the emulator knows, and the i-th kernel's name. */
 size_t tf_emu_kernel_count(void);

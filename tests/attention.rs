@@ -490,7 +490,7 @@ fn lane_orders_give_identical_bits() {
     let (q, k, v) = inputs::<bf16>(&c, &mut c.rng(s));
     let mut results = Vec::new();
     for order in [LaneOrder::Forward, LaneOrder::Reverse, LaneOrder::Shuffled] {
-        let dev = Device::emulator_with(EmuOptions { lane_order: order, seed: s, os_threads: 0 });
+        let dev = Device::emulator_with(EmuOptions { lane_order: order, seed: s, os_threads: 0, ..Default::default() });
         let qt = dev.upload(&q, &[1, 130, 2, 80]).unwrap();
         let kt = dev.upload(&k, &[1, 100, 2, 80]).unwrap();
         let vt = dev.upload(&v, &[1, 100, 2, 80]).unwrap();

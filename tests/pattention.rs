@@ -298,7 +298,8 @@ fn results_are_deterministic_across_lane_orders() {
         let o = PattentionOptions { norm, ..Default::default() };
         let mut outs = Vec::new();
         for (order, sd) in [(LaneOrder::Forward, 1), (LaneOrder::Reverse, 2), (LaneOrder::Shuffled, s)] {
-            let dev = Device::emulator_with(EmuOptions { lane_order: order, seed: sd, os_threads: 0 });
+            let dev =
+                Device::emulator_with(EmuOptions { lane_order: order, seed: sd, os_threads: 0, ..Default::default() });
             let a: Vec<u32> = run(&dev, &p, &o, None).iter().map(|v| v.to_bits()).collect();
             let b: Vec<u32> = run(&dev, &q, &o, None).iter().map(|v| v.to_bits()).collect();
             outs.push((a, b));

@@ -112,27 +112,43 @@ pub fn build(cfg: &BuildEmu) -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
+    // Kernel code is compiled with gcc's thread-sanitizer instrumentation but linked
+    // without its library: every load and store calls a __tsan_* hook, defined by the
+    // runtime (check.cpp), which returns at once unless the launch has checks; UBSan's
+    // alignment check (handler in check.cpp too) catches misaligned typed accesses. Line
+    // tables (-g1) let the checks and the profiler name source lines. The runtime
+    // itself is not instrumented.
+    let base = |b: &mut cc::Build| {
+        b.cpp(true)
+            .std("c++17")
+            .opt_level(2)
+            .warnings(true)
+            .extra_warnings(true)
+            .flag("-fno-strict-aliasing")
+            .flag("-fstack-clash-protection")
+            .flag("-Wno-unknown-pragmas")
+            .flag("-pthread")
+            .include(&mirror)
+            .include(mirror.join("include"))
+            .include(&kernels)
+            .include(kernels.join("include"))
+            .include(&emu);
+        if std::env::var_os("TF_EMU_UCONTEXT").is_some_and(|v| v != "0") {
+            b.define("TF_EMU_UCONTEXT", None);
+        }
+    };
+    let mut k = cc::Build::new();
+    base(&mut k);
+    k.flag("-fsanitize=thread,alignment")
+        .flag("--param=tsan-instrument-func-entry-exit=0")
+        .flag("-g1")
+        .out_dir(cfg.out_dir.join("tf_emu_kernels"))
+        .files(&cpp_files);
+    let kernel_objs =
+        k.try_compile_intermediates().map_err(|e| format!("compiling the emulated kernels failed: {e}"))?;
     let mut b = cc::Build::new();
-    b.cpp(true)
-        .std("c++17")
-        .opt_level(2)
-        .warnings(true)
-        .extra_warnings(true)
-        .flag("-fno-strict-aliasing")
-        .flag("-fstack-clash-protection")
-        .flag("-Wno-unknown-pragmas")
-        .flag("-pthread")
-        .include(&mirror)
-        .include(mirror.join("include"))
-        .include(&kernels)
-        .include(kernels.join("include"))
-        .include(&emu)
-        .files(&runtime)
-        .files(&cpp_files)
-        .file(&reg_path);
-    if std::env::var_os("TF_EMU_UCONTEXT").is_some_and(|v| v != "0") {
-        b.define("TF_EMU_UCONTEXT", None);
-    }
+    base(&mut b);
+    b.files(&runtime).file(&reg_path).objects(&kernel_objs);
     b.try_compile("tf_emu").map_err(|e| format!("compiling the emulator failed: {e}"))?;
     println!("cargo:rustc-link-lib=pthread");
     Ok(())

@@ -45,6 +45,7 @@
 #include <thread>
 #include <vector>
 
+#include "check.h"
 #include "fiber.h"
 #include "guard.h"
 #include "tf_emu_api.h"
@@ -133,6 +134,7 @@ struct Launch {
     std::atomic<uint64_t> next{0};
     std::atomic<bool> failed{false};
     uint64_t limit_ns = 0;  // the watchdog's limit without progress (0: unwatched)
+    LaunchChecks* chk = nullptr;  // racecheck / memcheck / initcheck / profile (null: none)
     std::mutex err_mu;
     std::string err;
 
@@ -176,6 +178,10 @@ struct Worker {
     char* dyn_end = nullptr;
     char* static_low = nullptr;
     std::vector<std::pair<const void*, void*>> statics;
+    // Memory checks: the worker's shadow state (created on first use), and `cw`, the
+    // same while the current launch has checks (else null).
+    WorkerChecks* chk_state = nullptr;
+    WorkerChecks* cw = nullptr;
 };
 
 __thread Worker* t_worker TF_EMU_TLS = nullptr;
@@ -371,6 +377,7 @@ Worker& worker() {
 inline void set_current(Fiber* f) {
     t_cur = f;
     t_thread_idx = &f->tid;
+    t_chk_thread = f->linear;
     f->state = St::Running;
 }
 
@@ -659,6 +666,7 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
     memset(W.dyn_start, kPoison, (size_t)(W.dyn_end - W.dyn_start));
     W.static_low = W.dyn_start;
     W.statics.clear();
+    if (W.cw) checks_block_begin(W.cw, W.ids.block_idx, W.n, W.dyn_start, W.dyn_end);
 
     for (uint32_t i = 0; i < W.n; ++i) {
         Fiber& f = W.fibers[i];
@@ -695,6 +703,7 @@ void run_block(Worker& W, Launch& L, uint64_t b) {
         left_handler();
         describe_stop(W);
     }
+    if (W.cw && !W.failed) checks_block_end(W.cw);
     t_cur = nullptr;
     t_thread_idx = nullptr;
     if (W.failed) L.set_error(W.errbuf);
@@ -724,6 +733,14 @@ void worker_main(Launch* L, bool first) {
         checkin(W);
         return;
     }
+    if (L->chk && !W->chk_state) W->chk_state = worker_checks_new(W->win, kWindowBytes);
+    if (L->chk && !W->chk_state) {
+        L->set_error("the emulator could not map the shadow memory of its checks (mmap failed)");
+        checkin(W);
+        return;
+    }
+    W->cw = L->chk ? W->chk_state : nullptr;
+    if (W->cw) checks_attach(W->cw, L->chk);
     t_worker = W;
     W->L = L;
     watch_begin(&W->watch, L->kernel->name, L->limit_ns);
@@ -733,6 +750,8 @@ void worker_main(Launch* L, bool first) {
         run_block(*W, *L, b);
     }
     watch_end(&W->watch);
+    if (W->cw) checks_detach(W->cw);
+    W->cw = nullptr;
     W->L = nullptr;
     t_worker = nullptr;
     t_block_ids = nullptr;
@@ -842,6 +861,11 @@ void resolve_ldmatrix(Worker& W, Fiber* f, Fiber* base, int nmat, bool trans) {
                      static_cast<const void*>(W.dyn_end));
             memcpy(M[m][r], p, 16);
         }
+    }
+    if (W.cw) {
+        const void* rows[32];
+        for (int i = 0; i < 8 * nmat; ++i) rows[i] = base[i].p0;
+        checks_ldmatrix(W.cw, f->warp, rows, nmat, base[0].file, base[0].line);
     }
     for (int l = 0; l < 32; ++l) {
         uint32_t* out = static_cast<uint32_t*>(base[l].out);
@@ -1018,6 +1042,7 @@ void collective(Worker& W, Fiber* f, int op, uint32_t mask, const char* file, in
     g->arrived |= bit;
     if (g->arrived == mask) {
         const Group done = *g;
+        if (W.cw) checks_collective(W.cw, f->warp, mask, ws.exist & ~ws.exited, op);
         resolve(W, f, f->warp, done);
         *g = ws.groups[--ws.ngroups];
         release_lanes(W, f->warp, mask, W.ahead);
@@ -1076,6 +1101,7 @@ int syncthreads(int op, int pred, const char* file, int line) {
     }
     if (++W.n_at_bar == W.n) {
         W.n_at_bar = 0;
+        if (W.cw) checks_barrier(W.cw);
         for (uint32_t i = 0; i < W.n; ++i) W.fibers[i].bar_result = W.bar_acc;
         release_all(W);
     }
@@ -1132,6 +1158,7 @@ void cp_async(void* smem, const void* gmem, int cp_size, int src_bytes, const ch
         reinterpret_cast<const char*>(src) < W.dyn_end)
         fail(W, f, "cp.async at %s:%d: source %p lies in shared memory (cp.async copies global to shared)",
              short_file(file), line, gmem);
+    if (W.cw) checks_cp_issue(W.cw, dst, src, cp_size, src_bytes, file, line);
     memset(dst, kPoison, (size_t)cp_size);  // reading before the wait sees poison
     f->cp.push_back(CpOp{dst, src, (uint32_t)cp_size, (uint32_t)src_bytes, f->cp_committed});
 }
@@ -1149,6 +1176,7 @@ void cp_async_wait(int n, const char* file, int line) {
     const uint64_t limit = f->cp_committed > (uint64_t)n ? f->cp_committed - (uint64_t)n : 0;
     while (f->cp_head < f->cp.size() && f->cp[f->cp_head].group < limit) {
         const CpOp& c = f->cp[f->cp_head++];
+        if (W.cw) checks_cp_retire(W.cw, c.dst, (int)c.size, file, line);
         if (c.src_bytes) memcpy(c.dst, c.src, c.src_bytes);
         memset(c.dst + c.src_bytes, 0, c.size - c.src_bytes);
     }
@@ -1187,7 +1215,13 @@ void* static_shared(const void* key, size_t bytes, size_t align, const char* fil
     memset(ptr, kPoison, (size_t)(W.static_low - ptr));
     W.static_low = ptr;
     W.statics.emplace_back(key, ptr);
+    if (W.cw) checks_smem_bounds(W.cw, W.static_low, W.dyn_end);
     return ptr;
+}
+
+void check_fail(const char* msg) {
+    Worker& W = worker();
+    fail(W, t_cur, "%s", msg);
 }
 
 void trap(const char* what, const char* file, int line) {
@@ -1308,6 +1342,7 @@ int launch(const tf_emu_launch_args* a, char* err, size_t err_len) {
     }
     L.seed = a->seed;
     L.nblocks = (uint64_t)a->grid[0] * a->grid[1] * a->grid[2];
+    L.chk = checks_begin(a->checks, k->name, L.block, L.grid);
 
     uint64_t nw = a->os_threads ? a->os_threads : std::thread::hardware_concurrency();
     if (nw == 0) nw = 1;
@@ -1323,8 +1358,19 @@ int launch(const tf_emu_launch_args* a, char* err, size_t err_len) {
     }
     worker_main(&L, true);
     for (auto& t : pool) t.join();
-    if (L.failed.load()) {
-        put_err(err, err_len, L.err);
+    std::string findings;
+    const uint32_t bits = L.chk ? checks_bits(L.chk) : 0;
+    if (L.chk) {
+        findings = checks_end(L.chk);
+        checks_free(L.chk);
+    }
+    // Without initcheck nothing recorded this launch's writes: count the allocations it
+    // was given as written, so that a later launch with initcheck does not report them.
+    if (!(bits & CHECK_INIT)) mark_params_written(a->params, a->params_bytes);
+    if (L.failed.load() || !findings.empty()) {
+        std::string msg = L.failed.load() ? L.err : std::string();
+        if (!findings.empty()) msg += (msg.empty() ? "" : "\n") + findings;
+        put_err(err, err_len, symbolize_markers(msg));
         return 2;
     }
     if (err && err_len) err[0] = 0;

@@ -28,7 +28,12 @@ pub fn backends() -> Vec<(Device, &'static str)> {
     let mut v = Vec::new();
     if only != "cuda" {
         v.push((
-            Device::emulator_with(EmuOptions { lane_order: LaneOrder::Shuffled, seed: seed(), os_threads: 0 }),
+            Device::emulator_with(EmuOptions {
+                lane_order: LaneOrder::Shuffled,
+                seed: seed(),
+                os_threads: 0,
+                ..Default::default()
+            }),
             "emulator",
         ));
     }

@@ -28,11 +28,18 @@ pub struct EmuOptions {
     pub seed: u64,
     /// Worker OS threads running blocks; 0 = one per core.
     pub os_threads: u32,
+    /// The emulator's memory checks on every launch (racecheck, memcheck, initcheck;
+    /// off by default: they slow the emulator down). A finding fails the op with
+    /// [`Error::Emulator`] naming both source lines.
+    pub checks: Checks,
 }
+
+/// The emulator's memory checks (see [`EmuOptions::checks`]).
+pub use tf_kernels::emu::Checks;
 
 impl Default for EmuOptions {
     fn default() -> Self {
-        EmuOptions { lane_order: LaneOrder::Shuffled, seed: 0x7f4a_7c15, os_threads: 0 }
+        EmuOptions { lane_order: LaneOrder::Shuffled, seed: 0x7f4a_7c15, os_threads: 0, checks: Checks::NONE }
     }
 }
 
@@ -331,6 +338,7 @@ impl Device {
                     warp_order: emu::WarpOrder::Mixed,
                     // the watchdog's limit from TF_EMU_TIMEOUT_S, else its default
                     timeout_ms: 0,
+                    checks: e.opts.checks,
                 };
                 // SAFETY: the caller guarantees the pointers in `params` are host
                 // addresses valid for the kernel's accesses (emulator tensors

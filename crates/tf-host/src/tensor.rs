@@ -5,7 +5,6 @@
 //! [`View`]s: a shape, element strides and an offset into a tensor, so a
 //! column block or a head of a fused QKV buffer is passed without a copy.
 
-use std::alloc::Layout;
 use std::ptr::NonNull;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop, ValidAsZeroBits};
@@ -14,12 +13,12 @@ use crate::device::{Backend, Device};
 use crate::dtype::DType;
 use crate::error::{checked_product, Error, Result};
 
-/// Host memory of the emulator backend: zeroed, 256-byte aligned (as
-/// cudaMalloc is), so the kernels' 16-byte vector accesses are legal.
+/// Host memory of the emulator backend, from the emulator's allocator: zeroed,
+/// 256-byte aligned (as cudaMalloc is, so the kernels' 16-byte vector accesses are
+/// legal), between redzones the emulator's memcheck recognises.
 pub(crate) struct HostBuf<T> {
     ptr: NonNull<T>,
     len: usize,
-    layout: Layout,
 }
 
 // SAFETY: HostBuf owns its allocation exclusively, like Vec<T>.
@@ -27,19 +26,17 @@ unsafe impl<T: Send> Send for HostBuf<T> {}
 // SAFETY: shared access only reads, like &[T].
 unsafe impl<T: Sync> Sync for HostBuf<T> {}
 
-const HOST_ALIGN: usize = 256;
-
 impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
     pub(crate) fn zeroed(len: usize) -> Result<Self> {
         let elem = std::mem::size_of::<T>();
         let oom = |bytes: usize| Error::OutOfMemory { bytes, what: format!("a host tensor of {len} elements") };
         // More bytes than usize holds can never be allocated: out of memory too.
         let bytes = len.checked_mul(elem).ok_or_else(|| oom(usize::MAX))?;
-        let layout = Layout::from_size_align(bytes.max(HOST_ALIGN), HOST_ALIGN).map_err(|_| oom(bytes))?;
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: tf_emu_malloc has no preconditions; it returns null or `bytes`
+        // zeroed bytes, 256-byte aligned (enough for any T here).
+        let raw = unsafe { tf_kernels::sys::tf_emu_malloc(bytes, 1) };
         let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| oom(bytes))?;
-        Ok(HostBuf { ptr, len, layout })
+        Ok(HostBuf { ptr, len })
     }
 
     pub(crate) fn addr(&self) -> u64 {
@@ -60,8 +57,8 @@ impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
 
 impl<T> Drop for HostBuf<T> {
     fn drop(&mut self) {
-        // SAFETY: allocated in `zeroed` with exactly this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr().cast(), self.layout) }
+        // SAFETY: allocated by tf_emu_malloc in `zeroed`, freed once.
+        unsafe { tf_kernels::sys::tf_emu_free(self.ptr.as_ptr().cast()) }
     }
 }
 
