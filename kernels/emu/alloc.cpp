@@ -4,13 +4,20 @@
 // Layout of one allocation: [redzone 256 B | the caller's bytes, rounded up to 256 |
 // redzone 256 B]. The redzones are filled with 0xFB; an access that lands in one is
 // out of bounds by the distance to the caller's range, even where a plain host
-// allocation would not fault. The table is copy-on-write: every change publishes a
-// new sorted vector, so a launch reads its snapshot without locks.
+// allocation would not fault. A freed allocation stays mapped in quarantine (the last
+// 4096 frees, at most 256 MiB) so that no other memory can take its addresses while
+// memcheck still reports accesses of it as use after free; leaving quarantine, it is
+// forgotten, and returned to the system once no launch with checks that could hold
+// its record in a snapshot is still running (so that memory the system hands out
+// again, to a worker thread's stack say, is never mistaken for it). The table is
+// copy-on-write: every change publishes a new sorted vector, so a launch reads its
+// snapshot without locks.
 #include <stdlib.h>
 #include <string.h>
 
 #include <algorithm>
 #include <mutex>
+#include <set>
 #include <new>
 
 #include "check.h"
@@ -20,12 +27,27 @@ namespace tf_emu {
 namespace {
 
 constexpr size_t kRedzone = 256;
-constexpr size_t kMaxFreed = 4096;  // freed records kept for use-after-free reports
+constexpr size_t kMaxFreed = 4096;                  // allocations kept in quarantine
+constexpr size_t kMaxFreedBytes = (size_t)256 << 20;  // ... and their bytes
 
 std::mutex g_mu;
 std::shared_ptr<const AllocTable> g_table = std::make_shared<const AllocTable>();
 uint64_t g_next_id = 1;
-size_t g_freed = 0;
+size_t g_freed = 0, g_freed_bytes = 0;
+uint64_t g_seq = 0;                                   // table versions and checked launches
+std::multiset<uint64_t> g_active;                     // the seq of each running checked launch
+std::vector<std::pair<uint64_t, void*>> g_deferred;  // (seq when forgotten, block) not yet freed
+
+// Blocks no running checked launch can know about (g_mu held): returned to be freed.
+void take_releasable(std::vector<void*>& out) {
+    const uint64_t min_active = g_active.empty() ? UINT64_MAX : *g_active.begin();
+    auto keep = g_deferred.begin();
+    for (auto& d : g_deferred) {
+        if (d.first < min_active) out.push_back(d.second);
+        else *keep++ = d;
+    }
+    g_deferred.erase(keep, g_deferred.end());
+}
 
 size_t round_up(size_t v, size_t a) { return (v + a - 1) / a * a; }
 
@@ -40,6 +62,24 @@ void publish(AllocTable&& t) {
 std::shared_ptr<const AllocTable> alloc_snapshot() {
     std::lock_guard<std::mutex> g(g_mu);
     return g_table;
+}
+
+std::shared_ptr<const AllocTable> alloc_launch_enter(uint64_t* seq) {
+    std::lock_guard<std::mutex> g(g_mu);
+    *seq = ++g_seq;
+    g_active.insert(*seq);
+    return g_table;
+}
+
+void alloc_launch_exit(uint64_t seq) {
+    std::vector<void*> release;
+    {
+        std::lock_guard<std::mutex> g(g_mu);
+        auto it = g_active.find(seq);
+        if (it != g_active.end()) g_active.erase(it);
+        take_releasable(release);
+    }
+    for (void* p : release) free(p);
 }
 
 const AllocRec* alloc_find(const AllocTable& t, uintptr_t a) {
@@ -103,8 +143,9 @@ extern "C" void* tf_emu_malloc(size_t bytes, int initialized) {
     AllocTable t;
     t.reserve(g_table->size() + 1);
     for (const AllocRec& x : *g_table) {
-        if (x.freed && x.blo < r.bhi && r.blo < x.bhi) {  // the address range is reused
+        if (x.freed && x.blo < r.bhi && r.blo < x.bhi) {  // cannot happen while quarantined
             g_freed--;
+            g_freed_bytes -= x.bhi - x.blo;
             continue;
         }
         t.push_back(x);
@@ -117,21 +158,29 @@ extern "C" void* tf_emu_malloc(size_t bytes, int initialized) {
 extern "C" void tf_emu_free(void* ptr) {
     if (!ptr) return;
     const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
-    std::lock_guard<std::mutex> g(g_mu);
-    AllocTable t = *g_table;
-    auto it = std::find_if(t.begin(), t.end(), [a](const AllocRec& r) { return r.lo == a && !r.freed; });
-    if (it == t.end()) return;  // not ours (or freed twice): never hand libc a bad pointer
-    it->freed = true;
-    const uintptr_t blo = it->blo;
-    if (++g_freed > kMaxFreed) {  // forget the oldest freed record
-        auto oldest = t.end();
-        for (auto j = t.begin(); j != t.end(); ++j)
-            if (j->freed && (oldest == t.end() || j->id < oldest->id)) oldest = j;
-        t.erase(oldest);
-        g_freed--;
+    std::vector<void*> release;
+    {
+        std::lock_guard<std::mutex> g(g_mu);
+        AllocTable t = *g_table;
+        auto it = std::find_if(t.begin(), t.end(), [a](const AllocRec& r) { return r.lo == a && !r.freed; });
+        if (it == t.end()) return;  // not ours (or freed twice): never hand libc a bad pointer
+        it->freed = true;
+        g_freed++;
+        g_freed_bytes += it->bhi - it->blo;
+        while (g_freed > kMaxFreed || g_freed_bytes > kMaxFreedBytes) {  // the oldest leaves quarantine
+            auto oldest = t.end();
+            for (auto j = t.begin(); j != t.end(); ++j)
+                if (j->freed && (oldest == t.end() || j->id < oldest->id)) oldest = j;
+            if (oldest == t.end()) break;
+            g_deferred.emplace_back(g_seq, reinterpret_cast<void*>(oldest->blo));
+            g_freed--;
+            g_freed_bytes -= oldest->bhi - oldest->blo;
+            t.erase(oldest);
+        }
+        publish(std::move(t));
+        take_releasable(release);
     }
-    publish(std::move(t));
-    free(reinterpret_cast<void*>(blo));
+    for (void* p : release) free(p);
 }
 
 extern "C" void tf_emu_mark_initialized(const void* ptr, size_t bytes, int initialized) {

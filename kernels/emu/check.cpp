@@ -289,12 +289,23 @@ LaunchChecks* checks_begin(uint32_t bits, const char* kernel, dim3 block, dim3 g
         if (strstr(e, "profile")) bits |= CHECK_PROFILE;
     }
     if (!bits) return nullptr;
+    // TF_EMU_CHECK_LOG=FILE: one line per checked launch, "<kernel> <bits>" (cargo xtask
+    // test checks from it that every kernel family ran under the checks).
+    if (const char* log = getenv("TF_EMU_CHECK_LOG")) {
+        const int fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            char line[256];
+            const int n = snprintf(line, sizeof line, "%s %u\n", kernel, bits);
+            if (n > 0) (void)!write(fd, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
+            close(fd);
+        }
+    }
     LaunchChecks* L = new LaunchChecks();
     L->bits = bits;
     L->kernel = kernel;
     L->block = block;
     L->grid = grid;
-    L->allocs = alloc_snapshot();
+    L->allocs = alloc_launch_enter(&L->alloc_seq);
     if (!L->allocs->empty()) {
         L->alloc_min = L->allocs->front().blo;
         for (const AllocRec& r : *L->allocs) L->alloc_max = std::max(L->alloc_max, r.bhi);
@@ -302,7 +313,12 @@ LaunchChecks* checks_begin(uint32_t bits, const char* kernel, dim3 block, dim3 g
     return L;
 }
 
-void checks_free(LaunchChecks* L) { delete L; }
+void checks_free(LaunchChecks* L) {
+    if (!L) return;
+    const uint64_t seq = L->alloc_seq;
+    delete L;
+    alloc_launch_exit(seq);
+}
 
 uint32_t checks_bits(const LaunchChecks* L) { return L->bits; }
 
@@ -459,6 +475,18 @@ const char* kind_text(int k) {
 
 }  // namespace
 
+namespace {
+// The kind and the source locations of a finding's text (what merging compares).
+std::string sites_of(const std::string& t) {
+    std::string k = t.substr(0, t.find(','));
+    for (size_t p = t.find(" at "); p != std::string::npos; p = t.find(" at ", p + 4)) {
+        size_t e = t.find_first_of(";,", p + 4);
+        k += '|' + t.substr(p + 4, (e == std::string::npos ? t.size() : e) - p - 4);
+    }
+    return k;
+}
+}  // namespace
+
 std::string checks_end(LaunchChecks* L) {
     if (L->bits & CHECK_PROFILE) profile_store_report(L);
     if (L->findings.empty()) return "";
@@ -467,34 +495,59 @@ std::string checks_end(LaunchChecks* L) {
     std::sort(fs.begin(), fs.end(), [](const Finding* a, const Finding* b) {
         return a->kind != b->kind ? a->kind < b->kind : a->count > b->count;
     });
-    char head[256];
-    snprintf(head, sizeof head, "kernel `%s`: the emulator's checks found %llu problem(s), %zu distinct%s:", L->kernel,
-             (unsigned long long)L->total, fs.size(), L->findings.size() >= kMaxFindings ? " (first 64 kept)" : "");
-    std::string s = head;
-    int i = 0;
+    // One line per finding (counts apart), symbolised together; findings whose code
+    // addresses differ but name the same source lines are merged.
+    std::string joined;
+    std::vector<uint64_t> counts;
     for (const Finding* f : fs) {
         const uint3 a = tid3(L, f->tid_cur), b = tid3(L, f->tid_prev);
         char line[1024];
         if (f->kind == F_INIT_SHARED || f->kind == F_INIT_GLOBAL) {
-            snprintf(line, sizeof line, "\n  %d. %s, %s: thread (%u,%u,%u) of block (%u,%u,%u) reads it at %s (%llu time(s))",
-                     ++i, kind_text(f->kind), f->where.c_str(), a.x, a.y, a.z, f->block.x, f->block.y, f->block.z,
-                     where_str(f->cur).c_str(), (unsigned long long)f->count);
+            snprintf(line, sizeof line, "%s, %s: thread (%u,%u,%u) of block (%u,%u,%u) reads it at %s",
+                     kind_text(f->kind), f->where.c_str(), a.x, a.y, a.z, f->block.x, f->block.y, f->block.z,
+                     where_str(f->cur).c_str());
         } else {
             const bool cur_w = f->kind == F_WAR || f->kind == F_WAW || f->kind == F_CP_OVERWRITE;
             const bool prev_w = f->kind != F_WAR;
-            const char* prev_what = (f->kind == F_CP_READ || f->kind == F_CP_OVERWRITE) ? "issued the cp.async"
-                                    : prev_w ? "wrote it" : "read it";
+            const bool cp = f->kind == F_CP_READ || f->kind == F_CP_OVERWRITE;
+            const char* prev_what = cp ? "issued the cp.async" : prev_w ? "wrote it" : "read it";
             snprintf(line, sizeof line,
-                     "\n  %d. %s, %s, block (%u,%u,%u): thread (%u,%u,%u) %s at %s; thread (%u,%u,%u) %s at %s, with no "
-                     "%s between (%llu time(s))",
-                     ++i, kind_text(f->kind), f->where.c_str(), f->block.x, f->block.y, f->block.z, a.x, a.y, a.z,
+                     "%s, %s, block (%u,%u,%u): thread (%u,%u,%u) %s at %s; thread (%u,%u,%u) %s at %s, with no %s "
+                     "between",
+                     kind_text(f->kind), f->where.c_str(), f->block.x, f->block.y, f->block.z, a.x, a.y, a.z,
                      cur_w ? "writes it" : "reads it", where_str(f->cur).c_str(), b.x, b.y, b.z, prev_what,
                      where_str(f->prev).c_str(),
-                     (f->kind == F_CP_READ || f->kind == F_CP_OVERWRITE) ? "cp.async.wait_group"
-                                                                        : "__syncthreads (or __syncwarp within a warp)",
-                     (unsigned long long)f->count);
+                     cp ? "cp.async.wait_group" : "__syncthreads (or __syncwarp within a warp)");
         }
-        s += line;
+        joined += line;
+        joined += '\x1f';
+        counts.push_back(f->count);
+    }
+    joined = symbolize_markers(joined);
+    std::vector<std::pair<std::string, uint64_t>> merged;
+    size_t p = 0;
+    for (size_t i = 0; i < counts.size(); ++i) {
+        size_t e = joined.find('\x1f', p);
+        if (e == std::string::npos) e = joined.size();
+        std::string text = joined.substr(p, e - p);
+        p = e + 1;
+        // Merge on everything but the memory byte and the threads named.
+        auto it = std::find_if(merged.begin(), merged.end(), [&](const std::pair<std::string, uint64_t>& m) {
+            return sites_of(m.first) == sites_of(text);
+        });
+        if (it != merged.end()) it->second += counts[i];
+        else merged.emplace_back(std::move(text), counts[i]);
+    }
+    char head[256];
+    snprintf(head, sizeof head, "kernel `%s`: the emulator's checks found %llu problem(s) at %zu source location(s)%s:",
+             L->kernel, (unsigned long long)L->total, merged.size(),
+             L->findings.size() >= kMaxFindings ? " (the first 64 distinct kept)" : "");
+    std::string s = head;
+    int i = 0;
+    for (const auto& m : merged) {
+        char num[64];
+        snprintf(num, sizeof num, "\n  %d. ", ++i);
+        s += num + m.first + " (" + std::to_string(m.second) + " time(s))";
     }
     return s;
 }

@@ -99,6 +99,10 @@ using AllocTable = std::vector<AllocRec>;  // sorted by blo, ranges disjoint
 
 // The current table (never modified after publication).
 std::shared_ptr<const AllocTable> alloc_snapshot();
+// The same for a launch with checks, which holds it until alloc_launch_exit(seq):
+// meanwhile no allocation it may know of is returned to the system.
+std::shared_ptr<const AllocTable> alloc_launch_enter(uint64_t* seq);
+void alloc_launch_exit(uint64_t seq);
 // The record whose [blo, bhi) holds `a`, or null.
 const AllocRec* alloc_find(const AllocTable& t, uintptr_t a);
 // Sets (v) or clears the written bits of bytes [from, to) of `r` (offsets from lo).

@@ -86,6 +86,7 @@ struct LaunchChecks {
     const char* kernel = "";
     dim3 block, grid;
     std::shared_ptr<const AllocTable> allocs;
+    uint64_t alloc_seq = 0;  // for alloc_launch_exit
     uintptr_t alloc_min = 0, alloc_max = 0;
     std::mutex mu;
     std::map<std::tuple<int, Where, Where>, Finding> findings;

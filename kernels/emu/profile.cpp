@@ -9,7 +9,7 @@
 // When every live lane of the warp meets at a collective or a barrier, or the block
 // ends, the requests are measured:
 // - global: bytes requested, 32-byte sectors and 128-byte lines touched, and the
-//   ideal sector count (bytes / 32); every touched byte is marked in its allocation,
+//   ideal sector count (distinct bytes / 32); every touched byte is marked in its allocation,
 //   so the launch knows the unique bytes of the whole grid;
 // - shared: bank-conflict wavefronts. A request is served in phases (all 32 lanes for
 //   accesses of up to 4 bytes, half warps for 8, quarter warps for 16; one phase per
@@ -83,7 +83,19 @@ void measure(WorkerChecks* c, const ReqKey& k, const Req& r) {
         std::sort(lin.begin(), lin.end());
         s.sectors += (uint64_t)(std::unique(sec.begin(), sec.end()) - sec.begin());
         s.lines += (uint64_t)(std::unique(lin.begin(), lin.end()) - lin.begin());
-        s.ideal_sectors += (bytes + 31) / 32;
+        // The fewest sectors that hold the distinct bytes asked for (lanes reading one
+        // address share it: a broadcast).
+        std::vector<std::pair<uintptr_t, uintptr_t>> iv;
+        for (const LaneReq& a : r.acc) iv.emplace_back(a.addr, a.addr + a.size);
+        std::sort(iv.begin(), iv.end());
+        uint64_t unique = 0;
+        uintptr_t end = 0;
+        for (const auto& x : iv) {
+            const uintptr_t from = std::max(x.first, end);
+            if (x.second > from) unique += x.second - from;
+            end = std::max(end, x.second);
+        }
+        s.ideal_sectors += (unique + 31) / 32;
         return;
     }
     uint32_t size = 0;

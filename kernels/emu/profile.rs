@@ -23,7 +23,8 @@ pub struct ProfileLine {
     pub sectors: u64,
     /// Global: 128-byte lines touched, summed over requests.
     pub lines: u64,
-    /// Global: the fewest sectors that hold the requested bytes (bytes / 32).
+    /// Global: the fewest sectors that could hold the distinct bytes of each request
+    /// (distinct bytes / 32), summed.
     pub ideal_sectors: u64,
     /// Shared: bank-conflict wavefronts, summed over requests.
     pub wavefronts: u64,

@@ -8,6 +8,7 @@
 //!   attention and growth on the GPU; without one, the emulator check);
 //!   `bench --criterion` runs the criterion benches instead.
 
+mod checked;
 mod limits;
 mod toolchain;
 
@@ -162,6 +163,10 @@ fn ensure_venv(venv: &Path) -> Result<(), String> {
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     let tc = setup(root)?;
     limits::run_tests(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
+    // With test filters or options given, only what was asked for runs.
+    if extra.is_empty() {
+        checked::run(root, || cargo(root, &tc))?;
+    }
     sass_checks(root)
 }
 

@@ -15,6 +15,7 @@
 mod bench;
 mod check;
 mod commands;
+mod profile;
 mod util;
 
 use std::process::ExitCode;
@@ -61,6 +62,25 @@ enum Command {
     Golden(GoldenArgs),
     /// Driver, device, compiled archs, nvcc version and the ptxas summary.
     Info,
+    /// One op at one shape on the emulator's memory profiler: per kernel, requests,
+    /// sectors, coalescing and bank conflicts per source line.
+    Profile(ProfileArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ProfileArgs {
+    /// The op: pattention, attention or linear.
+    pub op: String,
+    /// Shape keys, e.g. t=64,d=1024,n=1024 (pattention: t d n d_out; attention:
+    /// b h tq tk hd causal; linear: t d_in d_out). Unnamed keys keep defaults.
+    #[arg(long, value_name = "K=V,...")]
+    pub shape: Option<String>,
+    /// Storage type.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: DtypeArg,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -258,6 +278,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate(&a),
         Command::Golden(a) => commands::golden(&a),
         Command::Info => commands::info(),
+        Command::Profile(a) => profile::run(&a),
     });
     match result {
         Ok(Ok(code)) => code,

@@ -36,6 +36,8 @@ pub struct EmuOptions {
 
 /// The emulator's memory checks (see [`EmuOptions::checks`]).
 pub use tf_kernels::emu::Checks;
+/// The emulator's memory profile of one launch (see [`Device::take_profiles`]).
+pub use tf_kernels::emu::{Profile, ProfileLine};
 
 impl Default for EmuOptions {
     fn default() -> Self {
@@ -76,6 +78,8 @@ pub(crate) struct CudaBackend {
 pub(crate) struct EmuBackend {
     opts: EmuOptions,
     launches: AtomicU64,
+    /// The memory profiles of launches with `checks.profile`, oldest first.
+    profiles: Mutex<Vec<Profile>>,
 }
 
 /// Grid, block and dynamic shared memory of one launch, as a plan computes it.
@@ -168,7 +172,23 @@ impl Device {
 
     /// The CPU SIMT emulator with the given options.
     pub fn emulator_with(opts: EmuOptions) -> Device {
-        Device(Arc::new(Inner { backend: Backend::Emulator(EmuBackend { opts, launches: AtomicU64::new(0) }) }))
+        Device(Arc::new(Inner {
+            backend: Backend::Emulator(EmuBackend {
+                opts,
+                launches: AtomicU64::new(0),
+                profiles: Mutex::new(Vec::new()),
+            }),
+        }))
+    }
+
+    /// The memory profiles of this device's launches since the last call, oldest
+    /// first (one per kernel launch; emulator devices with
+    /// [`EmuOptions::checks`]`.profile` only, empty otherwise).
+    pub fn take_profiles(&self) -> Vec<Profile> {
+        match &self.0.backend {
+            Backend::Emulator(e) => std::mem::take(&mut *e.profiles.lock().unwrap_or_else(|p| p.into_inner())),
+            Backend::Cuda(_) => Vec::new(),
+        }
     }
 
     /// Whether this is a CUDA device (as opposed to the emulator).
@@ -343,7 +363,14 @@ impl Device {
                 // SAFETY: the caller guarantees the pointers in `params` are host
                 // addresses valid for the kernel's accesses (emulator tensors
                 // live in host memory).
-                unsafe { emu::launch(kernel, &cfg, params) }.map_err(|e| Error::Emulator(e.to_string()))
+                let r = unsafe { emu::launch(kernel, &cfg, params) }.map_err(|e| Error::Emulator(e.to_string()));
+                if r.is_ok() && e.opts.checks.profile {
+                    // The launch ran on this thread, which holds its profile.
+                    if let Some(p) = emu::last_profile() {
+                        e.profiles.lock().unwrap_or_else(|p| p.into_inner()).push(p);
+                    }
+                }
+                r
             }
         }
     }

@@ -24,7 +24,7 @@ pub mod workspace;
 /// that pass their own streams and buffers (`Device::from_stream`,
 /// `Tensor::from_cuda_slice`) without matching cudarc's version by hand.
 pub use cudarc;
-pub use device::{Checks, Device, EmuOptions, Geometry, LaneOrder};
+pub use device::{Checks, Device, EmuOptions, Geometry, LaneOrder, Profile, ProfileLine};
 pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
