@@ -293,3 +293,50 @@ fn profile_counts_bank_conflicts_and_sectors() {
     assert_eq!(prof.unique_global_bytes, 800);
     assert_eq!(prof.warps, 4);
 }
+
+/// The cost of the checks and the profiler: one Pattention (bf16, t 128, d 256, n 384,
+/// d_out 192: scores, norm and output kernels) and one attention (bf16, causal, hd 64,
+/// t 256, 2 heads) through tf-host on the emulator, best of 5 per mode.
+/// Run: `cargo test --release --test emulator_checks -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run explicitly"]
+fn timing_of_checks_and_profile() {
+    use tf_host::{attention, from_f32_vec, pattention, AttnOptions, Device, EmuOptions, PattentionOptions};
+    let modes = [
+        ("off", Checks::NONE),
+        ("racecheck", Checks { race: true, ..Checks::NONE }),
+        ("memcheck", Checks { memory: true, ..Checks::NONE }),
+        ("initcheck", Checks { init: true, ..Checks::NONE }),
+        ("all three", Checks::ALL),
+        ("profile", Checks::PROFILE),
+    ];
+    let mut base = [0.0f64; 2];
+    for (name, checks) in modes {
+        let dev = Device::emulator_with(EmuOptions { checks, ..Default::default() });
+        let up = |shape: &[usize], s: u64| {
+            let n: usize = shape.iter().product();
+            dev.upload(&from_f32_vec::<half::bf16>(&random_f32(n, s)), shape).unwrap()
+        };
+        let (x, k, v) = (up(&[128, 256], 1), up(&[384, 256], 2), up(&[384, 192], 3));
+        let (q, kk, vv) = (up(&[1, 256, 2, 64], 4), up(&[1, 256, 2, 64], 5), up(&[1, 256, 2, 64], 6));
+        let mut best = [f64::MAX; 2];
+        for _ in 0..5 {
+            let t0 = std::time::Instant::now();
+            pattention(&dev, &x, &k, &v, &PattentionOptions::default()).unwrap();
+            best[0] = best[0].min(t0.elapsed().as_secs_f64());
+            let t0 = std::time::Instant::now();
+            attention(&dev, &q.view(), &kk.view(), &vv.view(), AttnOptions { causal: true, scale: None }).unwrap();
+            best[1] = best[1].min(t0.elapsed().as_secs_f64());
+        }
+        if name == "off" {
+            base = best;
+        }
+        println!(
+            "{name:>10}: pattention {:8.1} ms ({:5.1}x), attention {:8.1} ms ({:5.1}x)",
+            best[0] * 1e3,
+            best[0] / base[0],
+            best[1] * 1e3,
+            best[1] / base[1]
+        );
+    }
+}

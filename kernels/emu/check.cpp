@@ -640,6 +640,21 @@ std::string symbolize_markers(const std::string& s) {
     if (pcs.empty()) return s;
     std::sort(pcs.begin(), pcs.end());
     pcs.erase(std::unique(pcs.begin(), pcs.end()), pcs.end());
+    // Code addresses already looked up (addr2line reads the binary's line tables, a
+    // large part of a second per run): only new ones are asked for.
+    static std::mutex cache_mu;
+    static std::map<uintptr_t, std::string>* cache = new std::map<uintptr_t, std::string>();
+    std::map<uintptr_t, std::string> loc;
+    {
+        std::lock_guard<std::mutex> g(cache_mu);
+        std::vector<uintptr_t> fresh;
+        for (uintptr_t pc : pcs) {
+            auto it = cache->find(pc);
+            if (it != cache->end()) loc[pc] = it->second;
+            else fresh.push_back(pc);
+        }
+        pcs.swap(fresh);
+    }
     // Group by object; the return address minus one lies in the calling instruction.
     std::map<std::string, std::vector<uintptr_t>> by_obj;
     std::map<uintptr_t, std::string> names;
@@ -662,7 +677,6 @@ std::string symbolize_markers(const std::string& s) {
         obj_of[pc] = {obj, base};
         by_obj[obj].push_back(pc);
     }
-    std::map<uintptr_t, std::string> loc;
     for (auto& kv : by_obj) {
         std::vector<uintptr_t> offs;
         for (uintptr_t pc : kv.second) offs.push_back(pc - 1 - obj_of[pc].second);
@@ -681,6 +695,13 @@ std::string symbolize_markers(const std::string& s) {
                 if (!r2[i].empty()) loc[retry_pc[i]] = r2[i];
         }
     }
+    {
+        std::lock_guard<std::mutex> g(cache_mu);
+        for (uintptr_t pc : pcs) {
+            auto it = loc.find(pc);
+            if (it != loc.end() && !it->second.empty()) (*cache)[pc] = it->second;
+        }
+    }
     std::string out;
     size_t p = 0;
     for (size_t q = s.find("{pc:"); q != std::string::npos; q = s.find("{pc:", p)) {
@@ -692,7 +713,7 @@ std::string symbolize_markers(const std::string& s) {
         }
         const uintptr_t pc = (uintptr_t)strtoull(s.c_str() + q + 4, nullptr, 16);
         auto it = loc.find(pc);
-        if (it != loc.end()) out += it->second;
+        if (it != loc.end() && !it->second.empty()) out += it->second;
         else {
             char b[48];
             snprintf(b, sizeof b, "pc %p", reinterpret_cast<void*>(pc));
