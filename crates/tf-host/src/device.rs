@@ -1,6 +1,7 @@
 //! Devices: a CUDA GPU (through cudarc) or the CPU SIMT emulator running the
-//! same kernel source. Both launch through [`Device::launch`] with the same
-//! geometry, computed by each op family's `plan`.
+//! same kernel source. Both backends launch a kernel with the same geometry,
+//! computed by each op family's `plan`, and check the same launch limits
+//! (threads per block, grid size, shared memory per block).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,6 +10,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod device;
 pub mod dtype;

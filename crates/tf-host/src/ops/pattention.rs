@@ -115,7 +115,7 @@ pub struct WorkspaceLayout {
     pub h: usize,
     /// `stats` [t, n_tiles] float2.
     pub stats: usize,
-    /// `rowf` [t] float2.
+    /// `rowf` `[t]` float2.
     pub rowf: usize,
     /// `partial` [n_tiles, t, d_out] f32 (decode only; else = total).
     pub partial: usize,
