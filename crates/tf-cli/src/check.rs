@@ -305,10 +305,6 @@ fn case(
     Case { kernel, dtype, case, tol, run: Box::new(run) }
 }
 
-fn norm_label(n: Norm) -> &'static str {
-    tf_host::bench::norm_name(n)
-}
-
 /// The per-dtype cases of every kernel family.
 fn cases_for<T: DType + Element>() -> Vec<Case> {
     let dt = <T as DType>::NAME;
@@ -318,7 +314,7 @@ fn cases_for<T: DType + Element>() -> Vec<Case> {
     // n = 70 (not a tile multiple); d_in 64 -> d_out 40; and a pinned n_ref.
     for norm in Norm::ALL {
         for t in [37, 97] {
-            v.push(case("pattention", dt, format!("{} t{t} n70 64->40", norm_label(norm)), tl, move |d, r| {
+            v.push(case("pattention", dt, format!("{} t{t} n70 64->40", norm.name()), tl, move |d, r| {
                 pattention_case::<T>(d, r, t, 70, 64, 40, norm, None)
             }));
         }

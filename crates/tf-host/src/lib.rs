@@ -12,7 +12,9 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
+// Not part of the API (see the module's documentation): hidden, free to change.
+#[doc(hidden)]
+pub mod bench_internals;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -80,9 +80,10 @@ pub struct AttnPlan {
     pub scratch: (usize, usize),
     /// The softmax scale used.
     pub scale: f32,
-    /// The params with every size, stride and option filled; the pointers are 0
-    /// until [`attention_into`] fills them at launch.
-    pub params: sys::tf_attn_params,
+    /// The kernel's params with every size, stride and option filled; the
+    /// pointers are 0 until [`attention_into`] fills them at launch. Crate-private:
+    /// the generated binding type is not part of the API.
+    pub(crate) params: sys::tf_attn_params,
 }
 
 /// The kernel for storage type `T` and head dimension `d` (the one place kernel

@@ -55,6 +55,15 @@ impl Norm {
     /// All variants.
     pub const ALL: [Norm; 3] = [Norm::L2NormGelu, Norm::GeluL2Norm, Norm::Softmax];
 
+    /// The official name: `"l2_norm_gelu"`, `"gelu_l2_norm"` or `"softmax"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::L2NormGelu => "l2_norm_gelu",
+            Norm::GeluL2Norm => "gelu_l2_norm",
+            Norm::Softmax => "softmax",
+        }
+    }
+
     pub(crate) fn code(self) -> sys::tf_norm {
         match self {
             Norm::L2NormGelu => sys::TF_NORM_L2_NORM_GELU,

@@ -1,3 +1,6 @@
+//! Not part of the API: hidden from the documentation and free to change in any
+//! release.
+//!
 //! The benchmark cases and their measurement, shared by `tokenformer bench` and
 //! the criterion benches (`benches/*.rs`): the device's measured peaks, median
 //! CUDA-event timing, the Pattention-vs-dense, attention and growth cases of the
@@ -203,15 +206,6 @@ pub fn pattention_cases(set: BenchSet) -> Vec<PattentionCase> {
     v
 }
 
-/// The official name of a norm.
-pub fn norm_name(n: Norm) -> &'static str {
-    match n {
-        Norm::L2NormGelu => "l2_norm_gelu",
-        Norm::GeluL2Norm => "gelu_l2_norm",
-        Norm::Softmax => "softmax",
-    }
-}
-
 /// Times one Pattention case in three variants: `fused` (this project's
 /// kernels, one reused workspace), `unfused(cuBLAS)` (cuBLAS `X·K_Pᵀ` → the
 /// norm kernel over `[T, n]` in global memory → cuBLAS `S·V_P`, what a PyTorch
@@ -238,7 +232,7 @@ pub fn run_pattention<T: DType>(dev: &Device, case: &PattentionCase, hook: Hook<
     let io_bytes = elem * (2 * t * d + 2 * n * d) as f64; // X, Y, K_P, V_P
     let unfused_bytes = io_bytes + elem * 4.0 * (t * n) as f64; // scores written, read, rewritten, read
     let dense_bytes = elem * (2 * t * d + d * d) as f64;
-    let case_id = format!("{}/d{d}_n{n}_t{t}", norm_name(norm));
+    let case_id = format!("{}/d{d}_n{n}_t{t}", norm.name());
     let group = format!("pattention/{}", T::NAME);
 
     let mut i = 0usize;
