@@ -228,17 +228,59 @@ impl<T: DType> Tensor<T> {
         }
     }
 
-    /// The same tensor with another shape of equal element count.
+    /// The same tensor with another shape of equal element count. It consumes the
+    /// tensor, which an error drops: [`reshape_in_place`](Self::reshape_in_place)
+    /// keeps it, and [`reshaped`](Self::reshaped) borrows it and returns a view.
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor<T>> {
-        let len = checked_product("reshape", shape)?;
+        self.reshape_in_place(shape)?;
+        Ok(self)
+    }
+
+    /// Gives the tensor another shape of equal element count (no data moves); on
+    /// error the tensor keeps its shape.
+    pub fn reshape_in_place(&mut self, shape: &[usize]) -> Result<()> {
+        self.check_reshape("reshape", shape)?;
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+
+    /// A view of the whole tensor with another shape of equal element count
+    /// (row-major, contiguous); the tensor keeps its own shape.
+    ///
+    /// ```
+    /// # fn main() -> tf_host::Result<()> {
+    /// let dev = tf_host::Device::emulator();
+    /// let qkv = dev.upload(&(0..24).map(|i| i as f32).collect::<Vec<_>>(), &[2, 12])?;
+    /// // [t, H·D] as attention's [B, T, H, D]
+    /// let q4 = qkv.reshaped(&[1, 2, 3, 4])?;
+    /// assert_eq!(q4.shape(), &[1, 2, 3, 4]);
+    /// assert_eq!(q4.strides(), &[24, 12, 4, 1]);
+    /// assert_eq!(qkv.shape(), &[2, 12]);
+    /// assert!(qkv.reshaped(&[5, 5]).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn reshaped(&self, shape: &[usize]) -> Result<View<'_, T>> {
+        self.check_reshape("reshaped", shape)?;
+        Ok(View { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A mutable view of the whole tensor with another shape of equal element
+    /// count (see [`reshaped`](Self::reshaped)).
+    pub fn reshaped_mut(&mut self, shape: &[usize]) -> Result<ViewMut<'_, T>> {
+        self.check_reshape("reshaped_mut", shape)?;
+        Ok(ViewMut { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A Shape error unless `shape` has as many elements as the tensor.
+    fn check_reshape(&self, op: &'static str, shape: &[usize]) -> Result<()> {
+        let len = checked_product(op, shape)?;
         if len != self.len() {
             return Err(Error::Shape {
-                op: "reshape",
-                msg: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.len()),
+                op,
+                msg: format!("cannot reshape {:?} ({} elements) to {shape:?} ({len} elements)", self.shape, self.len()),
             });
         }
-        self.shape = shape.to_vec();
-        Ok(self)
+        Ok(())
     }
 
     /// A view of the whole tensor.
@@ -493,6 +535,35 @@ mod tests {
         let want_t: Vec<f32> = (0..7).flat_map(|c| (0..5).map(move |r| d[r * 7 + c])).collect();
         assert_eq!(tv.to_vec().unwrap(), want_t);
         assert_eq!(t.view().to_vec().unwrap(), data);
+    }
+
+    #[test]
+    fn reshapes_keep_the_data_and_refuse_other_sizes() {
+        let dev = Device::emulator();
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut t = dev.upload(&data, &[3, 4]).unwrap();
+        {
+            let v = t.reshaped(&[2, 3, 2]).unwrap();
+            assert_eq!((v.shape(), v.strides(), v.offset()), (&[2, 3, 2][..], &[6, 2, 1][..], 0));
+            assert_eq!(v.to_vec().unwrap(), data);
+        }
+        assert_eq!(t.shape(), &[3, 4], "reshaped borrows: the tensor keeps its shape");
+        {
+            let m = t.reshaped_mut(&[12]).unwrap();
+            assert_eq!(m.strides(), &[1]);
+        }
+        let e = t.reshape_in_place(&[5, 2]).unwrap_err();
+        assert!(matches!(e, Error::Shape { op: "reshape", .. }), "{e:?}");
+        assert!(e.to_string().contains("[3, 4] (12 elements) to [5, 2] (10 elements)"), "{e}");
+        assert_eq!(t.shape(), &[3, 4], "a refused reshape leaves the shape");
+        assert!(t.reshaped(&[usize::MAX, 2]).is_err(), "an overflowing shape is an error");
+        assert!(t.reshaped_mut(&[13]).is_err());
+        t.reshape_in_place(&[4, 3]).unwrap();
+        assert_eq!(t.shape(), &[4, 3]);
+        let t = t.reshape(&[2, 6]).unwrap();
+        assert_eq!((t.shape(), t.to_vec().unwrap()), (&[2, 6][..], data));
+        let empty = dev.zeros::<f32>(&[0, 4]).unwrap();
+        assert_eq!(empty.reshaped(&[4, 0]).unwrap().shape(), &[4, 0]);
     }
 
     #[test]
