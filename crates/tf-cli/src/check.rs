@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
 use tf_host::{
     attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnOptions, DType, Device, GrowInit,
-    GrowItem, ModelParams, Norm, PattentionOptions, Tokenformer, TokenformerConfig,
+    GrowItem, ModelParams, Norm, PattentionArgs, PattentionOptions, Tokenformer, TokenformerConfig,
 };
 use tf_ref::{Element, MatRef, Tensor4Ref};
 
@@ -112,7 +112,13 @@ fn pattention_case<T: DType + Element>(
     );
     let mut y = dev.poisoned::<T>(&[t, d_out]).map_err(s)?;
     let opts = PattentionOptions { norm, n_ref, eps: 0.0 };
-    pattention_into(dev, &xt.view(), &kt.view(), &vt.view(), &mut y.view_mut(), &opts, None).map_err(s)?;
+    pattention_into(
+        dev,
+        &PattentionArgs { x: xt.view(), k_p: kt.view(), v_p: vt.view(), opts },
+        &mut y.view_mut(),
+        None,
+    )
+    .map_err(s)?;
     let want = tf_ref::pattention(
         MatRef::new(&x, t, d_in).map_err(s)?,
         MatRef::new(&k, n, d_in).map_err(s)?,

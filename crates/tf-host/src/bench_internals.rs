@@ -25,7 +25,7 @@ use crate::ops::attention::attention_into;
 use crate::ops::attention::AttnOptions;
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
-use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
+use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions};
 use crate::ops::rownorm::pattention_norm_into;
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
@@ -238,7 +238,12 @@ pub fn run_pattention<T: DType>(dev: &Device, case: &PattentionCase, hook: Hook<
     let mut i = 0usize;
     let mut fused = || {
         i = (i + 1) % ROTATE;
-        pattention_into(dev, &xs[i].view(), &k_p.view(), &v_p.view(), &mut y.view_mut(), &opts, Some(&mut ws))
+        pattention_into(
+            dev,
+            &PattentionArgs { x: xs[i].view(), k_p: k_p.view(), v_p: v_p.view(), opts },
+            &mut y.view_mut(),
+            Some(&mut ws),
+        )
     };
     hook(&mut Variant {
         group: group.clone(),

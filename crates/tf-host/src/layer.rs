@@ -11,7 +11,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
-use crate::ops::pattention::{pattention_into, PattentionOptions};
+use crate::ops::pattention::{pattention_into, PattentionArgs, PattentionOptions};
 use crate::tensor::{Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
@@ -149,7 +149,12 @@ impl<T: DType> Pattention<T> {
 
     /// The same into a caller-given output and (optionally) workspace.
     pub fn forward_into(&self, x: &View<'_, T>, y: &mut ViewMut<'_, T>, ws: Option<&mut Workspace>) -> Result<()> {
-        pattention_into(&self.dev, x, &self.keys(), &self.values(), y, &self.opts, ws)
+        pattention_into(
+            &self.dev,
+            &PattentionArgs { x: x.clone(), k_p: self.keys(), v_p: self.values(), opts: self.opts },
+            y,
+            ws,
+        )
     }
 
     /// Appends rows so the layer has `n_new` tokens; rows `[0, n)` are unchanged.

@@ -37,7 +37,9 @@ pub use model::{CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slo
 pub use ops::attention::{attention, attention_into, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
-pub use ops::pattention::{pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
+pub use ops::pattention::{
+    pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions,
+};
 pub use tensor::{Tensor, View, ViewMut};
 pub use workspace::Workspace;
 

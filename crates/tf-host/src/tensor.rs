@@ -456,6 +456,24 @@ macro_rules! view_common {
 view_common!(View);
 view_common!(ViewMut);
 
+macro_rules! view_debug {
+    ($ty:ident) => {
+        impl<T: DType> std::fmt::Debug for $ty<'_, T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("dtype", &T::NAME)
+                    .field("shape", &self.shape)
+                    .field("strides", &self.strides)
+                    .field("offset", &self.offset)
+                    .field("tensor", &self.t)
+                    .finish()
+            }
+        }
+    };
+}
+view_debug!(View);
+view_debug!(ViewMut);
+
 impl<'a, T: DType> View<'a, T> {
     /// Copies the view's elements to the host, in row-major order of its shape
     /// (waits for queued work). Reads the whole underlying tensor once.

@@ -6,7 +6,8 @@
 use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
 use tf_host::ops::rownorm::pattention_norm_into;
 use tf_host::{
-    grow_batch, linear_into, pattention_into, Device, Error, GrowInit, GrowItem, PattentionOptions, Tensor, ViewMut,
+    grow_batch, linear_into, pattention_into, Device, Error, GrowInit, GrowItem, PattentionArgs, PattentionOptions,
+    Tensor, ViewMut,
 };
 
 const T: usize = 4;
@@ -34,7 +35,12 @@ fn every_op_refuses_an_output_that_overlaps_itself() {
 
     refused(
         "pattention_into",
-        pattention_into(&dev, &x.view(), &w.view(), &w.view(), &mut overlapping(&mut buf), &opts, None),
+        pattention_into(
+            &dev,
+            &PattentionArgs { x: x.view(), k_p: w.view(), v_p: w.view(), opts },
+            &mut overlapping(&mut buf),
+            None,
+        ),
     );
     refused("linear_into", linear_into(&dev, &x.view(), &w.view(), &mut overlapping(&mut buf)));
     refused("layer_norm_into", layer_norm_into(&dev, &x.view(), None, None, 1e-5, &mut overlapping(&mut buf)));
@@ -53,7 +59,8 @@ fn every_op_refuses_an_output_that_overlaps_itself() {
     for stride in [D, D + 8] {
         let mut y = ok_buf.strided_mut(0, &[T, D], &[stride, 1]).unwrap();
         linear_into(&dev, &x.view(), &w.view(), &mut y).expect("disjoint rows");
-        pattention_into(&dev, &x.view(), &w.view(), &w.view(), &mut y, &opts, None).expect("disjoint rows");
+        pattention_into(&dev, &PattentionArgs { x: x.view(), k_p: w.view(), v_p: w.view(), opts }, &mut y, None)
+            .expect("disjoint rows");
     }
 }
 
