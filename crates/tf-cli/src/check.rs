@@ -12,8 +12,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
 use tf_host::{
-    attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnOptions, DType, Device, GrowInit,
-    GrowItem, ModelParams, Norm, PattentionArgs, PattentionOptions, Tokenformer, TokenformerConfig,
+    attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnArgs, AttnOptions, DType, Device,
+    GrowInit, GrowItem, ModelParams, Norm, PattentionArgs, PattentionOptions, Tokenformer, TokenformerConfig,
 };
 use tf_ref::{Element, MatRef, Tensor4Ref};
 
@@ -149,8 +149,14 @@ fn attention_case<T: DType + Element>(
     let mut o = dev.poisoned::<T>(&[1, t_q, h, d]).map_err(s)?;
     let mut lse = dev.poisoned::<f32>(&[1, h, t_q]).map_err(s)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let opts = AttnOptions { causal, scale: Some(scale as f32) };
-    attention_into(dev, &qt.view(), &kt.view(), &vt.view(), &mut o.view_mut(), &mut lse.view_mut(), opts).map_err(s)?;
+    let opts = AttnOptions { causal, scale: Some(scale as f32), num_splits: None };
+    attention_into(
+        dev,
+        &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts },
+        &mut o.view_mut(),
+        &mut lse.view_mut(),
+    )
+    .map_err(s)?;
     let want = tf_ref::attention(
         Tensor4Ref::new(&q, [1, t_q, h, d]).map_err(s)?,
         Tensor4Ref::new(&k, [1, t_k, h, d]).map_err(s)?,

@@ -21,8 +21,8 @@ use std::time::Duration;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::attention::attention_into;
 use crate::ops::attention::AttnOptions;
+use crate::ops::attention::{attention_into, AttnArgs};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
 use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions};
@@ -360,7 +360,7 @@ pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_
     let v: Tensor<T> = random(dev, &shape, 1.0, 3)?;
     let mut o: Tensor<T> = dev.zeros(&shape)?;
     let mut lse: Tensor<f32> = dev.zeros(&[batch, heads, seq])?;
-    let opts = AttnOptions { causal, scale: None };
+    let opts = AttnOptions { causal, ..Default::default() };
     let mut flops = 4.0 * (batch * heads * seq * seq * hd) as f64;
     if causal {
         flops /= 2.0;
@@ -368,7 +368,14 @@ pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_
     let elem = std::mem::size_of::<T>() as f64;
     let bytes = elem * 4.0 * (batch * seq * heads * hd) as f64 + 4.0 * (batch * heads * seq) as f64;
     let id = format!("hd{hd}_s{seq}_b{batch}_h{heads}_{}", if causal { "causal" } else { "full" });
-    let mut run = || attention_into(dev, &q.view(), &k.view(), &v.view(), &mut o.view_mut(), &mut lse.view_mut(), opts);
+    let mut run = || {
+        attention_into(
+            dev,
+            &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts },
+            &mut o.view_mut(),
+            &mut lse.view_mut(),
+        )
+    };
     hook(&mut Variant {
         group: format!("attention/{}", T::NAME),
         function: "flash".into(),

@@ -34,7 +34,7 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layer::{Init, Pattention, ValueInit};
 pub use model::{CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, Tokenformer, TokenformerConfig};
-pub use ops::attention::{attention, attention_into, AttnOptions};
+pub use ops::attention::{attention, attention_into, AttnArgs, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{

@@ -62,7 +62,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::{Pattention, StagedGrowth};
-use crate::ops::attention::{attention_into, AttnOptions, HEAD_DIMS};
+use crate::ops::attention::{attention_into, AttnArgs, AttnOptions, HEAD_DIMS};
 use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
@@ -698,7 +698,7 @@ impl<T: DType> Tokenformer<T> {
             ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(t, n, d)?);
         }
         let mut ws = Workspace::new(dev, ws_bytes)?;
-        let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()) };
+        let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
         let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, h, hd, g.rot_dim, g.base, p);
 
@@ -747,12 +747,22 @@ impl<T: DType> Tokenformer<T> {
                 None => {
                     let q4 = q.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = ctx.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                    attention_into(
+                        dev,
+                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
+                        &mut o4,
+                        &mut lse.view_mut(),
+                    )?;
                 }
                 Some((_, _, qp, cp)) => {
                     let q4 = qp.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = cp.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                    attention_into(
+                        dev,
+                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
+                        &mut o4,
+                        &mut lse.view_mut(),
+                    )?;
                     drop(o4);
                     let heads_rows = [t * h, hd];
                     grow_batch(
