@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::{
     attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnArgs, AttnOptions, DType, Device,
     GrowInit, GrowItem, ModelParams, Norm, PattentionArgs, PattentionOptions, Tokenformer, TokenformerConfig,
@@ -228,7 +228,12 @@ fn layer_norm_case<T: DType + Element>(
     let mut y = dev.poisoned::<T>(&[t, d]).map_err(s)?;
     let (wv, bv) = (wt.view(), bt.view());
     let (wo, bo) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
-    layer_norm_into(dev, &xt.view(), wo, bo, 1e-5, &mut y.view_mut()).map_err(s)?;
+    layer_norm_into(
+        dev,
+        &LayerNormArgs { x: xt.view(), weight: wo.cloned(), bias: bo.cloned(), eps: 1e-5 },
+        &mut y.view_mut(),
+    )
+    .map_err(s)?;
     let (w64, b64) = (f64s(&w), f64s(&b));
     let (wr, br) = if affine { (Some(&w64[..]), Some(&b64[..])) } else { (None, None) };
     let want = tf_ref::layer_norm(MatRef::new(&x, t, d).map_err(s)?, wr, br, 1e-5).map_err(s)?;
@@ -246,7 +251,12 @@ fn rotary_case<T: DType + Element>(
     let x: Vec<T> = rand_vec(rng, t * heads * hd, 1.0);
     let mut xt = dev.upload(&x, &[t, heads * hd]).map_err(s)?;
     let rot = tf_ref::rotary_dims(hd, 0.25).map_err(s)?;
-    rotary_into(dev, &mut xt.view_mut(), heads, hd, rot, 10000.0, pos).map_err(s)?;
+    rotary_into(
+        dev,
+        &mut xt.view_mut(),
+        &RotaryArgs { heads, head_dim: hd, rot_dim: rot, base: 10000.0, pos_offset: pos },
+    )
+    .map_err(s)?;
     let want = tf_ref::rotary(MatRef::new(&x, t, heads * hd).map_err(s)?, heads, hd, 0.25, 10000.0, pos).map_err(s)?;
     Ok((f32s(&xt.to_vec().map_err(s)?), want.data))
 }

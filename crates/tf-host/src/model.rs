@@ -63,7 +63,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::{Pattention, StagedGrowth};
 use crate::ops::attention::{attention_into, AttnArgs, AttnOptions, HEAD_DIMS};
-use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
 use crate::ops::pattention::{pattention_workspace_bytes, Norm, PattentionOptions};
@@ -700,11 +700,16 @@ impl<T: DType> Tokenformer<T> {
         let mut ws = Workspace::new(dev, ws_bytes)?;
         let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
-        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, h, hd, g.rot_dim, g.base, p);
+        let rope_args = RotaryArgs { heads: h, head_dim: hd, rot_dim: g.rot_dim, base: g.base, pos_offset: p };
+        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, &rope_args);
 
         for (l, blk) in self.blocks.iter().enumerate() {
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
+                &mut hb.view_mut(),
+            )?;
             let hv = hb.view();
             blk[sq].forward_into(&hv, &mut q.view_mut(), Some(&mut ws))?;
             rope(&mut q.view_mut())?;
@@ -776,16 +781,22 @@ impl<T: DType> Tokenformer<T> {
             }
             blk[sp].forward_into(&ctx.view(), &mut tmp.view_mut(), Some(&mut ws))?;
             add_assign(dev, &mut x.view_mut(), &tmp.view())?;
-            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
+                &mut hb.view_mut(),
+            )?;
             blk[sf].forward_into(&hb.view(), &mut tmp.view_mut(), Some(&mut ws))?;
             add_assign(dev, &mut x.view_mut(), &tmp.view())?;
         }
         layer_norm_into(
             dev,
-            &x.view(),
-            Some(&self.norm_weight.view()),
-            Some(&self.norm_bias.view()),
-            g.eps,
+            &LayerNormArgs {
+                x: x.view(),
+                weight: Some(self.norm_weight.view()),
+                bias: Some(self.norm_bias.view()),
+                eps: g.eps,
+            },
             &mut hb.view_mut(),
         )?;
         let rows = if last_only { 1 } else { t };

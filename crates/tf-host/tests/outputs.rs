@@ -3,7 +3,7 @@
 //! allocation that cannot be satisfied is an out-of-memory error. The refusals
 //! happen in validation, before any launch.
 
-use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::ops::rownorm::pattention_norm_into;
 use tf_host::{
     grow_batch, linear_into, pattention_into, Device, Error, GrowInit, GrowItem, PattentionArgs, PattentionOptions,
@@ -43,8 +43,22 @@ fn every_op_refuses_an_output_that_overlaps_itself() {
         ),
     );
     refused("linear_into", linear_into(&dev, &x.view(), &w.view(), &mut overlapping(&mut buf)));
-    refused("layer_norm_into", layer_norm_into(&dev, &x.view(), None, None, 1e-5, &mut overlapping(&mut buf)));
-    refused("rotary_into", rotary_into(&dev, &mut overlapping(&mut buf), 4, 16, 4, 10000.0, 0));
+    refused(
+        "layer_norm_into",
+        layer_norm_into(
+            &dev,
+            &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: 1e-5 },
+            &mut overlapping(&mut buf),
+        ),
+    );
+    refused(
+        "rotary_into",
+        rotary_into(
+            &dev,
+            &mut overlapping(&mut buf),
+            &RotaryArgs { heads: 4, head_dim: 16, rot_dim: 4, base: 10000.0, pos_offset: 0 },
+        ),
+    );
     refused("add_assign", add_assign(&dev, &mut overlapping(&mut buf), &x.view()));
     refused("embedding_into", embedding_into(&dev, &w.view(), &[1, 2, 3, 4], &mut overlapping(&mut buf)));
     refused("pattention_norm_into", pattention_norm_into(&dev, &mut overlapping(&mut buf), &opts));
