@@ -33,7 +33,9 @@ pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layer::{Init, Pattention, ValueInit};
-pub use model::{CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, Tokenformer, TokenformerConfig};
+pub use model::{
+    CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
+};
 pub use ops::attention::{attention, attention_into, AttnArgs, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};

@@ -28,7 +28,7 @@
 //! [`ModelParams`]); no tf-ref arithmetic runs here.
 //!
 //! ```
-//! use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
+//! use tf_host::{bf16, Device, Sampling, SlotCounts, Tokenformer, TokenformerConfig};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     // CUDA device 0, or say why not and use the CPU emulator (same kernels, far slower).
@@ -47,7 +47,8 @@
 //!     let logits = model.forward(&[1, 2, 3])?; // Tensor<bf16> [3, vocab]
 //!     let ids = model.generate(&[1, 2, 3], 8, Sampling::Greedy)?; // KV cache, one row per step
 //!     // Every Pattention grown at once, logits unchanged (354m -> 757m is 1792, 1792, 7168).
-//!     model.grow_preserving(cfg.qkv_slots * 2, cfg.proj_slots * 2, cfg.ffn_slots * 2, 7)?;
+//!     let to = SlotCounts { qkv: cfg.qkv_slots * 2, proj: cfg.proj_slots * 2, ffn: cfg.ffn_slots * 2 };
+//!     model.grow_preserving(to, 7)?;
 //!     model.save(std::env::temp_dir().join("tokenformer-grown.safetensors"))?; // GPT-NeoX key names
 //!     println!("{:?} {ids:?}", logits.shape());
 //!     Ok(())
@@ -164,6 +165,28 @@ impl Geo {
     /// Elements of one cache row (one position, every head).
     fn cache_row(&self) -> usize {
         self.heads * self.hd_pad
+    }
+}
+
+/// Parameter-token counts of a model's Pattentions, the same in every block:
+/// what [`Tokenformer::grow`] and [`Tokenformer::grow_preserving`] grow to.
+///
+/// Growing `354m` into `757m` (both released configurations) doubles each:
+/// `SlotCounts { qkv: 1792, proj: 1792, ffn: 7168 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotCounts {
+    /// Tokens of each of the query, key and value Pattentions.
+    pub qkv: usize,
+    /// Tokens of the output projection.
+    pub proj: usize,
+    /// Tokens of the feed-forward Pattention.
+    pub ffn: usize,
+}
+
+impl SlotCounts {
+    /// The counts of `cfg` (`qkv_slots`, `proj_slots`, `ffn_slots`).
+    pub fn of(cfg: &TokenformerConfig) -> SlotCounts {
+        SlotCounts { qkv: cfg.qkv_slots, proj: cfg.proj_slots, ffn: cfg.ffn_slots }
     }
 }
 
@@ -545,13 +568,13 @@ impl<T: DType> Tokenformer<T> {
         }
     }
 
-    /// Grows every Pattention of every block to the given token counts (each at
+    /// Grows every Pattention of every block to the token counts `to` (each at
     /// least the current one) in ONE launch of the growth kernel. New rows, as
     /// `tf_ref::ModelParams::grow(.., preserving: false, seed)`: keys
     /// N(0, 0.02²) and values N(0, (2/(L·√d))²) from the streams
     /// `tensor_seed(seed, i)` continued at the old row count. The outputs change.
-    pub fn grow(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
-        self.grow_all(new_qkv, new_proj, new_ffn, false, seed)
+    pub fn grow(&mut self, to: SlotCounts, seed: u64) -> Result<()> {
+        self.grow_all(to, false, seed)
     }
 
     /// Growth that leaves the logits unchanged (docs/tokenformer.md): new key rows are
@@ -559,11 +582,17 @@ impl<T: DType> Tokenformer<T> {
     /// already pinned one keeps its pin); new value rows are random as in
     /// [`grow`](Self::grow) so that they can train. One launch. Refused for the
     /// softmax norm, which no growth preserves.
-    pub fn grow_preserving(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
-        self.grow_all(new_qkv, new_proj, new_ffn, true, seed)
+    pub fn grow_preserving(&mut self, to: SlotCounts, seed: u64) -> Result<()> {
+        self.grow_all(to, true, seed)
     }
 
-    fn grow_all(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, preserving: bool, seed: u64) -> Result<()> {
+    /// The current parameter-token counts (those of [`config`](Self::config)).
+    pub fn slot_counts(&self) -> SlotCounts {
+        SlotCounts::of(&self.cfg)
+    }
+
+    fn grow_all(&mut self, to: SlotCounts, preserving: bool, seed: u64) -> Result<()> {
+        let SlotCounts { qkv: new_qkv, proj: new_proj, ffn: new_ffn } = to;
         let op: &'static str = if preserving { "Tokenformer::grow_preserving" } else { "Tokenformer::grow" };
         if preserving && self.geo.norm == Norm::Softmax {
             return Err(Error::InvalidArgument {
