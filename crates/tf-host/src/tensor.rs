@@ -121,6 +121,19 @@ impl Device {
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
     }
 
+    /// A tensor of storage type `T` holding `data` (row-major) rounded from f32
+    /// to the nearest `T` (ties to even; exact for f32).
+    pub fn upload_f32<T: DType>(&self, data: &[f32], shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("upload_f32", shape)?;
+        if len != data.len() {
+            return Err(Error::Shape {
+                op: "upload_f32",
+                msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
+            });
+        }
+        self.upload(&crate::dtype::from_f32_vec::<T>(data), shape)
+    }
+
     /// A tensor filled with NaN: what tests give kernels as output, so an
     /// element the kernel fails to write is seen.
     pub fn poisoned<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
@@ -186,6 +199,11 @@ impl<T: DType> Tensor<T> {
             (Buffer::Host(h), _) => Ok(h.as_slice().to_vec()),
             _ => Err(Error::DeviceMismatch { op: "to_vec" }),
         }
+    }
+
+    /// The contents as f32 (exact for every storage type), row-major.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(crate::dtype::to_f32_vec(&self.to_vec()?))
     }
 
     /// Overwrites the contents with `data` (same number of elements).
@@ -501,6 +519,11 @@ impl<'a, T: DType> View<'a, T> {
         Ok(out)
     }
 
+    /// [`to_vec`](Self::to_vec) converted to f32 (exact for every storage type).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(crate::dtype::to_f32_vec(&self.to_vec()?))
+    }
+
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr(&self) -> DevPtr<'a> {
         let t: &'a Tensor<T> = self.t;
@@ -517,6 +540,12 @@ impl<'a, T: DType> View<'a, T> {
 }
 
 impl<'a, T: DType> ViewMut<'a, T> {
+    /// A read-only view of the same elements, e.g. to read an output back with
+    /// [`View::to_vec`] or pass it on as the next op's input.
+    pub fn as_view(&self) -> View<'_, T> {
+        View { t: &*self.t, offset: self.offset, shape: self.shape.clone(), strides: self.strides.clone() }
+    }
+
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr_mut(&mut self) -> DevPtr<'_> {
         let off = (self.offset * std::mem::size_of::<T>()) as u64;
@@ -582,6 +611,27 @@ mod tests {
         assert_eq!((t.shape(), t.to_vec().unwrap()), (&[2, 6][..], data));
         let empty = dev.zeros::<f32>(&[0, 4]).unwrap();
         assert_eq!(empty.reshaped(&[4, 0]).unwrap().shape(), &[4, 0]);
+    }
+
+    #[test]
+    fn f32_round_trips_and_output_views_read_back() {
+        let dev = Device::emulator();
+        let x = [1.0f32, 1.0 + 1.0 / 256.0, -2.5, 3.0e38, f32::NAN, 0.1];
+        let b = dev.upload_f32::<half::bf16>(&x, &[2, 3]).unwrap();
+        let bits = |v: Vec<half::bf16>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(b.to_vec().unwrap()), bits(crate::dtype::from_f32_vec(&x)));
+        let back = b.to_f32_vec().unwrap();
+        assert_eq!(back[..3], [1.0, 1.0, -2.5], "bf16 ties round to even");
+        assert!(back[3].is_finite() && back[4].is_nan());
+        let f = dev.upload_f32::<f32>(&x, &[6]).unwrap();
+        assert_eq!(f.to_f32_vec().unwrap()[..4], x[..4], "f32 is exact");
+        assert!(matches!(dev.upload_f32::<f32>(&x, &[4]), Err(Error::Shape { op: "upload_f32", .. })));
+
+        let mut y = dev.upload_f32::<half::f16>(&[0.0; 12], &[3, 4]).unwrap();
+        y.write(&crate::dtype::from_f32_vec(&(0..12).map(|i| i as f32).collect::<Vec<_>>())).unwrap();
+        let col = y.strided_mut(1, &[3, 2], &[4, 1]).unwrap();
+        assert_eq!(col.as_view().to_f32_vec().unwrap(), [1.0, 2.0, 5.0, 6.0, 9.0, 10.0]);
+        assert_eq!(col.as_view().strides(), col.strides());
     }
 
     #[test]
