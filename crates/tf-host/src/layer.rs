@@ -11,7 +11,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
-use crate::ops::pattention::{pattention_into, PattentionArgs, PattentionOptions};
+use crate::ops::pattention::{norm_scale, pattention_into, PattentionArgs, PattentionOptions};
 use crate::tensor::{Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
@@ -44,6 +44,17 @@ pub enum Init<'a, T: DType> {
 /// Seed of the value tokens derived from a growth's seed.
 pub const VALUE_SEED_XOR: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// The sizes of a Pattention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PattentionShape {
+    /// Parameter tokens (rows of `K_P` and `V_P`), at least 1.
+    pub n: usize,
+    /// Input width (columns of x and `K_P`).
+    pub d_in: usize,
+    /// Output width (columns of `V_P` and y).
+    pub d_out: usize,
+}
+
 /// A Pattention layer `y = Θ(x·K_Pᵀ)·V_P` that owns its parameter tokens.
 pub struct Pattention<T: DType> {
     dev: Device,
@@ -70,25 +81,30 @@ impl<T: DType> std::fmt::Debug for Pattention<T> {
 
 impl<T: DType> Pattention<T> {
     /// A layer from its key tokens `[n, d_in]` and value tokens `[n, d_out]`.
+    ///
+    /// Refused here rather than on every [`forward`](Self::forward): shapes that
+    /// do not fit (`Error::Shape`), options out of range (`eps` negative or not
+    /// finite, `n_ref = Some(0)`: `Error::InvalidArgument`), and for f16/bf16 a
+    /// `d_in` or `d_out` that is not a multiple of 8 (`Error::Alignment`: the
+    /// kernels read rows 16 bytes apart, so only a one-token layer applied to one
+    /// row at a time could run).
     pub fn new(dev: &Device, k_p: Tensor<T>, v_p: Tensor<T>, opts: PattentionOptions) -> Result<Self> {
-        let (&[n, _], &[nv, _]) = (k_p.shape(), v_p.shape()) else {
+        const OP_NEW: &str = "Pattention::new";
+        let (&[n, d_in], &[nv, d_out]) = (k_p.shape(), v_p.shape()) else {
             return Err(Error::Shape {
-                op: "Pattention::new",
+                op: OP_NEW,
                 msg: format!("k_p and v_p must be 2-D, got {:?} and {:?}", k_p.shape(), v_p.shape()),
             });
         };
-        if n != nv || n == 0 {
+        if n != nv {
             return Err(Error::Shape {
-                op: "Pattention::new",
-                msg: format!(
-                    "k_p {:?} and v_p {:?} must have the same, non-zero number of tokens",
-                    k_p.shape(),
-                    v_p.shape()
-                ),
+                op: OP_NEW,
+                msg: format!("k_p {:?} and v_p {:?} must have the same number of tokens", k_p.shape(), v_p.shape()),
             });
         }
+        check_layer::<T>(OP_NEW, PattentionShape { n, d_in, d_out }, &opts)?;
         if !k_p.device().same(dev) || !v_p.device().same(dev) {
-            return Err(Error::DeviceMismatch { op: "Pattention::new" });
+            return Err(Error::DeviceMismatch { op: OP_NEW });
         }
         Ok(Pattention { dev: dev.clone(), k_buf: k_p, v_buf: v_p, n, opts })
     }
@@ -109,13 +125,21 @@ impl<T: DType> Pattention<T> {
     pub fn d_out(&self) -> usize {
         self.v_buf.shape()[1]
     }
+    /// `n`, `d_in` and `d_out`.
+    pub fn shape(&self) -> PattentionShape {
+        PattentionShape { n: self.n, d_in: self.d_in(), d_out: self.d_out() }
+    }
     /// Norm, pinned n_ref and eps.
     pub fn options(&self) -> &PattentionOptions {
         &self.opts
     }
-    /// Pins (or unpins) the reference token count of the scale.
-    pub fn set_n_ref(&mut self, n_ref: Option<usize>) {
-        self.opts.n_ref = n_ref;
+    /// Pins (or unpins, with `None`) the reference token count of the scale.
+    /// `Some(0)` is refused (`Error::InvalidArgument`) and the layer unchanged.
+    pub fn set_n_ref(&mut self, n_ref: Option<usize>) -> Result<()> {
+        let opts = PattentionOptions { n_ref, ..self.opts };
+        norm_scale("Pattention::set_n_ref", &opts, self.n)?;
+        self.opts = opts;
+        Ok(())
     }
     /// The key tokens `[n, d_in]` (a view into the capacity buffer).
     pub fn keys(&self) -> View<'_, T> {
@@ -287,6 +311,35 @@ impl<T: DType> Pattention<T> {
         }
         self.n = staged.n_new;
     }
+}
+
+/// What every forward of a layer of `shape` with `opts` in storage type `T`
+/// would refuse: no token, options out of range, 16-bit rows that are not 16
+/// bytes apart.
+fn check_layer<T: DType>(op: &'static str, shape: PattentionShape, opts: &PattentionOptions) -> Result<()> {
+    let PattentionShape { n, d_in, d_out } = shape;
+    if n == 0 {
+        return Err(Error::Shape {
+            op,
+            msg: format!("n = 0 (d_in {d_in}, d_out {d_out}): a layer needs at least one parameter token"),
+        });
+    }
+    norm_scale(op, opts, n)?;
+    if std::mem::size_of::<T>() == 2 {
+        for (what, d) in [("d_in", d_in), ("d_out", d_out)] {
+            if d % 8 != 0 {
+                return Err(Error::Alignment {
+                    op,
+                    msg: format!(
+                        "{what} = {d}: {} storage needs a multiple of 8 (the kernels read x, K_P, V_P and y \
+                         in 16-byte rows)",
+                        T::NAME
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A growth checked and allocated but not yet launched (see

@@ -646,7 +646,7 @@ impl<T: DType> Tokenformer<T> {
             p.commit_growth(st);
             if preserving && p.n() > old {
                 let pin = p.options().n_ref.unwrap_or(old);
-                p.set_n_ref(Some(pin));
+                p.set_n_ref(Some(pin))?;
             }
         }
         self.cfg = grown;
