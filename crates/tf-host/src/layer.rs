@@ -7,9 +7,12 @@
 //! exactly `n_new` if that is more), like `Vec`. Rows `[0, n_old)` are never
 //! changed, bit for bit.
 
+use tf_ref::{tensor_seed, Slot, TokenformerConfig};
+
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::{tensor_index, value_std, KEY_STD};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::pattention::{norm_scale, pattention_into, PattentionArgs, PattentionOptions};
 use crate::tensor::{Tensor, View, ViewMut};
@@ -55,7 +58,85 @@ pub struct PattentionShape {
     pub d_out: usize,
 }
 
+/// The random initialisation of a standalone layer ([`Pattention::random`]):
+/// key tokens N(0, `key_std`²) and value tokens N(0, `value_std`²), element
+/// `(r, c)` of each tensor drawn from the Philox stream of its seed at
+/// `r·cols + c` (tf-ref's `philox_normal`, as every growth kernel draws it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomInit {
+    /// Standard deviation of the key tokens, finite and >= 0 (the model's: 0.02).
+    pub key_std: f32,
+    /// Standard deviation of the value tokens, finite and >= 0 (the model's:
+    /// `2 / (L·√d)`, L blocks of width d).
+    pub value_std: f32,
+    /// Philox key of the key tokens.
+    pub key_seed: u64,
+    /// Philox key of the value tokens.
+    pub value_seed: u64,
+}
+
+impl RandomInit {
+    /// The distribution the model gives its Pattentions (`Tokenformer::new`,
+    /// tf-ref's `ModelParams::init`) for config `cfg`: keys N(0, 0.02²), values
+    /// N(0, (2/(L·√d))²) with L = `cfg.layers`, d = `cfg.d` (the std rounded to
+    /// f32). The keys are seeded with `seed` and the values with
+    /// `seed ^ VALUE_SEED_XOR`, so a later [`Pattention::grow`] with
+    /// [`Init::Normal`] and the same stds and seed continues both streams.
+    pub fn official(cfg: &TokenformerConfig, seed: u64) -> RandomInit {
+        RandomInit { key_std: KEY_STD, value_std: value_std(cfg), key_seed: seed, value_seed: seed ^ VALUE_SEED_XOR }
+    }
+
+    /// Exactly the init of Pattention `slot` of block `block` in a model made by
+    /// `Tokenformer::new(dev, cfg, seed)`: the distribution of
+    /// [`official`](Self::official) with the model's per-tensor seeds
+    /// (`tf_ref::tensor_seed(seed, index)`, index as in
+    /// `TokenformerConfig::tensor_names`). The block is not checked against
+    /// `cfg.layers`.
+    pub fn model_layer(cfg: &TokenformerConfig, seed: u64, block: usize, slot: Slot) -> RandomInit {
+        RandomInit {
+            key_std: KEY_STD,
+            value_std: value_std(cfg),
+            key_seed: tensor_seed(seed, tensor_index(block, slot, false)),
+            value_seed: tensor_seed(seed, tensor_index(block, slot, true)),
+        }
+    }
+}
+
 /// A Pattention layer `y = Θ(x·K_Pᵀ)·V_P` that owns its parameter tokens.
+///
+/// ```
+/// use tf_host::{Device, Norm, Pattention, PattentionOptions, PattentionShape, RandomInit, TokenformerConfig};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let cfg = TokenformerConfig::by_name("tiny")?;
+/// let shape = PattentionShape { n: 48, d_in: cfg.d, d_out: cfg.d };
+/// let opts = PattentionOptions { norm: Norm::L2NormGelu, ..Default::default() };
+/// let mut layer = Pattention::<f32>::random(&dev, shape, RandomInit::official(&cfg, 7), opts)?;
+///
+/// let t = 5;
+/// let x_host: Vec<f32> = (0..t * cfg.d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+/// let x = dev.upload(&x_host, &[t, cfg.d])?;
+/// let y = layer.forward(&x)?;
+/// assert_eq!(y.shape(), &[t, cfg.d]);
+///
+/// // The same product on the CPU (tf-ref, f64) from the layer's tokens read back.
+/// let (k, v) = (layer.keys().to_vec()?, layer.values().to_vec()?);
+/// let want = tf_ref::pattention(
+///     tf_ref::MatRef::new(&x_host, t, cfg.d)?,
+///     tf_ref::MatRef::new(&k, 48, cfg.d)?,
+///     tf_ref::MatRef::new(&v, 48, cfg.d)?,
+///     &tf_ref::PattentionOpts { norm: tf_ref::Norm::L2NormGelu, ..Default::default() },
+/// )?;
+/// let err = y.to_f32_vec()?.iter().zip(&want.data).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+/// assert!(err < 1e-5, "max abs error {err}");
+///
+/// // Growth that keeps the function: zero new keys, n_ref pinned to 48.
+/// layer.grow_preserving(96, tf_host::ValueInit::Normal { std: 0.02, seed: 1 })?;
+/// assert_eq!((layer.n(), layer.options().n_ref), (96, Some(48)));
+/// assert_eq!(layer.forward(&x)?.to_vec()?, y.to_vec()?);
+/// # Ok(()) }
+/// ```
 pub struct Pattention<T: DType> {
     dev: Device,
     k_buf: Tensor<T>,
@@ -107,6 +188,32 @@ impl<T: DType> Pattention<T> {
             return Err(Error::DeviceMismatch { op: OP_NEW });
         }
         Ok(Pattention { dev: dev.clone(), k_buf: k_p, v_buf: v_p, n, opts })
+    }
+
+    /// A layer of `shape` with random tokens drawn on the device (one launch of
+    /// the growth kernel), checked as [`new`](Self::new) checks. With
+    /// [`RandomInit::model_layer`] its tokens are those of the model's layer,
+    /// bit for bit on one backend.
+    pub fn random(dev: &Device, shape: PattentionShape, init: RandomInit, opts: PattentionOptions) -> Result<Self> {
+        const OP_RANDOM: &str = "Pattention::random";
+        check_layer::<T>(OP_RANDOM, shape, &opts)?;
+        for (what, std) in [("key_std", init.key_std), ("value_std", init.value_std)] {
+            if !(std.is_finite() && std >= 0.0) {
+                return Err(Error::InvalidArgument {
+                    op: OP_RANDOM,
+                    msg: format!("{what} must be finite and >= 0, got {std}"),
+                });
+            }
+        }
+        let PattentionShape { n, d_in, d_out } = shape;
+        let mut k = dev.zeros::<T>(&[n, d_in])?;
+        let mut v = dev.zeros::<T>(&[n, d_out])?;
+        let item = |dst, std, seed| GrowItem { src: None, dst, rows_old: 0, init: GrowInit::Normal { std, seed } };
+        grow_batch(
+            dev,
+            vec![item(k.view_mut(), init.key_std, init.key_seed), item(v.view_mut(), init.value_std, init.value_seed)],
+        )?;
+        Pattention::new(dev, k, v, opts)
     }
 
     /// Number of parameter tokens.

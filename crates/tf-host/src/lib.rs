@@ -32,7 +32,7 @@ pub use device::{Device, EmuOptions, Geometry, LaneOrder};
 pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use layer::{Init, Pattention, PattentionShape, ValueInit};
+pub use layer::{Init, Pattention, PattentionShape, RandomInit, ValueInit};
 pub use model::{
     CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
 };

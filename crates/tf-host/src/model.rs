@@ -73,17 +73,17 @@ use crate::workspace::Workspace;
 
 /// Standard deviation of the embedding and of every key-token matrix (GPT-NeoX
 /// `init_method_std` 0.02), as tf-ref.
-const KEY_STD: f32 = 0.02;
+pub(crate) const KEY_STD: f32 = 0.02;
 
 /// Standard deviation of the value tokens: `2 / (L·√d)` ("wang init"), computed
 /// in f64 and rounded to f32, as tf-ref.
-fn value_std(cfg: &TokenformerConfig) -> f32 {
+pub(crate) fn value_std(cfg: &TokenformerConfig) -> f32 {
     (2.0 / (cfg.layers as f64 * (cfg.d as f64).sqrt())) as f32
 }
 
 /// Index of a block tensor in [`TokenformerConfig::tensor_names`] (the index
 /// [`tensor_seed`] takes): `1 + 10·block + 2·slot + value`.
-fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
+pub(crate) fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
     (block as u64).wrapping_mul(10).wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
 }
 
