@@ -45,10 +45,13 @@
 //!     let mut model = Tokenformer::<bf16>::new(&dev, &cfg, 42)?; // official init, on the device
 //!     // let model = Tokenformer::<bf16>::load(&dev, &cfg, "tokenformer-354m.safetensors")?;
 //!     let logits = model.forward(&[1, 2, 3])?; // Tensor<bf16> [3, vocab]
+//!     assert_eq!(logits.shape(), &[3, cfg.vocab]);
 //!     let ids = model.generate(&[1, 2, 3], 8, Sampling::Greedy)?; // KV cache, one row per step
+//!     assert_eq!(ids.len(), 8);
 //!     // Every Pattention grown at once, logits unchanged (354m -> 757m is 1792, 1792, 7168).
 //!     let to = SlotCounts { qkv: cfg.qkv_slots * 2, proj: cfg.proj_slots * 2, ffn: cfg.ffn_slots * 2 };
 //!     model.grow_preserving(to, 7)?;
+//!     assert_eq!(model.forward(&[1, 2, 3])?.to_vec()?, logits.to_vec()?); // bit for bit
 //!     model.save(std::env::temp_dir().join("tokenformer-grown.safetensors"))?; // GPT-NeoX key names
 //!     println!("{:?} {ids:?}", logits.shape());
 //!     Ok(())
@@ -252,6 +255,38 @@ impl<T: DType> KvCache<T> {
 }
 
 /// A TokenFormer with storage type `T` (f32, f16, bf16) on a device.
+///
+/// ```
+/// use tf_host::{Device, Sampling, SlotCounts, Tokenformer, TokenformerConfig};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let cfg = TokenformerConfig::by_name("tiny")?; // 2 blocks, d 64, vocab 512
+/// let mut model = Tokenformer::<f32>::new(&dev, &cfg, 7)?;
+/// let tokens = [1, 2, 3, 4];
+/// let logits = model.forward(&tokens)?;
+/// assert_eq!(logits.shape(), &[4, cfg.vocab]);
+///
+/// // tf-ref runs the same parameters in f64.
+/// let want = tf_ref::model_forward(&cfg, &model.to_params()?, &tokens)?;
+/// let (mut diff, mut norm) = (0.0, 0.0);
+/// for (g, w) in logits.to_f32_vec()?.iter().zip(&want.data) {
+///     diff += (f64::from(*g) - w).powi(2);
+///     norm += w * w;
+/// }
+/// assert!((diff / norm).sqrt() < 1e-4, "relative error {}", (diff / norm).sqrt());
+///
+/// // Every Pattention doubled in one launch, the logits unchanged bit for bit.
+/// let s = model.slot_counts();
+/// model.grow_preserving(SlotCounts { qkv: 2 * s.qkv, proj: 2 * s.proj, ffn: 2 * s.ffn }, 1)?;
+/// assert_eq!(model.config().qkv_slots, 128);
+/// assert_eq!(model.forward(&tokens)?.to_vec()?, logits.to_vec()?);
+///
+/// // Greedy decoding through the KV cache.
+/// let ids = model.generate(&tokens, 3, Sampling::Greedy)?;
+/// assert!(ids.len() == 3 && ids.iter().all(|&id| (id as usize) < cfg.vocab));
+/// # Ok(()) }
+/// ```
 pub struct Tokenformer<T: DType> {
     dev: Device,
     cfg: TokenformerConfig,

@@ -70,7 +70,38 @@ pub(crate) enum Buffer<T> {
     Host(HostBuf<T>),
 }
 
-/// A device tensor of storage type `T`, contiguous, row-major.
+/// A device tensor of storage type `T` (f32, f16, bf16), contiguous, row-major.
+/// Ops take [`View`]s of it (the whole tensor, a strided block, another shape)
+/// and write [`ViewMut`]s.
+///
+/// ```
+/// use tf_host::{bf16, Device, Tensor};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+/// let t: Tensor<f32> = dev.upload(&data, &[3, 4])?;
+/// assert_eq!((t.shape(), t.len()), (&[3, 4][..], 12));
+/// assert_eq!(t.to_vec()?, data);
+///
+/// // Columns 1..3 of every row: a strided view, no copy.
+/// let cols = t.strided(1, &[3, 2], &[4, 1])?;
+/// assert_eq!(cols.to_vec()?, [1.0, 2.0, 5.0, 6.0, 9.0, 10.0]);
+/// // The same elements seen as [2, 6], and a view past the end is an error.
+/// assert_eq!(t.reshaped(&[2, 6])?.shape(), &[2, 6]);
+/// assert!(t.strided(10, &[2, 2], &[4, 1]).is_err());
+///
+/// // 16-bit storage from and to f32 (round to nearest even).
+/// let h: Tensor<bf16> = dev.upload_f32(&[1.0, 1.0 + 1.0 / 256.0, -2.5], &[3])?;
+/// assert_eq!(h.to_f32_vec()?, [1.0, 1.0, -2.5]);
+///
+/// // Writing into a view of a larger tensor (here through a kernel: linear).
+/// let w = dev.upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 4])?; // picks columns 0 and 1
+/// let mut y = dev.zeros::<f32>(&[3, 3])?;
+/// tf_host::linear_into(&dev, &t.view(), &w.view(), &mut y.strided_mut(1, &[3, 2], &[3, 1])?)?;
+/// assert_eq!(y.to_vec()?, [0.0, 0.0, 1.0, 0.0, 4.0, 5.0, 0.0, 8.0, 9.0]);
+/// # Ok(()) }
+/// ```
 pub struct Tensor<T: DType> {
     dev: Device,
     buf: Buffer<T>,

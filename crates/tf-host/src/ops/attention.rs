@@ -452,6 +452,31 @@ pub fn attention_into<T: DType>(
 }
 
 /// Attention with freshly allocated outputs: `(o [B, T_q, H, D], lse [B, H, T_q])`.
+///
+/// ```
+/// use tf_host::{attention, AttnArgs, AttnOptions, Device};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let shape = [1, 5, 2, 64]; // [B, T, H, D]
+/// let n: usize = shape.iter().product();
+/// let host = |s: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7 + s) % 23) as f32 / 11.0 - 1.0).collect() };
+/// let (q, k, v) = (host(1), host(2), host(3));
+/// let (qt, kt, vt) = (dev.upload(&q, &shape)?, dev.upload(&k, &shape)?, dev.upload(&v, &shape)?);
+/// let opts = AttnOptions { causal: true, ..Default::default() };
+/// let (o, lse) = attention(&dev, &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts })?;
+/// assert_eq!((o.shape(), lse.shape()), (&shape[..], &[1, 2, 5][..]));
+///
+/// // tf-ref computes the same in f64.
+/// let four = |x| tf_ref::Tensor4Ref::new(x, shape);
+/// let want = tf_ref::attention(four(&q)?, four(&k)?, four(&v)?, true, None)?;
+/// let max_err = |a: Vec<f32>, b: &[f64]| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max);
+/// assert!(max_err(o.to_vec()?, &want.o) < 1e-5);
+/// assert!(max_err(lse.to_vec()?, &want.lse) < 1e-5);
+/// // Causal: the first query sees only the first key, so it gets v's first row.
+/// assert!(max_err(o.to_vec()?[..64].to_vec(), &v[..64].iter().map(|&x| f64::from(x)).collect::<Vec<_>>()) < 1e-6);
+/// # Ok(()) }
+/// ```
 pub fn attention<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Result<(Tensor<T>, Tensor<f32>)> {
     let &[b, t_q, h, d] = args.q.shape() else {
         return Err(Error::Shape { op: OP, msg: format!("q must be 4-D [B, T_q, H, D], got {:?}", args.q.shape()) });
