@@ -2,13 +2,13 @@
 //! 96, 128, sequences 1k to 16k, batch × heads filling the device (16k tokens
 //! per batch, 2048 / head_dim heads, as FlashAttention's benchmark does).
 //! FLOPs `4·B·H·T_q·T_k·D`, halved when causal. The cases and the measurement
-//! are `tf_host::bench`'s (shared with `tokenformer bench`). Without a CUDA
+//! are `tf_host::bench_internals`'s (shared with `tokenformer bench`). Without a CUDA
 //! device the bench prints why and measures nothing.
 
 mod common;
 
 use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench::{attention_cases, run_attention_case, BenchSet};
+use tf_host::bench_internals::{attention_cases, run_attention_case, BenchSet};
 
 fn main() {
     let Some(dev) = gpu("attention") else { return };

@@ -2,13 +2,13 @@
 //! (40 layers × 5 Pattentions × keys and values, bf16), grown by 25%, in ONE
 //! launch, against a device-to-device copy of the same bytes. GB/s count what
 //! must move: old rows read and written, new rows written. The case and the
-//! measurement are `tf_host::bench`'s (shared with `tokenformer bench`).
+//! measurement are `tf_host::bench_internals`'s (shared with `tokenformer bench`).
 //! Without a CUDA device the bench prints why and measures nothing.
 
 mod common;
 
 use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench::run_grow;
+use tf_host::bench_internals::run_grow;
 
 fn main() {
     let Some(dev) = gpu("grow") else { return };

@@ -7,7 +7,7 @@
 //! - `dense`: a `d → d` linear layer through cuBLAS (equal parameters and FLOPs
 //!   at n = d/2).
 //!
-//! The cases and the measurement are `tf_host::bench`'s (shared with
+//! The cases and the measurement are `tf_host::bench_internals`'s (shared with
 //! `tokenformer bench`). FLOPs as docs/tokenformer.md counts them: `2·T·d·n + 2·T·n·d`
 //! (Θ not counted); dense `2·T·d·d`. Criterion's throughput is in elements =
 //! FLOPs, so its "Gelem/s" reads as GFLOP/s. Inputs rotate over 4 buffers so
@@ -17,7 +17,7 @@
 mod common;
 
 use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench::{pattention_cases, run_pattention_case, BenchSet};
+use tf_host::bench_internals::{pattention_cases, run_pattention_case, BenchSet};
 
 fn main() {
     let Some(dev) = gpu("pattention") else { return };

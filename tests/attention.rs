@@ -16,8 +16,10 @@ mod common;
 use common::{assert_close, backends, seed, tolerance};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::ops::attention::{attention_into_splits, plan, tiles};
-use tf_host::{attention, attention_into, bf16, f16, AttnOptions, DType, Device, EmuOptions, Error, LaneOrder, Tensor};
+use tf_host::ops::attention::{plan, tiles};
+use tf_host::{
+    attention, attention_into, bf16, f16, AttnArgs, AttnOptions, DType, Device, EmuOptions, Error, LaneOrder, Tensor,
+};
 use tf_ref::{Element, Tensor4Ref};
 
 /// How the inputs of one case are generated.
@@ -57,7 +59,7 @@ impl Case {
         Case { scale: Some(s), ..self }
     }
     fn opts(&self) -> AttnOptions {
-        AttnOptions { causal: self.causal, scale: self.scale }
+        AttnOptions { causal: self.causal, scale: self.scale, num_splits: None }
     }
     fn rng(&self, s: u64) -> StdRng {
         let mix = (self.t_q as u64) << 16 ^ (self.t_k as u64) << 32 ^ (self.d as u64) << 48 ^ self.causal as u64;
@@ -228,8 +230,13 @@ fn check_splits<T: DType + Element>(dev: &Device, c: Case, s: u64, splits: Optio
     let mut lt: Tensor<f32> = dev.poisoned(&[c.b, c.h, c.t_q]).unwrap();
     let what = format!("{} {c:?} splits {splits:?} (seed {s})", <T as DType>::NAME);
     let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
-    attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), splits)
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    attention_into(
+        dev,
+        &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: AttnOptions { num_splits: splits, ..c.opts() } },
+        &mut ov,
+        &mut lv,
+    )
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     let o = ot.to_vec().unwrap();
     compare(&what, &c, &q, &k, &v, &o, &lt.to_vec().unwrap());
     o.iter().map(|x| DType::to_f32(*x)).collect()
@@ -353,7 +360,13 @@ fn check_fused<T: DType + Element>(dev: &Device, b: usize, t: usize, h: usize, d
     {
         let mut ov = ot.strided_mut(0, &shape, &[t * h * dp, h * dp, dp, 1]).unwrap();
         let mut lv = lt.strided_mut(0, &[b, h, t], &[h * (t + 3), t + 3, 1]).unwrap();
-        attention_into(dev, &qv, &kv, &vv, &mut ov, &mut lv, c.opts()).unwrap();
+        attention_into(
+            dev,
+            &AttnArgs { q: qv.clone(), k: kv.clone(), v: vv.clone(), opts: c.opts() },
+            &mut ov,
+            &mut lv,
+        )
+        .unwrap();
     }
     let pick = |which: usize| -> Vec<T> {
         let mut out = Vec::with_capacity(b * t * h * d);
@@ -440,7 +453,12 @@ fn split_kv_heuristic_and_limits() {
         let k: Tensor<bf16> = dev.zeros(&[1, t_k, 16, 64]).unwrap();
         let mut o: Tensor<bf16> = dev.zeros(&[1, t_q, 16, 64]).unwrap();
         let mut l: Tensor<f32> = dev.zeros(&[1, 16, t_q]).unwrap();
-        let p = plan(&dev, &q.view(), &k.view(), &k.view(), &o.view_mut(), &l.view_mut(), AttnOptions::default());
+        let p = plan(
+            &dev,
+            &AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts: AttnOptions::default() },
+            &o.view_mut(),
+            &l.view_mut(),
+        );
         p.unwrap().num_splits
     };
     // Decode against 8K keys: 16 blocks on a 132-SM device get split.
@@ -454,29 +472,31 @@ fn split_kv_heuristic_and_limits() {
     let mut o: Tensor<f16> = dev.zeros(&[1, 1, 2, 64]).unwrap();
     let mut l: Tensor<f32> = dev.zeros(&[1, 2, 1]).unwrap();
     for bad in [0, 129] {
-        let r = attention_into_splits(
+        let r = attention_into(
             &dev,
-            &q.view(),
-            &q.view(),
-            &q.view(),
+            &AttnArgs {
+                q: q.view(),
+                k: q.view(),
+                v: q.view(),
+                opts: AttnOptions { num_splits: Some(bad), ..AttnOptions::default() },
+            },
             &mut o.view_mut(),
             &mut l.view_mut(),
-            AttnOptions::default(),
-            Some(bad),
         );
         expect_err(&format!("{bad} splits"), r, |e| matches!(e, Error::InvalidArgument { .. }));
     }
     let q32: Tensor<f32> = dev.zeros(&[1, 1, 2, 64]).unwrap();
     let mut o32: Tensor<f32> = dev.zeros(&[1, 1, 2, 64]).unwrap();
-    let r = attention_into_splits(
+    let r = attention_into(
         &dev,
-        &q32.view(),
-        &q32.view(),
-        &q32.view(),
+        &AttnArgs {
+            q: q32.view(),
+            k: q32.view(),
+            v: q32.view(),
+            opts: AttnOptions { num_splits: Some(2), ..AttnOptions::default() },
+        },
         &mut o32.view_mut(),
         &mut l.view_mut(),
-        AttnOptions::default(),
-        Some(2),
     );
     expect_err("f32 split-KV", r, |e| matches!(e, Error::InvalidArgument { .. }));
 }
@@ -494,7 +514,7 @@ fn lane_orders_give_identical_bits() {
         let qt = dev.upload(&q, &[1, 130, 2, 80]).unwrap();
         let kt = dev.upload(&k, &[1, 100, 2, 80]).unwrap();
         let vt = dev.upload(&v, &[1, 100, 2, 80]).unwrap();
-        let (o, l) = attention(&dev, &qt.view(), &kt.view(), &vt.view(), c.opts()).unwrap();
+        let (o, l) = attention(&dev, &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: c.opts() }).unwrap();
         let bits: Vec<u16> = o.to_vec().unwrap().iter().map(|x| x.to_bits()).collect();
         let lbits: Vec<u32> = l.to_vec().unwrap().iter().map(|x| x.to_bits()).collect();
         results.push((bits, lbits));
@@ -512,11 +532,16 @@ fn allocating_and_into_forms_agree() {
         let qt = dev.upload(&q, &[2, 33, 2, 64]).unwrap();
         let kt = dev.upload(&k, &[2, 47, 2, 64]).unwrap();
         let vt = dev.upload(&v, &[2, 47, 2, 64]).unwrap();
-        let (o1, l1) = attention(&dev, &qt.view(), &kt.view(), &vt.view(), c.opts()).unwrap();
+        let (o1, l1) = attention(&dev, &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: c.opts() }).unwrap();
         let mut o2: Tensor<f16> = dev.poisoned(&[2, 33, 2, 64]).unwrap();
         let mut l2: Tensor<f32> = dev.poisoned(&[2, 2, 33]).unwrap();
-        attention_into(&dev, &qt.view(), &kt.view(), &vt.view(), &mut o2.view_mut(), &mut l2.view_mut(), c.opts())
-            .unwrap();
+        attention_into(
+            &dev,
+            &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: c.opts() },
+            &mut o2.view_mut(),
+            &mut l2.view_mut(),
+        )
+        .unwrap();
         let (a, b) = (o1.to_vec().unwrap(), o2.to_vec().unwrap());
         assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
         let (a, b) = (l1.to_vec().unwrap(), l2.to_vec().unwrap());
@@ -548,56 +573,98 @@ fn bad_inputs_are_errors() {
 
     // Head dimension 72: no kernel (16-bit and f32).
     let q = h16(&[1, 4, 1, 72]);
-    expect_err("head dim 72", attention(&dev, &q.view(), &q.view(), &q.view(), opts), |e| {
+    expect_err("head dim 72", attention(&dev, &AttnArgs { q: q.view(), k: q.view(), v: q.view(), opts }), |e| {
         is_arg(e) && e.to_string().contains("72")
     });
     let q32: Tensor<f32> = dev.upload(&[0.5f32; 4 * 72], &[1, 4, 1, 72]).unwrap();
-    expect_err("f32 head dim 72", attention(&dev, &q32.view(), &q32.view(), &q32.view(), opts), is_arg);
+    expect_err(
+        "f32 head dim 72",
+        attention(&dev, &AttnArgs { q: q32.view(), k: q32.view(), v: q32.view(), opts }),
+        is_arg,
+    );
 
     // Mismatched shapes.
     let q = h16(&[1, 4, 2, 64]);
     let k = h16(&[1, 5, 2, 64]);
     let v = h16(&[1, 6, 2, 64]);
-    expect_err("k and v lengths differ", attention(&dev, &q.view(), &k.view(), &v.view(), opts), is_shape);
+    expect_err(
+        "k and v lengths differ",
+        attention(&dev, &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts }),
+        is_shape,
+    );
     let k2 = h16(&[1, 5, 2, 80]);
-    expect_err("q and k head dims differ", attention(&dev, &q.view(), &k2.view(), &k2.view(), opts), is_shape);
+    expect_err(
+        "q and k head dims differ",
+        attention(&dev, &AttnArgs { q: q.view(), k: k2.view(), v: k2.view(), opts }),
+        is_shape,
+    );
     let k3 = h16(&[2, 5, 2, 64]);
-    expect_err("q and k batches differ", attention(&dev, &q.view(), &k3.view(), &k3.view(), opts), is_shape);
+    expect_err(
+        "q and k batches differ",
+        attention(&dev, &AttnArgs { q: q.view(), k: k3.view(), v: k3.view(), opts }),
+        is_shape,
+    );
     let q3 = h16(&[4, 2, 64]);
-    expect_err("3-D q", attention(&dev, &q3.view(), &k.view(), &k.view(), opts), is_shape);
+    expect_err("3-D q", attention(&dev, &AttnArgs { q: q3.view(), k: k.view(), v: k.view(), opts }), is_shape);
     let mut o_bad: Tensor<f16> = dev.poisoned(&[1, 4, 2, 80]).unwrap();
     let mut l_ok: Tensor<f32> = dev.poisoned(&[1, 2, 4]).unwrap();
     expect_err(
         "o shape",
-        attention_into(&dev, &q.view(), &k.view(), &k.view(), &mut o_bad.view_mut(), &mut l_ok.view_mut(), opts),
+        attention_into(
+            &dev,
+            &AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts },
+            &mut o_bad.view_mut(),
+            &mut l_ok.view_mut(),
+        ),
         is_shape,
     );
     let mut o_ok: Tensor<f16> = dev.poisoned(&[1, 4, 2, 64]).unwrap();
     let mut l_bad: Tensor<f32> = dev.poisoned(&[1, 4, 2]).unwrap();
     expect_err(
         "lse shape [B, T, H] instead of [B, H, T]",
-        attention_into(&dev, &q.view(), &k.view(), &k.view(), &mut o_ok.view_mut(), &mut l_bad.view_mut(), opts),
+        attention_into(
+            &dev,
+            &AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts },
+            &mut o_ok.view_mut(),
+            &mut l_bad.view_mut(),
+        ),
         is_shape,
     );
 
     // Misaligned 16-bit views: a head stride of 68 elements, an offset of 4.
     let wide = h16(&[1, 4, 2, 68]);
     let qv = wide.strided(0, &[1, 4, 2, 64], &[4 * 2 * 68, 2 * 68, 68, 1]).unwrap();
-    expect_err("head stride 68", attention(&dev, &qv, &qv, &qv, opts), is_align);
+    expect_err(
+        "head stride 68",
+        attention(&dev, &AttnArgs { q: qv.clone(), k: qv.clone(), v: qv.clone(), opts }),
+        is_align,
+    );
     let qv = wide.strided(4, &[1, 4, 2, 64], &[4 * 2 * 68, 2 * 68, 64, 1]).unwrap();
-    expect_err("offset 4 elements", attention(&dev, &qv, &k.view(), &k.view(), opts), |e| is_align(e) || is_shape(e));
+    expect_err(
+        "offset 4 elements",
+        attention(&dev, &AttnArgs { q: qv.clone(), k: k.view(), v: k.view(), opts }),
+        |e| is_align(e) || is_shape(e),
+    );
     let qv = wide.strided(4, &[1, 4, 1, 64], &[4 * 2 * 68, 2 * 68, 68, 1]).unwrap();
     let kv = wide.strided(0, &[1, 4, 1, 64], &[4 * 2 * 68, 2 * 68, 68, 1]).unwrap();
-    expect_err("offset 4 elements, else aligned", attention(&dev, &qv, &kv, &kv, opts), is_align);
+    expect_err(
+        "offset 4 elements, else aligned",
+        attention(&dev, &AttnArgs { q: qv.clone(), k: kv.clone(), v: kv.clone(), opts }),
+        is_align,
+    );
     // f32 has no 16-byte rule: the same layout works.
     let wide32: Tensor<f32> = dev.upload(&vec![0.25f32; 4 * 2 * 68], &[1, 4, 2, 68]).unwrap();
     let qv = wide32.strided(4, &[1, 4, 1, 64], &[4 * 2 * 68, 2 * 68, 68, 1]).unwrap();
-    attention(&dev, &qv, &qv, &qv, opts).expect("f32 with odd strides");
+    attention(&dev, &AttnArgs { q: qv.clone(), k: qv.clone(), v: qv.clone(), opts }).expect("f32 with odd strides");
 
     // Head dimension not contiguous.
     let dbl = h16(&[1, 4, 2, 128]);
     let qv = dbl.strided(0, &[1, 4, 2, 64], &[4 * 2 * 128, 2 * 128, 128, 2]).unwrap();
-    expect_err("head dim stride 2", attention(&dev, &qv, &qv, &qv, opts), is_shape);
+    expect_err(
+        "head dim stride 2",
+        attention(&dev, &AttnArgs { q: qv.clone(), k: qv.clone(), v: qv.clone(), opts }),
+        is_shape,
+    );
 
     // An output that overlaps itself.
     let mut o_small: Tensor<f16> = dev.poisoned(&[1, 4, 1, 128]).unwrap();
@@ -605,27 +672,36 @@ fn bad_inputs_are_errors() {
         let mut ov = o_small.strided_mut(0, &[1, 4, 2, 64], &[512, 128, 32, 1]).unwrap();
         expect_err(
             "overlapping o",
-            attention_into(&dev, &q.view(), &q.view(), &q.view(), &mut ov, &mut l_ok.view_mut(), opts),
+            attention_into(
+                &dev,
+                &AttnArgs { q: q.view(), k: q.view(), v: q.view(), opts },
+                &mut ov,
+                &mut l_ok.view_mut(),
+            ),
             is_shape,
         );
     }
 
     // Scales.
     for bad in [0.0f32, -0.125, f32::NAN, f32::INFINITY] {
-        let o = AttnOptions { causal: false, scale: Some(bad) };
-        expect_err(&format!("scale {bad}"), attention(&dev, &q.view(), &q.view(), &q.view(), o), is_arg);
+        let o = AttnOptions { scale: Some(bad), ..Default::default() };
+        expect_err(
+            &format!("scale {bad}"),
+            attention(&dev, &AttnArgs { q: q.view(), k: q.view(), v: q.view(), opts: o }),
+            is_arg,
+        );
     }
 
     // Grid limits: B > 65535.
     let big = h16(&[65536, 1, 1, 64]);
-    expect_err("B = 65536", attention(&dev, &big.view(), &big.view(), &big.view(), opts), |e| {
+    expect_err("B = 65536", attention(&dev, &AttnArgs { q: big.view(), k: big.view(), v: big.view(), opts }), |e| {
         matches!(e, Error::SizeOverflow { .. })
     });
 
     // Tensors of another device.
     let other = Device::emulator();
     let qo: Tensor<f16> = other.upload(&vec![f16::from_f32(0.5); 4 * 2 * 64], &[1, 4, 2, 64]).unwrap();
-    expect_err("another device", attention(&dev, &qo.view(), &q.view(), &q.view(), opts), |e| {
+    expect_err("another device", attention(&dev, &AttnArgs { q: qo.view(), k: q.view(), v: q.view(), opts }), |e| {
         matches!(e, Error::DeviceMismatch { .. })
     });
 }
@@ -636,7 +712,8 @@ fn empty_shapes_are_no_ops() {
     let dev = Device::emulator();
     for shape in [[0, 4, 2, 64], [1, 0, 2, 64], [1, 4, 0, 64]] {
         let q: Tensor<bf16> = dev.zeros(&shape).unwrap();
-        let (o, l) = attention(&dev, &q.view(), &q.view(), &q.view(), AttnOptions::default()).unwrap();
+        let (o, l) =
+            attention(&dev, &AttnArgs { q: q.view(), k: q.view(), v: q.view(), opts: AttnOptions::default() }).unwrap();
         assert_eq!(o.shape(), &shape);
         assert_eq!(l.shape(), &[shape[0], shape[2], shape[1]]);
     }
@@ -694,8 +771,18 @@ fn attn_non_finite<T: DType + Element>(
             let mut ot: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); q.len()], &[c.b, c.t_q, c.h, c.d]).unwrap();
             let mut lt: Tensor<f32> = dev.upload(&vec![7777.0f32; c.b * c.h * c.t_q], &[c.b, c.h, c.t_q]).unwrap();
             let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
-            attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), splits)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            attention_into(
+                dev,
+                &AttnArgs {
+                    q: qt.view(),
+                    k: kt.view(),
+                    v: vt.view(),
+                    opts: AttnOptions { num_splits: splits, ..c.opts() },
+                },
+                &mut ov,
+                &mut lv,
+            )
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
             let o: Vec<f32> = ot.to_vec().unwrap().iter().map(|x| DType::to_f32(*x)).collect();
             let lse = lt.to_vec().unwrap();
             let r = tf_ref::attention(
@@ -759,7 +846,13 @@ fn attn_all_minus_inf(dev: &Device, c: Case, s: u64, k: Vec<f16>) {
     let mut ot: Tensor<f16> = dev.upload(&vec![f16::from_f32(7777.0); q.len()], &[c.b, c.t_q, c.h, c.d]).unwrap();
     let mut lt: Tensor<f32> = dev.upload(&[7777.0f32], &[1, 1, 1]).unwrap();
     let (mut ov, mut lv) = (ot.view_mut(), lt.view_mut());
-    attention_into_splits(dev, &qt.view(), &kt.view(), &vt.view(), &mut ov, &mut lv, c.opts(), Some(2)).unwrap();
+    attention_into(
+        dev,
+        &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: AttnOptions { num_splits: Some(2), ..c.opts() } },
+        &mut ov,
+        &mut lv,
+    )
+    .unwrap();
     let r = tf_ref::attention(
         Tensor4Ref::new(&q, [c.b, c.t_q, c.h, c.d]).unwrap(),
         Tensor4Ref::new(&k, [c.b, c.t_k, c.h, c.d]).unwrap(),

@@ -10,7 +10,7 @@ mod common;
 
 use common::{assert_close, backends, rand_vec, seed, tolerance};
 use rand::{Rng, SeedableRng};
-use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::{bf16, f16, DType, Device, Tensor};
 use tf_ref::{Element, MatRef};
 
@@ -82,7 +82,12 @@ fn check_layer_norm<T: DType + Element>(
         {
             let xv = xt.strided(1, &[t, d], &[d + 3, 1]).unwrap();
             let mut yv = yt.strided_mut(1, &[t, d], &[d + 3, 1]).unwrap();
-            layer_norm_into(dev, &xv, wo, bo, eps, &mut yv).unwrap();
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: xv.clone(), weight: wo.cloned(), bias: bo.cloned(), eps },
+                &mut yv,
+            )
+            .unwrap();
         }
         let all = yt.to_vec().unwrap();
         let (v, _) = extract(&all, t, d, 1, d + 3, T::NAN);
@@ -96,7 +101,12 @@ fn check_layer_norm<T: DType + Element>(
     } else {
         let xt = dev.upload(&x, &[t, d]).unwrap();
         let mut yt: Tensor<T> = dev.poisoned(&[t, d]).unwrap();
-        layer_norm_into(dev, &xt.view(), wo, bo, eps, &mut yt.view_mut()).unwrap();
+        layer_norm_into(
+            dev,
+            &LayerNormArgs { x: xt.view(), weight: wo.cloned(), bias: bo.cloned(), eps },
+            &mut yt.view_mut(),
+        )
+        .unwrap();
         yt.to_vec().unwrap()
     };
     let (w64, b64): (Vec<f64>, Vec<f64>) =
@@ -136,7 +146,12 @@ fn layer_norm_matches_tf_ref() {
         let xt = dev.upload(&x, &[3, 1536]).unwrap();
         let wt = dev.upload(&w, &[1536]).unwrap();
         let mut yt: Tensor<f32> = dev.poisoned(&[3, 1536]).unwrap();
-        layer_norm_into(&dev, &xt.view(), Some(&wt.view()), None, 1e-5, &mut yt.view_mut()).unwrap();
+        layer_norm_into(
+            &dev,
+            &LayerNormArgs { x: xt.view(), weight: Some(wt.view()), bias: None, eps: 1e-5 },
+            &mut yt.view_mut(),
+        )
+        .unwrap();
         let w64: Vec<f64> = w.iter().map(|&v| f64::from(v)).collect();
         let want = tf_ref::layer_norm(MatRef::new(&x, 3, 1536).unwrap(), Some(&w64), None, 1e-5).unwrap();
         assert_close(&format!("{name} layer_norm weight only"), &yt.to_vec().unwrap(), &want.data, 1e-5);
@@ -170,7 +185,7 @@ fn check_rotary<T: DType + Element>(
     let mut xt = embedded(dev, &x, t, cols, c0, w, fill);
     {
         let mut xv = xt.strided_mut(c0, &[t, cols], &[w, 1]).unwrap();
-        rotary_into(dev, &mut xv, heads, head_dim, rot, 10000.0, pos_offset).unwrap();
+        rotary_into(dev, &mut xv, &RotaryArgs { heads, head_dim, rot_dim: rot, base: 10000.0, pos_offset }).unwrap();
     }
     let (got, intact) = extract(&xt.to_vec().unwrap(), t, cols, c0, w, fill);
     assert!(intact, "{name} rotary wrote outside its column block");
@@ -352,25 +367,75 @@ fn bad_inputs_are_errors_naming_the_values() {
 
     // rotary: rot_dim odd, rot_dim > head_dim, heads x head_dim != cols, positions past 2^24
     let mut q: Tensor<f32> = dev.upload(&[1.0; 2 * 128], &[2, 128]).unwrap();
-    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 15, 1e4, 0).unwrap_err(), &["15", "even"]);
-    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 66, 1e4, 0).unwrap_err(), &["66", "64"]);
-    err_has(rotary_into(&dev, &mut q.view_mut(), 3, 64, 16, 1e4, 0).unwrap_err(), &["[2, 128]", "3 x 64"]);
-    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, 1e4, 1 << 24).unwrap_err(), &["16777216"]);
-    err_has(rotary_into(&dev, &mut q.view_mut(), 2, 64, 16, -1.0, 0).unwrap_err(), &["base", "-1"]);
+    err_has(
+        rotary_into(
+            &dev,
+            &mut q.view_mut(),
+            &RotaryArgs { heads: 2, head_dim: 64, rot_dim: 15, base: 1e4, pos_offset: 0 },
+        )
+        .unwrap_err(),
+        &["15", "even"],
+    );
+    err_has(
+        rotary_into(
+            &dev,
+            &mut q.view_mut(),
+            &RotaryArgs { heads: 2, head_dim: 64, rot_dim: 66, base: 1e4, pos_offset: 0 },
+        )
+        .unwrap_err(),
+        &["66", "64"],
+    );
+    err_has(
+        rotary_into(
+            &dev,
+            &mut q.view_mut(),
+            &RotaryArgs { heads: 3, head_dim: 64, rot_dim: 16, base: 1e4, pos_offset: 0 },
+        )
+        .unwrap_err(),
+        &["[2, 128]", "3 x 64"],
+    );
+    err_has(
+        rotary_into(
+            &dev,
+            &mut q.view_mut(),
+            &RotaryArgs { heads: 2, head_dim: 64, rot_dim: 16, base: 1e4, pos_offset: 1 << 24 },
+        )
+        .unwrap_err(),
+        &["16777216"],
+    );
+    err_has(
+        rotary_into(
+            &dev,
+            &mut q.view_mut(),
+            &RotaryArgs { heads: 2, head_dim: 64, rot_dim: 16, base: -1.0, pos_offset: 0 },
+        )
+        .unwrap_err(),
+        &["base", "-1"],
+    );
     assert!(q.to_vec().unwrap().iter().all(|&v| v == 1.0));
 
     // layer norm: y shape, weight length, eps
     let mut y3: Tensor<f32> = dev.zeros(&[3, 128]).unwrap();
     err_has(
-        layer_norm_into(&dev, &x.view(), None, None, 1e-5, &mut y3.view_mut()).unwrap_err(),
+        layer_norm_into(&dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: 1e-5 }, &mut y3.view_mut())
+            .unwrap_err(),
         &["[2, 128]", "[3, 128]"],
     );
     let w: Tensor<f32> = dev.zeros(&[100]).unwrap();
     err_has(
-        layer_norm_into(&dev, &x.view(), Some(&w.view()), None, 1e-5, &mut y.view_mut()).unwrap_err(),
+        layer_norm_into(
+            &dev,
+            &LayerNormArgs { x: x.view(), weight: Some(w.view()), bias: None, eps: 1e-5 },
+            &mut y.view_mut(),
+        )
+        .unwrap_err(),
         &["weight", "[100]", "[128]"],
     );
-    err_has(layer_norm_into(&dev, &x.view(), None, None, -1.0, &mut y.view_mut()).unwrap_err(), &["eps", "-1"]);
+    err_has(
+        layer_norm_into(&dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: -1.0 }, &mut y.view_mut())
+            .unwrap_err(),
+        &["eps", "-1"],
+    );
 
     // add: shapes differ
     let x3: Tensor<f32> = dev.zeros(&[2, 127]).unwrap();
@@ -408,7 +473,12 @@ fn layer_norm_non_finite<T: DType + Element>(dev: &Device, name: &str, s: u64) {
             let (xt, wt, bt) =
                 (dev.upload(&x, &[t, d]).unwrap(), dev.upload(&w, &[d]).unwrap(), dev.upload(&b, &[d]).unwrap());
             let mut yt: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); t * d], &[t, d]).unwrap();
-            layer_norm_into(dev, &xt.view(), Some(&wt.view()), Some(&bt.view()), 1e-5, &mut yt.view_mut()).unwrap();
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: xt.view(), weight: Some(wt.view()), bias: Some(bt.view()), eps: 1e-5 },
+                &mut yt.view_mut(),
+            )
+            .unwrap();
             let got = f32s(&yt.to_vec().unwrap());
             let (w64, b64): (Vec<f64>, Vec<f64>) =
                 (w.iter().map(|v| v.to_f64()).collect(), b.iter().map(|v| v.to_f64()).collect());

@@ -15,7 +15,7 @@ mod common;
 
 use common::{assert_close, backends, seed};
 use rand::{Rng, SeedableRng};
-use tf_host::{bf16, DType, Device, Sampling, Tokenformer};
+use tf_host::{bf16, DType, Device, Sampling, SlotCounts, Tokenformer};
 use tf_ref::{Element, ModelParams, TokenformerConfig};
 
 fn tiny() -> TokenformerConfig {
@@ -252,7 +252,7 @@ fn growth_preserving_and_not() {
         let mut m = Tokenformer::<bf16>::new(&dev, &cfg, s).unwrap();
         let before = logits(&m, &tokens);
         // 64 -> 200 passes the capacity (a reallocating copy) and a tile boundary.
-        m.grow_preserving(200, 72, 300, s ^ 5).unwrap();
+        m.grow_preserving(SlotCounts { qkv: 200, proj: 72, ffn: 300 }, s ^ 5).unwrap();
         assert_eq!(m.config().qkv_slots, 200);
         assert_eq!(m.pattention(0, tf_ref::Slot::Ffn).unwrap().n(), 300);
         assert_eq!(m.pattention(1, tf_ref::Slot::Query).unwrap().options().n_ref, Some(64));
@@ -279,12 +279,12 @@ fn growth_preserving_and_not() {
             }
         }
 
-        m.grow(256, 80, 320, s ^ 6).unwrap();
+        m.grow(SlotCounts { qkv: 256, proj: 80, ffn: 320 }, s ^ 6).unwrap();
         let grown = logits(&m, &tokens);
         let changed = before.iter().zip(&grown).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert!(changed > before.len() / 2, "{name}: plain grow changed only {changed} of {} logits", before.len());
         // Shrinking and softmax-preserving are refused.
-        assert!(m.grow(100, 80, 320, 1).is_err());
+        assert!(m.grow(SlotCounts { qkv: 100, proj: 80, ffn: 320 }, 1).is_err());
     }
 }
 
@@ -297,7 +297,7 @@ fn safetensors_round_trip() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tiny.safetensors");
     let mut m = Tokenformer::<bf16>::new(&dev, &cfg, s).unwrap();
-    m.grow_preserving(96, 64, 160, 3).unwrap();
+    m.grow_preserving(SlotCounts { qkv: 96, proj: 64, ffn: 160 }, 3).unwrap();
     m.save(&path).unwrap();
     let grown = m.config().clone();
     let back = Tokenformer::<bf16>::load(&dev, &grown, &path).unwrap();

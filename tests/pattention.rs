@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tf_host::{
     bf16, f16, pattention, pattention_into, pattention_workspace_bytes, DType, Device, EmuOptions, Error, LaneOrder,
-    Norm, PattentionOptions, Tensor, Workspace,
+    Norm, PattentionArgs, PattentionOptions, Tensor, Workspace,
 };
 use tf_ref::{Element, MatRef};
 
@@ -67,7 +67,13 @@ fn run<T: DType>(dev: &Device, p: &Problem<T>, o: &PattentionOptions, ws: Option
     let k = dev.upload(&p.k, &[p.n, p.d_in]).unwrap();
     let v = dev.upload(&p.v, &[p.n, p.d_out]).unwrap();
     let mut y: Tensor<T> = dev.poisoned(&[p.t, p.d_out]).unwrap();
-    pattention_into(dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), o, ws).unwrap();
+    pattention_into(
+        dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: *o },
+        &mut y.view_mut(),
+        ws,
+    )
+    .unwrap();
     y.to_vec().unwrap().into_iter().map(DType::to_f32).collect()
 }
 
@@ -331,7 +337,11 @@ fn one_workspace_serves_many_calls() {
             dev.upload(&p.k, &[33, 16]).unwrap(),
             dev.upload(&p.v, &[33, 24]).unwrap(),
         );
-        let y = pattention(&dev, &x, &k, &v, &PattentionOptions::default()).unwrap();
+        let y = pattention(
+            &dev,
+            &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: PattentionOptions::default() },
+        )
+        .unwrap();
         let got: Vec<f32> = y.to_vec().unwrap().into_iter().map(DType::to_f32).collect();
         assert_close("allocating pattention", &got, &reference(&p, &PattentionOptions::default()), 1e-2);
     }
@@ -349,11 +359,29 @@ fn bad_inputs_return_errors() {
     let mut y: Tensor<f16> = dev.poisoned(&[4, 24]).unwrap();
     let mut y_bad: Tensor<f16> = dev.poisoned(&[4, 16]).unwrap();
 
-    let e = pattention_into(&dev, &x.view(), &k_bad.view(), &v.view(), &mut y.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k_bad.view(), v_p: v.view(), opts: o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "d_in mismatch: {e}");
-    let e = pattention_into(&dev, &x.view(), &k.view(), &v_bad.view(), &mut y.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v_bad.view(), opts: o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "n mismatch: {e}");
-    let e = pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y_bad.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: o },
+        &mut y_bad.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Shape { .. }), "y shape: {e}");
     assert!(e.to_string().contains("[4, 16]"), "the message names the shapes: {e}");
 
@@ -361,31 +389,66 @@ fn bad_inputs_return_errors() {
     // starting 4 elements in.
     let x12 = dev.upload(&[f16::from_f32(0.5); 4 * 12], &[4, 12]).unwrap();
     let k12 = dev.upload(&[f16::from_f32(0.5); 8 * 12], &[8, 12]).unwrap();
-    let e = pattention_into(&dev, &x12.view(), &k12.view(), &v.view(), &mut y.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x12.view(), k_p: k12.view(), v_p: v.view(), opts: o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Alignment { .. }), "stride 12: {e}");
     let xo = x.strided(4, &[3, 8], &[16, 1]).unwrap();
     let ko = k.strided(0, &[8, 8], &[16, 1]).unwrap();
     let mut y3: Tensor<f16> = dev.poisoned(&[3, 24]).unwrap();
-    let e = pattention_into(&dev, &xo, &ko, &v.view(), &mut y3.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: xo.clone(), k_p: ko.clone(), v_p: v.view(), opts: o },
+        &mut y3.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::Alignment { .. }), "offset 4: {e}");
     // ... while f32 has no such rule, and an aligned strided view works for f16.
     let xa = x.strided(8, &[3, 8], &[16, 1]).unwrap();
-    pattention_into(&dev, &xa, &ko, &v.view(), &mut y3.view_mut(), &o, None).unwrap();
+    pattention_into(
+        &dev,
+        &PattentionArgs { x: xa.clone(), k_p: ko.clone(), v_p: v.view(), opts: o },
+        &mut y3.view_mut(),
+        None,
+    )
+    .unwrap();
     let xf = dev.upload(&[0.5f32; 4 * 12], &[4, 12]).unwrap();
     let kf = dev.upload(&[0.25f32; 8 * 12], &[8, 12]).unwrap();
     let vf = dev.upload(&[1.0f32; 8 * 3], &[8, 3]).unwrap();
     let mut yf: Tensor<f32> = dev.poisoned(&[4, 3]).unwrap();
-    pattention_into(&dev, &xf.view(), &kf.view(), &vf.view(), &mut yf.view_mut(), &o, None).unwrap();
+    pattention_into(
+        &dev,
+        &PattentionArgs { x: xf.view(), k_p: kf.view(), v_p: vf.view(), opts: o },
+        &mut yf.view_mut(),
+        None,
+    )
+    .unwrap();
 
     // workspace too small
     let need = pattention_workspace_bytes::<f16>(4, 8, 24).unwrap();
     let mut small = Workspace::new(&dev, need - 1).unwrap();
-    let e =
-        pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), &o, Some(&mut small)).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: o },
+        &mut y.view_mut(),
+        Some(&mut small),
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "small workspace: {e}");
     assert!(e.to_string().contains(&need.to_string()), "the message names the size needed: {e}");
     let mut exact = Workspace::new(&dev, need).unwrap();
-    pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), &o, Some(&mut exact)).unwrap();
+    pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: o },
+        &mut y.view_mut(),
+        Some(&mut exact),
+    )
+    .unwrap();
 
     // options
     for bad in [
@@ -393,23 +456,47 @@ fn bad_inputs_return_errors() {
         PattentionOptions { eps: -1.0, ..o },
         PattentionOptions { eps: f32::NAN, ..o },
     ] {
-        let e = pattention_into(&dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), &bad, None).unwrap_err();
+        let e = pattention_into(
+            &dev,
+            &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: bad },
+            &mut y.view_mut(),
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{bad:?}: {e}");
     }
     // no parameter tokens
     let k0 = dev.zeros::<f16>(&[0, 16]).unwrap();
     let v0 = dev.zeros::<f16>(&[0, 24]).unwrap();
-    let e = pattention_into(&dev, &x.view(), &k0.view(), &v0.view(), &mut y.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: x.view(), k_p: k0.view(), v_p: v0.view(), opts: o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "n = 0: {e}");
     // another device's tensor
     let other = Device::emulator();
     let xo = other.upload(&[f16::from_f32(0.5); 4 * 16], &[4, 16]).unwrap();
-    let e = pattention_into(&dev, &xo.view(), &k.view(), &v.view(), &mut y.view_mut(), &o, None).unwrap_err();
+    let e = pattention_into(
+        &dev,
+        &PattentionArgs { x: xo.view(), k_p: k.view(), v_p: v.view(), opts: o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap_err();
     assert!(matches!(e, Error::DeviceMismatch { .. }), "device mismatch: {e}");
     // t = 0 is a no-op
     let xe = dev.zeros::<f16>(&[0, 16]).unwrap();
     let mut ye: Tensor<f16> = dev.zeros(&[0, 24]).unwrap();
-    pattention_into(&dev, &xe.view(), &k.view(), &v.view(), &mut ye.view_mut(), &o, None).unwrap();
+    pattention_into(
+        &dev,
+        &PattentionArgs { x: xe.view(), k_p: k.view(), v_p: v.view(), opts: o },
+        &mut ye.view_mut(),
+        None,
+    )
+    .unwrap();
 }
 
 /// Operands as views with padded row strides (and an offset x view): d_in = 13
@@ -438,7 +525,13 @@ fn strided<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize, n:
         let o = PattentionOptions { norm, ..Default::default() };
         {
             let mut y = yb.strided_mut(0, &[t, d_out], &[ys, 1]).unwrap();
-            pattention_into(dev, &x, &k, &v, &mut y, &o, None).unwrap();
+            pattention_into(
+                dev,
+                &PattentionArgs { x: x.clone(), k_p: k.clone(), v_p: v.clone(), opts: o },
+                &mut y,
+                None,
+            )
+            .unwrap();
         }
         let all: Vec<f32> = yb.to_vec().unwrap().into_iter().map(DType::to_f32).collect();
         let got: Vec<f32> = (0..t).flat_map(|r| all[r * ys..r * ys + d_out].to_vec()).collect();
@@ -488,7 +581,13 @@ fn run_sentinel<T: DType>(dev: &Device, p: &Problem<T>, o: &PattentionOptions) -
     let k = dev.upload(&p.k, &[p.n, p.d_in]).unwrap();
     let v = dev.upload(&p.v, &[p.n, p.d_out]).unwrap();
     let mut y: Tensor<T> = dev.upload(&vec![T::from_f32(7777.0); p.t * p.d_out], &[p.t, p.d_out]).unwrap();
-    pattention_into(dev, &x.view(), &k.view(), &v.view(), &mut y.view_mut(), o, None).unwrap();
+    pattention_into(
+        dev,
+        &PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: *o },
+        &mut y.view_mut(),
+        None,
+    )
+    .unwrap();
     y.to_vec().unwrap().into_iter().map(DType::to_f32).collect()
 }
 

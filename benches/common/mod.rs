@@ -1,5 +1,5 @@
 //! Shared by the benches: the GPU (or the reason there is none) and criterion
-//! wired to the cases and measurement of `tf_host::bench`, which `tokenformer
+//! wired to the cases and measurement of `tf_host::bench_internals`, which `tokenformer
 //! bench` runs too.
 //!
 //! Nothing here times the emulator: its timings are not performance.
@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Throughput};
-use tf_host::bench::{append_env_json, measure_peaks, pattention_ratios, table, Peaks, Row, Variant, Work};
+use tf_host::bench_internals::{append_env_json, measure_peaks, pattention_ratios, table, Peaks, Row, Variant, Work};
 use tf_host::Device;
 
 /// The CUDA device, or None after printing why the CUDA benches are skipped.
@@ -49,7 +49,7 @@ pub fn peaks(dev: &Device) -> Peaks {
     p
 }
 
-/// Registers each variant of a `tf_host::bench` case runner as a criterion
+/// Registers each variant of a `tf_host::bench_internals` case runner as a criterion
 /// benchmark (`iter_custom` with CUDA events) before the runner takes its median.
 pub fn hook<'c>(c: &'c mut criterion::Criterion, dev: &'c Device) -> impl FnMut(&mut Variant<'_>) + 'c {
     move |v: &mut Variant<'_>| {

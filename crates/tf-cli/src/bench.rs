@@ -1,11 +1,11 @@
 //! `tokenformer bench`: the benchmarks issue's cases on the GPU, through
-//! `tf_host::bench` (the same code the criterion benches run). Without a GPU:
+//! `tf_host::bench_internals` (the same code the criterion benches run). Without a GPU:
 //! says so, then runs `check` on the emulator (emulator timings are not
 //! performance, so nothing is timed there).
 
 use std::process::ExitCode;
 
-use tf_host::bench::{
+use tf_host::bench_internals::{
     attention_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios, run_attention_case, run_grow,
     run_pattention_case, svg, table, BenchSet, Variant,
 };
@@ -60,14 +60,7 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     let mut no_hook = |_: &mut Variant<'_>| {};
     let mut rows = Vec::new();
     for c in &pcases {
-        pb.set_message(format!(
-            "pattention {} {} d{} n{} t{}",
-            c.dtype,
-            tf_host::bench::norm_name(c.norm),
-            c.d,
-            c.n,
-            c.t
-        ));
+        pb.set_message(format!("pattention {} {} d{} n{} t{}", c.dtype, c.norm.name(), c.d, c.n, c.t));
         rows.extend(run_pattention_case(&dev, c, &mut no_hook).map_err(s)?);
         pb.inc(1);
     }

@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::{
-    attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnOptions, DType, Device, GrowInit,
-    GrowItem, ModelParams, Norm, PattentionOptions, Tokenformer, TokenformerConfig,
+    attention_into, bf16, f16, grow_batch, linear_into, pattention_into, AttnArgs, AttnOptions, DType, Device,
+    GrowInit, GrowItem, ModelParams, Norm, PattentionArgs, PattentionOptions, Tokenformer, TokenformerConfig,
 };
 use tf_ref::{Element, MatRef, Tensor4Ref};
 
@@ -112,7 +112,13 @@ fn pattention_case<T: DType + Element>(
     );
     let mut y = dev.poisoned::<T>(&[t, d_out]).map_err(s)?;
     let opts = PattentionOptions { norm, n_ref, eps: 0.0 };
-    pattention_into(dev, &xt.view(), &kt.view(), &vt.view(), &mut y.view_mut(), &opts, None).map_err(s)?;
+    pattention_into(
+        dev,
+        &PattentionArgs { x: xt.view(), k_p: kt.view(), v_p: vt.view(), opts },
+        &mut y.view_mut(),
+        None,
+    )
+    .map_err(s)?;
     let want = tf_ref::pattention(
         MatRef::new(&x, t, d_in).map_err(s)?,
         MatRef::new(&k, n, d_in).map_err(s)?,
@@ -143,8 +149,14 @@ fn attention_case<T: DType + Element>(
     let mut o = dev.poisoned::<T>(&[1, t_q, h, d]).map_err(s)?;
     let mut lse = dev.poisoned::<f32>(&[1, h, t_q]).map_err(s)?;
     let scale = 1.0 / (d as f64).sqrt();
-    let opts = AttnOptions { causal, scale: Some(scale as f32) };
-    attention_into(dev, &qt.view(), &kt.view(), &vt.view(), &mut o.view_mut(), &mut lse.view_mut(), opts).map_err(s)?;
+    let opts = AttnOptions { causal, scale: Some(scale as f32), num_splits: None };
+    attention_into(
+        dev,
+        &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts },
+        &mut o.view_mut(),
+        &mut lse.view_mut(),
+    )
+    .map_err(s)?;
     let want = tf_ref::attention(
         Tensor4Ref::new(&q, [1, t_q, h, d]).map_err(s)?,
         Tensor4Ref::new(&k, [1, t_k, h, d]).map_err(s)?,
@@ -216,7 +228,12 @@ fn layer_norm_case<T: DType + Element>(
     let mut y = dev.poisoned::<T>(&[t, d]).map_err(s)?;
     let (wv, bv) = (wt.view(), bt.view());
     let (wo, bo) = if affine { (Some(&wv), Some(&bv)) } else { (None, None) };
-    layer_norm_into(dev, &xt.view(), wo, bo, 1e-5, &mut y.view_mut()).map_err(s)?;
+    layer_norm_into(
+        dev,
+        &LayerNormArgs { x: xt.view(), weight: wo.cloned(), bias: bo.cloned(), eps: 1e-5 },
+        &mut y.view_mut(),
+    )
+    .map_err(s)?;
     let (w64, b64) = (f64s(&w), f64s(&b));
     let (wr, br) = if affine { (Some(&w64[..]), Some(&b64[..])) } else { (None, None) };
     let want = tf_ref::layer_norm(MatRef::new(&x, t, d).map_err(s)?, wr, br, 1e-5).map_err(s)?;
@@ -234,7 +251,12 @@ fn rotary_case<T: DType + Element>(
     let x: Vec<T> = rand_vec(rng, t * heads * hd, 1.0);
     let mut xt = dev.upload(&x, &[t, heads * hd]).map_err(s)?;
     let rot = tf_ref::rotary_dims(hd, 0.25).map_err(s)?;
-    rotary_into(dev, &mut xt.view_mut(), heads, hd, rot, 10000.0, pos).map_err(s)?;
+    rotary_into(
+        dev,
+        &mut xt.view_mut(),
+        &RotaryArgs { heads, head_dim: hd, rot_dim: rot, base: 10000.0, pos_offset: pos },
+    )
+    .map_err(s)?;
     let want = tf_ref::rotary(MatRef::new(&x, t, heads * hd).map_err(s)?, heads, hd, 0.25, 10000.0, pos).map_err(s)?;
     Ok((f32s(&xt.to_vec().map_err(s)?), want.data))
 }
@@ -305,10 +327,6 @@ fn case(
     Case { kernel, dtype, case, tol, run: Box::new(run) }
 }
 
-fn norm_label(n: Norm) -> &'static str {
-    tf_host::bench::norm_name(n)
-}
-
 /// The per-dtype cases of every kernel family.
 fn cases_for<T: DType + Element>() -> Vec<Case> {
     let dt = <T as DType>::NAME;
@@ -318,7 +336,7 @@ fn cases_for<T: DType + Element>() -> Vec<Case> {
     // n = 70 (not a tile multiple); d_in 64 -> d_out 40; and a pinned n_ref.
     for norm in Norm::ALL {
         for t in [37, 97] {
-            v.push(case("pattention", dt, format!("{} t{t} n70 64->40", norm_label(norm)), tl, move |d, r| {
+            v.push(case("pattention", dt, format!("{} t{t} n70 64->40", norm.name()), tl, move |d, r| {
                 pattention_case::<T>(d, r, t, 70, 64, 40, norm, None)
             }));
         }

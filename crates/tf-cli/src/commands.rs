@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::{bf16, f16, CheckpointInfo, DType, Device, LoadOptions, Sampling, Tokenformer, TokenformerConfig};
+use tf_host::{
+    bf16, f16, CheckpointInfo, DType, Device, LoadOptions, Sampling, SlotCounts, Tokenformer, TokenformerConfig,
+};
 
 use crate::util::{bar, check_output, config, device, millions, outln, parse_ids, parse_slots, s, spinner, CliResult};
 use crate::{DtypeArg, GenerateArgs, GoldenArgs, GrowArgs, DEFAULT_DTYPE, DEFAULT_INIT_SEED};
@@ -198,10 +200,11 @@ fn grow_with<T: DType>(
     sp.set_message("growing".to_string());
     dev.synchronize().map_err(s)?;
     let start = Instant::now();
+    let to = SlotCounts { qkv: q, proj: p, ffn: f };
     if a.preserving {
-        m.grow_preserving(q, p, f, a.grow_seed ^ 0x5eed).map_err(s)?;
+        m.grow_preserving(to, a.grow_seed ^ 0x5eed).map_err(s)?;
     } else {
-        m.grow(q, p, f, a.grow_seed ^ 0x5eed).map_err(s)?;
+        m.grow(to, a.grow_seed ^ 0x5eed).map_err(s)?;
     }
     dev.synchronize().map_err(s)?;
     let took = start.elapsed();

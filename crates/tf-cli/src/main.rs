@@ -1,7 +1,7 @@
 //! `tokenformer`: the project's command line.
 //!
 //! - `bench`: Pattention against dense layers, attention and growth on the GPU
-//!   (the benchmarks issue's cases, `tf_host::bench`), as a table and optionally
+//!   (the benchmarks issue's cases, `tf_host::bench_internals`), as a table and optionally
 //!   JSON lines and an SVG chart; without a GPU it says so and runs `check` on
 //!   the emulator instead.
 //! - `check`: every kernel against tf-ref on every available backend.

@@ -6,7 +6,7 @@
 //! cargo run -p tf-host --example tokenformer
 //! ```
 
-use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
+use tf_host::{bf16, Device, Sampling, SlotCounts, Tokenformer, TokenformerConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // CUDA device 0, or say why not and use the CPU emulator (same kernels, far slower).
@@ -31,11 +31,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("greedy: {ids:?}");
 
     // Grow every Pattention at once (one kernel launch) without changing the function.
-    let (q, p, f) = (cfg.qkv_slots * 2, cfg.proj_slots * 2, cfg.ffn_slots * 2);
-    model.grow_preserving(q, p, f, 7)?;
+    let to = SlotCounts { qkv: cfg.qkv_slots * 2, proj: cfg.proj_slots * 2, ffn: cfg.ffn_slots * 2 };
+    model.grow_preserving(to, 7)?;
     let after = model.forward(&prompt)?;
     let same = logits.to_vec()? == after.to_vec()?;
-    println!("grown to {q} / {p} / {f} slots; logits unchanged: {same}");
+    println!("grown to {to:?}; logits unchanged: {same}");
 
     let path = std::env::temp_dir().join("tokenformer-example.safetensors");
     model.save(&path)?; // GPT-NeoX key names, n_ref pins in the metadata

@@ -1,6 +1,7 @@
 //! Devices: a CUDA GPU (through cudarc) or the CPU SIMT emulator running the
-//! same kernel source. Both launch through [`Device::launch`] with the same
-//! geometry, computed by each op family's `plan`.
+//! same kernel source. Both backends launch a kernel with the same geometry,
+//! computed by each op family's `plan`, and check the same launch limits
+//! (threads per block, grid size, shared memory per block).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,7 +52,42 @@ const EMU_MAX_SMEM: u32 = tf_kernels::sys::TF_EMU_MAX_DYNAMIC_SMEM;
 /// a GPU of the H100 class (plans must not depend on it for correctness).
 const EMU_SM_COUNT: u32 = 132;
 
-/// A device the kernels run on. Cheap to clone (shared handle).
+/// A device the kernels run on: a CUDA GPU ([`Device::cuda`],
+/// [`Device::from_stream`]) or the CPU SIMT emulator ([`Device::emulator`]),
+/// which runs the same kernel source and the same validation. Cheap to clone
+/// (a shared handle); tensors remember their device and ops refuse a mix.
+///
+/// ```
+/// use tf_host::{Device, Error};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// assert!(!dev.is_cuda() && dev.cuda_stream().is_none());
+/// assert_eq!(dev.sm_count(), 132); // H100-like launch geometry
+///
+/// // Clones are the same device; another emulator is another device.
+/// let x = dev.upload(&[1.0f32, 2.0, 3.0], &[3])?;
+/// assert!(x.device().same(&dev.clone()));
+/// let other = Device::emulator();
+/// let y = other.zeros::<f32>(&[3])?;
+/// let mut z = dev.zeros::<f32>(&[3])?;
+/// assert!(matches!(z.copy_from(&y), Err(Error::DeviceMismatch { .. })));
+/// z.copy_from(&x)?;
+/// assert_eq!(z.to_vec()?, [1.0, 2.0, 3.0]);
+///
+/// // The emulator refuses to time: its timings say nothing about a GPU.
+/// assert!(matches!(dev.time_iters(1, || Ok(())), Err(Error::InvalidArgument { .. })));
+///
+/// // A GPU when there is one; otherwise a typed error says why not.
+/// match Device::cuda(0) {
+///     Ok(gpu) => assert!(gpu.is_cuda()),
+///     Err(e) => assert!(matches!(
+///         e,
+///         Error::NoDriver | Error::NoDevice { .. } | Error::KernelsNotBuilt | Error::Driver(_)
+///     )),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Device(pub(crate) Arc<Inner>);
 

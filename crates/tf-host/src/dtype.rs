@@ -8,7 +8,9 @@ use tf_kernels::sys;
 pub trait DType:
     Copy + Default + Send + Sync + std::fmt::Debug + PartialEq + DeviceRepr + ValidAsZeroBits + sealed::Sealed + 'static
 {
-    /// The kernels' code for this type (`tf_dtype`).
+    /// The kernels' code for this type (`tf_dtype` of `kernels/tf_kernels.h`).
+    /// Not part of the API: a generated binding type, used by the ops.
+    #[doc(hidden)]
     const CODE: sys::tf_dtype;
     /// Name used in kernel names and messages: "f32", "f16", "bf16".
     const NAME: &'static str;

@@ -7,11 +7,14 @@
 //! exactly `n_new` if that is more), like `Vec`. Rows `[0, n_old)` are never
 //! changed, bit for bit.
 
+use tf_ref::{tensor_seed, Slot, TokenformerConfig};
+
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::model::{tensor_index, value_std, KEY_STD};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
-use crate::ops::pattention::{pattention_into, PattentionOptions};
+use crate::ops::pattention::{norm_scale, pattention_into, PattentionArgs, PattentionOptions};
 use crate::tensor::{Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
@@ -44,7 +47,96 @@ pub enum Init<'a, T: DType> {
 /// Seed of the value tokens derived from a growth's seed.
 pub const VALUE_SEED_XOR: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// The sizes of a Pattention layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PattentionShape {
+    /// Parameter tokens (rows of `K_P` and `V_P`), at least 1.
+    pub n: usize,
+    /// Input width (columns of x and `K_P`).
+    pub d_in: usize,
+    /// Output width (columns of `V_P` and y).
+    pub d_out: usize,
+}
+
+/// The random initialisation of a standalone layer ([`Pattention::random`]):
+/// key tokens N(0, `key_std`²) and value tokens N(0, `value_std`²), element
+/// `(r, c)` of each tensor drawn from the Philox stream of its seed at
+/// `r·cols + c` (tf-ref's `philox_normal`, as every growth kernel draws it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomInit {
+    /// Standard deviation of the key tokens, finite and >= 0 (the model's: 0.02).
+    pub key_std: f32,
+    /// Standard deviation of the value tokens, finite and >= 0 (the model's:
+    /// `2 / (L·√d)`, L blocks of width d).
+    pub value_std: f32,
+    /// Philox key of the key tokens.
+    pub key_seed: u64,
+    /// Philox key of the value tokens.
+    pub value_seed: u64,
+}
+
+impl RandomInit {
+    /// The distribution the model gives its Pattentions (`Tokenformer::new`,
+    /// tf-ref's `ModelParams::init`) for config `cfg`: keys N(0, 0.02²), values
+    /// N(0, (2/(L·√d))²) with L = `cfg.layers`, d = `cfg.d` (the std rounded to
+    /// f32). The keys are seeded with `seed` and the values with
+    /// `seed ^ VALUE_SEED_XOR`, so a later [`Pattention::grow`] with
+    /// [`Init::Normal`] and the same stds and seed continues both streams.
+    pub fn official(cfg: &TokenformerConfig, seed: u64) -> RandomInit {
+        RandomInit { key_std: KEY_STD, value_std: value_std(cfg), key_seed: seed, value_seed: seed ^ VALUE_SEED_XOR }
+    }
+
+    /// Exactly the init of Pattention `slot` of block `block` in a model made by
+    /// `Tokenformer::new(dev, cfg, seed)`: the distribution of
+    /// [`official`](Self::official) with the model's per-tensor seeds
+    /// (`tf_ref::tensor_seed(seed, index)`, index as in
+    /// `TokenformerConfig::tensor_names`). The block is not checked against
+    /// `cfg.layers`.
+    pub fn model_layer(cfg: &TokenformerConfig, seed: u64, block: usize, slot: Slot) -> RandomInit {
+        RandomInit {
+            key_std: KEY_STD,
+            value_std: value_std(cfg),
+            key_seed: tensor_seed(seed, tensor_index(block, slot, false)),
+            value_seed: tensor_seed(seed, tensor_index(block, slot, true)),
+        }
+    }
+}
+
 /// A Pattention layer `y = Θ(x·K_Pᵀ)·V_P` that owns its parameter tokens.
+///
+/// ```
+/// use tf_host::{Device, Norm, Pattention, PattentionOptions, PattentionShape, RandomInit, TokenformerConfig};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let cfg = TokenformerConfig::by_name("tiny")?;
+/// let shape = PattentionShape { n: 48, d_in: cfg.d, d_out: cfg.d };
+/// let opts = PattentionOptions { norm: Norm::L2NormGelu, ..Default::default() };
+/// let mut layer = Pattention::<f32>::random(&dev, shape, RandomInit::official(&cfg, 7), opts)?;
+///
+/// let t = 5;
+/// let x_host: Vec<f32> = (0..t * cfg.d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+/// let x = dev.upload(&x_host, &[t, cfg.d])?;
+/// let y = layer.forward(&x)?;
+/// assert_eq!(y.shape(), &[t, cfg.d]);
+///
+/// // The same product on the CPU (tf-ref, f64) from the layer's tokens read back.
+/// let (k, v) = (layer.keys().to_vec()?, layer.values().to_vec()?);
+/// let want = tf_ref::pattention(
+///     tf_ref::MatRef::new(&x_host, t, cfg.d)?,
+///     tf_ref::MatRef::new(&k, 48, cfg.d)?,
+///     tf_ref::MatRef::new(&v, 48, cfg.d)?,
+///     &tf_ref::PattentionOpts { norm: tf_ref::Norm::L2NormGelu, ..Default::default() },
+/// )?;
+/// let err = y.to_f32_vec()?.iter().zip(&want.data).map(|(a, b)| (f64::from(*a) - b).abs()).fold(0.0, f64::max);
+/// assert!(err < 1e-5, "max abs error {err}");
+///
+/// // Growth that keeps the function: zero new keys, n_ref pinned to 48.
+/// layer.grow_preserving(96, tf_host::ValueInit::Normal { std: 0.02, seed: 1 })?;
+/// assert_eq!((layer.n(), layer.options().n_ref), (96, Some(48)));
+/// assert_eq!(layer.forward(&x)?.to_vec()?, y.to_vec()?);
+/// # Ok(()) }
+/// ```
 pub struct Pattention<T: DType> {
     dev: Device,
     k_buf: Tensor<T>,
@@ -70,27 +162,58 @@ impl<T: DType> std::fmt::Debug for Pattention<T> {
 
 impl<T: DType> Pattention<T> {
     /// A layer from its key tokens `[n, d_in]` and value tokens `[n, d_out]`.
+    ///
+    /// Refused here rather than on every [`forward`](Self::forward): shapes that
+    /// do not fit (`Error::Shape`), options out of range (`eps` negative or not
+    /// finite, `n_ref = Some(0)`: `Error::InvalidArgument`), and for f16/bf16 a
+    /// `d_in` or `d_out` that is not a multiple of 8 (`Error::Alignment`: the
+    /// kernels read rows 16 bytes apart, so only a one-token layer applied to one
+    /// row at a time could run).
     pub fn new(dev: &Device, k_p: Tensor<T>, v_p: Tensor<T>, opts: PattentionOptions) -> Result<Self> {
-        let (&[n, _], &[nv, _]) = (k_p.shape(), v_p.shape()) else {
+        const OP_NEW: &str = "Pattention::new";
+        let (&[n, d_in], &[nv, d_out]) = (k_p.shape(), v_p.shape()) else {
             return Err(Error::Shape {
-                op: "Pattention::new",
+                op: OP_NEW,
                 msg: format!("k_p and v_p must be 2-D, got {:?} and {:?}", k_p.shape(), v_p.shape()),
             });
         };
-        if n != nv || n == 0 {
+        if n != nv {
             return Err(Error::Shape {
-                op: "Pattention::new",
-                msg: format!(
-                    "k_p {:?} and v_p {:?} must have the same, non-zero number of tokens",
-                    k_p.shape(),
-                    v_p.shape()
-                ),
+                op: OP_NEW,
+                msg: format!("k_p {:?} and v_p {:?} must have the same number of tokens", k_p.shape(), v_p.shape()),
             });
         }
+        check_layer::<T>(OP_NEW, PattentionShape { n, d_in, d_out }, &opts)?;
         if !k_p.device().same(dev) || !v_p.device().same(dev) {
-            return Err(Error::DeviceMismatch { op: "Pattention::new" });
+            return Err(Error::DeviceMismatch { op: OP_NEW });
         }
         Ok(Pattention { dev: dev.clone(), k_buf: k_p, v_buf: v_p, n, opts })
+    }
+
+    /// A layer of `shape` with random tokens drawn on the device (one launch of
+    /// the growth kernel), checked as [`new`](Self::new) checks. With
+    /// [`RandomInit::model_layer`] its tokens are those of the model's layer,
+    /// bit for bit on one backend.
+    pub fn random(dev: &Device, shape: PattentionShape, init: RandomInit, opts: PattentionOptions) -> Result<Self> {
+        const OP_RANDOM: &str = "Pattention::random";
+        check_layer::<T>(OP_RANDOM, shape, &opts)?;
+        for (what, std) in [("key_std", init.key_std), ("value_std", init.value_std)] {
+            if !(std.is_finite() && std >= 0.0) {
+                return Err(Error::InvalidArgument {
+                    op: OP_RANDOM,
+                    msg: format!("{what} must be finite and >= 0, got {std}"),
+                });
+            }
+        }
+        let PattentionShape { n, d_in, d_out } = shape;
+        let mut k = dev.zeros::<T>(&[n, d_in])?;
+        let mut v = dev.zeros::<T>(&[n, d_out])?;
+        let item = |dst, std, seed| GrowItem { src: None, dst, rows_old: 0, init: GrowInit::Normal { std, seed } };
+        grow_batch(
+            dev,
+            vec![item(k.view_mut(), init.key_std, init.key_seed), item(v.view_mut(), init.value_std, init.value_seed)],
+        )?;
+        Pattention::new(dev, k, v, opts)
     }
 
     /// Number of parameter tokens.
@@ -109,13 +232,21 @@ impl<T: DType> Pattention<T> {
     pub fn d_out(&self) -> usize {
         self.v_buf.shape()[1]
     }
+    /// `n`, `d_in` and `d_out`.
+    pub fn shape(&self) -> PattentionShape {
+        PattentionShape { n: self.n, d_in: self.d_in(), d_out: self.d_out() }
+    }
     /// Norm, pinned n_ref and eps.
     pub fn options(&self) -> &PattentionOptions {
         &self.opts
     }
-    /// Pins (or unpins) the reference token count of the scale.
-    pub fn set_n_ref(&mut self, n_ref: Option<usize>) {
-        self.opts.n_ref = n_ref;
+    /// Pins (or unpins, with `None`) the reference token count of the scale.
+    /// `Some(0)` is refused (`Error::InvalidArgument`) and the layer unchanged.
+    pub fn set_n_ref(&mut self, n_ref: Option<usize>) -> Result<()> {
+        let opts = PattentionOptions { n_ref, ..self.opts };
+        norm_scale("Pattention::set_n_ref", &opts, self.n)?;
+        self.opts = opts;
+        Ok(())
     }
     /// The key tokens `[n, d_in]` (a view into the capacity buffer).
     pub fn keys(&self) -> View<'_, T> {
@@ -149,7 +280,12 @@ impl<T: DType> Pattention<T> {
 
     /// The same into a caller-given output and (optionally) workspace.
     pub fn forward_into(&self, x: &View<'_, T>, y: &mut ViewMut<'_, T>, ws: Option<&mut Workspace>) -> Result<()> {
-        pattention_into(&self.dev, x, &self.keys(), &self.values(), y, &self.opts, ws)
+        pattention_into(
+            &self.dev,
+            &PattentionArgs { x: x.clone(), k_p: self.keys(), v_p: self.values(), opts: self.opts },
+            y,
+            ws,
+        )
     }
 
     /// Appends rows so the layer has `n_new` tokens; rows `[0, n)` are unchanged.
@@ -282,6 +418,35 @@ impl<T: DType> Pattention<T> {
         }
         self.n = staged.n_new;
     }
+}
+
+/// What every forward of a layer of `shape` with `opts` in storage type `T`
+/// would refuse: no token, options out of range, 16-bit rows that are not 16
+/// bytes apart.
+fn check_layer<T: DType>(op: &'static str, shape: PattentionShape, opts: &PattentionOptions) -> Result<()> {
+    let PattentionShape { n, d_in, d_out } = shape;
+    if n == 0 {
+        return Err(Error::Shape {
+            op,
+            msg: format!("n = 0 (d_in {d_in}, d_out {d_out}): a layer needs at least one parameter token"),
+        });
+    }
+    norm_scale(op, opts, n)?;
+    if std::mem::size_of::<T>() == 2 {
+        for (what, d) in [("d_in", d_in), ("d_out", d_out)] {
+            if d % 8 != 0 {
+                return Err(Error::Alignment {
+                    op,
+                    msg: format!(
+                        "{what} = {d}: {} storage needs a multiple of 8 (the kernels read x, K_P, V_P and y \
+                         in 16-byte rows)",
+                        T::NAME
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A growth checked and allocated but not yet launched (see

@@ -1,16 +1,40 @@
 //! `tf-host`: the API users link to run the TokenFormer kernels, on a CUDA GPU
 //! (through cudarc) or on the CPU SIMT emulator that runs the same kernel source.
 //!
-//! ```no_run
-//! use tf_host::{Device, Tensor};
+//! - [`Device`]: a GPU or the emulator; [`Tensor`] and its strided [`View`]s.
+//! - Ops: [`pattention`] (`Y = Θ(X·K_Pᵀ)·V_P`), [`attention`], [`linear`],
+//!   [`grow_batch`]; layer norm, rotary, residual add and embedding in
+//!   [`ops::block`]. Operands that could be swapped by position are passed by name
+//!   ([`PattentionArgs`], [`AttnArgs`]).
+//! - [`Pattention`]: a layer that owns its parameter tokens and grows.
+//! - [`Tokenformer`]: the whole model: init, checkpoints, forward, KV-cache
+//!   generation, growth of every Pattention at once.
+//! - [`Error`]: every failure, typed; bad input never panics.
+//!
+//! ```
+//! use tf_host::{Device, PattentionArgs, PattentionOptions, Tensor};
+//!
 //! # fn main() -> tf_host::Result<()> {
+//! // A CUDA GPU when there is one (and the kernels were built), else the emulator.
 //! let dev = Device::cuda(0).unwrap_or_else(|_| Device::emulator());
-//! let x: Tensor<f32> = dev.upload(&[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
-//! assert_eq!(x.to_vec()?, vec![1.0, 2.0, 3.0, 4.0]);
+//! let x: Tensor<f32> = dev.upload(&[1.0, 2.0], &[1, 2])?; // one token, d_in = 2
+//! let k_p = dev.upload(&[3.0, -1.0, -1.0, 0.0], &[2, 2])?; // two parameter tokens
+//! let v_p = dev.upload(&[1.0, 0.0, 0.0, 1.0], &[2, 2])?;
+//! let opts = PattentionOptions::default(); // l2_norm_gelu, n_ref = n
+//! let y = tf_host::pattention(&dev, &PattentionArgs { x: x.view(), k_p: k_p.view(), v_p: v_p.view(), opts })?;
+//! // A = x·K_Pᵀ = [1, −1] has norm √2 = √n, so y = [gelu(1), gelu(−1)]·V_P.
+//! let want = [0.841_344_746, -0.158_655_254];
+//! for (got, want) in y.to_vec()?.into_iter().zip(want) {
+//!     assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+//! }
 //! # Ok(()) }
 //! ```
 
-pub mod bench;
+#![warn(missing_docs)]
+
+// Not part of the API (see the module's documentation): hidden, free to change.
+#[doc(hidden)]
+pub mod bench_internals;
 pub mod device;
 pub mod dtype;
 pub mod error;
@@ -28,12 +52,16 @@ pub use device::{Checks, Device, EmuOptions, Geometry, LaneOrder, Profile, Profi
 pub use dtype::{from_f32_vec, to_f32_vec, DType};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
-pub use layer::{Init, Pattention, ValueInit};
-pub use model::{CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, Tokenformer, TokenformerConfig};
-pub use ops::attention::{attention, attention_into, AttnOptions};
+pub use layer::{Init, Pattention, PattentionShape, RandomInit, ValueInit};
+pub use model::{
+    CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
+};
+pub use ops::attention::{attention, attention_into, AttnArgs, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
-pub use ops::pattention::{pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
+pub use ops::pattention::{
+    pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions,
+};
 pub use tensor::{Tensor, View, ViewMut};
 pub use workspace::Workspace;
 

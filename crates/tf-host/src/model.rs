@@ -28,7 +28,7 @@
 //! [`ModelParams`]); no tf-ref arithmetic runs here.
 //!
 //! ```
-//! use tf_host::{bf16, Device, Sampling, Tokenformer, TokenformerConfig};
+//! use tf_host::{bf16, Device, Sampling, SlotCounts, Tokenformer, TokenformerConfig};
 //!
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     // CUDA device 0, or say why not and use the CPU emulator (same kernels, far slower).
@@ -45,9 +45,13 @@
 //!     let mut model = Tokenformer::<bf16>::new(&dev, &cfg, 42)?; // official init, on the device
 //!     // let model = Tokenformer::<bf16>::load(&dev, &cfg, "tokenformer-354m.safetensors")?;
 //!     let logits = model.forward(&[1, 2, 3])?; // Tensor<bf16> [3, vocab]
+//!     assert_eq!(logits.shape(), &[3, cfg.vocab]);
 //!     let ids = model.generate(&[1, 2, 3], 8, Sampling::Greedy)?; // KV cache, one row per step
+//!     assert_eq!(ids.len(), 8);
 //!     // Every Pattention grown at once, logits unchanged (354m -> 757m is 1792, 1792, 7168).
-//!     model.grow_preserving(cfg.qkv_slots * 2, cfg.proj_slots * 2, cfg.ffn_slots * 2, 7)?;
+//!     let to = SlotCounts { qkv: cfg.qkv_slots * 2, proj: cfg.proj_slots * 2, ffn: cfg.ffn_slots * 2 };
+//!     model.grow_preserving(to, 7)?;
+//!     assert_eq!(model.forward(&[1, 2, 3])?.to_vec()?, logits.to_vec()?); // bit for bit
 //!     model.save(std::env::temp_dir().join("tokenformer-grown.safetensors"))?; // GPT-NeoX key names
 //!     println!("{:?} {ids:?}", logits.shape());
 //!     Ok(())
@@ -62,8 +66,8 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::{Pattention, StagedGrowth};
-use crate::ops::attention::{attention_into, AttnOptions, HEAD_DIMS};
-use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use crate::ops::attention::{attention_into, AttnArgs, AttnOptions, HEAD_DIMS};
+use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
 use crate::ops::pattention::{pattention_workspace_bytes, Norm, PattentionOptions};
@@ -72,17 +76,17 @@ use crate::workspace::Workspace;
 
 /// Standard deviation of the embedding and of every key-token matrix (GPT-NeoX
 /// `init_method_std` 0.02), as tf-ref.
-const KEY_STD: f32 = 0.02;
+pub(crate) const KEY_STD: f32 = 0.02;
 
 /// Standard deviation of the value tokens: `2 / (L·√d)` ("wang init"), computed
 /// in f64 and rounded to f32, as tf-ref.
-fn value_std(cfg: &TokenformerConfig) -> f32 {
+pub(crate) fn value_std(cfg: &TokenformerConfig) -> f32 {
     (2.0 / (cfg.layers as f64 * (cfg.d as f64).sqrt())) as f32
 }
 
 /// Index of a block tensor in [`TokenformerConfig::tensor_names`] (the index
 /// [`tensor_seed`] takes): `1 + 10·block + 2·slot + value`.
-fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
+pub(crate) fn tensor_index(block: usize, slot: Slot, value: bool) -> u64 {
     (block as u64).wrapping_mul(10).wrapping_add(1 + 2 * slot.index() as u64 + u64::from(value))
 }
 
@@ -167,6 +171,28 @@ impl Geo {
     }
 }
 
+/// Parameter-token counts of a model's Pattentions, the same in every block:
+/// what [`Tokenformer::grow`] and [`Tokenformer::grow_preserving`] grow to.
+///
+/// Growing `354m` into `757m` (both released configurations) doubles each:
+/// `SlotCounts { qkv: 1792, proj: 1792, ffn: 7168 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SlotCounts {
+    /// Tokens of each of the query, key and value Pattentions.
+    pub qkv: usize,
+    /// Tokens of the output projection.
+    pub proj: usize,
+    /// Tokens of the feed-forward Pattention.
+    pub ffn: usize,
+}
+
+impl SlotCounts {
+    /// The counts of `cfg` (`qkv_slots`, `proj_slots`, `ffn_slots`).
+    pub fn of(cfg: &TokenformerConfig) -> SlotCounts {
+        SlotCounts { qkv: cfg.qkv_slots, proj: cfg.proj_slots, ffn: cfg.ffn_slots }
+    }
+}
+
 /// How [`Tokenformer::generate`] picks each next token from the logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Sampling {
@@ -229,6 +255,38 @@ impl<T: DType> KvCache<T> {
 }
 
 /// A TokenFormer with storage type `T` (f32, f16, bf16) on a device.
+///
+/// ```
+/// use tf_host::{Device, Sampling, SlotCounts, Tokenformer, TokenformerConfig};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let cfg = TokenformerConfig::by_name("tiny")?; // 2 blocks, d 64, vocab 512
+/// let mut model = Tokenformer::<f32>::new(&dev, &cfg, 7)?;
+/// let tokens = [1, 2, 3, 4];
+/// let logits = model.forward(&tokens)?;
+/// assert_eq!(logits.shape(), &[4, cfg.vocab]);
+///
+/// // tf-ref runs the same parameters in f64.
+/// let want = tf_ref::model_forward(&cfg, &model.to_params()?, &tokens)?;
+/// let (mut diff, mut norm) = (0.0, 0.0);
+/// for (g, w) in logits.to_f32_vec()?.iter().zip(&want.data) {
+///     diff += (f64::from(*g) - w).powi(2);
+///     norm += w * w;
+/// }
+/// assert!((diff / norm).sqrt() < 1e-4, "relative error {}", (diff / norm).sqrt());
+///
+/// // Every Pattention doubled in one launch, the logits unchanged bit for bit.
+/// let s = model.slot_counts();
+/// model.grow_preserving(SlotCounts { qkv: 2 * s.qkv, proj: 2 * s.proj, ffn: 2 * s.ffn }, 1)?;
+/// assert_eq!(model.config().qkv_slots, 128);
+/// assert_eq!(model.forward(&tokens)?.to_vec()?, logits.to_vec()?);
+///
+/// // Greedy decoding through the KV cache.
+/// let ids = model.generate(&tokens, 3, Sampling::Greedy)?;
+/// assert!(ids.len() == 3 && ids.iter().all(|&id| (id as usize) < cfg.vocab));
+/// # Ok(()) }
+/// ```
 pub struct Tokenformer<T: DType> {
     dev: Device,
     cfg: TokenformerConfig,
@@ -545,13 +603,13 @@ impl<T: DType> Tokenformer<T> {
         }
     }
 
-    /// Grows every Pattention of every block to the given token counts (each at
+    /// Grows every Pattention of every block to the token counts `to` (each at
     /// least the current one) in ONE launch of the growth kernel. New rows, as
     /// `tf_ref::ModelParams::grow(.., preserving: false, seed)`: keys
     /// N(0, 0.02²) and values N(0, (2/(L·√d))²) from the streams
     /// `tensor_seed(seed, i)` continued at the old row count. The outputs change.
-    pub fn grow(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
-        self.grow_all(new_qkv, new_proj, new_ffn, false, seed)
+    pub fn grow(&mut self, to: SlotCounts, seed: u64) -> Result<()> {
+        self.grow_all(to, false, seed)
     }
 
     /// Growth that leaves the logits unchanged (docs/tokenformer.md): new key rows are
@@ -559,11 +617,17 @@ impl<T: DType> Tokenformer<T> {
     /// already pinned one keeps its pin); new value rows are random as in
     /// [`grow`](Self::grow) so that they can train. One launch. Refused for the
     /// softmax norm, which no growth preserves.
-    pub fn grow_preserving(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, seed: u64) -> Result<()> {
-        self.grow_all(new_qkv, new_proj, new_ffn, true, seed)
+    pub fn grow_preserving(&mut self, to: SlotCounts, seed: u64) -> Result<()> {
+        self.grow_all(to, true, seed)
     }
 
-    fn grow_all(&mut self, new_qkv: usize, new_proj: usize, new_ffn: usize, preserving: bool, seed: u64) -> Result<()> {
+    /// The current parameter-token counts (those of [`config`](Self::config)).
+    pub fn slot_counts(&self) -> SlotCounts {
+        SlotCounts::of(&self.cfg)
+    }
+
+    fn grow_all(&mut self, to: SlotCounts, preserving: bool, seed: u64) -> Result<()> {
+        let SlotCounts { qkv: new_qkv, proj: new_proj, ffn: new_ffn } = to;
         let op: &'static str = if preserving { "Tokenformer::grow_preserving" } else { "Tokenformer::grow" };
         if preserving && self.geo.norm == Norm::Softmax {
             return Err(Error::InvalidArgument {
@@ -617,7 +681,7 @@ impl<T: DType> Tokenformer<T> {
             p.commit_growth(st);
             if preserving && p.n() > old {
                 let pin = p.options().n_ref.unwrap_or(old);
-                p.set_n_ref(Some(pin));
+                p.set_n_ref(Some(pin))?;
             }
         }
         self.cfg = grown;
@@ -698,13 +762,18 @@ impl<T: DType> Tokenformer<T> {
             ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(t, n, d)?);
         }
         let mut ws = Workspace::new(dev, ws_bytes)?;
-        let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()) };
+        let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
-        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, h, hd, g.rot_dim, g.base, p);
+        let rope_args = RotaryArgs { heads: h, head_dim: hd, rot_dim: g.rot_dim, base: g.base, pos_offset: p };
+        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, &rope_args);
 
         for (l, blk) in self.blocks.iter().enumerate() {
             let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
-            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
+                &mut hb.view_mut(),
+            )?;
             let hv = hb.view();
             blk[sq].forward_into(&hv, &mut q.view_mut(), Some(&mut ws))?;
             rope(&mut q.view_mut())?;
@@ -747,12 +816,22 @@ impl<T: DType> Tokenformer<T> {
                 None => {
                     let q4 = q.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = ctx.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                    attention_into(
+                        dev,
+                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
+                        &mut o4,
+                        &mut lse.view_mut(),
+                    )?;
                 }
                 Some((_, _, qp, cp)) => {
                     let q4 = qp.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = cp.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(dev, &q4, &k4, &v4, &mut o4, &mut lse.view_mut(), attn_opts)?;
+                    attention_into(
+                        dev,
+                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
+                        &mut o4,
+                        &mut lse.view_mut(),
+                    )?;
                     drop(o4);
                     let heads_rows = [t * h, hd];
                     grow_batch(
@@ -766,16 +845,22 @@ impl<T: DType> Tokenformer<T> {
             }
             blk[sp].forward_into(&ctx.view(), &mut tmp.view_mut(), Some(&mut ws))?;
             add_assign(dev, &mut x.view_mut(), &tmp.view())?;
-            layer_norm_into(dev, &x.view(), None, None, g.eps, &mut hb.view_mut())?;
+            layer_norm_into(
+                dev,
+                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
+                &mut hb.view_mut(),
+            )?;
             blk[sf].forward_into(&hb.view(), &mut tmp.view_mut(), Some(&mut ws))?;
             add_assign(dev, &mut x.view_mut(), &tmp.view())?;
         }
         layer_norm_into(
             dev,
-            &x.view(),
-            Some(&self.norm_weight.view()),
-            Some(&self.norm_bias.view()),
-            g.eps,
+            &LayerNormArgs {
+                x: x.view(),
+                weight: Some(self.norm_weight.view()),
+                bias: Some(self.norm_bias.view()),
+                eps: g.eps,
+            },
             &mut hb.view_mut(),
         )?;
         let rows = if last_only { 1 } else { t };

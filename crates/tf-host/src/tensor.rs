@@ -67,7 +67,38 @@ pub(crate) enum Buffer<T> {
     Host(HostBuf<T>),
 }
 
-/// A device tensor of storage type `T`, contiguous, row-major.
+/// A device tensor of storage type `T` (f32, f16, bf16), contiguous, row-major.
+/// Ops take [`View`]s of it (the whole tensor, a strided block, another shape)
+/// and write [`ViewMut`]s.
+///
+/// ```
+/// use tf_host::{bf16, Device, Tensor};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+/// let t: Tensor<f32> = dev.upload(&data, &[3, 4])?;
+/// assert_eq!((t.shape(), t.len()), (&[3, 4][..], 12));
+/// assert_eq!(t.to_vec()?, data);
+///
+/// // Columns 1..3 of every row: a strided view, no copy.
+/// let cols = t.strided(1, &[3, 2], &[4, 1])?;
+/// assert_eq!(cols.to_vec()?, [1.0, 2.0, 5.0, 6.0, 9.0, 10.0]);
+/// // The same elements seen as [2, 6], and a view past the end is an error.
+/// assert_eq!(t.reshaped(&[2, 6])?.shape(), &[2, 6]);
+/// assert!(t.strided(10, &[2, 2], &[4, 1]).is_err());
+///
+/// // 16-bit storage from and to f32 (round to nearest even).
+/// let h: Tensor<bf16> = dev.upload_f32(&[1.0, 1.0 + 1.0 / 256.0, -2.5], &[3])?;
+/// assert_eq!(h.to_f32_vec()?, [1.0, 1.0, -2.5]);
+///
+/// // Writing into a view of a larger tensor (here through a kernel: linear).
+/// let w = dev.upload(&[1.0f32, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[2, 4])?; // picks columns 0 and 1
+/// let mut y = dev.zeros::<f32>(&[3, 3])?;
+/// tf_host::linear_into(&dev, &t.view(), &w.view(), &mut y.strided_mut(1, &[3, 2], &[3, 1])?)?;
+/// assert_eq!(y.to_vec()?, [0.0, 0.0, 1.0, 0.0, 4.0, 5.0, 0.0, 8.0, 9.0]);
+/// # Ok(()) }
+/// ```
 pub struct Tensor<T: DType> {
     dev: Device,
     buf: Buffer<T>,
@@ -116,6 +147,19 @@ impl Device {
             }
         };
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
+    }
+
+    /// A tensor of storage type `T` holding `data` (row-major) rounded from f32
+    /// to the nearest `T` (ties to even; exact for f32).
+    pub fn upload_f32<T: DType>(&self, data: &[f32], shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("upload_f32", shape)?;
+        if len != data.len() {
+            return Err(Error::Shape {
+                op: "upload_f32",
+                msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
+            });
+        }
+        self.upload(&crate::dtype::from_f32_vec::<T>(data), shape)
     }
 
     /// A tensor filled with NaN: what tests give kernels as output, so an
@@ -185,6 +229,11 @@ impl<T: DType> Tensor<T> {
         }
     }
 
+    /// The contents as f32 (exact for every storage type), row-major.
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(crate::dtype::to_f32_vec(&self.to_vec()?))
+    }
+
     /// Overwrites the contents with `data` (same number of elements).
     pub fn write(&mut self, data: &[T]) -> Result<()> {
         if data.len() != self.len() {
@@ -225,17 +274,59 @@ impl<T: DType> Tensor<T> {
         }
     }
 
-    /// The same tensor with another shape of equal element count.
+    /// The same tensor with another shape of equal element count. It consumes the
+    /// tensor, which an error drops: [`reshape_in_place`](Self::reshape_in_place)
+    /// keeps it, and [`reshaped`](Self::reshaped) borrows it and returns a view.
     pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor<T>> {
-        let len = checked_product("reshape", shape)?;
+        self.reshape_in_place(shape)?;
+        Ok(self)
+    }
+
+    /// Gives the tensor another shape of equal element count (no data moves); on
+    /// error the tensor keeps its shape.
+    pub fn reshape_in_place(&mut self, shape: &[usize]) -> Result<()> {
+        self.check_reshape("reshape", shape)?;
+        self.shape = shape.to_vec();
+        Ok(())
+    }
+
+    /// A view of the whole tensor with another shape of equal element count
+    /// (row-major, contiguous); the tensor keeps its own shape.
+    ///
+    /// ```
+    /// # fn main() -> tf_host::Result<()> {
+    /// let dev = tf_host::Device::emulator();
+    /// let qkv = dev.upload(&(0..24).map(|i| i as f32).collect::<Vec<_>>(), &[2, 12])?;
+    /// // [t, H·D] as attention's [B, T, H, D]
+    /// let q4 = qkv.reshaped(&[1, 2, 3, 4])?;
+    /// assert_eq!(q4.shape(), &[1, 2, 3, 4]);
+    /// assert_eq!(q4.strides(), &[24, 12, 4, 1]);
+    /// assert_eq!(qkv.shape(), &[2, 12]);
+    /// assert!(qkv.reshaped(&[5, 5]).is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn reshaped(&self, shape: &[usize]) -> Result<View<'_, T>> {
+        self.check_reshape("reshaped", shape)?;
+        Ok(View { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A mutable view of the whole tensor with another shape of equal element
+    /// count (see [`reshaped`](Self::reshaped)).
+    pub fn reshaped_mut(&mut self, shape: &[usize]) -> Result<ViewMut<'_, T>> {
+        self.check_reshape("reshaped_mut", shape)?;
+        Ok(ViewMut { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A Shape error unless `shape` has as many elements as the tensor.
+    fn check_reshape(&self, op: &'static str, shape: &[usize]) -> Result<()> {
+        let len = checked_product(op, shape)?;
         if len != self.len() {
             return Err(Error::Shape {
-                op: "reshape",
-                msg: format!("cannot reshape {:?} ({} elements) to {shape:?}", self.shape, self.len()),
+                op,
+                msg: format!("cannot reshape {:?} ({} elements) to {shape:?} ({len} elements)", self.shape, self.len()),
             });
         }
-        self.shape = shape.to_vec();
-        Ok(self)
+        Ok(())
     }
 
     /// A view of the whole tensor.
@@ -411,6 +502,24 @@ macro_rules! view_common {
 view_common!(View);
 view_common!(ViewMut);
 
+macro_rules! view_debug {
+    ($ty:ident) => {
+        impl<T: DType> std::fmt::Debug for $ty<'_, T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    .field("dtype", &T::NAME)
+                    .field("shape", &self.shape)
+                    .field("strides", &self.strides)
+                    .field("offset", &self.offset)
+                    .field("tensor", &self.t)
+                    .finish()
+            }
+        }
+    };
+}
+view_debug!(View);
+view_debug!(ViewMut);
+
 impl<'a, T: DType> View<'a, T> {
     /// Copies the view's elements to the host, in row-major order of its shape
     /// (waits for queued work). Reads the whole underlying tensor once.
@@ -438,6 +547,11 @@ impl<'a, T: DType> View<'a, T> {
         Ok(out)
     }
 
+    /// [`to_vec`](Self::to_vec) converted to f32 (exact for every storage type).
+    pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
+        Ok(crate::dtype::to_f32_vec(&self.to_vec()?))
+    }
+
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr(&self) -> DevPtr<'a> {
         let t: &'a Tensor<T> = self.t;
@@ -454,6 +568,12 @@ impl<'a, T: DType> View<'a, T> {
 }
 
 impl<'a, T: DType> ViewMut<'a, T> {
+    /// A read-only view of the same elements, e.g. to read an output back with
+    /// [`View::to_vec`] or pass it on as the next op's input.
+    pub fn as_view(&self) -> View<'_, T> {
+        View { t: &*self.t, offset: self.offset, shape: self.shape.clone(), strides: self.strides.clone() }
+    }
+
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr_mut(&mut self) -> DevPtr<'_> {
         let off = (self.offset * std::mem::size_of::<T>()) as u64;
@@ -490,6 +610,56 @@ mod tests {
         let want_t: Vec<f32> = (0..7).flat_map(|c| (0..5).map(move |r| d[r * 7 + c])).collect();
         assert_eq!(tv.to_vec().unwrap(), want_t);
         assert_eq!(t.view().to_vec().unwrap(), data);
+    }
+
+    #[test]
+    fn reshapes_keep_the_data_and_refuse_other_sizes() {
+        let dev = Device::emulator();
+        let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let mut t = dev.upload(&data, &[3, 4]).unwrap();
+        {
+            let v = t.reshaped(&[2, 3, 2]).unwrap();
+            assert_eq!((v.shape(), v.strides(), v.offset()), (&[2, 3, 2][..], &[6, 2, 1][..], 0));
+            assert_eq!(v.to_vec().unwrap(), data);
+        }
+        assert_eq!(t.shape(), &[3, 4], "reshaped borrows: the tensor keeps its shape");
+        {
+            let m = t.reshaped_mut(&[12]).unwrap();
+            assert_eq!(m.strides(), &[1]);
+        }
+        let e = t.reshape_in_place(&[5, 2]).unwrap_err();
+        assert!(matches!(e, Error::Shape { op: "reshape", .. }), "{e:?}");
+        assert!(e.to_string().contains("[3, 4] (12 elements) to [5, 2] (10 elements)"), "{e}");
+        assert_eq!(t.shape(), &[3, 4], "a refused reshape leaves the shape");
+        assert!(t.reshaped(&[usize::MAX, 2]).is_err(), "an overflowing shape is an error");
+        assert!(t.reshaped_mut(&[13]).is_err());
+        t.reshape_in_place(&[4, 3]).unwrap();
+        assert_eq!(t.shape(), &[4, 3]);
+        let t = t.reshape(&[2, 6]).unwrap();
+        assert_eq!((t.shape(), t.to_vec().unwrap()), (&[2, 6][..], data));
+        let empty = dev.zeros::<f32>(&[0, 4]).unwrap();
+        assert_eq!(empty.reshaped(&[4, 0]).unwrap().shape(), &[4, 0]);
+    }
+
+    #[test]
+    fn f32_round_trips_and_output_views_read_back() {
+        let dev = Device::emulator();
+        let x = [1.0f32, 1.0 + 1.0 / 256.0, -2.5, 3.0e38, f32::NAN, 0.1];
+        let b = dev.upload_f32::<half::bf16>(&x, &[2, 3]).unwrap();
+        let bits = |v: Vec<half::bf16>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(b.to_vec().unwrap()), bits(crate::dtype::from_f32_vec(&x)));
+        let back = b.to_f32_vec().unwrap();
+        assert_eq!(back[..3], [1.0, 1.0, -2.5], "bf16 ties round to even");
+        assert!(back[3].is_finite() && back[4].is_nan());
+        let f = dev.upload_f32::<f32>(&x, &[6]).unwrap();
+        assert_eq!(f.to_f32_vec().unwrap()[..4], x[..4], "f32 is exact");
+        assert!(matches!(dev.upload_f32::<f32>(&x, &[4]), Err(Error::Shape { op: "upload_f32", .. })));
+
+        let mut y = dev.upload_f32::<half::f16>(&[0.0; 12], &[3, 4]).unwrap();
+        y.write(&crate::dtype::from_f32_vec(&(0..12).map(|i| i as f32).collect::<Vec<_>>())).unwrap();
+        let col = y.strided_mut(1, &[3, 2], &[4, 1]).unwrap();
+        assert_eq!(col.as_view().to_f32_vec().unwrap(), [1.0, 2.0, 5.0, 6.0, 9.0, 10.0]);
+        assert_eq!(col.as_view().strides(), col.strides());
     }
 
     #[test]

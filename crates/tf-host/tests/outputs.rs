@@ -3,10 +3,11 @@
 //! allocation that cannot be satisfied is an out-of-memory error. The refusals
 //! happen in validation, before any launch.
 
-use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::ops::rownorm::pattention_norm_into;
 use tf_host::{
-    grow_batch, linear_into, pattention_into, Device, Error, GrowInit, GrowItem, PattentionOptions, Tensor, ViewMut,
+    grow_batch, linear_into, pattention_into, Device, Error, GrowInit, GrowItem, PattentionArgs, PattentionOptions,
+    Tensor, ViewMut,
 };
 
 const T: usize = 4;
@@ -34,11 +35,30 @@ fn every_op_refuses_an_output_that_overlaps_itself() {
 
     refused(
         "pattention_into",
-        pattention_into(&dev, &x.view(), &w.view(), &w.view(), &mut overlapping(&mut buf), &opts, None),
+        pattention_into(
+            &dev,
+            &PattentionArgs { x: x.view(), k_p: w.view(), v_p: w.view(), opts },
+            &mut overlapping(&mut buf),
+            None,
+        ),
     );
     refused("linear_into", linear_into(&dev, &x.view(), &w.view(), &mut overlapping(&mut buf)));
-    refused("layer_norm_into", layer_norm_into(&dev, &x.view(), None, None, 1e-5, &mut overlapping(&mut buf)));
-    refused("rotary_into", rotary_into(&dev, &mut overlapping(&mut buf), 4, 16, 4, 10000.0, 0));
+    refused(
+        "layer_norm_into",
+        layer_norm_into(
+            &dev,
+            &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: 1e-5 },
+            &mut overlapping(&mut buf),
+        ),
+    );
+    refused(
+        "rotary_into",
+        rotary_into(
+            &dev,
+            &mut overlapping(&mut buf),
+            &RotaryArgs { heads: 4, head_dim: 16, rot_dim: 4, base: 10000.0, pos_offset: 0 },
+        ),
+    );
     refused("add_assign", add_assign(&dev, &mut overlapping(&mut buf), &x.view()));
     refused("embedding_into", embedding_into(&dev, &w.view(), &[1, 2, 3, 4], &mut overlapping(&mut buf)));
     refused("pattention_norm_into", pattention_norm_into(&dev, &mut overlapping(&mut buf), &opts));
@@ -53,7 +73,8 @@ fn every_op_refuses_an_output_that_overlaps_itself() {
     for stride in [D, D + 8] {
         let mut y = ok_buf.strided_mut(0, &[T, D], &[stride, 1]).unwrap();
         linear_into(&dev, &x.view(), &w.view(), &mut y).expect("disjoint rows");
-        pattention_into(&dev, &x.view(), &w.view(), &w.view(), &mut y, &opts, None).expect("disjoint rows");
+        pattention_into(&dev, &PattentionArgs { x: x.view(), k_p: w.view(), v_p: w.view(), opts }, &mut y, None)
+            .expect("disjoint rows");
     }
 }
 

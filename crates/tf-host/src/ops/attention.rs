@@ -17,8 +17,8 @@
 //! fill the GPU (decode, T_q = 1, against a long KV cache), the f16/bf16 path splits
 //! each query block's K range over several blocks, which write f32 partial results
 //! to a scratch buffer, and `attn_combine_*` merges them. The number of splits is
-//! FlashAttention-2's heuristic (`num_splits_heuristic`, below) unless the caller
-//! forces one ([`attention_into_splits`]).
+//! FlashAttention-2's heuristic ([`num_splits_heuristic`]) unless the caller
+//! forces one ([`AttnOptions::num_splits`]).
 //!
 //! As for every op family, [`plan`] does all validation and the launch geometry,
 //! identically for CUDA and the emulator; [`attention_into`] only fills pointers
@@ -39,13 +39,35 @@ unsafe impl KernelParams for sys::tf_attn_params {}
 /// Head dimensions with a kernel.
 pub const HEAD_DIMS: [usize; 4] = [64, 80, 96, 128];
 
-/// Options of [`attention`].
+/// Options of [`attention`]. The default: no mask, scale `1/sqrt(D)`, the
+/// split-KV heuristic.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct AttnOptions {
     /// Bottom-right-aligned causal mask.
     pub causal: bool,
     /// Softmax scale on `q·k`; `None` = `1/sqrt(D)`. Must be finite and > 0.
     pub scale: Option<f32>,
+    /// Splits of each query block's K range (split-KV): `None` lets
+    /// FlashAttention-2's heuristic choose; `Some(n)` forces `n` (1..=128; more
+    /// than 1 only for f16 and bf16), for tests and benchmarks. With `n > 1` the
+    /// partial results go through an f32 scratch buffer of n·B·H·T_q·(D + 1)
+    /// elements, allocated for the call.
+    pub num_splits: Option<usize>,
+}
+
+/// The inputs and options of one attention call, by name: `q`, `k` and `v` are
+/// views of one type and often of one shape, so passing them by position would
+/// let a swap go unnoticed.
+#[derive(Clone, Debug)]
+pub struct AttnArgs<'a, T: DType> {
+    /// Queries `[B, T_q, H, D]`.
+    pub q: View<'a, T>,
+    /// Keys `[B, T_k, H, D]`.
+    pub k: View<'a, T>,
+    /// Values `[B, T_k, H, D]`.
+    pub v: View<'a, T>,
+    /// Mask, scale and split-KV.
+    pub opts: AttnOptions,
 }
 
 /// Shapes of one attention call.
@@ -80,9 +102,10 @@ pub struct AttnPlan {
     pub scratch: (usize, usize),
     /// The softmax scale used.
     pub scale: f32,
-    /// The params with every size, stride and option filled; the pointers are 0
-    /// until [`attention_into`] fills them at launch.
-    pub params: sys::tf_attn_params,
+    /// The kernel's params with every size, stride and option filled; the
+    /// pointers are 0 until [`attention_into`] fills them at launch. Crate-private:
+    /// the generated binding type is not part of the API.
+    pub(crate) params: sys::tf_attn_params,
 }
 
 /// The kernel for storage type `T` and head dimension `d` (the one place kernel
@@ -189,32 +212,16 @@ fn check_aligned<T: DType>(what: &str, offset: usize, shape: &[usize], strides: 
 /// Validates every input and output and computes the launch: shapes (`q`
 /// `[B, T_q, H, D]`, `k` = `v` `[B, T_k, H, D]`, `o` like `q`, `lse` `[B, H, T_q]`),
 /// head dimension, contiguity and alignment, non-overlapping outputs, scale, grid
-/// limits, shared memory, and the split-KV decision (heuristic).
+/// limits, shared memory, and the split-KV decision (forced by
+/// [`AttnOptions::num_splits`], else the heuristic).
 pub fn plan<T: DType>(
     dev: &Device,
-    q: &View<'_, T>,
-    k: &View<'_, T>,
-    v: &View<'_, T>,
+    args: &AttnArgs<'_, T>,
     o: &ViewMut<'_, T>,
     lse: &ViewMut<'_, f32>,
-    opts: AttnOptions,
 ) -> Result<AttnPlan> {
-    plan_splits(dev, q, k, v, o, lse, opts, None)
-}
-
-/// [`plan`] with the number of K splits forced (`Some(n)`, 1..=128; f16/bf16 only
-/// for n > 1) or chosen by the heuristic (`None`).
-#[allow(clippy::too_many_arguments)]
-pub fn plan_splits<T: DType>(
-    dev: &Device,
-    q: &View<'_, T>,
-    k: &View<'_, T>,
-    v: &View<'_, T>,
-    o: &ViewMut<'_, T>,
-    lse: &ViewMut<'_, f32>,
-    opts: AttnOptions,
-    num_splits: Option<usize>,
-) -> Result<AttnPlan> {
+    let AttnArgs { q, k, v, opts } = args;
+    let num_splits = opts.num_splits;
     for d in [q.device(), k.device(), v.device(), o.device(), lse.device()] {
         if !d.same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
@@ -382,34 +389,15 @@ pub fn plan_splits<T: DType>(
 /// `lse` `[B, H, T_q]` (f32, natural log; `+inf` for a row that sees no key).
 pub fn attention_into<T: DType>(
     dev: &Device,
-    q: &View<'_, T>,
-    k: &View<'_, T>,
-    v: &View<'_, T>,
+    args: &AttnArgs<'_, T>,
     o: &mut ViewMut<'_, T>,
     lse: &mut ViewMut<'_, f32>,
-    opts: AttnOptions,
 ) -> Result<()> {
-    attention_into_splits(dev, q, k, v, o, lse, opts, None)
-}
-
-/// [`attention_into`] with the number of K splits forced (`Some(n)`; for tests and
-/// benchmarks) or chosen by the heuristic (`None`). With n > 1 the partial results
-/// go through an f32 scratch buffer of n·B·H·T_q·(D + 1) elements, allocated here.
-#[allow(clippy::too_many_arguments)]
-pub fn attention_into_splits<T: DType>(
-    dev: &Device,
-    q: &View<'_, T>,
-    k: &View<'_, T>,
-    v: &View<'_, T>,
-    o: &mut ViewMut<'_, T>,
-    lse: &mut ViewMut<'_, f32>,
-    opts: AttnOptions,
-    num_splits: Option<usize>,
-) -> Result<()> {
-    let plan = plan_splits(dev, q, k, v, o, lse, opts, num_splits)?;
+    let plan = plan(dev, args, o, lse)?;
     let Some(geom) = plan.geometry else {
         return Ok(());
     };
+    let AttnArgs { q, k, v, .. } = args;
     let (qp, kp, vp) = (q.ptr(), k.ptr(), v.ptr());
     let op = o.ptr_mut();
     let lp = lse.ptr_mut();
@@ -464,20 +452,39 @@ pub fn attention_into_splits<T: DType>(
 }
 
 /// Attention with freshly allocated outputs: `(o [B, T_q, H, D], lse [B, H, T_q])`.
-pub fn attention<T: DType>(
-    dev: &Device,
-    q: &View<'_, T>,
-    k: &View<'_, T>,
-    v: &View<'_, T>,
-    opts: AttnOptions,
-) -> Result<(Tensor<T>, Tensor<f32>)> {
-    let &[b, t_q, h, d] = q.shape() else {
-        return Err(Error::Shape { op: OP, msg: format!("q must be 4-D [B, T_q, H, D], got {:?}", q.shape()) });
+///
+/// ```
+/// use tf_host::{attention, AttnArgs, AttnOptions, Device};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// let shape = [1, 5, 2, 64]; // [B, T, H, D]
+/// let n: usize = shape.iter().product();
+/// let host = |s: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7 + s) % 23) as f32 / 11.0 - 1.0).collect() };
+/// let (q, k, v) = (host(1), host(2), host(3));
+/// let (qt, kt, vt) = (dev.upload(&q, &shape)?, dev.upload(&k, &shape)?, dev.upload(&v, &shape)?);
+/// let opts = AttnOptions { causal: true, ..Default::default() };
+/// let (o, lse) = attention(&dev, &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts })?;
+/// assert_eq!((o.shape(), lse.shape()), (&shape[..], &[1, 2, 5][..]));
+///
+/// // tf-ref computes the same in f64.
+/// let four = |x| tf_ref::Tensor4Ref::new(x, shape);
+/// let want = tf_ref::attention(four(&q)?, four(&k)?, four(&v)?, true, None)?;
+/// let max_err = |a: Vec<f32>, b: &[f64]| a.iter().zip(b).map(|(x, y)| (f64::from(*x) - y).abs()).fold(0.0, f64::max);
+/// assert!(max_err(o.to_vec()?, &want.o) < 1e-5);
+/// assert!(max_err(lse.to_vec()?, &want.lse) < 1e-5);
+/// // Causal: the first query sees only the first key, so it gets v's first row.
+/// assert!(max_err(o.to_vec()?[..64].to_vec(), &v[..64].iter().map(|&x| f64::from(x)).collect::<Vec<_>>()) < 1e-6);
+/// # Ok(()) }
+/// ```
+pub fn attention<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Result<(Tensor<T>, Tensor<f32>)> {
+    let &[b, t_q, h, d] = args.q.shape() else {
+        return Err(Error::Shape { op: OP, msg: format!("q must be 4-D [B, T_q, H, D], got {:?}", args.q.shape()) });
     };
     kernel_name::<T>(d)?;
     let mut o: Tensor<T> = dev.zeros(&[b, t_q, h, d])?;
     let mut lse: Tensor<f32> = dev.zeros(&[b, h, t_q])?;
-    attention_into(dev, q, k, v, &mut o.view_mut(), &mut lse.view_mut(), opts)?;
+    attention_into(dev, args, &mut o.view_mut(), &mut lse.view_mut())?;
     Ok((o, lse))
 }
 

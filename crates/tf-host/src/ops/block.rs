@@ -116,16 +116,28 @@ pub struct LayerNormPlan {
     pub geometry: Geometry,
 }
 
+/// The input and parameters of one layer norm, by name.
+#[derive(Clone, Debug)]
+pub struct LayerNormArgs<'a, T: DType> {
+    /// The rows to normalise, `[t, d]`.
+    pub x: View<'a, T>,
+    /// Per-column scale `[d]`, or none (1).
+    pub weight: Option<View<'a, T>>,
+    /// Per-column shift `[d]`, or none (0).
+    pub bias: Option<View<'a, T>>,
+    /// Added to the variance; finite and >= 0 (the model's is 1e-5).
+    pub eps: f32,
+}
+
 /// Validates x and y `[t, d]` (same shape, d >= 1), weight and bias `[d]` when
 /// given, eps finite and >= 0; returns the geometry.
 pub fn layer_norm_plan<T: DType>(
     dev: &Device,
-    x: &View<'_, T>,
-    weight: Option<&View<'_, T>>,
-    bias: Option<&View<'_, T>>,
-    eps: f32,
+    args: &LayerNormArgs<'_, T>,
     y: &ViewMut<'_, T>,
 ) -> Result<LayerNormPlan> {
+    let LayerNormArgs { x, weight, bias, eps } = args;
+    let (weight, bias, eps) = (weight.as_ref(), bias.as_ref(), *eps);
     let devices = [Some(x.device()), Some(y.device()), weight.map(|w| w.device()), bias.map(|b| b.device())];
     if devices.into_iter().flatten().any(|d| !d.same(dev)) {
         return Err(Error::DeviceMismatch { op: LN });
@@ -169,19 +181,14 @@ pub fn layer_norm_plan<T: DType>(
 /// `y = (x - mean) / sqrt(var + eps) [* weight + bias]` per row of x `[t, d]`
 /// (PyTorch `F.layer_norm`, biased variance, f32 statistics). Without weight and
 /// bias: the block's LN; with both: the final LN. Either may be given alone.
-pub fn layer_norm_into<T: DType>(
-    dev: &Device,
-    x: &View<'_, T>,
-    weight: Option<&View<'_, T>>,
-    bias: Option<&View<'_, T>>,
-    eps: f32,
-    y: &mut ViewMut<'_, T>,
-) -> Result<()> {
-    let plan = layer_norm_plan(dev, x, weight, bias, eps, y)?;
+pub fn layer_norm_into<T: DType>(dev: &Device, args: &LayerNormArgs<'_, T>, y: &mut ViewMut<'_, T>) -> Result<()> {
+    let plan = layer_norm_plan(dev, args, y)?;
     if plan.t == 0 {
         return Ok(());
     }
-    let (xp, wp, bp) = (x.ptr(), weight.map(|w| w.ptr()), bias.map(|b| b.ptr()));
+    let LayerNormArgs { x, weight, bias, eps } = args;
+    let eps = *eps;
+    let (xp, wp, bp) = (x.ptr(), weight.as_ref().map(|w| w.ptr()), bias.as_ref().map(|b| b.ptr()));
     let params = sys::tf_layer_norm_params {
         x: xp.addr,
         y: 0,
@@ -220,19 +227,29 @@ pub struct RotaryPlan {
     pub geometry: Geometry,
 }
 
+/// Which dims of which rows [`rotary_into`] rotates, by name (five numbers that
+/// positional arguments would let be swapped unnoticed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RotaryArgs {
+    /// Heads per row: a row of x is `[heads, head_dim]`.
+    pub heads: usize,
+    /// Dims per head.
+    pub head_dim: usize,
+    /// Rotated dims at the start of each head: even, <= `head_dim`, <= 256; 0
+    /// leaves x unchanged.
+    pub rot_dim: usize,
+    /// The frequency base (GPT-NeoX: 10000), finite and > 0.
+    pub base: f32,
+    /// Position of row 0 (the number of positions before it, e.g. in a KV cache).
+    pub pos_offset: usize,
+}
+
 /// Validates x `[t, heads·head_dim]`, `rot_dim` (even, <= head_dim, <= 256),
 /// `base` (finite, > 0) and the positions (`pos_offset + t <= 2^24`); computes
 /// the frequency table in f64 (`inv_freq[j] = base^(-2j/rot_dim)`, as tf-ref)
 /// and the geometry.
-pub fn rotary_plan<T: DType>(
-    dev: &Device,
-    x: &ViewMut<'_, T>,
-    heads: usize,
-    head_dim: usize,
-    rot_dim: usize,
-    base: f32,
-    pos_offset: usize,
-) -> Result<RotaryPlan> {
+pub fn rotary_plan<T: DType>(dev: &Device, x: &ViewMut<'_, T>, args: &RotaryArgs) -> Result<RotaryPlan> {
+    let RotaryArgs { heads, head_dim, rot_dim, base, pos_offset } = *args;
     if !x.device().same(dev) {
         return Err(Error::DeviceMismatch { op: ROT });
     }
@@ -298,16 +315,9 @@ pub fn rotary_plan<T: DType>(
 /// `rotate_half` (non-interleaved) on the first `rot_dim` dims of each head, row
 /// `i` at position `pos_offset + i`, `inv_freq[j] = base^(-2j/rot_dim)`.
 /// `rot_dim = 0` leaves x unchanged.
-pub fn rotary_into<T: DType>(
-    dev: &Device,
-    x: &mut ViewMut<'_, T>,
-    heads: usize,
-    head_dim: usize,
-    rot_dim: usize,
-    base: f32,
-    pos_offset: usize,
-) -> Result<()> {
-    let plan = rotary_plan(dev, x, heads, head_dim, rot_dim, base, pos_offset)?;
+pub fn rotary_into<T: DType>(dev: &Device, x: &mut ViewMut<'_, T>, args: &RotaryArgs) -> Result<()> {
+    let plan = rotary_plan(dev, x, args)?;
+    let RotaryArgs { heads, head_dim, pos_offset, .. } = *args;
     if plan.t == 0 || plan.half == 0 {
         return Ok(());
     }

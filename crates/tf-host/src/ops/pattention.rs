@@ -55,6 +55,15 @@ impl Norm {
     /// All variants.
     pub const ALL: [Norm; 3] = [Norm::L2NormGelu, Norm::GeluL2Norm, Norm::Softmax];
 
+    /// The official name: `"l2_norm_gelu"`, `"gelu_l2_norm"` or `"softmax"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::L2NormGelu => "l2_norm_gelu",
+            Norm::GeluL2Norm => "gelu_l2_norm",
+            Norm::Softmax => "softmax",
+        }
+    }
+
     pub(crate) fn code(self) -> sys::tf_norm {
         match self {
             Norm::L2NormGelu => sys::TF_NORM_L2_NORM_GELU,
@@ -75,6 +84,24 @@ pub struct PattentionOptions {
     pub n_ref: Option<usize>,
     /// Added to the row norm of the two L2 variants; finite and >= 0.
     pub eps: f32,
+}
+
+/// The inputs and options of one Pattention call, by name: `x` and the two
+/// token matrices are views of one type and often of one shape, so passing them
+/// by position would let a swap go unnoticed.
+///
+/// Views are cheap to make (`tensor.view()`, or [`Tensor::strided`] for a block
+/// of a larger buffer); the same arguments can serve many calls.
+#[derive(Clone, Debug)]
+pub struct PattentionArgs<'a, T: DType> {
+    /// The input tokens `[t, d_in]`.
+    pub x: View<'a, T>,
+    /// The key parameter tokens `K_P` `[n, d_in]`.
+    pub k_p: View<'a, T>,
+    /// The value parameter tokens `V_P` `[n, d_out]`.
+    pub v_p: View<'a, T>,
+    /// The norm, the pinned reference count and eps.
+    pub opts: PattentionOptions,
 }
 
 /// Checks `opts` and returns the factor the kernels apply with `n` tokens:
@@ -115,7 +142,7 @@ pub struct WorkspaceLayout {
     pub h: usize,
     /// `stats` [t, n_tiles] float2.
     pub stats: usize,
-    /// `rowf` [t] float2.
+    /// `rowf` `[t]` float2.
     pub rowf: usize,
     /// `partial` [n_tiles, t, d_out] f32 (decode only; else = total).
     pub partial: usize,
@@ -268,13 +295,11 @@ fn check_operand<T: DType>(
 /// every launch. `workspace` is the size of a caller's workspace, if any.
 pub fn plan<T: DType>(
     dev: &Device,
-    x: &View<'_, T>,
-    k_p: &View<'_, T>,
-    v_p: &View<'_, T>,
+    args: &PattentionArgs<'_, T>,
     y: &ViewMut<'_, T>,
-    opts: &PattentionOptions,
     workspace: Option<usize>,
 ) -> Result<PattentionPlan> {
+    let PattentionArgs { x, k_p, v_p, opts } = args;
     for d in [x.device(), k_p.device(), v_p.device(), y.device()] {
         if !d.same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
@@ -402,18 +427,15 @@ pub fn plan<T: DType>(
     Ok(PattentionPlan { t, n, d_in, d_out, path, workspace: layout, launches, scale, h_stride, n_tiles, decode_cols })
 }
 
-/// `y = Θ(x·k_pᵀ)·v_p` into a caller-given `y` [t, d_out]: x [t, d_in],
-/// k_p [n, d_in], v_p [n, d_out], rows contiguous (16-bit storage: 16-byte
+/// `y = Θ(x·k_pᵀ)·v_p` into a caller-given `y` `[t, d_out]`: x `[t, d_in]`,
+/// k_p `[n, d_in]`, v_p `[n, d_out]`, rows contiguous (16-bit storage: 16-byte
 /// aligned starts and row strides that are multiples of 8 elements). The
 /// scratch comes from `workspace` (at least [`pattention_workspace_bytes`]) or
 /// is allocated for the call.
 pub fn pattention_into<T: DType>(
     dev: &Device,
-    x: &View<'_, T>,
-    k_p: &View<'_, T>,
-    v_p: &View<'_, T>,
+    args: &PattentionArgs<'_, T>,
     y: &mut ViewMut<'_, T>,
-    opts: &PattentionOptions,
     workspace: Option<&mut Workspace>,
 ) -> Result<()> {
     if let Some(ws) = &workspace {
@@ -421,7 +443,8 @@ pub fn pattention_into<T: DType>(
             return Err(Error::DeviceMismatch { op: OP });
         }
     }
-    let p = plan(dev, x, k_p, v_p, y, opts, workspace.as_ref().map(|w| w.bytes()))?;
+    let p = plan(dev, args, y, workspace.as_ref().map(|w| w.bytes()))?;
+    let PattentionArgs { x, k_p, v_p, opts } = args;
     if p.launches.is_empty() {
         return Ok(());
     }
@@ -478,17 +501,11 @@ pub fn pattention_into<T: DType>(
     Ok(())
 }
 
-/// `Θ(x·k_pᵀ)·v_p`, allocating the output [t, d_out] and the workspace.
-pub fn pattention<T: DType>(
-    dev: &Device,
-    x: &Tensor<T>,
-    k_p: &Tensor<T>,
-    v_p: &Tensor<T>,
-    opts: &PattentionOptions,
-) -> Result<Tensor<T>> {
-    let t = x.shape().first().copied().unwrap_or(0);
-    let d_out = v_p.shape().get(1).copied().unwrap_or(0);
+/// `Θ(x·k_pᵀ)·v_p`, allocating the output `[t, d_out]` and the workspace.
+pub fn pattention<T: DType>(dev: &Device, args: &PattentionArgs<'_, T>) -> Result<Tensor<T>> {
+    let t = args.x.shape().first().copied().unwrap_or(0);
+    let d_out = args.v_p.shape().get(1).copied().unwrap_or(0);
     let mut y = dev.zeros::<T>(&[t, d_out])?;
-    pattention_into(dev, &x.view(), &k_p.view(), &v_p.view(), &mut y.view_mut(), opts, None)?;
+    pattention_into(dev, args, &mut y.view_mut(), None)?;
     Ok(y)
 }

@@ -1,3 +1,6 @@
+//! Not part of the API: hidden from the documentation and free to change in any
+//! release.
+//!
 //! The benchmark cases and their measurement, shared by `tokenformer bench` and
 //! the criterion benches (`benches/*.rs`): the device's measured peaks, median
 //! CUDA-event timing, the Pattention-vs-dense, attention and growth cases of the
@@ -18,11 +21,11 @@ use std::time::Duration;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::ops::attention::attention_into;
 use crate::ops::attention::AttnOptions;
+use crate::ops::attention::{attention_into, AttnArgs};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
-use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionOptions};
+use crate::ops::pattention::{pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions};
 use crate::ops::rownorm::pattention_norm_into;
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
@@ -203,15 +206,6 @@ pub fn pattention_cases(set: BenchSet) -> Vec<PattentionCase> {
     v
 }
 
-/// The official name of a norm.
-pub fn norm_name(n: Norm) -> &'static str {
-    match n {
-        Norm::L2NormGelu => "l2_norm_gelu",
-        Norm::GeluL2Norm => "gelu_l2_norm",
-        Norm::Softmax => "softmax",
-    }
-}
-
 /// Times one Pattention case in three variants: `fused` (this project's
 /// kernels, one reused workspace), `unfused(cuBLAS)` (cuBLAS `X·K_Pᵀ` → the
 /// norm kernel over `[T, n]` in global memory → cuBLAS `S·V_P`, what a PyTorch
@@ -238,13 +232,18 @@ pub fn run_pattention<T: DType>(dev: &Device, case: &PattentionCase, hook: Hook<
     let io_bytes = elem * (2 * t * d + 2 * n * d) as f64; // X, Y, K_P, V_P
     let unfused_bytes = io_bytes + elem * 4.0 * (t * n) as f64; // scores written, read, rewritten, read
     let dense_bytes = elem * (2 * t * d + d * d) as f64;
-    let case_id = format!("{}/d{d}_n{n}_t{t}", norm_name(norm));
+    let case_id = format!("{}/d{d}_n{n}_t{t}", norm.name());
     let group = format!("pattention/{}", T::NAME);
 
     let mut i = 0usize;
     let mut fused = || {
         i = (i + 1) % ROTATE;
-        pattention_into(dev, &xs[i].view(), &k_p.view(), &v_p.view(), &mut y.view_mut(), &opts, Some(&mut ws))
+        pattention_into(
+            dev,
+            &PattentionArgs { x: xs[i].view(), k_p: k_p.view(), v_p: v_p.view(), opts },
+            &mut y.view_mut(),
+            Some(&mut ws),
+        )
     };
     hook(&mut Variant {
         group: group.clone(),
@@ -361,7 +360,7 @@ pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_
     let v: Tensor<T> = random(dev, &shape, 1.0, 3)?;
     let mut o: Tensor<T> = dev.zeros(&shape)?;
     let mut lse: Tensor<f32> = dev.zeros(&[batch, heads, seq])?;
-    let opts = AttnOptions { causal, scale: None };
+    let opts = AttnOptions { causal, ..Default::default() };
     let mut flops = 4.0 * (batch * heads * seq * seq * hd) as f64;
     if causal {
         flops /= 2.0;
@@ -369,7 +368,14 @@ pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_
     let elem = std::mem::size_of::<T>() as f64;
     let bytes = elem * 4.0 * (batch * seq * heads * hd) as f64 + 4.0 * (batch * heads * seq) as f64;
     let id = format!("hd{hd}_s{seq}_b{batch}_h{heads}_{}", if causal { "causal" } else { "full" });
-    let mut run = || attention_into(dev, &q.view(), &k.view(), &v.view(), &mut o.view_mut(), &mut lse.view_mut(), opts);
+    let mut run = || {
+        attention_into(
+            dev,
+            &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts },
+            &mut o.view_mut(),
+            &mut lse.view_mut(),
+        )
+    };
     hook(&mut Variant {
         group: format!("attention/{}", T::NAME),
         function: "flash".into(),
