@@ -301,7 +301,7 @@ fn profile_counts_bank_conflicts_and_sectors() {
 #[test]
 #[ignore = "timing; run explicitly"]
 fn timing_of_checks_and_profile() {
-    use tf_host::{attention, from_f32_vec, pattention, AttnOptions, Device, EmuOptions, PattentionOptions};
+    use tf_host::{attention, from_f32_vec, pattention, AttnArgs, AttnOptions, Device, EmuOptions, PattentionArgs};
     let modes = [
         ("off", Checks::NONE),
         ("racecheck", Checks { race: true, ..Checks::NONE }),
@@ -322,10 +322,12 @@ fn timing_of_checks_and_profile() {
         let mut best = [f64::MAX; 2];
         for _ in 0..5 {
             let t0 = std::time::Instant::now();
-            pattention(&dev, &x, &k, &v, &PattentionOptions::default()).unwrap();
+            let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+            pattention(&dev, &args).unwrap();
             best[0] = best[0].min(t0.elapsed().as_secs_f64());
             let t0 = std::time::Instant::now();
-            attention(&dev, &q.view(), &kk.view(), &vv.view(), AttnOptions { causal: true, scale: None }).unwrap();
+            let opts = AttnOptions { causal: true, ..Default::default() };
+            attention(&dev, &AttnArgs { q: q.view(), k: kk.view(), v: vv.view(), opts }).unwrap();
             best[1] = best[1].min(t0.elapsed().as_secs_f64());
         }
         if name == "off" {

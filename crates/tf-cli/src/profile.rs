@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use rand::{Rng, SeedableRng};
 use tf_host::{
-    attention, linear, pattention, Checks, DType, Device, EmuOptions, Norm, PattentionOptions, Profile, Tensor,
+    attention, linear, pattention, AttnArgs, AttnOptions, Checks, DType, Device, EmuOptions, Norm, PattentionArgs,
+    PattentionOptions, Profile, Tensor,
 };
 
 use crate::util::{one_line, outln, s, CliResult};
@@ -83,15 +84,16 @@ fn run_op<T: DType>(dev: &Device, op: &str, get: &dyn Fn(&str) -> usize, seed: u
             let k = random::<T>(dev, &[n, d], seed + 1, 0.02)?;
             let v = random::<T>(dev, &[n, d_out], seed + 2, 0.02)?;
             let opts = PattentionOptions { norm: Norm::L2NormGelu, n_ref: None, eps: 1e-6 };
-            pattention(dev, &x, &k, &v, &opts).map(|_| ()).map_err(s)
+            let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts };
+            pattention(dev, &args).map(|_| ()).map_err(s)
         }
         "attention" => {
             let (b, h, tq, tk, hd) = (get("b"), get("h"), get("tq"), get("tk"), get("hd"));
             let q = random::<T>(dev, &[b, tq, h, hd], seed, 1.0)?;
             let k = random::<T>(dev, &[b, tk, h, hd], seed + 1, 1.0)?;
             let v = random::<T>(dev, &[b, tk, h, hd], seed + 2, 1.0)?;
-            let opts = tf_host::AttnOptions { causal: get("causal") != 0, scale: None };
-            attention(dev, &q.view(), &k.view(), &v.view(), opts).map(|_| ()).map_err(s)
+            let opts = AttnOptions { causal: get("causal") != 0, ..Default::default() };
+            attention(dev, &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts }).map(|_| ()).map_err(s)
         }
         "linear" => {
             let (t, d_in, d_out) = (get("t"), get("d_in"), get("d_out"));
