@@ -273,7 +273,7 @@ impl<T: DType> Pattention<T> {
     /// `y = Θ(x·K_Pᵀ)·V_P`, x `[t, d_in]` → y `[t, d_out]`.
     pub fn forward(&self, x: &Tensor<T>) -> Result<Tensor<T>> {
         let t = x.shape().first().copied().unwrap_or(0);
-        let mut y = self.dev.zeros::<T>(&[t, self.d_out()])?;
+        let mut y = self.dev.output::<T>(&[t, self.d_out()])?;
         self.forward_into(&x.view(), &mut y.view_mut(), None)?;
         Ok(y)
     }

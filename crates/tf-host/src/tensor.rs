@@ -28,13 +28,23 @@ unsafe impl<T: Sync> Sync for HostBuf<T> {}
 
 impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
     pub(crate) fn zeroed(len: usize) -> Result<Self> {
+        Self::alloc(len, true)
+    }
+
+    /// Zero-filled too, but never written as far as the emulator's initcheck is
+    /// concerned: for outputs and workspaces a kernel must write before it reads.
+    pub(crate) fn unwritten(len: usize) -> Result<Self> {
+        Self::alloc(len, false)
+    }
+
+    fn alloc(len: usize, written: bool) -> Result<Self> {
         let elem = std::mem::size_of::<T>();
         let oom = |bytes: usize| Error::OutOfMemory { bytes, what: format!("a host tensor of {len} elements") };
         // More bytes than usize holds can never be allocated: out of memory too.
         let bytes = len.checked_mul(elem).ok_or_else(|| oom(usize::MAX))?;
         // SAFETY: tf_emu_malloc has no preconditions; it returns null or `bytes`
         // zeroed bytes, 256-byte aligned (enough for any T here).
-        let raw = unsafe { tf_kernels::sys::tf_emu_malloc(bytes, 1) };
+        let raw = unsafe { tf_kernels::sys::tf_emu_malloc(bytes, i32::from(written)) };
         let ptr = NonNull::new(raw.cast::<T>()).ok_or_else(|| oom(bytes))?;
         Ok(HostBuf { ptr, len })
     }
@@ -50,6 +60,11 @@ impl<T: Copy + ValidAsZeroBits> HostBuf<T> {
     }
 
     pub(crate) fn as_mut_slice(&mut self) -> &mut [T] {
+        // What the host writes through the slice counts as written for initcheck.
+        // SAFETY: the range is this live emulator allocation.
+        unsafe {
+            tf_kernels::sys::tf_emu_mark_initialized(self.ptr.as_ptr().cast(), self.len * std::mem::size_of::<T>(), 1)
+        };
         // SAFETY: as above, and &mut self gives exclusive access.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
@@ -125,6 +140,18 @@ impl Device {
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
+        };
+        Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
+    }
+
+    /// An op's output: zero-filled like [`zeros`](Self::zeros), but on the emulator
+    /// its bytes count as never written, so that initcheck reports a kernel that
+    /// reads its output before writing it.
+    pub(crate) fn output<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
+        let len = checked_product("output", shape)?;
+        let buf = match &self.0.backend {
+            Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
+            Backend::Emulator(_) => Buffer::Host(HostBuf::unwritten(len)?),
         };
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
     }

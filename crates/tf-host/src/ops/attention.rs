@@ -414,7 +414,7 @@ pub fn attention_into<T: DType>(
         }
     }
     let (mut o_acc, mut l_acc) = match plan.combine {
-        Some(_) => (Some(dev.zeros::<f32>(&[plan.scratch.0])?), Some(dev.zeros::<f32>(&[plan.scratch.1])?)),
+        Some(_) => (Some(dev.output::<f32>(&[plan.scratch.0])?), Some(dev.output::<f32>(&[plan.scratch.1])?)),
         None => (None, None),
     };
     let mut oa_view = o_acc.as_mut().map(|t| t.view_mut());
@@ -482,8 +482,8 @@ pub fn attention<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Result<(Tens
         return Err(Error::Shape { op: OP, msg: format!("q must be 4-D [B, T_q, H, D], got {:?}", args.q.shape()) });
     };
     kernel_name::<T>(d)?;
-    let mut o: Tensor<T> = dev.zeros(&[b, t_q, h, d])?;
-    let mut lse: Tensor<f32> = dev.zeros(&[b, h, t_q])?;
+    let mut o: Tensor<T> = dev.output(&[b, t_q, h, d])?;
+    let mut lse: Tensor<f32> = dev.output(&[b, h, t_q])?;
     attention_into(dev, args, &mut o.view_mut(), &mut lse.view_mut())?;
     Ok((o, lse))
 }

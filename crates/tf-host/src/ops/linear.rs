@@ -170,7 +170,7 @@ pub fn linear_into<T: DType>(dev: &Device, x: &View<'_, T>, w: &View<'_, T>, y: 
 pub fn linear<T: DType>(dev: &Device, x: &Tensor<T>, w: &Tensor<T>) -> Result<Tensor<T>> {
     let t = x.shape().first().copied().unwrap_or(0);
     let d_out = w.shape().first().copied().unwrap_or(0);
-    let mut y = dev.zeros::<T>(&[t, d_out])?;
+    let mut y = dev.output::<T>(&[t, d_out])?;
     linear_into(dev, &x.view(), &w.view(), &mut y.view_mut())?;
     Ok(y)
 }

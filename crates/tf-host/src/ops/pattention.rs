@@ -505,7 +505,7 @@ pub fn pattention_into<T: DType>(
 pub fn pattention<T: DType>(dev: &Device, args: &PattentionArgs<'_, T>) -> Result<Tensor<T>> {
     let t = args.x.shape().first().copied().unwrap_or(0);
     let d_out = args.v_p.shape().get(1).copied().unwrap_or(0);
-    let mut y = dev.zeros::<T>(&[t, d_out])?;
+    let mut y = dev.output::<T>(&[t, d_out])?;
     pattention_into(dev, args, &mut y.view_mut(), None)?;
     Ok(y)
 }
