@@ -7,10 +7,12 @@
 use std::process::ExitCode;
 
 use rand::{Rng, SeedableRng};
+use tf_host::ops::block::{layer_norm_into, LayerNormArgs};
 use tf_host::{
     attention, linear, pattention, AttnArgs, AttnOptions, Checks, DType, Device, EmuOptions, Norm, PattentionArgs,
     PattentionOptions, Profile, Tensor,
 };
+use tf_host::{grow_batch, GrowInit, GrowItem};
 
 use crate::util::{one_line, outln, s, CliResult};
 use crate::{DtypeArg, ProfileArgs};
@@ -20,6 +22,8 @@ const OPS: &[(&str, &[(&str, usize)])] = &[
     ("pattention", &[("t", 256), ("d", 1024), ("n", 1024), ("d_out", 1024)]),
     ("attention", &[("b", 1), ("h", 4), ("tq", 256), ("tk", 256), ("hd", 64), ("causal", 0)]),
     ("linear", &[("t", 256), ("d_in", 1024), ("d_out", 1024)]),
+    ("grow", &[("rows_old", 768), ("rows_new", 1792), ("cols", 1024)]),
+    ("layer_norm", &[("t", 256), ("d", 1024)]),
 ];
 
 pub fn run(args: &ProfileArgs) -> CliResult<ExitCode> {
@@ -100,6 +104,27 @@ fn run_op<T: DType>(dev: &Device, op: &str, get: &dyn Fn(&str) -> usize, seed: u
             let x = random::<T>(dev, &[t, d_in], seed, 1.0)?;
             let w = random::<T>(dev, &[d_out, d_in], seed + 1, 0.02)?;
             linear(dev, &x, &w).map(|_| ()).map_err(s)
+        }
+        "grow" => {
+            let (old, new, cols) = (get("rows_old"), get("rows_new"), get("cols"));
+            let src = random::<T>(dev, &[old, cols], seed, 0.02)?;
+            let mut dst = dev.zeros::<T>(&[new, cols]).map_err(s)?;
+            let item = GrowItem {
+                src: Some(src.view()),
+                dst: dst.view_mut(),
+                rows_old: old,
+                init: GrowInit::Normal { std: 0.02, seed },
+            };
+            grow_batch(dev, vec![item]).map_err(s)
+        }
+        "layer_norm" => {
+            let (t, d) = (get("t"), get("d"));
+            let x = random::<T>(dev, &[t, d], seed, 1.0)?;
+            let w = random::<T>(dev, &[d], seed + 1, 1.0)?;
+            let b = random::<T>(dev, &[d], seed + 2, 1.0)?;
+            let mut y = dev.zeros::<T>(&[t, d]).map_err(s)?;
+            let args = LayerNormArgs { x: x.view(), weight: Some(w.view()), bias: Some(b.view()), eps: 1e-5 };
+            layer_norm_into(dev, &args, &mut y.view_mut()).map_err(s)
         }
         _ => Err(format!("unknown op {op:?}")),
     }
