@@ -377,3 +377,22 @@ fn bad_checkpoints_are_refused_naming_file_tensor_and_index() {
     assert!(e.contains("cut.safetensors") && e.contains("truncated") && e.contains("tensor \"sequential."), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn profile_prints_the_memory_table_of_every_launch() {
+    // Pattention with tails in t, d, n and d_out: at t = 37 the scores, decode and
+    // combine kernels (the tiled output path starts at larger t).
+    let out = ok(&["profile", "pattention", "--shape", "t=37,d=72,n=100,d_out=40"]);
+    for k in ["kernel pattention_scores_bf16", "kernel pattention_decode_bf16", "kernel pattention_combine_bf16"] {
+        assert!(out.contains(k), "{k} in:\n{out}");
+    }
+    assert!(out.contains("shared ldmatrix") && out.contains("global cp.async-read"), "{out}");
+    assert!(out.contains("kernels/pattention_scores.cu:"), "source lines: {out}");
+    // The SIMT f32 attention and growth too.
+    assert!(ok(&["profile", "attention", "--dtype", "f32", "--shape", "tq=9,tk=13,hd=64"])
+        .contains("kernel attn_fwd_f32_hd64"));
+    assert!(ok(&["profile", "grow", "--shape", "rows_old=3,rows_new=11,cols=24"]).contains("kernel grow_rows"));
+    assert!(fails(&["profile", "softmax"]).contains("unknown op"));
+    assert!(fails(&["profile", "linear", "--shape", "q=3"]).contains("unknown key \"q\""));
+    assert!(fails(&["profile", "linear", "--shape", "t"]).contains("not KEY=VALUE"));
+}
