@@ -6,12 +6,15 @@
 //!    to get it. Nothing is ever downloaded here.
 //! 2. g++ (cc crate) → the CPU SIMT emulator library running the same sources
 //!    (`kernels/emu/build_emu.rs`).
-//! 3. bindgen on `kernels/tf_kernels.h` → the Rust mirror of the params structs.
+//!
+//! The Rust mirror of `kernels/tf_kernels.h` is not made here: `cargo xtask
+//! bindgen` generates `kernels/tf_kernels_sys.rs`, which is committed, so a build
+//! needs no libclang.
 
 #[path = "kernels/emu/build_emu.rs"]
 mod build_emu;
 #[allow(dead_code)]
-#[path = "xtask/src/toolchain.rs"]
+#[path = "build/toolchain.rs"]
 mod toolchain;
 
 use std::env;
@@ -24,8 +27,7 @@ use std::process::Command;
 /// except `PATH`: nvcc is also looked for there, but a change of `PATH` (a new
 /// shell, a virtual environment) is no reason to recompile every kernel. The nvcc
 /// found is a rerun trigger itself; to switch compilers, set `NVCC` or `CUDA_HOME`.
-const ENV_VARS: &[&str] =
-    &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "LIBCLANG_PATH", "CI"];
+const ENV_VARS: &[&str] = &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "CI"];
 
 /// Default targets: SASS for Ampere and Hopper (sm_90a enables the arch-specific
 /// features later kernels may use), plus PTX for compute_80 so newer GPUs JIT.
@@ -58,7 +60,6 @@ fn main() {
     let fatbin = build_fatbin(&root, &out_dir, &cu_files);
     write_generated(&out_dir, fatbin.as_ref());
 
-    run_bindgen(&root, &kernels, &out_dir);
     if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
         panic!("building the SIMT emulator failed:\n{e}");
     }
@@ -248,36 +249,4 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
         }
     }
     fs::write(out_dir.join("kernels_gen.rs"), s).expect("write kernels_gen.rs");
-}
-
-/// bindgen over tf_kernels.h: only the project's `tf_*` names.
-fn run_bindgen(root: &Path, kernels: &Path, out_dir: &Path) {
-    let header = kernels.join("tf_kernels.h");
-    if env::var_os("LIBCLANG_PATH").is_none() {
-        if let Some(dir) = toolchain::find_libclang(root) {
-            // Runs before the emulator build starts its compiler threads, so no other
-            // thread reads the environment while it changes.
-            env::set_var("LIBCLANG_PATH", dir);
-        }
-    }
-    let bindings = bindgen::Builder::default()
-        .header(header.display().to_string())
-        .allowlist_type("tf_.*")
-        .allowlist_function("tf_.*")
-        .allowlist_var("TF_.*")
-        .derive_default(true)
-        .derive_debug(true)
-        .derive_copy(true)
-        .prepend_enum_name(false)
-        .default_enum_style(bindgen::EnumVariation::Consts)
-        .layout_tests(true)
-        .generate()
-        .unwrap_or_else(|e| {
-            panic!(
-                "bindgen failed on {}: {e}\nbindgen needs libclang: `cargo xtask setup` installs it \
-                 (or set LIBCLANG_PATH)",
-                header.display()
-            )
-        });
-    bindings.write_to_file(out_dir.join("tf_kernels_sys.rs")).expect("write bindings");
 }

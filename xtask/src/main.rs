@@ -1,14 +1,19 @@
 //! `cargo xtask`: the project's entry points.
 //!
 //! - `setup`: finds (or installs, project-locally) nvcc 13.0 and libclang. Idempotent.
-//! - `test`:  setup, then `cargo test --workspace` with the toolchain in the
-//!   environment (so every test run compiles the kernels through nvcc and ptxas),
-//!   then the SASS checks of the compiled fatbin.
+//! - `test`:  setup, the check of the committed bindings against
+//!   `kernels/tf_kernels.h`, then `cargo test --workspace` with the toolchain in
+//!   the environment (so every test run compiles the kernels through nvcc and
+//!   ptxas), and the SASS checks of the compiled fatbin.
+//! - `bindgen`: regenerates `kernels/tf_kernels_sys.rs` from the header
+//!   (`--check`: fails when they disagree).
 //! - `bench`: setup, then `tokenformer bench` (the Pattention-vs-dense table,
 //!   attention and growth on the GPU; without one, the emulator check);
 //!   `bench --criterion` runs the criterion benches instead.
 
+mod bindings;
 mod limits;
+#[path = "../../build/toolchain.rs"]
 mod toolchain;
 
 use std::env;
@@ -31,6 +36,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
+        Some("bindgen") => return bindgen_command(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
         Some("device-kit") => device_kit(&root),
         Some("sass") => sass_checks(&root),
@@ -54,12 +60,18 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   setup           find or install (into .toolchain/) nvcc 13.0 and libclang
-  test [args]     setup, then cargo test --workspace [args], then the SASS checks;
+  test [args]     setup, bindgen --check, cargo test --workspace [args], then
+                  the SASS checks;
                   a test binary running past TF_TEST_BINARY_TIMEOUT_S (600 s) or the
                   whole run past TF_TEST_TIMEOUT_S (2700 s) is killed and named
   bench [args]    setup, then `tokenformer bench [args]` (release build; without a
                   GPU it says so and runs `tokenformer check` on the emulator);
                   `bench --criterion [args]` runs `cargo bench [args]` instead
+  bindgen         regenerate kernels/tf_kernels_sys.rs (the Rust mirror of
+                  kernels/tf_kernels.h) with bindgen; needs libclang, which it
+                  installs like setup when missing
+  bindgen --check fail when the committed bindings and the header disagree
+                  (exit code 3 when no libclang is found)
   sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
   features        type-check tf-host with its non-default cudarc features
                   (a CUDA 12 version, dynamic-linking) and tests/outside-crate,
@@ -112,6 +124,12 @@ fn setup(root: &Path) -> Result<Toolchain, String> {
         .map_err(|e| format!("{} does not run: {e}", nvcc.display()))?;
     println!("xtask: nvcc      {} ({version})", nvcc.display());
 
+    let libclang = ensure_libclang(root)?;
+    Ok(Toolchain { nvcc: Some(nvcc), libclang: Some(libclang) })
+}
+
+/// The folder of libclang (for bindgen), installed as setup does when missing.
+fn ensure_libclang(root: &Path) -> Result<PathBuf, String> {
     let libclang = match toolchain::find_libclang(root) {
         Some(p) => p,
         None => {
@@ -120,7 +138,7 @@ fn setup(root: &Path) -> Result<Toolchain, String> {
         }
     };
     println!("xtask: libclang  {}", libclang.display());
-    Ok(Toolchain { nvcc: Some(nvcc), libclang: Some(libclang) })
+    Ok(libclang)
 }
 
 fn install_cuda(root: &Path) -> Result<(), String> {
@@ -161,8 +179,81 @@ fn ensure_venv(venv: &Path) -> Result<(), String> {
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     let tc = setup(root)?;
+    if let Some(dir) = &tc.libclang {
+        use_libclang(dir);
+    }
+    check_bindings(root)?;
     limits::run_tests(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
     sass_checks(root)
+}
+
+/// Exit code of `bindgen --check` when no libclang is found (its test then skips).
+const NO_LIBCLANG: u8 = 3;
+
+/// `cargo xtask bindgen [--check]`.
+fn bindgen_command(root: &Path, args: &[String]) -> ExitCode {
+    let check = match args {
+        [] => false,
+        [a] if a == "--check" => true,
+        _ => {
+            eprintln!("xtask: usage: cargo xtask bindgen [--check]");
+            return ExitCode::FAILURE;
+        }
+    };
+    let libclang = if check {
+        toolchain::find_libclang(root).ok_or_else(|| {
+            "no libclang found: set LIBCLANG_PATH to the folder of libclang.so, or run `cargo xtask setup`".to_string()
+        })
+    } else {
+        ensure_libclang(root)
+    };
+    let result = match libclang {
+        Ok(dir) => {
+            use_libclang(&dir);
+            if check {
+                check_bindings(root)
+            } else {
+                bindings::write(root).map(|written| {
+                    let state = if written { "written" } else { "unchanged" };
+                    println!("xtask: bindgen   {} {state}", bindings::OUTPUT);
+                })
+            }
+        }
+        Err(e) if check => {
+            eprintln!("xtask: bindgen --check: {e}");
+            return ExitCode::from(NO_LIBCLANG);
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Points bindgen (clang-sys reads `LIBCLANG_PATH` when it loads libclang) at
+/// `dir`. Called before this process starts any thread.
+fn use_libclang(dir: &Path) {
+    env::set_var("LIBCLANG_PATH", dir);
+}
+
+/// Fails when `kernels/tf_kernels_sys.rs` is not what bindgen makes of the header.
+fn check_bindings(root: &Path) -> Result<(), String> {
+    match bindings::check(root)? {
+        bindings::Check::UpToDate => {
+            println!("xtask: bindgen   {} matches {}", bindings::OUTPUT, bindings::HEADER);
+            Ok(())
+        }
+        bindings::Check::Differs { line, committed, generated } => Err(format!(
+            "{} does not match {} (run `cargo xtask bindgen` and commit the result); first difference at line \
+             {line}:\n  committed: {committed}\n  generated: {generated}",
+            bindings::OUTPUT,
+            bindings::HEADER
+        )),
+    }
 }
 
 /// `tokenformer bench` (release build) with `extra` passed on; on a machine
