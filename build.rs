@@ -31,6 +31,9 @@ use std::process::Command;
 /// (The `emulator-only` feature needs no trigger: cargo rebuilds on a feature change.)
 const ENV_VARS: &[&str] = &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "CI"];
 
+/// Extensions of the kernel sources and headers nvcc and the emulator build read.
+const SOURCE_EXTS: &[&str] = &["cu", "h", "cuh", "hpp", "hh", "inc", "inl"];
+
 /// Default targets: SASS for Ampere and Hopper (sm_90a enables the arch-specific
 /// features later kernels may use), plus PTX for compute_80 so newer GPUs JIT.
 const DEFAULT_ARCHS: &str = "80,90a";
@@ -55,10 +58,16 @@ fn main() {
     for v in ENV_VARS {
         println!("cargo:rerun-if-env-changed={v}");
     }
+    // Exactly the inputs: this script (its modules `build/toolchain.rs` and
+    // `kernels/emu/build_emu.rs` recompile and rerun it through cargo), the kernel
+    // sources and headers (`kernels/include/` and `kernels/test/` as folders, so a
+    // file added there counts), the nvcc used; the emulator build adds its own
+    // files. Not `kernels/*.rs` or the notes: editing them recompiles no kernel. A
+    // NEW top-level `kernels/*.cu` is seen at the next rerun (`touch build.rs`);
+    // the `kernel_sources_are_the_built_ones` test of tf-kernels fails until then.
     println!("cargo:rerun-if-changed=build.rs");
-    // The folder itself too, so a NEW kernel file triggers a rebuild.
-    println!("cargo:rerun-if-changed={}", kernels.display());
-    for f in walk(&kernels) {
+    println!("cargo:rerun-if-changed={}", kernels.join("include").display());
+    for f in walk(&kernels).iter().filter(|f| !f.starts_with(kernels.join("emu")) && has_ext(f, SOURCE_EXTS)) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
@@ -72,7 +81,7 @@ fn main() {
             None
         }
     };
-    write_generated(&out_dir, fatbin.as_ref());
+    write_generated(&out_dir, fatbin.as_ref(), &cu_files);
 
     if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
         fail(&format!("building the SIMT emulator failed:\n{e}"));
@@ -174,6 +183,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e))
 }
 
 /// The product kernels: `kernels/*.cu` (not the emulator-only `kernels/test/`).
@@ -300,8 +313,9 @@ fn spill_lines(report: &str) -> Vec<String> {
     out
 }
 
-/// `$OUT_DIR/kernels_gen.rs`: FATBIN, the ptxas report, the arch list.
-fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
+/// `$OUT_DIR/kernels_gen.rs`: FATBIN, the ptxas report, the arch list, and (for
+/// tf-kernels' own tests) the kernel sources compiled.
+fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>, cu_files: &[PathBuf]) {
     let mut s = String::new();
     match fatbin {
         Some(f) => {
@@ -326,5 +340,8 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
             s.push_str("pub static NVCC_VERSION: &str = \"\";\n");
         }
     }
+    let names: Vec<String> = cu_files.iter().filter_map(|f| f.file_name()?.to_str().map(str::to_string)).collect();
+    writeln!(s, "/// The `kernels/*.cu` files this build compiled.").ok();
+    writeln!(s, "#[cfg(test)]\nstatic KERNEL_SOURCES: &[&str] = &{names:?};").ok();
     fs::write(out_dir.join("kernels_gen.rs"), s).expect("write kernels_gen.rs");
 }

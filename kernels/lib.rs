@@ -115,4 +115,25 @@ mod tests {
             assert!(!ptxas_summary().is_empty(), "a fatbin was built but the ptxas report has no kernel");
         }
     }
+
+    /// build.rs watches the kernel files it read, not the listing of `kernels/`
+    /// (that would recompile every kernel when `lib.rs` or a note changes), so a
+    /// new `kernels/*.cu` needs a rerun of the build script; this says so.
+    #[test]
+    fn kernel_sources_are_the_built_ones() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+        let mut now: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| n.ends_with(".cu"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        now.sort();
+        assert_eq!(
+            now, KERNEL_SOURCES,
+            "kernels/*.cu changed since the build script ran: `touch build.rs` and build again"
+        );
+    }
 }
