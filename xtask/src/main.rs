@@ -4,7 +4,8 @@
 //! - `test`:  setup, the check of the committed bindings against
 //!   `kernels/tf_kernels.h`, then `cargo test --workspace` with the toolchain in
 //!   the environment (so every test run compiles the kernels through nvcc and
-//!   ptxas), and the SASS checks of the compiled fatbin.
+//!   ptxas), the quickstart example on the emulator, and the SASS checks of the
+//!   compiled fatbin.
 //! - `bindgen`: regenerates `kernels/tf_kernels_sys.rs` from the header
 //!   (`--check`: fails when they disagree).
 //! - `bench`: setup, then `tokenformer bench` (the Pattention-vs-dense table,
@@ -60,8 +61,8 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   setup           find or install (into .toolchain/) nvcc 13.0 and libclang
-  test [args]     setup, bindgen --check, cargo test --workspace [args], then
-                  the SASS checks;
+  test [args]     setup, bindgen --check, cargo test --workspace [args], the
+                  quickstart example on the emulator, then the SASS checks;
                   a test binary running past TF_TEST_BINARY_TIMEOUT_S (600 s) or the
                   whole run past TF_TEST_TIMEOUT_S (2700 s) is killed and named
   bench [args]    setup, then `tokenformer bench [args]` (release build; without a
@@ -184,7 +185,18 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     }
     check_bindings(root)?;
     limits::run_tests(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
+    quickstart(root, &tc)?;
     sass_checks(root)
+}
+
+/// The README's example program on the emulator (about a second), from the
+/// test profile the tests just built, so nothing is compiled again.
+fn quickstart(root: &Path, tc: &Toolchain) -> Result<(), String> {
+    let args = ["--device", "emulator"];
+    println!("xtask: quickstart cargo run -p tf-host --example quickstart -- {}", args.join(" "));
+    run(cargo(root, tc)
+        .args(["run", "--quiet", "--profile", "test", "-p", "tf-host", "--example", "quickstart", "--"])
+        .args(args))
 }
 
 /// Exit code of `bindgen --check` when no libclang is found (its test then skips).
