@@ -75,8 +75,10 @@ commands:
                   (exit code 3 when no libclang is found)
   sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
   features        type-check tf-host with its non-default cudarc features
-                  (a CUDA 12 version, dynamic-linking) and tests/outside-crate,
-                  a crate beside cudarc with dynamic-linking, as candle uses it
+                  (a CUDA 12 version, dynamic-linking) and tests/outside-crate
+                  beside a cudarc with dynamic-linking, as candle uses it; then
+                  build and run tests/outside-crate with nvcc, and without nvcc
+                  (fails, saying what to do; with emulator-only: runs)
   device-kit      build release test and bench binaries, the fatbin, the ptxas
                   report and the run script into device-kit/ (< 64 MiB), to run
                   on any GPU machine: device-kit/run.sh OUT_DIR";
@@ -281,23 +283,133 @@ fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
         .args(extra))
 }
 
-/// Type-checks the feature combinations of tf-host a program beside another
-/// cudarc user needs (no GPU or libcuda needed for a check): a CUDA 12 version
-/// instead of the default 13.0, `dynamic-linking`, and `tests/outside-crate`, a
-/// crate outside the workspace with its own cudarc (`dynamic-linking`, CUDA 12.8)
-/// in the same build graph. Shares `target/` so unchanged crates are not rebuilt.
+/// The crate outside the workspace that uses tf-host by path.
+const OUTSIDE: &str = "tests/outside-crate/Cargo.toml";
+
+/// Builds tf-host the ways a program outside the workspace does. Type-checks
+/// the feature combinations a program beside another cudarc user needs (no GPU
+/// or libcuda needed for a check): a CUDA 12 version instead of the default
+/// 13.0, `dynamic-linking`, and `tests/outside-crate` with `beside-candle` (its
+/// own cudarc with `dynamic-linking` and CUDA 12.8 in the same graph). Then
+/// builds and runs `tests/outside-crate` as its README section says it behaves:
+/// with nvcc (kernels built), and where no nvcc can be found, without the
+/// `emulator-only` feature (the build fails, saying what to install or set) and
+/// with it (built, runs on the emulator). Shares `target/` so unchanged crates
+/// are not rebuilt.
 fn features(root: &Path) -> Result<(), String> {
     let tc = setup(root)?;
     let checks: [&[&str]; 3] = [
         &["check", "-p", "tf-host", "--no-default-features", "--features", "cuda-12080"],
         &["check", "-p", "tf-host", "--features", "dynamic-linking"],
-        &["check", "--manifest-path", "tests/outside-crate/Cargo.toml", "--target-dir", "target"],
+        &[
+            "check",
+            "--manifest-path",
+            OUTSIDE,
+            "--target-dir",
+            "target",
+            "--no-default-features",
+            "--features",
+            "beside-candle",
+        ],
     ];
     for args in checks {
         println!("xtask: cargo {}", args.join(" "));
         run(cargo(root, &tc).args(args))?;
     }
     println!("xtask: features  tf-host type-checks with CUDA 12.8, dynamic-linking, and beside another cudarc user");
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} (with nvcc)");
+    let out =
+        run_capture(cargo(root, &tc).args(["run", "--quiet", "--manifest-path", OUTSIDE, "--target-dir", "target"]))?;
+    print!("{out}");
+    if !out.contains("CUDA kernels built: yes") {
+        return Err(format!("{OUTSIDE} built with nvcc has no CUDA kernels"));
+    }
+    outside_without_nvcc(root)
+}
+
+/// `tests/outside-crate` where no nvcc can be found: from a copy of the
+/// repository's files (the repository's own `.toolchain/` would be found),
+/// with `NVCC`, `CUDA_HOME`, `CUDA_PATH` and `TF_NO_NVCC` unset and no nvcc on
+/// `PATH`. Without `emulator-only` the build must fail with the message; with
+/// it, the program must build and run on the emulator.
+fn outside_without_nvcc(root: &Path) -> Result<(), String> {
+    let system = Path::new("/usr/local/cuda/bin/nvcc");
+    if system.is_file() {
+        println!("xtask: features  without nvcc: skipped, {} exists on this machine", system.display());
+        return Ok(());
+    }
+    let repo = root.join("target/no-nvcc/repository");
+    if repo.exists() {
+        std::fs::remove_dir_all(&repo).map_err(|e| format!("{}: {e}", repo.display()))?;
+    }
+    let files = run_capture(Command::new("git").current_dir(root).args([
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))?;
+    for rel in files.split('\0').filter(|f| !f.is_empty()) {
+        let from = root.join(rel);
+        if !from.is_file() {
+            continue; // deleted in the working tree, or a submodule
+        }
+        let to = repo.join(rel);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        copy(&from, &to)?;
+    }
+    let manifest = repo.join(OUTSIDE);
+    let no_nvcc_cargo = |extra: &[&str]| {
+        let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.current_dir(&repo)
+            .args(["run", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(root.join("target"))
+            .args(extra)
+            .env_remove("NVCC")
+            .env_remove("CUDA_HOME")
+            .env_remove("CUDA_PATH")
+            .env_remove("TF_NO_NVCC");
+        if let Some(path) = env::var_os("PATH") {
+            let dirs = env::split_paths(&path).filter(|d| !d.join("nvcc").is_file());
+            if let Ok(p) = env::join_paths(dirs) {
+                c.env("PATH", p);
+            }
+        }
+        c
+    };
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} (no nvcc: must fail and say what to do)");
+    let out = no_nvcc_cargo(&[]).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = ["nvcc (the CUDA compiler) was not found", "NVCC=", "CUDA_HOME=", "cargo xtask setup", "emulator-only"]
+        .iter()
+        .all(|w| stderr.contains(w));
+    if out.status.success() || !said {
+        return Err(format!(
+            "{OUTSIDE} without nvcc: expected a failed build naming nvcc, NVCC, CUDA_HOME, `cargo xtask setup` and \
+             `emulator-only`; got {} with:\n{stderr}",
+            out.status
+        ));
+    }
+    println!("xtask: features  without nvcc the build fails and says what to install or set");
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} --features emulator-only (no nvcc)");
+    let out = no_nvcc_cargo(&["--features", "emulator-only"]).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() || !stdout.contains("CUDA kernels built: no") || !stdout.contains("SIMT emulator") {
+        return Err(format!(
+            "{OUTSIDE} with emulator-only and no nvcc: expected a run on the emulator; got {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    println!("xtask: features  without nvcc and with emulator-only it builds and runs on the emulator");
     Ok(())
 }
 
