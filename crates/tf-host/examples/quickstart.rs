@@ -48,8 +48,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     // The emulator runs the same kernels on the CPU, far slower than a GPU: the
     // tiny config keeps it to a second.
-    let (backend, size) = if dev.is_cuda() { ("CUDA", "354m") } else { ("the kernels on the CPU", "tiny") };
-    println!("device: {} ({backend})", dev.name());
+    let size = if dev.is_cuda() {
+        println!("device: {} (CUDA)", dev.name());
+        "354m"
+    } else {
+        println!("device: {}: the same kernels on the CPU, far slower than a GPU", dev.name());
+        "tiny"
+    };
     let cfg = TokenformerConfig::by_name(size)?;
     println!("model:  {} ({} parameters, {} layers, d = {})", cfg.name, cfg.param_count(), cfg.layers, cfg.d);
 
