@@ -2,16 +2,20 @@
 //!
 //! 1. nvcc → ONE fatbin holding every `kernels/*.cu` (SASS sm_80 + sm_90a and PTX
 //!    compute_80 by default), with the ptxas report saved and spills warned about.
-//!    No nvcc: the build still succeeds, `FATBIN` is `None`, one warning says how
-//!    to get it. Nothing is ever downloaded here.
+//!    No nvcc: the build FAILS with a message saying what to install or set, unless
+//!    CUDA kernels were turned off on purpose (the `emulator-only` feature, or
+//!    `TF_NO_NVCC=1`): then `FATBIN` is `None`. Nothing is ever downloaded here.
 //! 2. g++ (cc crate) → the CPU SIMT emulator library running the same sources
 //!    (`kernels/emu/build_emu.rs`).
-//! 3. bindgen on `kernels/tf_kernels.h` → the Rust mirror of the params structs.
+//!
+//! The Rust mirror of `kernels/tf_kernels.h` is not made here: `cargo xtask
+//! bindgen` generates `kernels/tf_kernels_sys.rs`, which is committed, so a build
+//! needs no libclang.
 
 #[path = "kernels/emu/build_emu.rs"]
 mod build_emu;
 #[allow(dead_code)]
-#[path = "xtask/src/toolchain.rs"]
+#[path = "build/toolchain.rs"]
 mod toolchain;
 
 use std::env;
@@ -24,8 +28,11 @@ use std::process::Command;
 /// except `PATH`: nvcc is also looked for there, but a change of `PATH` (a new
 /// shell, a virtual environment) is no reason to recompile every kernel. The nvcc
 /// found is a rerun trigger itself; to switch compilers, set `NVCC` or `CUDA_HOME`.
-const ENV_VARS: &[&str] =
-    &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "LIBCLANG_PATH", "CI"];
+/// (The `emulator-only` feature needs no trigger: cargo rebuilds on a feature change.)
+const ENV_VARS: &[&str] = &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "CI"];
+
+/// Extensions of the kernel sources and headers nvcc and the emulator build read.
+const SOURCE_EXTS: &[&str] = &["cu", "h", "cuh", "hpp", "hh", "inc", "inl"];
 
 /// Default targets: SASS for Ampere and Hopper (sm_90a enables the arch-specific
 /// features later kernels may use), plus PTX for compute_80 so newer GPUs JIT.
@@ -41,27 +48,122 @@ fn werror() -> bool {
 }
 
 fn main() {
-    for v in ENV_VARS {
-        println!("cargo:rerun-if-env-changed={v}");
-    }
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernels = root.join("kernels");
+    // Decided first, so a build that cannot get kernels stops with nothing but the
+    // reason on its output.
+    let cuda = cuda_build(&root).unwrap_or_else(|message| fail(&message));
+
+    for v in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={v}");
+    }
+    // Exactly the inputs: this script (its modules `build/toolchain.rs` and
+    // `kernels/emu/build_emu.rs` recompile and rerun it through cargo), the kernel
+    // sources and headers (`kernels/include/` and `kernels/test/` as folders, so a
+    // file added there counts), the nvcc used; the emulator build adds its own
+    // files. Not `kernels/*.rs` or the notes: editing them recompiles no kernel. A
+    // NEW top-level `kernels/*.cu` is seen at the next rerun (`touch build.rs`);
+    // the `kernel_sources_are_the_built_ones` test of tf-kernels fails until then.
     println!("cargo:rerun-if-changed=build.rs");
-    // The folder itself too, so a NEW kernel file triggers a rebuild.
-    println!("cargo:rerun-if-changed={}", kernels.display());
-    for f in walk(&kernels) {
+    println!("cargo:rerun-if-changed={}", kernels.join("include").display());
+    for f in walk(&kernels).iter().filter(|f| !f.starts_with(kernels.join("emu")) && has_ext(f, SOURCE_EXTS)) {
         println!("cargo:rerun-if-changed={}", f.display());
     }
 
     let cu_files = kernel_sources(&kernels);
-    let fatbin = build_fatbin(&root, &out_dir, &cu_files);
-    write_generated(&out_dir, fatbin.as_ref());
+    let fatbin = match cuda {
+        CudaBuild::Nvcc(nvcc) => Some(build_fatbin(&root, &out_dir, &nvcc, &cu_files)),
+        CudaBuild::OptedOut(why) => {
+            if why == OptOut::Env {
+                println!("cargo:warning=TF_NO_NVCC is set: kernels not compiled for CUDA (FATBIN is None)");
+            }
+            None
+        }
+    };
+    write_generated(&out_dir, fatbin.as_ref(), &cu_files);
 
-    run_bindgen(&root, &kernels, &out_dir);
     if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
-        panic!("building the SIMT emulator failed:\n{e}");
+        fail(&format!("building the SIMT emulator failed:\n{e}"));
     }
+}
+
+/// Ends the build with `message` (cargo shows this script's stderr): a clean
+/// error, not a panic's backtrace hint.
+fn fail(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(1);
+}
+
+/// Why a build has no CUDA kernels on purpose.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OptOut {
+    /// The `emulator-only` cargo feature.
+    Feature,
+    /// `TF_NO_NVCC` set (not empty, not `0`).
+    Env,
+}
+
+/// What the CUDA half of the build does.
+enum CudaBuild {
+    /// Compile the kernels with this nvcc.
+    Nvcc(PathBuf),
+    /// No CUDA kernels, on purpose.
+    OptedOut(OptOut),
+}
+
+/// The nvcc to use, no CUDA kernels on purpose, or (Err) the message of a build
+/// that wants kernels and has no nvcc.
+fn cuda_build(root: &Path) -> Result<CudaBuild, String> {
+    if env::var_os("CARGO_FEATURE_EMULATOR_ONLY").is_some() {
+        return Ok(CudaBuild::OptedOut(OptOut::Feature));
+    }
+    if env::var_os("TF_NO_NVCC").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(CudaBuild::OptedOut(OptOut::Env));
+    }
+    let bad_nvcc = env::var_os("NVCC").filter(|p| !Path::new(p).is_file());
+    if let Some(p) = &bad_nvcc {
+        println!("cargo:warning=NVCC={} is not a file; looking elsewhere", Path::new(p).display());
+    }
+    match toolchain::find_nvcc(root) {
+        Some(nvcc) => Ok(CudaBuild::Nvcc(nvcc)),
+        None => Err(no_nvcc_message(root, bad_nvcc.as_deref().map(Path::new))),
+    }
+}
+
+/// The error of a build without nvcc: where it looked, what to install or set,
+/// how to build without CUDA kernels.
+fn no_nvcc_message(root: &Path, bad_nvcc: Option<&Path>) -> String {
+    // A checkout of the repository has `cargo xtask`; a copy cargo made of it (a
+    // git or registry dependency, marked by `.cargo-ok`) is not where to run it.
+    let in_repository = root.join("xtask/Cargo.toml").is_file() && !root.join(".cargo-ok").exists();
+    let mut m =
+        String::from("tf-kernels: nvcc (the CUDA compiler) was not found, so the CUDA kernels cannot be built.\n\n");
+    m.push_str("Looked for: $NVCC, $CUDA_HOME/bin/nvcc, $CUDA_PATH/bin/nvcc, nvcc on PATH, /usr/local/cuda/bin/nvcc");
+    if in_repository {
+        let _ = write!(m, ", {}/{}", root.display(), toolchain::LOCAL_DIR);
+    }
+    m.push_str(".\n");
+    if let Some(p) = bad_nvcc {
+        let _ = writeln!(m, "NVCC is set to {}, which is not a file.", p.display());
+    }
+    m.push_str(
+        "\nTo build the kernels: install the CUDA toolkit with nvcc (CUDA 13.0 is the version tested) and set \
+         NVCC=/path/to/bin/nvcc or CUDA_HOME=/path/to/cuda (or put nvcc on PATH).\n",
+    );
+    if in_repository {
+        m.push_str(
+            "In this repository, `cargo xtask setup` installs CUDA 13.0's nvcc into .toolchain/, where the \
+             build finds it.\n",
+        );
+    }
+    m.push_str(
+        "\nTo build without CUDA kernels (the CPU emulator only; Device::cuda then returns \
+         Error::KernelsNotBuilt): turn on the `emulator-only` feature, e.g. \
+         `tf-host = { ..., features = [\"emulator-only\"] }` (tf-host forwards it to tf-kernels), or set \
+         TF_NO_NVCC=1.",
+    );
+    m
 }
 
 /// All files under `dir`, recursively, sorted (for rerun-if-changed).
@@ -81,6 +183,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+fn has_ext(p: &Path, exts: &[&str]) -> bool {
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| exts.contains(&e))
 }
 
 /// The product kernels: `kernels/*.cu` (not the emulator-only `kernels/test/`).
@@ -106,10 +212,10 @@ fn gencode_flags() -> (String, Vec<String>) {
     for a in &archs {
         let digits = a.trim_end_matches('a');
         if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) {
-            panic!("invalid CUDA arch '{a}' in '{list}': expected numbers like 80, 86, 90a");
+            fail(&format!("invalid CUDA arch '{a}' in TF_CUDA_ARCHS / CUDA_COMPUTE_CAP '{list}': expected numbers like 80, 86, 90a"));
         }
         if digits.parse::<u32>().unwrap_or(0) < 80 {
-            panic!("CUDA arch '{a}' is below 80: the kernels need sm_80 tensor-core instructions");
+            fail(&format!("CUDA arch '{a}' is below 80: the kernels need sm_80 tensor-core instructions"));
         }
     }
     let mut flags = Vec::new();
@@ -120,7 +226,7 @@ fn gencode_flags() -> (String, Vec<String>) {
     let lowest = archs
         .iter()
         .min_by_key(|a| a.trim_end_matches('a').parse::<u32>().unwrap_or(u32::MAX))
-        .expect("at least one arch");
+        .unwrap_or_else(|| fail(&format!("no CUDA arch in TF_CUDA_ARCHS / CUDA_COMPUTE_CAP '{list}'")));
     if !lowest.ends_with('a') {
         flags.push("-gencode".to_string());
         flags.push(format!("arch=compute_{lowest},code=compute_{lowest}"));
@@ -138,21 +244,7 @@ struct Fatbin {
 /// Compiles every kernel into one fatbin through a generated unity source
 /// (`#include` of each `.cu`): one module, one load per context. File-local
 /// helpers therefore live in a per-file namespace.
-fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fatbin> {
-    if env::var_os("TF_NO_NVCC").is_some_and(|v| v != "0") {
-        println!("cargo:warning=TF_NO_NVCC is set: kernels not compiled for CUDA (FATBIN is None)");
-        return None;
-    }
-    if let Some(p) = env::var_os("NVCC").filter(|p| !Path::new(p).is_file()) {
-        println!("cargo:warning=NVCC={} is not a file; looking elsewhere", Path::new(&p).display());
-    }
-    let Some(nvcc) = toolchain::find_nvcc(root) else {
-        println!(
-            "cargo:warning=nvcc not found: CUDA kernels not built (FATBIN is None; the emulator still works). \
-             Run `cargo xtask setup` to install CUDA 13.0's nvcc into .toolchain/, or set NVCC / CUDA_HOME."
-        );
-        return None;
-    };
+fn build_fatbin(root: &Path, out_dir: &Path, nvcc: &Path, cu_files: &[PathBuf]) -> Fatbin {
     let (archs, gencode) = gencode_flags();
     println!("cargo:rerun-if-changed={}", nvcc.display());
 
@@ -164,7 +256,7 @@ fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fat
     fs::write(&unity_path, unity).expect("write unity source");
 
     let fatbin = out_dir.join("tf_kernels.fatbin");
-    let mut cmd = Command::new(&nvcc);
+    let mut cmd = Command::new(nvcc);
     cmd.arg("-fatbin")
         .args(NVCC_FLAGS)
         .args(&gencode)
@@ -178,11 +270,11 @@ fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fat
     if werror() {
         cmd.args(["-Werror", "all-warnings"]);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+    let out = cmd.output().unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", nvcc.display())));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        panic!("nvcc failed ({}):\n{cmd:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status);
+        fail(&format!("nvcc failed ({}):\n{cmd:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}", out.status));
     }
     let report = format!("{stdout}{stderr}");
     let ptxas = out_dir.join("ptxas.txt");
@@ -190,13 +282,13 @@ fn build_fatbin(root: &Path, out_dir: &Path, cu_files: &[PathBuf]) -> Option<Fat
     for line in spill_lines(&report) {
         println!("cargo:warning=register spill: {line} (see {})", ptxas.display());
     }
-    let nvcc_version = Command::new(&nvcc)
+    let nvcc_version = Command::new(nvcc)
         .arg("--version")
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_string())
         .unwrap_or_default();
-    Some(Fatbin { path: fatbin, ptxas, archs, nvcc_version })
+    Fatbin { path: fatbin, ptxas, archs, nvcc_version }
 }
 
 /// "function 'x' for 'sm_80': N bytes spill stores, M bytes spill loads" for every
@@ -221,8 +313,9 @@ fn spill_lines(report: &str) -> Vec<String> {
     out
 }
 
-/// `$OUT_DIR/kernels_gen.rs`: FATBIN, the ptxas report, the arch list.
-fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
+/// `$OUT_DIR/kernels_gen.rs`: FATBIN, the ptxas report, the arch list, and (for
+/// tf-kernels' own tests) the kernel sources compiled.
+fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>, cu_files: &[PathBuf]) {
     let mut s = String::new();
     match fatbin {
         Some(f) => {
@@ -237,47 +330,18 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>) {
             writeln!(s, "pub static NVCC_VERSION: &str = {:?};", f.nvcc_version).ok();
         }
         None => {
-            s.push_str("/// None: nvcc was not found when this crate was built.\n");
+            s.push_str("/// None: built without CUDA kernels (the `emulator-only` feature or `TF_NO_NVCC`).\n");
             s.push_str("pub static FATBIN: Option<&[u8]> = None;\n");
             s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
             s.push_str("pub static PTXAS_REPORT: &str = \"\";\n");
             s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
             s.push_str("pub static CUDA_ARCHS: &str = \"\";\n");
-            s.push_str("/// Empty: nvcc was not found.\n");
+            s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
             s.push_str("pub static NVCC_VERSION: &str = \"\";\n");
         }
     }
+    let names: Vec<String> = cu_files.iter().filter_map(|f| f.file_name()?.to_str().map(str::to_string)).collect();
+    writeln!(s, "/// The `kernels/*.cu` files this build compiled.").ok();
+    writeln!(s, "#[cfg(test)]\nstatic KERNEL_SOURCES: &[&str] = &{names:?};").ok();
     fs::write(out_dir.join("kernels_gen.rs"), s).expect("write kernels_gen.rs");
-}
-
-/// bindgen over tf_kernels.h: only the project's `tf_*` names.
-fn run_bindgen(root: &Path, kernels: &Path, out_dir: &Path) {
-    let header = kernels.join("tf_kernels.h");
-    if env::var_os("LIBCLANG_PATH").is_none() {
-        if let Some(dir) = toolchain::find_libclang(root) {
-            // Runs before the emulator build starts its compiler threads, so no other
-            // thread reads the environment while it changes.
-            env::set_var("LIBCLANG_PATH", dir);
-        }
-    }
-    let bindings = bindgen::Builder::default()
-        .header(header.display().to_string())
-        .allowlist_type("tf_.*")
-        .allowlist_function("tf_.*")
-        .allowlist_var("TF_.*")
-        .derive_default(true)
-        .derive_debug(true)
-        .derive_copy(true)
-        .prepend_enum_name(false)
-        .default_enum_style(bindgen::EnumVariation::Consts)
-        .layout_tests(true)
-        .generate()
-        .unwrap_or_else(|e| {
-            panic!(
-                "bindgen failed on {}: {e}\nbindgen needs libclang: `cargo xtask setup` installs it \
-                 (or set LIBCLANG_PATH)",
-                header.display()
-            )
-        });
-    bindings.write_to_file(out_dir.join("tf_kernels_sys.rs")).expect("write bindings");
 }

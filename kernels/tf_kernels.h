@@ -3,8 +3,9 @@
  *
  * One params struct per kernel family, passed BY VALUE to the kernel
  * (`extern "C" __global__ void name(tf_xxx_params p)`). Rust mirrors this file
- * through bindgen (build.rs allowlists the `tf_*` names), so the layout cannot
- * drift. Pointers are device addresses on CUDA and host addresses on the
+ * through bindgen: `cargo xtask bindgen` allowlists the `tf_*` names and writes
+ * kernels/tf_kernels_sys.rs (committed; `cargo xtask test` fails while the two
+ * disagree), so the layout cannot drift. Pointers are device addresses on CUDA and host addresses on the
  * emulator; they are declared as 64-bit integers (`tf_ptr`) so both sides agree
  * on size without pointer provenance rules on the Rust side.
  *

@@ -1,15 +1,21 @@
 //! `cargo xtask`: the project's entry points.
 //!
 //! - `setup`: finds (or installs, project-locally) nvcc 13.0 and libclang. Idempotent.
-//! - `test`:  setup, then `cargo test --workspace` with the toolchain in the
-//!   environment (so every test run compiles the kernels through nvcc and ptxas),
-//!   then the SASS checks of the compiled fatbin.
+//! - `test`:  setup, the check of the committed bindings against
+//!   `kernels/tf_kernels.h`, then `cargo test --workspace` with the toolchain in
+//!   the environment (so every test run compiles the kernels through nvcc and
+//!   ptxas), the quickstart example on the emulator, and the SASS checks of the
+//!   compiled fatbin.
+//! - `bindgen`: regenerates `kernels/tf_kernels_sys.rs` from the header
+//!   (`--check`: fails when they disagree).
 //! - `bench`: setup, then `tokenformer bench` (the Pattention-vs-dense table,
 //!   attention and growth on the GPU; without one, the emulator check);
 //!   `bench --criterion` runs the criterion benches instead.
 
+mod bindings;
 mod checked;
 mod limits;
+#[path = "../../build/toolchain.rs"]
 mod toolchain;
 
 use std::env;
@@ -32,6 +38,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => setup(&root).map(|_| ()),
         Some("test") => test(&root, &args[1..]),
+        Some("bindgen") => return bindgen_command(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
         Some("device-kit") => device_kit(&root),
         Some("sass") => sass_checks(&root),
@@ -55,16 +62,24 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
   setup           find or install (into .toolchain/) nvcc 13.0 and libclang
-  test [args]     setup, then cargo test --workspace [args], then the SASS checks;
+  test [args]     setup, bindgen --check, cargo test --workspace [args], the
+                  quickstart example on the emulator, then the SASS checks;
                   a test binary running past TF_TEST_BINARY_TIMEOUT_S (600 s) or the
                   whole run past TF_TEST_TIMEOUT_S (2700 s) is killed and named
   bench [args]    setup, then `tokenformer bench [args]` (release build; without a
                   GPU it says so and runs `tokenformer check` on the emulator);
                   `bench --criterion [args]` runs `cargo bench [args]` instead
+  bindgen         regenerate kernels/tf_kernels_sys.rs (the Rust mirror of
+                  kernels/tf_kernels.h) with bindgen; needs libclang, which it
+                  installs like setup when missing
+  bindgen --check fail when the committed bindings and the header disagree
+                  (exit code 3 when no libclang is found)
   sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
   features        type-check tf-host with its non-default cudarc features
-                  (a CUDA 12 version, dynamic-linking) and tests/outside-crate,
-                  a crate beside cudarc with dynamic-linking, as candle uses it
+                  (a CUDA 12 version, dynamic-linking) and tests/outside-crate
+                  beside a cudarc with dynamic-linking, as candle uses it; then
+                  build and run tests/outside-crate with nvcc, and without nvcc
+                  (fails, saying what to do; with emulator-only: runs)
   device-kit      build release test and bench binaries, the fatbin, the ptxas
                   report and the run script into device-kit/ (< 64 MiB), to run
                   on any GPU machine: device-kit/run.sh OUT_DIR";
@@ -113,6 +128,12 @@ fn setup(root: &Path) -> Result<Toolchain, String> {
         .map_err(|e| format!("{} does not run: {e}", nvcc.display()))?;
     println!("xtask: nvcc      {} ({version})", nvcc.display());
 
+    let libclang = ensure_libclang(root)?;
+    Ok(Toolchain { nvcc: Some(nvcc), libclang: Some(libclang) })
+}
+
+/// The folder of libclang (for bindgen), installed as setup does when missing.
+fn ensure_libclang(root: &Path) -> Result<PathBuf, String> {
     let libclang = match toolchain::find_libclang(root) {
         Some(p) => p,
         None => {
@@ -121,7 +142,7 @@ fn setup(root: &Path) -> Result<Toolchain, String> {
         }
     };
     println!("xtask: libclang  {}", libclang.display());
-    Ok(Toolchain { nvcc: Some(nvcc), libclang: Some(libclang) })
+    Ok(libclang)
 }
 
 fn install_cuda(root: &Path) -> Result<(), String> {
@@ -162,12 +183,96 @@ fn ensure_venv(venv: &Path) -> Result<(), String> {
 
 fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     let tc = setup(root)?;
+    if let Some(dir) = &tc.libclang {
+        use_libclang(dir);
+    }
+    check_bindings(root)?;
     limits::run_tests(cargo(root, &tc).args(["test", "--workspace"]).args(extra))?;
+    quickstart(root, &tc)?;
     // With test filters or options given, only what was asked for runs.
     if extra.is_empty() {
         checked::run(root, || cargo(root, &tc))?;
     }
     sass_checks(root)
+}
+
+/// The README's example program on the emulator (about a second), from the
+/// test profile the tests just built, so nothing is compiled again.
+fn quickstart(root: &Path, tc: &Toolchain) -> Result<(), String> {
+    let args = ["--device", "emulator"];
+    println!("xtask: quickstart cargo run -p tf-host --example quickstart -- {}", args.join(" "));
+    run(cargo(root, tc)
+        .args(["run", "--quiet", "--profile", "test", "-p", "tf-host", "--example", "quickstart", "--"])
+        .args(args))
+}
+
+/// Exit code of `bindgen --check` when no libclang is found (its test then skips).
+const NO_LIBCLANG: u8 = 3;
+
+/// `cargo xtask bindgen [--check]`.
+fn bindgen_command(root: &Path, args: &[String]) -> ExitCode {
+    let check = match args {
+        [] => false,
+        [a] if a == "--check" => true,
+        _ => {
+            eprintln!("xtask: usage: cargo xtask bindgen [--check]");
+            return ExitCode::FAILURE;
+        }
+    };
+    let libclang = if check {
+        toolchain::find_libclang(root).ok_or_else(|| {
+            "no libclang found: set LIBCLANG_PATH to the folder of libclang.so, or run `cargo xtask setup`".to_string()
+        })
+    } else {
+        ensure_libclang(root)
+    };
+    let result = match libclang {
+        Ok(dir) => {
+            use_libclang(&dir);
+            if check {
+                check_bindings(root)
+            } else {
+                bindings::write(root).map(|written| {
+                    let state = if written { "written" } else { "unchanged" };
+                    println!("xtask: bindgen   {} {state}", bindings::OUTPUT);
+                })
+            }
+        }
+        Err(e) if check => {
+            eprintln!("xtask: bindgen --check: {e}");
+            return ExitCode::from(NO_LIBCLANG);
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Points bindgen (clang-sys reads `LIBCLANG_PATH` when it loads libclang) at
+/// `dir`. Called before this process starts any thread.
+fn use_libclang(dir: &Path) {
+    env::set_var("LIBCLANG_PATH", dir);
+}
+
+/// Fails when `kernels/tf_kernels_sys.rs` is not what bindgen makes of the header.
+fn check_bindings(root: &Path) -> Result<(), String> {
+    match bindings::check(root)? {
+        bindings::Check::UpToDate => {
+            println!("xtask: bindgen   {} matches {}", bindings::OUTPUT, bindings::HEADER);
+            Ok(())
+        }
+        bindings::Check::Differs { line, committed, generated } => Err(format!(
+            "{} does not match {} (run `cargo xtask bindgen` and commit the result); first difference at line \
+             {line}:\n  committed: {committed}\n  generated: {generated}",
+            bindings::OUTPUT,
+            bindings::HEADER
+        )),
+    }
 }
 
 /// `tokenformer bench` (release build) with `extra` passed on; on a machine
@@ -183,23 +288,136 @@ fn bench(root: &Path, extra: &[String]) -> Result<(), String> {
         .args(extra))
 }
 
-/// Type-checks the feature combinations of tf-host a program beside another
-/// cudarc user needs (no GPU or libcuda needed for a check): a CUDA 12 version
-/// instead of the default 13.0, `dynamic-linking`, and `tests/outside-crate`, a
-/// crate outside the workspace with its own cudarc (`dynamic-linking`, CUDA 12.8)
-/// in the same build graph. Shares `target/` so unchanged crates are not rebuilt.
+/// The crate outside the workspace that uses tf-host by path.
+const OUTSIDE: &str = "tests/outside-crate/Cargo.toml";
+
+/// Builds tf-host the ways a program outside the workspace does. Type-checks
+/// the feature combinations a program beside another cudarc user needs (no GPU
+/// or libcuda needed for a check): a CUDA 12 version instead of the default
+/// 13.0, `dynamic-linking`, and `tests/outside-crate` with `beside-candle` (its
+/// own cudarc with `dynamic-linking` and CUDA 12.8 in the same graph). Then
+/// builds and runs `tests/outside-crate` as its README section says it behaves:
+/// with nvcc (kernels built), and where no nvcc can be found, without the
+/// `emulator-only` feature (the build fails, saying what to install or set) and
+/// with it (built, runs on the emulator). Shares `target/` so unchanged crates
+/// are not rebuilt.
 fn features(root: &Path) -> Result<(), String> {
     let tc = setup(root)?;
     let checks: [&[&str]; 3] = [
         &["check", "-p", "tf-host", "--no-default-features", "--features", "cuda-12080"],
         &["check", "-p", "tf-host", "--features", "dynamic-linking"],
-        &["check", "--manifest-path", "tests/outside-crate/Cargo.toml", "--target-dir", "target"],
+        &[
+            "check",
+            "--manifest-path",
+            OUTSIDE,
+            "--target-dir",
+            "target",
+            "--no-default-features",
+            "--features",
+            "beside-candle",
+        ],
     ];
     for args in checks {
         println!("xtask: cargo {}", args.join(" "));
         run(cargo(root, &tc).args(args))?;
     }
     println!("xtask: features  tf-host type-checks with CUDA 12.8, dynamic-linking, and beside another cudarc user");
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} (with nvcc)");
+    let out = run_capture(
+        cargo(root, &tc)
+            .args(["run", "--quiet", "--manifest-path", OUTSIDE, "--target-dir", "target"])
+            .env_remove("TF_NO_NVCC"),
+    )?;
+    print!("{out}");
+    if !out.contains("CUDA kernels built: yes") {
+        return Err(format!("{OUTSIDE} built with nvcc has no CUDA kernels"));
+    }
+    outside_without_nvcc(root)
+}
+
+/// `tests/outside-crate` where no nvcc can be found: from a copy of the
+/// repository's files (the repository's own `.toolchain/` would be found),
+/// with `NVCC`, `CUDA_HOME`, `CUDA_PATH` and `TF_NO_NVCC` unset and no nvcc on
+/// `PATH`. Without `emulator-only` the build must fail with the message; with
+/// it, the program must build and run on the emulator.
+fn outside_without_nvcc(root: &Path) -> Result<(), String> {
+    let system = Path::new("/usr/local/cuda/bin/nvcc");
+    if system.is_file() {
+        println!("xtask: features  without nvcc: skipped, {} exists on this machine", system.display());
+        return Ok(());
+    }
+    let repo = root.join("target/no-nvcc/repository");
+    if repo.exists() {
+        std::fs::remove_dir_all(&repo).map_err(|e| format!("{}: {e}", repo.display()))?;
+    }
+    let files = run_capture(Command::new("git").current_dir(root).args([
+        "ls-files",
+        "-z",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))?;
+    for rel in files.split('\0').filter(|f| !f.is_empty()) {
+        let from = root.join(rel);
+        if !from.is_file() {
+            continue; // deleted in the working tree, or a submodule
+        }
+        let to = repo.join(rel);
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        copy(&from, &to)?;
+    }
+    let manifest = repo.join(OUTSIDE);
+    let no_nvcc_cargo = |extra: &[&str]| {
+        let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        c.current_dir(&repo)
+            .args(["run", "--quiet", "--manifest-path"])
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(root.join("target"))
+            .args(extra)
+            .env_remove("NVCC")
+            .env_remove("CUDA_HOME")
+            .env_remove("CUDA_PATH")
+            .env_remove("TF_NO_NVCC");
+        if let Some(path) = env::var_os("PATH") {
+            let dirs = env::split_paths(&path).filter(|d| !d.join("nvcc").is_file());
+            if let Ok(p) = env::join_paths(dirs) {
+                c.env("PATH", p);
+            }
+        }
+        c
+    };
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} (no nvcc: must fail and say what to do)");
+    let out = no_nvcc_cargo(&[]).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = ["nvcc (the CUDA compiler) was not found", "NVCC=", "CUDA_HOME=", "cargo xtask setup", "emulator-only"]
+        .iter()
+        .all(|w| stderr.contains(w));
+    if out.status.success() || !said {
+        return Err(format!(
+            "{OUTSIDE} without nvcc: expected a failed build naming nvcc, NVCC, CUDA_HOME, `cargo xtask setup` and \
+             `emulator-only`; got {} with:\n{stderr}",
+            out.status
+        ));
+    }
+    println!("xtask: features  without nvcc the build fails and says what to install or set");
+
+    println!("xtask: cargo run --manifest-path {OUTSIDE} --features emulator-only (no nvcc)");
+    let out = no_nvcc_cargo(&["--features", "emulator-only"]).output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() || !stdout.contains("CUDA kernels built: no") || !stdout.contains("SIMT emulator") {
+        return Err(format!(
+            "{OUTSIDE} with emulator-only and no nvcc: expected a run on the emulator; got {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    println!("xtask: features  without nvcc and with emulator-only it builds and runs on the emulator");
     Ok(())
 }
 

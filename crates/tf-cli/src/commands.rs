@@ -415,8 +415,8 @@ pub fn info() -> CliResult<ExitCode> {
         outln!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)", tf_kernels::CUDA_ARCHS);
         outln!("nvcc:     {}", tf_kernels::NVCC_VERSION);
     } else {
-        outln!("kernels:  no fatbin: nvcc was not found when tf-kernels was built (run `cargo xtask setup`)");
-        outln!("nvcc:     none at build time");
+        outln!("kernels:  no fatbin: built with the `emulator-only` feature or TF_NO_NVCC (emulator only)");
+        outln!("nvcc:     not used");
     }
     let entries = tf_kernels::ptxas_summary();
     if entries.is_empty() {

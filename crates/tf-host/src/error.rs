@@ -20,8 +20,14 @@ pub enum Error {
         /// How many devices the driver reports.
         count: usize,
     },
-    /// The crate was built without nvcc, so there is no fatbin to load.
-    #[error("CUDA kernels not built: nvcc was not found when tf-kernels was compiled (run `cargo xtask setup`)")]
+    /// The crate was built without CUDA kernels (the `emulator-only` feature or
+    /// `TF_NO_NVCC`), so there is no fatbin to load.
+    #[error(
+        "CUDA kernels not built: tf-kernels was compiled without them (the `emulator-only` feature or \
+         TF_NO_NVCC), so only Device::emulator runs the kernels; for CUDA, build without that feature and \
+         variable, with nvcc found through NVCC, CUDA_HOME or PATH (in the repository, `cargo xtask setup` \
+         installs it)"
+    )]
     KernelsNotBuilt,
     /// The fatbin does not contain the kernel (a build of a different version).
     #[error("kernel `{0}` is missing from the loaded module")]

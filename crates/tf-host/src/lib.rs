@@ -65,7 +65,8 @@ pub use ops::pattention::{
 pub use tensor::{Tensor, View, ViewMut};
 pub use workspace::Workspace;
 
-/// The kernels' fatbin was compiled (nvcc was found at build time).
+/// The kernels' fatbin was compiled: false only in a build without CUDA kernels
+/// (the `emulator-only` feature or `TF_NO_NVCC`).
 pub fn cuda_kernels_built() -> bool {
     tf_kernels::FATBIN.is_some()
 }

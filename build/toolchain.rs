@@ -1,5 +1,7 @@
 //! Where the CUDA compiler and libclang are: one definition, used by both the
-//! root build script (`#[path]`-included, std only) and `cargo xtask`.
+//! root build script (`#[path]`-included, std only) and `cargo xtask`. It lives
+//! beside the build script, inside the tf-kernels package, so a copy of that
+//! package (a git or registry dependency) has it too.
 
 use std::env;
 use std::fs;
