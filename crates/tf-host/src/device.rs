@@ -57,6 +57,13 @@ const EMU_SM_COUNT: u32 = 132;
 /// which runs the same kernel source and the same validation. Cheap to clone
 /// (a shared handle); tensors remember their device and ops refuse a mix.
 ///
+/// Identity ([`Device::same`], also `==`): two CUDA handles are the same device
+/// when they queue to the same stream of the same CUDA context (clones, or
+/// [`Device::from_stream`] given that stream twice), since stream order is what
+/// makes their tensors safe to mix. Two emulator handles are the same only when
+/// one is a clone of the other: each emulator has its own options (lane order,
+/// seed, checks) and profiles, so its tensors stay with it.
+///
 /// ```
 /// use tf_host::{Device, Error};
 ///
@@ -68,7 +75,9 @@ const EMU_SM_COUNT: u32 = 132;
 /// // Clones are the same device; another emulator is another device.
 /// let x = dev.upload(&[1.0f32, 2.0, 3.0], &[3])?;
 /// assert!(x.device().same(&dev.clone()));
+/// assert_eq!(x.device(), &dev);
 /// let other = Device::emulator();
+/// assert!(!other.same(&dev) && other != dev);
 /// let y = other.zeros::<f32>(&[3])?;
 /// let mut z = dev.zeros::<f32>(&[3])?;
 /// assert!(matches!(z.copy_from(&y), Err(Error::DeviceMismatch { .. })));
@@ -152,7 +161,22 @@ fn module_cache() -> &'static Mutex<HashMap<usize, Weak<CudaModule>>> {
 }
 
 impl Device {
-    /// The CUDA GPU `ordinal`, on its primary context and default stream.
+    /// The CUDA GPU `ordinal`, on its primary context and a new stream of its
+    /// own (non-blocking: it does not wait for the legacy default stream, nor
+    /// the default stream for it). Each call gives another stream, hence
+    /// another device in the sense of [`same`](Self::same).
+    ///
+    /// The device holds its own cudarc context object, with cudarc's event
+    /// tracking off: every tf-host launch and copy goes to the one stream, whose
+    /// order already sequences them, so no event is recorded or waited on per
+    /// launch. The ordering contract that follows: memory allocated through
+    /// this context object (tf-host's tensors and whatever the caller allocates
+    /// through [`cuda_stream`](Self::cuda_stream)`().context()`) carries no
+    /// events, so a caller who uses it on another stream orders the two: the
+    /// other stream waits for this one before that use (`other.join(dev_stream)`),
+    /// and this one waits for the other after it (`dev_stream.join(other)`)
+    /// before tf-host uses or frees the memory again. A program that wants its
+    /// own stream or cudarc's tracking uses [`from_stream`](Self::from_stream).
     pub fn cuda(ordinal: usize) -> Result<Device> {
         check_driver()?;
         let count = CudaContext::device_count()?;
@@ -161,12 +185,48 @@ impl Device {
             return Err(Error::NoDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal)?;
-        let stream = ctx.default_stream();
+        // SAFETY: cudarc's conditions: memory used on several streams must be
+        // ordered by its user. This context object is new and private to the
+        // device; everything tf-host does with it runs on the one stream made
+        // below, and the caller who reaches it through `cuda_stream` takes on
+        // the ordering contract documented above.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
         Self::from_stream(stream)
     }
 
     /// A device on a stream the caller owns (a program that already has a CUDA
     /// context): every launch and copy of this `Device` goes to that stream.
+    /// Handles made from the same stream are the same device.
+    ///
+    /// Ordering contract: tf-host queues everything on `stream` and leaves
+    /// cudarc's event tracking as the caller set it on the stream's context. A
+    /// buffer the caller passes in ([`Tensor::from_cuda_slice`],
+    /// [`View::from_cuda`](crate::View::from_cuda)) that is used on this stream
+    /// only, or on streams cudarc orders by its events (tracking on, several
+    /// streams in the context, the buffer allocated while tracking was on), needs
+    /// nothing more. Otherwise the caller orders the streams: this one waits for
+    /// the buffer's earlier writes before the op is queued (`stream.join(other)`),
+    /// and the other stream waits for this one (`other.join(stream)`, or
+    /// [`synchronize`](Self::synchronize)) before it reads, writes or frees what
+    /// tf-host used.
+    ///
+    /// [`Tensor::from_cuda_slice`]: crate::Tensor::from_cuda_slice
+    ///
+    /// Needs a GPU, hence not run here:
+    ///
+    /// ```no_run
+    /// use tf_host::{cudarc::driver::CudaContext, Device};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ctx = CudaContext::new(0)?;
+    /// let stream = ctx.new_stream()?;
+    /// let a = Device::from_stream(stream.clone())?;
+    /// let b = Device::from_stream(stream)?;
+    /// assert!(a.same(&b)); // one stream: tensors of a and b mix freely
+    /// assert!(!a.same(&Device::from_stream(ctx.new_stream()?)?));
+    /// # Ok(()) }
+    /// ```
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Device> {
         check_driver()?;
         let fatbin = tf_kernels::FATBIN.ok_or(Error::KernelsNotBuilt)?;
@@ -257,7 +317,9 @@ impl Device {
         }
     }
 
-    /// The CUDA stream, for interop (None on the emulator).
+    /// The CUDA stream, for interop (None on the emulator). A device made by
+    /// [`cuda`](Self::cuda) has event tracking off on this stream's context
+    /// object: see the ordering contract there.
     pub fn cuda_stream(&self) -> Option<&Arc<CudaStream>> {
         match &self.0.backend {
             Backend::Cuda(c) => Some(&c.stream),
@@ -296,9 +358,19 @@ impl Device {
         Ok(std::time::Duration::from_secs_f64(f64::from(ms) / 1e3))
     }
 
-    /// Whether two handles are the same device.
+    /// Whether two handles are the same device: for CUDA, the same stream of
+    /// the same CUDA context (whatever cudarc objects wrap them); for the
+    /// emulator, clones of one handle. Also `==`. (Devices on cudarc's
+    /// per-thread default stream compare equal: its handle is one value,
+    /// although each thread queues to its own stream through it.)
     pub fn same(&self, other: &Device) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        match (&self.0.backend, &other.0.backend) {
+            (Backend::Cuda(a), Backend::Cuda(b)) => *a.stream == *b.stream,
+            _ => false,
+        }
     }
 
     /// cuBLAS on this device's stream, created on first use.
@@ -423,6 +495,15 @@ impl CudaBackend {
         Ok(f)
     }
 }
+
+/// [`Device::same`].
+impl PartialEq for Device {
+    fn eq(&self, other: &Device) -> bool {
+        self.same(other)
+    }
+}
+
+impl Eq for Device {}
 
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

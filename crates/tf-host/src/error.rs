@@ -87,6 +87,13 @@ pub enum Error {
         /// The operation.
         op: &'static str,
     },
+    /// A CUDA-only function called with the emulator: wrapping a CUDA buffer
+    /// on an emulator device, or taking the CUDA buffer of an emulator tensor.
+    #[error("{op}: needs a CUDA device; this is the CPU emulator")]
+    NotCuda {
+        /// The operation, e.g. `"into_cuda_slice"`.
+        op: &'static str,
+    },
     /// An error from the CUDA driver.
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),

@@ -2,6 +2,9 @@
 //! (through cudarc) or on the CPU SIMT emulator that runs the same kernel source.
 //!
 //! - [`Device`]: a GPU or the emulator; [`Tensor`] and its strided [`View`]s.
+//!   Zero-copy interop with a program's own cudarc stream and buffers:
+//!   [`Device::from_stream`], [`Tensor::from_cuda_slice`] /
+//!   [`Tensor::into_cuda_slice`], [`View::from_cuda`], [`ViewMut::from_cuda`].
 //! - Ops: [`pattention`] (`Y = Θ(X·K_Pᵀ)·V_P`), [`attention`], [`linear`],
 //!   [`grow_batch`]; layer norm, rotary, residual add and embedding in
 //!   [`ops::block`]. Operands that could be swapped by position are passed by name
@@ -46,7 +49,8 @@ pub mod workspace;
 
 /// The cudarc this crate is built with (same version and features), for programs
 /// that pass their own streams and buffers (`Device::from_stream`,
-/// `Tensor::from_cuda_slice`) without matching cudarc's version by hand.
+/// `Tensor::from_cuda_slice`, `View::from_cuda`, `ViewMut::from_cuda`) or take
+/// tf-host's (`Tensor::into_cuda_slice`) without matching cudarc's version by hand.
 pub use cudarc;
 pub use device::{Checks, Device, EmuOptions, Geometry, LaneOrder, Profile, ProfileLine};
 pub use dtype::{from_f32_vec, to_f32_vec, DType};
@@ -62,7 +66,7 @@ pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{
     pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions,
 };
-pub use tensor::{Tensor, View, ViewMut};
+pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
 pub use workspace::Workspace;
 
 /// The kernels' fatbin was compiled: false only in a build without CUDA kernels

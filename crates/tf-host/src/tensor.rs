@@ -6,8 +6,11 @@
 //! column block or a head of a fused QKV buffer is passed without a copy.
 
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, SyncOnDrop, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice, SyncOnDrop, ValidAsZeroBits,
+};
 
 use crate::device::{Backend, Device};
 use crate::dtype::DType;
@@ -198,21 +201,61 @@ impl Device {
 }
 
 impl<T: DType> Tensor<T> {
-    /// Wraps a caller's CUDA buffer (interop). The device must be the one the
-    /// slice was allocated on.
+    /// Takes a caller's CUDA buffer as a tensor of the given shape, without a
+    /// copy (the buffer's elements, row-major). The slice must belong to the
+    /// device's CUDA context ([`Error::DeviceMismatch`] otherwise; any cudarc
+    /// context object on the same CUDA context will do) and hold exactly as many
+    /// elements as the shape ([`Error::Shape`]); an emulator device refuses with
+    /// [`Error::NotCuda`]. On error the slice is dropped (freed).
+    /// [`into_cuda_slice`](Self::into_cuda_slice) gives it back.
+    ///
+    /// Ordering: the tensor's kernels and copies go to the device's stream. A
+    /// slice that lives on another stream is ordered with it by cudarc's events
+    /// only when its context tracks events and has several streams; otherwise
+    /// the caller orders the two streams (see [`Device::from_stream`]).
+    ///
+    /// Needs a GPU, hence not run here:
+    ///
+    /// ```no_run
+    /// use tf_host::{cudarc::driver::CudaContext, Device, Tensor};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let stream = CudaContext::new(0)?.default_stream(); // the program's own stream
+    /// let dev = Device::from_stream(stream.clone())?;
+    /// let buf = stream.clone_htod(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0])?;
+    /// let t = Tensor::from_cuda_slice(&dev, buf, &[2, 3])?;
+    /// assert_eq!(t.shape(), &[2, 3]);
+    /// let buf = t.into_cuda_slice()?; // back to the program, still no copy
+    /// assert_eq!(stream.clone_dtoh(&buf)?, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    /// # Ok(()) }
+    /// ```
     pub fn from_cuda_slice(dev: &Device, slice: CudaSlice<T>, shape: &[usize]) -> Result<Tensor<T>> {
-        let len = checked_product("from_cuda_slice", shape)?;
-        if len != slice.len() {
-            return Err(Error::Shape {
-                op: "from_cuda_slice",
-                msg: format!("shape {shape:?} has {len} elements but the slice has {}", slice.len()),
-            });
-        }
-        match &dev.0.backend {
-            Backend::Cuda(c) if std::sync::Arc::ptr_eq(slice.context(), &c.ctx) => {
-                Ok(Tensor { dev: dev.clone(), buf: Buffer::Cuda(slice), shape: shape.to_vec() })
-            }
-            _ => Err(Error::DeviceMismatch { op: "from_cuda_slice" }),
+        const OP: &str = "from_cuda_slice";
+        check_cuda_buffer(OP, dev, slice.stream())?;
+        check_len(OP, shape, slice.len())?;
+        Ok(Tensor { dev: dev.clone(), buf: Buffer::Cuda(slice), shape: shape.to_vec() })
+    }
+
+    /// The tensor's CUDA buffer, given to the caller without a copy (the
+    /// elements row-major; the shape is dropped). The slice stays on the stream
+    /// it was allocated on, normally the device's: work queued there before is
+    /// ordered before what the caller queues there after. On the emulator it
+    /// fails with [`Error::NotCuda`] and the tensor is dropped (call
+    /// [`Device::is_cuda`] first to keep it).
+    ///
+    /// ```
+    /// use tf_host::{Device, Error};
+    ///
+    /// # fn main() -> tf_host::Result<()> {
+    /// let t = Device::emulator().upload(&[1.0f32, 2.0], &[2])?;
+    /// assert!(t.as_cuda_slice().is_none());
+    /// assert!(matches!(t.into_cuda_slice(), Err(Error::NotCuda { op: "into_cuda_slice" })));
+    /// # Ok(()) }
+    /// ```
+    pub fn into_cuda_slice(self) -> Result<CudaSlice<T>> {
+        match self.buf {
+            Buffer::Cuda(s) => Ok(s),
+            Buffer::Host(_) => Err(Error::NotCuda { op: "into_cuda_slice" }),
         }
     }
 
@@ -334,14 +377,14 @@ impl<T: DType> Tensor<T> {
     /// ```
     pub fn reshaped(&self, shape: &[usize]) -> Result<View<'_, T>> {
         self.check_reshape("reshaped", shape)?;
-        Ok(View { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+        Ok(View { src: Src::Tensor(self), offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
     }
 
     /// A mutable view of the whole tensor with another shape of equal element
     /// count (see [`reshaped`](Self::reshaped)).
     pub fn reshaped_mut(&mut self, shape: &[usize]) -> Result<ViewMut<'_, T>> {
         self.check_reshape("reshaped_mut", shape)?;
-        Ok(ViewMut { t: self, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+        Ok(ViewMut { src: SrcMut::Tensor(self), offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
     }
 
     /// A Shape error unless `shape` has as many elements as the tensor.
@@ -358,35 +401,87 @@ impl<T: DType> Tensor<T> {
 
     /// A view of the whole tensor.
     pub fn view(&self) -> View<'_, T> {
-        View { t: self, offset: 0, shape: self.shape.clone(), strides: contiguous_strides(&self.shape) }
+        View { src: Src::Tensor(self), offset: 0, shape: self.shape.clone(), strides: contiguous_strides(&self.shape) }
     }
 
     /// A mutable view of the whole tensor.
     pub fn view_mut(&mut self) -> ViewMut<'_, T> {
         let shape = self.shape.clone();
         let strides = contiguous_strides(&shape);
-        ViewMut { t: self, offset: 0, shape, strides }
+        ViewMut { src: SrcMut::Tensor(self), offset: 0, shape, strides }
     }
 
     /// A strided view: element `[i0, i1, ..]` is at `offset + Σ i_k·strides[k]`.
     /// Errors if any element lies outside the tensor.
     pub fn strided(&self, offset: usize, shape: &[usize], strides: &[usize]) -> Result<View<'_, T>> {
         check_strided(self.len(), offset, shape, strides)?;
-        Ok(View { t: self, offset, shape: shape.to_vec(), strides: strides.to_vec() })
+        Ok(View { src: Src::Tensor(self), offset, shape: shape.to_vec(), strides: strides.to_vec() })
     }
 
     /// A mutable strided view (see [`Tensor::strided`]). Overlapping elements
     /// (a zero stride) are rejected for outputs.
     pub fn strided_mut(&mut self, offset: usize, shape: &[usize], strides: &[usize]) -> Result<ViewMut<'_, T>> {
-        check_strided(self.len(), offset, shape, strides)?;
-        if shape.iter().zip(strides).any(|(&d, &s)| d > 1 && s == 0) {
-            return Err(Error::Shape {
-                op: "strided_mut",
-                msg: format!("zero stride in {strides:?} for shape {shape:?}: outputs may not alias"),
-            });
-        }
-        Ok(ViewMut { t: self, offset, shape: shape.to_vec(), strides: strides.to_vec() })
+        check_strided_mut(self.len(), offset, shape, strides)?;
+        Ok(ViewMut { src: SrcMut::Tensor(self), offset, shape: shape.to_vec(), strides: strides.to_vec() })
     }
+}
+
+/// [`check_strided`] for an output: a zero stride on an axis longer than 1
+/// (two indices, one element) is refused too.
+fn check_strided_mut(len: usize, offset: usize, shape: &[usize], strides: &[usize]) -> Result<()> {
+    check_strided(len, offset, shape, strides)?;
+    if shape.iter().zip(strides).any(|(&d, &s)| d > 1 && s == 0) {
+        return Err(Error::Shape {
+            op: "strided_mut",
+            msg: format!("zero stride in {strides:?} for shape {shape:?}: outputs may not alias"),
+        });
+    }
+    Ok(())
+}
+
+/// A Shape error unless `shape` has exactly `len` elements (a caller's buffer).
+fn check_len(op: &'static str, shape: &[usize], len: usize) -> Result<()> {
+    let n = checked_product(op, shape)?;
+    if n != len {
+        return Err(Error::Shape { op, msg: format!("shape {shape:?} has {n} elements but the buffer has {len}") });
+    }
+    Ok(())
+}
+
+/// Whether a caller's CUDA buffer on `stream` may be used by `dev`: `dev` is a
+/// CUDA device on the same CUDA context (any cudarc object wrapping it).
+fn check_cuda_buffer(op: &'static str, dev: &Device, stream: &Arc<CudaStream>) -> Result<()> {
+    match &dev.0.backend {
+        Backend::Cuda(c) if **stream.context() == *c.ctx => Ok(()),
+        Backend::Cuda(_) => Err(Error::DeviceMismatch { op }),
+        Backend::Emulator(_) => Err(Error::NotCuda { op }),
+    }
+}
+
+/// [`check_cuda_buffer`], and an Alignment error unless the view starts at a
+/// 16-byte aligned address. The ops check a view's alignment through its
+/// element offset, on the premise that its memory starts as an allocation does
+/// (256-byte aligned): 16 bytes is the most any kernel needs, so a caller's
+/// buffer aligned to 16 keeps those checks exact.
+fn check_cuda_view<T>(op: &'static str, dev: &Device, view: &CudaView<'_, T>) -> Result<()> {
+    check_cuda_buffer(op, dev, view.stream())?;
+    let Backend::Cuda(c) = &dev.0.backend else {
+        return Err(Error::NotCuda { op });
+    };
+    // The address alone: with event tracking, this orders the device's stream
+    // after the buffer's last write a little earlier than the op would.
+    let (addr, _guard) = view.slice(..).view_ptr(&c.stream);
+    if addr % 16 != 0 {
+        return Err(Error::Alignment {
+            op,
+            msg: format!(
+                "the buffer starts at address {addr:#x}, not 16-byte aligned as the kernels assume of an \
+                 allocation; pass the allocation (or a sub-view at a multiple of 16 bytes) and the element \
+                 offset through from_cuda_strided"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A CUDA allocation failure as [`Error::OutOfMemory`]; other driver errors unchanged.
@@ -480,21 +575,150 @@ fn check_strided(len: usize, offset: usize, shape: &[usize], strides: &[usize]) 
     Ok(())
 }
 
-/// A read-only strided view of a tensor (what kernels take as input).
+/// A read-only strided view of a tensor (what kernels take as input), or of a
+/// caller's CUDA buffer ([`View::from_cuda`]).
 #[derive(Clone)]
 pub struct View<'a, T: DType> {
-    t: &'a Tensor<T>,
+    src: Src<'a, T>,
     offset: usize,
     shape: Vec<usize>,
     strides: Vec<usize>,
 }
 
-/// A writable strided view of a tensor (what kernels take as output).
+/// A writable strided view of a tensor (what kernels take as output), or of a
+/// caller's CUDA buffer ([`ViewMut::from_cuda`]).
 pub struct ViewMut<'a, T: DType> {
-    t: &'a mut Tensor<T>,
+    src: SrcMut<'a, T>,
     offset: usize,
     shape: Vec<usize>,
     strides: Vec<usize>,
+}
+
+/// The memory a [`View`] reads.
+enum Src<'a, T: DType> {
+    Tensor(&'a Tensor<T>),
+    /// A caller's buffer, borrowed, and the CUDA device it was checked against.
+    Cuda {
+        dev: &'a Device,
+        view: CudaView<'a, T>,
+    },
+}
+
+impl<T: DType> Clone for Src<'_, T> {
+    fn clone(&self) -> Self {
+        match self {
+            Src::Tensor(t) => Src::Tensor(t),
+            Src::Cuda { dev, view } => Src::Cuda { dev, view: view.slice(..) },
+        }
+    }
+}
+
+/// The memory a [`ViewMut`] writes.
+enum SrcMut<'a, T: DType> {
+    Tensor(&'a mut Tensor<T>),
+    /// A caller's buffer, borrowed mutably, and the CUDA device it was checked against.
+    Cuda {
+        dev: &'a Device,
+        view: CudaViewMut<'a, T>,
+    },
+}
+
+impl<T: DType> std::fmt::Debug for Src<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Src::Tensor(t) => t.fmt(f),
+            Src::Cuda { dev, view } => write!(f, "caller's CUDA buffer of {} elements on {dev:?}", view.len()),
+        }
+    }
+}
+
+impl<T: DType> std::fmt::Debug for SrcMut<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_src().fmt(f)
+    }
+}
+
+impl<T: DType> Src<'_, T> {
+    fn device(&self) -> &Device {
+        match self {
+            Src::Tensor(t) => &t.dev,
+            Src::Cuda { dev, .. } => dev,
+        }
+    }
+}
+
+impl<T: DType> SrcMut<'_, T> {
+    fn device(&self) -> &Device {
+        match self {
+            SrcMut::Tensor(t) => &t.dev,
+            SrcMut::Cuda { dev, .. } => dev,
+        }
+    }
+
+    fn as_src(&self) -> Src<'_, T> {
+        match self {
+            SrcMut::Tensor(t) => Src::Tensor(t),
+            SrcMut::Cuda { dev, view } => Src::Cuda { dev, view: view.as_view() },
+        }
+    }
+}
+
+/// A caller's CUDA memory a [`View`] can read without a copy
+/// ([`View::from_cuda`]): `&CudaSlice<T>`, `CudaView<T>` (e.g. from
+/// `slice.slice(a..b)`), `&CudaView<T>` or `&CudaViewMut<T>`, borrowed for `'a`.
+pub trait IntoCudaView<'a, T> {
+    /// The memory as a cudarc view.
+    fn into_cuda_view(self) -> CudaView<'a, T>;
+}
+
+impl<'a, T> IntoCudaView<'a, T> for &'a CudaSlice<T> {
+    fn into_cuda_view(self) -> CudaView<'a, T> {
+        self.as_view()
+    }
+}
+
+impl<'a, T> IntoCudaView<'a, T> for CudaView<'a, T> {
+    fn into_cuda_view(self) -> CudaView<'a, T> {
+        self
+    }
+}
+
+impl<'a, T> IntoCudaView<'a, T> for &'a CudaView<'_, T> {
+    fn into_cuda_view(self) -> CudaView<'a, T> {
+        self.slice(..)
+    }
+}
+
+impl<'a, T> IntoCudaView<'a, T> for &'a CudaViewMut<'_, T> {
+    fn into_cuda_view(self) -> CudaView<'a, T> {
+        self.as_view()
+    }
+}
+
+/// A caller's CUDA memory a [`ViewMut`] can write without a copy
+/// ([`ViewMut::from_cuda`]): `&mut CudaSlice<T>`, `CudaViewMut<T>` (e.g. from
+/// `slice.slice_mut(a..b)`) or `&mut CudaViewMut<T>`, borrowed mutably for `'a`.
+pub trait IntoCudaViewMut<'a, T> {
+    /// The memory as a cudarc mutable view.
+    fn into_cuda_view_mut(self) -> CudaViewMut<'a, T>;
+}
+
+impl<'a, T> IntoCudaViewMut<'a, T> for &'a mut CudaSlice<T> {
+    fn into_cuda_view_mut(self) -> CudaViewMut<'a, T> {
+        self.as_view_mut()
+    }
+}
+
+impl<'a, T> IntoCudaViewMut<'a, T> for CudaViewMut<'a, T> {
+    fn into_cuda_view_mut(self) -> CudaViewMut<'a, T> {
+        self
+    }
+}
+
+impl<'a, T> IntoCudaViewMut<'a, T> for &'a mut CudaViewMut<'_, T> {
+    fn into_cuda_view_mut(self) -> CudaViewMut<'a, T> {
+        self.slice_mut(..)
+    }
 }
 
 macro_rules! view_common {
@@ -508,13 +732,13 @@ macro_rules! view_common {
             pub fn strides(&self) -> &[usize] {
                 &self.strides
             }
-            /// Element offset into the tensor.
+            /// Element offset into the tensor (or the caller's buffer).
             pub fn offset(&self) -> usize {
                 self.offset
             }
             /// The device.
             pub fn device(&self) -> &Device {
-                &self.t.dev
+                self.src.device()
             }
             /// Whether the last axis is contiguous (stride 1, or length <= 1).
             pub fn inner_contiguous(&self) -> bool {
@@ -538,7 +762,7 @@ macro_rules! view_debug {
                     .field("shape", &self.shape)
                     .field("strides", &self.strides)
                     .field("offset", &self.offset)
-                    .field("tensor", &self.t)
+                    .field("memory", &self.src)
                     .finish()
             }
         }
@@ -548,10 +772,78 @@ view_debug!(View);
 view_debug!(ViewMut);
 
 impl<'a, T: DType> View<'a, T> {
+    /// A view of a caller's CUDA buffer (`&CudaSlice`, `CudaView`, `&CudaView`
+    /// or `&CudaViewMut`: see [`IntoCudaView`]), borrowed for the view's
+    /// lifetime, without a copy: its elements row-major with the given shape.
+    /// The buffer must hold exactly as many elements as the shape ([`Error::Shape`]), belong to the device's
+    /// CUDA context ([`Error::DeviceMismatch`]) and start at a 16-byte aligned
+    /// address, as allocations do ([`Error::Alignment`]: for a sub-view at
+    /// another element, pass the allocation and the element offset to
+    /// [`from_cuda_strided`](Self::from_cuda_strided), where the ops check it as
+    /// they check a tensor view's); an emulator device refuses with
+    /// [`Error::NotCuda`]. Ops take it like a tensor's view.
+    ///
+    /// Ordering: the ops run on the device's stream. A buffer on another stream
+    /// is ordered with it by cudarc's events only when its context tracks
+    /// events and has several streams; otherwise the caller orders the two
+    /// streams (see [`Device::from_stream`]).
+    ///
+    /// Needs a GPU, hence not run here:
+    ///
+    /// ```no_run
+    /// use tf_host::{cudarc::driver::CudaContext, Device, View, ViewMut};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let stream = CudaContext::new(0)?.default_stream(); // the program's own
+    /// let dev = Device::from_stream(stream.clone())?;
+    /// let x = stream.clone_htod(&[1.0f32, 2.0, 3.0, 4.0])?; // [2, 2]
+    /// let w = stream.clone_htod(&[0.0f32, 1.0, 1.0, 0.0])?; // swaps the columns
+    /// let mut y = stream.alloc_zeros::<f32>(2 * 2)?;
+    /// {
+    ///     let xv = View::from_cuda(&dev, &x, &[2, 2])?; // a CudaSlice
+    ///     let wv = View::from_cuda(&dev, w.slice(..), &[2, 2])?; // a CudaView
+    ///     let mut yv = ViewMut::from_cuda(&dev, &mut y, &[2, 2])?;
+    ///     tf_host::linear_into(&dev, &xv, &wv, &mut yv)?; // y = x·wᵀ, in place
+    /// }
+    /// assert_eq!(stream.clone_dtoh(&y)?, [2.0, 1.0, 4.0, 3.0]);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_cuda(dev: &'a Device, buf: impl IntoCudaView<'a, T>, shape: &[usize]) -> Result<View<'a, T>> {
+        const OP: &str = "View::from_cuda";
+        let view = buf.into_cuda_view();
+        check_cuda_view(OP, dev, &view)?;
+        check_len(OP, shape, view.len())?;
+        let src = Src::Cuda { dev, view };
+        Ok(View { src, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A strided view of a caller's CUDA buffer (see [`from_cuda`](Self::from_cuda)
+    /// and [`Tensor::strided`]): element `[i0, i1, ..]` is buffer element
+    /// `offset + Σ i_k·strides[k]`; an element past the buffer is an error.
+    pub fn from_cuda_strided(
+        dev: &'a Device,
+        buf: impl IntoCudaView<'a, T>,
+        offset: usize,
+        shape: &[usize],
+        strides: &[usize],
+    ) -> Result<View<'a, T>> {
+        let view = buf.into_cuda_view();
+        check_cuda_view("View::from_cuda_strided", dev, &view)?;
+        check_strided(view.len(), offset, shape, strides)?;
+        let src = Src::Cuda { dev, view };
+        Ok(View { src, offset, shape: shape.to_vec(), strides: strides.to_vec() })
+    }
+
     /// Copies the view's elements to the host, in row-major order of its shape
     /// (waits for queued work). Reads the whole underlying tensor once.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let all = self.t.to_vec()?;
+        let all = match &self.src {
+            Src::Tensor(t) => t.to_vec()?,
+            Src::Cuda { dev, view } => match &dev.0.backend {
+                Backend::Cuda(c) => c.stream.clone_dtoh(view)?,
+                Backend::Emulator(_) => return Err(Error::NotCuda { op: "View::to_vec" }),
+            },
+        };
         let n = checked_product("View::to_vec", &self.shape)?;
         let mut out = Vec::new();
         out.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
@@ -581,37 +873,93 @@ impl<'a, T: DType> View<'a, T> {
 
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr(&self) -> DevPtr<'a> {
-        let t: &'a Tensor<T> = self.t;
         let off = (self.offset * std::mem::size_of::<T>()) as u64;
-        match (&t.buf, &t.dev.0.backend) {
-            (Buffer::Cuda(s), Backend::Cuda(c)) => {
-                let (p, g) = s.device_ptr(&c.stream);
-                DevPtr { addr: p + off, _guard: Some(g) }
+        match self.src {
+            Src::Tensor(t) => match (&t.buf, &t.dev.0.backend) {
+                (Buffer::Cuda(s), Backend::Cuda(c)) => {
+                    let (p, g) = s.device_ptr(&c.stream);
+                    DevPtr { addr: p + off, _guard: Some(g) }
+                }
+                (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
+                (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
+            },
+            Src::Cuda { dev, ref view } => {
+                match &dev.0.backend {
+                    Backend::Cuda(c) => {
+                        // A copy of the view with the same borrow, so that the
+                        // guard lives as long as the memory ('a), not `self`.
+                        let (p, g) = view.slice(..).view_ptr(&c.stream);
+                        DevPtr { addr: p + off, _guard: Some(g) }
+                    }
+                    // Never: an emulator device refuses CUDA memory when wrapping it.
+                    Backend::Emulator(_) => DevPtr { addr: 0, _guard: None },
+                }
             }
-            (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
-            (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
         }
     }
 }
 
 impl<'a, T: DType> ViewMut<'a, T> {
+    /// A writable view of a caller's CUDA buffer (`&mut CudaSlice`,
+    /// `CudaViewMut` or `&mut CudaViewMut`: see [`IntoCudaViewMut`]), borrowed
+    /// mutably for the view's lifetime, without a copy: ops write the
+    /// buffer in place. Checks as [`View::from_cuda`] (the example there writes
+    /// one).
+    pub fn from_cuda(dev: &'a Device, buf: impl IntoCudaViewMut<'a, T>, shape: &[usize]) -> Result<ViewMut<'a, T>> {
+        const OP: &str = "ViewMut::from_cuda";
+        let view = buf.into_cuda_view_mut();
+        check_cuda_view(OP, dev, &view.as_view())?;
+        check_len(OP, shape, view.len())?;
+        let src = SrcMut::Cuda { dev, view };
+        Ok(ViewMut { src, offset: 0, shape: shape.to_vec(), strides: contiguous_strides(shape) })
+    }
+
+    /// A writable strided view of a caller's CUDA buffer (see
+    /// [`from_cuda`](Self::from_cuda) and [`Tensor::strided_mut`]): elements
+    /// past the buffer, and a zero stride on an axis longer than 1, are errors.
+    pub fn from_cuda_strided(
+        dev: &'a Device,
+        buf: impl IntoCudaViewMut<'a, T>,
+        offset: usize,
+        shape: &[usize],
+        strides: &[usize],
+    ) -> Result<ViewMut<'a, T>> {
+        let view = buf.into_cuda_view_mut();
+        check_cuda_view("ViewMut::from_cuda_strided", dev, &view.as_view())?;
+        check_strided_mut(view.len(), offset, shape, strides)?;
+        let src = SrcMut::Cuda { dev, view };
+        Ok(ViewMut { src, offset, shape: shape.to_vec(), strides: strides.to_vec() })
+    }
+
     /// A read-only view of the same elements, e.g. to read an output back with
     /// [`View::to_vec`] or pass it on as the next op's input.
     pub fn as_view(&self) -> View<'_, T> {
-        View { t: &*self.t, offset: self.offset, shape: self.shape.clone(), strides: self.strides.clone() }
+        View { src: self.src.as_src(), offset: self.offset, shape: self.shape.clone(), strides: self.strides.clone() }
     }
 
     /// The device address of the view's first element, for one launch.
     pub(crate) fn ptr_mut(&mut self) -> DevPtr<'_> {
         let off = (self.offset * std::mem::size_of::<T>()) as u64;
-        let t = &mut *self.t;
-        match (&mut t.buf, &t.dev.0.backend) {
-            (Buffer::Cuda(s), Backend::Cuda(c)) => {
-                let (p, g) = s.device_ptr_mut(&c.stream);
-                DevPtr { addr: p + off, _guard: Some(g) }
+        match &mut self.src {
+            SrcMut::Tensor(t) => {
+                let t = &mut **t;
+                match (&mut t.buf, &t.dev.0.backend) {
+                    (Buffer::Cuda(s), Backend::Cuda(c)) => {
+                        let (p, g) = s.device_ptr_mut(&c.stream);
+                        DevPtr { addr: p + off, _guard: Some(g) }
+                    }
+                    (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
+                    (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
+                }
             }
-            (Buffer::Host(h), _) => DevPtr { addr: h.ptr.as_ptr() as u64 + off, _guard: None },
-            (Buffer::Cuda(_), Backend::Emulator(_)) => DevPtr { addr: 0, _guard: None },
+            SrcMut::Cuda { dev, view } => match &dev.0.backend {
+                Backend::Cuda(c) => {
+                    let (p, g) = view.device_ptr_mut(&c.stream);
+                    DevPtr { addr: p + off, _guard: Some(g) }
+                }
+                // Never: an emulator device refuses CUDA memory when wrapping it.
+                Backend::Emulator(_) => DevPtr { addr: 0, _guard: None },
+            },
         }
     }
 }
