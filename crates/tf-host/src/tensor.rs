@@ -137,6 +137,7 @@ impl Device {
     /// A zero-filled tensor.
     pub fn zeros<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("zeros", shape)?;
+        self.count_allocation();
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
@@ -149,6 +150,7 @@ impl Device {
     /// reads its output before writing it.
     pub(crate) fn output<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("output", shape)?;
+        self.count_allocation();
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::unwritten(len)?),
@@ -165,6 +167,7 @@ impl Device {
                 msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
             });
         }
+        self.count_allocation();
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => {

@@ -32,6 +32,7 @@ impl Workspace {
     /// is reused across calls): on the emulator its bytes count as never written,
     /// so initcheck reports a kernel that reads workspace memory before writing it.
     pub fn new(dev: &Device, bytes: usize) -> Result<Workspace> {
+        dev.count_allocation();
         let buf = match &dev.0.backend {
             Backend::Cuda(c) => Buf::Cuda(c.stream.alloc_zeros::<u8>(bytes.max(1))?),
             Backend::Emulator(_) => Buf::Host(HostBuf::unwritten(bytes.div_ceil(8).max(1))?),
