@@ -93,6 +93,8 @@ pub struct Device(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) backend: Backend,
+    /// The reused buffer of small argument tables (`Device::with_table`).
+    pub(crate) tables: crate::workspace::TableBuf,
 }
 
 pub(crate) enum Backend {
@@ -201,6 +203,7 @@ impl Device {
                 name,
                 allocations: AtomicU64::new(0),
             }),
+            tables: Default::default(),
         })))
     }
 
@@ -217,6 +220,7 @@ impl Device {
                 launches: AtomicU64::new(0),
                 profiles: Mutex::new(Vec::new()),
             }),
+            tables: Default::default(),
         }))
     }
 
