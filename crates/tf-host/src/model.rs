@@ -244,6 +244,9 @@ struct Scratch<T: DType> {
     pad: Option<[Tensor<T>; 4]>,
     /// Pattention and split-KV attention workspace (one op at a time).
     ws: Workspace,
+    /// The passes (tokens, parameter-token counts per slot) `ws` was checked to
+    /// fit, with their later one-token steps.
+    sized: Vec<(usize, [usize; 5])>,
 }
 
 /// The first `t` rows of a `[rows, d]` buffer.
@@ -846,7 +849,7 @@ impl<T: DType> Tokenformer<T> {
         let dev = &self.dev;
         self.ensure_scratch(cache, t)?;
         let KvCache { k: k_cache, v: v_cache, scratch, .. } = cache;
-        let Some(Scratch { rows: cap, x, hb, q, ctx, tmp, lse, pad, ws }) = scratch.as_mut() else {
+        let Some(Scratch { rows: cap, x, hb, q, ctx, tmp, lse, pad, ws, .. }) = scratch.as_mut() else {
             return Err(Error::InvalidArgument { op: OP, msg: "internal: no forward scratch".into() });
         };
         let cap = *cap;
@@ -964,36 +967,38 @@ impl<T: DType> Tokenformer<T> {
     /// Makes or enlarges the cache's scratch for a pass of `t` tokens: activations
     /// of at least `t` rows, and a workspace for every Pattention at `t` rows and
     /// at one row, and for the attention of `t` query rows or one against up to
-    /// `max_len` positions (so decode steps after this pass fit).
+    /// `max_len` positions (so decode steps after this pass fit). The sizes met
+    /// are remembered per (t, token counts), so a repeated pass only compares.
     fn ensure_scratch(&self, cache: &mut KvCache<T>, t: usize) -> Result<()> {
         let g = self.geo;
         let dev = &self.dev;
-        let rows = cache.scratch.as_ref().map_or(0, |s| s.rows).max(t);
-        let mut ws_bytes = 0;
-        for slot in Slot::ALL {
-            let n = self.blocks.first().map_or(0, |b| b[slot.index()].n());
-            for r in [rows, 1] {
-                ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(r, n, g.d)?);
+        let mut ns = [0usize; 5];
+        if let Some(b) = self.blocks.first() {
+            for slot in Slot::ALL {
+                ns[slot.index()] = b[slot.index()].n();
             }
-        }
-        for r in [rows, 1] {
-            ws_bytes = ws_bytes.max(workspace_bytes_bound::<T>(dev, 1, r, cache.max_len, g.heads, g.hd_pad)?);
         }
         // Activations of another model's width (a cache shared between models of
         // equal heads and padded head dim) are remade.
         let acts_fit = |s: &Scratch<T>| s.rows >= t && s.x.shape()[1] == g.d && s.pad.is_some() == g.padded();
-        let fits = |s: &Scratch<T>| acts_fit(s) && s.ws.bytes() >= ws_bytes;
-        if cache.scratch.as_ref().is_some_and(fits) {
+        if cache.scratch.as_ref().is_some_and(|s| acts_fit(s) && s.sized.contains(&(t, ns))) {
             return Ok(());
         }
-        let old = cache.scratch.take();
-        let (old_rows, old_ws) = match old {
+        let rows = cache.scratch.as_ref().map_or(0, |s| s.rows).max(t);
+        let mut ws_bytes = 0;
+        for r in [t, 1] {
+            for &n in &ns {
+                ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(r, n, g.d)?);
+            }
+            ws_bytes = ws_bytes.max(workspace_bytes_bound::<T>(dev, 1, r, cache.max_len, g.heads, g.hd_pad)?);
+        }
+        let (old_acts, old_ws) = match cache.scratch.take() {
             Some(s) if acts_fit(&s) => (Some(s), None),
             Some(s) => (None, Some(s.ws)),
             None => (None, None),
         };
-        // Keep the activations if they have the rows, else the workspace if it is large enough.
-        let mut s = match old_rows {
+        // Keep the activations if they fit, else the workspace if it is large enough.
+        let mut s = match old_acts {
             Some(s) => s,
             None => {
                 let (d, h, hp) = (g.d, g.heads, g.hd_pad);
@@ -1018,12 +1023,18 @@ impl<T: DType> Tokenformer<T> {
                     lse: dev.output::<f32>(&[h * rows])?,
                     pad,
                     ws,
+                    sized: Vec::new(),
                 }
             }
         };
         if s.ws.bytes() < ws_bytes {
             s.ws = Workspace::new(dev, ws_bytes)?;
+            s.sized.clear();
         }
+        if s.sized.len() >= 16 {
+            s.sized.clear();
+        }
+        s.sized.push((t, ns));
         cache.scratch = Some(s);
         Ok(())
     }

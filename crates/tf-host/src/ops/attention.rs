@@ -159,7 +159,7 @@ fn split_kernel_names<T: DType>(d: usize) -> Option<(&'static str, &'static str)
 /// efficiency is within 85% of the best, among split counts that change the K
 /// blocks per split.
 pub fn num_splits_heuristic(blocks: usize, sm_count: usize, n_blocks: usize, max_splits: usize) -> usize {
-    if blocks * 5 >= sm_count * 4 || sm_count == 0 {
+    if blocks.saturating_mul(5) >= sm_count.saturating_mul(4) || sm_count == 0 {
         return 1;
     }
     let max_splits = max_splits.min(sm_count).min(n_blocks).max(1);
@@ -470,9 +470,11 @@ pub fn attention_workspace_bytes<T: DType>(dev: &Device, shape: &AttnShape, opts
     Ok(scratch_layout((o_n, lse_n))?.1)
 }
 
-/// A workspace size enough for every call of the heuristic (no forced split
-/// count) with `b`, `t_q`, `h`, `d` and any `t_k <= t_k_max`: the split count
-/// is at most `min(TF_ATTN_MAX_SPLITS, sm_count, K blocks of t_k_max)`.
+/// The workspace size of the heuristic's largest split count (no forced count)
+/// over every `t_k <= t_k_max`, for `b`, `t_q`, `h`, `d`: enough for each such
+/// call. The heuristic sees `t_k` only through its number of K blocks, so this
+/// tries each block count once (a few thousand steps for long caches: callers
+/// keep the result).
 pub(crate) fn workspace_bytes_bound<T: DType>(
     dev: &Device,
     b: usize,
@@ -484,8 +486,11 @@ pub(crate) fn workspace_bytes_bound<T: DType>(
     if split_kernel_names::<T>(d).is_none() || b == 0 || h == 0 || t_q == 0 {
         return Ok(0);
     }
-    let (_, bn, _) = tiles::<T>(d)?;
-    let most = (sys::TF_ATTN_MAX_SPLITS as usize).min(dev.sm_count() as usize).min(t_k_max.div_ceil(bn));
+    let (bm, bn, _) = tiles::<T>(d)?;
+    let blocks = t_q.div_ceil(bm).saturating_mul(b).saturating_mul(h);
+    let sm = dev.sm_count() as usize;
+    let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
+    let most = (1..=t_k_max.div_ceil(bn)).map(|n| num_splits_heuristic(blocks, sm, n, max_splits)).max().unwrap_or(1);
     if most <= 1 {
         return Ok(0);
     }
@@ -638,6 +643,23 @@ mod tests {
         assert!(!non_overlapping(&[2, 3, 4, 64], &[768, 256, 32, 1]));
         assert!(non_overlapping(&[1, 5, 1, 64], &[0, 64, 7, 1]));
         assert!(non_overlapping(&[1, 0, 2, 64], &[0, 128, 64, 1]));
+    }
+
+    #[test]
+    fn the_workspace_bound_covers_every_cache_length() {
+        let dev = Device::emulator();
+        for (h, t_q) in [(2, 1), (2, 3), (4, 70), (64, 1), (200, 1)] {
+            let bound = workspace_bytes_bound::<half::bf16>(&dev, 1, t_q, 600, h, 64).unwrap();
+            let mut most = 0;
+            for t_k in 1..=600 {
+                let shape = AttnShape { batch: 1, t_q, t_k, heads: h, head_dim: 64 };
+                let need = attention_workspace_bytes::<half::bf16>(&dev, &shape, &AttnOptions::default()).unwrap();
+                assert!(need <= bound, "h {h}, t_q {t_q}, t_k {t_k}: {need} > {bound}");
+                most = most.max(need);
+            }
+            assert_eq!(most, bound, "h {h}, t_q {t_q}: the bound is a size some call needs");
+        }
+        assert_eq!(workspace_bytes_bound::<f32>(&dev, 1, 1, 600, 2, 64).unwrap(), 0, "no split-KV in f32");
     }
 
     #[test]
