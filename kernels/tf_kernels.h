@@ -354,6 +354,9 @@ void *tf_emu_malloc(size_t bytes, int initialized);
 /* Frees a tf_emu_malloc allocation (NULL and unknown pointers are ignored); memcheck
  * reports later accesses of it as use after free. */
 void tf_emu_free(void *ptr);
+/* Calls of tf_emu_malloc so far in this process (failed ones included), counted
+ * atomically: what tests read to see that a loop of launches allocates nothing. */
+uint64_t tf_emu_alloc_count(void);
 /* Marks bytes of a tf_emu_malloc allocation as written (initialized != 0) or not. */
 void tf_emu_mark_initialized(const void *ptr, size_t bytes, int initialized);
 /* The profile of the calling thread's last launch with TF_EMU_CHECK_PROFILE, as

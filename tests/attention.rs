@@ -235,6 +235,7 @@ fn check_splits<T: DType + Element>(dev: &Device, c: Case, s: u64, splits: Optio
         &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: AttnOptions { num_splits: splits, ..c.opts() } },
         &mut ov,
         &mut lv,
+        None,
     )
     .unwrap_or_else(|e| panic!("{what}: {e}"));
     let o = ot.to_vec().unwrap();
@@ -365,6 +366,7 @@ fn check_fused<T: DType + Element>(dev: &Device, b: usize, t: usize, h: usize, d
             &AttnArgs { q: qv.clone(), k: kv.clone(), v: vv.clone(), opts: c.opts() },
             &mut ov,
             &mut lv,
+            None,
         )
         .unwrap();
     }
@@ -482,6 +484,7 @@ fn split_kv_heuristic_and_limits() {
             },
             &mut o.view_mut(),
             &mut l.view_mut(),
+            None,
         );
         expect_err(&format!("{bad} splits"), r, |e| matches!(e, Error::InvalidArgument { .. }));
     }
@@ -497,6 +500,7 @@ fn split_kv_heuristic_and_limits() {
         },
         &mut o32.view_mut(),
         &mut l.view_mut(),
+        None,
     );
     expect_err("f32 split-KV", r, |e| matches!(e, Error::InvalidArgument { .. }));
 }
@@ -540,6 +544,7 @@ fn allocating_and_into_forms_agree() {
             &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: c.opts() },
             &mut o2.view_mut(),
             &mut l2.view_mut(),
+            None,
         )
         .unwrap();
         let (a, b) = (o1.to_vec().unwrap(), o2.to_vec().unwrap());
@@ -615,6 +620,7 @@ fn bad_inputs_are_errors() {
             &AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts },
             &mut o_bad.view_mut(),
             &mut l_ok.view_mut(),
+            None,
         ),
         is_shape,
     );
@@ -627,6 +633,7 @@ fn bad_inputs_are_errors() {
             &AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts },
             &mut o_ok.view_mut(),
             &mut l_bad.view_mut(),
+            None,
         ),
         is_shape,
     );
@@ -677,6 +684,7 @@ fn bad_inputs_are_errors() {
                 &AttnArgs { q: q.view(), k: q.view(), v: q.view(), opts },
                 &mut ov,
                 &mut l_ok.view_mut(),
+                None,
             ),
             is_shape,
         );
@@ -781,6 +789,7 @@ fn attn_non_finite<T: DType + Element>(
                 },
                 &mut ov,
                 &mut lv,
+                None,
             )
             .unwrap_or_else(|e| panic!("{what}: {e}"));
             let o: Vec<f32> = ot.to_vec().unwrap().iter().map(|x| DType::to_f32(*x)).collect();
@@ -851,6 +860,7 @@ fn attn_all_minus_inf(dev: &Device, c: Case, s: u64, k: Vec<f16>) {
         &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts: AttnOptions { num_splits: Some(2), ..c.opts() } },
         &mut ov,
         &mut lv,
+        None,
     )
     .unwrap();
     let r = tf_ref::attention(

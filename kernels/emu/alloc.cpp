@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <set>
 #include <new>
@@ -34,6 +35,7 @@ std::mutex g_mu;
 std::shared_ptr<const AllocTable> g_table = std::make_shared<const AllocTable>();
 uint64_t g_next_id = 1;
 size_t g_freed = 0, g_freed_bytes = 0;
+std::atomic<uint64_t> g_alloc_count{0};              // tf_emu_malloc calls, for tf_emu_alloc_count
 uint64_t g_seq = 0;                                   // table versions and checked launches
 std::multiset<uint64_t> g_active;                     // the seq of each running checked launch
 std::vector<std::pair<uint64_t, void*>> g_deferred;  // (seq when forgotten, block) not yet freed
@@ -116,6 +118,7 @@ void set_init_bits(const AllocRec& r, size_t from, size_t to, bool v) {
 using namespace tf_emu;
 
 extern "C" void* tf_emu_malloc(size_t bytes, int initialized) {
+    g_alloc_count.fetch_add(1, std::memory_order_relaxed);
     if (bytes > ((size_t)1 << 46)) return nullptr;
     const size_t body = round_up(bytes ? bytes : 1, kRedzone);
     void* base = nullptr;
@@ -182,6 +185,8 @@ extern "C" void tf_emu_free(void* ptr) {
     }
     for (void* p : release) free(p);
 }
+
+extern "C" uint64_t tf_emu_alloc_count(void) { return g_alloc_count.load(std::memory_order_relaxed); }
 
 extern "C" void tf_emu_mark_initialized(const void* ptr, size_t bytes, int initialized) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);

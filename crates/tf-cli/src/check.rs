@@ -155,6 +155,7 @@ fn attention_case<T: DType + Element>(
         &AttnArgs { q: qt.view(), k: kt.view(), v: vt.view(), opts },
         &mut o.view_mut(),
         &mut lse.view_mut(),
+        None,
     )
     .map_err(s)?;
     let want = tf_ref::attention(

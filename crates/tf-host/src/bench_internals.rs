@@ -374,6 +374,7 @@ pub fn run_attention<T: DType>(dev: &Device, case: &AttentionCase, hook: Hook<'_
             &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts },
             &mut o.view_mut(),
             &mut lse.view_mut(),
+            None,
         )
     };
     hook(&mut Variant {

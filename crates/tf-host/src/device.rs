@@ -102,6 +102,8 @@ pub struct Device(pub(crate) Arc<Inner>);
 
 pub(crate) struct Inner {
     pub(crate) backend: Backend,
+    /// The reused buffer of small argument tables (`Device::with_table`).
+    pub(crate) tables: crate::workspace::TableBuf,
 }
 
 pub(crate) enum Backend {
@@ -118,6 +120,8 @@ pub(crate) struct CudaBackend {
     sm_count: u32,
     max_smem_optin: u32,
     name: String,
+    /// Device allocations tf-host made on this device (see [`Device::allocations`]).
+    allocations: AtomicU64,
 }
 
 pub(crate) struct EmuBackend {
@@ -257,7 +261,9 @@ impl Device {
                 sm_count,
                 max_smem_optin,
                 name,
+                allocations: AtomicU64::new(0),
             }),
+            tables: Default::default(),
         })))
     }
 
@@ -274,6 +280,7 @@ impl Device {
                 launches: AtomicU64::new(0),
                 profiles: Mutex::new(Vec::new()),
             }),
+            tables: Default::default(),
         }))
     }
 
@@ -284,6 +291,37 @@ impl Device {
         match &self.0.backend {
             Backend::Emulator(e) => std::mem::take(&mut *e.profiles.lock().unwrap_or_else(|p| p.into_inner())),
             Backend::Cuda(_) => Vec::new(),
+        }
+    }
+
+    /// Device allocations so far, to check that a loop of calls allocates nothing
+    /// (read it before and after). On the emulator: every allocation of emulator
+    /// device memory in the process (`tf_emu_alloc_count`: tensors and workspaces
+    /// of every emulator device, from any thread). On CUDA: the allocations tf-host
+    /// made on this device (tensors, workspaces, argument tables; not cuBLAS'
+    /// internal ones, nor buffers a caller wraps with `Tensor::from_cuda_slice`).
+    ///
+    /// ```
+    /// # fn main() -> tf_host::Result<()> {
+    /// let dev = tf_host::Device::emulator();
+    /// let before = dev.allocations();
+    /// let _t = dev.zeros::<f32>(&[4])?;
+    /// assert!(dev.allocations() > before);
+    /// # Ok(()) }
+    /// ```
+    pub fn allocations(&self) -> u64 {
+        match &self.0.backend {
+            Backend::Cuda(c) => c.allocations.load(Ordering::Relaxed),
+            // SAFETY: reads an atomic counter; no preconditions.
+            Backend::Emulator(_) => unsafe { tf_kernels::sys::tf_emu_alloc_count() },
+        }
+    }
+
+    /// Counts one device allocation tf-host makes on a CUDA device (the emulator
+    /// counts its own, in its allocator).
+    pub(crate) fn count_allocation(&self) {
+        if let Backend::Cuda(c) = &self.0.backend {
+            c.allocations.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -13,6 +13,9 @@
 //! - [`Tokenformer`]: the whole model: init, checkpoints, forward, KV-cache
 //!   generation, growth of every Pattention at once.
 //! - [`Error`]: every failure, typed; bad input never panics.
+//! - Steady state without allocation: the `*_into` forms take the output and a
+//!   caller's [`Workspace`]; [`Tokenformer::forward_cached_into`] decodes from the
+//!   [`KvCache`]'s scratch; [`Device::allocations`] counts what is allocated.
 //!
 //! ```
 //! use tf_host::{Device, PattentionArgs, PattentionOptions, Tensor};
@@ -60,7 +63,7 @@ pub use layer::{Init, Pattention, PattentionShape, RandomInit, ValueInit};
 pub use model::{
     CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
 };
-pub use ops::attention::{attention, attention_into, AttnArgs, AttnOptions};
+pub use ops::attention::{attention, attention_into, attention_workspace_bytes, AttnArgs, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{

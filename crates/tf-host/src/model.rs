@@ -66,7 +66,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::{Pattention, StagedGrowth};
-use crate::ops::attention::{attention_into, AttnArgs, AttnOptions, HEAD_DIMS};
+use crate::ops::attention::{attention_into, workspace_bytes_bound, AttnArgs, AttnOptions, HEAD_DIMS};
 use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
 use crate::ops::linear::linear_into;
@@ -210,6 +210,12 @@ pub enum Sampling {
 /// Keys and values of every layer for the positions seen so far, for decoding
 /// one token at a time: per layer `[1, max_len, heads, head_dim]` (head_dim
 /// padded as the model pads it). Made by [`Tokenformer::new_cache`].
+///
+/// The cache also keeps the forward pass's scratch (activations, workspace),
+/// made by its first pass and reused: a pass of no more tokens than any before
+/// allocates nothing on the device (with [`Tokenformer::forward_cached_into`],
+/// which writes the logits into the caller's buffer). Growing the model makes
+/// the next pass enlarge the workspace.
 pub struct KvCache<T: DType> {
     dev: Device,
     k: Vec<Tensor<T>>,
@@ -218,6 +224,41 @@ pub struct KvCache<T: DType> {
     max_len: usize,
     heads: usize,
     hd_pad: usize,
+    scratch: Option<Scratch<T>>,
+}
+
+/// The forward pass's buffers, for up to `rows` tokens per pass.
+struct Scratch<T: DType> {
+    rows: usize,
+    /// Residual stream, normed input, q, attention context, Pattention output:
+    /// each `[rows, d]`.
+    x: Tensor<T>,
+    hb: Tensor<T>,
+    q: Tensor<T>,
+    ctx: Tensor<T>,
+    tmp: Tensor<T>,
+    /// `[heads · rows]` f32, seen as `[1, heads, t]`.
+    lse: Tensor<f32>,
+    /// Padded head dims: k and v staged `[rows, d]`, q and ctx padded
+    /// `[rows · heads · hd_pad]` (q's padding columns stay zero).
+    pad: Option<[Tensor<T>; 4]>,
+    /// Pattention and split-KV attention workspace (one op at a time).
+    ws: Workspace,
+    /// The passes (tokens, parameter-token counts per slot) `ws` was checked to
+    /// fit, with their later one-token steps.
+    sized: Vec<(usize, [usize; 5])>,
+}
+
+/// The first `t` rows of a `[rows, d]` buffer.
+fn rows_of<T: DType>(b: &Tensor<T>, t: usize) -> Result<View<'_, T>> {
+    let d = b.shape()[1];
+    b.strided(0, &[t, d], &[d, 1])
+}
+
+/// The first `t` rows of a `[rows, d]` buffer, writable.
+fn rows_of_mut<T: DType>(b: &mut Tensor<T>, t: usize) -> Result<ViewMut<'_, T>> {
+    let d = b.shape()[1];
+    b.strided_mut(0, &[t, d], &[d, 1])
 }
 
 impl<T: DType> std::fmt::Debug for KvCache<T> {
@@ -248,7 +289,7 @@ impl<T: DType> KvCache<T> {
     pub fn max_len(&self) -> usize {
         self.max_len
     }
-    /// Forgets every position (the buffers are kept).
+    /// Forgets every position (the buffers and the scratch are kept).
     pub fn clear(&mut self) {
         self.len = 0;
     }
@@ -526,26 +567,80 @@ impl<T: DType> Tokenformer<T> {
             k.push(self.dev.zeros::<T>(&shape)?);
             v.push(self.dev.zeros::<T>(&shape)?);
         }
-        Ok(KvCache { dev: self.dev.clone(), k, v, len: 0, max_len, heads: self.geo.heads, hd_pad: self.geo.hd_pad })
+        Ok(KvCache {
+            dev: self.dev.clone(),
+            k,
+            v,
+            len: 0,
+            max_len,
+            heads: self.geo.heads,
+            hd_pad: self.geo.hd_pad,
+            scratch: None,
+        })
     }
 
     /// Logits `[t, vocab]` of the token ids `tokens` (positions `0..t`).
     pub fn forward(&self, tokens: &[u32]) -> Result<Tensor<T>> {
         let mut cache = self.new_cache(tokens.len().max(1))?;
-        self.run(tokens, &mut cache, false)
+        self.forward_cached(tokens, &mut cache)
     }
 
     /// Logits `[t, vocab]` of `tokens` at positions `cache.len()..cache.len() + t`,
     /// attending to every position the cache holds; their keys and values are
     /// appended to the cache. One token at a time is incremental decoding (the
     /// attention runs with one query row against the whole cache).
+    /// The logits are a new tensor; [`forward_cached_into`](Self::forward_cached_into)
+    /// writes them into the caller's buffer instead.
     pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache<T>) -> Result<Tensor<T>> {
-        self.run(tokens, cache, false)
+        self.check_tokens("Tokenformer::forward", tokens)?;
+        let mut logits = self.dev.output::<T>(&[tokens.len(), self.geo.vocab])?;
+        self.run(tokens, cache, &mut logits.view_mut())?;
+        Ok(logits)
+    }
+
+    /// [`forward_cached`](Self::forward_cached) into a caller's `logits`: `[t, vocab]`
+    /// for every new position, or `[1, vocab]` for the last one only. The
+    /// activations and workspaces are the cache's scratch, made by its first
+    /// pass and reused by every pass of no more tokens, so a decode loop
+    /// allocates nothing on the device after its first step (the model's
+    /// growth aside).
+    ///
+    /// ```
+    /// use tf_host::{Device, Tokenformer, TokenformerConfig};
+    ///
+    /// # fn main() -> tf_host::Result<()> {
+    /// let dev = Device::emulator();
+    /// let cfg = TokenformerConfig::by_name("tiny")?;
+    /// let model = Tokenformer::<f32>::new(&dev, &cfg, 7)?;
+    /// let mut cache = model.new_cache(16)?;
+    /// let mut logits = dev.zeros::<f32>(&[1, cfg.vocab])?;
+    /// model.forward_cached_into(&[1, 2, 3], &mut cache, &mut logits.view_mut())?; // the prompt
+    /// let before = dev.allocations();
+    /// for token in [4, 5, 6] {
+    ///     model.forward_cached_into(&[token], &mut cache, &mut logits.view_mut())?;
+    /// }
+    /// assert_eq!(dev.allocations(), before, "decode steps allocate nothing");
+    /// assert_eq!(cache.len(), 6);
+    /// // The same logits as a pass over all six tokens.
+    /// let all = model.forward(&[1, 2, 3, 4, 5, 6])?.to_vec()?;
+    /// let last = logits.to_vec()?;
+    /// assert!(last.iter().zip(&all[5 * cfg.vocab..]).all(|(a, b)| (a - b).abs() < 1e-4));
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_cached_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<T>,
+        logits: &mut ViewMut<'_, T>,
+    ) -> Result<()> {
+        self.run(tokens, cache, logits)
     }
 
     /// `max_new` token ids continuing `prompt`, each chosen by `sampling` from the
     /// logits of the last position (prompt processed in one pass, then one token
-    /// per step through the KV cache). Returns the new ids only.
+    /// per step through the KV cache). Returns the new ids only. The device
+    /// memory (cache, scratch, logits) is allocated before and by the prompt's
+    /// pass; the steps after it allocate none.
     pub fn generate(&self, prompt: &[u32], max_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
         self.generate_with(prompt, max_new, sampling, |_| {})
     }
@@ -583,7 +678,8 @@ impl<T: DType> Tokenformer<T> {
         // huge max_new, and once it exists the ids fit too.
         let mut cache = self.new_cache(total)?;
         let mut out = Vec::with_capacity(max_new);
-        let mut logits = self.run(prompt, &mut cache, true)?;
+        let mut logits = self.dev.output::<T>(&[1, self.geo.vocab])?;
+        self.run(prompt, &mut cache, &mut logits.view_mut())?;
         loop {
             let row: Vec<f32> = logits.to_vec()?.iter().map(|x| x.to_f32()).collect();
             let tok = match &mut rng {
@@ -599,7 +695,7 @@ impl<T: DType> Tokenformer<T> {
             if out.len() == max_new {
                 return Ok(out);
             }
-            logits = self.run(&[tok], &mut cache, true)?;
+            self.run(&[tok], &mut cache, &mut logits.view_mut())?;
         }
     }
 
@@ -705,11 +801,13 @@ impl<T: DType> Tokenformer<T> {
     }
 
     /// The forward pass over `tokens` at positions `cache.len()..`, appending to
-    /// the cache; logits of every new position, or of the last one only.
-    fn run(&self, tokens: &[u32], cache: &mut KvCache<T>, last_only: bool) -> Result<Tensor<T>> {
+    /// the cache; logits of every new position (`logits` `[t, vocab]`), or of the
+    /// last one only (`[1, vocab]`). Activations and workspace are the cache's
+    /// scratch, enlarged first if this pass needs more.
+    fn run(&self, tokens: &[u32], cache: &mut KvCache<T>, logits: &mut ViewMut<'_, T>) -> Result<()> {
         const OP: &str = "Tokenformer::forward";
         self.check_tokens(OP, tokens)?;
-        if !cache.dev.same(&self.dev) {
+        if !cache.dev.same(&self.dev) || !logits.device().same(&self.dev) {
             return Err(Error::DeviceMismatch { op: OP });
         }
         if cache.k.len() != self.blocks.len() || cache.heads != self.geo.heads || cache.hd_pad != self.geo.hd_pad {
@@ -727,6 +825,18 @@ impl<T: DType> Tokenformer<T> {
             });
         }
         let t = tokens.len();
+        let rows = match logits.shape() {
+            &[r, v] if (r == t || r == 1) && v == self.geo.vocab => r,
+            other => {
+                return Err(Error::Shape {
+                    op: OP,
+                    msg: format!(
+                        "logits must be [{t}, {}] (every new position) or [1, {}] (the last one), got {other:?}",
+                        self.geo.vocab, self.geo.vocab
+                    ),
+                })
+            }
+        };
         let p = cache.len;
         let end = p.checked_add(t).filter(|&e| e <= cache.max_len).ok_or_else(|| Error::InvalidArgument {
             op: OP,
@@ -737,59 +847,48 @@ impl<T: DType> Tokenformer<T> {
         let row = g.cache_row();
         let max_len = cache.max_len;
         let dev = &self.dev;
-
-        let mut x = dev.zeros::<T>(&[t, d])?;
-        embedding_into(dev, &self.embedding.view(), tokens, &mut x.view_mut())?;
-        let mut hb = dev.zeros::<T>(&[t, d])?;
-        let mut q = dev.zeros::<T>(&[t, d])?;
-        let mut ctx = dev.zeros::<T>(&[t, d])?;
-        let mut tmp = dev.zeros::<T>(&[t, d])?;
-        let mut lse = dev.zeros::<f32>(&[1, h, t])?;
-        // Padded head dims: k and v staged in [t, d], q and ctx padded.
-        let mut pad = if g.padded() {
-            Some((
-                dev.zeros::<T>(&[t, d])?,
-                dev.zeros::<T>(&[t, d])?,
-                dev.zeros::<T>(&[1, t, h, hp])?,
-                dev.zeros::<T>(&[1, t, h, hp])?,
-            ))
-        } else {
-            None
+        self.ensure_scratch(cache, t)?;
+        let KvCache { k: k_cache, v: v_cache, scratch, .. } = cache;
+        let Some(Scratch { rows: cap, x, hb, q, ctx, tmp, lse, pad, ws, .. }) = scratch.as_mut() else {
+            return Err(Error::InvalidArgument { op: OP, msg: "internal: no forward scratch".into() });
         };
-        let mut ws_bytes = 0;
-        for slot in Slot::ALL {
-            let n = self.blocks.first().map_or(0, |b| b[slot.index()].n());
-            ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(t, n, d)?);
-        }
-        let mut ws = Workspace::new(dev, ws_bytes)?;
+        let cap = *cap;
+
+        embedding_into(dev, &self.embedding.view(), tokens, &mut rows_of_mut(x, t)?)?;
         let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
         let rope_args = RotaryArgs { heads: h, head_dim: hd, rot_dim: g.rot_dim, base: g.base, pos_offset: p };
         let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, &rope_args);
-
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);
+        let ln = |x: &Tensor<T>, y: &mut Tensor<T>| {
             layer_norm_into(
                 dev,
-                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
-                &mut hb.view_mut(),
-            )?;
-            let hv = hb.view();
-            blk[sq].forward_into(&hv, &mut q.view_mut(), Some(&mut ws))?;
-            rope(&mut q.view_mut())?;
-            match &mut pad {
+                &LayerNormArgs { x: rows_of(x, t)?, weight: None, bias: None, eps: g.eps },
+                &mut rows_of_mut(y, t)?,
+            )
+        };
+        // Padded q and context: [1, t, H, hd_pad] at the start of [cap · H · hd_pad].
+        let q_shape = [1, t, h, hp];
+        let q_strides = [t * row, row, hp, 1];
+        let heads_rows = [t * h, hd];
+
+        for (l, blk) in self.blocks.iter().enumerate() {
+            let (kc, vc) = (&mut k_cache[l], &mut v_cache[l]);
+            ln(x, hb)?;
+            let hv = rows_of(hb, t)?;
+            blk[sq].forward_into(&hv, &mut rows_of_mut(q, t)?, Some(&mut *ws))?;
+            rope(&mut rows_of_mut(q, t)?)?;
+            match pad {
                 None => {
                     let mut kd = kc.strided_mut(p * d, &[t, d], &[d, 1])?;
-                    blk[sk].forward_into(&hv, &mut kd, Some(&mut ws))?;
+                    blk[sk].forward_into(&hv, &mut kd, Some(&mut *ws))?;
                     rope(&mut kd)?;
                     let mut vd = vc.strided_mut(p * d, &[t, d], &[d, 1])?;
-                    blk[sv].forward_into(&hv, &mut vd, Some(&mut ws))?;
+                    blk[sv].forward_into(&hv, &mut vd, Some(&mut *ws))?;
                 }
-                Some((kt, vt, qp, _)) => {
-                    blk[sk].forward_into(&hv, &mut kt.view_mut(), Some(&mut ws))?;
-                    rope(&mut kt.view_mut())?;
-                    blk[sv].forward_into(&hv, &mut vt.view_mut(), Some(&mut ws))?;
-                    let heads_rows = [t * h, hd];
+                Some([kt, vt, qp, _]) => {
+                    blk[sk].forward_into(&hv, &mut rows_of_mut(kt, t)?, Some(&mut *ws))?;
+                    rope(&mut rows_of_mut(kt, t)?)?;
+                    blk[sv].forward_into(&hv, &mut rows_of_mut(vt, t)?, Some(&mut *ws))?;
                     grow_batch(
                         dev,
                         vec![
@@ -810,9 +909,8 @@ impl<T: DType> Tokenformer<T> {
             let kv_strides = [max_len * row, row, hp, 1];
             let k4 = kc.strided(0, &kv_shape, &kv_strides)?;
             let v4 = vc.strided(0, &kv_shape, &kv_strides)?;
-            let q_shape = [1, t, h, hp];
-            let q_strides = [t * row, row, hp, 1];
-            match &mut pad {
+            let mut lse_v = lse.strided_mut(0, &[1, h, t], &[h * cap, cap, 1])?;
+            match pad {
                 None => {
                     let q4 = q.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = ctx.strided_mut(0, &q_shape, &q_strides)?;
@@ -820,20 +918,21 @@ impl<T: DType> Tokenformer<T> {
                         dev,
                         &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
                         &mut o4,
-                        &mut lse.view_mut(),
+                        &mut lse_v,
+                        Some(&mut *ws),
                     )?;
                 }
-                Some((_, _, qp, cp)) => {
+                Some([_, _, qp, cp]) => {
                     let q4 = qp.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = cp.strided_mut(0, &q_shape, &q_strides)?;
                     attention_into(
                         dev,
                         &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
                         &mut o4,
-                        &mut lse.view_mut(),
+                        &mut lse_v,
+                        Some(&mut *ws),
                     )?;
                     drop(o4);
-                    let heads_rows = [t * h, hd];
                     grow_batch(
                         dev,
                         vec![copy_item(
@@ -843,32 +942,101 @@ impl<T: DType> Tokenformer<T> {
                     )?;
                 }
             }
-            blk[sp].forward_into(&ctx.view(), &mut tmp.view_mut(), Some(&mut ws))?;
-            add_assign(dev, &mut x.view_mut(), &tmp.view())?;
-            layer_norm_into(
-                dev,
-                &LayerNormArgs { x: x.view(), weight: None, bias: None, eps: g.eps },
-                &mut hb.view_mut(),
-            )?;
-            blk[sf].forward_into(&hb.view(), &mut tmp.view_mut(), Some(&mut ws))?;
-            add_assign(dev, &mut x.view_mut(), &tmp.view())?;
+            blk[sp].forward_into(&rows_of(ctx, t)?, &mut rows_of_mut(tmp, t)?, Some(&mut *ws))?;
+            add_assign(dev, &mut rows_of_mut(x, t)?, &rows_of(tmp, t)?)?;
+            ln(x, hb)?;
+            blk[sf].forward_into(&rows_of(hb, t)?, &mut rows_of_mut(tmp, t)?, Some(&mut *ws))?;
+            add_assign(dev, &mut rows_of_mut(x, t)?, &rows_of(tmp, t)?)?;
         }
         layer_norm_into(
             dev,
             &LayerNormArgs {
-                x: x.view(),
+                x: rows_of(x, t)?,
                 weight: Some(self.norm_weight.view()),
                 bias: Some(self.norm_bias.view()),
                 eps: g.eps,
             },
-            &mut hb.view_mut(),
+            &mut rows_of_mut(hb, t)?,
         )?;
-        let rows = if last_only { 1 } else { t };
         let hv = hb.strided((t - rows) * d, &[rows, d], &[d, 1])?;
-        let mut logits = dev.zeros::<T>(&[rows, g.vocab])?;
-        linear_into(dev, &hv, &self.embedding.view(), &mut logits.view_mut())?;
+        linear_into(dev, &hv, &self.embedding.view(), logits)?;
         cache.len = end;
-        Ok(logits)
+        Ok(())
+    }
+
+    /// Makes or enlarges the cache's scratch for a pass of `t` tokens: activations
+    /// of at least `t` rows, and a workspace for every Pattention at `t` rows and
+    /// at one row, and for the attention of `t` query rows or one against up to
+    /// `max_len` positions (so decode steps after this pass fit). The sizes met
+    /// are remembered per (t, token counts), so a repeated pass only compares.
+    fn ensure_scratch(&self, cache: &mut KvCache<T>, t: usize) -> Result<()> {
+        let g = self.geo;
+        let dev = &self.dev;
+        let mut ns = [0usize; 5];
+        if let Some(b) = self.blocks.first() {
+            for slot in Slot::ALL {
+                ns[slot.index()] = b[slot.index()].n();
+            }
+        }
+        // Activations of another model's width (a cache shared between models of
+        // equal heads and padded head dim) are remade.
+        let acts_fit = |s: &Scratch<T>| s.rows >= t && s.x.shape()[1] == g.d && s.pad.is_some() == g.padded();
+        if cache.scratch.as_ref().is_some_and(|s| acts_fit(s) && s.sized.contains(&(t, ns))) {
+            return Ok(());
+        }
+        let rows = cache.scratch.as_ref().map_or(0, |s| s.rows).max(t);
+        let mut ws_bytes = 0;
+        for r in [t, 1] {
+            for &n in &ns {
+                ws_bytes = ws_bytes.max(pattention_workspace_bytes::<T>(r, n, g.d)?);
+            }
+            ws_bytes = ws_bytes.max(workspace_bytes_bound::<T>(dev, 1, r, cache.max_len, g.heads, g.hd_pad)?);
+        }
+        let (old_acts, old_ws) = match cache.scratch.take() {
+            Some(s) if acts_fit(&s) => (Some(s), None),
+            Some(s) => (None, Some(s.ws)),
+            None => (None, None),
+        };
+        // Keep the activations if they fit, else the workspace if it is large enough.
+        let mut s = match old_acts {
+            Some(s) => s,
+            None => {
+                let (d, h, hp) = (g.d, g.heads, g.hd_pad);
+                let act = || dev.output::<T>(&[rows, d]);
+                let pad = if g.padded() {
+                    // q's padding columns must be zero: the copies write only the head's dims.
+                    Some([act()?, act()?, dev.zeros::<T>(&[rows * h * hp])?, dev.output::<T>(&[rows * h * hp])?])
+                } else {
+                    None
+                };
+                let ws = match old_ws {
+                    Some(w) if w.bytes() >= ws_bytes => w,
+                    _ => Workspace::new(dev, ws_bytes)?,
+                };
+                Scratch {
+                    rows,
+                    x: act()?,
+                    hb: act()?,
+                    q: act()?,
+                    ctx: act()?,
+                    tmp: act()?,
+                    lse: dev.output::<f32>(&[h * rows])?,
+                    pad,
+                    ws,
+                    sized: Vec::new(),
+                }
+            }
+        };
+        if s.ws.bytes() < ws_bytes {
+            s.ws = Workspace::new(dev, ws_bytes)?;
+            s.sized.clear();
+        }
+        if s.sized.len() >= 16 {
+            s.sized.clear();
+        }
+        s.sized.push((t, ns));
+        cache.scratch = Some(s);
+        Ok(())
     }
 }
 

@@ -140,6 +140,7 @@ impl Device {
     /// A zero-filled tensor.
     pub fn zeros<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("zeros", shape)?;
+        self.count_allocation();
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
@@ -147,13 +148,17 @@ impl Device {
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
     }
 
-    /// An op's output: zero-filled like [`zeros`](Self::zeros), but on the emulator
-    /// its bytes count as never written, so that initcheck reports a kernel that
-    /// reads its output before writing it.
+    /// An op's output, which the op's kernels write in full: uninitialised on CUDA
+    /// (no fill the kernels would overwrite); on the emulator zero-filled but
+    /// counted as never written, so that initcheck reports a kernel that reads its
+    /// output before writing it.
     pub(crate) fn output<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("output", shape)?;
+        self.count_allocation();
         let buf = match &self.0.backend {
-            Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
+            // SAFETY: every bit pattern is a valid f32/f16/bf16, and the callers'
+            // kernels write every element before anything reads it.
+            Backend::Cuda(c) => Buffer::Cuda(unsafe { c.stream.alloc::<T>(len) }.map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::unwritten(len)?),
         };
         Ok(Tensor { dev: self.clone(), buf, shape: shape.to_vec() })
@@ -168,6 +173,7 @@ impl Device {
                 msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
             });
         }
+        self.count_allocation();
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => {

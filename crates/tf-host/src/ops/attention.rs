@@ -18,7 +18,9 @@
 //! each query block's K range over several blocks, which write f32 partial results
 //! to a scratch buffer, and `attn_combine_*` merges them. The number of splits is
 //! FlashAttention-2's heuristic ([`num_splits_heuristic`]) unless the caller
-//! forces one ([`AttnOptions::num_splits`]).
+//! forces one ([`AttnOptions::num_splits`]). The partial results live in a
+//! caller's [`Workspace`] of [`attention_workspace_bytes`] (or one allocated for
+//! the call).
 //!
 //! As for every op family, [`plan`] does all validation and the launch geometry,
 //! identically for CUDA and the emulator; [`attention_into`] only fills pointers
@@ -30,6 +32,7 @@ use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{checked_product, to_i64, to_u32, Error, Result};
 use crate::tensor::{non_overlapping, Tensor, View, ViewMut};
+use crate::workspace::Workspace;
 
 const OP: &str = "attention";
 
@@ -50,8 +53,8 @@ pub struct AttnOptions {
     /// Splits of each query block's K range (split-KV): `None` lets
     /// FlashAttention-2's heuristic choose; `Some(n)` forces `n` (1..=128; more
     /// than 1 only for f16 and bf16), for tests and benchmarks. With `n > 1` the
-    /// partial results go through an f32 scratch buffer of n·B·H·T_q·(D + 1)
-    /// elements, allocated for the call.
+    /// partial results go through n·B·H·T_q·(D + 1) f32 of workspace
+    /// ([`attention_workspace_bytes`]).
     pub num_splits: Option<usize>,
 }
 
@@ -100,6 +103,9 @@ pub struct AttnPlan {
     pub combine: Option<(&'static str, Geometry)>,
     /// With split-KV: f32 elements of the partial-o and partial-lse scratch buffers.
     pub scratch: (usize, usize),
+    /// Workspace bytes the call needs: the partial-o buffer, then (at the next
+    /// multiple of 256 bytes) the partial-lse buffer; 0 without split-KV.
+    pub workspace_bytes: usize,
     /// The softmax scale used.
     pub scale: f32,
     /// The kernel's params with every size, stride and option filled; the
@@ -153,7 +159,7 @@ fn split_kernel_names<T: DType>(d: usize) -> Option<(&'static str, &'static str)
 /// efficiency is within 85% of the best, among split counts that change the K
 /// blocks per split.
 pub fn num_splits_heuristic(blocks: usize, sm_count: usize, n_blocks: usize, max_splits: usize) -> usize {
-    if blocks * 5 >= sm_count * 4 || sm_count == 0 {
+    if blocks.saturating_mul(5) >= sm_count.saturating_mul(4) || sm_count == 0 {
         return 1;
     }
     let max_splits = max_splits.min(sm_count).min(n_blocks).max(1);
@@ -221,7 +227,6 @@ pub fn plan<T: DType>(
     lse: &ViewMut<'_, f32>,
 ) -> Result<AttnPlan> {
     let AttnArgs { q, k, v, opts } = args;
-    let num_splits = opts.num_splits;
     for d in [q.device(), k.device(), v.device(), o.device(), lse.device()] {
         if !d.same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
@@ -289,25 +294,9 @@ pub fn plan<T: DType>(
             msg: format!("T_q = {t_q}, T_k = {t_k}: sequence lengths are at most 2^31 - 1"),
         });
     }
-    let (bm, bn, smem) = tiles::<T>(d)?;
+    let (bm, _, smem) = tiles::<T>(d)?;
     let m_blocks = t_q.div_ceil(bm);
-    let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
-    let splits = match (num_splits, split_kernel_names::<T>(d)) {
-        (Some(n), _) if n == 0 || n > max_splits => {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("num_splits = {n}: between 1 and {max_splits}") })
-        }
-        (Some(n), None) if n > 1 => {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                msg: format!("num_splits = {n}: split-KV exists for f16 and bf16 only, not {}", T::NAME),
-            })
-        }
-        (Some(n), _) => n,
-        (None, None) => 1,
-        (None, Some(_)) => {
-            num_splits_heuristic(m_blocks * b * h, dev.sm_count() as usize, t_k.div_ceil(bn), max_splits)
-        }
-    };
+    let splits = choose_splits::<T>(dev, b, t_q, t_k, h, d, opts.num_splits)?;
     let i = |what: &str, x: usize| to_i64(OP, what, x);
     let (qs, ks, vs, os, ls) = (q.strides(), k.strides(), v.strides(), o.strides(), lse.strides());
     let params = sys::tf_attn_params {
@@ -359,6 +348,7 @@ pub fn plan<T: DType>(
         }
         _ => (kernel, None, (0, 0)),
     };
+    let workspace_bytes = scratch_layout(scratch)?.1;
     let geometry = if empty {
         None
     } else {
@@ -380,20 +370,168 @@ pub fn plan<T: DType>(
         num_splits: splits,
         combine,
         scratch,
+        workspace_bytes,
         scale,
         params,
     })
 }
 
+/// The number of splits of each query block's K range: `forced` (checked), else
+/// the heuristic for f16/bf16 and 1 for f32.
+fn choose_splits<T: DType>(
+    dev: &Device,
+    b: usize,
+    t_q: usize,
+    t_k: usize,
+    h: usize,
+    d: usize,
+    forced: Option<usize>,
+) -> Result<usize> {
+    let (bm, bn, _) = tiles::<T>(d)?;
+    let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
+    Ok(match (forced, split_kernel_names::<T>(d)) {
+        (Some(n), _) if n == 0 || n > max_splits => {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("num_splits = {n}: between 1 and {max_splits}") })
+        }
+        (Some(n), None) if n > 1 => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("num_splits = {n}: split-KV exists for f16 and bf16 only, not {}", T::NAME),
+            })
+        }
+        (Some(n), _) => n,
+        (None, None) => 1,
+        (None, Some(_)) => num_splits_heuristic(
+            t_q.div_ceil(bm).saturating_mul(b).saturating_mul(h),
+            dev.sm_count() as usize,
+            t_k.div_ceil(bn),
+            max_splits,
+        ),
+    })
+}
+
+/// Byte offset of the partial-lse buffer and total workspace bytes for scratch
+/// of (o, lse) f32 elements.
+fn scratch_layout((o_n, lse_n): (usize, usize)) -> Result<(usize, usize)> {
+    if o_n == 0 && lse_n == 0 {
+        return Ok((0, 0));
+    }
+    let overflow = || Error::SizeOverflow { op: OP, msg: format!("split-KV scratch of {o_n} + {lse_n} f32") };
+    let lse_off = o_n.checked_mul(4).and_then(|x| x.checked_next_multiple_of(256)).ok_or_else(overflow)?;
+    let total = lse_n.checked_mul(4).and_then(|x| x.checked_add(lse_off)).ok_or_else(overflow)?;
+    to_i64(OP, "workspace bytes", total)?;
+    Ok((lse_off, total))
+}
+
+/// Workspace bytes of one attention call of storage type `T` with `shape` and
+/// `opts` on `dev` (0 unless it splits the K range: f16/bf16 with few query
+/// blocks, see [`num_splits_heuristic`]); the size a [`Workspace`] passed to
+/// [`attention_into`] needs. Errors as [`attention_into`] for a head dimension
+/// without a kernel or a bad `num_splits`.
+///
+/// ```
+/// use tf_host::ops::attention::{attention_workspace_bytes, AttnShape};
+/// use tf_host::{attention_into, bf16, AttnArgs, AttnOptions, Device, Workspace};
+///
+/// # fn main() -> tf_host::Result<()> {
+/// let dev = Device::emulator();
+/// // Decode: one query row against 512 cached positions, 4 heads of 64.
+/// let shape = AttnShape { batch: 1, t_q: 1, t_k: 512, heads: 4, head_dim: 64 };
+/// let opts = AttnOptions { causal: true, ..Default::default() };
+/// let bytes = attention_workspace_bytes::<bf16>(&dev, &shape, &opts)?;
+/// assert!(bytes > 0, "few query blocks: the K range is split");
+/// let mut ws = Workspace::new(&dev, bytes)?; // kept and reused by every call
+///
+/// let q = dev.upload_f32::<bf16>(&[0.5; 4 * 64], &[1, 1, 4, 64])?;
+/// let kv = dev.upload_f32::<bf16>(&[0.25; 512 * 4 * 64], &[1, 512, 4, 64])?;
+/// let mut o = dev.zeros::<bf16>(&[1, 1, 4, 64])?;
+/// let mut lse = dev.zeros::<f32>(&[1, 4, 1])?;
+/// let args = AttnArgs { q: q.view(), k: kv.view(), v: kv.view(), opts };
+/// let before = dev.allocations();
+/// attention_into(&dev, &args, &mut o.view_mut(), &mut lse.view_mut(), Some(&mut ws))?;
+/// assert_eq!(dev.allocations(), before, "nothing allocated");
+/// assert!(o.to_f32_vec()?.iter().all(|&x| x == 0.25)); // every key alike: o = v
+///
+/// // A workspace too small is refused, naming both sizes.
+/// let mut small = Workspace::new(&dev, bytes - 1)?;
+/// let e = attention_into(&dev, &args, &mut o.view_mut(), &mut lse.view_mut(), Some(&mut small)).unwrap_err();
+/// assert!(e.to_string().contains(&format!("{} bytes", bytes - 1)), "{e}");
+/// # Ok(()) }
+/// ```
+pub fn attention_workspace_bytes<T: DType>(dev: &Device, shape: &AttnShape, opts: &AttnOptions) -> Result<usize> {
+    let AttnShape { batch: b, t_q, t_k, heads: h, head_dim: d } = *shape;
+    kernel_name::<T>(d)?;
+    let splits = choose_splits::<T>(dev, b, t_q, t_k, h, d, opts.num_splits)?;
+    if splits <= 1 || b == 0 || h == 0 || t_q == 0 {
+        return Ok(0);
+    }
+    let lse_n = checked_product(OP, &[splits, b, h, t_q])?;
+    let o_n = checked_product(OP, &[lse_n, d])?;
+    Ok(scratch_layout((o_n, lse_n))?.1)
+}
+
+/// The workspace size of the heuristic's largest split count (no forced count)
+/// over every `t_k <= t_k_max`, for `b`, `t_q`, `h`, `d`: enough for each such
+/// call. The heuristic sees `t_k` only through its number of K blocks, so this
+/// tries each block count once (a few thousand steps for long caches: callers
+/// keep the result).
+pub(crate) fn workspace_bytes_bound<T: DType>(
+    dev: &Device,
+    b: usize,
+    t_q: usize,
+    t_k_max: usize,
+    h: usize,
+    d: usize,
+) -> Result<usize> {
+    if split_kernel_names::<T>(d).is_none() || b == 0 || h == 0 || t_q == 0 {
+        return Ok(0);
+    }
+    let (bm, bn, _) = tiles::<T>(d)?;
+    let blocks = t_q.div_ceil(bm).saturating_mul(b).saturating_mul(h);
+    let sm = dev.sm_count() as usize;
+    let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
+    let most = (1..=t_k_max.div_ceil(bn)).map(|n| num_splits_heuristic(blocks, sm, n, max_splits)).max().unwrap_or(1);
+    if most <= 1 {
+        return Ok(0);
+    }
+    let lse_n = checked_product(OP, &[most, b, h, t_q])?;
+    let o_n = checked_product(OP, &[lse_n, d])?;
+    Ok(scratch_layout((o_n, lse_n))?.1)
+}
+
 /// Attention into caller-given outputs: `o` `[B, T_q, H, D]` (storage type) and
 /// `lse` `[B, H, T_q]` (f32, natural log; `+inf` for a row that sees no key).
+/// The split-KV scratch comes from `workspace` (at least
+/// [`attention_workspace_bytes`]; a smaller one is refused with
+/// `Error::InvalidArgument` naming both sizes) or, without one, is allocated for
+/// the call when the K range is split.
 pub fn attention_into<T: DType>(
     dev: &Device,
     args: &AttnArgs<'_, T>,
     o: &mut ViewMut<'_, T>,
     lse: &mut ViewMut<'_, f32>,
+    workspace: Option<&mut Workspace>,
 ) -> Result<()> {
     let plan = plan(dev, args, o, lse)?;
+    if let Some(ws) = &workspace {
+        if !ws.device().same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+        if ws.bytes() < plan.workspace_bytes {
+            let AttnShape { batch, t_q, t_k, heads, head_dim } = plan.shape;
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "workspace has {} bytes; B = {batch}, T_q = {t_q}, T_k = {t_k}, H = {heads}, D = {head_dim} in {} \
+                     with {} splits need {} (attention_workspace_bytes)",
+                    ws.bytes(),
+                    T::NAME,
+                    plan.num_splits,
+                    plan.workspace_bytes
+                ),
+            });
+        }
+    }
     let Some(geom) = plan.geometry else {
         return Ok(());
     };
@@ -413,22 +551,25 @@ pub fn attention_into<T: DType>(
             }
         }
     }
-    let (mut o_acc, mut l_acc) = match plan.combine {
-        Some(_) => (Some(dev.output::<f32>(&[plan.scratch.0])?), Some(dev.output::<f32>(&[plan.scratch.1])?)),
-        None => (None, None),
+    let mut owned;
+    let ws: Option<&mut Workspace> = match (plan.combine, workspace) {
+        (None, _) => None,
+        (Some(_), Some(w)) => Some(w),
+        (Some(_), None) => {
+            owned = Workspace::new(dev, plan.workspace_bytes)?;
+            Some(&mut owned)
+        }
     };
-    let mut oa_view = o_acc.as_mut().map(|t| t.view_mut());
-    let mut la_view = l_acc.as_mut().map(|t| t.view_mut());
-    let oa = oa_view.as_mut().map(|v| v.ptr_mut());
-    let la = la_view.as_mut().map(|v| v.ptr_mut());
+    let lse_off = scratch_layout(plan.scratch)?.0 as u64;
+    let wp = ws.map(|w| w.ptr_mut());
     let params = sys::tf_attn_params {
         q: qp.addr,
         k: kp.addr,
         v: vp.addr,
         o: op.addr,
         lse: lp.addr,
-        o_accum: oa.as_ref().map_or(0, |p| p.addr),
-        lse_accum: la.as_ref().map_or(0, |p| p.addr),
+        o_accum: wp.as_ref().map_or(0, |p| p.addr),
+        lse_accum: wp.as_ref().map_or(0, |p| p.addr + lse_off),
         ..plan.params
     };
     // SAFETY: plan() checked that q, k, v, o and lse are views of this device with
@@ -438,20 +579,23 @@ pub fn attention_into<T: DType>(
     // are 16-byte aligned with strides of 8 elements, the outputs do not overlap
     // themselves (and cannot alias the inputs: they are borrowed mutably);
     // the grid and shared memory match the kernel's traits. With split-KV the
-    // scratch buffers hold num_splits·B·H·T_q·D and num_splits·B·H·T_q f32, the
-    // extents plan() computed and the kernels index. The views, the scratch
-    // tensors and the pointer guards outlive both launch calls.
+    // workspace (checked above to hold plan.workspace_bytes, 256-byte aligned)
+    // holds num_splits·B·H·T_q·D f32 at o_accum and, from the 256-byte boundary
+    // after them, num_splits·B·H·T_q f32 at lse_accum: the extents plan()
+    // computed and the kernels index. The views, the workspace and the pointer
+    // guards outlive both launch calls.
     unsafe { dev.launch(OP, plan.kernel, &geom, &params) }?;
     if let Some((combine, cg)) = plan.combine {
         // SAFETY: as above; the combine kernel reads the scratch buffers written by
         // the launch before it on the same stream, and writes o and lse.
         unsafe { dev.launch(OP, combine, &cg, &params) }?;
     }
-    drop((qp, kp, vp, op, lp, oa, la));
+    drop((qp, kp, vp, op, lp, wp));
     Ok(())
 }
 
-/// Attention with freshly allocated outputs: `(o [B, T_q, H, D], lse [B, H, T_q])`.
+/// Attention with freshly allocated outputs: `(o [B, T_q, H, D], lse [B, H, T_q])`
+/// (and, with split-KV, a workspace for the call).
 ///
 /// ```
 /// use tf_host::{attention, AttnArgs, AttnOptions, Device};
@@ -484,7 +628,7 @@ pub fn attention<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Result<(Tens
     kernel_name::<T>(d)?;
     let mut o: Tensor<T> = dev.output(&[b, t_q, h, d])?;
     let mut lse: Tensor<f32> = dev.output(&[b, h, t_q])?;
-    attention_into(dev, args, &mut o.view_mut(), &mut lse.view_mut())?;
+    attention_into(dev, args, &mut o.view_mut(), &mut lse.view_mut(), None)?;
     Ok((o, lse))
 }
 
@@ -499,6 +643,23 @@ mod tests {
         assert!(!non_overlapping(&[2, 3, 4, 64], &[768, 256, 32, 1]));
         assert!(non_overlapping(&[1, 5, 1, 64], &[0, 64, 7, 1]));
         assert!(non_overlapping(&[1, 0, 2, 64], &[0, 128, 64, 1]));
+    }
+
+    #[test]
+    fn the_workspace_bound_covers_every_cache_length() {
+        let dev = Device::emulator();
+        for (h, t_q) in [(2, 1), (2, 3), (4, 70), (64, 1), (200, 1)] {
+            let bound = workspace_bytes_bound::<half::bf16>(&dev, 1, t_q, 600, h, 64).unwrap();
+            let mut most = 0;
+            for t_k in 1..=600 {
+                let shape = AttnShape { batch: 1, t_q, t_k, heads: h, head_dim: 64 };
+                let need = attention_workspace_bytes::<half::bf16>(&dev, &shape, &AttnOptions::default()).unwrap();
+                assert!(need <= bound, "h {h}, t_q {t_q}, t_k {t_k}: {need} > {bound}");
+                most = most.max(need);
+            }
+            assert_eq!(most, bound, "h {h}, t_q {t_q}: the bound is a size some call needs");
+        }
+        assert_eq!(workspace_bytes_bound::<f32>(&dev, 1, 1, 600, 2, 64).unwrap(), 0, "no split-KV in f32");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
 use crate::tensor::{check_disjoint, View, ViewMut};
-use crate::workspace::Workspace;
 
 /// Threads per block of every kernel of block.cu (their `__launch_bounds__`).
 const THREADS: u32 = 256;
@@ -426,7 +425,8 @@ pub fn embedding_plan<T: DType>(
 
 /// `y[i, :] = table[tokens[i], :]`: the token embedding (a bit-exact gather).
 /// An id `>= vocab` is an error naming the id and its position, checked before
-/// anything is launched.
+/// anything is launched. The ids go through the device's reused table buffer: no
+/// allocation once that buffer holds as many.
 pub fn embedding_into<T: DType>(
     dev: &Device,
     table: &View<'_, T>,
@@ -437,11 +437,10 @@ pub fn embedding_into<T: DType>(
     if tokens.is_empty() || d == 0 {
         return Ok(());
     }
-    let ids = Workspace::upload_pod(dev, tokens)?;
-    let (ids_ptr, tp) = (ids.ptr(), table.ptr());
+    let tp = table.ptr();
     let params = sys::tf_embedding_params {
         table: tp.addr,
-        tokens: ids_ptr.addr,
+        tokens: 0,
         y: 0,
         t: to_i64(EMB, "t", tokens.len())?,
         d: to_i64(EMB, "d", d)?,
@@ -451,11 +450,16 @@ pub fn embedding_into<T: DType>(
     };
     let yp = y.ptr_mut();
     let params = sys::tf_embedding_params { y: yp.addr, ..params };
-    // SAFETY: embedding_plan checked table [vocab, d] and y [t, d] with contiguous
-    // rows at their row strides and every id < vocab; the id table holds t u32s
-    // and lives in `ids` until after the launch; warp r reads row tokens[r] of the
-    // table and writes row r of y only; the borrows outlive the launch.
-    unsafe { dev.launch(EMB, kernel_name::<T>(Kernel::Embedding), &geometry, &params) }
+    dev.with_table(tokens, |ids| {
+        let params = sys::tf_embedding_params { tokens: ids, ..params };
+        // SAFETY: embedding_plan checked table [vocab, d] and y [t, d] with
+        // contiguous rows at their row strides and every id < vocab; the id table
+        // holds t u32s and stays in the device's table buffer, locked, until the
+        // launch is done (emulator) or queued ahead of any later upload into it
+        // (CUDA); warp r reads row tokens[r] of the table and writes row r of y
+        // only; the borrows outlive the launch.
+        unsafe { dev.launch(EMB, kernel_name::<T>(Kernel::Embedding), &geometry, &params) }
+    })
 }
 
 fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {

@@ -11,7 +11,6 @@ use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
 use crate::tensor::{non_overlapping, View, ViewMut};
-use crate::workspace::Workspace;
 
 const OP: &str = "grow";
 /// Threads per block of `grow_rows` (its `__launch_bounds__`).
@@ -180,7 +179,9 @@ pub fn geometry(dev: &Device, shapes: &[GrowShape]) -> Result<GrowPlan> {
     Ok(GrowPlan { launches })
 }
 
-/// Grows every item in one launch (or a few, past 65535 items).
+/// Grows every item in one launch (or a few, past 65535 items). The descriptor
+/// table goes through the device's reused table buffer: no allocation once that
+/// buffer holds a table of this size.
 pub fn grow_batch<T: DType>(dev: &Device, mut items: Vec<GrowItem<'_, T>>) -> Result<()> {
     let plan = plan(dev, &items)?;
     let elem = std::mem::size_of::<T>();
@@ -229,15 +230,18 @@ pub fn grow_batch<T: DType>(dev: &Device, mut items: Vec<GrowItem<'_, T>>) -> Re
                 dtype: T::CODE as i32,
             });
         }
-        let table = Workspace::upload_pod(dev, &descs)?;
-        let table_ptr = table.ptr();
-        let params = sys::tf_grow_params { descs: table_ptr.addr, num_descs: to_i64(OP, "descriptors", descs.len())? };
-        // SAFETY: plan() checked every item: dst views cover [rows_new, cols]
-        // with contiguous rows, src/init views cover the rows the kernel reads,
-        // sizes fit i64; the descriptor table lives in `table` until after the
-        // launch; the views' borrows (and guards) outlive the launch call.
-        unsafe { dev.launch(OP, "grow_rows", &geom, &params) }?;
-        drop((table_ptr, guards));
+        let num_descs = to_i64(OP, "descriptors", descs.len())?;
+        dev.with_table(&descs, |table| {
+            let params = sys::tf_grow_params { descs: table, num_descs };
+            // SAFETY: plan() checked every item: dst views cover [rows_new, cols]
+            // with contiguous rows, src/init views cover the rows the kernel reads,
+            // sizes fit i64; the descriptor table stays in the device's table
+            // buffer, locked, until the launch is done (emulator) or queued ahead
+            // of any later upload into it (CUDA); the views' borrows (and guards)
+            // outlive the launch call.
+            unsafe { dev.launch(OP, "grow_rows", &geom, &params) }
+        })?;
+        drop(guards);
     }
     Ok(())
 }
