@@ -475,6 +475,9 @@ unsafe extern "C" {
     pub fn tf_emu_free(ptr: *mut ::std::os::raw::c_void);
 }
 unsafe extern "C" {
+    pub fn tf_emu_alloc_count() -> u64;
+}
+unsafe extern "C" {
     pub fn tf_emu_mark_initialized(
         ptr: *const ::std::os::raw::c_void,
         bytes: usize,
