@@ -69,11 +69,12 @@ enum Command {
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
-    /// The op: pattention, attention, linear, grow or layer_norm.
+    /// The op: pattention, attention, linear, grow, layer_norm, rotary, add or embedding.
     pub op: String,
     /// Shape keys, e.g. t=64,d=1024,n=1024 (pattention: t d n d_out; attention:
     /// b h tq tk hd causal; linear: t d_in d_out; grow: rows_old rows_new cols;
-    /// layer_norm: t d). Unnamed keys keep their defaults.
+    /// layer_norm, add: t d; rotary: t heads head_dim rot_dim; embedding: t vocab d).
+    /// Unnamed keys keep their defaults.
     #[arg(long, value_name = "K=V,...")]
     pub shape: Option<String>,
     /// Storage type.

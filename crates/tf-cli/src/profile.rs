@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use rand::{Rng, SeedableRng};
-use tf_host::ops::block::{layer_norm_into, LayerNormArgs};
+use tf_host::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use tf_host::{
     attention, linear, pattention, AttnArgs, AttnOptions, Checks, DType, Device, EmuOptions, Norm, PattentionArgs,
     PattentionOptions, Profile, Tensor,
@@ -24,6 +24,9 @@ const OPS: &[(&str, &[(&str, usize)])] = &[
     ("linear", &[("t", 256), ("d_in", 1024), ("d_out", 1024)]),
     ("grow", &[("rows_old", 768), ("rows_new", 1792), ("cols", 1024)]),
     ("layer_norm", &[("t", 256), ("d", 1024)]),
+    ("rotary", &[("t", 256), ("heads", 16), ("head_dim", 64), ("rot_dim", 16)]),
+    ("add", &[("t", 256), ("d", 1024)]),
+    ("embedding", &[("t", 256), ("vocab", 50304), ("d", 1024)]),
 ];
 
 pub fn run(args: &ProfileArgs) -> CliResult<ExitCode> {
@@ -125,6 +128,26 @@ fn run_op<T: DType>(dev: &Device, op: &str, get: &dyn Fn(&str) -> usize, seed: u
             let mut y = dev.zeros::<T>(&[t, d]).map_err(s)?;
             let args = LayerNormArgs { x: x.view(), weight: Some(w.view()), bias: Some(b.view()), eps: 1e-5 };
             layer_norm_into(dev, &args, &mut y.view_mut()).map_err(s)
+        }
+        "rotary" => {
+            let (t, heads, head_dim, rot_dim) = (get("t"), get("heads"), get("head_dim"), get("rot_dim"));
+            let mut x = random::<T>(dev, &[t, heads * head_dim], seed, 1.0)?;
+            let args = RotaryArgs { heads, head_dim, rot_dim, base: 10000.0, pos_offset: 0 };
+            rotary_into(dev, &mut x.view_mut(), &args).map_err(s)
+        }
+        "add" => {
+            let (t, d) = (get("t"), get("d"));
+            let mut y = random::<T>(dev, &[t, d], seed, 1.0)?;
+            let x = random::<T>(dev, &[t, d], seed + 1, 1.0)?;
+            add_assign(dev, &mut y.view_mut(), &x.view()).map_err(s)
+        }
+        "embedding" => {
+            let (t, vocab, d) = (get("t"), get("vocab"), get("d"));
+            let table = random::<T>(dev, &[vocab, d], seed, 0.02)?;
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed + 1);
+            let tokens: Vec<u32> = (0..t).map(|_| rng.random_range(0..vocab.max(1)) as u32).collect();
+            let mut y = dev.zeros::<T>(&[t, d]).map_err(s)?;
+            embedding_into(dev, &table.view(), &tokens, &mut y.view_mut()).map_err(s)
         }
         _ => Err(format!("unknown op {op:?}")),
     }

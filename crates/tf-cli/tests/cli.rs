@@ -392,6 +392,10 @@ fn profile_prints_the_memory_table_of_every_launch() {
     assert!(ok(&["profile", "attention", "--dtype", "f32", "--shape", "tq=9,tk=13,hd=64"])
         .contains("kernel attn_fwd_f32_hd64"));
     assert!(ok(&["profile", "grow", "--shape", "rows_old=3,rows_new=11,cols=24"]).contains("kernel grow_rows"));
+    for (op, kernel) in [("rotary", "rotary_bf16"), ("add", "residual_add_bf16"), ("embedding", "embedding_bf16")] {
+        let out = ok(&["profile", op, "--shape", "t=5"]);
+        assert!(out.contains(&format!("kernel {kernel}")), "{op}: {out}");
+    }
     assert!(fails(&["profile", "softmax"]).contains("unknown op"));
     assert!(fails(&["profile", "linear", "--shape", "q=3"]).contains("unknown key \"q\""));
     assert!(fails(&["profile", "linear", "--shape", "t"]).contains("not KEY=VALUE"));
