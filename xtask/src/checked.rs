@@ -53,7 +53,7 @@ pub fn run(root: &Path, mut cargo: impl FnMut() -> Command) -> Result<(), String
     for (target, filters) in CHECKED {
         println!("xtask: checked   {target}: {}", filters.join(", "));
         let mut cmd = cargo();
-        cmd.args(["test", "--test", target, "--"]).args(*filters);
+        cmd.args(["test", "--workspace", "--test", target, "--"]).args(*filters);
         cmd.env("TF_EMU_CHECK", "all").env("TF_EMU_CHECK_LOG", &log);
         limits::run_tests(&mut cmd)?;
     }
