@@ -55,18 +55,6 @@ uint3 tid3(const LaunchChecks* L, uint32_t t) {
     return uint3{t % b.x, (t / b.x) % b.y, t / (b.x * b.y)};
 }
 
-// "{pc:HEX}" for a code address (symbolised after the launch), "file:line" for a Site.
-std::string where_str(Where w) {
-    char buf[64];
-    if (w.expl) {
-        const Site* s = reinterpret_cast<const Site*>(w.at);
-        const char* f = s->file ? s->file : "?";
-        const char* k = strstr(f, "kernels/");
-        return std::string(k ? k : f) + ":" + std::to_string(s->line);
-    }
-    snprintf(buf, sizeof buf, "{pc:%llx}", (unsigned long long)w.at);
-    return buf;
-}
 
 std::string smem_where(const WorkerChecks* c, uintptr_t a) {
     char buf[160];
@@ -126,6 +114,19 @@ inline void add_reader(Cell& x, const Acc& cur, uint32_t epoch) {
 const char* access_name(bool wr) { return wr ? "write" : "read"; }
 
 }  // namespace
+
+// "{pc:HEX}" for a code address (symbolised after the launch), "file:line" for a Site.
+std::string where_str(Where w) {
+    char buf[64];
+    if (w.expl) {
+        const Site* s = reinterpret_cast<const Site*>(w.at);
+        const char* f = s->file ? s->file : "?";
+        const char* k = strstr(f, "kernels/");
+        return std::string(k ? k : f) + ":" + std::to_string(s->line);
+    }
+    snprintf(buf, sizeof buf, "{pc:%llx}", (unsigned long long)w.at);
+    return buf;
+}
 
 const Site* intern_site(WorkerChecks* c, const char* file, int line) {
     auto key = std::make_pair(file, line);

@@ -155,6 +155,8 @@ struct WorkerChecks {
 };
 
 // check.cpp
+// "{pc:HEX}" for a code address (symbolised after the launch), "file:line" for a Site.
+std::string where_str(Where w);
 const Site* intern_site(WorkerChecks* c, const char* file, int line);
 void shared_access(WorkerChecks* c, uintptr_t a, uint32_t n, bool wr, Where at, uint32_t tid);
 void global_access(WorkerChecks* c, uintptr_t a, uint32_t n, bool wr, Where at, uint32_t tid, bool aligned_hook,

@@ -199,17 +199,6 @@ const char* kind_name(int k) {
     }
 }
 
-std::string site_text(Where w) {
-    char buf[64];
-    if (w.expl) {
-        const Site* s = reinterpret_cast<const Site*>(w.at);
-        const char* f = s->file ? s->file : "?";
-        const char* k = strstr(f, "kernels/");
-        return std::string(k ? k : f) + ":" + std::to_string(s->line);
-    }
-    snprintf(buf, sizeof buf, "{pc:%llx}", (unsigned long long)w.at);
-    return buf;
-}
 
 }  // namespace
 
@@ -241,7 +230,7 @@ void profile_store_report(LaunchChecks* L) {
     for (const auto& kv : L->lines) {
         const LineStats& x = kv.second;
         snprintf(buf, sizeof buf, "line\t%s\t%s\t%s\t%llu\t%llu\t%llu\t%llu\t%llu\t%llu\t%llu\n",
-                 site_text(kv.first.first).c_str(), x.space ? "shared" : "global", kind_name(x.kind),
+                 where_str(kv.first.first).c_str(), x.space ? "shared" : "global", kind_name(x.kind),
                  (unsigned long long)x.requests, (unsigned long long)x.bytes, (unsigned long long)x.sectors,
                  (unsigned long long)x.lines, (unsigned long long)x.ideal_sectors, (unsigned long long)x.wavefronts,
                  (unsigned long long)x.ideal_wavefronts);
