@@ -115,7 +115,11 @@ pub(crate) struct CudaBackend {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// Loaded kernels, each with the dynamic shared memory it has been allowed
+    /// (`CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`, set once per function
+    /// and raised only when a launch needs more: a driver call per launch costs
+    /// about as much as a decode-sized kernel).
+    functions: Mutex<HashMap<&'static str, (CudaFunction, u32)>>,
     blas: OnceLock<std::result::Result<Arc<CudaBlas>, String>>,
     sm_count: u32,
     max_smem_optin: u32,
@@ -472,11 +476,7 @@ impl Device {
         self.check_geometry(op, g)?;
         match &self.0.backend {
             Backend::Cuda(c) => {
-                let f = c.function(kernel)?;
-                if g.smem > 48 * 1024 {
-                    let smem = i32::try_from(g.smem).unwrap_or(i32::MAX);
-                    f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)?;
-                }
+                let f = c.function(kernel, g.smem)?;
                 let cfg = LaunchConfig {
                     grid_dim: (g.grid[0], g.grid[1], g.grid[2]),
                     block_dim: (g.block[0], g.block[1], g.block[2]),
@@ -523,13 +523,26 @@ impl Device {
 }
 
 impl CudaBackend {
-    fn function(&self, kernel: &'static str) -> Result<CudaFunction> {
+    /// `kernel`, loaded once, allowed at least `smem` bytes of dynamic shared
+    /// memory (the attribute is set only when `smem` is above the 48 KB default
+    /// and above what this function was already allowed).
+    fn function(&self, kernel: &'static str, smem: u32) -> Result<CudaFunction> {
         let mut fns = self.functions.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(f) = fns.get(kernel) {
-            return Ok(f.clone());
-        }
-        let f = self.module.load_function(kernel).map_err(|_| Error::MissingKernel(kernel.to_string()))?;
-        fns.insert(kernel, f.clone());
+        let (f, allowed) = match fns.get(kernel) {
+            Some(entry) => entry.clone(),
+            None => {
+                let f = self.module.load_function(kernel).map_err(|_| Error::MissingKernel(kernel.to_string()))?;
+                (f, 48 * 1024)
+            }
+        };
+        let allowed = if smem > allowed {
+            let bytes = i32::try_from(smem).unwrap_or(i32::MAX);
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes)?;
+            smem
+        } else {
+            allowed
+        };
+        fns.insert(kernel, (f.clone(), allowed));
         Ok(f)
     }
 }
