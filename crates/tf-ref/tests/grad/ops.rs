@@ -12,7 +12,10 @@ fn t4(v: &[f64], shape: [usize; 4]) -> Tensor4Ref<'_, f64> {
     Tensor4Ref::new(v, shape).unwrap()
 }
 
-fn check_attention(b: usize, t_q: usize, t_k: usize, h: usize, d: usize, causal: bool, scale: Option<f64>, seed: u64) {
+/// `(B, Tq, Tk, H, D)`.
+type Dims = (usize, usize, usize, usize, usize);
+
+fn check_attention((b, t_q, t_k, h, d): Dims, causal: bool, scale: Option<f64>, seed: u64) {
     let (sq, sk) = ([b, t_q, h, d], [b, t_k, h, d]);
     let mut r = rng(seed);
     let inputs = vec![
@@ -34,11 +37,11 @@ fn check_attention(b: usize, t_q: usize, t_k: usize, h: usize, d: usize, causal:
 fn attention_backward_matches_finite_differences() {
     for causal in [true, false] {
         // Tq < Tk (bottom-right: query i sees keys ≤ i + 2), odd head dim.
-        check_attention(2, 3, 5, 2, 3, causal, None, 1 + causal as u64);
+        check_attention((2, 3, 5, 2, 3), causal, None, 1 + causal as u64);
         // Tq > Tk: the first two query rows see no key when causal.
-        check_attention(1, 5, 3, 1, 5, causal, Some(0.7), 3 + causal as u64);
+        check_attention((1, 5, 3, 1, 5), causal, Some(0.7), 3 + causal as u64);
         // Tq = Tk, head dim 1, three heads.
-        check_attention(1, 4, 4, 3, 1, causal, None, 5 + causal as u64);
+        check_attention((1, 4, 4, 3, 1), causal, None, 5 + causal as u64);
     }
 }
 
@@ -107,7 +110,7 @@ fn rotary_backward_matches_finite_differences_and_inverts() {
     let loss = |v: &[Vec<f64>]| {
         dot(&rotary(MatRef::new(&v[0], t, heads * hd).unwrap(), heads, hd, pct, base, off).unwrap().data, &w)
     };
-    check_grads("rotary", &loss, &[x.clone()], &[dx.data], &mut r, 2, 4);
+    check_grads("rotary", &loss, std::slice::from_ref(&x), &[dx.data], &mut r, 2, 4);
     // The rotation is orthogonal: the backward undoes the forward.
     let y = rotary(MatRef::new(&x, t, heads * hd).unwrap(), heads, hd, pct, base, off).unwrap();
     let back = rotary_backward(y.view(), heads, hd, pct, base, off).unwrap();
@@ -129,7 +132,7 @@ fn embedding_backward_scatter_adds_repeated_ids() {
     let de = embedding_backward(&tokens, MatRef::new(&w, tokens.len(), d).unwrap(), vocab).unwrap();
     let gather = |e: &[f64]| -> Vec<f64> { tokens.iter().flat_map(|&id| e[id as usize * d..][..d].to_vec()).collect() };
     let loss = |v: &[Vec<f64>]| dot(&gather(&v[0]), &w);
-    check_grads("embedding", &loss, &[e], &[de.data.clone()], &mut r, 2, 4);
+    check_grads("embedding", &loss, &[e], std::slice::from_ref(&de.data), &mut r, 2, 4);
     // Row 3 is the sum of positions 0 and 2; unused ids (2, 5) get 0.
     for c in 0..d {
         assert_eq!(de.data[3 * d + c], w[c] + w[2 * d + c]);
@@ -177,7 +180,7 @@ fn cross_entropy_value_and_gradient() {
         assert!(row.iter().sum::<f64>().abs() < 1e-15, "each gradient row sums to 0");
     }
     let loss = |x: &[Vec<f64>]| cross_entropy(MatRef::new(&x[0], t, v).unwrap(), &targets).unwrap().0;
-    check_grads("cross_entropy", &loss, &[z.clone()], &[dz.data], &mut r, 2, 4);
+    check_grads("cross_entropy", &loss, std::slice::from_ref(&z), &[dz.data], &mut r, 2, 4);
     // Huge logits do not overflow.
     let (loss, _) = cross_entropy(MatRef::new(&[1e308, 0.0], 1, 2).unwrap(), &[0]).unwrap();
     assert_eq!(loss, 0.0);
