@@ -149,7 +149,14 @@ pub struct StepInfo {
 /// One AdamW step with learning rate `lr` (e.g. [`AdamWConfig::lr_at`]; `cfg.lr`
 /// is only the schedule's peak) over a list of tensors: `params[i]` is updated with
 /// `grads[i]`, and decayed iff `decay[i]`. Clipping uses the norm over all tensors.
-/// See the module source for the exact update. `state.step` is incremented.
+/// `state.step` is incremented; with `t` the new value, for every element:
+///
+/// ```text
+/// N = sqrt(Σ over all tensors of g²);  c = min(1, max_grad_norm / (N + 1e-6));  g ← c·g
+/// p ← p − lr·wd·p                         (decayed tensors only; p before the update)
+/// m ← β1·m + (1 − β1)·g;   v ← β2·v + (1 − β2)·g²
+/// p ← p − lr·(m / (1 − β1ᵗ)) / (sqrt(v / (1 − β2ᵗ)) + eps)
+/// ```
 ///
 /// Errors: an invalid `cfg`, `lr` not finite and ≥ 0, the lists or `state` not
 /// having one entry per tensor, a gradient or moment length differing from its

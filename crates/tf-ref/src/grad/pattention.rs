@@ -148,10 +148,20 @@ pub struct PattentionGrads {
 }
 
 /// Backward of [`pattention`](crate::pattention) `Y = Θ(X·K_Pᵀ)·V_P`: given the
-/// forward's inputs and `dy = ∂L/∂Y [T, d_out]`, returns `dX`, `dK_P` and `dV_P`
-/// (see the module source for the derivation of each norm). The options are used
-/// exactly as by the forward: `norm`, the pinned `n_ref` (else the token count `n`)
-/// and `eps` (added to the L2 norm of the two L2 variants).
+/// forward's inputs and `dy = ∂L/∂Y [T, d_out]`, returns `dX`, `dK_P` and `dV_P`.
+/// The options are used exactly as by the forward: `norm`, the pinned `n_ref`
+/// (else the token count `n`) and `eps` (added to the L2 norm of the two L2 variants).
+///
+/// With `A = X·K_Pᵀ`, `S = Θ(A)`: `dV_P = Sᵀ·dY`, `dS = dY·V_Pᵀ`, `dX = dA·K_P`,
+/// `dK_P = dAᵀ·X`, and per row, with `s = √n_ref`, `r` the norm and `D = r + eps`:
+///
+/// - `l2_norm_gelu` (`Â = (s/D)·A`): `dÂ = dS ⊙ gelu'(Â)`,
+///   `dA = (s/D)·dÂ − (s/(D²·r))·(A·dÂ)·A` (for `eps = 0`: `(s/r)·(dÂ − Â·(Â·dÂ)/s²)`);
+/// - `gelu_l2_norm` (`G = gelu(A)`, `S = (s/D)·G`): `dG = (s/D)·dS − (s/(D²·r))·(G·dS)·G`,
+///   `dA = dG ⊙ gelu'(A)`;
+/// - `softmax`: `dA = S ⊙ (dS − (S·dS)/n_ref)`.
+///
+/// A row the forward maps to zeros for a zero denominator gets `dA = 0`.
 ///
 /// Errors: the forward's (mismatched shapes, `n = 0`, `n_ref = Some(0)`, a bad
 /// `eps`), and `dy` not `[T, d_out]`.
