@@ -89,12 +89,14 @@ impl AdamWConfig {
     }
 
     /// The learning rate of the step that follows `step` completed steps, out of
-    /// `total_steps` (the GPT-NeoX / Megatron annealing convention). With
-    /// `W = warmup_frac·total_steps` (real-valued):
+    /// `total_steps`: the cosine style of the official code's `AnnealingLR`, whose
+    /// counter starts at 0 and is advanced after each optimizer step. With
+    /// `W = warmup_frac·total_steps` (real-valued, as there):
     ///
     /// - `step ≤ W` (and `W > 0`): `lr·step/W`, so `lr_at(0) = 0` and `lr_at(W) = lr`;
     /// - `W < step < total_steps`: `min_lr + (lr − min_lr)·(1 + cos(π·(step − W)/(total_steps − W)))/2`;
-    /// - `step ≥ total_steps`: `min_lr`.
+    /// - `step ≥ total_steps`: `min_lr` (the official formula would climb back up
+    ///   the cosine past the end; training never gets there).
     pub fn lr_at(&self, step: u64, total_steps: u64) -> f64 {
         let (s, total) = (step as f64, total_steps as f64);
         let warmup = self.warmup_frac * total;
