@@ -15,7 +15,12 @@
 //! - [`golden`]: golden safetensors files for other implementations to check against;
 //! - [`atomic`]: the one way files are written (temporary file, fsync, rename);
 //! - the whole model ([`model_forward`], [`block_forward`], [`layer_norm`], [`rotary`],
-//!   [`TokenformerConfig`], [`ModelParams`] with init, growth and safetensors checkpoints).
+//!   [`TokenformerConfig`], [`ModelParams`] with init, growth and safetensors checkpoints);
+//! - gradients (the training oracle): the backward of every op above
+//!   ([`pattention_backward`], [`attention_backward`], [`layer_norm_backward`],
+//!   [`rotary_backward`], [`embedding_backward`], [`linear_backward`]), the
+//!   cross-entropy loss ([`cross_entropy`]), the whole model ([`loss_and_grads`])
+//!   and an AdamW step ([`adamw_step`], [`AdamWConfig`]).
 //!
 //! Every input element is converted to f64 (exactly, for f32/f16/bf16) and all
 //! arithmetic is done in f64; outputs are returned in f64 ([`Mat`], [`AttnOut`]).
@@ -48,6 +53,7 @@ mod element;
 mod error;
 mod gelu;
 pub mod golden;
+mod grad;
 mod grow;
 mod model;
 mod pattention;
@@ -57,6 +63,12 @@ pub use attention::{attention, AttnOut, Tensor4Ref};
 pub use element::{Element, Mat, MatRef};
 pub use error::{Error, Result};
 pub use gelu::{erf, erfc, gelu};
+pub use grad::{
+    adamw_step, adamw_step_model, attention_backward, cross_entropy, embedding_backward, gelu_grad,
+    layer_norm_backward, linear_backward, loss_and_grads, param_tensors, param_tensors_mut, pattention_backward,
+    pattention_norm_backward, rotary_backward, AdamWConfig, AdamWState, AttnGrads, LayerNormGrads, LinearGrads,
+    PattentionGrads, StepInfo,
+};
 pub use grow::{grow, Init};
 pub use model::{
     block_forward, layer_norm, model_forward, rotary, rotary_dims, tensor_seed, BlockParams, CheckpointInfo,
