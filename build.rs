@@ -72,20 +72,24 @@ fn main() {
     }
 
     let cu_files = kernel_sources(&kernels);
-    let fatbin = match cuda {
-        CudaBuild::Nvcc(nvcc) => Some(build_fatbin(&root, &out_dir, &nvcc, &cu_files)),
-        CudaBuild::OptedOut(why) => {
-            if why == OptOut::Env {
-                println!("cargo:warning=TF_NO_NVCC is set: kernels not compiled for CUDA (FATBIN is None)");
+    // nvcc and the emulator's g++ compiles run side by side: nvcc's front end is
+    // one thread for a while, and the two are the longest step of the build.
+    let fatbin = std::thread::scope(|scope| {
+        let fatbin = scope.spawn(|| match &cuda {
+            CudaBuild::Nvcc(nvcc) => Some(build_fatbin(&root, &out_dir, nvcc, &cu_files)),
+            CudaBuild::OptedOut(why) => {
+                if *why == OptOut::Env {
+                    println!("cargo:warning=TF_NO_NVCC is set: kernels not compiled for CUDA (FATBIN is None)");
+                }
+                None
             }
-            None
+        });
+        if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
+            fail(&format!("building the SIMT emulator failed:\n{e}"));
         }
-    };
+        fatbin.join().unwrap_or_else(|_| fail("the nvcc build thread panicked"))
+    });
     write_generated(&out_dir, fatbin.as_ref(), &cu_files);
-
-    if let Err(e) = build_emu::build(&build_emu::BuildEmu { root: &root, out_dir: &out_dir }) {
-        fail(&format!("building the SIMT emulator failed:\n{e}"));
-    }
 }
 
 /// Ends the build with `message` (cargo shows this script's stderr): a clean

@@ -5,8 +5,8 @@
 //! emulator logs each checked launch (`TF_EMU_CHECK_LOG`); every kernel source of
 //! `kernels/*.cu` must have had at least one of its kernels checked.
 
-use std::collections::BTreeSet;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::limits;
@@ -45,17 +45,19 @@ const CHECKED: &[(&str, &[&str])] = &[
 
 /// Runs the checked tests (`cargo` builds the command with the toolchain's
 /// environment) and verifies the family coverage.
-pub fn run(root: &Path, mut cargo: impl FnMut() -> Command) -> Result<(), String> {
+pub fn run(root: &Path, cargo: impl FnOnce() -> Command) -> Result<(), String> {
     let dir = root.join("target");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = dir.join("tf_emu_checked_launches.txt");
     let _ = std::fs::remove_file(&log);
+    let exes = test_executables(root, cargo())?;
     for (target, filters) in CHECKED {
         println!("xtask: checked   {target}: {}", filters.join(", "));
-        let mut cmd = cargo();
-        cmd.args(["test", "--workspace", "--test", target, "--"]).args(*filters);
+        let exe = exes.get(*target).ok_or_else(|| format!("cargo built no test executable for tests/{target}.rs"))?;
+        let mut cmd = Command::new(exe);
+        cmd.current_dir(root).args(*filters);
         cmd.env("TF_EMU_CHECK", "all").env("TF_EMU_CHECK_LOG", &log);
-        limits::run_tests(&mut cmd)?;
+        limits::run_test_binary(&mut cmd, &format!("tests/{target}.rs ({})", exe.display()))?;
     }
     let text = std::fs::read_to_string(&log).map_err(|e| format!("{}: {e} (no launch was checked?)", log.display()))?;
     let checked: BTreeSet<&str> = text.lines().filter_map(|l| l.split_whitespace().next()).collect();
@@ -79,6 +81,39 @@ pub fn run(root: &Path, mut cargo: impl FnMut() -> Command) -> Result<(), String
         checked.len()
     );
     Ok(())
+}
+
+/// The executables of the root package's integration tests (`tests/NAME.rs`, by
+/// NAME) that `cargo test --workspace` built. Asked of cargo with the main run's
+/// arguments, so nothing is compiled again: a narrower selection such as
+/// `--test NAME` activates fewer dev-dependency features and rebuilds half the
+/// dependency graph (a minute or two on two cores).
+fn test_executables(root: &Path, mut cargo: Command) -> Result<BTreeMap<String, PathBuf>, String> {
+    cargo.args(["test", "--workspace", "--no-run", "--message-format=json"]);
+    let out = cargo.output().map_err(|e| format!("cannot run {cargo:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{cargo:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr)));
+    }
+    let tests = root.join("tests");
+    let mut exes = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let (Some(src), Some(exe)) = (json_str(line, "src_path"), json_str(line, "executable")) else { continue };
+        let src = PathBuf::from(src);
+        if src.parent() == Some(tests.as_path()) {
+            if let Some(name) = src.file_stem() {
+                exes.insert(name.to_string_lossy().into_owned(), PathBuf::from(exe));
+            }
+        }
+    }
+    Ok(exes)
+}
+
+/// The string value of `"key":"..."` in one line of cargo's JSON (paths here hold
+/// no escaped quotes; a value with a backslash escape is not taken).
+fn json_str<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let rest = line.split(&format!("\"{key}\":\"")).nth(1)?;
+    let value = rest.split('"').next()?;
+    (!value.contains('\\')).then_some(value)
 }
 
 /// The `extern "C"` kernels of each `kernels/*.cu`, by file name.
@@ -112,7 +147,16 @@ fn kernel_name(line: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::kernel_name;
+    use super::{json_str, kernel_name};
+
+    #[test]
+    fn json_strings_of_cargo_messages() {
+        let l = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"grow","src_path":"/r/tests/grow.rs"},"executable":"/r/target/debug/deps/grow-1a2b","fresh":true}"#;
+        assert_eq!(json_str(l, "src_path"), Some("/r/tests/grow.rs"));
+        assert_eq!(json_str(l, "executable"), Some("/r/target/debug/deps/grow-1a2b"));
+        assert_eq!(json_str(r#"{"executable":null}"#, "executable"), None);
+        assert_eq!(json_str(r#"{"src_path":"C:\\x.rs"}"#, "src_path"), None);
+    }
 
     #[test]
     fn kernel_names_with_and_without_launch_bounds() {

@@ -80,16 +80,42 @@ pub fn run_tests(cmd: &mut Command) -> Result<(), String> {
     run_limited(cmd, per_binary, total, true)
 }
 
+/// Runs one test executable directly (not through cargo: `what` names it in
+/// errors) under the same limits as [`run_tests`].
+pub fn run_test_binary(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let per_binary = limit("TF_TEST_BINARY_TIMEOUT_S", BINARY_LIMIT_S)?;
+    let total = limit("TF_TEST_TIMEOUT_S", TOTAL_LIMIT_S)?;
+    let first = Current {
+        what: what.to_string(),
+        binary: Some(cmd.get_program().to_string_lossy().into_owned()),
+        since: Instant::now(),
+        finished: BTreeSet::new(),
+    };
+    run_limited_from(cmd, per_binary, total, true, Some(first))
+}
+
 /// `echo`: pass the command's output through (off in this module's tests, whose
 /// stand-in output would otherwise look like cargo's to an enclosing run).
 fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration, echo: bool) -> Result<(), String> {
+    run_limited_from(cmd, per_binary, total, echo, None)
+}
+
+/// [`run_limited`], with the test binary `first` running from the start (a
+/// binary run directly, with no cargo announcing it).
+fn run_limited_from(
+    cmd: &mut Command,
+    per_binary: Duration,
+    total: Duration,
+    echo: bool,
+    first: Option<Current>,
+) -> Result<(), String> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).process_group(0);
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     let (tx, rx) = mpsc::channel();
     let out = pump(child.stdout.take().ok_or("no stdout pipe")?, false, echo, tx.clone());
     let err = pump(child.stderr.take().ok_or("no stderr pipe")?, true, echo, tx);
-    let mut cur: Option<Current> = None;
+    let mut cur: Option<Current> = first;
     let mut lines_open = true;
     loop {
         if lines_open {
@@ -235,6 +261,24 @@ mod tests {
     fn the_whole_run_has_a_limit_too() {
         let e = run_limited(&mut fake_cargo(60), Duration::from_secs(100), Duration::from_secs(1), false).unwrap_err();
         assert!(e.contains("TF_TEST_TIMEOUT_S") && e.contains("tests/fake.rs"), "{e}");
+    }
+
+    #[test]
+    fn a_binary_run_directly_has_the_per_binary_limit() {
+        let mut cmd = Command::new(fake_binary());
+        cmd.arg("60");
+        let first = Current {
+            what: "tests/direct.rs".into(),
+            binary: Some(fake_binary().display().to_string()),
+            since: Instant::now(),
+            finished: BTreeSet::new(),
+        };
+        let start = Instant::now();
+        let e = run_limited_from(&mut cmd, Duration::from_secs(1), Duration::from_secs(120), false, Some(first))
+            .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        assert!(e.contains("tests/direct.rs") && e.contains("ran past its 1 s limit"), "{e}");
+        assert!(e.contains("tests not finished: a, b"), "{e}");
     }
 
     #[test]
