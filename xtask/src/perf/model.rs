@@ -75,24 +75,39 @@ impl LaunchEstimate {
     }
 }
 
-/// One launch: `grid` CTAs of `hmma` HMMAs each, moving `bytes` of DRAM.
-/// Wave quantisation: a CTA shares its SM with r_eff = min(CTAs per SM,
-/// ceil(grid / SMs)) others for its whole life, and every wave lasts one CTA life.
-pub fn launch(gpu: &Gpu, kernel: &str, facts: Option<KernelFacts>, grid: u64, hmma: f64, bytes: f64) -> LaunchEstimate {
+/// The work of one launch: CTAs, HMMAs per CTA, warps of a CTA that hold
+/// HMMA work, DRAM bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Work {
+    /// CTAs in the grid.
+    pub grid: u64,
+    /// HMMA per CTA.
+    pub hmma: f64,
+    /// Warps of a CTA with HMMA work (each issues at most 1 instruction a cycle
+    /// and feeds one sub-partition's tensor core).
+    pub busy_warps: u64,
+    /// DRAM bytes of the launch.
+    pub bytes: f64,
+}
+
+/// One launch. Wave quantisation: a CTA shares its SM with r_eff = min(CTAs
+/// per SM, ceil(grid / SMs)) others for its whole life, and every wave lasts one
+/// CTA life; the CTAs' busy warps use at most the SM's 4 sub-partitions.
+pub fn launch(gpu: &Gpu, kernel: &str, facts: Option<KernelFacts>, w: Work) -> LaunchEstimate {
     let (per_hmma, r) = facts.map_or((0.0, 1), |f| (f.per_hmma, f.ctas_per_sm.max(1)));
-    let per_sm = grid.div_ceil(gpu.sms as u64).max(1);
+    let per_sm = w.grid.div_ceil(gpu.sms as u64).max(1);
     let r_eff = (r as u64).min(per_sm);
-    let waves = grid.div_ceil(gpu.sms as u64 * r as u64);
-    let cta_slots = (waves * r_eff) as f64; // CTA lives the busiest SM spends, in units of one CTA's work
-    let clock4 = 4.0 * gpu.clock_hz; // 4 schedulers (sub-partitions) per SM
+    let waves = w.grid.div_ceil(gpu.sms as u64 * r as u64);
+    let cta_slots = (waves * r_eff) as f64; // CTA lives of the busiest SM, in units of one CTA's work
+    let lanes = (w.busy_warps.max(1) * r_eff).min(4) as f64 * gpu.clock_hz;
     LaunchEstimate {
         kernel: kernel.to_string(),
-        grid,
+        grid: w.grid,
         waves,
-        hmma_per_cta: hmma,
-        issue_s: cta_slots * hmma * per_hmma / clock4,
-        tensor_s: cta_slots * hmma * gpu.hmma_cycles / clock4,
-        memory_s: bytes / gpu.hbm_bytes_s,
+        hmma_per_cta: w.hmma,
+        issue_s: cta_slots * w.hmma * per_hmma / lanes,
+        tensor_s: cta_slots * w.hmma * gpu.hmma_cycles / lanes,
+        memory_s: w.bytes / gpu.hbm_bytes_s,
     }
 }
 
@@ -137,7 +152,10 @@ pub fn pattention(gpu: &Gpu, facts: Facts<'_>, t: u64, n: u64, d_in: u64, d_out:
     let interm = INTERMEDIATE_BYTES / 4.0 * tf * h_stride; // one pass over [t, n]
     let bytes1 = (tf * di + nf * di) * ELEM + interm + stats;
     let scores = "pattention_scores_bf16";
-    launches.push(launch(gpu, scores, facts(scores), n_tiles * row_blocks, hmma1, bytes1));
+    // 2 x 2 warps of 64 x 64: a warp row with no row of t has no HMMA work
+    let busy1 = 2 * t.min(MMA_ROWS).div_ceil(64);
+    let w1 = Work { grid: n_tiles * row_blocks, hmma: hmma1, busy_warps: busy1, bytes: bytes1 };
+    launches.push(launch(gpu, scores, facts(scores), w1));
     let path = if t <= DECODE_MAX_T {
         // decode: grid (n_tiles, y_splits) as the host's plan chooses them
         let col_blocks = d_out.div_ceil(COLS);
@@ -149,17 +167,20 @@ pub fn pattention(gpu: &Gpu, facts: Facts<'_>, t: u64, n: u64, d_in: u64, d_out:
         let partial = n_tiles as f64 * tf * dout * 4.0;
         let k = "pattention_decode_bf16";
         let bytes = interm + stats + nf * dout * ELEM + partial;
-        launches.push(launch(gpu, k, facts(k), n_tiles * y_splits, hmma, bytes));
+        launches.push(launch(gpu, k, facts(k), Work { grid: n_tiles * y_splits, hmma, busy_warps: 4, bytes }));
         let c = "pattention_combine_bf16";
-        launches.push(launch(gpu, c, None, col_blocks * t, 0.0, partial + stats + tf * dout * ELEM));
+        let bytes = partial + stats + tf * dout * ELEM;
+        launches.push(launch(gpu, c, None, Work { grid: col_blocks * t, hmma: 0.0, busy_warps: 4, bytes }));
         "decode"
     } else {
         let r = "pattention_rows_bf16";
-        launches.push(launch(gpu, r, None, t.div_ceil(8), 0.0, 2.0 * interm + stats + tf * 8.0));
+        let bytes = 2.0 * interm + stats + tf * 8.0;
+        launches.push(launch(gpu, r, None, Work { grid: t.div_ceil(8), hmma: 0.0, busy_warps: 8, bytes }));
         let hmma = 128.0 / 16.0 * (COLS / 8) as f64 * (h_stride / 16.0).ceil();
         let o = "pattention_out_bf16";
         let bytes = interm + nf * dout * ELEM + tf * 8.0 + tf * dout * ELEM;
-        launches.push(launch(gpu, o, facts(o), d_out.div_ceil(COLS) * row_blocks, hmma, bytes));
+        let grid = d_out.div_ceil(COLS) * row_blocks;
+        launches.push(launch(gpu, o, facts(o), Work { grid, hmma, busy_warps: 4, bytes }));
         "tiled"
     };
     let flops = 2.0 * tf * nf * (di + dout);
@@ -229,10 +250,17 @@ pub fn attention(gpu: &Gpu, facts: Facts<'_>, a: Attn) -> OpEstimate {
     let mut launches = Vec::new();
     let name = format!("attn_fwd{}_bf16_hd{hd}", if splits > 1 { "_split" } else { "" });
     let accum = if splits > 1 { splits as f64 * bh * qf * (df + 1.0) * 4.0 } else { 0.0 };
-    launches.push(launch(gpu, &name, facts(&name), m_blocks * splits * b * heads, hmma, io + accum));
+    let grid = m_blocks * splits * b * heads;
+    launches.push(launch(gpu, &name, facts(&name), Work { grid, hmma, busy_warps: 4, bytes: io + accum }));
     if splits > 1 {
         let rows = b * heads * t_q;
-        launches.push(launch(gpu, "attn_combine_bf16", None, rows.div_ceil(4), 0.0, accum + qf * bh * df * ELEM));
+        let bytes = accum + qf * bh * df * ELEM;
+        launches.push(launch(
+            gpu,
+            "attn_combine_bf16",
+            None,
+            Work { grid: rows.div_ceil(4), hmma: 0.0, busy_warps: 4, bytes },
+        ));
     }
     let pairs = if causal { qf * (2.0 * kf - qf + 1.0) / 2.0 } else { qf * kf };
     OpEstimate { path: "flash", launches, flops: 4.0 * pairs * bh * df, min_bytes: io }
@@ -262,14 +290,18 @@ mod tests {
     fn wave_quantisation() {
         let g = &GPUS[1]; // 132 SMs
         let f = Some(KernelFacts { per_hmma: 2.0, ctas_per_sm: 3 });
-        let one = launch(g, "k", f, 132, 1000.0, 0.0);
-        let full = launch(g, "k", f, 396, 1000.0, 0.0);
-        let over = launch(g, "k", f, 397, 1000.0, 0.0);
+        let w = |grid| Work { grid, hmma: 1000.0, busy_warps: 4, bytes: 0.0 };
+        let one = launch(g, "k", f, w(132));
+        let full = launch(g, "k", f, w(396));
+        let over = launch(g, "k", f, w(397));
         assert_eq!((one.waves, full.waves, over.waves), (1, 1, 2));
         assert!((full.seconds() / one.seconds() - 3.0).abs() < 1e-9);
         assert!((over.seconds() / full.seconds() - 2.0).abs() < 1e-9);
         // 6 cycles per HMMA over 4 sub-partitions beats 2 issue slots per HMMA
         assert_eq!(one.bound(), "tensor");
+        // two busy warps of one CTA feed two sub-partitions: twice the time
+        let half = launch(g, "k", f, Work { busy_warps: 2, ..w(132) });
+        assert!((half.seconds() / one.seconds() - 2.0).abs() < 1e-9);
     }
 
     #[test]

@@ -76,7 +76,7 @@ fn parse_instr(l: &str) -> Option<Instr> {
         None => (None, first.to_string()),
     };
     let target = if opcode.starts_with("BRA") {
-        body.split(|c: char| c == ' ' || c == ',')
+        body.split([' ', ','])
             .filter_map(|t| t.strip_prefix("0x"))
             .filter_map(|h| u64::from_str_radix(h, 16).ok())
             .next_back()
