@@ -73,7 +73,7 @@ pub fn table(rows: &[Row], all: bool) -> String {
     for c in CLASSES {
         let _ = write!(s, " {:>6}", c);
     }
-    let _ = writeln!(s, " {:>6} {:>7}  hot loop", "other", "/HMMA");
+    let _ = writeln!(s, " {:>6} {:>6} {:>7}  hot loop", "other", "/HMMA", "static");
     for r in rows.iter().filter(|r| all || r.hot.is_some()) {
         let (regs, smem) = r.ptxas.map_or(("-".into(), "-".into()), |p| (p.regs.to_string(), p.smem.to_string()));
         let dynamic = r.launch.map_or("-".into(), |l| l.1.to_string());
@@ -89,9 +89,10 @@ pub fn table(rows: &[Row], all: bool) -> String {
                 }
                 let _ = writeln!(
                     s,
-                    " {:>6} {:>7.2}  {:#06x}-{:#06x} depth {}, {} HMMA loops",
+                    " {:>6} {:>6.2} {:>7.2}  {:#06x}-{:#06x} depth {}, {} HMMA loops",
                     fmt_count(h.total() - named),
                     h.per_hmma(),
+                    h.static_per_hmma(),
                     h.addrs.0,
                     h.addrs.1,
                     h.depth,
@@ -149,6 +150,7 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                     "start": h.addrs.0, "end": h.addrs.1, "depth": h.depth, "hmma_loops": h.hmma_loops,
                     "nested_trips_assumed": nested_trips(&r.kernel),
                     "counts": h.counts, "issued_per_hmma": h.per_hmma(),
+                    "static_counts": h.static_counts, "static_per_hmma": h.static_per_hmma(),
                 })),
             })
         })

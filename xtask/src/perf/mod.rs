@@ -15,6 +15,7 @@ mod analysis;
 mod calibrate;
 mod model;
 mod occupancy;
+mod path;
 mod ratchet;
 mod sass;
 

@@ -25,6 +25,8 @@ pub struct Instr {
     pub opcode: String,
     /// Branch target (the last hexadecimal operand of a `BRA`).
     pub target: Option<u64>,
+    /// Conditional: a guard predicate, or a predicate operand (`BRA.U !UP0, 0x..`).
+    pub cond: bool,
 }
 
 impl Instr {
@@ -83,7 +85,13 @@ fn parse_instr(l: &str) -> Option<Instr> {
     } else {
         None
     };
-    Some(Instr { addr, pred, opcode, target })
+    let pred_operand = opcode.starts_with("BRA")
+        && toks.next().is_some_and(|t| {
+            let t = t.trim_start_matches('!');
+            (t.starts_with('P') || t.starts_with("UP")) && t != "PT," && t != "UPT,"
+        });
+    let cond = pred.is_some() || pred_operand;
+    Some(Instr { addr, pred, opcode, target, cond })
 }
 
 /// A loop: instruction indices [start, end] (end = the back-edge branch).
@@ -169,8 +177,10 @@ pub struct HotLoop {
     pub addrs: (u64, u64),
     /// Nesting depth below it (0: no nested loop).
     pub depth: usize,
-    /// Weighted counts by class.
+    /// Counts by class along the issued path (path.rs), nested loops weighted.
     pub counts: Counts,
+    /// Counts by class of every instruction of the body, nested loops weighted.
+    pub static_counts: Counts,
     /// Loops of the function that contain HMMA (any level).
     pub hmma_loops: usize,
 }
@@ -188,9 +198,14 @@ impl HotLoop {
     pub fn count(&self, class: &str) -> f64 {
         self.counts.get(class).copied().unwrap_or(0.0)
     }
-    /// Issued instructions per HMMA (the HMMA included).
+    /// Issued instructions per HMMA along the issued path (the HMMA included).
     pub fn per_hmma(&self) -> f64 {
         self.total() / self.hmma().max(1.0)
+    }
+    /// Instructions of the whole body per HMMA of the whole body.
+    pub fn static_per_hmma(&self) -> f64 {
+        let h = self.static_counts.get("HMMA").copied().unwrap_or(0.0);
+        self.static_counts.values().sum::<f64>() / h.max(1.0)
     }
 }
 
@@ -217,10 +232,11 @@ pub fn hot_loop(f: &Function, trips: &dyn Fn(usize) -> f64) -> Option<HotLoop> {
         .map(|l| (l, weighted(f, l, trips)))
         .filter(|(_, c)| c.get("HMMA").is_some_and(|&h| h > 0.0))
         .max_by(|a, b| a.1["HMMA"].total_cmp(&b.1["HMMA"]))
-        .map(|(l, counts)| HotLoop {
+        .map(|(l, static_counts)| HotLoop {
             addrs: (f.instrs[l.start].addr, f.instrs[l.end].addr),
             depth: depth(l),
-            counts,
+            counts: super::path::issued(f, l, trips),
+            static_counts,
             hmma_loops,
         })
 }
