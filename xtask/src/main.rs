@@ -11,10 +11,13 @@
 //! - `bench`: setup, then `tokenformer bench` (the Pattention-vs-dense table,
 //!   attention and growth on the GPU; without one, the emulator check);
 //!   `bench --criterion` runs the criterion benches instead.
+//! - `perf`: the GPU-free performance model (estimates): SASS analysis and
+//!   time estimates at the TokenFormer shapes (docs/performance-model.md).
 
 mod bindings;
 mod checked;
 mod limits;
+mod perf;
 #[path = "../../build/toolchain.rs"]
 mod toolchain;
 
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&root, &args[1..]),
         Some("device-kit") => device_kit(&root),
         Some("sass") => sass_checks(&root),
+        Some("perf") => perf::command(&root, &args[1..]),
         Some("features") => features(&root),
         Some("help") | Some("--help") | Some("-h") | None => {
             println!("{USAGE}");
@@ -74,7 +78,11 @@ commands:
                   installs like setup when missing
   bindgen --check fail when the committed bindings and the header disagree
                   (exit code 3 when no libclang is found)
-  sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS
+  sass            check the last built fatbin: ptxas spills, HMMA/LDSM/LDGSTS,
+                  the issue ratchet (instructions per HMMA of each hot loop)
+  perf [args]     performance model, no GPU needed (estimates): SASS analysis
+                  and times at the TokenFormer shapes on A100/H100/H200;
+                  [--fatbin PATH] [--json FILE] [--calibrate RESULTS] [--gpu NAME]
   features        type-check tf-host with its non-default cudarc features
                   (a CUDA 12 version, dynamic-linking) and tests/outside-crate
                   beside a cudarc with dynamic-linking, as candle uses it; then
@@ -544,7 +552,8 @@ fn sass_checks(root: &Path) -> Result<(), String> {
     }
     let kernels = report.matches("Compiling entry function").count();
     println!("xtask: ptxas     {kernels} kernel compilations, 0 spill bytes ({})", ptxas.display());
-    sass_instructions(&fatbin)
+    sass_instructions(&fatbin)?;
+    perf::sass_check(root, &fatbin, &report)
 }
 
 /// Tensor-core kernels (16-bit Pattention products and attention) must use the

@@ -1,0 +1,327 @@
+//! The time model (an estimate): per kernel launch,
+//! time = max(issue time, tensor time, memory time) with wave quantisation;
+//! per op, the sum of its launches. Beside it the roofline floor, the unfused
+//! pipeline (cuBLAS GEMM → norm kernel → cuBLAS GEMM) and the dense linear layer,
+//! both at a cited cuBLAS efficiency. Grids follow the host's plan functions
+//! (crates/tf-host/src/ops/pattention.rs, attention.rs). docs/performance-model.md.
+
+use super::occupancy::Gpu;
+
+/// Bytes of storage per element (bf16).
+pub const ELEM: f64 = 2.0;
+/// DRAM bytes per element of the [t, n] intermediate over the whole tiled
+/// l2_norm_gelu pipeline: scores writes it, rows reads and rewrites it, out
+/// reads it (4 passes × 2 bytes). Measured by the emulator's profiler
+/// (docs/memory-profiles.md: 8.0 bytes per t·n element, 354m qkv, bf16).
+pub const INTERMEDIATE_BYTES: f64 = 8.0;
+/// Pattention n-tile and the tensor-core CTA tiles (tf_kernels.h, Traits).
+const TILE_N: u64 = 128;
+const MMA_ROWS: u64 = 128;
+const COLS: u64 = 128;
+const DECODE_MAX_T: u64 = 64;
+/// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile.
+const ATTN_BM: u64 = 128;
+fn attn_bn(hd: u64) -> u64 {
+    if hd == 128 {
+        32
+    } else {
+        64
+    }
+}
+
+/// What the SASS analysis gives the model for one kernel on one arch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KernelFacts {
+    /// Issued instructions per HMMA in the hot loop.
+    pub per_hmma: f64,
+    /// Resident CTAs per SM on the GPU.
+    pub ctas_per_sm: u32,
+}
+
+/// One launch's estimate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchEstimate {
+    /// Kernel name.
+    pub kernel: String,
+    /// CTAs in the grid.
+    pub grid: u64,
+    /// Waves: ceil(grid / (SMs × CTAs per SM)).
+    pub waves: u64,
+    /// HMMA (m16n8k16) per CTA.
+    pub hmma_per_cta: f64,
+    /// Seconds: issue, tensor, memory; the estimate is their max.
+    pub issue_s: f64,
+    /// Tensor-pipe seconds.
+    pub tensor_s: f64,
+    /// DRAM seconds.
+    pub memory_s: f64,
+}
+
+impl LaunchEstimate {
+    /// max(issue, tensor, memory).
+    pub fn seconds(&self) -> f64 {
+        self.issue_s.max(self.tensor_s).max(self.memory_s)
+    }
+    /// The term that binds.
+    pub fn bound(&self) -> &'static str {
+        let s = self.seconds();
+        if s == self.memory_s {
+            "memory"
+        } else if s == self.tensor_s {
+            "tensor"
+        } else {
+            "issue"
+        }
+    }
+}
+
+/// The work of one launch: CTAs, HMMAs per CTA, warps of a CTA that hold
+/// HMMA work, DRAM bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Work {
+    /// CTAs in the grid.
+    pub grid: u64,
+    /// HMMA per CTA.
+    pub hmma: f64,
+    /// Warps of a CTA with HMMA work (each issues at most 1 instruction a cycle
+    /// and feeds one sub-partition's tensor core).
+    pub busy_warps: u64,
+    /// DRAM bytes of the launch.
+    pub bytes: f64,
+}
+
+/// One launch. Wave quantisation: a CTA shares its SM with r_eff = min(CTAs
+/// per SM, ceil(grid / SMs)) others for its whole life, and every wave lasts one
+/// CTA life; the CTAs' busy warps use at most the SM's 4 sub-partitions.
+pub fn launch(gpu: &Gpu, kernel: &str, facts: Option<KernelFacts>, w: Work) -> LaunchEstimate {
+    let (per_hmma, r) = facts.map_or((0.0, 1), |f| (f.per_hmma, f.ctas_per_sm.max(1)));
+    let per_sm = w.grid.div_ceil(gpu.sms as u64).max(1);
+    let r_eff = (r as u64).min(per_sm);
+    let waves = w.grid.div_ceil(gpu.sms as u64 * r as u64);
+    let cta_slots = (waves * r_eff) as f64; // CTA lives of the busiest SM, in units of one CTA's work
+    let lanes = (w.busy_warps.max(1) * r_eff).min(4) as f64 * gpu.clock_hz;
+    LaunchEstimate {
+        kernel: kernel.to_string(),
+        grid: w.grid,
+        waves,
+        hmma_per_cta: w.hmma,
+        issue_s: cta_slots * w.hmma * per_hmma / lanes,
+        tensor_s: cta_slots * w.hmma * gpu.hmma_cycles / lanes,
+        memory_s: w.bytes / gpu.hbm_bytes_s,
+    }
+}
+
+/// A Pattention (or attention) op at one shape on one GPU.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpEstimate {
+    /// `tiled`, `decode` or `flash`.
+    pub path: &'static str,
+    /// The launches.
+    pub launches: Vec<LaunchEstimate>,
+    /// FLOPs of the op.
+    pub flops: f64,
+    /// Compulsory DRAM bytes (inputs, weights, output).
+    pub min_bytes: f64,
+}
+
+impl OpEstimate {
+    /// Sum over launches.
+    pub fn seconds(&self) -> f64 {
+        self.launches.iter().map(LaunchEstimate::seconds).sum()
+    }
+    /// Roofline floor: max(FLOPs at the tensor peak, compulsory bytes at HBM).
+    pub fn floor(&self, gpu: &Gpu) -> f64 {
+        (self.flops / gpu.tensor_peak).max(self.min_bytes / gpu.hbm_bytes_s)
+    }
+}
+
+/// Per-HMMA and occupancy of a kernel family on the GPU (None: not analysed).
+pub type Facts<'a> = &'a dyn Fn(&str) -> Option<KernelFacts>;
+
+/// Fused Pattention (l2_norm_gelu, bf16): `x [t, d_in]`, `n` tokens, `d_out`.
+pub fn pattention(gpu: &Gpu, facts: Facts<'_>, t: u64, n: u64, d_in: u64, d_out: u64) -> OpEstimate {
+    let n_tiles = n.div_ceil(TILE_N);
+    let h_stride = n.next_multiple_of(8) as f64;
+    let (tf, nf, di, dout) = (t as f64, n as f64, d_in as f64, d_out as f64);
+    let stats = tf * n_tiles as f64 * 8.0;
+    let m16 = t.min(MMA_ROWS).div_ceil(16) as f64; // m16 tiles of a row block that hold rows
+    let mut launches = Vec::new();
+    // Product 1 (both paths for l2_norm_gelu): grid (n_tiles, ceil(t / 128)).
+    let row_blocks = t.div_ceil(MMA_ROWS);
+    let hmma1 = m16 * (TILE_N / 8) as f64 * (d_in as f64 / 16.0).ceil();
+    let interm = INTERMEDIATE_BYTES / 4.0 * tf * h_stride; // one pass over [t, n]
+    let bytes1 = (tf * di + nf * di) * ELEM + interm + stats;
+    let scores = "pattention_scores_bf16";
+    // 2 x 2 warps of 64 x 64: a warp row with no row of t has no HMMA work
+    let busy1 = 2 * t.min(MMA_ROWS).div_ceil(64);
+    let w1 = Work { grid: n_tiles * row_blocks, hmma: hmma1, busy_warps: busy1, bytes: bytes1 };
+    launches.push(launch(gpu, scores, facts(scores), w1));
+    let path = if t <= DECODE_MAX_T {
+        // decode: grid (n_tiles, y_splits) as the host's plan chooses them
+        let col_blocks = d_out.div_ceil(COLS);
+        let want = (2 * gpu.sms as u64).div_ceil(n_tiles).clamp(1, col_blocks);
+        let blocks_per = col_blocks.div_ceil(want);
+        let decode_cols = blocks_per * COLS;
+        let y_splits = col_blocks.div_ceil(blocks_per);
+        let hmma = m16 * (decode_cols / 8) as f64 * (TILE_N / 16) as f64;
+        let partial = n_tiles as f64 * tf * dout * 4.0;
+        let k = "pattention_decode_bf16";
+        let bytes = interm + stats + nf * dout * ELEM + partial;
+        launches.push(launch(gpu, k, facts(k), Work { grid: n_tiles * y_splits, hmma, busy_warps: 4, bytes }));
+        let c = "pattention_combine_bf16";
+        let bytes = partial + stats + tf * dout * ELEM;
+        launches.push(launch(gpu, c, None, Work { grid: col_blocks * t, hmma: 0.0, busy_warps: 4, bytes }));
+        "decode"
+    } else {
+        let r = "pattention_rows_bf16";
+        let bytes = 2.0 * interm + stats + tf * 8.0;
+        launches.push(launch(gpu, r, None, Work { grid: t.div_ceil(8), hmma: 0.0, busy_warps: 8, bytes }));
+        let hmma = 128.0 / 16.0 * (COLS / 8) as f64 * (h_stride / 16.0).ceil();
+        let o = "pattention_out_bf16";
+        let bytes = interm + nf * dout * ELEM + tf * 8.0 + tf * dout * ELEM;
+        let grid = d_out.div_ceil(COLS) * row_blocks;
+        launches.push(launch(gpu, o, facts(o), Work { grid, hmma, busy_warps: 4, bytes }));
+        "tiled"
+    };
+    let flops = 2.0 * tf * nf * (di + dout);
+    let min_bytes = (tf * di + nf * di + nf * dout + tf * dout) * ELEM;
+    OpEstimate { path, launches, flops, min_bytes }
+}
+
+/// One cuBLAS GEMM (m × k by k × n, bf16) at the cited efficiency, or its bytes at HBM.
+pub fn gemm(gpu: &Gpu, m: f64, n: f64, k: f64) -> f64 {
+    let bytes = (m * k + k * n + m * n) * ELEM;
+    (2.0 * m * n * k / (gpu.tensor_peak * gpu.cublas_eff)).max(bytes / gpu.hbm_bytes_s)
+}
+
+/// The unfused pipeline: GEMM A = X·K_Pᵀ, the norm kernel in place on A
+/// (read + write), GEMM Y = S·V_P.
+pub fn unfused(gpu: &Gpu, t: u64, n: u64, d_in: u64, d_out: u64) -> f64 {
+    let (tf, nf) = (t as f64, n as f64);
+    let norm = 2.0 * tf * nf * ELEM / gpu.hbm_bytes_s;
+    gemm(gpu, tf, nf, d_in as f64) + norm + gemm(gpu, tf, d_out as f64, nf)
+}
+
+/// An attention shape: batch, query and key lengths, heads, head dim, mask.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attn {
+    /// Batch.
+    pub b: u64,
+    /// Query rows.
+    pub t_q: u64,
+    /// Keys.
+    pub t_k: u64,
+    /// Heads.
+    pub heads: u64,
+    /// Head dimension.
+    pub hd: u64,
+    /// Causal (bottom-right) mask.
+    pub causal: bool,
+}
+
+impl Attn {
+    /// Batch 1: causal self-attention over t tokens, or for t = 1 one query
+    /// against `kv` cached keys.
+    pub fn tokenformer(t: u64, kv: u64, heads: u64, hd: u64) -> Attn {
+        let (t_q, t_k) = if t == 1 { (1, kv) } else { (t, t) };
+        Attn { b: 1, t_q, t_k, heads, hd, causal: t > 1 }
+    }
+}
+
+/// Flash attention (bf16), split-KV as the host's heuristic chooses it.
+pub fn attention(gpu: &Gpu, facts: Facts<'_>, a: Attn) -> OpEstimate {
+    let Attn { b, t_q, t_k, heads, hd, causal } = a;
+    let bn = attn_bn(hd);
+    let m_blocks = t_q.div_ceil(ATTN_BM);
+    let n_blocks = t_k.div_ceil(bn);
+    let splits = splits_heuristic(m_blocks * b * heads, gpu.sms as u64, n_blocks, 128);
+    // K blocks a query block visits (bottom-right causal), averaged over query blocks
+    let visits: f64 = if causal {
+        let seen = |i: u64| (((i + 1) * ATTN_BM).min(t_q) + t_k).saturating_sub(t_q).div_ceil(bn);
+        (0..m_blocks).map(|i| seen(i) as f64).sum::<f64>() / m_blocks as f64
+    } else {
+        n_blocks as f64
+    };
+    let per_cta = (visits / splits as f64).ceil();
+    let hmma = per_cta * 2.0 * (ATTN_BM / 16) as f64 * (bn / 8) as f64 * (hd as f64 / 16.0).ceil();
+    let bh = (b * heads) as f64;
+    let (qf, kf, df) = (t_q as f64, t_k as f64, hd as f64);
+    let io = (2.0 * qf + 2.0 * kf) * bh * df * ELEM + qf * bh * 4.0;
+    let mut launches = Vec::new();
+    let name = format!("attn_fwd{}_bf16_hd{hd}", if splits > 1 { "_split" } else { "" });
+    let accum = if splits > 1 { splits as f64 * bh * qf * (df + 1.0) * 4.0 } else { 0.0 };
+    let grid = m_blocks * splits * b * heads;
+    launches.push(launch(gpu, &name, facts(&name), Work { grid, hmma, busy_warps: 4, bytes: io + accum }));
+    if splits > 1 {
+        let rows = b * heads * t_q;
+        let bytes = accum + qf * bh * df * ELEM;
+        launches.push(launch(
+            gpu,
+            "attn_combine_bf16",
+            None,
+            Work { grid: rows.div_ceil(4), hmma: 0.0, busy_warps: 4, bytes },
+        ));
+    }
+    let pairs = if causal { qf * (2.0 * kf - qf + 1.0) / 2.0 } else { qf * kf };
+    OpEstimate { path: "flash", launches, flops: 4.0 * pairs * bh * df, min_bytes: io }
+}
+
+/// The split-KV choice of tf-host's `num_splits_heuristic` (attention.rs).
+fn splits_heuristic(blocks: u64, sms: u64, n_blocks: u64, max_splits: u64) -> u64 {
+    if blocks * 5 >= sms * 4 || sms == 0 {
+        return 1;
+    }
+    let max_splits = max_splits.min(sms).min(n_blocks).max(1);
+    let eligible = |s: u64| s == 1 || n_blocks.div_ceil(s) != n_blocks.div_ceil(s - 1);
+    let eff = |s: u64| {
+        let waves = (blocks * s) as f64 / sms as f64;
+        waves / waves.ceil()
+    };
+    let best = (1..=max_splits).filter(|&s| eligible(s)).map(eff).fold(0.0f64, f64::max);
+    (1..=max_splits).find(|&s| eligible(s) && eff(s) >= 0.85 * best).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::occupancy::GPUS;
+    use super::*;
+
+    #[test]
+    fn wave_quantisation() {
+        let g = &GPUS[1]; // 132 SMs
+        let f = Some(KernelFacts { per_hmma: 2.0, ctas_per_sm: 3 });
+        let w = |grid| Work { grid, hmma: 1000.0, busy_warps: 4, bytes: 0.0 };
+        let one = launch(g, "k", f, w(132));
+        let full = launch(g, "k", f, w(396));
+        let over = launch(g, "k", f, w(397));
+        assert_eq!((one.waves, full.waves, over.waves), (1, 1, 2));
+        assert!((full.seconds() / one.seconds() - 3.0).abs() < 1e-9);
+        assert!((over.seconds() / full.seconds() - 2.0).abs() < 1e-9);
+        // 6 cycles per HMMA over 4 sub-partitions beats 2 issue slots per HMMA
+        assert_eq!(one.bound(), "tensor");
+        // two busy warps of one CTA feed two sub-partitions: twice the time
+        let half = launch(g, "k", f, Work { busy_warps: 2, ..w(132) });
+        assert!((half.seconds() / one.seconds() - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn paths_and_intermediate_bytes() {
+        let g = &GPUS[0];
+        let f = |_: &str| Some(KernelFacts { per_hmma: 2.5, ctas_per_sm: 2 });
+        let big = pattention(g, &f, 2048, 1024, 1024, 1024);
+        assert_eq!(big.path, "tiled");
+        assert_eq!(big.launches.len(), 3);
+        // the intermediate moved over the three launches: 8 bytes per t·n element
+        let total: f64 = big.launches.iter().map(|l| l.memory_s).sum::<f64>() * g.hbm_bytes_s;
+        let stats_rowf = 2048.0 * 8.0 * 8.0 * 2.0 + 2048.0 * 16.0;
+        assert!((total - big.min_bytes - 8.0 * 2048.0 * 1024.0 - stats_rowf).abs() < 1.0);
+        assert!(big.seconds() >= big.floor(g));
+        assert_eq!(pattention(g, &f, 1, 1024, 1024, 1024).path, "decode");
+    }
+
+    #[test]
+    fn split_kv_for_decode_attention() {
+        assert_eq!(splits_heuristic(64, 132, 1, 128), 1);
+        assert!(splits_heuristic(16, 132, 32, 128) > 1);
+    }
+}

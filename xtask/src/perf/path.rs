@@ -1,0 +1,136 @@
+//! The issued path through a loop body: the body's forward branches make a DAG
+//! from the loop's first instruction to its back edge; the path taken is the one
+//! with the most HMMAs, then the most `LDGSTS` (a mainloop's cp.async of the next
+//! stage runs in every steady-state iteration, even where a bounds test guards
+//! it), then the fewest instructions. Other regions a forward branch can skip (a
+//! q-factor prefetch once per n-tile, a predicated epilogue) are assumed skipped:
+//! an estimate of one steady-state iteration, where the static count of sass.rs
+//! charges every instruction of the body.
+//!
+//! Edges: the next instruction (unless after an unconditional `BRA` or `EXIT`);
+//! a forward `BRA` target inside the body (`BRA.DIV` targets are out-of-line
+//! code: not followed). A branch out of the body ends that path (conditional:
+//! the fall-through continues). A nested loop is one node: its weighted counts
+//! times its trip count, continuing after its back edge.
+
+use super::sass::{weighted, Counts, Function, Loop};
+
+#[derive(Clone, Copy)]
+struct Best {
+    hmma: f64,
+    loads: f64,
+    instrs: f64,
+    next: Option<usize>,
+}
+
+/// Counts by class along the issued path of loop `l`.
+pub fn issued(f: &Function, l: &Loop, trips: &dyn Fn(usize) -> f64) -> Counts {
+    let node_cost = |i: usize| -> Counts {
+        match l.children.iter().find(|c| c.start == i) {
+            Some(c) => weighted(f, c, &|d| trips(d + 1)).into_iter().map(|(k, v)| (k, v * trips(1))).collect(),
+            None => Counts::from([(f.instrs[i].class().to_string(), 1.0)]),
+        }
+    };
+    let inside_child = |i: usize| l.children.iter().any(|c| c.start < i && i <= c.end);
+    let index_of = |addr: u64| f.instrs[l.start..=l.end].iter().position(|x| x.addr == addr).map(|p| p + l.start);
+    let mut best: Vec<Option<Best>> = vec![None; l.end + 1];
+    for i in (l.start..=l.end).rev() {
+        if inside_child(i) {
+            continue;
+        }
+        let cost = node_cost(i);
+        let get = |k: &str| cost.get(k).copied().unwrap_or(0.0);
+        let (h, ld, n) = (get("HMMA"), get("LDGSTS"), cost.values().sum::<f64>());
+        if i == l.end {
+            best[i] = Some(Best { hmma: h, loads: ld, instrs: n, next: None });
+            continue;
+        }
+        let x = &f.instrs[i];
+        let mut succ = Vec::new();
+        let after = l.children.iter().find(|c| c.start == i).map_or(i + 1, |c| c.end + 1);
+        let falls_through = match x.class() {
+            "BRA" => x.cond || x.opcode.starts_with("BRA.DIV"),
+            "EXIT" => x.cond,
+            _ => true,
+        };
+        if falls_through {
+            succ.push(after);
+        }
+        if x.class() == "BRA" && !x.opcode.starts_with("BRA.DIV") {
+            if let Some(t) = x.target.filter(|&t| t > x.addr).and_then(index_of) {
+                succ.push(t);
+            }
+        }
+        let pick = succ
+            .into_iter()
+            .filter(|&j| j <= l.end && !inside_child(j))
+            .filter_map(|j| best[j].map(|b| (j, b)))
+            .max_by(|(_, a), (_, b)| {
+                a.hmma.total_cmp(&b.hmma).then(a.loads.total_cmp(&b.loads)).then(b.instrs.total_cmp(&a.instrs))
+            });
+        best[i] =
+            pick.map(|(j, b)| Best { hmma: b.hmma + h, loads: b.loads + ld, instrs: b.instrs + n, next: Some(j) });
+    }
+    let mut counts = Counts::new();
+    let mut at = best[l.start].map(|_| l.start);
+    while let Some(i) = at {
+        for (k, v) in node_cost(i) {
+            *counts.entry(k).or_default() += v;
+        }
+        at = best[i].and_then(|b| b.next);
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::sass::{hot_loop, parse};
+
+    fn sass(body: &[&str]) -> String {
+        let mut s = String::from("\tcode for sm_80\n\t\tFunction : k\n");
+        for l in body {
+            let (addr, rest) = l.split_once(' ').unwrap();
+            s.push_str(&format!("        /*{addr}*/   {rest} ;\n"));
+        }
+        s
+    }
+
+    #[test]
+    fn a_skippable_region_without_hmma_is_skipped() {
+        let f = &parse(&sass(&[
+            "0000 @P1 BRA 0x40",      // skips the prefetch block
+            "0010 LDG.E R2, [R4.64]", // prefetch (once per n-tile)
+            "0020 IMAD R3, R2, R2, RZ",
+            "0030 IMAD R3, R3, R2, RZ",
+            "0040 HMMA.16816.F32 R8, R4, R6, R8",
+            "0050 HMMA.16816.F32 R12, R4, R6, R12",
+            "0060 @P0 BRA 0x80", // skips an HMMA: taken only if HMMA-free
+            "0070 HMMA.16816.F32 R16, R4, R6, R16",
+            "0080 @P3 BRA 0xa0", // guards the next stage's cp.async: kept
+            "0090 LDGSTS.E.BYPASS.128 [R1], [R2.64]",
+            "00a0 @!P2 BRA 0x0",
+            "00b0 EXIT",
+        ]))[0];
+        let h = hot_loop(f, &|_| 1.0).unwrap();
+        // issued: BRA, 3 HMMA, BRA(0x60), BRA(0x80), LDGSTS, BRA = 8 over 3 HMMA; static 11
+        assert_eq!((h.hmma(), h.total(), h.count("LDGSTS"), h.count("LDG")), (3.0, 8.0, 1.0, 0.0));
+        assert_eq!(h.static_counts.values().sum::<f64>(), 11.0);
+    }
+
+    #[test]
+    fn unconditional_forward_branch_and_nested_loop() {
+        let f = &parse(&sass(&[
+            "0000 BRA 0x20", // jumps over dead code
+            "0010 IMAD R0, R0, R0, RZ",
+            "0020 HMMA.16816.F32 R8, R4, R6, R8",
+            "0030 @P1 BRA 0x20",       // nested loop [0x20, 0x30], trips 4
+            "0040 BRA.DIV UR4, 0x100", // out-of-line target: falls through
+            "0050 @P0 BRA 0x0",
+        ]))[0];
+        let h = hot_loop(f, &|_| 4.0).unwrap();
+        assert_eq!(h.hmma(), 4.0);
+        // BRA + 4 x (HMMA + BRA) + BRA.DIV + BRA = 11
+        assert_eq!(h.total(), 11.0);
+        assert_eq!(h.static_counts.values().sum::<f64>(), 12.0);
+    }
+}

@@ -1,0 +1,146 @@
+//! The issue ratchet of `cargo xtask test`: per kernel family and arch, the hot
+//! loop's issued instructions per HMMA must stay at or below ONE table's limit.
+//!
+//! Each limit is the value measured when it was set, rounded up a little; the
+//! target beside it is where the kernel work is heading. Tighten a limit when a
+//! kernel gets better; never loosen one to let a regression through.
+
+use super::analysis::Row;
+
+/// (family, arch, limit, target): issued instructions per HMMA along the hot
+/// loop's issued path (path.rs). Limits: the values measured on 2026-12-02
+/// (nvcc 13.0, `cargo xtask perf`) rounded up a little; targets: Pattention
+/// mainloops <= 3, attention <= 4.5.
+pub const LIMITS: &[(&str, &str, f64, f64)] = &[
+    ("pattention_scores", "sm_80", 6.5, 3.0),   // measured 6.08
+    ("pattention_scores", "sm_90a", 6.5, 3.0),  // measured 6.34
+    ("pattention_out", "sm_80", 7.5, 3.0),      // measured 7.31
+    ("pattention_out", "sm_90a", 8.0, 3.0),     // measured 7.61
+    ("pattention_decode", "sm_80", 12.0, 3.0),  // measured 11.75 (product 2 loop)
+    ("pattention_decode", "sm_90a", 14.5, 3.0), // measured 14.12
+    ("attn_fwd", "sm_80", 7.0, 4.5),            // worst: hd64 6.55 (split 6.44)
+    ("attn_fwd", "sm_90a", 7.0, 4.5),           // worst: hd64 6.66 (split 6.50)
+];
+
+/// The family of a tensor-core kernel (`attn_fwd_split_bf16_hd64` → `attn_fwd`),
+/// None for kernels the ratchet does not cover.
+pub fn family(kernel: &str) -> Option<&'static str> {
+    let sixteen = kernel.contains("_f16") || kernel.contains("_bf16");
+    ["pattention_scores", "pattention_out", "pattention_decode", "attn_fwd"]
+        .into_iter()
+        .find(|f| sixteen && kernel.starts_with(f))
+}
+
+/// The limit of (family, arch), if the table has one.
+pub fn limit(family: &str, arch: &str) -> Option<(f64, f64)> {
+    LIMITS.iter().find(|(f, a, _, _)| *f == family && *a == arch).map(|&(_, _, l, t)| (l, t))
+}
+
+/// Err listing every covered kernel over its limit, every covered kernel
+/// without a hot HMMA loop, and every (family, arch) of the table that no
+/// kernel of the fatbin measured.
+pub fn check(rows: &[Row]) -> Result<String, String> {
+    let mut bad = Vec::new();
+    let mut worst: Vec<(&str, &str, f64)> = Vec::new();
+    for r in rows {
+        let Some(fam) = family(&r.kernel) else { continue };
+        let Some((lim, target)) = limit(fam, &r.arch) else {
+            bad.push(format!("{} ({}): family {fam} has no limit for this arch in perf/ratchet.rs", r.kernel, r.arch));
+            continue;
+        };
+        match &r.hot {
+            None => bad.push(format!("{} ({}): no loop containing HMMA found", r.kernel, r.arch)),
+            Some(h) if h.per_hmma() > lim => bad.push(format!(
+                "{} ({}): {:.2} issued instructions per HMMA in the hot loop, limit {lim} (target {target})",
+                r.kernel,
+                r.arch,
+                h.per_hmma()
+            )),
+            Some(h) => match worst.iter_mut().find(|(f, a, _)| *f == fam && *a == r.arch) {
+                Some(w) => w.2 = w.2.max(h.per_hmma()),
+                None => worst.push((fam, &r.arch, h.per_hmma())),
+            },
+        }
+    }
+    for (fam, arch, _, _) in LIMITS {
+        let seen = rows.iter().any(|r| family(&r.kernel) == Some(fam) && r.arch == *arch);
+        if !seen {
+            bad.push(format!("{fam} ({arch}): no kernel of this family in the SASS"));
+        }
+    }
+    if !bad.is_empty() {
+        return Err(format!("issue ratchet (xtask/src/perf/ratchet.rs):\n{}", bad.join("\n")));
+    }
+    let summary: Vec<String> = worst
+        .iter()
+        .map(|(f, a, w)| {
+            let (l, t) = limit(f, a).unwrap_or_default();
+            format!("{f} {a} {w:.2} <= {l} (target {t})")
+        })
+        .collect();
+    Ok(summary.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::analysis::analyse;
+    use super::super::sass::parse;
+    use super::*;
+
+    /// A kernel whose one predicated loop holds 2 HMMA, `extra_imad` IMAD and its BRA.
+    fn kernel(name: &str, extra_imad: usize) -> String {
+        let mut s = format!("\tcode for sm_80\n\t\tFunction : {name}\n");
+        let mut body = vec!["HMMA.16816.F32.BF16 R8, R4, R6, R8".to_string(); 2];
+        body.extend((0..extra_imad).map(|_| "IMAD R0, R0, 0x2, RZ".to_string()));
+        body.push("@!P0 BRA 0x10".into());
+        s.push_str("        /*0000*/   MOV R0, RZ ;\n");
+        for (i, b) in body.iter().enumerate() {
+            s.push_str(&format!("        /*{:04x}*/   {b} ;   /* 0x0 */\n", 0x10 * (i + 1)));
+        }
+        s.push_str(&format!("        /*{:04x}*/   EXIT ;\n", 0x10 * (body.len() + 1)));
+        s
+    }
+
+    fn rows(text: &str) -> Vec<Row> {
+        analyse(&parse(text), &Default::default(), "")
+    }
+
+    #[test]
+    fn families() {
+        assert_eq!(family("attn_fwd_split_bf16_hd64"), Some("attn_fwd"));
+        assert_eq!(family("pattention_out_f16"), Some("pattention_out"));
+        assert_eq!(family("pattention_out_f32"), None);
+        assert_eq!(family("attn_combine_bf16"), None);
+    }
+
+    #[test]
+    fn the_ratchet_passes_at_and_fails_over_its_limit() {
+        // sm_80 pattention_out: limit 7.5 per HMMA. 2 HMMA + 12 IMAD + BRA = 7.5; + 13 IMAD = 8.0
+        let mut text = kernel("pattention_out_bf16", 12);
+        let r = rows(&text);
+        assert_eq!(r[0].hot.as_ref().map(|h| h.per_hmma()), Some(7.5));
+        let err = check(&r).unwrap_err();
+        // only the families the snippet lacks are reported
+        assert!(!err.contains("pattention_out (sm_80)") && err.contains("pattention_scores (sm_80): no kernel"));
+        text = kernel("pattention_out_bf16", 13);
+        let err = check(&rows(&text)).unwrap_err();
+        assert!(err.contains("pattention_out_bf16 (sm_80): 8.00 issued instructions per HMMA"), "{err}");
+    }
+
+    #[test]
+    fn a_covered_kernel_without_hmma_loop_fails() {
+        let text = "\tcode for sm_80\n\t\tFunction : attn_fwd_bf16_hd64\n        /*0000*/   EXIT ;\n";
+        assert!(check(&rows(text)).unwrap_err().contains("attn_fwd_bf16_hd64 (sm_80): no loop containing HMMA"));
+    }
+
+    #[test]
+    fn a_complete_fatbin_within_limits_passes() {
+        let mut text = String::new();
+        for (fam, arch, _, _) in LIMITS {
+            let k = if *fam == "attn_fwd" { "attn_fwd_bf16_hd64".to_string() } else { format!("{fam}_bf16") };
+            text.push_str(&kernel(&k, 3).replace("sm_80", arch));
+        }
+        let ok = check(&rows(&text)).unwrap();
+        assert!(ok.contains("attn_fwd sm_90a 3.00 <= 7 (target 4.5)"), "{ok}");
+    }
+}
