@@ -64,4 +64,14 @@ __device__ __forceinline__ float gelu_storage16(float x) {
     return x * (x >= 0.0f ? 1.0f - w : w);
 }
 
+// The GELU of a result stored as T: gelu_storage16 for f16/bf16, the exact form for f32.
+template <typename T>
+__device__ __forceinline__ float gelu_stored_as(float x) {
+    if constexpr (sizeof(T) == 2) {
+        return gelu_storage16(x);
+    } else {
+        return gelu(x);
+    }
+}
+
 }  // namespace tf
