@@ -6,11 +6,13 @@
 //     l2_norm_gelu (default): S_ij = gelu(A_ij · s / (‖A_i‖ + eps))
 //     gelu_l2_norm:           S_ij = G_ij · s / (‖G_i‖ + eps),  G = gelu(A)
 //     softmax:                S_ij = n_ref · exp(A_ij - max_i) / Σ_k exp(A_ik - max_i)
-//   gelu is the exact erf form; a row whose norm (+ eps) is zero gives a zero row of S
-//   (never NaN); n_ref is the current n unless the host pins it. Non-finite values
-//   follow the official formulas in IEEE arithmetic (as tf-ref): a NaN or inf score
-//   (for softmax: NaN or +inf) makes its whole output row NaN, a -inf softmax score
-//   weighs 0, NaN / inf in V_P reach their output column through the products.
+//   gelu is the exact erf form (for f16/bf16 storage tf::gelu_storage16, within
+//   2^-18·|gelu| + 2^-30 of it: tf/gelu.cuh); a row whose norm (+ eps) is zero gives
+//   a zero row of S (never NaN); n_ref is the current n unless the host pins it.
+//   Non-finite values follow the official formulas in IEEE arithmetic (as tf-ref): a
+//   NaN or inf score (for softmax: NaN or +inf) makes its whole output row NaN, a -inf
+//   softmax score weighs 0, NaN / inf in V_P reach their output column through the
+//   products.
 // Storage f16 / bf16 (tensor cores, f32 accumulation) or f32 (SIMT, f32 accumulation).
 //
 // Structure (docs/kernel-design.md "Pattention"): at TokenFormer widths (d_out 768-1536) a
@@ -113,7 +115,7 @@ __device__ __forceinline__ void rows(const tf_pattention_params& p) {
         T e[kVec];
         memcpy(e, &u, 16);
 #pragma unroll
-        for (int j = 0; j < kVec; ++j) e[j] = tf::from_float<T>(tf::gelu(tf::to_float<T>(e[j]) * f));
+        for (int j = 0; j < kVec; ++j) e[j] = tf::from_float<T>(tf::gelu_stored_as<T>(tf::to_float<T>(e[j]) * f));
         memcpy(&u, e, 16);
         *reinterpret_cast<uint4*>(h + c) = u;
     }

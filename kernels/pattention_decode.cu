@@ -173,7 +173,7 @@ __device__ __forceinline__ void chunk_from_h(const tf_pattention_params& p, unsi
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (c < p.h_stride) load4<T>(h + r * p.h_stride + c, v);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = c + j < p.n ? tf::gelu(v[j] * f) : 0.0f;
+        for (int j = 0; j < 4; ++j) v[j] = c + j < p.n ? tf::gelu_stored_as<T>(v[j] * f) : 0.0f;
         store4<T>(reinterpret_cast<T*>(sP + SwP::offset(r, lane / 2) + (lane % 2) * 8), v);
     }
 }

@@ -16,7 +16,8 @@
 // Thread mapping: one block of 256 threads per row (blockIdx.x = row). Pass 1
 // strides the row and reduces the statistic (sum of squares, or max then sum of
 // exponentials) through warp shuffles and a 8-entry shared array; pass 2
-// rewrites the row. f32 arithmetic, storage f32/f16/bf16.
+// rewrites the row. f32 arithmetic, storage f32/f16/bf16; gelu is the exact erf
+// form for f32 and tf::gelu_storage16 (tf/gelu.cuh) for 16-bit storage.
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
 #include "tf/convert.cuh"
@@ -61,7 +62,7 @@ __device__ void rownorm(const tf_rownorm_params& p) {
     float ss = 0.f;
     for (int64_t j = threadIdx.x; j < p.n; j += THREADS) {
         const float a = tf::to_float(row[j]);
-        const float g = gelu_first ? tf::gelu(a) : a;
+        const float g = gelu_first ? tf::gelu_stored_as<T>(a) : a;
         ss = fmaf(g, g, ss);
     }
     ss = block_reduce<false>(ss, red);
@@ -69,7 +70,7 @@ __device__ void rownorm(const tf_rownorm_params& p) {
     const float f = den == 0.f ? 0.f : p.scale / den;  // NaN den (a NaN in the row): NaN
     for (int64_t j = threadIdx.x; j < p.n; j += THREADS) {
         const float a = tf::to_float(row[j]);
-        row[j] = tf::from_float<T>(gelu_first ? tf::gelu(a) * f : tf::gelu(a * f));
+        row[j] = tf::from_float<T>(gelu_first ? tf::gelu_stored_as<T>(a) * f : tf::gelu_stored_as<T>(a * f));
     }
 }
 
