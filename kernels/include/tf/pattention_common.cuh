@@ -269,6 +269,65 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
     }
 }
 
+// A compile-time bool passed as a value (a generic lambda's `auto` parameter), so one
+// lambda body gives two specialised copies of a loop.
+template <bool B>
+struct Flag {
+    static constexpr bool value = B;
+};
+
+// The steady-state form of load_tile: the per-thread part of the address and residue
+// arithmetic done ONCE, for a stream of tiles that differ only by a constant step of
+// the source (the next k-tile). Thread tid copies the chunks (row tid / CHUNKS +
+// i·kRowStep, chunk tid % CHUNKS), the same chunks load_tile gives it. kRowStep is a
+// multiple of the swizzle's period, so every chunk of the thread lies at the same
+// constant offset from its first one. A chunk's source size (16, a partial chunk's
+// bytes, or 0 past rows_valid / cols_valid) is fixed at construction; a chunk that
+// reads nothing points at row 0 / column 0 instead, so that every address the
+// stream forms stays inside the source for as long as its tiles are full ones.
+// Usage: construct on the tile at k = 0, then per tile issue() into the stage and
+// advance() by the step.
+template <int ROWS, int CHUNKS, int THREADS, typename T>
+struct TileStream {
+    using Sw = tf::Swizzle<CHUNKS>;
+    static constexpr int kPer = ROWS * CHUNKS / THREADS;
+    static constexpr int kRowStep = THREADS / CHUNKS;
+    static constexpr int kStepBytes = kRowStep * Sw::kRowBytes;
+    static_assert(sizeof(T) == 2, "16-bit tiles");
+    static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
+    static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+
+    const T* src[kPer];
+    int bytes[kPer];
+    int soff;  // shared-memory offset of the thread's first chunk in a tile
+
+    __device__ __forceinline__ TileStream(const T* g, int64_t ld, int rows_valid, int64_t cols_valid, int tid) {
+        const int r0 = tid / CHUNKS, ch = tid % CHUNKS;
+        const int64_t left = cols_valid - ch * 8;
+        const int col_bytes = left >= 8 ? 16 : left > 0 ? (int)left * 2 : 0;
+        soff = Sw::offset(r0, ch);
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int r = r0 + i * kRowStep;
+            const bool row_ok = r < rows_valid;
+            bytes[i] = row_ok ? col_bytes : 0;
+            src[i] = g + (row_ok ? r : 0) * ld + (col_bytes > 0 ? ch * 8 : 0);
+        }
+    }
+    // Copies the current tile into the swizzled tile `s`. FULL: the caller knows that
+    // no chunk of the block's tile has a residue (plain copies, no source sizes).
+    template <bool FULL>
+    __device__ __forceinline__ void issue(unsigned char* s) const {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) tf::cp_async_16(s + soff + i * kStepBytes, src[i], FULL ? 16 : bytes[i]);
+    }
+    // Moves to the next tile, `elems` elements further on.
+    __device__ __forceinline__ void advance(int64_t elems) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) src[i] += elems;
+    }
+};
+
 // Zeroes an mma accumulator array of MT x NT m16n8 tiles.
 template <int MT, int NT>
 __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
