@@ -163,7 +163,7 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     float q_next_e = q_ok ? stats[q_row * p.n_tiles].x : kEmpty;
     // Writes q of n-tile `tile` into its slot and fetches the next tile's exponent.
     auto q_publish = [&](int64_t tile) {
-        const float q = pow2_neg(q_next_e - q_row_e);
+        const float q = pow2_bits(pow2_exp(q_next_e - q_row_e));
         sq[(tile % 2) * Tr::kBM + tid] = tf::pack2<T>(q, q);
         if (q_ok && tile + 1 < p.n_tiles) q_next_e = stats[q_row * p.n_tiles + tile + 1].x;
     };

@@ -40,6 +40,13 @@ __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ int pow2_exp(float d) { return (int)fminf(fmaxf(d, -300.0f), 0.0f); }
 // 2^d for an integer-valued d <= 0 (exact; 0 below 2^-149).
 __device__ __forceinline__ float pow2_neg(float d) { return ldexpf(1.0f, pow2_exp(d)); }
+// 2^e for an integer e in [-300, 0] (pow2_exp's range), built from its bits: the
+// same value as ldexpf(1, e) (subnormal from -127 down to -149, 0 below).
+__device__ __forceinline__ float pow2_bits(int e) {
+    const int biased = e + 127;
+    const int sub = e >= -149 ? 1 << imax(e + 149, 0) : 0;  // e < -126: subnormal bits
+    return __int_as_float(biased > 0 ? biased << 23 : sub);
+}
 // v * 2^d for an integer-valued d <= 0 (exact unless the result is subnormal; NaN
 // and infinite v stay so for every d).
 __device__ __forceinline__ float scale_pow2(float v, float d) { return ldexpf(v, pow2_exp(d)); }
