@@ -14,7 +14,10 @@
 //      - gelu_l2_norm / softmax: A = X·K_chunkᵀ by mma.sync (k-step 32 over d_in,
 //        4-stage cp.async ring, warp w owns chunk columns [32w, 32w + 32)); the
 //        scores epilogue of product 1 (tf/pattention_common.cuh) turns it into ĥ
-//        and the chunk's statistics (written by the y == 0 CTAs only).
+//        and the chunk's statistics (written by the y == 0 CTAs only). Full k-tiles
+//        use copies and ldmatrix offsets computed once (tf::pat::TileStream; plain
+//        16-byte K copies when the chunk has 128 tokens), the partial last k-tile
+//        load_tile's zero filling.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
 //        pattention_scores ran first (same h and stats as the tiled path); here each
 //        warp combines its rows' statistics and loads P = gelu(ĥ·base·2^(e - E)).
@@ -90,49 +93,78 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride;
     const int k_tiles = (int)((p.d_in + Tr::kBK - 1) / Tr::kBK);
 
-    auto load = [&](int kt) {
+    const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
+
+    // Full k-tiles stream through precomputed per-thread copies (rows past t / past the
+    // chunk's tokens zero-filled); the partial last one goes through load_tile.
+    TileStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sx(gx, p.x_row_stride, rows, Tr::kBK, tid);
+    TileStream<Tr::kChunk, Tr::kChunksA, Tr::kThreads, T> sk(gk, p.k_row_stride, tokens, Tr::kBK, tid);
+    auto load = [&](int kt, auto full_k) {
         unsigned char* s = sR + (kt % Tr::kStagesA) * Tr::kStageA;
-        const int64_t k0 = (int64_t)kt * Tr::kBK;
-        load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(s, gx + k0, p.x_row_stride, rows, p.d_in - k0, tid);
-        load_tile<Tr::kChunk, Tr::kChunksA, Tr::kThreads>(s + Tr::kBytesX, gk + k0, p.k_row_stride, tokens,
-                                                          p.d_in - k0, tid);
+        if (kt < k_full) {
+            sx.template issue<false>(s);
+            sk.template issue<decltype(full_k)::value>(s + Tr::kBytesX);
+            sx.advance(Tr::kBK);
+            sk.advance(Tr::kBK);
+        } else {
+            const int64_t k0 = (int64_t)kt * Tr::kBK;
+            load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(s, gx + k0, p.x_row_stride, rows, p.d_in - k0, tid);
+            load_tile<Tr::kChunk, Tr::kChunksA, Tr::kThreads>(s + Tr::kBytesX, gk + k0, p.k_row_stride, tokens,
+                                                              p.d_in - k0, tid);
+        }
     };
+
+    // Each lane's ldmatrix offsets, fixed for the loop (as in pattention_scores.cu):
+    // one per k16 step for A (m16 tiles 1 KB apart) and for B (n16 pairs 1 KB apart).
+    constexpr int kKK = Tr::kBK / 16;
+    constexpr int kTile16 = 16 * Sw::kRowBytes;
+    int a_off[kKK], b_off[kKK];
+#pragma unroll
+    for (int kk = 0; kk < kKK; ++kk) {
+        a_off[kk] = Sw::offset(lane % 16, kk * 2 + lane / 16);
+        b_off[kk] = Tr::kBytesX + Sw::offset(warp * Tr::kWN + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2);
+    }
 
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    ring_prologue<Tr::kStagesA>(k_tiles, load);
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        tf::cp_async_wait<Tr::kStagesA - 2>();
-        __syncthreads();
-        if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1);
-        tf::cp_async_commit();
-        const unsigned char* sx = sR + (kt % Tr::kStagesA) * Tr::kStageA;
-        const unsigned char* sk = sx + Tr::kBytesX;
+    // The loop in two copies decided once per CTA: plain 16-byte K copies when the
+    // chunk has all 128 tokens, zero-filling ones otherwise.
+    auto mainloop = [&](auto full_k) {
+        auto load_kt = [&](int kt) { load(kt, full_k); };
+        ring_prologue<Tr::kStagesA>(k_tiles, load_kt);
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            tf::cp_async_wait<Tr::kStagesA - 2>();
+            __syncthreads();
+            if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1, full_k);
+            tf::cp_async_commit();
+            const unsigned char* st = sR + (kt % Tr::kStagesA) * Tr::kStageA;
 #pragma unroll
-        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
-            uint32_t bf[Tr::kNT / 2][4];
+            for (int kk = 0; kk < kKK; ++kk) {
+                uint32_t bf[Tr::kNT / 2][4];
 #pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                const int r = warp * Tr::kWN + np * 16 + (lane / 16) * 8 + lane % 8;
-                tf::ldmatrix_x4(bf[np], sk + Sw::offset(r, kk * 2 + (lane / 8) % 2));
-            }
+                for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4(bf[np], st + b_off[kk] + np * kTile16);
 #pragma unroll
-            for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mt_active) {
-                    uint32_t af[4];
-                    tf::ldmatrix_x4(af, sx + Sw::offset(mi * 16 + lane % 16, kk * 2 + lane / 16));
+                for (int mi = 0; mi < Tr::kMT; ++mi) {
+                    if (mi < mt_active) {
+                        uint32_t af[4];
+                        tf::ldmatrix_x4(af, st + a_off[kk] + mi * kTile16);
 #pragma unroll
-                    for (int np = 0; np < Tr::kNT / 2; ++np) {
-                        const uint32_t b0[2] = {bf[np][0], bf[np][1]};
-                        const uint32_t b1[2] = {bf[np][2], bf[np][3]};
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        for (int np = 0; np < Tr::kNT / 2; ++np) {
+                            const uint32_t b0[2] = {bf[np][0], bf[np][1]};
+                            const uint32_t b1[2] = {bf[np][2], bf[np][3]};
+                            tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
+                            tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        }
                     }
                 }
             }
         }
-    }
+    };
+    if (tokens == Tr::kChunk)
+        mainloop(Flag<true>());
+    else
+        mainloop(Flag<false>());
     tf::cp_async_wait<0>();
     __syncthreads();
 
