@@ -17,15 +17,17 @@
 //   row tid for the NEXT n-tile (f16x2/bf16x2, prefetching the exponent after it) into
 //   a two-slot table in shared memory past the pipeline; when an n-tile starts, each
 //   thread reads q of its 8 rows from the table into registers. A fragments are then
-//   multiplied by q (one HMUL2 per register: 16 per k16 step against 32 HMMA; q = 1
-//   for l2_norm_gelu, an exact no-op, so the loop has no branch on the norm).
+//   multiplied by q (one HMUL2 per register: 16 per k16 step against 32 HMMA).
+//   l2_norm_gelu (h holds final S, q = 1) skips the scaling in the full-tile loop; the
+//   general loop multiplies by q = 1 instead, an exact no-op.
 //   Main loop: cp.async sources and shared offsets (tf::pat::TileStream) and ldmatrix
 //   offsets computed once; a full k-tile is 8 copies with pointers advanced by a
 //   constant, only the partial last k-tile (n % 32) goes through load_tile's zero
 //   filling. A fragments run one m16 tile ahead of the mma (registers are short:
 //   128 accumulators). A CTA with no residue (128 rows of h, 128 columns of V_P) runs
-//   a copy of the loop with plain 16-byte copies and no per-m16-tile branch; in the
-//   others rows past t are zero-filled and warps skip m16 tiles wholly past t.
+//   a copy of the loop (one with q, one without) with plain 16-byte copies and no
+//   per-m16-tile branch; in the others rows past t are zero-filled and warps skip m16
+//   tiles wholly past t.
 //   blockIdx.x runs over column blocks so resident CTAs share an h row block; V_P
 //   stays in L2. The epilogue stages f32 accumulators in shared memory and writes 4
 //   elements a lane (rows of 256 contiguous bytes).
@@ -175,18 +177,19 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    // One pipeline stage. Registers are short here (q and the exponents take 24 beside
-    // the 128 accumulators), so only the A fragments run one m16 tile ahead of the mma.
+    // One pipeline stage. Registers are short here (128 accumulators, 8 of packed q, 16
+    // of copy sources), so only the A fragments run one m16 tile ahead of the mma.
     // `mts` m16 tiles take part (kMT, a constant, for a CTA with no rows past t: no
-    // branch per tile).
-    auto mma_stage = [&](const unsigned char* st, int mts) {
+    // branch per tile). SCALE: the fragments take q (else they are used as loaded).
+    auto mma_stage = [&](const unsigned char* st, int mts, auto scale) {
         auto frag_a = [&](int kk, int mi, uint32_t(&a)[4]) {
             tf::ldmatrix_x4(a, st + a_off[kk] + mi * kTileA16);
-            // registers 0, 2: row g; 1, 3: row g + 8 (q = 1 is exact: no branch)
-            a[0] = hmul2<T>(a[0], q2[mi][0]);
-            a[1] = hmul2<T>(a[1], q2[mi][1]);
-            a[2] = hmul2<T>(a[2], q2[mi][0]);
-            a[3] = hmul2<T>(a[3], q2[mi][1]);
+            if (decltype(scale)::value) {  // registers 0, 2: row g; 1, 3: row g + 8
+                a[0] = hmul2<T>(a[0], q2[mi][0]);
+                a[1] = hmul2<T>(a[1], q2[mi][1]);
+                a[2] = hmul2<T>(a[2], q2[mi][0]);
+                a[3] = hmul2<T>(a[3], q2[mi][1]);
+            }
         };
 #pragma unroll
         for (int kk = 0; kk < kKK; ++kk) {
@@ -211,9 +214,11 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
         }
     };
 
-    // The main loop, in two forms decided once per CTA: FULL for a tile with no row or
-    // column residue (every copy 16 bytes, every m16 tile computed), else the general one.
-    auto mainloop = [&](auto full) {
+    // The main loop, in three forms decided once per CTA: FULL for a tile with no row
+    // or column residue (every copy 16 bytes, every m16 tile computed), with or without
+    // the q scaling (SCALE: gelu_l2_norm and softmax), else the general one, which
+    // always scales (q = 1 for l2_norm_gelu: an exact no-op).
+    auto mainloop = [&](auto full, auto scale) {
         constexpr bool kFull = decltype(full)::value;
         auto load_kt = [&](int kt) { load(kt, full); };
         ring_prologue<Tr::kStages>(k_tiles, load_kt);
@@ -222,7 +227,7 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
             __syncthreads();
             if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1, full);
             tf::cp_async_commit();
-            if (scaled && kt % Tr::kStepsPerTile == 0) {
+            if (decltype(scale)::value && scaled && kt % Tr::kStepsPerTile == 0) {
                 // Slot tile % 2 was written at least one barrier ago (before the loop or
                 // at the previous n-tile's first step); the other slot was last read
                 // kStepsPerTile >= 2 barriers ago, so it is free for the next tile.
@@ -234,13 +239,17 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
                     for (int hf = 0; hf < 2; ++hf) q2[mi][hf] = sq_t[mi * 16 + hf * 8];
                 if (tile + 1 < p.n_tiles) q_publish(tile + 1);
             }
-            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active);
+            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active, scale);
         }
     };
-    if (rows_a == Tr::kBM && cols_b >= Tr::kBN)
-        mainloop(Flag<true>());
-    else
-        mainloop(Flag<false>());
+    if (rows_a == Tr::kBM && cols_b >= Tr::kBN) {
+        if (scaled)
+            mainloop(Flag<true>(), Flag<true>());
+        else
+            mainloop(Flag<true>(), Flag<false>());
+    } else {
+        mainloop(Flag<false>(), Flag<true>());
+    }
     tf::cp_async_wait<0>();
     __syncthreads();
 
