@@ -161,7 +161,7 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
             }
         }
     };
-    if (tokens == Tr::kChunk)
+    if (tokens == Tr::kChunk && sk.narrow)
         mainloop(Flag<true>());
     else
         mainloop(Flag<false>());

@@ -242,7 +242,7 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
             mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active, scale);
         }
     };
-    if (rows_a == Tr::kBM && cols_b >= Tr::kBN) {
+    if (rows_a == Tr::kBM && cols_b >= Tr::kBN && sh.narrow && sv.narrow) {
         if (scaled)
             mainloop(Flag<true>(), Flag<true>());
         else

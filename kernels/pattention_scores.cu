@@ -208,7 +208,7 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
             mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active);
         }
     };
-    if (rows_a == Tr::kBM && rows_b == Tr::kBN)
+    if (rows_a == Tr::kBM && rows_b == Tr::kBN && sx.narrow && sk.narrow)
         mainloop(Flag<true>());
     else
         mainloop(Flag<false>());
