@@ -129,7 +129,8 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     zero_acc(acc);
 
     // The loop in two copies decided once per CTA: plain 16-byte K copies when the
-    // chunk has all 128 tokens, zero-filling ones otherwise.
+    // chunk has all 128 tokens (and K_P's stride is `narrow`), zero-filling ones
+    // otherwise.
     auto mainloop = [&](auto full_k) {
         auto load_kt = [&](int kt) { load(kt, full_k); };
         ring_prologue<Tr::kStagesA>(k_tiles, load_kt);

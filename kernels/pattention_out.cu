@@ -215,9 +215,10 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     };
 
     // The main loop, in three forms decided once per CTA: FULL for a tile with no row
-    // or column residue (every copy 16 bytes, every m16 tile computed), with or without
-    // the q scaling (SCALE: gelu_l2_norm and softmax), else the general one, which
-    // always scales (q = 1 for l2_norm_gelu: an exact no-op).
+    // or column residue and `narrow` strides (every copy 16 bytes at a 32-bit offset,
+    // every m16 tile computed), with or without the q scaling (SCALE: gelu_l2_norm and
+    // softmax), else the general one, which always scales (q = 1 for l2_norm_gelu: an
+    // exact no-op).
     auto mainloop = [&](auto full, auto scale) {
         constexpr bool kFull = decltype(full)::value;
         auto load_kt = [&](int kt) { load(kt, full); };

@@ -195,7 +195,8 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
     };
 
     // The main loop, in two forms decided once per CTA: FULL for a tile with no row
-    // residue (every copy 16 bytes, every m16 tile computed), else the general one.
+    // residue and `narrow` strides (every copy 16 bytes at a 32-bit offset, every m16
+    // tile computed), else the general one.
     auto mainloop = [&](auto full) {
         constexpr bool kFull = decltype(full)::value;
         auto load_kt = [&](int kt) { load(kt, full); };
