@@ -157,7 +157,9 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     // q of row tid (0 past t) for the next n-tile into a two-slot table in shared
     // memory past the pipeline, while the warps read the current n-tile's slot (see
     // the main loop); it keeps E_i and the next exponent it needs in registers. A
-    // thread's fragments need q of its rows g + 8·hf of each m16 tile mi.
+    // thread's fragments need q of its rows g + 8·j (j = 2·mi + hf: m16 tile mi, half
+    // hf) of its warp's 64: a slot stores row r at (r % 8)·16 + r / 8, so those 8 are
+    // contiguous (two 16-byte reads).
     uint32_t* sq = reinterpret_cast<uint32_t*>(smem + Tr::kPipeBytes);  // [2][kBM]
     const int64_t q_row = m0 + tid;
     const bool q_ok = scaled && q_row < p.t;
@@ -166,9 +168,10 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     // Writes q of n-tile `tile` into its slot and fetches the next tile's exponent.
     auto q_publish = [&](int64_t tile) {
         const float q = pow2_bits(pow2_exp(q_next_e - q_row_e));
-        sq[(tile % 2) * Tr::kBM + tid] = tf::pack2<T>(q, q);
+        sq[(tile % 2) * Tr::kBM + (tid % 8) * (Tr::kBM / 8) + tid / 8] = tf::pack2<T>(q, q);
         if (q_ok && tile + 1 < p.n_tiles) q_next_e = stats[q_row * p.n_tiles + tile + 1].x;
     };
+    static_assert(Tr::kMT * 2 == 8 && Tr::kWM == 64, "a thread's rows: 8, one 16-byte pair of reads");
     uint32_t q2[Tr::kMT][2];  // q of the current n-tile, packed (1 for l2_norm_gelu)
 #pragma unroll
     for (int mi = 0; mi < Tr::kMT; ++mi) q2[mi][0] = q2[mi][1] = tf::pack2<T>(1.0f, 1.0f);
@@ -233,11 +236,11 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
                 // at the previous n-tile's first step); the other slot was last read
                 // kStepsPerTile >= 2 barriers ago, so it is free for the next tile.
                 const int64_t tile = kt / Tr::kStepsPerTile;
-                const uint32_t* sq_t = sq + (tile % 2) * Tr::kBM + wm * Tr::kWM + lane / 4;
-#pragma unroll
-                for (int mi = 0; mi < Tr::kMT; ++mi)
-#pragma unroll
-                    for (int hf = 0; hf < 2; ++hf) q2[mi][hf] = sq_t[mi * 16 + hf * 8];
+                const uint4* sq_t = reinterpret_cast<const uint4*>(sq + (tile % 2) * Tr::kBM +
+                                                                   (lane / 4) * (Tr::kBM / 8) + wm * (Tr::kWM / 8));
+                const uint4 lo = sq_t[0], hi = sq_t[1];  // rows g + 8j, j = 0..3 and 4..7
+                q2[0][0] = lo.x, q2[0][1] = lo.y, q2[1][0] = lo.z, q2[1][1] = lo.w;
+                q2[2][0] = hi.x, q2[2][1] = hi.y, q2[3][0] = hi.z, q2[3][1] = hi.w;
                 if (tile + 1 < p.n_tiles) q_publish(tile + 1);
             }
             mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active, scale);
