@@ -23,7 +23,9 @@
 //        warp combines its rows' statistics and loads P = gelu(ĥ·base·2^(e - E)).
 //   2. partial[chunk, i, c] = Σ_{j in chunk} P[i, j]·V_P[j, c] for the CTA's column
 //      range, 128 columns at a time (k-step 32 tokens, V_P via ldmatrix.x4.trans,
-//      4-stage ring streaming across column blocks), f32 stores.
+//      4-stage ring streaming across column blocks), f32 stores. Whole 32 x 128 V_P
+//      tiles are copied through a TileStream re-aimed at each column block, the
+//      others by load_tile; ldmatrix offsets are computed once.
 //   pattention_combine then forms y[i, c] = r_i Σ_chunk 2^(e_chunk - E_i)·partial
 //   in a fixed order (q = r = 1 for l2_norm_gelu, whose P is final).
 // gelu_l2_norm and softmax are thus one fused kernel plus the combine; l2_norm_gelu
@@ -249,43 +251,69 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
     const int steps = blocks * slices;
     const T* gv = reinterpret_cast<const T*>(p.v_p) + n0 * p.v_row_stride;
 
+    // Steps load in order (block, slice) = (0, 0), (0, 1), ...: a whole slice of a whole
+    // column block streams through a TileStream re-aimed at each block; the others
+    // (the chunk's last tokens, the range's last columns) go through load_tile.
+    const int64_t v_step = (int64_t)Tr::kBKV * p.v_row_stride;
+    const int full_slices = tokens / Tr::kBKV;
+    TileStream<Tr::kBKV, Tr::kChunksV, Tr::kThreads, T> sv_in(gv + c_begin, p.v_row_stride, Tr::kBKV,
+                                                              c_end - c_begin, tid);
+    int ld_blk = 0, ld_s = 0;  // the next step to load
     auto load = [&](int it) {
-        const int blk = it / slices, s = it % slices;
-        const int64_t col0 = c_begin + (int64_t)blk * Tr::kBN;
-        load_tile<Tr::kBKV, Tr::kChunksV, Tr::kThreads>(sR + (it % Tr::kStagesB) * Tr::kStageB,
-                                                        gv + (int64_t)s * Tr::kBKV * p.v_row_stride + col0,
-                                                        p.v_row_stride, tokens - s * Tr::kBKV, c_end - col0, tid);
+        const int64_t col0 = c_begin + (int64_t)ld_blk * Tr::kBN;
+        unsigned char* dst = sR + (it % Tr::kStagesB) * Tr::kStageB;
+        if (ld_s < full_slices && col0 + Tr::kBN <= c_end && sv_in.narrow)
+            sv_in.template issue<true>(dst);
+        else
+            load_tile<Tr::kBKV, Tr::kChunksV, Tr::kThreads>(dst, gv + ld_s * v_step + col0, p.v_row_stride,
+                                                            tokens - ld_s * Tr::kBKV, c_end - col0, tid);
+        if (++ld_s < slices) {
+            sv_in.advance(v_step);
+        } else {  // the next column block, slice 0
+            sv_in.advance(Tr::kBN - (slices - 1) * v_step);
+            ld_s = 0, ++ld_blk;
+        }
     };
+
+    // Each lane's ldmatrix offsets, fixed for the loop: V_P (16 rows = 4 KB per k16
+    // step) one per n8 pair np; P one per k16 step of the slice, whose chunk index
+    // 4·s + 2·kk + lane / 16 meets the swizzle (row & 7 = lane & 7) as
+    // (4·s ^ (lane & 4)) | ((2·kk + lane / 16) ^ (lane & 3)).
+    constexpr int kStepV16 = 16 * SwV::kRowBytes, kTileP16 = 16 * SwP::kRowBytes;
+    int v_off[Tr::kNT / 2], p_off[Tr::kBKV / 16];
+#pragma unroll
+    for (int np = 0; np < Tr::kNT / 2; ++np) {
+        const int m = lane / 8;
+        v_off[np] = SwV::offset((m % 2) * 8 + lane % 8, warp * (Tr::kWN / 8) + 2 * np + m / 2);
+    }
+#pragma unroll
+    for (int kk = 0; kk < Tr::kBKV / 16; ++kk)
+        p_off[kk] = (lane % 16) * SwP::kRowBytes + ((2 * kk + lane / 16) ^ (lane & 3)) * 16;
+    static_assert(Tr::kBKV / 8 == 4 && SwP::kGroup == 8 && SwP::kShift == 0, "the P offset split above");
 
     float* part = reinterpret_cast<float*>(p.partial);
     const bool even = p.d_out % 2 == 0;
     float acc[Tr::kMT][Tr::kNT][4];
+    zero_acc(acc);
 
     ring_prologue<Tr::kStagesB>(steps, load);
-    for (int it = 0; it < steps; ++it) {
+    for (int it = 0, blk = 0, s = 0; it < steps; ++it) {  // step it = column block blk, slice s
         tf::cp_async_wait<Tr::kStagesB - 2>();
         __syncthreads();
         if (it + Tr::kStagesB - 1 < steps) load(it + Tr::kStagesB - 1);
         tf::cp_async_commit();
-        const int blk = it / slices, s = it % slices;
-        if (s == 0) {
-            zero_acc(acc);
-        }
         const unsigned char* sv = sR + (it % Tr::kStagesB) * Tr::kStageB;
+        const unsigned char* sp = sP + ((s ^ ((lane & 4) >> 2)) * 4) * 16;  // this slice's chunks of P
 #pragma unroll
         for (int kk = 0; kk < Tr::kBKV / 16; ++kk) {
             uint32_t bf[Tr::kNT / 2][4];
 #pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                const int m = lane / 8;
-                const int kr = kk * 16 + (m % 2) * 8 + lane % 8;
-                tf::ldmatrix_x4_trans(bf[np], sv + SwV::offset(kr, warp * (Tr::kWN / 8) + 2 * np + m / 2));
-            }
+            for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4_trans(bf[np], sv + v_off[np] + kk * kStepV16);
 #pragma unroll
             for (int mi = 0; mi < Tr::kMT; ++mi) {
                 if (mi < mt_active) {
                     uint32_t af[4];
-                    tf::ldmatrix_x4(af, sP + SwP::offset(mi * 16 + lane % 16, (s * Tr::kBKV + kk * 16) / 8 + lane / 16));
+                    tf::ldmatrix_x4(af, sp + p_off[kk] + mi * kTileP16);
 #pragma unroll
                     for (int np = 0; np < Tr::kNT / 2; ++np) {
                         const uint32_t b0[2] = {bf[np][0], bf[np][1]};
@@ -318,7 +346,9 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
                         }
                     }
                 }
+            zero_acc(acc);  // for the next column block
         }
+        if (++s == slices) s = 0, ++blk;
     }
     tf::cp_async_wait<0>();
 }
