@@ -14,13 +14,18 @@
 //      - gelu_l2_norm / softmax: A = X·K_chunkᵀ by mma.sync (k-step 32 over d_in,
 //        4-stage cp.async ring, warp w owns chunk columns [32w, 32w + 32)); the
 //        scores epilogue of product 1 (tf/pattention_common.cuh) turns it into ĥ
-//        and the chunk's statistics (written by the y == 0 CTAs only).
+//        and the chunk's statistics (written by the y == 0 CTAs only). Full k-tiles
+//        use copies and ldmatrix offsets computed once (tf::pat::TileStream; plain
+//        16-byte K copies when the chunk has 128 tokens), the partial last k-tile
+//        load_tile's zero filling.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
 //        pattention_scores ran first (same h and stats as the tiled path); here each
 //        warp combines its rows' statistics and loads P = gelu(ĥ·base·2^(e - E)).
 //   2. partial[chunk, i, c] = Σ_{j in chunk} P[i, j]·V_P[j, c] for the CTA's column
 //      range, 128 columns at a time (k-step 32 tokens, V_P via ldmatrix.x4.trans,
-//      4-stage ring streaming across column blocks), f32 stores.
+//      4-stage ring streaming across column blocks), f32 stores. Whole 32 x 128 V_P
+//      tiles are copied through a TileStream re-aimed at each column block, the
+//      others by load_tile; ldmatrix offsets are computed once.
 //   pattention_combine then forms y[i, c] = r_i Σ_chunk 2^(e_chunk - E_i)·partial
 //   in a fixed order (q = r = 1 for l2_norm_gelu, whose P is final).
 // gelu_l2_norm and softmax are thus one fused kernel plus the combine; l2_norm_gelu
@@ -90,49 +95,79 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride;
     const int k_tiles = (int)((p.d_in + Tr::kBK - 1) / Tr::kBK);
 
-    auto load = [&](int kt) {
+    const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
+
+    // Full k-tiles stream through precomputed per-thread copies (rows past t / past the
+    // chunk's tokens zero-filled); the partial last one goes through load_tile.
+    TileStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sx(gx, p.x_row_stride, rows, Tr::kBK, tid);
+    TileStream<Tr::kChunk, Tr::kChunksA, Tr::kThreads, T> sk(gk, p.k_row_stride, tokens, Tr::kBK, tid);
+    auto load = [&](int kt, auto full_k) {
         unsigned char* s = sR + (kt % Tr::kStagesA) * Tr::kStageA;
-        const int64_t k0 = (int64_t)kt * Tr::kBK;
-        load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(s, gx + k0, p.x_row_stride, rows, p.d_in - k0, tid);
-        load_tile<Tr::kChunk, Tr::kChunksA, Tr::kThreads>(s + Tr::kBytesX, gk + k0, p.k_row_stride, tokens,
-                                                          p.d_in - k0, tid);
+        if (kt < k_full) {
+            sx.template issue<false>(s);
+            sk.template issue<decltype(full_k)::value>(s + Tr::kBytesX);
+            sx.advance(Tr::kBK);
+            sk.advance(Tr::kBK);
+        } else {
+            const int64_t k0 = (int64_t)kt * Tr::kBK;
+            load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(s, gx + k0, p.x_row_stride, rows, p.d_in - k0, tid);
+            load_tile<Tr::kChunk, Tr::kChunksA, Tr::kThreads>(s + Tr::kBytesX, gk + k0, p.k_row_stride, tokens,
+                                                              p.d_in - k0, tid);
+        }
     };
+
+    // Each lane's ldmatrix offsets, fixed for the loop (as in pattention_scores.cu):
+    // one per k16 step for A (m16 tiles 1 KB apart) and for B (n16 pairs 1 KB apart).
+    constexpr int kKK = Tr::kBK / 16;
+    constexpr int kTile16 = 16 * Sw::kRowBytes;
+    int a_off[kKK], b_off[kKK];
+#pragma unroll
+    for (int kk = 0; kk < kKK; ++kk) {
+        a_off[kk] = Sw::offset(lane % 16, kk * 2 + lane / 16);
+        b_off[kk] = Tr::kBytesX + Sw::offset(warp * Tr::kWN + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2);
+    }
 
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    ring_prologue<Tr::kStagesA>(k_tiles, load);
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        tf::cp_async_wait<Tr::kStagesA - 2>();
-        __syncthreads();
-        if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1);
-        tf::cp_async_commit();
-        const unsigned char* sx = sR + (kt % Tr::kStagesA) * Tr::kStageA;
-        const unsigned char* sk = sx + Tr::kBytesX;
+    // The loop in two copies decided once per CTA: plain 16-byte K copies when the
+    // chunk has all 128 tokens (and K_P's stride is `narrow`), zero-filling ones
+    // otherwise.
+    auto mainloop = [&](auto full_k) {
+        auto load_kt = [&](int kt) { load(kt, full_k); };
+        ring_prologue<Tr::kStagesA>(k_tiles, load_kt);
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            tf::cp_async_wait<Tr::kStagesA - 2>();
+            __syncthreads();
+            if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1, full_k);
+            tf::cp_async_commit();
+            const unsigned char* st = sR + (kt % Tr::kStagesA) * Tr::kStageA;
 #pragma unroll
-        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
-            uint32_t bf[Tr::kNT / 2][4];
+            for (int kk = 0; kk < kKK; ++kk) {
+                uint32_t bf[Tr::kNT / 2][4];
 #pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                const int r = warp * Tr::kWN + np * 16 + (lane / 16) * 8 + lane % 8;
-                tf::ldmatrix_x4(bf[np], sk + Sw::offset(r, kk * 2 + (lane / 8) % 2));
-            }
+                for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4(bf[np], st + b_off[kk] + np * kTile16);
 #pragma unroll
-            for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mt_active) {
-                    uint32_t af[4];
-                    tf::ldmatrix_x4(af, sx + Sw::offset(mi * 16 + lane % 16, kk * 2 + lane / 16));
+                for (int mi = 0; mi < Tr::kMT; ++mi) {
+                    if (mi < mt_active) {
+                        uint32_t af[4];
+                        tf::ldmatrix_x4(af, st + a_off[kk] + mi * kTile16);
 #pragma unroll
-                    for (int np = 0; np < Tr::kNT / 2; ++np) {
-                        const uint32_t b0[2] = {bf[np][0], bf[np][1]};
-                        const uint32_t b1[2] = {bf[np][2], bf[np][3]};
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        for (int np = 0; np < Tr::kNT / 2; ++np) {
+                            const uint32_t b0[2] = {bf[np][0], bf[np][1]};
+                            const uint32_t b1[2] = {bf[np][2], bf[np][3]};
+                            tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
+                            tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        }
                     }
                 }
             }
         }
-    }
+    };
+    if (tokens == Tr::kChunk && sk.narrow)
+        mainloop(Flag<true>());
+    else
+        mainloop(Flag<false>());
     tf::cp_async_wait<0>();
     __syncthreads();
 
@@ -216,43 +251,69 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
     const int steps = blocks * slices;
     const T* gv = reinterpret_cast<const T*>(p.v_p) + n0 * p.v_row_stride;
 
+    // Steps load in order (block, slice) = (0, 0), (0, 1), ...: a whole slice of a whole
+    // column block streams through a TileStream re-aimed at each block; the others
+    // (the chunk's last tokens, the range's last columns) go through load_tile.
+    const int64_t v_step = (int64_t)Tr::kBKV * p.v_row_stride;
+    const int full_slices = tokens / Tr::kBKV;
+    TileStream<Tr::kBKV, Tr::kChunksV, Tr::kThreads, T> sv_in(gv + c_begin, p.v_row_stride, Tr::kBKV,
+                                                              c_end - c_begin, tid);
+    int ld_blk = 0, ld_s = 0;  // the next step to load
     auto load = [&](int it) {
-        const int blk = it / slices, s = it % slices;
-        const int64_t col0 = c_begin + (int64_t)blk * Tr::kBN;
-        load_tile<Tr::kBKV, Tr::kChunksV, Tr::kThreads>(sR + (it % Tr::kStagesB) * Tr::kStageB,
-                                                        gv + (int64_t)s * Tr::kBKV * p.v_row_stride + col0,
-                                                        p.v_row_stride, tokens - s * Tr::kBKV, c_end - col0, tid);
+        const int64_t col0 = c_begin + (int64_t)ld_blk * Tr::kBN;
+        unsigned char* dst = sR + (it % Tr::kStagesB) * Tr::kStageB;
+        if (ld_s < full_slices && col0 + Tr::kBN <= c_end && sv_in.narrow)
+            sv_in.template issue<true>(dst);
+        else
+            load_tile<Tr::kBKV, Tr::kChunksV, Tr::kThreads>(dst, gv + ld_s * v_step + col0, p.v_row_stride,
+                                                            tokens - ld_s * Tr::kBKV, c_end - col0, tid);
+        if (++ld_s < slices) {
+            sv_in.advance(v_step);
+        } else {  // the next column block, slice 0
+            sv_in.advance(Tr::kBN - (slices - 1) * v_step);
+            ld_s = 0, ++ld_blk;
+        }
     };
+
+    // Each lane's ldmatrix offsets, fixed for the loop: V_P (16 rows = 4 KB per k16
+    // step) one per n8 pair np; P one per k16 step of the slice, whose chunk index
+    // 4·s + 2·kk + lane / 16 meets the swizzle (row & 7 = lane & 7) as
+    // (4·s ^ (lane & 4)) | ((2·kk + lane / 16) ^ (lane & 3)).
+    constexpr int kStepV16 = 16 * SwV::kRowBytes, kTileP16 = 16 * SwP::kRowBytes;
+    int v_off[Tr::kNT / 2], p_off[Tr::kBKV / 16];
+#pragma unroll
+    for (int np = 0; np < Tr::kNT / 2; ++np) {
+        const int m = lane / 8;
+        v_off[np] = SwV::offset((m % 2) * 8 + lane % 8, warp * (Tr::kWN / 8) + 2 * np + m / 2);
+    }
+#pragma unroll
+    for (int kk = 0; kk < Tr::kBKV / 16; ++kk)
+        p_off[kk] = (lane % 16) * SwP::kRowBytes + ((2 * kk + lane / 16) ^ (lane & 3)) * 16;
+    static_assert(Tr::kBKV / 8 == 4 && SwP::kGroup == 8 && SwP::kShift == 0, "the P offset split above");
 
     float* part = reinterpret_cast<float*>(p.partial);
     const bool even = p.d_out % 2 == 0;
     float acc[Tr::kMT][Tr::kNT][4];
+    zero_acc(acc);
 
     ring_prologue<Tr::kStagesB>(steps, load);
-    for (int it = 0; it < steps; ++it) {
+    for (int it = 0, blk = 0, s = 0; it < steps; ++it) {  // step it = column block blk, slice s
         tf::cp_async_wait<Tr::kStagesB - 2>();
         __syncthreads();
         if (it + Tr::kStagesB - 1 < steps) load(it + Tr::kStagesB - 1);
         tf::cp_async_commit();
-        const int blk = it / slices, s = it % slices;
-        if (s == 0) {
-            zero_acc(acc);
-        }
         const unsigned char* sv = sR + (it % Tr::kStagesB) * Tr::kStageB;
+        const unsigned char* sp = sP + ((s ^ ((lane & 4) >> 2)) * 4) * 16;  // this slice's chunks of P
 #pragma unroll
         for (int kk = 0; kk < Tr::kBKV / 16; ++kk) {
             uint32_t bf[Tr::kNT / 2][4];
 #pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                const int m = lane / 8;
-                const int kr = kk * 16 + (m % 2) * 8 + lane % 8;
-                tf::ldmatrix_x4_trans(bf[np], sv + SwV::offset(kr, warp * (Tr::kWN / 8) + 2 * np + m / 2));
-            }
+            for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4_trans(bf[np], sv + v_off[np] + kk * kStepV16);
 #pragma unroll
             for (int mi = 0; mi < Tr::kMT; ++mi) {
                 if (mi < mt_active) {
                     uint32_t af[4];
-                    tf::ldmatrix_x4(af, sP + SwP::offset(mi * 16 + lane % 16, (s * Tr::kBKV + kk * 16) / 8 + lane / 16));
+                    tf::ldmatrix_x4(af, sp + p_off[kk] + mi * kTileP16);
 #pragma unroll
                     for (int np = 0; np < Tr::kNT / 2; ++np) {
                         const uint32_t b0[2] = {bf[np][0], bf[np][1]};
@@ -285,7 +346,9 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
                         }
                     }
                 }
+            zero_acc(acc);  // for the next column block
         }
+        if (++s == slices) s = 0, ++blk;
     }
     tf::cp_async_wait<0>();
 }

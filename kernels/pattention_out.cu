@@ -13,12 +13,24 @@
 //   k-step 32 along n, 4-stage cp.async ring (16 KB a stage). h tiles: 64-byte rows,
 //   swizzle chunk ^ ((row >> 1) & 3), ldmatrix.x4; V_P tiles: 32 rows of 256 bytes,
 //   swizzle chunk ^ (row & 7), ldmatrix.x4.trans (V_P is K-major for mma's B operand).
-//   q: every k-step lies inside one n-tile (128 = 4 k-steps); when a new n-tile starts a
-//   thread packs q for its 8 rows into f16x2/bf16x2 registers and prefetches the next
-//   tile's exponents; A fragments are then multiplied by q (one HMUL2 per register:
-//   16 per k16 step against 32 HMMA). blockIdx.x runs over column blocks so resident
-//   CTAs share an h row block; V_P stays in L2. The epilogue stages f32 accumulators
-//   in shared memory and writes 4 elements a lane (rows of 256 contiguous bytes).
+//   q: every k-step lies inside one n-tile (128 = 4 k-steps). Thread tid computes q of
+//   row tid for the NEXT n-tile (f16x2/bf16x2, prefetching the exponent after it) into
+//   a two-slot table in shared memory past the pipeline; when an n-tile starts, each
+//   thread reads q of its 8 rows from the table into registers. A fragments are then
+//   multiplied by q (one HMUL2 per register: 16 per k16 step against 32 HMMA).
+//   l2_norm_gelu (h holds final S, q = 1) skips the scaling in the full-tile loop; the
+//   general loop multiplies by q = 1 instead, an exact no-op.
+//   Main loop: cp.async sources and shared offsets (tf::pat::TileStream) and ldmatrix
+//   offsets computed once; a full k-tile is 8 copies with pointers advanced by a
+//   constant, only the partial last k-tile (n % 32) goes through load_tile's zero
+//   filling. A fragments run one m16 tile ahead of the mma (registers are short:
+//   128 accumulators). A CTA with no residue (128 rows of h, 128 columns of V_P) runs
+//   a copy of the loop (one with q, one without) with plain 16-byte copies and no
+//   per-m16-tile branch; in the others rows past t are zero-filled and warps skip m16
+//   tiles wholly past t.
+//   blockIdx.x runs over column blocks so resident CTAs share an h row block; V_P
+//   stays in L2. The epilogue stages f32 accumulators in shared memory and writes 4
+//   elements a lane (rows of 256 contiguous bytes).
 //
 // f32, kernel pattention_out_f32: SIMT path: grid (ceil(d_out / 128), ceil(t / 64)),
 //   256 threads, 64 x 128 tile, k-step 16, 4 x 8 per thread; q applied while staging h.
@@ -55,6 +67,10 @@ struct Traits {
     static constexpr int kEpiBytes = kBM * kStageLd * 4;
     static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
     static constexpr int kStepsPerTile = kTileN / kBK;  // k-steps per statistics n-tile
+    static constexpr int kQBytes = 2 * kBM * 4;         // q table: two n-tiles x kBM rows
+
+    static_assert(kStepsPerTile >= 2, "a q slot is rewritten only after a barrier separates its last read");
+    static_assert(kPipeBytes + kQBytes <= kSmemBytes, "the q table lies past the pipeline (the epilogue reuses it)");
 
     static_assert(kTileN % kBK == 0, "a k-step never straddles two n-tiles (one q per step)");
     static_assert(kBN == 128, "the epilogue gives each lane 4 of 128 columns");
@@ -96,87 +112,147 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     const T* gv = reinterpret_cast<const T*>(p.v_p) + n0;
     const int64_t cols_b = p.d_out - n0;
     const int k_tiles = (int)((p.n + Tr::kBK - 1) / Tr::kBK);
+    const int k_full = (int)(p.n / Tr::kBK);  // k-tiles with no n residue
     const bool scaled = p.norm != TF_NORM_L2_NORM_GELU;
     const float2* stats = reinterpret_cast<const float2*>(p.stats);
     const float2* rowf = reinterpret_cast<const float2*>(p.rowf);
 
-    auto load = [&](int kt) {
+    // Full k-tiles stream through precomputed per-thread copies; the partial last one
+    // (n % kBK != 0) goes through load_tile's zero filling. Tiles load in order.
+    TileStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sh(gh, p.h_stride, rows_a, Tr::kBK, tid);
+    TileStream<Tr::kBK, Tr::kChunksB, Tr::kThreads, T> sv(gv, p.v_row_stride, Tr::kBK, cols_b, tid);
+    const int64_t v_step = Tr::kBK * p.v_row_stride;
+    auto load = [&](int kt, auto full) {
         unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
-        const int64_t k0 = (int64_t)kt * Tr::kBK;
-        load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(sa, gh + k0, p.h_stride, rows_a, p.n - k0, tid);
-        load_tile<Tr::kBK, Tr::kChunksB, Tr::kThreads>(sa + Tr::kBytesA, gv + k0 * p.v_row_stride, p.v_row_stride,
-                                                       (int)min64(Tr::kBK, p.n - k0), cols_b, tid);
+        if (kt < k_full) {
+            sh.template issue<decltype(full)::value>(sa);
+            sv.template issue<decltype(full)::value>(sa + Tr::kBytesA);
+            sh.advance(Tr::kBK);
+            sv.advance(v_step);
+        } else {
+            const int64_t k0 = (int64_t)kt * Tr::kBK;
+            load_tile<Tr::kBM, Tr::kChunksA, Tr::kThreads>(sa, gh + k0, p.h_stride, rows_a, p.n - k0, tid);
+            load_tile<Tr::kBK, Tr::kChunksB, Tr::kThreads>(sa + Tr::kBytesA, gv + k0 * p.v_row_stride,
+                                                           p.v_row_stride, (int)min64(Tr::kBK, p.n - k0), cols_b,
+                                                           tid);
+        }
     };
 
-    // Row exponents E_i and the next n-tile's exponents e_{i,t} of this thread's 8
-    // rows (m16 tile mi, half hf: row g + 8·hf); rows >= t get q = 0.
-    float row_e[Tr::kMT][2], next_e[Tr::kMT][2];
-    uint32_t q2[Tr::kMT][2];
+    // Each lane's ldmatrix rows, fixed for the whole loop (the swizzles depend on a
+    // row's low bits only). A (h): one offset per k16 step, m16 tiles 1 KB apart.
+    // B (V_P, 16 rows = 4 KB per k16 step): one offset per n8 pair np, matrices
+    // (k lo, n8 tile 2np), (k hi, 2np), (k lo, 2np + 1), (k hi, 2np + 1).
+    constexpr int kKK = Tr::kBK / 16;
+    constexpr int kTileA16 = 16 * SwA::kRowBytes, kStepB16 = 16 * SwB::kRowBytes;
+    int a_off[kKK], b_off[Tr::kNT / 2];
 #pragma unroll
-    for (int mi = 0; mi < Tr::kMT; ++mi)
+    for (int kk = 0; kk < kKK; ++kk) a_off[kk] = SwA::offset(wm * Tr::kWM + lane % 16, kk * 2 + lane / 16);
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int64_t row = m0 + wm * Tr::kWM + mi * 16 + lane / 4 + 8 * hf;
-            const bool ok = scaled && row < p.t;
-            row_e[mi][hf] = ok ? rowf[row].y : 0.0f;
-            next_e[mi][hf] = ok ? stats[row * p.n_tiles].x : kEmpty;
-            q2[mi][hf] = 0;
-        }
+    for (int np = 0; np < Tr::kNT / 2; ++np) {
+        const int m = lane / 8;
+        b_off[np] = Tr::kBytesA + SwB::offset((m % 2) * 8 + lane % 8, wn * (Tr::kWN / 8) + 2 * np + m / 2);
+    }
+
+    // q = 2^(e_{i,t} - E_i) per row and n-tile, f16x2 / bf16x2. Thread tid computes
+    // q of row tid (0 past t) for the next n-tile into a two-slot table in shared
+    // memory past the pipeline, while the warps read the current n-tile's slot (see
+    // the main loop); it keeps E_i and the next exponent it needs in registers. A
+    // thread's fragments need q of its rows g + 8·j (j = 2·mi + hf: m16 tile mi, half
+    // hf) of its warp's 64: a slot stores row r at (r % 8)·16 + r / 8, so those 8 are
+    // contiguous (two 16-byte reads).
+    uint32_t* sq = reinterpret_cast<uint32_t*>(smem + Tr::kPipeBytes);  // [2][kBM]
+    const int64_t q_row = m0 + tid;
+    const bool q_ok = scaled && q_row < p.t;
+    const float q_row_e = q_ok ? rowf[q_row].y : 0.0f;
+    float q_next_e = q_ok ? stats[q_row * p.n_tiles].x : kEmpty;
+    // Writes q of n-tile `tile` into its slot and fetches the next tile's exponent.
+    auto q_publish = [&](int64_t tile) {
+        const float q = pow2_bits(pow2_exp(q_next_e - q_row_e));
+        sq[(tile % 2) * Tr::kBM + (tid % 8) * (Tr::kBM / 8) + tid / 8] = tf::pack2<T>(q, q);
+        if (q_ok && tile + 1 < p.n_tiles) q_next_e = stats[q_row * p.n_tiles + tile + 1].x;
+    };
+    static_assert(Tr::kMT * 2 == 8 && Tr::kWM == 64, "a thread's rows: 8, one 16-byte pair of reads");
+    uint32_t q2[Tr::kMT][2];  // q of the current n-tile, packed (1 for l2_norm_gelu)
+#pragma unroll
+    for (int mi = 0; mi < Tr::kMT; ++mi) q2[mi][0] = q2[mi][1] = tf::pack2<T>(1.0f, 1.0f);
+    if (scaled) q_publish(0);  // read after the main loop's first barrier
 
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    ring_prologue<Tr::kStages>(k_tiles, load);
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        tf::cp_async_wait<Tr::kStages - 2>();
-        __syncthreads();
-        if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1);
-        tf::cp_async_commit();
-        if (scaled && kt % Tr::kStepsPerTile == 0) {
-            const int64_t tile = kt / Tr::kStepsPerTile;
-#pragma unroll
-            for (int mi = 0; mi < Tr::kMT; ++mi)
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const float q = pow2_neg(next_e[mi][hf] - row_e[mi][hf]);
-                    q2[mi][hf] = tf::pack2<T>(q, q);
-                    const int64_t row = m0 + wm * Tr::kWM + mi * 16 + lane / 4 + 8 * hf;
-                    if (tile + 1 < p.n_tiles && row < p.t) next_e[mi][hf] = stats[row * p.n_tiles + tile + 1].x;
-                }
-        }
-        const unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
-        const unsigned char* sb = sa + Tr::kBytesA;
-#pragma unroll
-        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
-            uint32_t bf[Tr::kNT / 2][4];
-#pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                // matrices: (k lo, n8 tile 2np), (k hi, 2np), (k lo, 2np + 1), (k hi, 2np + 1)
-                const int m = lane / 8;
-                const int kr = kk * 16 + (m % 2) * 8 + lane % 8;
-                tf::ldmatrix_x4_trans(bf[np], sb + SwB::offset(kr, wn * (Tr::kWN / 8) + 2 * np + m / 2));
+    // One pipeline stage. Registers are short here (128 accumulators, 8 of packed q, 16
+    // of copy sources), so only the A fragments run one m16 tile ahead of the mma.
+    // `mts` m16 tiles take part (kMT, a constant, for a CTA with no rows past t: no
+    // branch per tile). SCALE: the fragments take q (else they are used as loaded).
+    auto mma_stage = [&](const unsigned char* st, int mts, auto scale) {
+        auto frag_a = [&](int kk, int mi, uint32_t(&a)[4]) {
+            tf::ldmatrix_x4(a, st + a_off[kk] + mi * kTileA16);
+            if (decltype(scale)::value) {  // registers 0, 2: row g; 1, 3: row g + 8
+                a[0] = hmul2<T>(a[0], q2[mi][0]);
+                a[1] = hmul2<T>(a[1], q2[mi][1]);
+                a[2] = hmul2<T>(a[2], q2[mi][0]);
+                a[3] = hmul2<T>(a[3], q2[mi][1]);
             }
+        };
+#pragma unroll
+        for (int kk = 0; kk < kKK; ++kk) {
+            uint32_t bf[Tr::kNT / 2][4], af[2][4];
+#pragma unroll
+            for (int np = 0; np < Tr::kNT / 2; ++np)
+                tf::ldmatrix_x4_trans(bf[np], st + b_off[np] + kk * kStepB16);
+            if (0 < mts) frag_a(kk, 0, af[0]);
 #pragma unroll
             for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mt_active) {
-                    uint32_t af[4];
-                    tf::ldmatrix_x4(af, sa + SwA::offset(wm * Tr::kWM + mi * 16 + lane % 16, kk * 2 + lane / 16));
-                    if (scaled) {  // registers 0, 2: row g; 1, 3: row g + 8
-                        af[0] = hmul2<T>(af[0], q2[mi][0]);
-                        af[1] = hmul2<T>(af[1], q2[mi][1]);
-                        af[2] = hmul2<T>(af[2], q2[mi][0]);
-                        af[3] = hmul2<T>(af[3], q2[mi][1]);
-                    }
+                if (mi + 1 < Tr::kMT && mi + 1 < mts) frag_a(kk, mi + 1, af[(mi + 1) % 2]);
+                if (mi < mts) {
 #pragma unroll
                     for (int np = 0; np < Tr::kNT / 2; ++np) {
                         const uint32_t b0[2] = {bf[np][0], bf[np][1]};
                         const uint32_t b1[2] = {bf[np][2], bf[np][3]};
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af[mi % 2], b0);
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af[mi % 2], b1);
                     }
                 }
             }
         }
+    };
+
+    // The main loop, in three forms decided once per CTA: FULL for a tile with no row
+    // or column residue and `narrow` strides (every copy 16 bytes at a 32-bit offset,
+    // every m16 tile computed), with or without the q scaling (SCALE: gelu_l2_norm and
+    // softmax), else the general one, which always scales (q = 1 for l2_norm_gelu: an
+    // exact no-op).
+    auto mainloop = [&](auto full, auto scale) {
+        constexpr bool kFull = decltype(full)::value;
+        auto load_kt = [&](int kt) { load(kt, full); };
+        ring_prologue<Tr::kStages>(k_tiles, load_kt);
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            tf::cp_async_wait<Tr::kStages - 2>();
+            __syncthreads();
+            if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1, full);
+            tf::cp_async_commit();
+            if (decltype(scale)::value && scaled && kt % Tr::kStepsPerTile == 0) {
+                // Slot tile % 2 was written at least one barrier ago (before the loop or
+                // at the previous n-tile's first step); the other slot was last read
+                // kStepsPerTile >= 2 barriers ago, so it is free for the next tile.
+                const int64_t tile = kt / Tr::kStepsPerTile;
+                const uint4* sq_t = reinterpret_cast<const uint4*>(sq + (tile % 2) * Tr::kBM +
+                                                                   (lane / 4) * (Tr::kBM / 8) + wm * (Tr::kWM / 8));
+                const uint4 lo = sq_t[0], hi = sq_t[1];  // rows g + 8j, j = 0..3 and 4..7
+                q2[0][0] = lo.x, q2[0][1] = lo.y, q2[1][0] = lo.z, q2[1][1] = lo.w;
+                q2[2][0] = hi.x, q2[2][1] = hi.y, q2[3][0] = hi.z, q2[3][1] = hi.w;
+                if (tile + 1 < p.n_tiles) q_publish(tile + 1);
+            }
+            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active, scale);
+        }
+    };
+    if (rows_a == Tr::kBM && cols_b >= Tr::kBN && sh.narrow && sv.narrow) {
+        if (scaled)
+            mainloop(Flag<true>(), Flag<true>());
+        else
+            mainloop(Flag<true>(), Flag<false>());
+    } else {
+        mainloop(Flag<false>(), Flag<true>());
     }
     tf::cp_async_wait<0>();
     __syncthreads();

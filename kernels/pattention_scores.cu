@@ -14,7 +14,14 @@
 //   4-stage cp.async ring (16 KB a stage). X and K_P tiles are 64-byte rows
 //   swizzled chunk ^ ((row >> 1) & 3), both read with ldmatrix.x4 (K_P rows are the
 //   "col" B operand directly). blockIdx.x runs over n-tiles, so CTAs resident
-//   together share one X row block; K_P stays in L2. Warps skip their m16 tiles
+//   together share one X row block; K_P stays in L2.
+//   Main loop: every thread's cp.async sources and shared offsets (tf::pat::TileStream)
+//   and every lane's ldmatrix offsets are computed once; a full k-tile costs 8 copies
+//   with pointers advanced by a constant, and only the last, partial k-tile (d_in
+//   % 32) goes through load_tile's zero filling. The fragments of k16 step kk + 1 load
+//   before the mma of step kk. A CTA with no row residue (128 rows of X and of K_P)
+//   runs a copy of the loop with plain 16-byte copies and no per-m16-tile branch;
+//   in the others, rows past t / n are zero-filled and warps skip their m16 tiles
 //   that lie wholly past t (decode-sized t costs no wasted mma).
 //   Epilogue: the accumulators are staged as f32 in the (drained) pipeline memory;
 //   one warp per row computes the tile statistics (max, then scaled sum: two
@@ -118,51 +125,94 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
     const T* gx = reinterpret_cast<const T*>(p.x) + m0 * p.x_row_stride;
     const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride;
     const int k_tiles = (int)((p.d_in + Tr::kBK - 1) / Tr::kBK);
+    const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
 
-    auto load = [&](int kt) {
+    // Full k-tiles stream through precomputed per-thread copies; the partial last one
+    // (d_in % kBK != 0) goes through load_tile's zero filling. Tiles load in order.
+    TileStream<Tr::kBM, Tr::kChunks, Tr::kThreads, T> sx(gx, p.x_row_stride, rows_a, Tr::kBK, tid);
+    TileStream<Tr::kBN, Tr::kChunks, Tr::kThreads, T> sk(gk, p.k_row_stride, rows_b, Tr::kBK, tid);
+    auto load = [&](int kt, auto full) {
         unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
-        const int64_t k0 = (int64_t)kt * Tr::kBK;
-        load_tile<Tr::kBM, Tr::kChunks, Tr::kThreads>(sa, gx + k0, p.x_row_stride, rows_a, p.d_in - k0, tid);
-        load_tile<Tr::kBN, Tr::kChunks, Tr::kThreads>(sa + Tr::kBytesA, gk + k0, p.k_row_stride, rows_b,
-                                                      p.d_in - k0, tid);
+        if (kt < k_full) {
+            sx.template issue<decltype(full)::value>(sa);
+            sk.template issue<decltype(full)::value>(sa + Tr::kBytesA);
+            sx.advance(Tr::kBK);
+            sk.advance(Tr::kBK);
+        } else {
+            const int64_t k0 = (int64_t)kt * Tr::kBK;
+            load_tile<Tr::kBM, Tr::kChunks, Tr::kThreads>(sa, gx + k0, p.x_row_stride, rows_a, p.d_in - k0, tid);
+            load_tile<Tr::kBN, Tr::kChunks, Tr::kThreads>(sa + Tr::kBytesA, gk + k0, p.k_row_stride, rows_b,
+                                                          p.d_in - k0, tid);
+        }
     };
+
+    // Each lane's ldmatrix rows, fixed for the whole loop: the row's swizzle depends on
+    // its low bits only, and the m16 / n16 tiles of a warp are 16 rows (1 KB) apart, so
+    // one offset per k16 step serves all of them. A: matrices (rows 0-7, k lo),
+    // (8-15, k lo), (0-7, k hi), (8-15, k hi) of an m16 tile; B: (n8 tile 2np, k lo),
+    // (2np, k hi), (2np + 1, k lo), (2np + 1, k hi).
+    constexpr int kKK = Tr::kBK / 16;
+    constexpr int kTile16 = 16 * Sw::kRowBytes;
+    int a_off[kKK], b_off[kKK];
+#pragma unroll
+    for (int kk = 0; kk < kKK; ++kk) {
+        a_off[kk] = Sw::offset(wm * Tr::kWM + lane % 16, kk * 2 + lane / 16);
+        b_off[kk] = Tr::kBytesA + Sw::offset(wn * Tr::kWN + (lane / 16) * 8 + lane % 8, kk * 2 + (lane / 8) % 2);
+    }
 
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    ring_prologue<Tr::kStages>(k_tiles, load);
-    for (int kt = 0; kt < k_tiles; ++kt) {
-        tf::cp_async_wait<Tr::kStages - 2>();
-        __syncthreads();  // tile kt landed for all; stage (kt - 1) % S is free
-        if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1);
-        tf::cp_async_commit();
-        const unsigned char* sa = smem + (kt % Tr::kStages) * Tr::kStageBytes;
-        const unsigned char* sb = sa + Tr::kBytesA;
+    // One pipeline stage: the fragments of k16 step kk + 1 load before the mma of
+    // step kk. `mts` m16 tiles take part (kMT, a constant, for a warp with no rows
+    // past t: no branch per tile).
+    auto mma_stage = [&](const unsigned char* st, int mts) {
+        uint32_t af[2][Tr::kMT][4], bf[2][Tr::kNT / 2][4];
+        auto frags = [&](int kk, uint32_t(&a)[Tr::kMT][4], uint32_t(&b)[Tr::kNT / 2][4]) {
 #pragma unroll
-        for (int kk = 0; kk < Tr::kBK / 16; ++kk) {
-            uint32_t bf[Tr::kNT / 2][4];
+            for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4(b[np], st + b_off[kk] + np * kTile16);
 #pragma unroll
-            for (int np = 0; np < Tr::kNT / 2; ++np) {
-                // matrices: (n8 tile 2np, k lo), (2np, k hi), (2np + 1, k lo), (2np + 1, k hi)
-                const int r = wn * Tr::kWN + np * 16 + (lane / 16) * 8 + lane % 8;
-                tf::ldmatrix_x4(bf[np], sb + Sw::offset(r, kk * 2 + (lane / 8) % 2));
-            }
+            for (int mi = 0; mi < Tr::kMT; ++mi)
+                if (mi < mts) tf::ldmatrix_x4(a[mi], st + a_off[kk] + mi * kTile16);
+        };
+        frags(0, af[0], bf[0]);
+#pragma unroll
+        for (int kk = 0; kk < kKK; ++kk) {
+            if (kk + 1 < kKK) frags(kk + 1, af[(kk + 1) % 2], bf[(kk + 1) % 2]);
 #pragma unroll
             for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mt_active) {
-                    uint32_t af[4];
-                    tf::ldmatrix_x4(af, sa + Sw::offset(wm * Tr::kWM + mi * 16 + lane % 16, kk * 2 + lane / 16));
+                if (mi < mts) {
 #pragma unroll
                     for (int np = 0; np < Tr::kNT / 2; ++np) {
-                        const uint32_t b0[2] = {bf[np][0], bf[np][1]};
-                        const uint32_t b1[2] = {bf[np][2], bf[np][3]};
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af, b0);
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af, b1);
+                        const uint32_t b0[2] = {bf[kk % 2][np][0], bf[kk % 2][np][1]};
+                        const uint32_t b1[2] = {bf[kk % 2][np][2], bf[kk % 2][np][3]};
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af[kk % 2][mi], b0);
+                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af[kk % 2][mi], b1);
                     }
                 }
             }
         }
-    }
+    };
+
+    // The main loop, in two forms decided once per CTA: FULL for a tile with no row
+    // residue and `narrow` strides (every copy 16 bytes at a 32-bit offset, every m16
+    // tile computed), else the general one.
+    auto mainloop = [&](auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        auto load_kt = [&](int kt) { load(kt, full); };
+        ring_prologue<Tr::kStages>(k_tiles, load_kt);
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            tf::cp_async_wait<Tr::kStages - 2>();
+            __syncthreads();  // tile kt landed for all; stage (kt - 1) % S is free
+            if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1, full);
+            tf::cp_async_commit();
+            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active);
+        }
+    };
+    if (rows_a == Tr::kBM && rows_b == Tr::kBN && sx.narrow && sk.narrow)
+        mainloop(Flag<true>());
+    else
+        mainloop(Flag<false>());
     tf::cp_async_wait<0>();
     __syncthreads();  // every warp is done with the pipeline memory
 

@@ -40,6 +40,13 @@ __device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
 __device__ __forceinline__ int pow2_exp(float d) { return (int)fminf(fmaxf(d, -300.0f), 0.0f); }
 // 2^d for an integer-valued d <= 0 (exact; 0 below 2^-149).
 __device__ __forceinline__ float pow2_neg(float d) { return ldexpf(1.0f, pow2_exp(d)); }
+// 2^e for an integer e in [-300, 0] (pow2_exp's range), built from its bits: the
+// same value as ldexpf(1, e) (subnormal from -127 down to -149, 0 below).
+__device__ __forceinline__ float pow2_bits(int e) {
+    const int biased = e + 127;
+    const int sub = e >= -149 ? 1 << imax(e + 149, 0) : 0;  // e < -126: subnormal bits
+    return __int_as_float(biased > 0 ? biased << 23 : sub);
+}
 // v * 2^d for an integer-valued d <= 0 (exact unless the result is subnormal; NaN
 // and infinite v stay so for every d).
 __device__ __forceinline__ float scale_pow2(float v, float d) { return ldexpf(v, pow2_exp(d)); }
@@ -268,6 +275,73 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
         tf::cp_async_16(s + Sw::offset(r, ch), src, bytes);
     }
 }
+
+// A compile-time bool passed as a value (a generic lambda's `auto` parameter), so one
+// lambda body gives two specialised copies of a loop.
+template <bool B>
+struct Flag {
+    static constexpr bool value = B;
+};
+
+// The steady-state form of load_tile: the per-thread part of the address and residue
+// arithmetic done ONCE, for a stream of tiles that differ only by a constant step of
+// the source (the next k-tile). Thread tid copies the chunks (row tid / CHUNKS +
+// i·kRowStep, chunk tid % CHUNKS), the same chunks load_tile gives it. kRowStep is a
+// multiple of the swizzle's period, so every chunk of the thread lies at the same
+// constant offset from its first one in shared memory, and kRowStep source rows
+// after the previous one in global memory: one pointer per stream (registers are
+// short in the products' loops). A chunk's source size (16, a partial chunk's
+// bytes, or 0 past rows_valid / cols_valid) is fixed at construction; a chunk that
+// reads nothing points at the first chunk instead (itself at row 0 / column 0 when
+// that is past the residue), so that every address the stream forms stays inside
+// the source for as long as its tiles are full ones.
+// Usage: construct on the tile at k = 0, then per tile issue() into the stage and
+// advance() by the step.
+template <int ROWS, int CHUNKS, int THREADS, typename T>
+struct TileStream {
+    using Sw = tf::Swizzle<CHUNKS>;
+    static constexpr int kPer = ROWS * CHUNKS / THREADS;
+    static constexpr int kRowStep = THREADS / CHUNKS;
+    static constexpr int kStepBytes = kRowStep * Sw::kRowBytes;
+    static_assert(sizeof(T) == 2, "16-bit tiles");
+    static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
+    static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+
+    const T* src;     // the thread's first chunk in the current tile
+    int64_t step;     // elements from one of the thread's chunks to the next
+    int step32;       // the same as an int, when `narrow` (offsets from 32-bit products)
+    bool narrow;      // every offset i·step of the stream fits an int of bytes
+    int bytes[kPer];  // source size of each chunk
+    int soff;         // shared-memory offset of the thread's first chunk in a tile
+
+    __device__ __forceinline__ TileStream(const T* g, int64_t ld, int rows_valid, int64_t cols_valid, int tid) {
+        const int r0 = tid / CHUNKS, ch = tid % CHUNKS;
+        const int64_t left = cols_valid - ch * 8;
+        const int col_bytes = left >= 8 ? 16 : left > 0 ? (int)left * 2 : 0;
+        soff = Sw::offset(r0, ch);
+        src = g + (r0 < rows_valid ? r0 : 0) * ld + (col_bytes > 0 ? ch * 8 : 0);
+        step = kRowStep * ld;
+        narrow = (kPer - 1) * step * (int64_t)sizeof(T) <= 0x7fffffff;
+        step32 = narrow ? (int)step : 0;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) bytes[i] = r0 + i * kRowStep < rows_valid ? col_bytes : 0;
+    }
+    // Copies the current tile into the swizzled tile `s`. FULL: the caller knows that
+    // no chunk of the block's tile has a residue and that the stream is `narrow`
+    // (plain copies, no source sizes, 32-bit offsets).
+    template <bool FULL>
+    __device__ __forceinline__ void issue(unsigned char* s) const {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            if (FULL)
+                tf::cp_async_16(s + soff + i * kStepBytes, src + i * step32, 16);
+            else
+                tf::cp_async_16(s + soff + i * kStepBytes, src + (bytes[i] > 0 ? i : 0) * step, bytes[i]);
+        }
+    }
+    // Moves to the next tile, `elems` elements further on.
+    __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
+};
 
 // Zeroes an mma accumulator array of MT x NT m16n8 tiles.
 template <int MT, int NT>
