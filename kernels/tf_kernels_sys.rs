@@ -456,9 +456,11 @@ const _: () = {
     ["Offset of field: tf_adamw_params::lr"][::std::mem::offset_of!(tf_adamw_params, lr) - 44usize];
     ["Offset of field: tf_adamw_params::lr_wd"][::std::mem::offset_of!(tf_adamw_params, lr_wd) - 48usize];
     ["Offset of field: tf_adamw_params::beta1"][::std::mem::offset_of!(tf_adamw_params, beta1) - 52usize];
-    ["Offset of field: tf_adamw_params::one_minus_beta1"][::std::mem::offset_of!(tf_adamw_params, one_minus_beta1) - 56usize];
+    ["Offset of field: tf_adamw_params::one_minus_beta1"]
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta1) - 56usize];
     ["Offset of field: tf_adamw_params::beta2"][::std::mem::offset_of!(tf_adamw_params, beta2) - 60usize];
-    ["Offset of field: tf_adamw_params::one_minus_beta2"][::std::mem::offset_of!(tf_adamw_params, one_minus_beta2) - 64usize];
+    ["Offset of field: tf_adamw_params::one_minus_beta2"]
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta2) - 64usize];
     ["Offset of field: tf_adamw_params::inv_bc1"][::std::mem::offset_of!(tf_adamw_params, inv_bc1) - 68usize];
     ["Offset of field: tf_adamw_params::inv_bc2"][::std::mem::offset_of!(tf_adamw_params, inv_bc2) - 72usize];
     ["Offset of field: tf_adamw_params::eps"][::std::mem::offset_of!(tf_adamw_params, eps) - 76usize];

@@ -106,6 +106,40 @@ fn check_view(dev: &Device, what: &str, i: usize, shape: &[usize], strides: &[us
     Ok(())
 }
 
+/// What [`plan`] decided for a list of tensor sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdamWPlan {
+    /// Index of each tensor's first chunk (empty tensors take none).
+    pub chunk_start: Vec<usize>,
+    /// Chunks of all tensors: the CTAs of `adamw_norm_partial` and `adamw_update`.
+    pub chunks: usize,
+    /// Geometry of the two chunked kernels (`chunks` CTAs of 256 threads).
+    pub chunked: Geometry,
+    /// Geometry of `adamw_norm_final` (one CTA).
+    pub single: Geometry,
+}
+
+/// The chunking and launch geometry of a step over tensors of `numels` elements.
+/// Errors: more chunks than a launch takes.
+pub fn plan(numels: &[usize]) -> Result<AdamWPlan> {
+    let mut chunk_start = Vec::with_capacity(numels.len());
+    let mut chunks = 0usize;
+    for &n in numels {
+        chunk_start.push(chunks);
+        chunks = chunks.saturating_add(n.div_ceil(CHUNK));
+    }
+    if chunks > MAX_CHUNKS {
+        return Err(Error::SizeOverflow { op: OP, msg: format!("{chunks} chunks of {CHUNK} exceed {MAX_CHUNKS}") });
+    }
+    let block = [THREADS, 1, 1];
+    Ok(AdamWPlan {
+        chunk_start,
+        chunks,
+        chunked: Geometry { grid: [to_u32(OP, "chunks", chunks.max(1))?, 1, 1], block, smem: 0 },
+        single: Geometry { grid: [1, 1, 1], block, smem: 0 },
+    })
+}
+
 impl<T: DType> AdamW<T> {
     /// An optimizer for `params` (each contiguous, on `dev`) at step 0: the master
     /// weights are the parameters' values in f32, the moments are zeros; tensor
@@ -131,7 +165,7 @@ impl<T: DType> AdamW<T> {
                 v: dev.zeros(&[rows, inner])?,
             });
         }
-        let chunks: usize = slots.iter().map(|s| s.master.len().div_ceil(CHUNK)).sum();
+        let chunks = plan(&slots.iter().map(|s| s.master.len()).collect::<Vec<_>>())?.chunks;
         Ok(AdamW {
             dev: dev.clone(),
             cfg,
@@ -212,6 +246,7 @@ impl<T: DType> AdamW<T> {
             inv_bc2: (1.0 / bc2) as f32,
             eps: cfg.eps as f32,
         };
+        let plan = plan(&self.slots.iter().map(|s| s.master.len()).collect::<Vec<_>>())?;
         let decay: Vec<bool> = self.slots.iter().map(|s| s.decay).collect();
         let mut states: Vec<[ViewMut<'_, f32>; 3]> = self
             .slots
@@ -223,8 +258,9 @@ impl<T: DType> AdamW<T> {
             .collect();
         let mut guards = Vec::new();
         let mut descs = Vec::with_capacity(params.len());
-        let mut chunks = 0usize;
-        for (((p, g), st), d) in params.iter_mut().zip(grads).zip(states.iter_mut()).zip(decay) {
+        for ((((p, g), st), d), &start) in
+            params.iter_mut().zip(grads).zip(states.iter_mut()).zip(decay).zip(&plan.chunk_start)
+        {
             let numel = p.shape().iter().product::<usize>();
             if numel == 0 {
                 continue;
@@ -238,29 +274,24 @@ impl<T: DType> AdamW<T> {
                 m: m1.addr,
                 v: v1.addr,
                 numel: to_i64(OP, "elements", numel)?,
-                chunk_start: to_i64(OP, "chunks", chunks)?,
+                chunk_start: to_i64(OP, "chunks", start)?,
                 dtype: T::CODE as i32,
                 decay: i32::from(d),
             });
             guards.extend([pp, gp, mp, m1, v1]);
-            chunks += numel.div_ceil(CHUNK);
-        }
-        if chunks > MAX_CHUNKS {
-            return Err(Error::SizeOverflow { op: OP, msg: format!("{chunks} chunks of {CHUNK} exceed {MAX_CHUNKS}") });
         }
         self.steps = t;
         if descs.is_empty() {
             self.norm.write(&[0.0, 1.0])?;
         } else {
-            let chunked = Geometry { grid: [to_u32(OP, "chunks", chunks)?, 1, 1], block: [THREADS, 1, 1], smem: 0 };
-            let single = Geometry { grid: [1, 1, 1], block: [THREADS, 1, 1], smem: 0 };
+            let (chunked, single) = (&plan.chunked, &plan.single);
             let mut partial = self.partial.view_mut();
             let mut norm = self.norm.view_mut();
             let (pa, no) = (partial.ptr_mut(), norm.ptr_mut());
             kp.partial = pa.addr;
             kp.norm = no.addr;
             kp.num_descs = to_i64(OP, "descriptors", descs.len())?;
-            kp.num_chunks = to_i64(OP, "chunks", chunks)?;
+            kp.num_chunks = to_i64(OP, "chunks", plan.chunks)?;
             let dev = &self.dev;
             dev.with_table(&descs, |table| {
                 kp.descs = table;
@@ -268,14 +299,14 @@ impl<T: DType> AdamW<T> {
                 // dense view of numel elements on this device, shaped as its master
                 // and moments (dense f32 tensors of the same numel, owned here);
                 // chunk_start is the running sum of ceil(numel / CHUNK) and partial
-                // holds at least `chunks` floats (grow_rows keeps it so), norm two;
+                // holds at least `plan.chunks` floats (grow_rows keeps it so), norm two;
                 // the table stays locked until the launches are done (emulator) or
                 // queued ahead of any later upload (CUDA); every borrow and guard
                 // outlives these calls.
                 unsafe {
-                    dev.launch(OP, "adamw_norm_partial", &chunked, &kp)?;
-                    dev.launch(OP, "adamw_norm_final", &single, &kp)?;
-                    dev.launch(OP, "adamw_update", &chunked, &kp)
+                    dev.launch(OP, "adamw_norm_partial", chunked, &kp)?;
+                    dev.launch(OP, "adamw_norm_final", single, &kp)?;
+                    dev.launch(OP, "adamw_update", chunked, &kp)
                 }
             })?;
             drop((pa, no));
@@ -372,7 +403,7 @@ impl<T: DType> AdamW<T> {
         grow_batch(&self.dev, items)?;
         (slot.master, slot.m, slot.v) = (master, m, v);
         slot.shape = new.to_vec();
-        let chunks: usize = self.slots.iter().map(|s| s.master.len().div_ceil(CHUNK)).sum();
+        let chunks = plan(&self.slots.iter().map(|s| s.master.len()).collect::<Vec<_>>())?.chunks;
         if chunks > self.partial.len() {
             self.partial = self.dev.zeros(&[chunks])?;
         }
