@@ -11,7 +11,7 @@ mod common;
 use common::{assert_close, backends, rand_vec, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::{bf16, f16, AdamW, AdamWConfig, DType, Device, Tensor, View, ViewMut};
+use tf_host::{bf16, f16, AdamW, AdamWConfig, DType, Device, EmuOptions, LaneOrder, Tensor, View, ViewMut};
 use tf_ref::AdamWState;
 
 /// Every residue of the element count mod 8, one tensor spanning three chunks.
@@ -155,22 +155,35 @@ fn three_steps_match_tf_ref_with_tails_and_clipping() {
     }
 }
 
+/// Two bf16 steps with clipping: the norms' bits and every bit of the state.
+fn bits_of_two_steps(dev: &Device, s: u64) -> (Vec<(u32, u32)>, Vec<u32>) {
+    let mut rng = StdRng::seed_from_u64(s);
+    let mut case = Case::<bf16>::new(dev, SHAPES, AdamWConfig::default(), &mut rng);
+    let mut norms = Vec::new();
+    for lr in [2e-3, 1e-3] {
+        let grads = case.grads(&mut rng, 1.0);
+        let info = case.step(&grads, lr).0.unwrap();
+        norms.push((info.grad_norm.unwrap().to_bits(), info.clip_scale.unwrap().to_bits()));
+    }
+    (norms, case.bits())
+}
+
 #[test]
 fn two_runs_give_identical_bits() {
     let s = seed();
-    for (dev, _) in backends() {
-        let run = || {
-            let mut rng = StdRng::seed_from_u64(s);
-            let mut case = Case::<bf16>::new(&dev, SHAPES, AdamWConfig::default(), &mut rng);
-            let mut norms = Vec::new();
-            for lr in [2e-3, 1e-3] {
-                let grads = case.grads(&mut rng, 1.0);
-                let info = case.step(&grads, lr).0.unwrap();
-                norms.push((info.grad_norm.unwrap().to_bits(), info.clip_scale.unwrap().to_bits()));
-            }
-            (norms, case.bits())
-        };
-        assert!(run() == run(), "two identical runs differ");
+    for (dev, name) in backends() {
+        let first = bits_of_two_steps(&dev, s);
+        assert!(first == bits_of_two_steps(&dev, s), "{name}: two identical runs differ");
+        if name == "emulator" {
+            // Another lane order and one worker thread: the same bits (no atomics,
+            // no order that depends on scheduling).
+            let other = Device::emulator_with(EmuOptions {
+                lane_order: LaneOrder::Reverse,
+                os_threads: 1,
+                ..Default::default()
+            });
+            assert!(first == bits_of_two_steps(&other, s), "the lane order changed the result");
+        }
     }
 }
 
