@@ -220,37 +220,45 @@ fn nan_gradient_skips_the_step_as_tf_ref_refuses_it() {
     }
 }
 
+/// One parameter and its gradient as views at element offset 1 of larger buffers
+/// (not 16-byte aligned: the scalar path), two steps against tf-ref.
+fn unaligned<T: DType>(dev: &Device, s: u64) {
+    let mut rng = StdRng::seed_from_u64(s);
+    let n = 45;
+    let init: Vec<T> = rand_params(&mut rng, n + 1);
+    let mut buf = dev.upload(&init, &[n + 1]).unwrap();
+    let cfg = AdamWConfig::default();
+    let mut opt = AdamW::new(dev, &[buf.strided(1, &[n], &[1]).unwrap()], &[true], cfg).unwrap();
+    buf.write(&vec![T::NAN; n + 1]).unwrap();
+    let mut want: Vec<f64> = to_f64(&init[1..]);
+    let mut state = AdamWState::new(&[n]);
+    for lr in [2e-3, 1e-3] {
+        let gbuf_data: Vec<T> = rand_vec(&mut rng, n + 1, 1.0);
+        let gbuf = dev.upload(&gbuf_data, &[n + 1]).unwrap();
+        let g = gbuf.strided(1, &[n], &[1]).unwrap();
+        let mut p = buf.strided_mut(1, &[n], &[1]).unwrap();
+        opt.step(std::slice::from_mut(&mut p), &[g], lr).unwrap();
+        let g64 = to_f64(&gbuf_data[1..]);
+        tf_ref::adamw_step(&cfg, lr, &mut state, &mut [want.as_mut_slice()], &[g64.as_slice()], &[true]).unwrap();
+    }
+    let master = opt.master(0).unwrap().to_vec().unwrap();
+    for (j, (&g, &w)) in master.iter().zip(&want).enumerate() {
+        assert!((g as f64 - w).abs() <= 1e-6 * w.abs(), "{} element {j}: {g} vs {w}", T::NAME);
+    }
+    let all = buf.to_vec().unwrap();
+    assert!(all[0].to_f32().is_nan(), "{}: the element before the view was written", T::NAME);
+    for (c, g) in all[1..].iter().zip(&master) {
+        assert_eq!(*c, T::from_f32(*g), "{}", T::NAME);
+    }
+}
+
 #[test]
 fn unaligned_views_take_the_scalar_path() {
     let s = seed();
     for (dev, _) in backends() {
-        let mut rng = StdRng::seed_from_u64(s);
-        let n = 45;
-        let init: Vec<bf16> = rand_params(&mut rng, n + 1);
-        let mut buf = dev.upload(&init, &[n + 1]).unwrap();
-        let view = buf.strided(1, &[n], &[1]).unwrap();
-        let cfg = AdamWConfig::default();
-        let mut opt = AdamW::new(&dev, &[view], &[true], cfg).unwrap();
-        let mut want: Vec<f64> = to_f64(&init[1..]);
-        let mut state = AdamWState::new(&[n]);
-        for lr in [2e-3, 1e-3] {
-            let gbuf_data: Vec<bf16> = rand_vec(&mut rng, n + 1, 1.0);
-            let gbuf = dev.upload(&gbuf_data, &[n + 1]).unwrap();
-            let g = gbuf.strided(1, &[n], &[1]).unwrap();
-            let mut p = buf.strided_mut(1, &[n], &[1]).unwrap();
-            opt.step(std::slice::from_mut(&mut p), &[g], lr).unwrap();
-            let g64 = to_f64(&gbuf_data[1..]);
-            tf_ref::adamw_step(&cfg, lr, &mut state, &mut [want.as_mut_slice()], &[g64.as_slice()], &[true]).unwrap();
-        }
-        let master = opt.master(0).unwrap().to_vec().unwrap();
-        for (j, (&g, &w)) in master.iter().zip(&want).enumerate() {
-            assert!((g as f64 - w).abs() <= 1e-6 * w.abs(), "element {j}: {g} vs {w}");
-        }
-        let all = buf.to_vec().unwrap();
-        assert_eq!(all[0], init[0], "the element before the view was written");
-        for (c, g) in all[1..].iter().zip(&master) {
-            assert_eq!(*c, bf16::from_f32(*g));
-        }
+        unaligned::<f32>(&dev, s);
+        unaligned::<bf16>(&dev, s);
+        unaligned::<f16>(&dev, s);
     }
 }
 
