@@ -285,6 +285,52 @@ typedef struct tf_linear_params {
     int64_t y_row_stride;    /* elements between rows of y */
 } tf_linear_params;
 
+/* ----------------------------------------------------------------- adamw --- */
+
+/* The fused AdamW step (kernels/adamw.cu) over a list of tensors, in three launches
+ * that need no host sync between them:
+ *   adamw_norm_partial  grid (num_chunks): per-chunk f32 sums of squares of the grads
+ *   adamw_norm_final    grid (1): sums the partials in fixed order (f64) -> norm[0..2]
+ *   adamw_update        grid (num_chunks): the update, reading the clip factor from norm
+ * Chunk c belongs to the descriptor i with chunk_start[i] <= c < chunk_start[i + 1]
+ * and covers its elements [(c - chunk_start[i]) * TF_ADAMW_CHUNK, + TF_ADAMW_CHUNK). */
+#define TF_ADAMW_THREADS 256 /* threads per block, every adamw kernel */
+#define TF_ADAMW_CHUNK 16384 /* elements per chunk (a multiple of 8) */
+
+/* One tensor of an AdamW launch; every buffer holds `numel` contiguous elements. */
+typedef struct tf_adamw_desc {
+    tf_ptr param;            /* storage type: the copy written from the master (update) */
+    tf_ptr grad;             /* storage type: the gradient */
+    tf_ptr master;           /* f32 master weights, in and out */
+    tf_ptr m;                /* f32 first moment, in and out */
+    tf_ptr v;                /* f32 second moment, in and out */
+    int64_t numel;           /* elements, >= 1 */
+    int64_t chunk_start;     /* index of its first chunk: the sum of ceil(numel / CHUNK) before it */
+    int32_t dtype;           /* tf_dtype of param and grad */
+    int32_t decay;           /* 1: decoupled weight decay applies, 0: not */
+} tf_adamw_desc;
+
+/* Params of the three adamw kernels (one struct, by value). `norm` holds two f32:
+ * the global gradient norm N, then the clip factor c = min(1, max_norm / (N + 1e-6))
+ * (1 without clipping); adamw_update leaves everything untouched when N is not finite. */
+typedef struct tf_adamw_params {
+    tf_ptr descs;            /* tf_adamw_desc[num_descs] in device memory, chunk_start ascending */
+    tf_ptr partial;          /* [num_chunks] f32 workspace: the per-chunk sums of squares */
+    tf_ptr norm;             /* [2] f32: N and c (written by adamw_norm_final) */
+    int64_t num_descs;       /* descriptors, >= 1 */
+    int64_t num_chunks;      /* chunks of all descriptors: gridDim.x of the chunked kernels */
+    float max_norm;          /* clipping threshold; <= 0: no clipping (c = 1) */
+    float lr;                /* this step's learning rate */
+    float lr_wd;             /* lr * weight_decay (f64 product, rounded) */
+    float beta1;             /* first-moment decay */
+    float one_minus_beta1;   /* 1 - beta1 (computed in f64) */
+    float beta2;             /* second-moment decay */
+    float one_minus_beta2;   /* 1 - beta2 (computed in f64) */
+    float inv_bc1;           /* 1 / (1 - beta1^t) (f64, rounded) */
+    float inv_bc2;           /* 1 / (1 - beta2^t) (f64, rounded) */
+    float eps;               /* added to sqrt(v_hat) */
+} tf_adamw_params;
+
 /* ------------------------------------------------------------- emulator --- */
 
 /* Order in which the emulator runs the lanes of a warp between rendezvous. */

@@ -22,6 +22,8 @@ pub const TF_ATTN_MAX_SPLITS: u32 = 128;
 pub const TF_ATTN_COMBINE_ROWS: u32 = 4;
 pub const TF_ROTARY_MAX_PAIRS: u32 = 128;
 pub const TF_ROTARY_MAX_POS: u32 = 16777216;
+pub const TF_ADAMW_THREADS: u32 = 256;
+pub const TF_ADAMW_CHUNK: u32 = 16384;
 pub const TF_EMU_MAX_STATIC_SMEM: u32 = 49152;
 pub const TF_EMU_MAX_DYNAMIC_SMEM: u32 = 232448;
 pub const TF_EMU_MAX_THREADS_PER_BLOCK: u32 = 1024;
@@ -394,6 +396,74 @@ const _: () = {
         [::std::mem::offset_of!(tf_linear_params, w_row_stride) - 56usize];
     ["Offset of field: tf_linear_params::y_row_stride"]
         [::std::mem::offset_of!(tf_linear_params, y_row_stride) - 64usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_adamw_desc {
+    pub param: tf_ptr,
+    pub grad: tf_ptr,
+    pub master: tf_ptr,
+    pub m: tf_ptr,
+    pub v: tf_ptr,
+    pub numel: i64,
+    pub chunk_start: i64,
+    pub dtype: i32,
+    pub decay: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_adamw_desc"][::std::mem::size_of::<tf_adamw_desc>() - 64usize];
+    ["Alignment of tf_adamw_desc"][::std::mem::align_of::<tf_adamw_desc>() - 8usize];
+    ["Offset of field: tf_adamw_desc::param"][::std::mem::offset_of!(tf_adamw_desc, param) - 0usize];
+    ["Offset of field: tf_adamw_desc::grad"][::std::mem::offset_of!(tf_adamw_desc, grad) - 8usize];
+    ["Offset of field: tf_adamw_desc::master"][::std::mem::offset_of!(tf_adamw_desc, master) - 16usize];
+    ["Offset of field: tf_adamw_desc::m"][::std::mem::offset_of!(tf_adamw_desc, m) - 24usize];
+    ["Offset of field: tf_adamw_desc::v"][::std::mem::offset_of!(tf_adamw_desc, v) - 32usize];
+    ["Offset of field: tf_adamw_desc::numel"][::std::mem::offset_of!(tf_adamw_desc, numel) - 40usize];
+    ["Offset of field: tf_adamw_desc::chunk_start"][::std::mem::offset_of!(tf_adamw_desc, chunk_start) - 48usize];
+    ["Offset of field: tf_adamw_desc::dtype"][::std::mem::offset_of!(tf_adamw_desc, dtype) - 56usize];
+    ["Offset of field: tf_adamw_desc::decay"][::std::mem::offset_of!(tf_adamw_desc, decay) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_adamw_params {
+    pub descs: tf_ptr,
+    pub partial: tf_ptr,
+    pub norm: tf_ptr,
+    pub num_descs: i64,
+    pub num_chunks: i64,
+    pub max_norm: f32,
+    pub lr: f32,
+    pub lr_wd: f32,
+    pub beta1: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    pub inv_bc1: f32,
+    pub inv_bc2: f32,
+    pub eps: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_adamw_params"][::std::mem::size_of::<tf_adamw_params>() - 80usize];
+    ["Alignment of tf_adamw_params"][::std::mem::align_of::<tf_adamw_params>() - 8usize];
+    ["Offset of field: tf_adamw_params::descs"][::std::mem::offset_of!(tf_adamw_params, descs) - 0usize];
+    ["Offset of field: tf_adamw_params::partial"][::std::mem::offset_of!(tf_adamw_params, partial) - 8usize];
+    ["Offset of field: tf_adamw_params::norm"][::std::mem::offset_of!(tf_adamw_params, norm) - 16usize];
+    ["Offset of field: tf_adamw_params::num_descs"][::std::mem::offset_of!(tf_adamw_params, num_descs) - 24usize];
+    ["Offset of field: tf_adamw_params::num_chunks"][::std::mem::offset_of!(tf_adamw_params, num_chunks) - 32usize];
+    ["Offset of field: tf_adamw_params::max_norm"][::std::mem::offset_of!(tf_adamw_params, max_norm) - 40usize];
+    ["Offset of field: tf_adamw_params::lr"][::std::mem::offset_of!(tf_adamw_params, lr) - 44usize];
+    ["Offset of field: tf_adamw_params::lr_wd"][::std::mem::offset_of!(tf_adamw_params, lr_wd) - 48usize];
+    ["Offset of field: tf_adamw_params::beta1"][::std::mem::offset_of!(tf_adamw_params, beta1) - 52usize];
+    ["Offset of field: tf_adamw_params::one_minus_beta1"]
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta1) - 56usize];
+    ["Offset of field: tf_adamw_params::beta2"][::std::mem::offset_of!(tf_adamw_params, beta2) - 60usize];
+    ["Offset of field: tf_adamw_params::one_minus_beta2"]
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta2) - 64usize];
+    ["Offset of field: tf_adamw_params::inv_bc1"][::std::mem::offset_of!(tf_adamw_params, inv_bc1) - 68usize];
+    ["Offset of field: tf_adamw_params::inv_bc2"][::std::mem::offset_of!(tf_adamw_params, inv_bc2) - 72usize];
+    ["Offset of field: tf_adamw_params::eps"][::std::mem::offset_of!(tf_adamw_params, eps) - 76usize];
 };
 pub const TF_EMU_ORDER_FORWARD: tf_emu_lane_order = 0;
 pub const TF_EMU_ORDER_REVERSE: tf_emu_lane_order = 1;

@@ -41,6 +41,7 @@ const CHECKED: &[(&str, &[&str])] = &[
     ),
     ("baseline", &["linear_matches_tf_ref_with_tails", "standalone_norm_matches_tf_ref"]),
     ("model", &["kv_cache_decode_equals_full_forward"]),
+    ("adamw", &["three_steps_match_tf_ref_with_tails_and_clipping", "unaligned_views_take_the_scalar_path"]),
 ];
 
 /// Runs the checked tests (`cargo` builds the command with the toolchain's

@@ -431,7 +431,7 @@ fn outside_without_nvcc(root: &Path) -> Result<(), String> {
 
 /// Tests the GPU run kit carries (the CUDA half of each; the emulator half is
 /// skipped there through TF_TEST_BACKENDS=cuda).
-const KIT_TESTS: &[&str] = &["pattention", "attention", "grow", "baseline", "model"];
+const KIT_TESTS: &[&str] = &["pattention", "attention", "grow", "baseline", "model", "adamw"];
 /// Benches the kit carries.
 const KIT_BENCHES: &[&str] = &["pattention", "attention", "grow"];
 /// Largest kit the GPU machine accepts.

@@ -9,6 +9,8 @@
 //!   [`grow_batch`]; layer norm, rotary, residual add and embedding in
 //!   [`ops::block`]. Operands that could be swapped by position are passed by name
 //!   ([`PattentionArgs`], [`AttnArgs`]).
+//! - [`AdamW`]: the fused optimizer step of training (f32 master weights and
+//!   moments, deterministic global-norm clipping).
 //! - [`Pattention`]: a layer that owns its parameter tokens and grows.
 //! - [`Tokenformer`]: the whole model: init, checkpoints, forward, KV-cache
 //!   generation, growth of every Pattention at once.
@@ -63,6 +65,7 @@ pub use layer::{Init, Pattention, PattentionShape, RandomInit, ValueInit};
 pub use model::{
     CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
 };
+pub use ops::adamw::{AdamW, AdamWConfig, StepInfo};
 pub use ops::attention::{attention, attention_into, attention_workspace_bytes, AttnArgs, AttnOptions};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};

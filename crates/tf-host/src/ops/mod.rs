@@ -1,5 +1,6 @@
 //! Operations: one module per kernel family, each with its `plan`.
 
+pub mod adamw;
 pub mod attention;
 pub mod block;
 pub mod grow;
