@@ -181,7 +181,7 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
 
     float2* stats = reinterpret_cast<float2*>(p.stats);
     const bool write_stats = blockIdx.y == 0;
-    scores_epilogue<Tr::kWarps>(stage, rows, tokens, p.norm, warp, lane,
+    scores_epilogue<T, Tr::kWarps>(stage, rows, tokens, p.norm, warp, lane,
                                 [&](int r, int ln, const float(&v)[4], float2 st) {
                                     store4<T>(reinterpret_cast<T*>(sP + SwP::offset(r, ln / 2) + (ln % 2) * 8), v);
                                     if (write_stats && ln == 0) stats[r * p.n_tiles + chunk] = st;

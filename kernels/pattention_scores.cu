@@ -99,7 +99,7 @@ __device__ __forceinline__ void write_scores(const tf_pattention_params& p, cons
     const int valid = (int)min64(kTileN, p.n - n0);
     T* h = reinterpret_cast<T*>(p.h);
     float2* stats = reinterpret_cast<float2*>(p.stats);
-    scores_epilogue<WARPS>(stage, rows, valid, p.norm, warp, lane, [&](int r, int ln, const float(&v)[4], float2 st) {
+    scores_epilogue<T, WARPS>(stage, rows, valid, p.norm, warp, lane, [&](int r, int ln, const float(&v)[4], float2 st) {
         const int64_t row = m0 + r, col = n0 + 4 * ln;
         if (col < p.h_stride) store4<T>(h + row * p.h_stride + col, v);
         if (ln == 0) stats[row * p.n_tiles + t_idx] = st;

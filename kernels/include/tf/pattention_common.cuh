@@ -164,7 +164,10 @@ __device__ __forceinline__ float row_base(int norm, float scale, float eps, floa
 // rewrites v[] with the values to store (0 past `valid`) and returns the tile's
 // statistics entry (see above; (0, NaN) for a poisoned tile). Every branch is
 // warp-uniform. Columns past `valid` may hold NaN (a NaN or inf of x times the zero
-// padding of K_P): they never enter the statistics.
+// padding of K_P): they never enter the statistics. T is the storage type of the
+// scores: gelu_l2_norm's gelu is tf::gelu_stored_as<T> (the 12-instruction form for
+// 16-bit storage, the exact erf for f32; tf/gelu.cuh states its bound).
+template <typename T>
 __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, int norm) {
     bool ok[4];
 #pragma unroll
@@ -200,7 +203,7 @@ __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, 
     }
     if (norm == TF_NORM_GELU_L2_NORM) {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = tf::gelu(v[j]);
+        for (int j = 0; j < 4; ++j) v[j] = tf::gelu_stored_as<T>(v[j]);
     }
     float mx = 0.0f;
 #pragma unroll
@@ -231,13 +234,13 @@ __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, 
 
 // Runs score_row over the rows [0, rows) of an f32 tile staged at `stage` (row stride
 // kStageLd), one warp per row, and hands each finished row to `sink(r, lane, v, stat)`.
-template <int WARPS, typename Sink>
+template <typename T, int WARPS, typename Sink>
 __device__ __forceinline__ void scores_epilogue(const float* stage, int rows, int valid_cols, int norm, int warp,
                                                 int lane, Sink&& sink) {
     for (int r = warp; r < rows; r += WARPS) {
         const float4 a = *reinterpret_cast<const float4*>(stage + r * kStageLd + 4 * lane);
         float v[4] = {a.x, a.y, a.z, a.w};
-        const float2 st = score_row(v, lane, valid_cols, norm);
+        const float2 st = score_row<T>(v, lane, valid_cols, norm);
         sink(r, lane, v, st);
     }
 }
