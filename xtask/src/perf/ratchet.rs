@@ -12,14 +12,14 @@ use super::analysis::Row;
 /// (nvcc 13.0, `cargo xtask perf`) rounded up a little; targets: Pattention
 /// mainloops <= 3, attention <= 4.5.
 pub const LIMITS: &[(&str, &str, f64, f64)] = &[
-    ("pattention_scores", "sm_80", 6.5, 3.0),   // measured 6.08
-    ("pattention_scores", "sm_90a", 6.5, 3.0),  // measured 6.34
-    ("pattention_out", "sm_80", 7.5, 3.0),      // measured 7.31
-    ("pattention_out", "sm_90a", 8.0, 3.0),     // measured 7.61
-    ("pattention_decode", "sm_80", 12.0, 3.0),  // measured 11.75 (product 2 loop)
-    ("pattention_decode", "sm_90a", 14.5, 3.0), // measured 14.12
-    ("attn_fwd", "sm_80", 4.4, 4.5),            // worst: hd64 4.32 (split 4.29); was 6.55
-    ("attn_fwd", "sm_90a", 4.4, 4.5),           // worst: hd64 4.36 (split 4.30); was 6.66
+    ("pattention_scores", "sm_80", 2.2, 3.0),  // measured 2.05 (was 6.08)
+    ("pattention_scores", "sm_90a", 2.5, 3.0), // measured 2.39 (was 6.34)
+    ("pattention_out", "sm_80", 2.7, 3.0),     // measured 2.58 (was 7.31)
+    ("pattention_out", "sm_90a", 2.9, 3.0),    // measured 2.75 (was 7.61)
+    ("pattention_decode", "sm_80", 4.7, 3.0),  // measured 4.53 (product 2 loop; was 11.75)
+    ("pattention_decode", "sm_90a", 5.4, 3.0), // measured 5.19 (was 14.12)
+    ("attn_fwd", "sm_80", 4.4, 4.5),           // worst: hd64 4.32 (split 4.29); was 6.55
+    ("attn_fwd", "sm_90a", 4.4, 4.5),          // worst: hd64 4.36 (split 4.30); was 6.66
 ];
 
 /// The family of a tensor-core kernel (`attn_fwd_split_bf16_hd64` → `attn_fwd`),
