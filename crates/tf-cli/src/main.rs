@@ -26,7 +26,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenformer", version, about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation, training")]
+#[command(
+    name = "tokenformer",
+    version,
+    about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation, training"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
