@@ -85,9 +85,9 @@ fn loss_decreases_before_and_after_a_preserving_growth() {
         "--steps",
         "40",
         "--batch",
-        "4",
+        "8",
         "--seq",
-        "24",
+        "32",
         "--lr",
         "3e-3",
         "--grow-at",
@@ -108,12 +108,17 @@ fn loss_decreases_before_and_after_a_preserving_growth() {
     assert_eq!(train.len(), 40);
     let eval = losses(&json, "eval_loss");
     assert_eq!(eval.iter().map(|e| e.0).collect::<Vec<_>>(), [9, 19, 29, 39]);
+    // The corpus is the project's docs, which change: the margins below hold
+    // with room to spare for seeds 0-3 (train means 5.4 -> 3.9-4.0 -> 3.5-3.7;
+    // held-out 4.3 -> 3.5 -> 3.42-3.45 -> 3.41-3.44). The held-out windows are
+    // fixed, so they are the less noisy signal after the growth (where the lr is
+    // already decaying).
     // Before the growth: the train loss (10-step means) and the held-out loss fall.
-    assert!(mean(&train[10..20]) < mean(&train[0..10]) - 0.3, "{train:?}");
-    assert!(eval[1].1 < eval[0].1, "{eval:?}");
-    // After it: both keep falling.
-    assert!(mean(&train[30..40]) < mean(&train[20..30]), "{train:?}");
-    assert!(eval[3].1 < eval[1].1, "{eval:?}");
+    assert!(mean(&train[10..20]) < mean(&train[0..10]) - 0.5, "{train:?}");
+    assert!(eval[1].1 < eval[0].1 - 0.3, "{eval:?}");
+    // After it: both keep falling (a model frozen at the growth fails this).
+    assert!(mean(&train[20..40]) < mean(&train[10..20]), "{train:?}");
+    assert!(eval[2].1 < eval[1].1 && eval[3].1 < eval[1].1, "{eval:?}");
     // (a) through the CLI: the grown step's batch loss before and after the
     // growth print the same shortest round-trip f64, i.e. the same bits.
     let log = std::fs::read_to_string(&json).unwrap();

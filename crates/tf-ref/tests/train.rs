@@ -82,27 +82,33 @@ fn a_resumed_run_is_bitwise_the_uninterrupted_one() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("run.safetensors");
     let mut straight = Trainer::new(run(6, Some(plan(2, true)))).unwrap();
-    let mut half = straight.clone();
+    let fresh = straight.clone();
     // Threads do not change the result.
     straight.threads = 2;
     for _ in 0..6 {
         straight.step(&data).unwrap();
     }
-    for _ in 0..3 {
-        half.step(&data).unwrap();
+    // Stopped after the growth (3 steps) and before it (1 step).
+    for stop in [3, 1] {
+        let mut half = fresh.clone();
+        for _ in 0..stop {
+            half.step(&data).unwrap();
+        }
+        half.save(&path, data.fingerprint()).unwrap();
+        let (mut resumed, fp) = Trainer::load(&path).unwrap();
+        assert_eq!(fp, data.fingerprint());
+        assert_eq!(resumed, half, "the checkpoint does not round-trip exactly");
+        while !resumed.done() {
+            resumed.step(&data).unwrap();
+        }
+        let bits = |t: &Trainer| {
+            param_tensors(&t.params).iter().flat_map(|x| x.iter().map(|v| v.to_bits())).collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&resumed), bits(&straight), "stopped at {stop}");
+        assert_eq!(resumed.opt, straight.opt);
+        assert_eq!(resumed.params, straight.params);
+        assert_eq!(resumed.cfg, straight.cfg);
     }
-    half.save(&path, data.fingerprint()).unwrap();
-    let (mut resumed, fp) = Trainer::load(&path).unwrap();
-    assert_eq!(fp, data.fingerprint());
-    assert_eq!(resumed, half, "the checkpoint does not round-trip exactly");
-    for _ in 0..3 {
-        resumed.step(&data).unwrap();
-    }
-    let bits =
-        |t: &Trainer| param_tensors(&t.params).iter().flat_map(|x| x.iter().map(|v| v.to_bits())).collect::<Vec<_>>();
-    assert_eq!(bits(&resumed), bits(&straight));
-    assert_eq!(resumed.opt, straight.opt);
-    assert_eq!(resumed.params, straight.params);
     assert!(Trainer::load(&dir.join("missing")).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
