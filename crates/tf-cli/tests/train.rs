@@ -160,6 +160,18 @@ fn a_resumed_run_is_bitwise_an_uninterrupted_one() {
 }
 
 #[test]
+fn a_u16_token_file_trains() {
+    let dir = tmp("bin");
+    let ids: Vec<u8> = (0..600u16).flat_map(|i| ((i * 7 + i / 13) % 500).to_le_bytes()).collect();
+    let path = dir.join("tokens.bin");
+    std::fs::write(&path, ids).unwrap();
+    let out = ok(&["train", "--config", "tiny", "--data", path.to_str().unwrap(), "--steps", "2", "--seq", "16"]);
+    assert!(out.contains("600 corpus tokens (540 train, 60 held out)"), "{out}");
+    assert!(out.contains("trained 2 steps"), "{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn bad_input_is_one_line() {
     let dir = tmp("bad");
     let p = |n: &str| dir.join(n).to_str().unwrap().to_string();

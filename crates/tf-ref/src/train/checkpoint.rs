@@ -164,13 +164,16 @@ impl Trainer {
                     return Err(bad(format!("metadata tokenformer.grow = {v:?} is not at:qkv,proj,ffn:how")));
                 };
                 let (qkv, proj, ffn) = counts("tokenformer.grow", slots)?;
-                Some(GrowPlan {
-                    at: num(&bad, "tokenformer.grow", at)?,
-                    qkv,
-                    proj,
-                    ffn,
-                    preserving: how == "preserving",
-                })
+                let preserving = match how {
+                    "preserving" => true,
+                    "random" => false,
+                    _ => {
+                        return Err(bad(format!(
+                            "metadata tokenformer.grow = {v:?}: {how:?} is not preserving or random"
+                        )))
+                    }
+                };
+                Some(GrowPlan { at: num(&bad, "tokenformer.grow", at)?, qkv, proj, ffn, preserving })
             }
         };
         let run = RunConfig {
