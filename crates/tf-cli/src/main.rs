@@ -9,6 +9,8 @@
 //! - `generate`: token ids in, token ids out.
 //! - `golden`: tf-ref's golden files.
 //! - `info`: driver, device, compiled archs, nvcc, ptxas summary.
+//! - `train`: training on the f64 reference backend, with growth mid-run,
+//!   exact checkpoints and resume (see `docs/training.md`).
 //!
 //! Errors are one line on stderr and a non-zero exit, never a panic trace.
 
@@ -16,6 +18,7 @@ mod bench;
 mod check;
 mod commands;
 mod profile;
+mod train;
 mod util;
 
 use std::process::ExitCode;
@@ -23,7 +26,11 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "tokenformer", version, about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation")]
+#[command(
+    name = "tokenformer",
+    version,
+    about = "TokenFormer CUDA kernels: benchmarks, checks, growth, generation, training"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,6 +72,69 @@ enum Command {
     /// One op at one shape on the emulator's memory profiler: per kernel, requests,
     /// sectors, coalescing and bank conflicts per source line.
     Profile(ProfileArgs),
+    /// Train a model on a byte or u16-token corpus with tf-ref's exact f64 gradients,
+    /// optionally growing it mid-run; save and resume bit-exactly.
+    Train(TrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Config to start from (e.g. tiny; its vocab must be >= 256 for a byte corpus).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Corpus: a `.bin` of little-endian u16 token ids, else plain text read as bytes.
+    /// The last 10 % is held out for --eval-every.
+    #[arg(long, value_name = "FILE")]
+    pub data: std::path::PathBuf,
+    /// Total optimizer steps (the length of the cosine schedule).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Stop (and --save) after this many completed steps, keeping the schedule of --steps.
+    #[arg(long, value_name = "STEP")]
+    pub stop_at: Option<u64>,
+    /// Sequences per step [default: 8].
+    #[arg(long, value_name = "B")]
+    pub batch: Option<usize>,
+    /// Tokens per sequence, at most the config's context length [default: 64].
+    #[arg(long, value_name = "T")]
+    pub seq: Option<usize>,
+    /// Peak learning rate [default: 6e-4]; AdamW betas (0.9, 0.95), weight decay 0.1,
+    /// clipping 1.0, 1 % warm-up, cosine to 6e-5.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of the init, the new rows of a growth and the batches [default: 0].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Before step STEP (0-based) grow every block's Pattentions to QKV,PROJ,FFN slots.
+    #[arg(long, value_name = "STEP:QKV,PROJ,FFN")]
+    pub grow_at: Option<String>,
+    /// Zero new keys and pinned n_ref: the growth leaves the loss bitwise unchanged.
+    #[arg(long)]
+    pub preserving: bool,
+    /// Write a training checkpoint (weights, optimizer state, step, run settings) at the end.
+    #[arg(long, value_name = "CKPT")]
+    pub save: Option<std::path::PathBuf>,
+    /// Continue the run saved in CKPT (same --data); the result is bitwise that of an uninterrupted run.
+    #[arg(long, value_name = "CKPT")]
+    pub resume: Option<std::path::PathBuf>,
+    /// Held-out loss every K steps (and at the end).
+    #[arg(long, value_name = "K")]
+    pub eval_every: Option<u64>,
+    /// Print a line every K steps.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub log_every: u64,
+    /// Write one JSON object per step to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// Write the loss curve as an SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<std::path::PathBuf>,
+    /// Training backend: only `reference` (tf-ref, f64, CPU) exists today.
+    #[arg(long, default_value = "reference")]
+    pub device: String,
+    /// CPU threads of the reference backend (the results do not depend on it).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Args, Debug)]
@@ -281,6 +351,7 @@ fn main() -> ExitCode {
         Command::Golden(a) => commands::golden(&a),
         Command::Info => commands::info(),
         Command::Profile(a) => profile::run(&a),
+        Command::Train(a) => train::run(&a),
     });
     match result {
         Ok(Ok(code)) => code,

@@ -20,7 +20,10 @@
 //!   ([`pattention_backward`], [`attention_backward`], [`layer_norm_backward`],
 //!   [`rotary_backward`], [`embedding_backward`], [`linear_backward`]), the
 //!   cross-entropy loss ([`cross_entropy`]), the whole model ([`loss_and_grads`])
-//!   and an AdamW step ([`adamw_step`], [`AdamWConfig`]).
+//!   and an AdamW step ([`adamw_step`], [`AdamWConfig`]);
+//! - training ([`Trainer`]): batches from a [`Corpus`], AdamW with the cosine
+//!   schedule, growth of the model and its optimizer state mid-run ([`GrowPlan`]),
+//!   exact checkpoints with the optimizer state (see `docs/training.md`).
 //!
 //! Every input element is converted to f64 (exactly, for f32/f16/bf16) and all
 //! arithmetic is done in f64; outputs are returned in f64 ([`Mat`], [`AttnOut`]).
@@ -58,6 +61,7 @@ mod grow;
 mod model;
 mod pattention;
 mod philox;
+mod train;
 
 pub use attention::{attention, AttnOut, Tensor4Ref};
 pub use element::{Element, Mat, MatRef};
@@ -76,6 +80,7 @@ pub use model::{
 };
 pub use pattention::{linear, pattention, pattention_norm, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};
+pub use train::{Backend, Corpus, GrowPlan, RunConfig, StepReport, Trainer, EVAL_FRACTION};
 
 /// Allocates a zero-filled f64 buffer of `len` elements, reporting an
 /// allocation failure as an error instead of aborting.

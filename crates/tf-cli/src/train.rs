@@ -1,0 +1,351 @@
+//! `train`: training on the f64 reference backend (tf-ref's [`Trainer`]), with
+//! an optional growth in the middle, exact checkpoints and resume, a progress
+//! line per step, JSON lines and an SVG loss curve.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use tf_ref::{AdamWConfig, Corpus, GrowPlan, RunConfig, Trainer};
+
+use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
+use crate::TrainArgs;
+
+/// Default sequences per step.
+pub const DEFAULT_BATCH: usize = 8;
+/// Default tokens per sequence.
+pub const DEFAULT_SEQ: usize = 64;
+
+/// One step's record (a line of `--json`, a point of `--svg`).
+struct Record {
+    step: u64,
+    loss: f64,
+    lr: f64,
+    eval_loss: Option<f64>,
+    grown: Option<(f64, f64)>,
+}
+
+/// `--grow-at STEP:QKV,PROJ,FFN`.
+fn parse_grow(s: &str, preserving: bool) -> CliResult<GrowPlan> {
+    let (at, slots) = s
+        .split_once(':')
+        .ok_or_else(|| format!("--grow-at needs STEP:QKV,PROJ,FFN (e.g. 100:96,96,192), got {s:?}"))?;
+    let at = at.trim().parse::<u64>().map_err(|_| format!("--grow-at: {at:?} is not a step number"))?;
+    let (qkv, proj, ffn) = parse_slots("--grow-at", slots)?;
+    Ok(GrowPlan { at, qkv, proj, ffn, preserving })
+}
+
+/// Checks the run's settings with messages naming the flags (tf-ref checks them again).
+fn check_run(run: &RunConfig, base: &tf_ref::TokenformerConfig) -> CliResult<()> {
+    if run.steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    if run.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    if run.seq == 0 || run.seq > base.seq {
+        return Err(format!("--seq {} must be in 1..={} (config {}'s context length)", run.seq, base.seq, base.name));
+    }
+    if let Some(g) = &run.grow {
+        if g.at >= run.steps {
+            return Err(format!("--grow-at step {} must be below --steps {}", g.at, run.steps));
+        }
+        for (what, old, new) in
+            [("qkv", base.qkv_slots, g.qkv), ("proj", base.proj_slots, g.proj), ("ffn", base.ffn_slots, g.ffn)]
+        {
+            if new < old {
+                return Err(format!(
+                    "--grow-at: {what} slots {new} is below the model's {old} (growth only adds tokens)"
+                ));
+            }
+        }
+    }
+    run.check(base).map_err(s)
+}
+
+/// A fresh run from the flags, or the checkpoint's run with every given flag
+/// checked against it.
+fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
+    let grow = a.grow_at.as_deref().map(|g| parse_grow(g, a.preserving)).transpose()?;
+    if a.preserving && grow.is_none() {
+        return Err("--preserving needs --grow-at".into());
+    }
+    let Some(path) = &a.resume else {
+        let name = a.config.as_deref().ok_or("--config is required (or --resume CKPT)")?;
+        let base = crate::util::config(name)?;
+        let steps = a.steps.ok_or("--steps is required (or --resume CKPT)")?;
+        let adamw = AdamWConfig { lr: a.lr.unwrap_or(AdamWConfig::default().lr), ..AdamWConfig::default() };
+        adamw.validate().map_err(|e| format!("--lr: {e}"))?;
+        let run = RunConfig {
+            base: base.name.clone(),
+            steps,
+            batch: a.batch.unwrap_or(DEFAULT_BATCH),
+            seq: a.seq.unwrap_or(DEFAULT_SEQ),
+            seed: a.seed.unwrap_or(0),
+            adamw,
+            grow,
+        };
+        check_run(&run, &base)?;
+        return Ok((Trainer::new(run).map_err(s)?, None));
+    };
+    let (t, data) = Trainer::load(path).map_err(|e| format!("--resume: {e}"))?;
+    let r = &t.run;
+    let differs = |flag: &str, given: String, saved: String| {
+        Err(format!("--resume: {flag} {given} differs from the checkpoint's {saved} (omit it to keep the run's)"))
+    };
+    if let Some(c) = &a.config {
+        if !c.eq_ignore_ascii_case(&r.base) {
+            return differs("--config", c.clone(), r.base.clone());
+        }
+    }
+    for (flag, given, saved) in [
+        ("--steps", a.steps, Some(r.steps)),
+        ("--batch", a.batch.map(|b| b as u64), Some(r.batch as u64)),
+        ("--seq", a.seq.map(|b| b as u64), Some(r.seq as u64)),
+        ("--seed", a.seed, Some(r.seed)),
+    ] {
+        if given.is_some() && given != saved {
+            return differs(flag, format!("{}", given.unwrap_or(0)), format!("{}", saved.unwrap_or(0)));
+        }
+    }
+    if a.lr.is_some_and(|lr| lr != r.adamw.lr) {
+        return differs("--lr", format!("{}", a.lr.unwrap_or(0.0)), r.adamw.lr.to_string());
+    }
+    if grow.is_some() && grow != r.grow {
+        return differs("--grow-at", a.grow_at.clone().unwrap_or_default(), format!("{:?}", r.grow));
+    }
+    Ok((t, Some(data)))
+}
+
+/// Runs `tokenformer train`.
+pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
+    if a.device != "reference" {
+        return Err(format!(
+            "--device {}: device training is not implemented yet (the backward kernels are future work); \
+             use --device reference (tf-ref's exact f64 gradients on the CPU)",
+            a.device
+        ));
+    }
+    if a.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    if a.eval_every == Some(0) || a.log_every == 0 {
+        return Err("--eval-every and --log-every must be at least 1".into());
+    }
+    let (mut t, saved_data) = make_trainer(a)?;
+    t.threads = a.threads;
+    let data = Corpus::read(&a.data, t.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
+    data.check_fits(t.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
+    if let Some(fp) = saved_data {
+        if fp != data.fingerprint() {
+            return Err(format!("--resume: the checkpoint was trained on other data than {}", a.data.display()));
+        }
+    }
+    let stop = a.stop_at.unwrap_or(t.run.steps);
+    if stop <= t.step_count() || stop > t.run.steps {
+        return Err(format!(
+            "--stop-at {stop} must be in {}..={} (the run has taken {} of {} steps)",
+            t.step_count() + 1,
+            t.run.steps,
+            t.step_count(),
+            t.run.steps
+        ));
+    }
+    for (flag, p) in [("--save", &a.save), ("--json", &a.json), ("--svg", &a.svg)] {
+        if let Some(p) = p {
+            check_output(flag, p)?;
+        }
+    }
+    let r = &t.run;
+    outln!(
+        "train: config {} ({} params), {} steps (from {}), batch {} x seq {}, lr {} cosine, seed {}, {} corpus tokens \
+         ({} train, {} held out), reference backend (f64, {} thread{})",
+        t.cfg.name,
+        crate::util::millions(t.cfg.param_count()),
+        r.steps,
+        t.step_count(),
+        r.batch,
+        r.seq,
+        r.adamw.lr,
+        r.seed,
+        data.len(),
+        data.train().len(),
+        data.eval().len(),
+        t.threads,
+        if t.threads == 1 { "" } else { "s" }
+    );
+    let tokens_per_step = (r.batch * r.seq) as f64;
+    let progress = bar(stop - t.step_count(), "training (reference)");
+    let mut records = Vec::new();
+    let (start, first) = (Instant::now(), t.step_count());
+    let mut compute = 0.0;
+    while t.step_count() < stop {
+        let t0 = Instant::now();
+        let rep = t.step(&data).map_err(s)?;
+        let dt = t0.elapsed().as_secs_f64();
+        compute += dt;
+        let last = t.step_count() == stop;
+        let eval_loss = match a.eval_every {
+            Some(k) if t.step_count() % k == 0 || last => Some(t.eval_loss(&data).map_err(s)?),
+            _ => None,
+        };
+        progress.inc(1);
+        if let Some((before, after)) = rep.grown {
+            let c = &t.cfg;
+            let same = if before.to_bits() == after.to_bits() { "bitwise equal" } else { "changed" };
+            let line = format!(
+                "grow: before step {} to {},{},{} slots ({}, {} params): batch loss {before:.6} -> {after:.6} ({same})",
+                rep.step,
+                c.qkv_slots,
+                c.proj_slots,
+                c.ffn_slots,
+                if t.run.grow.is_some_and(|g| g.preserving) { "preserving" } else { "random init" },
+                crate::util::millions(c.param_count())
+            );
+            progress.suspend(|| crate::util::write_stdout(format_args!("{line}"), true))?;
+        }
+        if rep.step % a.log_every == 0 || last || eval_loss.is_some() {
+            let ev = eval_loss.map_or(String::new(), |e| format!("  eval {e:.4}"));
+            let line = format!(
+                "step {:>5}/{}  loss {:.4}{ev}  lr {:.3e}  |g| {:.3}  {:.0} tok/s",
+                rep.step,
+                t.run.steps,
+                rep.loss,
+                rep.lr,
+                rep.grad_norm,
+                tokens_per_step / dt
+            );
+            progress.suspend(|| crate::util::write_stdout(format_args!("{line}"), true))?;
+        }
+        records.push(Record { step: rep.step, loss: rep.loss, lr: rep.lr, eval_loss, grown: rep.grown });
+    }
+    progress.finish_and_clear();
+    let n = (t.step_count() - first) as f64;
+    outln!(
+        "trained {} steps in {:.2} s: {:.0} tokens/s (reference backend, {} thread{})",
+        n,
+        start.elapsed().as_secs_f64(),
+        n * tokens_per_step / compute.max(1e-9),
+        t.threads,
+        if t.threads == 1 { "" } else { "s" }
+    );
+    if let Some(p) = &a.save {
+        t.save(p, data.fingerprint()).map_err(|e| format!("--save: {e}"))?;
+        outln!("saved step {} of {} to {}", t.step_count(), t.run.steps, p.display());
+    }
+    if let Some(p) = &a.json {
+        write_file("--json", p, json_lines(&records).as_bytes())?;
+    }
+    if let Some(p) = &a.svg {
+        write_file("--svg", p, svg(&records, t.run.steps).as_bytes())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A JSON number (non-finite values as `null`).
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        // Debug prints the shortest decimal that reads back to the same f64.
+        format!("{v:?}")
+    } else {
+        "null".into()
+    }
+}
+
+fn json_lines(records: &[Record]) -> String {
+    let mut out = String::new();
+    for r in records {
+        out.push_str(&format!("{{\"step\":{},\"loss\":{},\"lr\":{}", r.step, num(r.loss), num(r.lr)));
+        if let Some(e) = r.eval_loss {
+            out.push_str(&format!(",\"eval_loss\":{}", num(e)));
+        }
+        out.push_str(&format!(",\"grown\":{}", r.grown.is_some()));
+        if let Some((b, a)) = r.grown {
+            out.push_str(&format!(",\"loss_before_growth\":{},\"loss_after_growth\":{}", num(b), num(a)));
+        }
+        out.push_str("}\n");
+    }
+    out
+}
+
+/// The loss curve: training loss as a line, eval loss as dots, the growth step
+/// as a dashed vertical line.
+fn svg(records: &[Record], steps: u64) -> String {
+    let (w, h, l, r, top, bot) = (720.0, 360.0, 60.0, 20.0, 20.0, 40.0);
+    let losses = records.iter().flat_map(|r| std::iter::once(r.loss).chain(r.eval_loss)).filter(|v| v.is_finite());
+    let (lo, hi) = losses.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) = if lo.is_finite() { (lo, if hi > lo { hi } else { lo + 1.0 }) } else { (0.0, 1.0) };
+    let x = |s: f64| l + (w - l - r) * s / (steps.max(2) - 1) as f64;
+    let y = |v: f64| top + (h - top - bot) * (hi - v) / (hi - lo);
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n"
+    );
+    o.push_str(&format!(
+        "<line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{l}\" y1=\"{top}\" x2=\"{l}\" \
+         y2=\"{}\" stroke=\"black\"/>\n",
+        h - bot,
+        w - r,
+        h - bot,
+        h - bot
+    ));
+    for (v, anchor) in [(hi, top + 4.0), (lo, h - bot)] {
+        o.push_str(&format!("<text x=\"{}\" y=\"{anchor}\" text-anchor=\"end\">{v:.3}</text>\n", l - 4.0));
+    }
+    o.push_str(&format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">step (0..{steps})</text>\n<text x=\"14\" y=\"{}\" \
+         transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">loss</text>\n",
+        (l + w - r) / 2.0,
+        h - 10.0,
+        h / 2.0,
+        h / 2.0
+    ));
+    if let Some(g) = records.iter().find(|r| r.grown.is_some()) {
+        let gx = x(g.step as f64);
+        o.push_str(&format!(
+            "<line x1=\"{gx:.1}\" y1=\"{top}\" x2=\"{gx:.1}\" y2=\"{}\" stroke=\"red\" stroke-dasharray=\"4 3\"/>\n\
+             <text x=\"{:.1}\" y=\"{}\" fill=\"red\">grown at step {}</text>\n",
+            h - bot,
+            gx + 4.0,
+            top + 12.0,
+            g.step
+        ));
+    }
+    let pts: Vec<String> = records
+        .iter()
+        .filter(|r| r.loss.is_finite())
+        .map(|r| format!("{:.1},{:.1}", x(r.step as f64), y(r.loss)))
+        .collect();
+    o.push_str(&format!("<polyline fill=\"none\" stroke=\"steelblue\" points=\"{}\"/>\n", pts.join(" ")));
+    for r in records {
+        if let Some(e) = r.eval_loss.filter(|e| e.is_finite()) {
+            o.push_str(&format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"darkorange\"/>\n",
+                x(r.step as f64),
+                y(e)
+            ));
+        }
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grow_flags_parse() {
+        let g = parse_grow("5:96,96,192", true).unwrap();
+        assert_eq!((g.at, g.qkv, g.proj, g.ffn, g.preserving), (5, 96, 96, 192, true));
+        assert!(parse_grow("96,96,192", false).unwrap_err().contains("STEP:"));
+        assert!(parse_grow("x:1,2,3", false).is_err());
+    }
+
+    #[test]
+    fn svg_marks_the_growth() {
+        let rec = |step, grown| Record { step, loss: 5.0 - step as f64, lr: 1e-3, eval_loss: None, grown };
+        let s = svg(&[rec(0, None), rec(1, Some((4.0, 4.0))), rec(2, None)], 3);
+        assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+        assert!(s.contains("grown at step 1") && s.contains("polyline"));
+    }
+}
