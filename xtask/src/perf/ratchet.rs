@@ -115,16 +115,21 @@ mod tests {
 
     #[test]
     fn the_ratchet_passes_at_and_fails_over_its_limit() {
-        // sm_80 pattention_out: limit 7.5 per HMMA. 2 HMMA + 12 IMAD + BRA = 7.5; + 13 IMAD = 8.0
-        let mut text = kernel("pattention_out_bf16", 12);
+        // 2 HMMA + n IMAD + BRA per iteration: (n + 3) / 2 per HMMA. The largest n
+        // within sm_80 pattention_out's limit passes; one IMAD more fails.
+        let (lim, _) = limit("pattention_out", "sm_80").unwrap();
+        let n = (2.0 * lim - 3.0).floor() as usize;
+        let at = (n as f64 + 3.0) / 2.0;
+        let mut text = kernel("pattention_out_bf16", n);
         let r = rows(&text);
-        assert_eq!(r[0].hot.as_ref().map(|h| h.per_hmma()), Some(7.5));
+        assert_eq!(r[0].hot.as_ref().map(|h| h.per_hmma()), Some(at));
         let err = check(&r).unwrap_err();
         // only the families the snippet lacks are reported
-        assert!(!err.contains("pattention_out (sm_80)") && err.contains("pattention_scores (sm_80): no kernel"));
-        text = kernel("pattention_out_bf16", 13);
+        assert!(!err.contains("pattention_out_bf16 (sm_80)") && err.contains("pattention_scores (sm_80): no kernel"));
+        text = kernel("pattention_out_bf16", n + 1);
         let err = check(&rows(&text)).unwrap_err();
-        assert!(err.contains("pattention_out_bf16 (sm_80): 8.00 issued instructions per HMMA"), "{err}");
+        let over = format!("pattention_out_bf16 (sm_80): {:.2} issued instructions per HMMA", at + 0.5);
+        assert!(err.contains(&over), "{err}");
     }
 
     #[test]
@@ -138,9 +143,9 @@ mod tests {
         let mut text = String::new();
         for (fam, arch, _, _) in LIMITS {
             let k = if *fam == "attn_fwd" { "attn_fwd_bf16_hd64".to_string() } else { format!("{fam}_bf16") };
-            text.push_str(&kernel(&k, 3).replace("sm_80", arch));
+            text.push_str(&kernel(&k, 0).replace("sm_80", arch));
         }
         let ok = check(&rows(&text)).unwrap();
-        assert!(ok.contains("attn_fwd sm_90a 3.00 <= 7 (target 4.5)"), "{ok}");
+        assert!(ok.contains("attn_fwd sm_90a 1.50 <= 7 (target 4.5)"), "{ok}");
     }
 }
