@@ -179,6 +179,37 @@ fn data_fault(buf: &[u8]) -> Option<String> {
 }
 
 impl ModelParams {
+    /// The parameters from their tensors in checkpoint order
+    /// ([`TokenformerConfig::tensor_names`]), each layer's pinned `n_ref` from
+    /// `n_ref(layer, slot)`. Missing tensors are empty (the caller's `check` says so).
+    pub(crate) fn from_ordered(
+        cfg: &TokenformerConfig,
+        values: Vec<Vec<f64>>,
+        mut n_ref: impl FnMut(usize, Slot) -> Result<Option<usize>>,
+    ) -> Result<Self> {
+        let mut it = values.into_iter();
+        let mut next = || it.next().unwrap_or_default();
+        let embedding = next();
+        let mut blocks = Vec::new();
+        for i in 0..cfg.layers {
+            let mut b = BlockParams {
+                q: (next(), next()),
+                k: (next(), next()),
+                v: (next(), next()),
+                proj: (next(), next()),
+                ffn: (next(), next()),
+                n_ref: [None; 5],
+            };
+            for slot in Slot::ALL {
+                b.n_ref[slot.index()] = n_ref(i, slot)?;
+            }
+            blocks.push(b);
+        }
+        Ok(ModelParams { embedding, blocks, final_norm_weight: next(), final_norm_bias: next() })
+    }
+}
+
+impl ModelParams {
     /// Writes the parameters to a safetensors file at `path`: every tensor of
     /// [`TokenformerConfig::tensor_names`] in f32 (each value rounded to nearest),
     /// under the official GPT-NeoX key names, plus string metadata `format = pt`
@@ -323,36 +354,17 @@ impl ModelParams {
         }
 
         let meta = header.metadata().clone().unwrap_or_default();
-        let mut it = values.into_iter();
-        let mut next = || it.next().unwrap_or_default();
-        let embedding = next();
-        let mut blocks = Vec::new();
-        for i in 0..cfg.layers {
-            let mut b = BlockParams {
-                q: (next(), next()),
-                k: (next(), next()),
-                v: (next(), next()),
-                proj: (next(), next()),
-                ffn: (next(), next()),
-                n_ref: [None; 5],
-            };
-            for slot in Slot::ALL {
-                let key = n_ref_key(i, slot);
-                if let Some(s) = meta.get(&key) {
-                    match s.parse::<usize>() {
-                        Ok(n) if n >= 1 => b.n_ref[slot.index()] = Some(n),
-                        _ => {
-                            return Err(Error::InvalidArgument {
-                                op: LOAD,
-                                msg: format!("{}: metadata {key} = {s:?} is not an integer >= 1", path.display()),
-                            })
-                        }
-                    }
-                }
+        let params = ModelParams::from_ordered(cfg, values, |i, slot| {
+            let key = n_ref_key(i, slot);
+            match meta.get(&key).map(|s| (s, s.parse::<usize>())) {
+                None => Ok(None),
+                Some((_, Ok(n))) if n >= 1 => Ok(Some(n)),
+                Some((s, _)) => Err(Error::InvalidArgument {
+                    op: LOAD,
+                    msg: format!("{}: metadata {key} = {s:?} is not an integer >= 1", path.display()),
+                }),
             }
-            blocks.push(b);
-        }
-        let params = ModelParams { embedding, blocks, final_norm_weight: next(), final_norm_bias: next() };
+        })?;
         params.check(cfg)?;
         Ok(params)
     }

@@ -16,7 +16,7 @@
 
 use super::trainer::{Backend, GrowPlan, RunConfig, Trainer};
 use crate::TokenformerConfig;
-use crate::{param_tensors, AdamWConfig, AdamWState, BlockParams, Error, ModelParams, Result, Slot};
+use crate::{param_tensors, AdamWConfig, AdamWState, Error, ModelParams, Result, Slot};
 use safetensors::tensor::{Dtype, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -202,27 +202,9 @@ impl Trainer {
             m.push(read(&format!("optimizer.exp_avg.{name}"), &shape)?);
             v.push(read(&format!("optimizer.exp_avg_sq.{name}"), &shape)?);
         }
-        let mut it = values.into_iter();
-        let mut next = || it.next().unwrap_or_default();
-        let embedding = next();
-        let mut blocks = Vec::new();
-        for i in 0..cfg.layers {
-            let mut b = BlockParams {
-                q: (next(), next()),
-                k: (next(), next()),
-                v: (next(), next()),
-                proj: (next(), next()),
-                ffn: (next(), next()),
-                n_ref: [None; 5],
-            };
-            for slot in Slot::ALL {
-                if let Some(s) = meta.get(&n_ref_key(i, slot)) {
-                    b.n_ref[slot.index()] = Some(num(&bad, &n_ref_key(i, slot), s)?);
-                }
-            }
-            blocks.push(b);
-        }
-        let params = ModelParams { embedding, blocks, final_norm_weight: next(), final_norm_bias: next() };
+        let params = ModelParams::from_ordered(&cfg, values, |i, slot| {
+            meta.get(&n_ref_key(i, slot)).map(|s| num(&bad, &n_ref_key(i, slot), s)).transpose()
+        })?;
         params.check(&cfg)?;
         let step = n("tokenformer.step")?;
         let data = u64::from_str_radix(get("tokenformer.data")?, 16)
