@@ -20,7 +20,12 @@
 //   grid (ceil(T_q / BM), B, H), 128 threads = 4 warps. The CTA keeps its Q tile
 //   (BM x D) in shared memory and streams K and V tiles (BN x D) through one K and
 //   one V buffer, K blocks from last to first: V(n) is fetched (cp.async.cg, 16 B)
-//   while S = Q K(n)^T runs, K(n-1) while O += P V(n) runs. Warp w owns query rows
+//   while S = Q K(n)^T runs, K(n-1) while O += P V(n) runs; the prologue fetches
+//   Q, K(last) and V(last), the only block that can hold the T_k tail, so every
+//   fetch inside the loop is a full tile without predicates. Per-thread addresses
+//   are computed once before the loop: the cp.async sources move back BN rows per
+//   block, the cp.async destination and the ldmatrix offsets stay, and the next
+//   k16 step's swizzled ldmatrix offset is one XOR with a constant (step_offset). Warp w owns query rows
 //   [w*BM/4, (w+1)*BM/4) of the tile: 32 rows = 2 m16 tiles, so the online-softmax
 //   statistics live in the 4 lanes of a quad and no inter-warp reduction exists.
 //   S and O accumulate in f32 registers (mma.sync m16n8k16); Q and K fragments come
@@ -29,11 +34,15 @@
 //   XOR-swizzled per 16-byte chunk (tf/swizzle.cuh): ldmatrix and the cp.async
 //   writes are bank-conflict free, and head dim 80 runs EXACTLY (10 chunks a row,
 //   5 k16 steps, no padding: swizzle chunk ^ ((row >> 2) & 1)), not in the 96 kernel.
-//   Softmax in base 2: scale*log2(e) is folded into one FMA per score, the row max
-//   of raw scores is used (hence scale > 0), a max of -inf is replaced by 0 before
-//   use, row sums are reduced over the quad only in the epilogue. Causal: K blocks
-//   past the last row's diagonal are never loaded; only blocks crossing the
-//   diagonal or the T_k tail evaluate the mask. The epilogue stages O (already
+//   Softmax in base 2: scale*log2(e) is folded into one FMA per score against the
+//   row's reference max (of raw scores, hence scale > 0), row sums are reduced over
+//   the quad only in the epilogue. The O rescale is a warp-uniform branch: it runs
+//   only when a block raises the max of some row of the warp, so steady-state blocks
+//   (no new max) skip it; the reference is always the exact running max, so
+//   probabilities stay <= 1 and the largest is exactly 1, as in FA2. Causal: K
+//   blocks past the last row's diagonal are never loaded; only blocks crossing the
+//   diagonal or the T_k tail (K blocks [nb_mask, n_hi), computed once) evaluate
+//   the mask. The epilogue stages O (already
 //   divided by the row sum, in the storage type) through the warp's own rows of
 //   the Q tile and writes 16-byte rows; rows >= T_q are never written.
 //   Tile choices in Traits below (FlashAttention-2's, narrowed where they spill).
@@ -116,6 +125,34 @@ template <> struct Traits<96> : TraitsBase<96, TF_ATTN_BLOCK_M, TF_ATTN_BLOCK_N_
 // (fallback: 64 x 64, 167 / 168 registers, but half the mma per ldmatrix).
 template <> struct Traits<128> : TraitsBase<128, TF_ATTN_BLOCK_M, TF_ATTN_BLOCK_N_HD128> {};
 
+// ------------------------------------------------------------ online softmax
+
+// m_neg of a row that has seen no finite score yet: any finite block max raises it,
+// masked scores still give 2^-inf = 0, and its rescale factor 2^(m_new -
+// kNothingSeen) is 0.
+constexpr float kNothingSeen = 3.4028235e38f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Max over the quad that holds a row. Plain fmaxf: a NaN score drops out of the max
+// but not out of the row, whose sum 2^NaN makes o and lse NaN (the max only sets
+// the reference exponent). fmaxf is symmetric, so the 4 lanes agree bit for bit
+// (up to the sign of a zero max, which gives the same probabilities).
+__device__ __forceinline__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+}
+
+// An empty asm that "changes" x: the value becomes loop-carried for the compiler,
+// so ptxas keeps it in its register instead of recomputing it from %tid in every
+// K block (it did: ~8 instructions per block and operand at hd 64). Emits nothing.
+__device__ __forceinline__ void keep_in_register(uint32_t& x) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("" : "+r"(x));
+#else
+    (void)x;
+#endif
+}
+
 // ------------------------------------------------------------- split-KV helpers
 
 // Split-KV partials of one split: rows [r0, r0 + ...) of o_accum / lse_accum
@@ -140,7 +177,7 @@ __device__ void write_empty_split(const tf_attn_params& p, int64_t m0, int bm, i
 // lane's first row (tile row g of its warp, absolute).
 template <int HD, int MT, int NTO>
 __device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, const float (&acc_o)[MT][NTO][4],
-                                                     const float (&row_max)[MT][2], const float (&row_sum)[MT][2],
+                                                     const float (&m_neg)[MT][2], const float (&row_sum)[MT][2],
                                                      int64_t row0, int split, int tq) {
     float* oa = reinterpret_cast<float*>(p.o_accum);
     float* la = reinterpret_cast<float*>(p.lse_accum);
@@ -164,7 +201,7 @@ __device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, co
                     bad |= nonfinite(v.x) || nonfinite(v.y);
                     *reinterpret_cast<float2*>(oa + at * HD + nt * 8 + 2 * tq) = v;
                 }
-                if (tq == 0) la[at] = l == 0.0f ? neg_inf() : row_max[mt][hr] * p.scale + logf(l);
+                if (tq == 0) la[at] = l == 0.0f ? neg_inf() : -m_neg[mt][hr] * kLn2 + logf(l);
             }
         }
     }
@@ -200,6 +237,36 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
         tf::cp_async_16(st + 16 * i * Sw::kRowBytes, src, bytes);
         if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, src + (ok ? 64 : 0), bytes);
     }
+}
+
+// The same copies for a tile whose ROWS rows all lie inside the tensor (every K/V
+// block but the T_k tail): `st` is the thread's swizzled shared address (the tile
+// plus Sw::offset(r0, c0)) and `gt` its global source (row r0, chunk c0), both
+// computed once before the K-block loop; no predicate, no clamping.
+template <typename Tr, int ROWS, typename T>
+__device__ __forceinline__ void load_tile_full(unsigned char* st, const T* gt, int64_t ld16, bool two) {
+    using Sw = tf::Swizzle<Tr::kChunks>;
+    constexpr int kPasses = ROWS / 16;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+        tf::cp_async_16(st + 16 * i * Sw::kRowBytes, gt, 16);
+        if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, gt + 64, 16);
+        gt += ld16;
+    }
+}
+
+// Byte offset, inside a swizzled tile, of the 16-byte chunk 2 * step + j of a row
+// when `off0` is that of chunk j (j in {0, 1}). The swizzle XORs the low
+// log2(kGroup) bits of the chunk index with a function of the row, so chunk
+// 2 * step + j lands at off0 with the chunk bits 1 .. log2(kGroup) - 1 flipped by
+// step % (kGroup / 2), plus whole groups of kGroup chunks for step / (kGroup / 2):
+// one LOP3 (or none) per step and per operand instead of recomputing the swizzle.
+// Rows are multiples of kGroup chunks, so the XOR never reaches the row bits.
+template <typename Sw>
+__device__ __forceinline__ uint32_t step_offset(uint32_t off0, int step) {
+    constexpr int kHalf = Sw::kGroup / 2;
+    static_assert(kHalf >= 1, "head dims are multiples of 16: an even number of chunks a row");
+    return (off0 ^ (uint32_t)(32 * (step % kHalf))) + (uint32_t)(32 * kHalf * (step / kHalf));
 }
 
 // ------------------------------------------ non-finite V behind the causal mask
@@ -311,19 +378,52 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
     const int64_t diag = p.t_k - p.t_q;  // key j visible to row i iff j <= i + diag (causal)
     const float scale_log2 = p.scale * kLog2e;
 
-    // Prologue: Q and the last K block.
+    // Prologue: Q, the last K block and the last V block (the only ones that can
+    // hold the T_k tail: rows past t_k are zero-filled by load_tile).
     load_tile<Tr, BM>(sQ, q, p.q_stride_t, p.t_q - m0, tid);
-    tf::cp_async_commit();
     {
         const int64_t n0 = (int64_t)(n_hi - 1) * BN;
         load_tile<Tr, BN>(sK, k + n0 * p.k_stride_t, p.k_stride_t, p.t_k - n0, tid);
+        load_tile<Tr, BN>(sV, v + n0 * p.v_stride_t, p.v_stride_t, p.t_k - n0, tid);
         tf::cp_async_commit();
     }
 
+    // Blocks [nb_mask, n_hi) cross the T_k tail (only the last one can) or the
+    // causal diagonal (block nb does iff nb * BN + BN - 1 > m0 + diag) and evaluate
+    // the mask; the blocks below it run the unmasked steady state.
+    int nb_mask = (int64_t)n_hi * BN > p.t_k ? n_hi - 1 : n_hi;
+    if (p.causal) {
+        const int64_t x = m0 + diag - BN + 2;  // crosses iff nb * BN >= x
+        const int64_t first = x <= 0 ? 0 : (x + BN - 1) / BN;
+        if (first < nb_mask) nb_mask = (int)first;
+    }
+
+    // Per-thread addresses, computed once: cp.async destination (row r0, chunk c0
+    // of a tile, load_tile's mapping) and sources of the next full K / V blocks,
+    // moved back by BN rows per block; ldmatrix offsets of chunk 0 / 1 of the
+    // thread's Q, K and V rows, moved along the head dim by step_offset.
+    const int lr0 = (tid >> 3) & 15, lc0 = tid & 7;
+    const bool ld_two = lc0 + 8 < Tr::kChunks;
+    uint32_t ld_soff = (uint32_t)Sw::offset(lr0, lc0);
+    const int64_t k_ld16 = 16 * p.k_stride_t, v_ld16 = 16 * p.v_stride_t;
+    const int64_t k_blk = (int64_t)BN * p.k_stride_t, v_blk = (int64_t)BN * p.v_stride_t;
+    const T* k_next = k + ((int64_t)(n_hi - 2) * BN + lr0) * p.k_stride_t + lc0 * 8;  // K(nb - 1) of the first block
+    const T* v_next = v + ((int64_t)(n_hi - 2) * BN + lr0) * p.v_stride_t + lc0 * 8;  // V(nb) of the second block
+
     const int row_w = warp * Tr::kWarpRows;  // first tile row of this warp
     const int g = lane / 4, tq = lane % 4;   // mma groupID, threadID_in_group
+    const int mi = lane / 8;                 // ldmatrix.x4: the matrix this lane addresses
+    // A fragment of Q: lane l addresses row l % 16, chunk l / 16 (m-tile mt: + 16 rows,
+    // same swizzle). K (B of S): matrices (keys +0..7, d lo), (+0..7, d hi),
+    // (+8..15, d lo), (+8..15, d hi). V (.trans): (keys +0..7, d lo), (+8..15, d lo),
+    // (+0..7, d hi), (+8..15, d hi). Rows 16 apart share the swizzle.
+    uint32_t q_off = (uint32_t)Sw::offset(row_w + lane % 16, lane / 16);
+    uint32_t k_off = (uint32_t)Sw::offset((mi >> 1) * 8 + lane % 8, mi & 1);
+    uint32_t v_off = (uint32_t)Sw::offset((mi & 1) * 8 + lane % 8, mi >> 1);
+    constexpr int kRow16 = 16 * Sw::kRowBytes;  // bytes of 16 tile rows
+
     float acc_o[MT][NTO][4];
-    float row_max[MT][2], row_sum[MT][2];
+    float m_neg[MT][2], row_sum[MT][2];  // -(reference max) * scale * log2 e, partial row sums
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -333,17 +433,23 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
         }
 #pragma unroll
         for (int hr = 0; hr < 2; ++hr) {
-            row_max[mt][hr] = neg_inf();
+            m_neg[mt][hr] = kNothingSeen;
             row_sum[mt][hr] = 0.0f;
         }
     }
 
     for (int nb = n_hi - 1; nb >= n_lo; --nb) {
-        const int64_t n0 = (int64_t)nb * BN;
-        tf::cp_async_wait<0>();  // K(nb) (and Q) landed
+        keep_in_register(ld_soff);
+        keep_in_register(q_off);
+        keep_in_register(k_off);
+        keep_in_register(v_off);
+        tf::cp_async_wait<0>();  // K(nb) and V(nb) (and Q) landed
         __syncthreads();         // ... for every thread; every warp is done with V(nb+1)
-        load_tile<Tr, BN>(sV, v + n0 * p.v_stride_t, p.v_stride_t, p.t_k - n0, tid);
-        tf::cp_async_commit();
+        if (nb < n_hi - 1) {     // V(nb): the last block's came with the prologue
+            load_tile_full<Tr, BN>(sV + ld_soff, v_next, v_ld16, ld_two);
+            tf::cp_async_commit();
+            v_next -= v_blk;
+        }
 
         // S = Q K^T for this warp's rows and the BN keys.
         float s[MT][NTS][4];
@@ -355,24 +461,17 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                 for (int i = 0; i < 4; ++i) s[mt][nt][i] = 0.0f;
             }
         }
-        // Not unrolled: the k-step only moves the ldmatrix addresses, and unrolling
-        // makes the compiler hoist one swizzled address per step out of the block
-        // loop (spills at hd 64 / 128, NOTES-attention.md).
-#pragma unroll 1
+#pragma unroll
         for (int ks = 0; ks < Tr::kKSteps; ++ks) {
+            const uint32_t qo = step_offset<Sw>(q_off, ks), ko = step_offset<Sw>(k_off, ks);
             uint32_t qa[MT][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                // A fragment: lane l addresses row l % 16, column block l / 16.
-                tf::ldmatrix_x4(qa[mt], sQ + Sw::offset(row_w + mt * 16 + lane % 16, 2 * ks + lane / 16));
-            }
+            for (int mt = 0; mt < MT; ++mt) tf::ldmatrix_x4(qa[mt], sQ + qo + mt * kRow16);
 #pragma unroll
             for (int np = 0; np < NTS / 2; ++np) {
-                // Matrices: (keys +0..7, d lo), (keys +0..7, d hi), (keys +8..15, d lo), (keys +8..15, d hi):
-                // registers {0,1} are the B fragment of n-tile 2np, {2,3} of n-tile 2np+1.
-                const int mi = lane / 8;
+                // Registers {0,1} are the B fragment of n-tile 2np, {2,3} of n-tile 2np+1.
                 uint32_t kb[4];
-                tf::ldmatrix_x4(kb, sK + Sw::offset(np * 16 + (mi >> 1) * 8 + lane % 8, 2 * ks + (mi & 1)));
+                tf::ldmatrix_x4(kb, sK + ko + np * kRow16);
                 const uint32_t b0[2] = {kb[0], kb[1]};
                 const uint32_t b1[2] = {kb[2], kb[3]};
 #pragma unroll
@@ -386,9 +485,8 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
         // Mask only the blocks that cross the T_k tail or the causal diagonal. Row r
         // of the tile sees the block's local keys c < lim: lim = t_k - n0, and under
         // the causal mask at most (m0 + r + diag) - n0 + 1, clamped to [0, BN].
-        const bool tail = n0 + BN > p.t_k;
-        const bool cross = p.causal && n0 + BN - 1 > m0 + diag;
-        if (tail || cross) {
+        if (nb >= nb_mask) {
+            const int64_t n0 = (int64_t)nb * BN;
             const int lim_tail = (int)min64(p.t_k - n0, BN);  // >= 1: the block starts inside K
             // Causal limit of tile row row_w + g, clamped so the int offsets below stay exact.
             int64_t c64 = p.causal ? m0 + row_w + g + diag - n0 + 1 : (int64_t)BN;
@@ -413,36 +511,66 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
 
         tf::cp_async_wait<0>();  // V(nb) landed
         __syncthreads();         // ... for every thread; every warp is done with K(nb)
-        if (nb > n_lo) {
-            const int64_t n1 = n0 - BN;
-            load_tile<Tr, BN>(sK, k + n1 * p.k_stride_t, p.k_stride_t, p.t_k - n1, tid);
+        if (nb > n_lo) {         // K(nb - 1): never the tail block
+            load_tile_full<Tr, BN>(sK + ld_soff, k_next, k_ld16, ld_two);
             tf::cp_async_commit();
+            k_next -= k_blk;
         }
 
-        // Online softmax: new row max over the quad, rescale O and the partial sums.
+        // Online softmax with a skipped rescale. Each row keeps m_neg = -(m * scale * log2 e)
+        // for its running max m (kNothingSeen before any finite score):
+        // p = 2^(s * scale * log2 e + m_neg), one FFMA per score. The O rescale runs
+        // only when the block raises the max of some row of the warp (a warp-uniform
+        // branch); a block that raises none skips it. The reference is never stale:
+        // a lazier one (moved only past a margin, e.g. 2^8) makes the largest p of a
+        // row 2^x for a non-integer x instead of exactly 1, so the dominant terms pick
+        // up a 16-bit rounding error the FA2 order avoids (NOTES-attention.md).
+        bool need = false;
+        float mxs[MT][2];  // the block's row maxima times scale * log2 e
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
-                float mx = row_max[mt][hr];
+                float mx = fmaxf(s[mt][0][2 * hr], s[mt][0][2 * hr + 1]);
 #pragma unroll
-                for (int nt = 0; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
-                mx = tf::warp_max<4>(mx);  // the quad holds the row
-                const float m_scaled = (mx == neg_inf() ? 0.0f : mx) * scale_log2;
-                // Old max -inf (nothing seen yet): -inf - m_scaled = -inf, exp2 = 0.
-                const float corr = tf::exp2_approx(row_max[mt][hr] * scale_log2 - m_scaled);
-                row_max[mt][hr] = mx;
-                float sum = row_sum[mt][hr] * corr;
+                for (int nt = 1; nt < NTS; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hr], s[mt][nt][2 * hr + 1]));
+                mx = quad_max(mx);  // the quad holds the row
+                mxs[mt][hr] = mx * scale_log2;
+                // A finite max above the running max, or a first finite max
+                // (m_neg = kNothingSeen); -inf (all masked) and NaN never move it.
+                need |= mxs[mt][hr] + m_neg[mt][hr] > 0.0f;
+            }
+        }
+        if (__any_sync(0xffffffffu, need)) {  // warp-uniform
 #pragma unroll
-                for (int nt = 0; nt < NTO; ++nt) {
-                    acc_o[mt][nt][2 * hr] *= corr;
-                    acc_o[mt][nt][2 * hr + 1] *= corr;
+            for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    const float old = m_neg[mt][hr];
+                    const float m_new = mxs[mt][hr] + old > 0.0f ? -mxs[mt][hr] : old;
+                    // 1 for a row that keeps its reference; 0 after kNothingSeen.
+                    const float corr = tf::exp2_approx(m_new - old);
+                    m_neg[mt][hr] = m_new;
+                    row_sum[mt][hr] *= corr;
+#pragma unroll
+                    for (int nt = 0; nt < NTO; ++nt) {
+                        acc_o[mt][nt][2 * hr] *= corr;
+                        acc_o[mt][nt][2 * hr + 1] *= corr;
+                    }
                 }
+            }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                float sum = row_sum[mt][hr];
 #pragma unroll
                 for (int nt = 0; nt < NTS; ++nt) {
 #pragma unroll
                     for (int j = 0; j < 2; ++j) {
-                        const float e = tf::exp2_approx(fmaf(s[mt][nt][2 * hr + j], scale_log2, -m_scaled));
+                        // A masked score: 2^-inf = 0 (m_neg is finite).
+                        const float e = tf::exp2_approx(fmaf(s[mt][nt][2 * hr + j], scale_log2, m_neg[mt][hr]));
                         s[mt][nt][2 * hr + j] = e;
                         sum += e;
                     }
@@ -464,11 +592,9 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
             }
 #pragma unroll
             for (int dp = 0; dp < NTO / 2; ++dp) {
-                // .trans matrices: (keys +0..7, d lo), (keys +8..15, d lo), (keys +0..7, d hi),
-                // (keys +8..15, d hi): registers {0,1} = B of d-tile 2dp, {2,3} = B of 2dp+1.
-                const int mi = lane / 8;
+                // Registers {0,1} = B of d-tile 2dp, {2,3} = B of 2dp+1 (v_off's matrices).
                 uint32_t vb[4];
-                tf::ldmatrix_x4_trans(vb, sV + Sw::offset(ks * 16 + (mi & 1) * 8 + lane % 8, 2 * dp + (mi >> 1)));
+                tf::ldmatrix_x4_trans(vb, sV + step_offset<Sw>(v_off, dp) + ks * kRow16);
                 const uint32_t b0[2] = {vb[0], vb[1]};
                 const uint32_t b1[2] = {vb[2], vb[3]};
 #pragma unroll
@@ -481,7 +607,7 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
     }
 
     if (kSplit) {
-        const bool bad = write_split_partials<HD, MT, NTO>(p, acc_o, row_max, row_sum, m0 + row_w + g, split, tq);
+        const bool bad = write_split_partials<HD, MT, NTO>(p, acc_o, m_neg, row_sum, m0 + row_w + g, split, tq);
         // Causal: a masked key's NaN / inf v may have reached a row through 0·v (above).
         if (p.causal && __syncthreads_or(bad)) {
             const int64_t at = split_row(p, split, m0);
@@ -513,7 +639,7 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
                 *reinterpret_cast<uint32_t*>(sQ + Sw::offset(r, nt) + tq * 4) = packed;
             }
             if (tq == 0 && m0 + r < p.t_q) {
-                lse[(m0 + r) * p.lse_stride_t] = row_lse(row_max[mt][hr], p.scale, l, sees);
+                lse[(m0 + r) * p.lse_stride_t] = row_lse_log2(-m_neg[mt][hr], l, sees);
             }
         }
     }

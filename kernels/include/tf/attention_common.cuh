@@ -29,6 +29,12 @@ __device__ __forceinline__ float row_lse(float mx, float scale, float l, bool se
     return l == 0.0f ? (sees ? nan_f() : pos_inf()) : mx * scale + logf(l);
 }
 
+// The same from the max already in base 2 (m_log2 = max * scale * log2 e), as the
+// tensor-core kernels keep it: lse = m_log2 * ln 2 + ln l.
+__device__ __forceinline__ float row_lse_log2(float m_log2, float l, bool sees) {
+    return l == 0.0f ? (sees ? nan_f() : pos_inf()) : m_log2 * 0.6931471805599453f + logf(l);
+}
+
 // NaN or infinite.
 __device__ __forceinline__ bool nonfinite(float x) { return !(fabsf(x) <= 3.4028235e38f); }
 
