@@ -432,14 +432,17 @@ fn outside_without_nvcc(root: &Path) -> Result<(), String> {
 /// Tests the GPU run kit carries (the CUDA half of each; the emulator half is
 /// skipped there through TF_TEST_BACKENDS=cuda).
 const KIT_TESTS: &[&str] = &["pattention", "attention", "grow", "baseline", "model", "adamw"];
+/// tf-host's tests the kit carries: its CUDA interop tests, `#[ignore]`d on
+/// machines without a GPU and run there by `run.sh --include-ignored`.
+const KIT_HOST_TESTS: &[&str] = &["interop"];
 /// Benches the kit carries.
 const KIT_BENCHES: &[&str] = &["pattention", "attention", "grow"];
 /// Largest kit the GPU machine accepts.
 const KIT_LIMIT: u64 = 64 << 20;
 
-/// Builds `device-kit/`: stripped release binaries, the fatbin, the ptxas
-/// report, PyTorch's baselines and the run script; checks the run script here
-/// in its `--check` mode.
+/// Builds `device-kit/`: stripped release binaries (gzipped), the fatbin, the
+/// ptxas report, PyTorch's baselines and the run script; checks the run script
+/// here in its `--check` mode.
 fn device_kit(root: &Path) -> Result<(), String> {
     let tc = setup(root)?;
     let kit = root.join("device-kit");
@@ -454,12 +457,22 @@ fn device_kit(root: &Path) -> Result<(), String> {
     for t in KIT_TESTS {
         tests.args(["--test", t]);
     }
+    // tf-host's CUDA-only tests (ignored without a GPU; run.sh includes them).
+    let mut host_tests = cargo(root, &tc);
+    host_tests.args(["test", "--release", "--no-run", "--message-format=json", "-p", "tf-host"]);
+    for t in KIT_HOST_TESTS {
+        host_tests.args(["--test", t]);
+    }
     let mut benches = cargo(root, &tc);
     benches.args(["bench", "--no-run", "--message-format=json"]);
     for b in KIT_BENCHES {
         benches.args(["--bench", b]);
     }
-    for (cmd, names, dir) in [(&mut tests, KIT_TESTS, "tests"), (&mut benches, KIT_BENCHES, "benches")] {
+    for (cmd, names, dir) in [
+        (&mut tests, KIT_TESTS, "tests"),
+        (&mut host_tests, KIT_HOST_TESTS, "tests"),
+        (&mut benches, KIT_BENCHES, "benches"),
+    ] {
         cmd.env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
             .env("CARGO_PROFILE_BENCH_STRIP", "symbols")
             .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
@@ -468,7 +481,12 @@ fn device_kit(root: &Path) -> Result<(), String> {
         for name in names {
             let exe =
                 executable_of(&json, name).ok_or_else(|| format!("cargo built no executable for {dir}/{name}"))?;
-            copy(&exe, &kit.join(dir).join(name))?;
+            let to = kit.join(dir).join(name);
+            copy(&exe, &to)?;
+            // gzip: the binaries (each embeds the fatbin and the emulator)
+            // compress about 3x, which keeps the kit under its limit; run.sh
+            // unpacks them into its output folder.
+            run(Command::new("gzip").arg("-9").arg("-n").arg(&to))?;
         }
     }
     let fatbin = newest(&root.join("target/release"), "tf_kernels.fatbin")
