@@ -16,7 +16,8 @@
 // H is smooth and (unlike erf) needs no second range: one polynomial covers every
 // x, and 2^H keeps the RELATIVE accuracy of the tiny values of x·Φ(x) for x << 0
 // that 1 + erf(x/√2) cancels away. The coefficients are a weighted minimax fit
-// (rounded to f32) of log2 Φ on s ∈ [-13, 0] (weight 1/(2^-19 + 2^-31/|gelu|)); with
+// (rounded to f32) of log2 Φ on s ∈ [-13, 0] (weight 1/(2^-19 + 2^-31/|gelu|);
+// kernels/tools/fit_gelu.py prints exactly these coefficients); with
 // its f32 coefficients the polynomial's only critical point is at s = +9.93, so H
 // rises monotonically on s < 0: it falls to -∞ as |x| grows (H(-13) = -179.6), and
 // no input past the fitted range makes w grow. The bound, for every x:
