@@ -59,7 +59,7 @@ fn parse_opts(args: &[String]) -> Result<Opts, String> {
     Ok(o)
 }
 
-/// The newest fatbin under the worktree's `target/` or `$CARGO_TARGET_DIR`.
+/// The newest fatbin under the repository's `target/` or `$CARGO_TARGET_DIR`.
 fn default_fatbin(root: &Path) -> Option<PathBuf> {
     let mut dirs = vec![root.join("target")];
     if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
