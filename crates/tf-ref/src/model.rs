@@ -30,5 +30,6 @@ mod params;
 pub use checkpoint::{CheckpointInfo, LoadOptions};
 pub use config::{TokenformerConfig, CONFIG_NAMES, NEOX_VOCAB};
 pub use forward::{block_forward, model_forward};
+pub(crate) use ops::rotate;
 pub use ops::{layer_norm, rotary, rotary_dims};
 pub use params::{tensor_seed, BlockParams, ModelParams, Slot};

@@ -13,7 +13,7 @@
 //! unrotated dims pass `dy` through.
 
 use super::to_mat;
-use crate::{rotary_dims, Element, Error, Mat, MatRef, Result};
+use crate::{Element, Error, Mat, MatRef, Result};
 
 /// The gradients returned by [`layer_norm_backward`].
 #[derive(Debug, Clone, PartialEq)]
@@ -93,29 +93,5 @@ pub fn rotary_backward<T: Element>(
     base: f64,
     pos_offset: usize,
 ) -> Result<Mat> {
-    // The forward validates every argument (its output is not needed).
-    crate::rotary(dy, heads, head_dim, rotary_pct, base, pos_offset)?;
-    let mut out = to_mat("rotary_backward", "dy", &dy)?;
-    let rot = rotary_dims(head_dim, rotary_pct)?;
-    let half = rot / 2;
-    if half == 0 || out.cols == 0 {
-        return Ok(out);
-    }
-    // The same frequencies, bit for bit, as the forward.
-    let inv_freq: Vec<f64> = (0..half).map(|j| base.powf(-((2 * j) as f64) / rot as f64)).collect();
-    let cols = out.cols;
-    for (i, row) in out.data.chunks_exact_mut(cols).enumerate() {
-        let pos = (pos_offset + i) as f64;
-        let (sin, cos): (Vec<f64>, Vec<f64>) = inv_freq.iter().map(|f| (pos * f).sin_cos()).unzip();
-        for head in row.chunks_exact_mut(head_dim) {
-            let (x1, rest) = head.split_at_mut(half);
-            let x2 = &mut rest[..half];
-            for j in 0..half {
-                let (a, b) = (x1[j], x2[j]);
-                x1[j] = a * cos[j] + b * sin[j];
-                x2[j] = b * cos[j] - a * sin[j];
-            }
-        }
-    }
-    Ok(out)
+    crate::model::rotate(dy, heads, head_dim, rotary_pct, base, pos_offset, true)
 }

@@ -93,6 +93,22 @@ pub fn rotary<T: Element>(
     base: f64,
     pos_offset: usize,
 ) -> Result<Mat> {
+    rotate(x, heads, head_dim, rotary_pct, base, pos_offset, false)
+}
+
+/// [`rotary`], or with `inverse` its inverse rotation `R(−θ)` (the backward of
+/// `rotary`, `crate::rotary_backward`): the same checks and the same frequencies,
+/// with the sign of sin θ flipped (exact, so both are bit for bit the rotation by
+/// ±θ).
+pub(crate) fn rotate<T: Element>(
+    x: MatRef<'_, T>,
+    heads: usize,
+    head_dim: usize,
+    rotary_pct: f64,
+    base: f64,
+    pos_offset: usize,
+    inverse: bool,
+) -> Result<Mat> {
     const OP: &str = "rotary";
     x.check(OP, "x")?;
     if heads == 0 || head_dim == 0 {
@@ -126,7 +142,8 @@ pub fn rotary<T: Element>(
     }
     for (i, row) in out.chunks_exact_mut(x.cols).enumerate() {
         let pos = (pos_offset + i) as f64;
-        let (sin, cos): (Vec<f64>, Vec<f64>) = inv_freq.iter().map(|f| (pos * f).sin_cos()).unzip();
+        let (sin, cos): (Vec<f64>, Vec<f64>) =
+            inv_freq.iter().map(|f| (pos * f).sin_cos()).map(|(s, c)| (if inverse { -s } else { s }, c)).unzip();
         for head in row.chunks_exact_mut(head_dim) {
             let (x1, rest) = head.split_at_mut(half);
             let x2 = &mut rest[..half];
