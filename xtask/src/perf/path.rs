@@ -84,16 +84,8 @@ pub fn issued(f: &Function, l: &Loop, trips: &dyn Fn(usize) -> f64) -> Counts {
 
 #[cfg(test)]
 mod tests {
+    use super::super::sass::tests::sass;
     use super::super::sass::{hot_loop, parse};
-
-    fn sass(body: &[&str]) -> String {
-        let mut s = String::from("\tcode for sm_80\n\t\tFunction : k\n");
-        for l in body {
-            let (addr, rest) = l.split_once(' ').unwrap();
-            s.push_str(&format!("        /*{addr}*/   {rest} ;\n"));
-        }
-        s
-    }
 
     #[test]
     fn a_skippable_region_without_hmma_is_skipped() {

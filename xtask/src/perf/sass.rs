@@ -242,11 +242,11 @@ pub fn hot_loop(f: &Function, trips: &dyn Fn(usize) -> f64) -> Option<HotLoop> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A function from lines "ADDR [PRED] OPCODE [TARGET]" in cuobjdump's format.
-    fn sass(body: &[&str]) -> String {
+    pub(in crate::perf) fn sass(body: &[&str]) -> String {
         let mut s = String::from("\tcode for sm_80\n\t\tFunction : k\n");
         for l in body {
             let (addr, rest) = l.split_once(' ').unwrap();
