@@ -36,7 +36,10 @@
 //   column range) computes its chunk's scores (or, for l2_norm_gelu, reads them back
 //   from pattention_scores with the row norms) and an f32 partial product with V_P;
 //   pattention_combine_* (here) sums the partials over n-tiles in a fixed order with
-//   the exact power-of-two factors. gelu_l2_norm / softmax: 2 launches; l2_norm_gelu: 3.
+//   the exact power-of-two factors. gelu_l2_norm / softmax: 2 launches; l2_norm_gelu: 3,
+//   or 4 when product 1 is split over d_in (too few n-tiles for the SMs: the scores
+//   kernel's grid gains a z dimension of d_in slices, and pattention_scores_reduce_*
+//   sums the slices' f32 partial scores in slice order, then runs the same epilogue).
 //
 // Why l2_norm_gelu stores (scaled) A and rewrites it (option (c) of docs/kernel-design.md):
 // the norm must be known before the gelu. (a) running product 1 twice costs +50% of the
@@ -67,6 +70,8 @@
 //
 // Launch geometry (the host computes it; dynamic shared memory in bytes):
 //   pattention_scores_{f16,bf16}  grid (n_tiles, ceil(t/128))        128 thr  69632
+//     (decode, l2_norm_gelu, split) grid (n_tiles, 1, k_splits)      128 thr  69632
+//   pattention_scores_reduce_*    grid (n_tiles, ceil(t/4))          128 thr  0
 //   pattention_scores_f32         grid (n_tiles, ceil(t/64))         256 thr  34816
 //   pattention_rows_*             grid (ceil(t/8))                   256 thr  0
 //   pattention_out_{f16,bf16}     grid (ceil(d_out/128), ceil(t/128)) 128 thr 69632

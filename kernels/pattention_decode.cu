@@ -19,7 +19,8 @@
 //        16-byte K copies when the chunk has 128 tokens), the partial last k-tile
 //        load_tile's zero filling.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
-//        pattention_scores ran first (same h and stats as the tiled path); here each
+//        pattention_scores ran first (same h and stats as the tiled path; split over
+//        d_in and summed by pattention_scores_reduce when the n-tiles are few); here each
 //        warp combines its rows' statistics and loads P = gelu(ĥ·base·2^(e - E)).
 //   2. partial[chunk, i, c] = Σ_{j in chunk} P[i, j]·V_P[j, c] for the CTA's column
 //      range, 128 columns at a time (k-step 32 tokens, V_P via ldmatrix.x4.trans,

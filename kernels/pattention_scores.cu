@@ -27,6 +27,15 @@
 //   one warp per row computes the tile statistics (max, then scaled sum: two
 //   butterflies) and writes 4 elements a lane, 256 contiguous bytes a row.
 //
+// Split over d_in (decode path, l2_norm_gelu, k_splits > 1): at t <= 64 the n-tiles
+//   alone give a handful of CTAs, each streaming all of d_in, so the grid gains a z
+//   dimension: CTA z runs the same main loop over the k-tiles [z·s, z·s + s) of d_in
+//   (s = split_k_tiles; only the last slice can hold the partial k-tile) and writes
+//   its f32 accumulators, unnormalised, to partial[z, i, j]. Then
+//   pattention_scores_reduce_{f16,bf16}: grid (n_tiles, ceil(t / 4)), 128 threads,
+//   one warp per row, sums the slices in the order z = 0, 1, ... (deterministic) and
+//   runs the same per-row epilogue (score_row) as the unsplit kernel.
+//
 // f32, kernel pattention_scores_f32: a SIMT path (correct, not fast): grid
 //   (n_tiles, ceil(t / 64)), 256 threads, CTA tile 64 x 128, k-step 16, each thread
 //   4 rows x 8 columns (columns 16 apart: conflict-free shared reads); same epilogue.
@@ -90,6 +99,16 @@ static_assert(SimtTraits::kSmemBytes == TF_PATTENTION_SMEM_SCORES_F32, "tf_kerne
 
 // ------------------------------------------------------------------- epilogue
 
+// Stores lane ln's four elements of row `row` of n-tile t_idx to h, and the row's
+// tile statistics (lane 0).
+template <typename T>
+__device__ __forceinline__ void store_row(const tf_pattention_params& p, int64_t row, int64_t t_idx, int ln,
+                                          const float (&v)[4], float2 st) {
+    const int64_t col = t_idx * kTileN + 4 * ln;
+    if (col < p.h_stride) store4<T>(reinterpret_cast<T*>(p.h) + row * p.h_stride + col, v);
+    if (ln == 0) reinterpret_cast<float2*>(p.stats)[row * p.n_tiles + t_idx] = st;
+}
+
 // Writes the finished rows of the staged tile to h and stats.
 template <typename T, int WARPS>
 __device__ __forceinline__ void write_scores(const tf_pattention_params& p, const float* stage, int64_t m0,
@@ -97,13 +116,21 @@ __device__ __forceinline__ void write_scores(const tf_pattention_params& p, cons
     const int64_t t_idx = blockIdx.x;
     const int64_t n0 = t_idx * kTileN;
     const int valid = (int)min64(kTileN, p.n - n0);
-    T* h = reinterpret_cast<T*>(p.h);
-    float2* stats = reinterpret_cast<float2*>(p.stats);
     scores_epilogue<T, WARPS>(stage, rows, valid, p.norm, warp, lane, [&](int r, int ln, const float(&v)[4], float2 st) {
-        const int64_t row = m0 + r, col = n0 + 4 * ln;
-        if (col < p.h_stride) store4<T>(h + row * p.h_stride + col, v);
-        if (ln == 0) stats[row * p.n_tiles + t_idx] = st;
+        store_row<T>(p, m0 + r, t_idx, ln, v, st);
     });
+}
+
+// Split over d_in: writes rows [0, rows) of the staged f32 tile, as they are, to
+// slice blockIdx.z of partial (row stride n_tiles · 128, one warp per row).
+template <int WARPS>
+__device__ __forceinline__ void write_partial_scores(const tf_pattention_params& p, const float* stage, int64_t m0,
+                                                     int rows, int warp, int lane) {
+    const int64_t ld = p.n_tiles * kTileN;
+    float* out = reinterpret_cast<float*>(p.partial) + ((int64_t)blockIdx.z * p.t + m0) * ld + blockIdx.x * kTileN;
+    for (int r = warp; r < rows; r += WARPS)
+        *reinterpret_cast<float4*>(out + r * ld + 4 * lane) =
+            *reinterpret_cast<const float4*>(stage + r * kStageLd + 4 * lane);
 }
 
 // --------------------------------------------------------- tensor-core kernel
@@ -122,10 +149,13 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
     const int rows_b = (int)min64(Tr::kBN, p.n - n0);
     // m16 tiles of this warp holding at least one row < t.
     const int mt_active = imin(Tr::kMT, imax(0, (rows_a - wm * Tr::kWM + 15) / 16));
-    const T* gx = reinterpret_cast<const T*>(p.x) + m0 * p.x_row_stride;
-    const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride;
-    const int k_tiles = (int)((p.d_in + Tr::kBK - 1) / Tr::kBK);
-    const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
+    // This CTA's slice of d_in: columns [k_begin, k_begin + d_len) (all of d_in unsplit).
+    const int64_t k_begin = p.k_splits > 1 ? (int64_t)blockIdx.z * p.split_k_tiles * Tr::kBK : 0;
+    const int64_t d_len = p.k_splits > 1 ? min64((int64_t)p.split_k_tiles * Tr::kBK, p.d_in - k_begin) : p.d_in;
+    const T* gx = reinterpret_cast<const T*>(p.x) + m0 * p.x_row_stride + k_begin;
+    const T* gk = reinterpret_cast<const T*>(p.k_p) + n0 * p.k_row_stride + k_begin;
+    const int k_tiles = (int)((d_len + Tr::kBK - 1) / Tr::kBK);
+    const int k_full = (int)(d_len / Tr::kBK);  // k-tiles with no d_in residue
 
     // Full k-tiles stream through precomputed per-thread copies; the partial last one
     // (d_in % kBK != 0) goes through load_tile's zero filling. Tiles load in order.
@@ -140,9 +170,9 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
             sk.advance(Tr::kBK);
         } else {
             const int64_t k0 = (int64_t)kt * Tr::kBK;
-            load_tile<Tr::kBM, Tr::kChunks, Tr::kThreads>(sa, gx + k0, p.x_row_stride, rows_a, p.d_in - k0, tid);
+            load_tile<Tr::kBM, Tr::kChunks, Tr::kThreads>(sa, gx + k0, p.x_row_stride, rows_a, d_len - k0, tid);
             load_tile<Tr::kBN, Tr::kChunks, Tr::kThreads>(sa + Tr::kBytesA, gk + k0, p.k_row_stride, rows_b,
-                                                          p.d_in - k0, tid);
+                                                          d_len - k0, tid);
         }
     };
 
@@ -223,7 +253,37 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
         for (int ni = 0; ni < Tr::kNT; ++ni)
             stage_fragment(stage, wm * Tr::kWM + mi * 16, wn * Tr::kWN + ni * 8, lane, acc[mi][ni]);
     __syncthreads();
-    write_scores<T, Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+    if (p.k_splits > 1)
+        write_partial_scores<Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+    else
+        write_scores<T, Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+}
+
+// ------------------------------------------------------------- split-K reduce
+
+constexpr int kReduceRows = 4;  // rows (warps) per CTA of pattention_scores_reduce
+
+// Sums the k_splits slices of partial for one row (warp) and n-tile (blockIdx.x),
+// z = 0 first, then runs the per-row epilogue of the unsplit kernel.
+template <typename T>
+__device__ __forceinline__ void scores_reduce(const tf_pattention_params& p) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t row = (int64_t)blockIdx.y * kReduceRows + warp;
+    if (row >= p.t) return;
+    const int64_t ld = p.n_tiles * kTileN, slice = p.t * ld;
+    const float* src = reinterpret_cast<const float*>(p.partial) + row * ld + blockIdx.x * kTileN + 4 * lane;
+    float4 a = *reinterpret_cast<const float4*>(src);
+    for (int z = 1; z < p.k_splits; ++z) {
+        const float4 b = *reinterpret_cast<const float4*>(src + z * slice);
+        a.x += b.x;
+        a.y += b.y;
+        a.z += b.z;
+        a.w += b.w;
+    }
+    float v[4] = {a.x, a.y, a.z, a.w};
+    const int valid = (int)min64(kTileN, p.n - (int64_t)blockIdx.x * kTileN);
+    const float2 st = score_row<T>(v, lane, valid, p.norm);
+    store_row<T>(p, row, blockIdx.x, lane, v, st);
 }
 
 // ------------------------------------------------------------------ SIMT kernel
@@ -292,6 +352,12 @@ extern "C" __global__ void __launch_bounds__(128, 2) pattention_scores_f16(const
 }
 extern "C" __global__ void __launch_bounds__(128, 2) pattention_scores_bf16(const tf_pattention_params p) {
     tf_pattention_scores::scores_mma<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(128) pattention_scores_reduce_f16(const tf_pattention_params p) {
+    tf_pattention_scores::scores_reduce<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(128) pattention_scores_reduce_bf16(const tf_pattention_params p) {
+    tf_pattention_scores::scores_reduce<__nv_bfloat16>(p);
 }
 extern "C" __global__ void __launch_bounds__(256) pattention_scores_f32(const tf_pattention_params p) {
     tf_pattention_scores::scores_simt(p);

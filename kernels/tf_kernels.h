@@ -53,6 +53,12 @@ typedef enum tf_norm {
 #define TF_PATTENTION_DECODE_MAX_T 64
 /* Every workspace region starts at a multiple of this many bytes. */
 #define TF_PATTENTION_WS_ALIGN 256
+/* Decode path, l2_norm_gelu: product 1 is split over d_in (split-K) into at most
+ * TF_PATTENTION_SPLIT_CTAS / n_tiles (and at most TF_PATTENTION_MAX_SPLITS) slices
+ * when its n-tiles alone would leave SMs idle; pattention_scores_reduce sums the
+ * slices in a fixed order. The workspace holds this many slices. */
+#define TF_PATTENTION_SPLIT_CTAS 264
+#define TF_PATTENTION_MAX_SPLITS 16
 /* Dynamic shared memory (bytes) of the pattention kernels (static_asserted by them). */
 #define TF_PATTENTION_SMEM_MMA 69632        /* pattention_{scores,out}_{f16,bf16} */
 #define TF_PATTENTION_SMEM_SCORES_F32 34816 /* pattention_scores_f32 */
@@ -67,7 +73,13 @@ typedef enum tf_norm {
  *   h       at 0            R(t * h_stride * sizeof(storage))
  *   stats   next            R(t * n_tiles * 8)
  *   rowf    next            R(t * 8)
- *   partial next            decode ? R(n_tiles * t * d_out * 4) : 0
+ *   partial next            decode ? R(max(n_tiles * t * d_out * 4,
+ *                                         S * t * n_tiles * 128 * 4)) : 0
+ * with S = min(TF_PATTENTION_MAX_SPLITS, max(1, ceil(TF_PATTENTION_SPLIT_CTAS / n_tiles))),
+ * the most d_in slices product 1 can be split into. The slices' partial scores
+ * (decode, l2_norm_gelu, k_splits > 1) live in `partial` until
+ * pattention_scores_reduce has consumed them; the decode kernel's partial outputs
+ * reuse the region after it.
  * total = the sum; the base is 256-byte aligned. */
 typedef struct tf_pattention_params {
     tf_ptr x;              /* [t, d_in] storage type, rows x_row_stride elements apart */
@@ -92,6 +104,11 @@ typedef struct tf_pattention_params {
     float scale;           /* sqrt(n_ref) for the two L2 norms, n_ref for softmax */
     float eps;             /* added to the row norm (L2 norms), finite, >= 0 */
     int32_t norm;          /* tf_norm */
+    int32_t k_splits;      /* product 1's d_in slices (blockIdx.z of pattention_scores); 1 = unsplit.
+                            * > 1: pattention_scores writes f32 partial scores
+                            * partial[z, i, j] (row stride n_tiles * 128) for its slice, and
+                            * pattention_scores_reduce forms h and stats from their sum */
+    int32_t split_k_tiles; /* k_splits > 1: 32-column k-tiles of d_in per slice (the last may have fewer) */
     int32_t reserved;      /* 0 */
 } tf_pattention_params;
 

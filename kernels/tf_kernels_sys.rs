@@ -6,6 +6,8 @@
 pub const TF_PATTENTION_TILE_N: u32 = 128;
 pub const TF_PATTENTION_DECODE_MAX_T: u32 = 64;
 pub const TF_PATTENTION_WS_ALIGN: u32 = 256;
+pub const TF_PATTENTION_SPLIT_CTAS: u32 = 264;
+pub const TF_PATTENTION_MAX_SPLITS: u32 = 16;
 pub const TF_PATTENTION_SMEM_MMA: u32 = 69632;
 pub const TF_PATTENTION_SMEM_SCORES_F32: u32 = 34816;
 pub const TF_PATTENTION_SMEM_OUT_F32: u32 = 12800;
@@ -65,11 +67,13 @@ pub struct tf_pattention_params {
     pub scale: f32,
     pub eps: f32,
     pub norm: i32,
+    pub k_splits: i32,
+    pub split_k_tiles: i32,
     pub reserved: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_pattention_params"][::std::mem::size_of::<tf_pattention_params>() - 168usize];
+    ["Size of tf_pattention_params"][::std::mem::size_of::<tf_pattention_params>() - 176usize];
     ["Alignment of tf_pattention_params"][::std::mem::align_of::<tf_pattention_params>() - 8usize];
     ["Offset of field: tf_pattention_params::x"][::std::mem::offset_of!(tf_pattention_params, x) - 0usize];
     ["Offset of field: tf_pattention_params::k_p"][::std::mem::offset_of!(tf_pattention_params, k_p) - 8usize];
@@ -100,8 +104,12 @@ const _: () = {
     ["Offset of field: tf_pattention_params::scale"][::std::mem::offset_of!(tf_pattention_params, scale) - 152usize];
     ["Offset of field: tf_pattention_params::eps"][::std::mem::offset_of!(tf_pattention_params, eps) - 156usize];
     ["Offset of field: tf_pattention_params::norm"][::std::mem::offset_of!(tf_pattention_params, norm) - 160usize];
+    ["Offset of field: tf_pattention_params::k_splits"]
+        [::std::mem::offset_of!(tf_pattention_params, k_splits) - 164usize];
+    ["Offset of field: tf_pattention_params::split_k_tiles"]
+        [::std::mem::offset_of!(tf_pattention_params, split_k_tiles) - 168usize];
     ["Offset of field: tf_pattention_params::reserved"]
-        [::std::mem::offset_of!(tf_pattention_params, reserved) - 164usize];
+        [::std::mem::offset_of!(tf_pattention_params, reserved) - 172usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -319,10 +319,11 @@ fn one_workspace_serves_many_calls() {
     let s = seed();
     for (dev, backend) in backends() {
         let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_0006);
-        let big = pattention_workspace_bytes::<f16>(130, 129, 264).unwrap();
-        let mut ws = Workspace::new(&dev, big).unwrap();
-        for &(t, n, d_in, d_out) in &[(130, 129, 16, 264), (3, 129, 16, 40), (130, 5, 24, 8)] {
-            assert!(pattention_workspace_bytes::<f16>(t, n, d_out).unwrap() <= big);
+        let shapes = [(130, 129, 16, 264), (3, 129, 200, 40), (130, 5, 24, 8)];
+        // one workspace of the largest size any of the calls needs
+        let big = shapes.iter().map(|&(t, n, _, d_out)| pattention_workspace_bytes::<f16>(t, n, d_out).unwrap()).max();
+        let mut ws = Workspace::new(&dev, big.unwrap()).unwrap();
+        for &(t, n, d_in, d_out) in &shapes {
             let p = problem::<f16>(&mut rng, t, n, d_in, d_out);
             for norm in Norm::ALL {
                 let o = PattentionOptions { norm, ..Default::default() };
@@ -572,6 +573,46 @@ fn many_parameter_tokens() {
     }
 }
 
+/// The decode path's product 1 split over d_in (l2_norm_gelu): many slices, a
+/// d_in with no residue, a last slice shorter than the others and holding the
+/// partial k-tile, partial m16 and n-tiles. The plan's slice counts are worked out
+/// by hand from the rule (132 SMs on the emulator: slices = min(ceil(132 / n_tiles),
+/// 16, k_tiles / 2, d_in / 2t), then k-tiles per slice = ceil(k_tiles / slices)),
+/// so a change of the rule shows here as well as in the accuracy.
+#[test]
+fn decode_product_one_split_over_d_in() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_000b);
+        // (t, n, d_in, d_out, slices, k-tiles per slice)
+        let cases = [
+            (8, 129, 1000, 40, 16, 2), // 32 k-tiles, the last 8 columns wide
+            (64, 129, 1000, 40, 7, 5), // 1000 / 128 = 7 slices; the last has 2 k-tiles
+            (33, 300, 256, 24, 3, 3),  // no d_in residue; slices of 3, 3 and 2 k-tiles
+            (5, 1000, 520, 136, 6, 3), // 17 k-tiles: the last slice has 2, one partial
+            (1, 70, 104, 8, 2, 2),     // 4 k-tiles, t = 1
+        ];
+        for (t, n, d_in, d_out, slices, per) in cases {
+            let p = problem::<bf16>(&mut rng, t, n, d_in, d_out);
+            let q = problem::<f16>(&mut rng, t, n, d_in, d_out);
+            if backend == "emulator" {
+                let (x, k, v) = (
+                    dev.upload(&p.x, &[t, d_in]).unwrap(),
+                    dev.upload(&p.k, &[n, d_in]).unwrap(),
+                    dev.upload(&p.v, &[n, d_out]).unwrap(),
+                );
+                let mut y: Tensor<bf16> = dev.poisoned(&[t, d_out]).unwrap();
+                let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+                let plan = tf_host::ops::pattention::plan(&dev, &args, &y.view_mut(), None).unwrap();
+                assert_eq!((plan.k_splits, plan.split_k_tiles), (slices, per), "t {t} n {n} d_in {d_in}");
+                assert!(plan.launches.iter().any(|l| l.kernel == "pattention_scores_reduce_bf16"));
+            }
+            check(&dev, backend, &p, &PattentionOptions::default());
+            check(&dev, backend, &q, &PattentionOptions::default());
+        }
+    }
+}
+
 // ------------------------------------------------------------ non-finite inputs
 
 /// Runs the kernels into an output pre-filled with a finite sentinel (an element
@@ -637,7 +678,7 @@ enum Input {
 /// row (L2 norms, NaN) or the rows whose score is +inf (softmax); V_P column c ->
 /// output column c.
 fn non_finite<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize, at: [(Input, usize, usize); 3]) {
-    let (n, d_in, d_out) = (129, 72, 40);
+    let (n, d_in, d_out) = (129, 136, 40);
     let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_0009);
     let base = problem::<T>(&mut rng, t, n, d_in, d_out);
     let mut worst = 0f64;
@@ -672,13 +713,14 @@ fn non_finite<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize,
 fn nan_and_inf_inputs_poison_what_they_reach() {
     let s = seed();
     for (dev, backend) in backends() {
-        // t = 37: decode path (16-bit); t = 67: tiled, a partial row block (f32 is
-        // tiled at both). Columns 64..71 of d_in are the partial last k-step; K_P row
-        // 127 ends the first n-tile, row 128 is the only column of the second (for
-        // softmax with -inf there, an n-tile of only -inf).
-        let decode = [(Input::X, 36, 71), (Input::K, 128, 71), (Input::V, 128, 39)];
-        let tiled = [(Input::X, 66, 64), (Input::K, 127, 64), (Input::V, 128, 32)];
-        for (t, at) in [(37, decode), (67, tiled)] {
+        // t = 17: decode path (16-bit); t = 67: tiled, a partial row block (f32 is
+        // tiled at both). Columns 128..135 of d_in are the partial last k-step; on the
+        // decode path l2_norm_gelu splits d_in into the slices [0, 96) and [96, 136).
+        // K_P row 127 ends the first n-tile, row 128 is the only column of the second
+        // (for softmax with -inf there, an n-tile of only -inf).
+        let decode = [(Input::X, 16, 135), (Input::K, 128, 40), (Input::V, 128, 39)];
+        let tiled = [(Input::X, 66, 128), (Input::K, 127, 64), (Input::V, 128, 32)];
+        for (t, at) in [(17, decode), (67, tiled)] {
             non_finite::<f32>(&dev, backend, s, t, at);
             non_finite::<f16>(&dev, backend, s, t, at);
             non_finite::<bf16>(&dev, backend, s, t, at);
@@ -691,7 +733,8 @@ fn nan_and_inf_inputs_poison_what_they_reach() {
 /// ordinary row, on both paths (f32 and bf16 hold such values; f16 cannot).
 fn extreme_rows<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize) {
     let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_000a);
-    let mut p = problem::<T>(&mut rng, t, 129, 40, 24);
+    // d_in = 136: two d_in slices of product 1 on the decode path
+    let mut p = problem::<T>(&mut rng, t, 129, 136, 24);
     scale_row(&mut p, 1, 1e30);
     scale_row(&mut p, t - 1, 1e-30);
     for norm in Norm::ALL {

@@ -135,6 +135,11 @@ pub(crate) fn to_u32(op: &'static str, what: &str, v: usize) -> Result<u32> {
     u32::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 32 bits") })
 }
 
+/// `i32::try_from` with an error naming the quantity.
+pub(crate) fn to_i32(op: &'static str, what: &str, v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 32-bit signed") })
+}
+
 /// `i64::try_from` with an error naming the quantity.
 pub(crate) fn to_i64(op: &'static str, what: &str, v: usize) -> Result<i64> {
     i64::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 64-bit signed") })

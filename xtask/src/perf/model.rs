@@ -19,6 +19,28 @@ const TILE_N: u64 = 128;
 const MMA_ROWS: u64 = 128;
 const COLS: u64 = 128;
 const DECODE_MAX_T: u64 = 64;
+/// Product 1's split over d_in on the decode path (tf_kernels.h
+/// TF_PATTENTION_SPLIT_CTAS / MAX_SPLITS; pattention.rs k_split).
+const SCORES_BK: u64 = 32;
+const SPLIT_CTAS: u64 = 264;
+const MAX_SPLITS: u64 = 16;
+const MIN_SPLIT_K_TILES: u64 = 2;
+const REDUCE_ROWS: u64 = 4;
+
+/// (slices, k-tiles per slice) of the decode path's product 1, as the host's
+/// plan chooses them: one CTA per SM, at most SPLIT_CTAS / n_tiles and
+/// MAX_SPLITS slices, at least MIN_SPLIT_K_TILES k-tiles each, at most
+/// d_in / (2t) slices (partial scores written <= K_P bytes read).
+pub fn k_split(sms: u64, n_tiles: u64, t: u64, d_in: u64) -> (u64, u64) {
+    let k_tiles = d_in.div_ceil(SCORES_BK);
+    let max = SPLIT_CTAS.div_ceil(n_tiles.max(1)).clamp(1, MAX_SPLITS);
+    let want = sms.div_ceil(n_tiles.max(1)).min(max).min(k_tiles / MIN_SPLIT_K_TILES).min(d_in / (2 * t.max(1)));
+    if want <= 1 {
+        return (1, 0);
+    }
+    let per = k_tiles.div_ceil(want);
+    (k_tiles.div_ceil(per), per)
+}
 /// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile.
 const ATTN_BM: u64 = 128;
 fn attn_bn(hd: u64) -> u64 {
@@ -154,8 +176,23 @@ pub fn pattention(gpu: &Gpu, facts: Facts<'_>, t: u64, n: u64, d_in: u64, d_out:
     let scores = "pattention_scores_bf16";
     // 2 x 2 warps of 64 x 64: a warp row with no row of t has no HMMA work
     let busy1 = 2 * t.min(MMA_ROWS).div_ceil(64);
-    let w1 = Work { grid: n_tiles * row_blocks, hmma: hmma1, busy_warps: busy1, bytes: bytes1 };
-    launches.push(launch(gpu, scores, facts(scores), w1));
+    let (splits, per) = if t <= DECODE_MAX_T { k_split(gpu.sms as u64, n_tiles, t, d_in) } else { (1, 0) };
+    if splits > 1 {
+        // decode: grid (n_tiles, 1, splits); each CTA streams `per` k-tiles and
+        // writes its f32 partial scores, which the reduce kernel sums into h, stats
+        let apart = splits as f64 * tf * (n_tiles * TILE_N) as f64 * 4.0;
+        let hmma = m16 * (TILE_N / 8) as f64 * (per * SCORES_BK / 16) as f64;
+        let bytes = (tf * di + nf * di) * ELEM + apart;
+        let w = Work { grid: n_tiles * splits, hmma, busy_warps: busy1, bytes };
+        launches.push(launch(gpu, scores, facts(scores), w));
+        let r = "pattention_scores_reduce_bf16";
+        let w =
+            Work { grid: n_tiles * t.div_ceil(REDUCE_ROWS), hmma: 0.0, busy_warps: 4, bytes: apart + interm + stats };
+        launches.push(launch(gpu, r, None, w));
+    } else {
+        let w1 = Work { grid: n_tiles * row_blocks, hmma: hmma1, busy_warps: busy1, bytes: bytes1 };
+        launches.push(launch(gpu, scores, facts(scores), w1));
+    }
     let path = if t <= DECODE_MAX_T {
         // decode: grid (n_tiles, y_splits) as the host's plan chooses them
         let col_blocks = d_out.div_ceil(COLS);
@@ -317,6 +354,36 @@ mod tests {
         assert!((total - big.min_bytes - 8.0 * 2048.0 * 1024.0 - stats_rowf).abs() < 1.0);
         assert!(big.seconds() >= big.floor(g));
         assert_eq!(pattention(g, &f, 1, 1024, 1024, 1024).path, "decode");
+    }
+
+    #[test]
+    fn decode_splits_product_one_over_d_in() {
+        // 354m qkv on A100 at t = 1: 6 n-tiles, 32 k-tiles -> 16 slices of 2 k-tiles
+        assert_eq!(k_split(108, 6, 1, 1024), (16, 2));
+        // t = 64: at most 1024 / 128 = 8 slices (partial scores <= K_P bytes)
+        assert_eq!(k_split(108, 6, 64, 1024), (8, 4));
+        // 17 k-tiles into 8 wanted slices: 3 k-tiles each, 6 slices
+        assert_eq!(k_split(132, 8, 5, 520), (6, 3));
+        // n-tiles enough for the SMs, or too short a d_in: unsplit
+        assert_eq!(k_split(108, 108, 1, 4096), (1, 0));
+        assert_eq!(k_split(108, 6, 1, 64), (1, 0));
+        let g = &GPUS[0];
+        let f = |_: &str| Some(KernelFacts { per_hmma: 2.5, ctas_per_sm: 2 });
+        let d = pattention(g, &f, 16, 768, 1024, 1024);
+        let names: Vec<&str> = d.launches.iter().map(|l| l.kernel.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "pattention_scores_bf16",
+                "pattention_scores_reduce_bf16",
+                "pattention_decode_bf16",
+                "pattention_combine_bf16"
+            ]
+        );
+        assert_eq!(d.launches[0].grid, 6 * 16);
+        // the slices' f32 partial scores: written once, read once
+        let apart = 16.0 * 16.0 * 768.0 * 4.0;
+        assert!(d.launches[1].memory_s * g.hbm_bytes_s >= apart);
     }
 
     #[test]

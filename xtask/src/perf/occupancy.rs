@@ -147,6 +147,9 @@ pub fn header_define(header: &str, name: &str) -> Option<u32> {
 pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     let d = |n: &str| header_define(header, n);
     let sixteen = kernel.contains("_f16") || kernel.contains("_bf16");
+    if kernel.starts_with("pattention_scores_reduce") {
+        return Some((128, 0)); // 4 warps, one a row (pattention.rs REDUCE_ROWS)
+    }
     if kernel.starts_with("pattention_scores") || kernel.starts_with("pattention_out") {
         let stage = if kernel.starts_with("pattention_scores") { "SCORES" } else { "OUT" };
         return if sixteen {
@@ -209,6 +212,7 @@ mod tests {
                  #define TF_ATTN_BLOCK_M 128\n#define TF_ATTN_BLOCK_N_HD64 64\n";
         assert_eq!(launch_of(h, "pattention_scores_bf16"), Some((128, 69632)));
         assert_eq!(launch_of(h, "attn_fwd_split_bf16_hd64"), Some((128, 256 * 64 * 2)));
+        assert_eq!(launch_of(h, "pattention_scores_reduce_f16"), Some((128, 0)));
         assert_eq!(launch_of(h, "grow_rows"), None);
     }
 }

@@ -26,6 +26,9 @@ pub const LIMITS: &[(&str, &str, f64, f64)] = &[
 /// None for kernels the ratchet does not cover.
 pub fn family(kernel: &str) -> Option<&'static str> {
     let sixteen = kernel.contains("_f16") || kernel.contains("_bf16");
+    if kernel.starts_with("pattention_scores_reduce") {
+        return None; // the split scores' sum: no tensor-core work
+    }
     ["pattention_scores", "pattention_out", "pattention_decode", "attn_fwd"]
         .into_iter()
         .find(|f| sixteen && kernel.starts_with(f))
@@ -111,6 +114,8 @@ mod tests {
         assert_eq!(family("pattention_out_f16"), Some("pattention_out"));
         assert_eq!(family("pattention_out_f32"), None);
         assert_eq!(family("attn_combine_bf16"), None);
+        assert_eq!(family("pattention_scores_reduce_bf16"), None);
+        assert_eq!(family("pattention_scores_bf16"), Some("pattention_scores"));
     }
 
     #[test]

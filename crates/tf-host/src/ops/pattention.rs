@@ -14,7 +14,7 @@ use tf_kernels::sys;
 
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
-use crate::error::{to_i64, to_u32, Error, Result};
+use crate::error::{to_i32, to_i64, to_u32, Error, Result};
 use crate::tensor::{check_disjoint, Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
@@ -38,6 +38,13 @@ const SIMT_ROWS: usize = 64;
 const COLS: usize = 128;
 /// Rows (warps) per CTA of pattention_rows (`kRowsWarps`).
 const ROWS_PER_CTA: usize = 8;
+/// Rows (warps) per CTA of pattention_scores_reduce (`kReduceRows`).
+const REDUCE_ROWS: usize = 4;
+/// d_in columns per k-tile of the tensor-core scores kernel (`Traits::kBK`).
+const SCORES_BK: usize = 32;
+/// Fewest k-tiles a d_in slice of the split scores kernel streams: below two the
+/// cp.async ring has nothing to overlap.
+const MIN_SPLIT_K_TILES: usize = 2;
 
 /// The row normalisation Θ (docs/tokenformer.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -144,7 +151,9 @@ pub struct WorkspaceLayout {
     pub stats: usize,
     /// `rowf` `[t]` float2.
     pub rowf: usize,
-    /// `partial` [n_tiles, t, d_out] f32 (decode only; else = total).
+    /// `partial`: decode only (else = total): [n_tiles, t, d_out] f32 partial
+    /// outputs, and before them the split scores kernel's [k_splits, t,
+    /// n_tiles·128] f32 partial scores.
     pub partial: usize,
     /// Total bytes.
     pub total: usize,
@@ -184,6 +193,37 @@ pub struct PattentionPlan {
     pub n_tiles: usize,
     /// Decode: output columns per CTA.
     pub decode_cols: usize,
+    /// Slices of d_in product 1 is split into (decode, l2_norm_gelu; else 1).
+    pub k_splits: usize,
+    /// k-tiles (32 columns of d_in) per slice when `k_splits` > 1, else 0.
+    pub split_k_tiles: usize,
+}
+
+/// The most d_in slices the decode path's product 1 may use with `n_tiles`
+/// n-tiles (`S` of tf_kernels.h): a function of the shapes only, so that the
+/// workspace size is too.
+fn max_k_splits(n_tiles: usize) -> usize {
+    let ctas = sys::TF_PATTENTION_SPLIT_CTAS as usize;
+    ctas.div_ceil(n_tiles.max(1)).clamp(1, sys::TF_PATTENTION_MAX_SPLITS as usize)
+}
+
+/// Product 1's split over d_in on the decode path: (slices, k-tiles per slice).
+/// Enough CTAs to give every SM one (`sm_count`), at most [`max_k_splits`],
+/// every slice at least [`MIN_SPLIT_K_TILES`] k-tiles, and at most d_in / (2t)
+/// slices, so that the f32 partial scores written (slices · t · n · 4 bytes) stay
+/// within the K_P bytes read (n · d_in · 2); (1, 0) when that leaves one.
+fn k_split(sm_count: usize, n_tiles: usize, t: usize, d_in: usize) -> (usize, usize) {
+    let k_tiles = d_in.div_ceil(SCORES_BK);
+    let want = sm_count
+        .div_ceil(n_tiles.max(1))
+        .min(max_k_splits(n_tiles))
+        .min(k_tiles / MIN_SPLIT_K_TILES)
+        .min(d_in / (2 * t.max(1)));
+    if want <= 1 {
+        return (1, 0);
+    }
+    let per = k_tiles.div_ceil(want);
+    (k_tiles.div_ceil(per), per)
 }
 
 /// Whether (dtype, t) takes the decode path.
@@ -213,8 +253,13 @@ pub fn workspace_layout<T: DType>(t: usize, n: usize, d_out: usize) -> Result<Wo
     let h_bytes = round_up(OP, bytes_of("h", &[t, h_stride, std::mem::size_of::<T>()])?, WS_ALIGN)?;
     let stats_bytes = round_up(OP, bytes_of("stats", &[t, n_tiles, 8])?, WS_ALIGN)?;
     let rowf_bytes = round_up(OP, bytes_of("rowf", &[t, 8])?, WS_ALIGN)?;
-    let partial_bytes =
-        if is_decode::<T>(t) { round_up(OP, bytes_of("partial", &[n_tiles, t, d_out, 4])?, WS_ALIGN)? } else { 0 };
+    let partial_bytes = if is_decode::<T>(t) {
+        let outputs = bytes_of("partial", &[n_tiles, t, d_out, 4])?;
+        let scores = bytes_of("partial scores", &[max_k_splits(n_tiles), t, n_tiles, TILE_N, 4])?;
+        round_up(OP, outputs.max(scores), WS_ALIGN)?
+    } else {
+        0
+    };
     let stats = h_bytes;
     let rowf = add(stats, stats_bytes)?;
     let partial = add(rowf, rowf_bytes)?;
@@ -242,6 +287,8 @@ fn kernel_name<T: DType>(stage: &str) -> &'static str {
         ("out", _) => "pattention_out_bf16",
         ("decode", "f16") => "pattention_decode_f16",
         ("decode", _) => "pattention_decode_bf16",
+        ("reduce", "f16") => "pattention_scores_reduce_f16",
+        ("reduce", _) => "pattention_scores_reduce_bf16",
         ("combine", "f16") => "pattention_combine_f16",
         (_, _) => "pattention_combine_bf16",
     }
@@ -359,6 +406,7 @@ pub fn plan<T: DType>(
     let path = if is_decode::<T>(t) { PattentionPath::Decode } else { PattentionPath::Tiled };
     let mut launches = Vec::new();
     let mut decode_cols = 0;
+    let (mut k_splits, mut split_k_tiles) = (1, 0);
     if t > 0 && d_out > 0 {
         let g = |grid: [usize; 3], threads: u32, smem: u32| -> Result<Geometry> {
             let grid = [to_u32(OP, "grid x", grid[0])?, to_u32(OP, "grid y", grid[1])?, to_u32(OP, "grid z", grid[2])?];
@@ -411,7 +459,19 @@ pub fn plan<T: DType>(
                 decode_cols = blocks_per * COLS;
                 let y_splits = col_blocks.div_ceil(blocks_per);
                 if opts.norm == Norm::L2NormGelu {
-                    launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: scores });
+                    // A few n-tiles leave most SMs idle while each CTA streams all of
+                    // d_in: split d_in, and sum the slices in pattention_scores_reduce.
+                    (k_splits, split_k_tiles) = k_split(dev.sm_count() as usize, n_tiles, t, d_in);
+                    if k_splits > 1 {
+                        let split = g([n_tiles, 1, k_splits], 128, sys::TF_PATTENTION_SMEM_MMA)?;
+                        launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: split });
+                        launches.push(Launch {
+                            kernel: kernel_name::<T>("reduce"),
+                            geometry: g([n_tiles, t.div_ceil(REDUCE_ROWS), 1], 32 * REDUCE_ROWS as u32, 0)?,
+                        });
+                    } else {
+                        launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: scores });
+                    }
                 }
                 launches.push(Launch {
                     kernel: kernel_name::<T>("decode"),
@@ -424,7 +484,21 @@ pub fn plan<T: DType>(
             }
         }
     }
-    Ok(PattentionPlan { t, n, d_in, d_out, path, workspace: layout, launches, scale, h_stride, n_tiles, decode_cols })
+    Ok(PattentionPlan {
+        t,
+        n,
+        d_in,
+        d_out,
+        path,
+        workspace: layout,
+        launches,
+        scale,
+        h_stride,
+        n_tiles,
+        decode_cols,
+        k_splits,
+        split_k_tiles,
+    })
 }
 
 /// `y = Θ(x·k_pᵀ)·v_p` into a caller-given `y` `[t, d_out]`: x `[t, d_in]`,
@@ -483,6 +557,8 @@ pub fn pattention_into<T: DType>(
         scale: p.scale,
         eps: opts.eps,
         norm: opts.norm.code() as i32,
+        k_splits: to_i32(OP, "k splits", p.k_splits)?,
+        split_k_tiles: to_i32(OP, "split k-tiles", p.split_k_tiles)?,
         reserved: 0,
     };
     let yp = y.ptr_mut();
