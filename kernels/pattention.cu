@@ -75,6 +75,8 @@
 //   pattention_scores_f32         grid (n_tiles, ceil(t/64))         256 thr  34816
 //   pattention_rows_*             grid (ceil(t/8))                   256 thr  0
 //   pattention_out_{f16,bf16}     grid (ceil(d_out/128), ceil(t/128)) 128 thr 69632
+//   pattention_out64_{f16,bf16}   grid (ceil(d_out/128), ceil(t/64))  128 thr 49664
+//     (the host's out_rows picks it when 128-row CTAs would load the SMs unevenly)
 //   pattention_out_f32            grid (ceil(d_out/128), ceil(t/64)) 256 thr  12800
 //   pattention_decode_{f16,bf16}  grid (n_tiles, y_splits)           128 thr  65536
 //   pattention_combine_{f16,bf16} grid (ceil(d_out/128), t)          128 thr  0

@@ -9,7 +9,9 @@
 // holds S (pattention_rows rewrote it) and q = 1: the scaling is skipped entirely.
 //
 // f16 / bf16, kernels pattention_out_{f16,bf16}: grid (ceil(d_out / 128), ceil(t / 128)),
-//   128 threads = 4 warps in 2 x 2, CTA tile 128 rows x 128 columns, warp tile 64 x 64,
+//   128 threads = 4 warps in 2 x 2, CTA tile 128 rows x 128 columns, warp tile 64 x 64
+//   (pattention_out64_{f16,bf16}: grid (ceil(d_out / 128), ceil(t / 64)), 4 warps in
+//   1 x 4, CTA tile 64 x 128, warp tile 64 x 32; otherwise the same code),
 //   k-step 32 along n, 4-stage cp.async ring (16 KB a stage). h tiles: 64-byte rows,
 //   swizzle chunk ^ ((row >> 1) & 3), ldmatrix.x4; V_P tiles: 32 rows of 256 bytes,
 //   swizzle chunk ^ (row & 7), ldmatrix.x4.trans (V_P is K-major for mma's B operand).
@@ -48,13 +50,18 @@ using namespace tf::pat;
 
 // ---------------------------------------------------------------------- traits
 
-// Product 2 tile: the same shape as product 1 (docs/kernel-design.md), 64 KB pipeline.
+// Product 2 tile: BM = 128, the same shape as product 1 (docs/kernel-design.md), 64 KB
+// pipeline, 4 warps 2 x 2 of 64 x 64; or BM = 64 (pattention_out64_*), 48 KB, 4 warps
+// 1 x 4 of 64 x 32, which the host picks when the 128-row grid would load a GPU's SMs
+// unevenly (pattention.rs out_rows: e.g. 128 CTAs on A100's 108 SMs, where 20 SMs run
+// two CTAs one after the other; 256 half-size CTAs put at most 3 halves on one SM).
+template <int BM>
 struct Traits {
-    static constexpr int kBM = 128;            // rows (tokens) per CTA
+    static constexpr int kBM = BM;             // rows (tokens) per CTA
     static constexpr int kBN = 128;            // output columns per CTA
     static constexpr int kBK = 32;             // parameter tokens per stage
     static constexpr int kStages = 4;
-    static constexpr int kWarpsM = 2, kWarpsN = 2;
+    static constexpr int kWarpsM = BM / 64, kWarpsN = 4 / kWarpsM;
     static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
     static constexpr int kWM = kBM / kWarpsM, kWN = kBN / kWarpsN;
     static constexpr int kMT = kWM / 16, kNT = kWN / 8;
@@ -65,9 +72,9 @@ struct Traits {
     static constexpr int kStageBytes = kBytesA + kBytesB;
     static constexpr int kPipeBytes = kStages * kStageBytes;
     static constexpr int kEpiBytes = kBM * kStageLd * 4;
-    static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
     static constexpr int kStepsPerTile = kTileN / kBK;  // k-steps per statistics n-tile
     static constexpr int kQBytes = 2 * kBM * 4;         // q table: two n-tiles x kBM rows
+    static constexpr int kSmemBytes = kPipeBytes + kQBytes > kEpiBytes ? kPipeBytes + kQBytes : kEpiBytes;
 
     static_assert(kStepsPerTile >= 2, "a q slot is rewritten only after a barrier separates its last read");
     static_assert(kPipeBytes + kQBytes <= kSmemBytes, "the q table lies past the pipeline (the epilogue reuses it)");
@@ -75,7 +82,7 @@ struct Traits {
     static_assert(kTileN % kBK == 0, "a k-step never straddles two n-tiles (one q per step)");
     static_assert(kBN == 128, "the epilogue gives each lane 4 of 128 columns");
     static_assert(kBK % 16 == 0 && kNT % 2 == 0, "k16 steps; ldmatrix.x4.trans loads pairs of n8 tiles");
-    static_assert(kThreads == 128, "4 warps");
+    static_assert(kThreads == 128 && (BM == 128 || BM == 64), "4 warps, 2 x 2 or 1 x 4");
     static_assert(kSmemBytes <= 227 * 1024, "shared memory per block at most 227 KB");
 };
 
@@ -90,14 +97,15 @@ struct SimtTraits {
     static_assert(kSmemBytes <= 48 * 1024, "no opt-in needed");
 };
 
-static_assert(Traits::kSmemBytes == TF_PATTENTION_SMEM_MMA, "tf_kernels.h states the launch's shared memory");
+static_assert(Traits<128>::kSmemBytes == TF_PATTENTION_SMEM_MMA, "tf_kernels.h states the launch's shared memory");
+static_assert(Traits<64>::kSmemBytes == TF_PATTENTION_SMEM_OUT64, "tf_kernels.h states the launch's shared memory");
 static_assert(SimtTraits::kSmemBytes == TF_PATTENTION_SMEM_OUT_F32, "tf_kernels.h states the launch's shared memory");
 
 // --------------------------------------------------------- tensor-core kernel
 
-template <typename T>
+template <typename T, int BM>
 __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
-    using Tr = Traits;
+    using Tr = Traits<BM>;
     using SwA = tf::Swizzle<Tr::kChunksA>;
     using SwB = tf::Swizzle<Tr::kChunksB>;
     TF_DYNAMIC_SMEM(unsigned char, smem);
@@ -165,10 +173,12 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
     const bool q_ok = scaled && q_row < p.t;
     const float q_row_e = q_ok ? rowf[q_row].y : 0.0f;
     float q_next_e = q_ok ? stats[q_row * p.n_tiles].x : kEmpty;
-    // Writes q of n-tile `tile` into its slot and fetches the next tile's exponent.
+    // Writes q of n-tile `tile` into its slot and fetches the next tile's exponent
+    // (threads past kBM rows, in the 64-row tile, have no row).
+    const bool q_writer = Tr::kBM >= Tr::kThreads || tid < Tr::kBM;
     auto q_publish = [&](int64_t tile) {
         const float q = pow2_bits(pow2_exp(q_next_e - q_row_e));
-        sq[(tile % 2) * Tr::kBM + (tid % 8) * (Tr::kBM / 8) + tid / 8] = tf::pack2<T>(q, q);
+        if (q_writer) sq[(tile % 2) * Tr::kBM + (tid % 8) * (Tr::kBM / 8) + tid / 8] = tf::pack2<T>(q, q);
         if (q_ok && tile + 1 < p.n_tiles) q_next_e = stats[q_row * p.n_tiles + tile + 1].x;
     };
     static_assert(Tr::kMT * 2 == 8 && Tr::kWM == 64, "a thread's rows: 8, one 16-byte pair of reads");
@@ -364,10 +374,16 @@ __device__ __forceinline__ void out_simt(const tf_pattention_params& p) {
 // ------------------------------------------------------------------ entry points
 
 extern "C" __global__ void __launch_bounds__(128, 2) pattention_out_f16(const tf_pattention_params p) {
-    tf_pattention_out::out_mma<__half>(p);
+    tf_pattention_out::out_mma<__half, 128>(p);
 }
 extern "C" __global__ void __launch_bounds__(128, 2) pattention_out_bf16(const tf_pattention_params p) {
-    tf_pattention_out::out_mma<__nv_bfloat16>(p);
+    tf_pattention_out::out_mma<__nv_bfloat16, 128>(p);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_out64_f16(const tf_pattention_params p) {
+    tf_pattention_out::out_mma<__half, 64>(p);
+}
+extern "C" __global__ void __launch_bounds__(128, 2) pattention_out64_bf16(const tf_pattention_params p) {
+    tf_pattention_out::out_mma<__nv_bfloat16, 64>(p);
 }
 extern "C" __global__ void __launch_bounds__(256) pattention_out_f32(const tf_pattention_params p) {
     tf_pattention_out::out_simt(p);

@@ -10,6 +10,7 @@ mod common;
 use common::{assert_close, backends, rand_vec, seed, tolerance};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tf_host::ops::pattention::{plan, PattentionPlan};
 use tf_host::{
     bf16, f16, pattention, pattention_into, pattention_workspace_bytes, DType, Device, EmuOptions, Error, LaneOrder,
     Norm, PattentionArgs, PattentionOptions, Tensor, Workspace,
@@ -573,6 +574,48 @@ fn many_parameter_tokens() {
     }
 }
 
+/// The plan of one problem on `dev`.
+fn plan_of<T: DType>(dev: &Device, p: &Problem<T>, o: &PattentionOptions) -> PattentionPlan {
+    let x = dev.upload(&p.x, &[p.t, p.d_in]).unwrap();
+    let k = dev.upload(&p.k, &[p.n, p.d_in]).unwrap();
+    let v = dev.upload(&p.v, &[p.n, p.d_out]).unwrap();
+    let mut y: Tensor<T> = dev.poisoned(&[p.t, p.d_out]).unwrap();
+    let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: *o };
+    plan(dev, &args, &y.view_mut(), None).unwrap()
+}
+
+/// The tiled path's two tensor-core out kernels: 128-row CTAs, and the 64-row
+/// ones the plan picks when 128-row CTAs would load the SMs unevenly. An emulator
+/// reporting 2 SMs gets 128 rows at t = 130 with one column block (2 CTAs, one an
+/// SM, against 3 of 64 rows: 2 on one SM) and at t = 250 with three (3 a SM either
+/// way); the default 132 SMs get 64 rows at both. Row tails: the last row block
+/// holds 2 rows (t = 130) or 122 / 58 (t = 250).
+#[test]
+fn out_kernel_row_tiles() {
+    let s = seed();
+    let two = Device::emulator_with(EmuOptions { sm_count: 2, seed: s, ..Default::default() });
+    let wide = Device::emulator_with(EmuOptions { seed: s, ..Default::default() });
+    let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_000c);
+    let cases = [
+        (&two, 130, 129, 48, 40, "pattention_out"),
+        (&two, 250, 70, 136, 264, "pattention_out"),
+        (&wide, 130, 129, 48, 40, "pattention_out64"),
+        (&wide, 250, 300, 136, 264, "pattention_out64"),
+    ];
+    for (dev, t, n, d_in, d_out, kernel) in cases {
+        let p = problem::<bf16>(&mut rng, t, n, d_in, d_out);
+        let q = problem::<f16>(&mut rng, t, n, d_in, d_out);
+        for norm in Norm::ALL {
+            let o = PattentionOptions { norm, ..Default::default() };
+            let plan = plan_of(dev, &p, &o);
+            let out = plan.launches.last().map(|l| l.kernel);
+            assert_eq!(out, Some(format!("{kernel}_bf16").as_str()), "t {t} d_out {d_out} on {} SMs", dev.sm_count());
+            check(dev, "emulator", &p, &o);
+            check(dev, "emulator", &q, &o);
+        }
+    }
+}
+
 /// The decode path's product 1 split over d_in (l2_norm_gelu): many slices, a
 /// d_in with no residue, a last slice shorter than the others and holding the
 /// partial k-tile, partial m16 and n-tiles. The plan's slice counts are worked out
@@ -596,14 +639,7 @@ fn decode_product_one_split_over_d_in() {
             let p = problem::<bf16>(&mut rng, t, n, d_in, d_out);
             let q = problem::<f16>(&mut rng, t, n, d_in, d_out);
             if backend == "emulator" {
-                let (x, k, v) = (
-                    dev.upload(&p.x, &[t, d_in]).unwrap(),
-                    dev.upload(&p.k, &[n, d_in]).unwrap(),
-                    dev.upload(&p.v, &[n, d_out]).unwrap(),
-                );
-                let mut y: Tensor<bf16> = dev.poisoned(&[t, d_out]).unwrap();
-                let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
-                let plan = tf_host::ops::pattention::plan(&dev, &args, &y.view_mut(), None).unwrap();
+                let plan = plan_of(&dev, &p, &PattentionOptions::default());
                 assert_eq!((plan.k_splits, plan.split_k_tiles), (slices, per), "t {t} n {n} d_in {d_in}");
                 assert!(plan.launches.iter().any(|l| l.kernel == "pattention_scores_reduce_bf16"));
             }

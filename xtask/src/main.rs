@@ -586,15 +586,8 @@ fn sass_instructions(fatbin: &Path) -> Result<(), String> {
         return Ok(());
     };
     let sass = run_capture(Command::new(&cuobjdump).arg("-sass").arg(fatbin))?;
-    let needs_tensor_cores = |name: &str| {
-        let sixteen =
-            name.ends_with("_f16") || name.ends_with("_bf16") || name.contains("_f16_") || name.contains("_bf16_");
-        sixteen
-            && (name.starts_with("pattention_scores")
-                || name.starts_with("pattention_out")
-                || name.starts_with("pattention_decode")
-                || name.starts_with("attn_fwd"))
-    };
+    // the kernels of the ratchet's tensor-core families (one list of them)
+    let needs_tensor_cores = |name: &str| perf::ratchet::family(name).is_some();
     // (kernel name, its SASS) for every function of every arch
     let mut functions: Vec<(String, String)> = Vec::new();
     for line in sass.lines() {

@@ -33,6 +33,10 @@ pub struct EmuOptions {
     /// off by default: they slow the emulator down). A finding fails the op with
     /// [`Error::Emulator`] naming both source lines.
     pub checks: Checks,
+    /// Streaming multiprocessors the emulator reports ([`Device::sm_count`]), which
+    /// only the launch geometry depends on (grid splits, tile choices); 0 = 132, an
+    /// H100-class GPU. Lets a test run the geometry another GPU would get.
+    pub sm_count: u32,
 }
 
 /// The emulator's memory checks (see [`EmuOptions::checks`]).
@@ -42,14 +46,21 @@ pub use tf_kernels::emu::{Profile, ProfileLine};
 
 impl Default for EmuOptions {
     fn default() -> Self {
-        EmuOptions { lane_order: LaneOrder::Shuffled, seed: 0x7f4a_7c15, os_threads: 0, checks: Checks::NONE }
+        EmuOptions {
+            lane_order: LaneOrder::Shuffled,
+            seed: 0x7f4a_7c15,
+            os_threads: 0,
+            checks: Checks::NONE,
+            sm_count: 0,
+        }
     }
 }
 
 /// Shared memory per block the emulator allows (the H100/H200 opt-in limit).
 const EMU_MAX_SMEM: u32 = tf_kernels::sys::TF_EMU_MAX_DYNAMIC_SMEM;
-/// Streaming multiprocessors the emulator reports, so launch geometry matches
-/// a GPU of the H100 class (plans must not depend on it for correctness).
+/// Streaming multiprocessors the emulator reports unless told otherwise
+/// ([`EmuOptions::sm_count`]), so launch geometry matches a GPU of the H100
+/// class (plans must not depend on it for correctness).
 const EMU_SM_COUNT: u32 = 132;
 
 /// A device the kernels run on: a CUDA GPU ([`Device::cuda`],
@@ -347,6 +358,7 @@ impl Device {
     pub fn sm_count(&self) -> u32 {
         match &self.0.backend {
             Backend::Cuda(c) => c.sm_count,
+            Backend::Emulator(e) if e.opts.sm_count > 0 => e.opts.sm_count,
             Backend::Emulator(_) => EMU_SM_COUNT,
         }
     }

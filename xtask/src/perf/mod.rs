@@ -16,7 +16,7 @@ mod calibrate;
 mod model;
 mod occupancy;
 mod path;
-mod ratchet;
+pub(crate) mod ratchet;
 mod sass;
 
 use std::collections::BTreeMap;

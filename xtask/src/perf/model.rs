@@ -27,6 +27,19 @@ const MAX_SPLITS: u64 = 16;
 const MIN_SPLIT_K_TILES: u64 = 2;
 const REDUCE_ROWS: u64 = 4;
 
+/// Rows per CTA of the tensor-core out kernel as the host's plan chooses them
+/// (pattention.rs out_rows): 64 when the 128-row grid loads the busiest SM with
+/// at least 8/7 the rows the 64-row grid gives it.
+pub fn out_rows(sms: u64, t: u64, d_out: u64) -> u64 {
+    let cols = d_out.div_ceil(COLS);
+    let busiest = |rows: u64| (cols * t.div_ceil(rows)).div_ceil(sms.max(1)) * rows;
+    if busiest(64) * 8 <= busiest(MMA_ROWS) * 7 {
+        64
+    } else {
+        MMA_ROWS
+    }
+}
+
 /// (slices, k-tiles per slice) of the decode path's product 1, as the host's
 /// plan chooses them: one CTA per SM, at most SPLIT_CTAS / n_tiles and
 /// MAX_SPLITS slices, at least MIN_SPLIT_K_TILES k-tiles each, at most
@@ -112,23 +125,26 @@ pub struct Work {
     pub bytes: f64,
 }
 
-/// One launch. Wave quantisation: a CTA shares its SM with r_eff = min(CTAs
-/// per SM, ceil(grid / SMs)) others for its whole life, and every wave lasts one
-/// CTA life; the CTAs' busy warps use at most the SM's 4 sub-partitions.
+/// One launch. Wave quantisation: the busiest SM runs c = ceil(grid / SMs)
+/// CTAs (equal CTAs, handed out as SMs free up), in rounds of r (CTAs per SM)
+/// and a last round of c mod r; a round of k CTAs shares the SM's 4
+/// sub-partitions among the k CTAs' busy warps, so it lasts k CTA works over
+/// min(4, busy warps · k) lanes. (Counting every round as r CTAs overstates a
+/// tail round whose lone CTA already fills the 4 sub-partitions.)
 pub fn launch(gpu: &Gpu, kernel: &str, facts: Option<KernelFacts>, w: Work) -> LaunchEstimate {
-    let (per_hmma, r) = facts.map_or((0.0, 1), |f| (f.per_hmma, f.ctas_per_sm.max(1)));
-    let per_sm = w.grid.div_ceil(gpu.sms as u64).max(1);
-    let r_eff = (r as u64).min(per_sm);
-    let waves = w.grid.div_ceil(gpu.sms as u64 * r as u64);
-    let cta_slots = (waves * r_eff) as f64; // CTA lives of the busiest SM, in units of one CTA's work
-    let lanes = (w.busy_warps.max(1) * r_eff).min(4) as f64 * gpu.clock_hz;
+    let (per_hmma, r) = facts.map_or((0.0, 1), |f| (f.per_hmma, f.ctas_per_sm.max(1) as u64));
+    let c = w.grid.div_ceil(gpu.sms as u64).max(1);
+    let waves = w.grid.div_ceil(gpu.sms as u64 * r);
+    let round = |k: u64| k as f64 / (w.busy_warps.max(1) * k).min(4) as f64;
+    // the busiest SM's time in units of one CTA's work on one lane
+    let lane_works = (c / r) as f64 * round(r) + if c % r > 0 { round(c % r) } else { 0.0 };
     LaunchEstimate {
         kernel: kernel.to_string(),
         grid: w.grid,
         waves,
         hmma_per_cta: w.hmma,
-        issue_s: cta_slots * w.hmma * per_hmma / lanes,
-        tensor_s: cta_slots * w.hmma * gpu.hmma_cycles / lanes,
+        issue_s: lane_works * w.hmma * per_hmma / gpu.clock_hz,
+        tensor_s: lane_works * w.hmma * gpu.hmma_cycles / gpu.clock_hz,
         memory_s: w.bytes / gpu.hbm_bytes_s,
     }
 }
@@ -213,10 +229,11 @@ pub fn pattention(gpu: &Gpu, facts: Facts<'_>, t: u64, n: u64, d_in: u64, d_out:
         let r = "pattention_rows_bf16";
         let bytes = 2.0 * interm + stats + tf * 8.0;
         launches.push(launch(gpu, r, None, Work { grid: t.div_ceil(8), hmma: 0.0, busy_warps: 8, bytes }));
-        let hmma = 128.0 / 16.0 * (COLS / 8) as f64 * (h_stride / 16.0).ceil();
-        let o = "pattention_out_bf16";
+        let rows = out_rows(gpu.sms as u64, t, d_out);
+        let hmma = (rows / 16) as f64 * (COLS / 8) as f64 * (h_stride / 16.0).ceil();
+        let o = if rows == 64 { "pattention_out64_bf16" } else { "pattention_out_bf16" };
         let bytes = interm + nf * dout * ELEM + tf * 8.0 + tf * dout * ELEM;
-        let grid = d_out.div_ceil(COLS) * row_blocks;
+        let grid = d_out.div_ceil(COLS) * t.div_ceil(rows);
         launches.push(launch(gpu, o, facts(o), Work { grid, hmma, busy_warps: 4, bytes }));
         "tiled"
     };
@@ -333,7 +350,8 @@ mod tests {
         let over = launch(g, "k", f, w(397));
         assert_eq!((one.waves, full.waves, over.waves), (1, 1, 2));
         assert!((full.seconds() / one.seconds() - 3.0).abs() < 1e-9);
-        assert!((over.seconds() / full.seconds() - 2.0).abs() < 1e-9);
+        // one SM runs a 4th CTA, alone, at the full rate: 4/3 of the time
+        assert!((over.seconds() / full.seconds() - 4.0 / 3.0).abs() < 1e-9);
         // 6 cycles per HMMA over 4 sub-partitions beats 2 issue slots per HMMA
         assert_eq!(one.bound(), "tensor");
         // two busy warps of one CTA feed two sub-partitions: twice the time
@@ -384,6 +402,20 @@ mod tests {
         // the slices' f32 partial scores: written once, read once
         let apart = 16.0 * 16.0 * 768.0 * 4.0;
         assert!(d.launches[1].memory_s * g.hbm_bytes_s >= apart);
+    }
+
+    #[test]
+    fn out_rows_even_out_the_sms() {
+        // 354m qkv at t = 2048: 128 CTAs on A100's 108 SMs -> 64 rows (3 halves
+        // against 2 wholes on the busiest SM); on 132 SMs one CTA each -> 128 rows
+        assert_eq!(out_rows(108, 2048, 1024), 64);
+        assert_eq!(out_rows(132, 2048, 1024), 128);
+        // t = 16384: 1024 CTAs over 108 SMs: 10 against 19 halves, under 1/8 gained
+        assert_eq!(out_rows(108, 16384, 1024), 128);
+        let g = &GPUS[0];
+        let f = |_: &str| Some(KernelFacts { per_hmma: 2.5, ctas_per_sm: 2 });
+        let p = pattention(g, &f, 2048, 768, 1024, 1024);
+        assert_eq!((p.launches[2].kernel.as_str(), p.launches[2].grid), ("pattention_out64_bf16", 256));
     }
 
     #[test]

@@ -147,6 +147,9 @@ pub fn header_define(header: &str, name: &str) -> Option<u32> {
 pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     let d = |n: &str| header_define(header, n);
     let sixteen = kernel.contains("_f16") || kernel.contains("_bf16");
+    if kernel.starts_with("pattention_out64") {
+        return Some((128, d("TF_PATTENTION_SMEM_OUT64")?));
+    }
     if kernel.starts_with("pattention_scores_reduce") {
         return Some((128, 0)); // 4 warps, one a row (pattention.rs REDUCE_ROWS)
     }

@@ -16,6 +16,8 @@ pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     ("pattention_scores", "sm_90a", 2.5, 3.0), // measured 2.39 (was 6.34)
     ("pattention_out", "sm_80", 2.7, 3.0),     // measured 2.58 (was 7.31)
     ("pattention_out", "sm_90a", 2.9, 3.0),    // measured 2.75 (was 7.61)
+    ("pattention_out64", "sm_80", 3.9, 3.0),   // measured 3.78 (new: 64-row tile, warp tile 64 x 32)
+    ("pattention_out64", "sm_90a", 4.0, 3.0),  // measured 3.88
     ("pattention_decode", "sm_80", 4.7, 3.0),  // measured 4.53 (product 2 loop; was 11.75)
     ("pattention_decode", "sm_90a", 5.4, 3.0), // measured 5.19 (was 14.12)
     ("attn_fwd", "sm_80", 4.4, 4.5),           // worst: hd64 4.29 (split 4.26); was 6.55
@@ -29,7 +31,7 @@ pub fn family(kernel: &str) -> Option<&'static str> {
     if kernel.starts_with("pattention_scores_reduce") {
         return None; // the split scores' sum: no tensor-core work
     }
-    ["pattention_scores", "pattention_out", "pattention_decode", "attn_fwd"]
+    ["pattention_scores", "pattention_out64", "pattention_out", "pattention_decode", "attn_fwd"]
         .into_iter()
         .find(|f| sixteen && kernel.starts_with(f))
 }
@@ -113,6 +115,7 @@ mod tests {
         assert_eq!(family("attn_fwd_split_bf16_hd64"), Some("attn_fwd"));
         assert_eq!(family("pattention_out_f16"), Some("pattention_out"));
         assert_eq!(family("pattention_out_f32"), None);
+        assert_eq!(family("pattention_out64_bf16"), Some("pattention_out64"));
         assert_eq!(family("attn_combine_bf16"), None);
         assert_eq!(family("pattention_scores_reduce_bf16"), None);
         assert_eq!(family("pattention_scores_bf16"), Some("pattention_scores"));

@@ -42,6 +42,8 @@ const ROWS_PER_CTA: usize = 8;
 const REDUCE_ROWS: usize = 4;
 /// d_in columns per k-tile of the tensor-core scores kernel (`Traits::kBK`).
 const SCORES_BK: usize = 32;
+/// Rows per CTA of pattention_out64 (`Traits<64>::kBM`).
+const OUT64_ROWS: usize = 64;
 /// Fewest k-tiles a d_in slice of the split scores kernel streams: below two the
 /// cp.async ring has nothing to overlap.
 const MIN_SPLIT_K_TILES: usize = 2;
@@ -207,6 +209,22 @@ fn max_k_splits(n_tiles: usize) -> usize {
     ctas.div_ceil(n_tiles.max(1)).clamp(1, sys::TF_PATTENTION_MAX_SPLITS as usize)
 }
 
+/// Rows per CTA of the tensor-core out kernel: 128, or 64 (pattention_out64)
+/// when the 128-row grid loads the busiest SM with at least 8/7 the work the
+/// 64-row grid gives it. Both kinds of CTA keep an SM's tensor cores busy on
+/// their own, so an SM's time goes with the rows its CTAs hold: e.g. d_out =
+/// 1024, t = 2048 on 108 SMs: 128 CTAs of 128 rows put 2 on some SMs (256 rows),
+/// 256 CTAs of 64 rows put at most 3 (192 rows).
+fn out_rows(sm_count: usize, t: usize, d_out: usize) -> usize {
+    let (sms, cols) = (sm_count.max(1), d_out.div_ceil(COLS));
+    let busiest = |rows: usize| (cols * t.div_ceil(rows)).div_ceil(sms) * rows;
+    if busiest(OUT64_ROWS) * 8 <= busiest(MMA_ROWS) * 7 {
+        OUT64_ROWS
+    } else {
+        MMA_ROWS
+    }
+}
+
 /// Product 1's split over d_in on the decode path: (slices, k-tiles per slice).
 /// Enough CTAs to give every SM one (`sm_count`), at most [`max_k_splits`],
 /// every slice at least [`MIN_SPLIT_K_TILES`] k-tiles, and at most d_in / (2t)
@@ -285,6 +303,8 @@ fn kernel_name<T: DType>(stage: &str) -> &'static str {
         ("out", "f32") => "pattention_out_f32",
         ("out", "f16") => "pattention_out_f16",
         ("out", _) => "pattention_out_bf16",
+        ("out64", "f16") => "pattention_out64_f16",
+        ("out64", _) => "pattention_out64_bf16",
         ("decode", "f16") => "pattention_decode_f16",
         ("decode", _) => "pattention_decode_bf16",
         ("reduce", "f16") => "pattention_scores_reduce_f16",
@@ -438,17 +458,24 @@ pub fn plan<T: DType>(
         let col_blocks = d_out.div_ceil(COLS);
         match path {
             PattentionPath::Tiled => {
-                let out = if f32_path {
-                    g([col_blocks, t.div_ceil(SIMT_ROWS), 1], 256, sys::TF_PATTENTION_SMEM_OUT_F32)?
+                let (out, out_kernel) = if f32_path {
+                    let g = g([col_blocks, t.div_ceil(SIMT_ROWS), 1], 256, sys::TF_PATTENTION_SMEM_OUT_F32)?;
+                    (g, kernel_name::<T>("out"))
+                } else if out_rows(dev.sm_count() as usize, t, d_out) == OUT64_ROWS {
+                    let g = g([col_blocks, t.div_ceil(OUT64_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_OUT64)?;
+                    (g, kernel_name::<T>("out64"))
                 } else {
-                    g([col_blocks, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_MMA)?
+                    (
+                        g([col_blocks, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_MMA)?,
+                        kernel_name::<T>("out"),
+                    )
                 };
                 launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: scores });
                 launches.push(Launch {
                     kernel: kernel_name::<T>("rows"),
                     geometry: g([t.div_ceil(ROWS_PER_CTA), 1, 1], 32 * ROWS_PER_CTA as u32, 0)?,
                 });
-                launches.push(Launch { kernel: kernel_name::<T>("out"), geometry: out });
+                launches.push(Launch { kernel: out_kernel, geometry: out });
             }
             PattentionPath::Decode => {
                 // Enough CTAs to cover the SMs twice: split the columns when the
