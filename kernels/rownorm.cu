@@ -29,17 +29,9 @@ namespace tf_rownorm {
 constexpr int THREADS = 256;
 constexpr int WARPS = THREADS / 32;
 
-// Sum (or max) over the block; every thread gets the result.
 template <bool MAX>
-__device__ float block_reduce(float v, float* red) {
-    v = MAX ? tf::warp_max(v) : tf::warp_sum(v);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    float r = red[0];
-    for (int w = 1; w < WARPS; ++w) r = MAX ? tf::max_nan(r, red[w]) : r + red[w];
-    __syncthreads();  // red is reused by the next reduction
-    return r;
+__device__ __forceinline__ float block_reduce(float v, float* red) {
+    return tf::block_reduce<THREADS, MAX>(v, red);
 }
 
 template <typename T>

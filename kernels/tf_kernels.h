@@ -303,6 +303,36 @@ typedef struct tf_linear_params {
     int64_t y_row_stride;    /* elements between rows of y */
 } tf_linear_params;
 
+/* --------------------------------------------------- pattention backward --- */
+
+/* C [m, n] f32 = sum over l < k of A(i, l) * B(j, l), A(i, l) = a[i * a_rs + l * a_cs],
+ * B(j, l) = b[j * b_rs + l * b_cs] (a transposed operand is a swap of its strides);
+ * kernels gemm_{f32_f32,f16_f16,bf16_bf16,f32_f16,f32_bf16} (A's, then B's element
+ * type), f32 accumulation in order of l (kernels/pattention_backward.cu). */
+typedef struct tf_gemm_params {
+    tf_ptr a;                /* A's elements */
+    tf_ptr b;                /* B's elements */
+    tf_ptr c;                /* [m, n] f32, rows c_rs elements apart (output) */
+    int64_t m, n, k;         /* k = 0 writes zeros */
+    int64_t a_rs, a_cs;      /* strides of A(i, l) in elements */
+    int64_t b_rs, b_cs;      /* strides of B(j, l) in elements */
+    int64_t c_rs;            /* elements between rows of C */
+} tf_gemm_params;
+
+/* The backward of the row normalisation: given the scores A and dS (both [t, n]
+ * f32, rows ld elements apart), writes S = Θ(A) and dA (over dS), one block per row
+ * (kernel pattention_norm_backward_f32). */
+typedef struct tf_pnorm_backward_params {
+    tf_ptr a;                /* [t, n] f32 scores (input) */
+    tf_ptr s;                /* [t, n] f32: S = Θ(A) (output) */
+    tf_ptr d;                /* [t, n] f32: dS in, dA out */
+    int64_t t, n, ld;        /* rows, columns, elements between rows */
+    float scale;             /* sqrt(n_ref) for the L2 norms, n_ref for softmax */
+    float eps;               /* added to the row norm (L2 norms) */
+    int32_t norm;            /* tf_norm */
+    int32_t reserved;        /* 0 */
+} tf_pnorm_backward_params;
+
 /* ----------------------------------------------------------------- adamw --- */
 
 /* The fused AdamW step (kernels/adamw.cu) over a list of tensors, in three launches

@@ -408,6 +408,69 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct tf_gemm_params {
+    pub a: tf_ptr,
+    pub b: tf_ptr,
+    pub c: tf_ptr,
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub a_rs: i64,
+    pub a_cs: i64,
+    pub b_rs: i64,
+    pub b_cs: i64,
+    pub c_rs: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_gemm_params"][::std::mem::size_of::<tf_gemm_params>() - 88usize];
+    ["Alignment of tf_gemm_params"][::std::mem::align_of::<tf_gemm_params>() - 8usize];
+    ["Offset of field: tf_gemm_params::a"][::std::mem::offset_of!(tf_gemm_params, a) - 0usize];
+    ["Offset of field: tf_gemm_params::b"][::std::mem::offset_of!(tf_gemm_params, b) - 8usize];
+    ["Offset of field: tf_gemm_params::c"][::std::mem::offset_of!(tf_gemm_params, c) - 16usize];
+    ["Offset of field: tf_gemm_params::m"][::std::mem::offset_of!(tf_gemm_params, m) - 24usize];
+    ["Offset of field: tf_gemm_params::n"][::std::mem::offset_of!(tf_gemm_params, n) - 32usize];
+    ["Offset of field: tf_gemm_params::k"][::std::mem::offset_of!(tf_gemm_params, k) - 40usize];
+    ["Offset of field: tf_gemm_params::a_rs"][::std::mem::offset_of!(tf_gemm_params, a_rs) - 48usize];
+    ["Offset of field: tf_gemm_params::a_cs"][::std::mem::offset_of!(tf_gemm_params, a_cs) - 56usize];
+    ["Offset of field: tf_gemm_params::b_rs"][::std::mem::offset_of!(tf_gemm_params, b_rs) - 64usize];
+    ["Offset of field: tf_gemm_params::b_cs"][::std::mem::offset_of!(tf_gemm_params, b_cs) - 72usize];
+    ["Offset of field: tf_gemm_params::c_rs"][::std::mem::offset_of!(tf_gemm_params, c_rs) - 80usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_pnorm_backward_params {
+    pub a: tf_ptr,
+    pub s: tf_ptr,
+    pub d: tf_ptr,
+    pub t: i64,
+    pub n: i64,
+    pub ld: i64,
+    pub scale: f32,
+    pub eps: f32,
+    pub norm: i32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_pnorm_backward_params"][::std::mem::size_of::<tf_pnorm_backward_params>() - 64usize];
+    ["Alignment of tf_pnorm_backward_params"][::std::mem::align_of::<tf_pnorm_backward_params>() - 8usize];
+    ["Offset of field: tf_pnorm_backward_params::a"][::std::mem::offset_of!(tf_pnorm_backward_params, a) - 0usize];
+    ["Offset of field: tf_pnorm_backward_params::s"][::std::mem::offset_of!(tf_pnorm_backward_params, s) - 8usize];
+    ["Offset of field: tf_pnorm_backward_params::d"][::std::mem::offset_of!(tf_pnorm_backward_params, d) - 16usize];
+    ["Offset of field: tf_pnorm_backward_params::t"][::std::mem::offset_of!(tf_pnorm_backward_params, t) - 24usize];
+    ["Offset of field: tf_pnorm_backward_params::n"][::std::mem::offset_of!(tf_pnorm_backward_params, n) - 32usize];
+    ["Offset of field: tf_pnorm_backward_params::ld"][::std::mem::offset_of!(tf_pnorm_backward_params, ld) - 40usize];
+    ["Offset of field: tf_pnorm_backward_params::scale"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, scale) - 48usize];
+    ["Offset of field: tf_pnorm_backward_params::eps"][::std::mem::offset_of!(tf_pnorm_backward_params, eps) - 52usize];
+    ["Offset of field: tf_pnorm_backward_params::norm"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, norm) - 56usize];
+    ["Offset of field: tf_pnorm_backward_params::reserved"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, reserved) - 60usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct tf_adamw_desc {
     pub param: tf_ptr,
     pub grad: tf_ptr,

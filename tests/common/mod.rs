@@ -76,7 +76,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) -> (f64, f
             continue;
         }
         if !w.is_finite() {
-            if g != w {
+            if g != w && !(g.is_nan() && w.is_nan()) {
                 bad.push(format!("[{i}] got {g}, want {w}"));
             }
             continue;

@@ -19,8 +19,11 @@ const CHECKED: &[(&str, &[&str])] = &[
             "every_norm_and_dtype_with_tails",
             "decode_and_tiled_paths_at_their_boundary",
             "strided_views_with_partial_chunks",
+            "decode_product_one_split_over_d_in",
+            "out_kernel_row_tiles",
         ],
     ),
+    ("pattention_backward", &["gradients_match_tf_ref_for_every_norm_and_dtype", "rows_at_numerical_edges"]),
     (
         "attention",
         &[

@@ -72,6 +72,7 @@ pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{
     pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions,
 };
+pub use ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes, PattentionGrads};
 pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
 pub use workspace::Workspace;
 

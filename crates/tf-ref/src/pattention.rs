@@ -137,7 +137,7 @@ fn max_nan(a: f64, b: f64) -> f64 {
 /// Euclidean norm of `v`, scaled by its largest magnitude first so that it
 /// neither overflows nor underflows for extreme finite inputs. NaN if `v` holds
 /// a NaN, `+∞` if it holds an infinity (and no NaN).
-fn l2_norm(v: &[f64]) -> f64 {
+pub(crate) fn l2_norm(v: &[f64]) -> f64 {
     let m = v.iter().fold(0.0_f64, |m, a| max_nan(m, a.abs()));
     if m == 0.0 || !m.is_finite() {
         return m;

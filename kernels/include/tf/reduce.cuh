@@ -30,4 +30,20 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// Sum (or NaN-propagating max) over a block of THREADS threads, the warps' partial
+// results added in warp order (deterministic); every thread gets the result. `red`:
+// THREADS / 32 floats of shared memory, free again when this returns.
+template <int THREADS, bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* red) {
+    static_assert(THREADS % 32 == 0, "whole warps");
+    v = MAX ? warp_max(v) : warp_sum(v);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int w = 1; w < THREADS / 32; ++w) r = MAX ? max_nan(r, red[w]) : r + red[w];
+    __syncthreads();  // red is reused by the next reduction
+    return r;
+}
+
 }  // namespace tf

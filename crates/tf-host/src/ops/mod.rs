@@ -6,4 +6,5 @@ pub mod block;
 pub mod grow;
 pub mod linear;
 pub mod pattention;
+pub mod pattention_backward;
 pub mod rownorm;

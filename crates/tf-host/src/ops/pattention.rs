@@ -320,7 +320,7 @@ fn shape_err(msg: String) -> Error {
 
 /// Checks one operand: 2-D, contiguous rows, and for 16-bit types a 16-byte
 /// aligned start and a row stride that is a multiple of 8 elements.
-fn check_operand<T: DType>(
+pub(crate) fn check_operand<T: DType>(
     name: &str,
     shape: &[usize],
     strides: &[usize],

@@ -21,6 +21,7 @@
 //! term is dropped (its factor `A` is 0 there).
 
 use super::{mat_nn, mat_nt, mat_tn, to_mat};
+use crate::pattention::l2_norm;
 use crate::{erfc, gelu, linear, pattention_norm, Element, Error, Mat, MatRef, Norm, PattentionOpts, Result};
 use std::f64::consts::{FRAC_1_SQRT_2, PI};
 
@@ -41,17 +42,19 @@ pub fn gelu_grad(x: f64) -> f64 {
     }
 }
 
-/// Euclidean norm, scaled by the largest magnitude so that it cannot overflow.
-fn l2_norm(v: &[f64]) -> f64 {
-    let m = v.iter().fold(0.0_f64, |m, a| m.max(a.abs()));
-    if m == 0.0 || !m.is_finite() {
-        return m;
-    }
-    m * v.iter().map(|a| (a / m) * (a / m)).sum::<f64>().sqrt()
-}
-
 fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `v / r`, the unit vector of a row of norm `r` (zeros for `r = 0`). The norm
+/// backward is written with it, `dv = c·(g − (r/D)·(u·g)·u)`, rather than with
+/// `c/(D·r)·(v·g)·v`: every factor stays O(1) (or c) for rows of any scale, and
+/// a one-element row gives exactly 0 (`u = ±1`).
+fn unit(v: &[f64], r: f64) -> Vec<f64> {
+    if r == 0.0 {
+        return vec![0.0; v.len()];
+    }
+    v.iter().map(|x| x / r).collect()
 }
 
 /// Writes `dA` for one row: `a` the scores, `ds` the gradient of the normalised
@@ -68,9 +71,10 @@ fn norm_row_backward(a: &[f64], s_row: &[f64], ds: &[f64], opts: &PattentionOpts
             }
             let c = s / denom;
             let dh: Vec<f64> = a.iter().zip(ds).map(|(&av, &d)| d * gelu_grad(c * av)).collect();
-            let coef = if r == 0.0 { 0.0 } else { c / (denom * r) * dot(a, &dh) };
-            for ((o, &av), &d) in da.iter_mut().zip(a).zip(&dh) {
-                *o = c * d - coef * av;
+            let u = unit(a, r);
+            let coef = r / denom * dot(&u, &dh);
+            for ((o, &uv), &d) in da.iter_mut().zip(&u).zip(&dh) {
+                *o = c * (d - coef * uv);
             }
         }
         Norm::GeluL2Norm => {
@@ -82,9 +86,10 @@ fn norm_row_backward(a: &[f64], s_row: &[f64], ds: &[f64], opts: &PattentionOpts
                 return;
             }
             let c = s / denom;
-            let coef = if r == 0.0 { 0.0 } else { c / (denom * r) * dot(&g, ds) };
-            for (((o, &av), &gv), &d) in da.iter_mut().zip(a).zip(&g).zip(ds) {
-                *o = (c * d - coef * gv) * gelu_grad(av);
+            let u = unit(&g, r);
+            let coef = r / denom * dot(&u, ds);
+            for (((o, &av), &uv), &d) in da.iter_mut().zip(a).zip(&u).zip(ds) {
+                *o = c * (d - coef * uv) * gelu_grad(av);
             }
         }
         Norm::Softmax => {

@@ -1,0 +1,260 @@
+//! Pattention backward (kernels/pattention_backward.cu): given the forward's
+//! inputs and `dy = ∂L/∂Y`, the gradients `dX`, `dK_P` and `dV_P` of
+//! `Y = Θ(X·K_Pᵀ)·V_P`, for the three norms with the forward's options (pinned
+//! `n_ref`, `eps`).
+//!
+//! A correct path on SIMT cores: inputs of any storage type are widened to f32
+//! on load and every intermediate and gradient is f32 (gradients feed f32 master
+//! weights: [`crate::AdamW`]). It recomputes `A = X·K_Pᵀ` rather than reading
+//! anything the forward saved. [`plan`] does all validation and the workspace
+//! layout; [`pattention_backward`] only launches.
+
+use tf_kernels::sys;
+
+use crate::device::{Device, Geometry, KernelParams};
+use crate::dtype::DType;
+use crate::error::{checked_product, to_i64, to_u32, Error, Result};
+use crate::ops::pattention::{check_operand, norm_scale, PattentionArgs};
+use crate::tensor::{Tensor, View};
+use crate::workspace::Workspace;
+
+const OP: &str = "pattention_backward";
+/// Rows and columns of C per block of the gemm kernels (`kTile`).
+const GEMM_TILE: usize = 16;
+/// Threads per block (one row) of the norm backward.
+const NORM_THREADS: u32 = 256;
+/// Alignment of each workspace region.
+const WS_ALIGN: usize = sys::TF_PATTENTION_WS_ALIGN as usize;
+
+// SAFETY: bindgen-generated repr(C) plain-data structs taken by value by the
+// gemm_* and pattention_norm_backward_f32 kernels.
+unsafe impl KernelParams for sys::tf_gemm_params {}
+unsafe impl KernelParams for sys::tf_pnorm_backward_params {}
+
+/// The gradients of one Pattention, f32.
+#[derive(Debug)]
+pub struct PattentionGrads {
+    /// `dX`, `[t, d_in]`.
+    pub dx: Tensor<f32>,
+    /// `dK_P`, `[n, d_in]`.
+    pub dk_p: Tensor<f32>,
+    /// `dV_P`, `[n, d_out]`.
+    pub dv_p: Tensor<f32>,
+}
+
+/// What [`plan`] decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackwardPlan {
+    /// Tokens.
+    pub t: usize,
+    /// Parameter tokens.
+    pub n: usize,
+    /// Input width.
+    pub d_in: usize,
+    /// Output width.
+    pub d_out: usize,
+    /// The kernels' norm scale (`sqrt(n_ref)` or `n_ref`).
+    pub scale: f32,
+    /// Bytes of one `[t, n]` f32 region of the workspace (A, S, dS/dA), aligned.
+    pub region: usize,
+}
+
+/// Bytes of workspace [`pattention_backward`] needs for `t` tokens and `n`
+/// parameter tokens: three `[t, n]` f32 matrices (A, S, dS then dA).
+pub fn pattention_backward_workspace_bytes(t: usize, n: usize) -> Result<usize> {
+    let bytes = checked_product(OP, &[t, n, 4])?;
+    let region = bytes
+        .checked_next_multiple_of(WS_ALIGN)
+        .ok_or_else(|| Error::SizeOverflow { op: OP, msg: format!("[{t}, {n}] f32 workspace region") })?;
+    region.checked_mul(3).ok_or_else(|| Error::SizeOverflow { op: OP, msg: "workspace size overflows".into() })
+}
+
+/// Validates the operands, `dy` and the options (the forward's rules: same
+/// device, 2-D with contiguous rows, 16-bit storage 16-byte aligned, matching
+/// shapes, n >= 1, valid `n_ref` / `eps`) and a caller's workspace size.
+pub fn plan<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    dy: &View<'_, T>,
+    workspace: Option<usize>,
+) -> Result<BackwardPlan> {
+    let PattentionArgs { x, k_p, v_p, opts } = args;
+    for d in [x.device(), k_p.device(), v_p.device(), dy.device()] {
+        if !d.same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let shape_err = |msg: String| Error::Shape { op: OP, msg };
+    let (t, d_in, _) = check_operand::<T>("x", x.shape(), x.strides(), x.offset(), x.inner_contiguous())?;
+    let (n, k_in, _) = check_operand::<T>("k_p", k_p.shape(), k_p.strides(), k_p.offset(), k_p.inner_contiguous())?;
+    let (vn, d_out, _) = check_operand::<T>("v_p", v_p.shape(), v_p.strides(), v_p.offset(), v_p.inner_contiguous())?;
+    let (yt, yo, _) = check_operand::<T>("dy", dy.shape(), dy.strides(), dy.offset(), dy.inner_contiguous())?;
+    if k_in != d_in {
+        return Err(shape_err(format!("x is [{t}, {d_in}] but k_p is [{n}, {k_in}]: d_in differs")));
+    }
+    if vn != n {
+        return Err(shape_err(format!("k_p is [{n}, {k_in}] but v_p is [{vn}, {d_out}]: n differs")));
+    }
+    if yt != t || yo != d_out {
+        return Err(shape_err(format!("dy is [{yt}, {yo}] but the output is [t, d_out] = [{t}, {d_out}]")));
+    }
+    if n == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("k_p is [0, {d_in}]: at least one parameter token is needed"),
+        });
+    }
+    let scale = norm_scale(OP, opts, n)?;
+    let need = pattention_backward_workspace_bytes(t, n)?;
+    to_i64(OP, "workspace bytes", need)?;
+    if let Some(have) = workspace {
+        if have < need {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "workspace has {have} bytes; t = {t}, n = {n} need {need} (pattention_backward_workspace_bytes)"
+                ),
+            });
+        }
+    }
+    // The gemm grids: (ceil(cols / 16), ceil(rows / 16)) for C = [t|n, n|d_in|d_out].
+    for (what, rows, cols) in [("A", t, n), ("dV_P", n, d_out), ("dX", t, d_in), ("dK_P", n, d_in)] {
+        let (gx, gy) = (cols.div_ceil(GEMM_TILE), rows.div_ceil(GEMM_TILE));
+        if gy > 65535 || gx > i32::MAX as usize {
+            return Err(Error::SizeOverflow {
+                op: OP,
+                msg: format!("{what} [{rows}, {cols}] needs a grid of [{gx}, {gy}]; CUDA allows x < 2^31, y <= 65535"),
+            });
+        }
+    }
+    to_u32(OP, "rows", t)?;
+    Ok(BackwardPlan { t, n, d_in, d_out, scale, region: need / 3 })
+}
+
+fn gemm_kernel<TA: DType, TB: DType>() -> &'static str {
+    match (TA::NAME, TB::NAME) {
+        ("f32", "f32") => "gemm_f32_f32",
+        ("f16", "f16") => "gemm_f16_f16",
+        ("bf16", "bf16") => "gemm_bf16_bf16",
+        ("f32", "f16") => "gemm_f32_f16",
+        _ => "gemm_f32_bf16",
+    }
+}
+
+/// One operand of a gemm: base address and the strides of its (row, l) element.
+#[derive(Clone, Copy)]
+struct Operand {
+    addr: u64,
+    rs: usize,
+    cs: usize,
+}
+
+/// `C [m, n] = A·Bᵀ` in f32 (see `tf_gemm_params`); nothing to do for an empty C.
+///
+/// # Safety
+/// `a` and `b` must address `m × k` and `n × k` elements of types `TA` / `TB` at
+/// their strides, and `c` an f32 `[m, n]` matrix of row stride `n`, all live until
+/// the launch has run.
+unsafe fn gemm<TA: DType, TB: DType>(
+    dev: &Device,
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: Operand,
+    c: u64,
+) -> Result<()> {
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let i = |what: &str, v: usize| to_i64(OP, what, v);
+    let params = sys::tf_gemm_params {
+        a: a.addr,
+        b: b.addr,
+        c,
+        m: i("m", m)?,
+        n: i("n", n)?,
+        k: i("k", k)?,
+        a_rs: i("a row stride", a.rs)?,
+        a_cs: i("a column stride", a.cs)?,
+        b_rs: i("b row stride", b.rs)?,
+        b_cs: i("b column stride", b.cs)?,
+        c_rs: i("c row stride", n)?,
+    };
+    let grid = [to_u32(OP, "grid x", n.div_ceil(GEMM_TILE))?, to_u32(OP, "grid y", m.div_ceil(GEMM_TILE))?, 1];
+    let geometry = Geometry { grid, block: [GEMM_TILE as u32, GEMM_TILE as u32, 1], smem: 0 };
+    // SAFETY: the caller's contract (operands and C in bounds at these strides).
+    unsafe { dev.launch(OP, gemm_kernel::<TA, TB>(), &geometry, &params) }
+}
+
+/// The gradients of `Y = Θ(X·K_Pᵀ)·V_P` with respect to `X`, `K_P` and `V_P`,
+/// given `dy = ∂L/∂Y [t, d_out]`, in f32 (new tensors). The scratch (three
+/// `[t, n]` f32 matrices) comes from `workspace` (at least
+/// [`pattention_backward_workspace_bytes`]) or is allocated for the call.
+pub fn pattention_backward<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    dy: &View<'_, T>,
+    workspace: Option<&mut Workspace>,
+) -> Result<PattentionGrads> {
+    if let Some(ws) = &workspace {
+        if !ws.device().same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let p = plan(dev, args, dy, workspace.as_ref().map(|w| w.bytes()))?;
+    let PattentionArgs { x, k_p, v_p, opts } = args;
+    let (t, n, d_in, d_out) = (p.t, p.n, p.d_in, p.d_out);
+    let mut dx = dev.output::<f32>(&[t, d_in])?;
+    let mut dk_p = dev.output::<f32>(&[n, d_in])?;
+    let mut dv_p = dev.output::<f32>(&[n, d_out])?;
+    let mut owned;
+    let ws: &mut Workspace = match workspace {
+        Some(w) => w,
+        None => {
+            owned = Workspace::new(dev, 3 * p.region)?;
+            &mut owned
+        }
+    };
+    let (xp, kp, vp, dyp) = (x.ptr(), k_p.ptr(), v_p.ptr(), dy.ptr());
+    let (mut dxv, mut dkv, mut dvv) = (dx.view_mut(), dk_p.view_mut(), dv_p.view_mut());
+    let (dxp, dkp, dvp) = (dxv.ptr_mut(), dkv.ptr_mut(), dvv.ptr_mut());
+    let wp = ws.ptr_mut();
+    let (a, s, d) = (wp.addr, wp.addr + p.region as u64, wp.addr + 2 * p.region as u64);
+    let (xs, ks, vs, dys) = (x.strides()[0], k_p.strides()[0], v_p.strides()[0], dy.strides()[0]);
+    let rows = |addr: u64, rs: usize| Operand { addr, rs, cs: 1 };
+    let cols = |addr: u64, cs: usize| Operand { addr, rs: 1, cs };
+    // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
+    // dy [t, d_out] (contiguous rows at the given strides, i64-safe sizes) and the
+    // workspace's size: three [t, n] f32 regions a, s, d of row stride n. Each
+    // gemm's operands address exactly these matrices (a transposed one through
+    // swapped strides) and its C is one of the [.., ..] f32 outputs or a region;
+    // the norm backward touches rows [0, t) of a, s and d. The borrows and guards
+    // outlive the launches, which are stream-ordered (CUDA) or synchronous.
+    unsafe {
+        gemm::<T, T>(dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
+        gemm::<T, T>(dev, (t, n, d_out), rows(dyp.addr, dys), rows(vp.addr, vs), d)?;
+        if t > 0 {
+            let params = sys::tf_pnorm_backward_params {
+                a,
+                s,
+                d,
+                t: to_i64(OP, "t", t)?,
+                n: to_i64(OP, "n", n)?,
+                ld: to_i64(OP, "n", n)?,
+                scale: p.scale,
+                eps: opts.eps,
+                norm: opts.norm.code() as i32,
+                reserved: 0,
+            };
+            let geometry = Geometry { grid: [to_u32(OP, "rows", t)?, 1, 1], block: [NORM_THREADS, 1, 1], smem: 0 };
+            dev.launch(OP, "pattention_norm_backward_f32", &geometry, &params)?;
+        }
+        // dV_P [n, d_out] = Sᵀ·dY: A(j, i) = S[i, j], B(c, i) = dY[i, c]
+        gemm::<f32, T>(dev, (n, d_out, t), cols(s, n), cols(dyp.addr, dys), dvp.addr)?;
+        // dX [t, d_in] = dA·K_P: B(c, j) = K_P[j, c]
+        gemm::<f32, T>(dev, (t, d_in, n), rows(d, n), cols(kp.addr, ks), dxp.addr)?;
+        // dK_P [n, d_in] = dAᵀ·X: A(j, i) = dA[i, j], B(c, i) = X[i, c]
+        gemm::<f32, T>(dev, (n, d_in, t), cols(d, n), cols(xp.addr, xs), dkp.addr)?;
+    }
+    drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
+    Ok(PattentionGrads { dx, dk_p, dv_p })
+}

@@ -1,0 +1,185 @@
+// pattention_backward.cu: the backward of Pattention, Y = Θ(X·K_Pᵀ)·V_P, on SIMT
+// cores: a correct path in f32 arithmetic (inputs of any storage type are widened
+// on load, every intermediate and every gradient is f32), not a fast one. The
+// tensor-core form (the norm's vector-Jacobian product fused into the epilogue of
+// dS = dY·V_Pᵀ) is future work; this path is what it will be checked against on
+// the device, as tf-ref's f64 backward checks this one.
+//
+// With A = X·K_Pᵀ and S = Θ(A) (tf-ref grad/pattention.rs has the derivation):
+//   dS = dY·V_Pᵀ,  dA = VJP_Θ(A, dS),  dV_P = Sᵀ·dY,  dX = dA·K_P,  dK_P = dAᵀ·X.
+// The host (tf-host ops/pattention_backward.rs) runs, in order:
+//   gemm  A  = X·K_Pᵀ           gemm  dS = dY·V_Pᵀ
+//   pattention_norm_backward: S and dA (dA overwrites dS)
+//   gemm  dV_P = Sᵀ·dY          gemm  dX = dA·K_P          gemm  dK_P = dAᵀ·X
+//
+// gemm_{ta}_{tb}: C [m, n] f32 = Σ_l A(i, l)·B(j, l), with A(i, l) = a[i·a_rs + l·a_cs]
+//   and B(j, l) = b[j·b_rs + l·b_cs]: a transposed operand is a swap of its two
+//   strides. Grid (ceil(n / 16), ceil(m / 16)), 16 x 16 threads, one element of C
+//   each; 16 x 16 tiles of A and B pass through shared memory (tails zero-filled),
+//   the sum runs over l in order (deterministic).
+// pattention_norm_backward_f32: one block of 256 threads per row (blockIdx.x):
+//   the row statistic (the L2 norm scaled by the row's largest magnitude, so that
+//   squares cannot overflow, or the softmax max and sum), then S and dA in place;
+//   the block reductions add the 8 warps' partial sums in warp order.
+#include "tf_kernels.h"
+#include "tf/cuda_types.cuh"
+#include "tf/convert.cuh"
+#include "tf/gelu.cuh"
+#include "tf/reduce.cuh"
+
+namespace tf_pattention_backward {
+
+// ----------------------------------------------------------------------- gemm
+
+constexpr int kTile = 16;
+
+template <typename TA, typename TB>
+__device__ __forceinline__ void gemm(const tf_gemm_params& p) {
+    __shared__ float as[kTile][kTile + 1];
+    __shared__ float bs[kTile][kTile + 1];
+    const TA* a = reinterpret_cast<const TA*>(p.a);
+    const TB* b = reinterpret_cast<const TB*>(p.b);
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int64_t i0 = (int64_t)blockIdx.y * kTile, j0 = (int64_t)blockIdx.x * kTile;
+    float acc = 0.0f;
+    for (int64_t l0 = 0; l0 < p.k; l0 += kTile) {
+        // thread (ty, tx) loads A(i0 + ty, l0 + tx) and B(j0 + ty, l0 + tx)
+        const int64_t l = l0 + tx, ia = i0 + ty, jb = j0 + ty;
+        as[ty][tx] = (ia < p.m && l < p.k) ? tf::to_float(a[ia * p.a_rs + l * p.a_cs]) : 0.0f;
+        bs[ty][tx] = (jb < p.n && l < p.k) ? tf::to_float(b[jb * p.b_rs + l * p.b_cs]) : 0.0f;
+        __syncthreads();
+#pragma unroll
+        for (int ll = 0; ll < kTile; ++ll) acc = fmaf(as[ty][ll], bs[tx][ll], acc);
+        __syncthreads();
+    }
+    const int64_t i = i0 + ty, j = j0 + tx;
+    if (i < p.m && j < p.n) reinterpret_cast<float*>(p.c)[i * p.c_rs + j] = acc;
+}
+
+// ------------------------------------------------------- the norm's backward
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+template <bool MAX>
+__device__ __forceinline__ float block_reduce(float v, float* red) {
+    return tf::block_reduce<kThreads, MAX>(v, red);
+}
+
+// gelu'(x) = Φ(x) + x·φ(x), Φ through erfc (no cancellation for x < 0); where
+// x·φ(x) underflows (|x| > ~14) only Φ is left (and ±inf·0 would be NaN).
+__device__ __forceinline__ float gelu_grad(float x) {
+    const float cdf = 0.5f * erfcf(-x * 0.70710678118654752f);
+    const float pdf = expf(-0.5f * x * x) * 0.39894228040143268f;
+    return pdf == 0.0f ? cdf : cdf + x * pdf;
+}
+
+// The L2 norm of v(row[j]) over the row, scaled by the largest magnitude (the
+// statistic of tf-ref's l2_norm): the largest magnitude itself when it is 0 or
+// not finite.
+template <typename F>
+__device__ __forceinline__ float row_l2(int64_t n, float* red, F v) {
+    float m = 0.0f;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) m = tf::max_nan(m, fabsf(v(j)));
+    m = block_reduce<true>(m, red);
+    if (m == 0.0f || !isfinite(m)) return m;
+    float q = 0.0f;
+    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+        const float u = v(j) / m;
+        q = fmaf(u, u, q);
+    }
+    return m * sqrtf(block_reduce<false>(q, red));
+}
+
+__device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p) {
+    __shared__ float red[kWarps];
+    const int64_t off = (int64_t)blockIdx.x * p.ld;
+    const float* a = reinterpret_cast<const float*>(p.a) + off;
+    float* s = reinterpret_cast<float*>(p.s) + off;
+    float* d = reinterpret_cast<float*>(p.d) + off;  // dS in, dA out
+    const int64_t n = p.n;
+    const int tid = threadIdx.x;
+    if (p.norm == TF_NORM_SOFTMAX) {
+        float mx = -INFINITY;
+        for (int64_t j = tid; j < n; j += kThreads) mx = tf::max_nan(mx, a[j]);
+        mx = block_reduce<true>(mx, red);
+        float l = 0.0f;
+        for (int64_t j = tid; j < n; j += kThreads) l += expf(a[j] - mx);
+        const float f = p.scale / block_reduce<false>(l, red);
+        float dot = 0.0f;
+        for (int64_t j = tid; j < n; j += kThreads) {
+            s[j] = f * expf(a[j] - mx);
+            dot = fmaf(s[j], d[j], dot);
+        }
+        const float mean = block_reduce<false>(dot, red) / p.scale;
+        for (int64_t j = tid; j < n; j += kThreads) d[j] = s[j] * (d[j] - mean);
+        return;
+    }
+    const bool l2_first = p.norm == TF_NORM_L2_NORM_GELU;
+    // l2_norm_gelu normalises A, gelu_l2_norm normalises G = gelu(A)
+    const float r = l2_first ? row_l2(n, red, [&](int64_t j) { return a[j]; })
+                             : row_l2(n, red, [&](int64_t j) { return tf::gelu(a[j]); });
+    const float denom = r + p.eps;
+    if (denom == 0.0f) {  // the forward's all-zero row: S = 0, dA = 0
+        for (int64_t j = tid; j < n; j += kThreads) s[j] = d[j] = 0.0f;
+        return;
+    }
+    // In the scale-free form, with v the normalised vector (A, or G = gelu(A)) and
+    // u = v / r its unit vector: dv = c·(g − (r / D)·(u·g)·u), g = dÂ (l2_norm_gelu)
+    // or dS (gelu_l2_norm). Every factor is O(1) or c, so rows of |A| ~ 1e±30 do not
+    // under- or overflow f32 (c / (D·r) would), and n = 1 gives exactly 0.
+    const float c = p.scale / denom;
+    // u_j = v_j / r by division: exactly ±1 for a one-element row (a reciprocal
+    // times v_j need not be)
+    const float rr = r == 0.0f ? 1.0f : r;
+    float dot = 0.0f;
+    if (l2_first) {
+        // S = gelu(c·A), dÂ = dS ⊙ gelu'(c·A) (kept in d), dot = u·dÂ
+        for (int64_t j = tid; j < n; j += kThreads) {
+            const float h = c * a[j];
+            s[j] = tf::gelu(h);
+            d[j] *= gelu_grad(h);
+            dot = fmaf(a[j] / rr, d[j], dot);
+        }
+    } else {
+        // S = c·G, dot = u·dS
+        for (int64_t j = tid; j < n; j += kThreads) {
+            const float g = tf::gelu(a[j]);
+            s[j] = c * g;
+            dot = fmaf(g / rr, d[j], dot);
+        }
+    }
+    const float coef = r / denom * block_reduce<false>(dot, red);  // 0 when r = 0
+    if (l2_first) {
+        for (int64_t j = tid; j < n; j += kThreads) d[j] = c * (d[j] - coef * (a[j] / rr));
+    } else {
+        for (int64_t j = tid; j < n; j += kThreads) {
+            const float g = tf::gelu(a[j]);
+            d[j] = c * (d[j] - coef * (g / rr)) * gelu_grad(a[j]);
+        }
+    }
+}
+
+}  // namespace tf_pattention_backward
+
+// ------------------------------------------------------------------ entry points
+
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_f32(const tf_gemm_params p) {
+    tf_pattention_backward::gemm<float, float>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_f16_f16(const tf_gemm_params p) {
+    tf_pattention_backward::gemm<__half, __half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_bf16_bf16(const tf_gemm_params p) {
+    tf_pattention_backward::gemm<__nv_bfloat16, __nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_f16(const tf_gemm_params p) {
+    tf_pattention_backward::gemm<float, __half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) gemm_f32_bf16(const tf_gemm_params p) {
+    tf_pattention_backward::gemm<float, __nv_bfloat16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_f32(const tf_pnorm_backward_params p) {
+    tf_pattention_backward::norm_backward(p);
+}

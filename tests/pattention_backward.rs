@@ -1,0 +1,297 @@
+//! Pattention backward (kernels/pattention_backward.cu through tf-host) against
+//! tf-ref's f64 gradients (`tf_ref::pattention_backward`, itself checked by
+//! finite differences): every norm × dtype, pinned n_ref and eps, tails in every
+//! dimension, rows at numerical edges, non-finite inputs, workspace reuse and
+//! bad input. The device path computes in f32 from the stored inputs, so the
+//! bound is f32's for every storage type.
+
+mod common;
+
+use common::{assert_close, backends, rand_vec, seed};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tf_host::{
+    bf16, f16, pattention_backward, pattention_backward_workspace_bytes, DType, Device, Error, Norm, PattentionArgs,
+    PattentionGrads, PattentionOptions, Tensor, Workspace,
+};
+use tf_ref::{Element, MatRef};
+
+/// Relative Frobenius error allowed against f64: f32 arithmetic throughout.
+const RTOL: f64 = 2e-5;
+
+struct Problem<T> {
+    x: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    dy: Vec<T>,
+    t: usize,
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+}
+
+fn problem<T: DType>(rng: &mut StdRng, t: usize, n: usize, d_in: usize, d_out: usize) -> Problem<T> {
+    let ks = 2.0 / (d_in.max(1) as f32).sqrt();
+    Problem {
+        x: rand_vec::<T>(rng, t * d_in, 1.0),
+        k: rand_vec::<T>(rng, n * d_in, ks),
+        v: rand_vec::<T>(rng, n * d_out, 1.0),
+        dy: rand_vec::<T>(rng, t * d_out, 1.0),
+        t,
+        n,
+        d_in,
+        d_out,
+    }
+}
+
+fn ref_opts(o: &PattentionOptions) -> tf_ref::PattentionOpts {
+    let norm = match o.norm {
+        Norm::L2NormGelu => tf_ref::Norm::L2NormGelu,
+        Norm::GeluL2Norm => tf_ref::Norm::GeluL2Norm,
+        Norm::Softmax => tf_ref::Norm::Softmax,
+    };
+    tf_ref::PattentionOpts { norm, n_ref: o.n_ref, eps: f64::from(o.eps) }
+}
+
+/// tf-ref's (dX, dK_P, dV_P).
+fn reference<T: DType + Element>(p: &Problem<T>, o: &PattentionOptions) -> [Vec<f64>; 3] {
+    let g = tf_ref::pattention_backward(
+        MatRef::new(&p.x, p.t, p.d_in).unwrap(),
+        MatRef::new(&p.k, p.n, p.d_in).unwrap(),
+        MatRef::new(&p.v, p.n, p.d_out).unwrap(),
+        MatRef::new(&p.dy, p.t, p.d_out).unwrap(),
+        &ref_opts(o),
+    )
+    .unwrap();
+    [g.dx.data, g.dk_p.data, g.dv_p.data]
+}
+
+fn grads<T: DType>(
+    dev: &Device,
+    p: &Problem<T>,
+    o: &PattentionOptions,
+    ws: Option<&mut Workspace>,
+) -> Result<PattentionGrads, Error> {
+    let x = dev.upload(&p.x, &[p.t, p.d_in])?;
+    let k = dev.upload(&p.k, &[p.n, p.d_in])?;
+    let v = dev.upload(&p.v, &[p.n, p.d_out])?;
+    let dy = dev.upload(&p.dy, &[p.t, p.d_out])?;
+    let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: *o };
+    pattention_backward(dev, &args, &dy.view(), ws)
+}
+
+fn host(t: &Tensor<f32>) -> Vec<f32> {
+    t.to_vec().unwrap()
+}
+
+/// Checks the three gradients against tf-ref; returns the worst relative error.
+fn check<T: DType + Element>(dev: &Device, what: &str, p: &Problem<T>, o: &PattentionOptions) -> f64 {
+    check_within(dev, what, p, o, RTOL)
+}
+
+fn check_within<T: DType + Element>(dev: &Device, what: &str, p: &Problem<T>, o: &PattentionOptions, rtol: f64) -> f64 {
+    let g = grads(dev, p, o, None).unwrap();
+    let want = reference(p, o);
+    let what = format!(
+        "{what} {} {:?} n_ref {:?} eps {} [t {}, n {}, d_in {}, d_out {}]",
+        <T as DType>::NAME,
+        o.norm,
+        o.n_ref,
+        o.eps,
+        p.t,
+        p.n,
+        p.d_in,
+        p.d_out
+    );
+    let mut worst = 0f64;
+    for (name, got, want) in [("dX", &g.dx, &want[0]), ("dK_P", &g.dk_p, &want[1]), ("dV_P", &g.dv_p, &want[2])] {
+        let (rel, _) = assert_close(&format!("{what} {name}"), &host(got), want, rtol);
+        worst = worst.max(rel);
+    }
+    worst
+}
+
+/// t = 1, 17 and 33 (partial 16-row gemm tiles), n = 1 / 70 / 129 / 300 (one
+/// column, partial tiles, more than a block's 256 threads per row), d_in and
+/// d_out of 8, 24 and 40 (16-bit rows need multiples of 8).
+#[test]
+fn gradients_match_tf_ref_for_every_norm_and_dtype() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0001);
+        let mut worst = [0f64; 3];
+        for (t, n, d_in, d_out) in [(1, 70, 24, 8), (17, 129, 8, 40), (33, 1, 40, 24), (17, 300, 24, 24)] {
+            let pf = problem::<f32>(&mut rng, t, n, d_in, d_out);
+            let ph = problem::<f16>(&mut rng, t, n, d_in, d_out);
+            let pb = problem::<bf16>(&mut rng, t, n, d_in, d_out);
+            for norm in Norm::ALL {
+                let o = PattentionOptions { norm, ..Default::default() };
+                worst[0] = worst[0].max(check(&dev, backend, &pf, &o));
+                worst[1] = worst[1].max(check(&dev, backend, &ph, &o));
+                worst[2] = worst[2].max(check(&dev, backend, &pb, &o));
+            }
+        }
+        eprintln!("{backend}: worst relative error f32 {:.2e}, f16 {:.2e}, bf16 {:.2e}", worst[0], worst[1], worst[2]);
+    }
+}
+
+#[test]
+fn pinned_n_ref_and_eps() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0002);
+        let p = problem::<f32>(&mut rng, 9, 70, 16, 24);
+        let q = problem::<bf16>(&mut rng, 9, 70, 16, 24);
+        for norm in Norm::ALL {
+            for (n_ref, eps) in [(Some(50), 0.0), (Some(1000), 1e-5), (None, 0.25)] {
+                let o = PattentionOptions { norm, n_ref, eps };
+                check(&dev, backend, &p, &o);
+                check(&dev, backend, &q, &o);
+            }
+        }
+    }
+}
+
+/// A zero row of x (the forward's all-zero row: dA = 0 for the L2 norms without
+/// eps), rows ×1e-4 and ×1e4 and, in f32, ×1e15 (its squares would overflow f32
+/// and c / (D·r) would underflow it without the scale-free form). For the L2
+/// norms Θ is scale-invariant, so these rows are as well conditioned as any.
+/// Softmax is not: a saturated row's dA is a cancellation to about 0 that x's
+/// scale then multiplies into dK_P, so its rows are scaled by 1e-4 and by 60
+/// (scores past 88, where exp overflows f32 without the max subtracted), and its
+/// bound is 5·RTOL (measured: up to 2.1e-5 from the ×60 row).
+#[test]
+fn rows_at_numerical_edges() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0003);
+        let (t, n, d_in, d_out) = (6, 70, 16, 8);
+        let base_f = problem::<f32>(&mut rng, t, n, d_in, d_out);
+        let base_b = problem::<bf16>(&mut rng, t, n, d_in, d_out);
+        for norm in Norm::ALL {
+            let scales: &[(usize, f32)] = if norm == Norm::Softmax {
+                &[(0, 0.0), (1, 60.0), (2, 1e-4)]
+            } else {
+                &[(0, 0.0), (1, 1e4), (2, 1e-4), (3, 1e15)]
+            };
+            let mut p = Problem {
+                x: base_f.x.clone(),
+                k: base_f.k.clone(),
+                v: base_f.v.clone(),
+                dy: base_f.dy.clone(),
+                ..base_f
+            };
+            let mut q = Problem {
+                x: base_b.x.clone(),
+                k: base_b.k.clone(),
+                v: base_b.v.clone(),
+                dy: base_b.dy.clone(),
+                ..base_b
+            };
+            for &(r, f) in scales {
+                for c in 0..d_in {
+                    p.x[r * d_in + c] *= f;
+                    if f < 1e10 {
+                        q.x[r * d_in + c] = bf16::from_f32(q.x[r * d_in + c].to_f32() * f);
+                    }
+                }
+            }
+            let rtol = if norm == Norm::Softmax { 5.0 * RTOL } else { RTOL };
+            for eps in [0.0, 1e-3] {
+                let o = PattentionOptions { norm, eps, ..Default::default() };
+                check_within(&dev, backend, &p, &o, rtol);
+                check_within(&dev, backend, &q, &o, rtol);
+            }
+        }
+    }
+}
+
+/// A NaN or ±inf in x or in dy: the non-finite elements of every gradient are
+/// where tf-ref has them (assert_close compares them exactly), the rest within
+/// the bound.
+#[test]
+fn non_finite_inputs() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0004);
+        let (t, n, d_in, d_out) = (5, 40, 8, 8);
+        let base = problem::<f32>(&mut rng, t, n, d_in, d_out);
+        for norm in Norm::ALL {
+            let o = PattentionOptions { norm, ..Default::default() };
+            for val in [f32::NAN, f32::INFINITY] {
+                let mut p =
+                    Problem { x: base.x.clone(), dy: base.dy.clone(), k: base.k.clone(), v: base.v.clone(), ..base };
+                p.dy[3 * d_out + 5] = val;
+                check(&dev, &format!("{backend} dy {val}"), &p, &o);
+                let mut p =
+                    Problem { x: base.x.clone(), dy: base.dy.clone(), k: base.k.clone(), v: base.v.clone(), ..base };
+                p.x[2 * d_in + 7] = f32::NAN;
+                check(&dev, &format!("{backend} x NaN"), &p, &o);
+            }
+        }
+    }
+}
+
+#[test]
+fn one_workspace_serves_many_calls_and_results_repeat() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0005);
+        let shapes = [(17, 129, 24, 8), (3, 300, 8, 40)];
+        let big = shapes.iter().map(|&(t, n, _, _)| pattention_backward_workspace_bytes(t, n).unwrap()).max();
+        let mut ws = Workspace::new(&dev, big.unwrap()).unwrap();
+        for (t, n, d_in, d_out) in shapes {
+            let p = problem::<f16>(&mut rng, t, n, d_in, d_out);
+            let o = PattentionOptions::default();
+            let a = grads(&dev, &p, &o, Some(&mut ws)).unwrap();
+            let b = grads(&dev, &p, &o, Some(&mut ws)).unwrap();
+            for (x, y) in [(&a.dx, &b.dx), (&a.dk_p, &b.dk_p), (&a.dv_p, &b.dv_p)] {
+                let (x, y): (Vec<u32>, Vec<u32>) =
+                    (host(x).iter().map(|v| v.to_bits()).collect(), host(y).iter().map(|v| v.to_bits()).collect());
+                assert_eq!(x, y, "{backend}: two runs differ");
+            }
+            let want = reference(&p, &o);
+            assert_close(&format!("{backend} reused workspace dX"), &host(&a.dx), &want[0], RTOL);
+        }
+    }
+}
+
+/// t = 0: dX is empty, dK_P and dV_P are zeros (nothing flows back).
+#[test]
+fn no_tokens_gives_zero_parameter_gradients() {
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0006);
+        let p = problem::<bf16>(&mut rng, 0, 20, 8, 16);
+        let g = grads(&dev, &p, &PattentionOptions::default(), None).unwrap();
+        assert_eq!(g.dx.shape(), &[0, 8], "{backend}");
+        assert!(host(&g.dk_p).iter().all(|&v| v == 0.0) && g.dk_p.shape() == [20, 8], "{backend}");
+        assert!(host(&g.dv_p).iter().all(|&v| v == 0.0) && g.dv_p.shape() == [20, 16], "{backend}");
+    }
+}
+
+#[test]
+fn bad_inputs_return_errors() {
+    let dev = Device::emulator();
+    let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0007);
+    let p = problem::<f32>(&mut rng, 4, 10, 8, 8);
+    let (x, k, v) =
+        (dev.upload(&p.x, &[4, 8]).unwrap(), dev.upload(&p.k, &[10, 8]).unwrap(), dev.upload(&p.v, &[10, 8]).unwrap());
+    let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+    let wrong_dy = dev.upload(&p.dy[..24], &[3, 8]).unwrap();
+    let e = pattention_backward(&dev, &args, &wrong_dy.view(), None).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("dy"), "{e}");
+    let k7 = dev.upload(&p.k[..70], &[10, 7]).unwrap();
+    let bad = PattentionArgs { k_p: k7.view(), ..args.clone() };
+    let dy = dev.upload(&p.dy, &[4, 8]).unwrap();
+    let e = pattention_backward(&dev, &bad, &dy.view(), None).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("d_in"), "{e}");
+    let bad = PattentionArgs { opts: PattentionOptions { n_ref: Some(0), ..Default::default() }, ..args.clone() };
+    assert!(matches!(pattention_backward(&dev, &bad, &dy.view(), None), Err(Error::InvalidArgument { .. })));
+    let need = pattention_backward_workspace_bytes(4, 10).unwrap();
+    let mut small = Workspace::new(&dev, need - 1).unwrap();
+    let e = pattention_backward(&dev, &args, &dy.view(), Some(&mut small)).unwrap_err();
+    assert!(e.to_string().contains(&need.to_string()), "{e}");
+    let other = Device::emulator();
+    let dy_other = other.upload(&p.dy, &[4, 8]).unwrap();
+    assert!(matches!(pattention_backward(&dev, &args, &dy_other.view(), None), Err(Error::DeviceMismatch { .. })));
+}
