@@ -333,6 +333,56 @@ typedef struct tf_pnorm_backward_params {
     int32_t reserved;        /* 0 */
 } tf_pnorm_backward_params;
 
+/* ------------------------------------------------------- block backward --- */
+
+/* The backward of layer norm (kernels/block_backward.cu), two launches with these
+ * params: layer_norm_backward_* (one warp per row: dx and the row statistics) and
+ * layer_norm_param_grads_* (one thread per column: dweight, dbias summed over the
+ * rows in order). Gradients f32. */
+typedef struct tf_layer_norm_backward_params {
+    tf_ptr x;                /* [t, d] storage type: the forward's input */
+    tf_ptr dy;               /* [t, d] storage type */
+    tf_ptr weight;           /* [d] storage type, or 0 (scale 1) */
+    tf_ptr dx;               /* [t, d] f32, rows d apart (output) */
+    tf_ptr stats;            /* [t] float2 (mean, 1/sigma; 0 when sigma = 0): written, then read */
+    tf_ptr dweight;          /* [d] f32 (output of the second launch) */
+    tf_ptr dbias;            /* [d] f32 (output of the second launch) */
+    int64_t t;               /* rows */
+    int64_t d;               /* columns, >= 1 */
+    int64_t x_row_stride;    /* elements between rows of x */
+    int64_t dy_row_stride;   /* elements between rows of dy */
+    float eps;               /* the forward's eps */
+    int32_t reserved;        /* 0 */
+} tf_layer_norm_backward_params;
+
+/* dE[v, :] = sum of dx[i, :] over the positions i with tokens[i] = v, increasing i
+ * (embedding_backward_*, one warp per vocab row). `table` holds vocab + 1 uint32
+ * offsets `starts`, then the t positions sorted by id (stable): the positions of
+ * id v are order[starts[v] .. starts[v + 1]). */
+typedef struct tf_embedding_backward_params {
+    tf_ptr dx;               /* [t, d] storage type */
+    tf_ptr table;            /* uint32 [vocab + 1 + t]: starts, then order */
+    tf_ptr de;               /* [vocab, d] f32, rows d apart (output) */
+    int64_t t;               /* tokens */
+    int64_t d;               /* columns */
+    int64_t vocab;           /* rows of de */
+    int64_t dx_row_stride;   /* elements between rows of dx */
+} tf_embedding_backward_params;
+
+/* Softmax cross-entropy of logits z [t, vocab] (cross_entropy_*, one block of 256
+ * per row): loss[i] = max + ln(sum exp(z_i - max)) - z_i[target_i], and in place
+ * z_ij <- (softmax(z_i)_j - [j = target_i]) * inv_t in the storage type. */
+typedef struct tf_cross_entropy_params {
+    tf_ptr logits;           /* [t, vocab] storage type, in: logits, out: gradient */
+    tf_ptr targets;          /* [t] uint32, each < vocab */
+    tf_ptr loss;             /* [t] f32 (output) */
+    int64_t t;               /* rows */
+    int64_t vocab;           /* columns, >= 1 */
+    int64_t row_stride;      /* elements between rows of logits */
+    float inv_t;             /* 1 / t: the mean's factor */
+    int32_t reserved;        /* 0 */
+} tf_cross_entropy_params;
+
 /* ----------------------------------------------------------------- adamw --- */
 
 /* The fused AdamW step (kernels/adamw.cu) over a list of tensors, in three launches

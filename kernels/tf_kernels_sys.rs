@@ -471,6 +471,115 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct tf_layer_norm_backward_params {
+    pub x: tf_ptr,
+    pub dy: tf_ptr,
+    pub weight: tf_ptr,
+    pub dx: tf_ptr,
+    pub stats: tf_ptr,
+    pub dweight: tf_ptr,
+    pub dbias: tf_ptr,
+    pub t: i64,
+    pub d: i64,
+    pub x_row_stride: i64,
+    pub dy_row_stride: i64,
+    pub eps: f32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_layer_norm_backward_params"][::std::mem::size_of::<tf_layer_norm_backward_params>() - 96usize];
+    ["Alignment of tf_layer_norm_backward_params"][::std::mem::align_of::<tf_layer_norm_backward_params>() - 8usize];
+    ["Offset of field: tf_layer_norm_backward_params::x"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, x) - 0usize];
+    ["Offset of field: tf_layer_norm_backward_params::dy"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, dy) - 8usize];
+    ["Offset of field: tf_layer_norm_backward_params::weight"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, weight) - 16usize];
+    ["Offset of field: tf_layer_norm_backward_params::dx"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, dx) - 24usize];
+    ["Offset of field: tf_layer_norm_backward_params::stats"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, stats) - 32usize];
+    ["Offset of field: tf_layer_norm_backward_params::dweight"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, dweight) - 40usize];
+    ["Offset of field: tf_layer_norm_backward_params::dbias"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, dbias) - 48usize];
+    ["Offset of field: tf_layer_norm_backward_params::t"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, t) - 56usize];
+    ["Offset of field: tf_layer_norm_backward_params::d"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, d) - 64usize];
+    ["Offset of field: tf_layer_norm_backward_params::x_row_stride"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, x_row_stride) - 72usize];
+    ["Offset of field: tf_layer_norm_backward_params::dy_row_stride"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, dy_row_stride) - 80usize];
+    ["Offset of field: tf_layer_norm_backward_params::eps"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, eps) - 88usize];
+    ["Offset of field: tf_layer_norm_backward_params::reserved"]
+        [::std::mem::offset_of!(tf_layer_norm_backward_params, reserved) - 92usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_embedding_backward_params {
+    pub dx: tf_ptr,
+    pub table: tf_ptr,
+    pub de: tf_ptr,
+    pub t: i64,
+    pub d: i64,
+    pub vocab: i64,
+    pub dx_row_stride: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_embedding_backward_params"][::std::mem::size_of::<tf_embedding_backward_params>() - 56usize];
+    ["Alignment of tf_embedding_backward_params"][::std::mem::align_of::<tf_embedding_backward_params>() - 8usize];
+    ["Offset of field: tf_embedding_backward_params::dx"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, dx) - 0usize];
+    ["Offset of field: tf_embedding_backward_params::table"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, table) - 8usize];
+    ["Offset of field: tf_embedding_backward_params::de"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, de) - 16usize];
+    ["Offset of field: tf_embedding_backward_params::t"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, t) - 24usize];
+    ["Offset of field: tf_embedding_backward_params::d"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, d) - 32usize];
+    ["Offset of field: tf_embedding_backward_params::vocab"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, vocab) - 40usize];
+    ["Offset of field: tf_embedding_backward_params::dx_row_stride"]
+        [::std::mem::offset_of!(tf_embedding_backward_params, dx_row_stride) - 48usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_cross_entropy_params {
+    pub logits: tf_ptr,
+    pub targets: tf_ptr,
+    pub loss: tf_ptr,
+    pub t: i64,
+    pub vocab: i64,
+    pub row_stride: i64,
+    pub inv_t: f32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_cross_entropy_params"][::std::mem::size_of::<tf_cross_entropy_params>() - 56usize];
+    ["Alignment of tf_cross_entropy_params"][::std::mem::align_of::<tf_cross_entropy_params>() - 8usize];
+    ["Offset of field: tf_cross_entropy_params::logits"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, logits) - 0usize];
+    ["Offset of field: tf_cross_entropy_params::targets"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, targets) - 8usize];
+    ["Offset of field: tf_cross_entropy_params::loss"][::std::mem::offset_of!(tf_cross_entropy_params, loss) - 16usize];
+    ["Offset of field: tf_cross_entropy_params::t"][::std::mem::offset_of!(tf_cross_entropy_params, t) - 24usize];
+    ["Offset of field: tf_cross_entropy_params::vocab"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, vocab) - 32usize];
+    ["Offset of field: tf_cross_entropy_params::row_stride"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, row_stride) - 40usize];
+    ["Offset of field: tf_cross_entropy_params::inv_t"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, inv_t) - 48usize];
+    ["Offset of field: tf_cross_entropy_params::reserved"]
+        [::std::mem::offset_of!(tf_cross_entropy_params, reserved) - 52usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct tf_adamw_desc {
     pub param: tf_ptr,
     pub grad: tf_ptr,

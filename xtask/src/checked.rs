@@ -25,6 +25,10 @@ const CHECKED: &[(&str, &[&str])] = &[
     ),
     ("pattention_backward", &["gradients_match_tf_ref_for_every_norm_and_dtype", "rows_at_numerical_edges"]),
     (
+        "block_backward",
+        &["layer_norm_backward_matches_tf_ref", "embedding_backward_matches_tf_ref", "cross_entropy_matches_tf_ref"],
+    ),
+    (
         "attention",
         &[
             "head_dims_dtypes_causal_and_not",

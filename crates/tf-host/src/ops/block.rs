@@ -135,46 +135,58 @@ pub fn layer_norm_plan<T: DType>(
     args: &LayerNormArgs<'_, T>,
     y: &ViewMut<'_, T>,
 ) -> Result<LayerNormPlan> {
-    let LayerNormArgs { x, weight, bias, eps } = args;
-    let (weight, bias, eps) = (weight.as_ref(), bias.as_ref(), *eps);
-    let devices = [Some(x.device()), Some(y.device()), weight.map(|w| w.device()), bias.map(|b| b.device())];
-    if devices.into_iter().flatten().any(|d| !d.same(dev)) {
+    if !y.device().same(dev) {
         return Err(Error::DeviceMismatch { op: LN });
     }
-    let [t, d] = dims_of(LN, "x", x)?;
+    let [t, d] = layer_norm_check(LN, dev, args)?;
     let [yt, yd] = dims_of_mut(LN, "y", y)?;
     if [yt, yd] != [t, d] {
         return Err(Error::Shape { op: LN, msg: format!("x is [{t}, {d}] but y is [{yt}, {yd}]") });
     }
+    Ok(LayerNormPlan { t, d, geometry: rows_geometry(dev, LN, t)? })
+}
+
+/// The checks of a layer norm's input and parameters (shared with the backward):
+/// x 2-D with contiguous rows and d >= 1 (below 2^24), weight and bias `[d]` and
+/// contiguous when given, eps finite and >= 0, all on `dev`. Returns `[t, d]`.
+pub(crate) fn layer_norm_check<T: DType>(
+    op: &'static str,
+    dev: &Device,
+    args: &LayerNormArgs<'_, T>,
+) -> Result<[usize; 2]> {
+    let LayerNormArgs { x, weight, bias, eps } = args;
+    let (weight, bias, eps) = (weight.as_ref(), bias.as_ref(), *eps);
+    let devices = [Some(x.device()), weight.map(|w| w.device()), bias.map(|b| b.device())];
+    if devices.into_iter().flatten().any(|d| !d.same(dev)) {
+        return Err(Error::DeviceMismatch { op });
+    }
+    let [t, d] = dims_of(op, "x", x)?;
     if d == 0 {
-        return Err(Error::Shape { op: LN, msg: format!("x is [{t}, 0]: a row needs at least one element") });
+        return Err(Error::Shape { op, msg: format!("x is [{t}, 0]: a row needs at least one element") });
     }
     for (what, v) in [("weight", weight), ("bias", bias)] {
         if let Some(v) = v {
             if v.shape() != [d] {
                 return Err(Error::Shape {
-                    op: LN,
+                    op,
                     msg: format!("x is [{t}, {d}] but {what} is {:?} (expected [{d}])", v.shape()),
                 });
             }
             if !v.inner_contiguous() {
-                return Err(Error::Shape {
-                    op: LN,
-                    msg: format!("{what} must be contiguous, strides {:?}", v.strides()),
-                });
+                return Err(Error::Shape { op, msg: format!("{what} must be contiguous, strides {:?}", v.strides()) });
             }
         }
     }
     if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument { op: LN, msg: format!("eps must be finite and >= 0, got {eps}") });
+        return Err(Error::InvalidArgument { op, msg: format!("eps must be finite and >= 0, got {eps}") });
     }
     if d >= 1 << 24 {
         return Err(Error::SizeOverflow {
-            op: LN,
+            op,
             msg: format!("d = {d}: rows of 2^24 elements or more are not supported (f32 count)"),
         });
     }
-    Ok(LayerNormPlan { t, d, geometry: rows_geometry(dev, LN, t)? })
+    Ok([t, d])
 }
 
 /// `y = (x - mean) / sqrt(var + eps) [* weight + bias]` per row of x `[t, d]`
@@ -315,15 +327,28 @@ pub fn rotary_plan<T: DType>(dev: &Device, x: &ViewMut<'_, T>, args: &RotaryArgs
 /// `i` at position `pos_offset + i`, `inv_freq[j] = base^(-2j/rot_dim)`.
 /// `rot_dim = 0` leaves x unchanged.
 pub fn rotary_into<T: DType>(dev: &Device, x: &mut ViewMut<'_, T>, args: &RotaryArgs) -> Result<()> {
+    rotary_apply(dev, x, args, false)
+}
+
+/// The rotation of [`rotary_into`] by θ, or by −θ (`inverse`: the backward; the
+/// angle table negated, which the kernel's reduction and `sincosf` turn into
+/// exactly the negated angles).
+pub(crate) fn rotary_apply<T: DType>(
+    dev: &Device,
+    x: &mut ViewMut<'_, T>,
+    args: &RotaryArgs,
+    inverse: bool,
+) -> Result<()> {
     let plan = rotary_plan(dev, x, args)?;
     let RotaryArgs { heads, head_dim, pos_offset, .. } = *args;
     if plan.t == 0 || plan.half == 0 {
         return Ok(());
     }
     let (mut turns_hi, mut turns_lo) = ([0f32; MAX_PAIRS], [0f32; MAX_PAIRS]);
+    let sign = if inverse { -1.0 } else { 1.0 };
     for (j, &(hi, lo)) in plan.turns.iter().enumerate() {
-        turns_hi[j] = hi;
-        turns_lo[j] = lo;
+        turns_hi[j] = sign * hi;
+        turns_lo[j] = sign * lo;
     }
     let params = sys::tf_rotary_params {
         x: 0,

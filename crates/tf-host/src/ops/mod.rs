@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod block;
+pub mod block_backward;
 pub mod grow;
 pub mod linear;
 pub mod pattention;
