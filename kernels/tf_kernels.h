@@ -383,6 +383,33 @@ typedef struct tf_cross_entropy_params {
     int32_t reserved;        /* 0 */
 } tf_cross_entropy_params;
 
+/* --------------------------------------------------- attention backward --- */
+
+/* Largest head dimension of the attention backward (kernels/attention_backward.cu). */
+#define TF_ATTN_BACKWARD_MAX_D 256
+
+/* Backward of attention (kernels/attention_backward.cu), two launches with these
+ * params: attn_backward_dq_* (one warp per query row: dq and the row statistics)
+ * and attn_backward_dkv_* (one warp per key row: dk, dv). Operand element
+ * (b, t, h, c) at b*sb + t*st + h*sh + c; gradients f32, contiguous [B, T, H, D]. */
+typedef struct tf_attn_backward_params {
+    tf_ptr q;                /* [B, T_q, H, D] storage type */
+    tf_ptr k;                /* [B, T_k, H, D] storage type */
+    tf_ptr v;                /* [B, T_k, H, D] storage type */
+    tf_ptr d_o;              /* [B, T_q, H, D] storage type: dL/do */
+    tf_ptr dq;               /* [B, T_q, H, D] f32 (output) */
+    tf_ptr dk;               /* [B, T_k, H, D] f32 (output of the second launch) */
+    tf_ptr dv;               /* [B, T_k, H, D] f32 (output of the second launch) */
+    tf_ptr stats;            /* [B, H, T_q] float2 (lse, D = do.o): written, then read */
+    int64_t batch, t_q, t_k, heads, head_dim;
+    int64_t q_sb, q_st, q_sh; /* strides of q (elements) */
+    int64_t k_sb, k_st, k_sh; /* strides of k */
+    int64_t v_sb, v_st, v_sh; /* strides of v */
+    int64_t o_sb, o_st, o_sh; /* strides of d_o */
+    float scale;             /* softmax scale on q.k, finite, > 0 */
+    int32_t causal;          /* 1: bottom-right aligned causal mask */
+} tf_attn_backward_params;
+
 /* ----------------------------------------------------------------- adamw --- */
 
 /* The fused AdamW step (kernels/adamw.cu) over a list of tensors, in three launches

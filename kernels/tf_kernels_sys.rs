@@ -25,6 +25,7 @@ pub const TF_ATTN_MAX_SPLITS: u32 = 128;
 pub const TF_ATTN_COMBINE_ROWS: u32 = 4;
 pub const TF_ROTARY_MAX_PAIRS: u32 = 128;
 pub const TF_ROTARY_MAX_POS: u32 = 16777216;
+pub const TF_ATTN_BACKWARD_MAX_D: u32 = 256;
 pub const TF_ADAMW_THREADS: u32 = 256;
 pub const TF_ADAMW_CHUNK: u32 = 16384;
 pub const TF_EMU_MAX_STATIC_SMEM: u32 = 49152;
@@ -577,6 +578,87 @@ const _: () = {
         [::std::mem::offset_of!(tf_cross_entropy_params, inv_t) - 48usize];
     ["Offset of field: tf_cross_entropy_params::reserved"]
         [::std::mem::offset_of!(tf_cross_entropy_params, reserved) - 52usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_attn_backward_params {
+    pub q: tf_ptr,
+    pub k: tf_ptr,
+    pub v: tf_ptr,
+    pub d_o: tf_ptr,
+    pub dq: tf_ptr,
+    pub dk: tf_ptr,
+    pub dv: tf_ptr,
+    pub stats: tf_ptr,
+    pub batch: i64,
+    pub t_q: i64,
+    pub t_k: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub q_sb: i64,
+    pub q_st: i64,
+    pub q_sh: i64,
+    pub k_sb: i64,
+    pub k_st: i64,
+    pub k_sh: i64,
+    pub v_sb: i64,
+    pub v_st: i64,
+    pub v_sh: i64,
+    pub o_sb: i64,
+    pub o_st: i64,
+    pub o_sh: i64,
+    pub scale: f32,
+    pub causal: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_attn_backward_params"][::std::mem::size_of::<tf_attn_backward_params>() - 208usize];
+    ["Alignment of tf_attn_backward_params"][::std::mem::align_of::<tf_attn_backward_params>() - 8usize];
+    ["Offset of field: tf_attn_backward_params::q"][::std::mem::offset_of!(tf_attn_backward_params, q) - 0usize];
+    ["Offset of field: tf_attn_backward_params::k"][::std::mem::offset_of!(tf_attn_backward_params, k) - 8usize];
+    ["Offset of field: tf_attn_backward_params::v"][::std::mem::offset_of!(tf_attn_backward_params, v) - 16usize];
+    ["Offset of field: tf_attn_backward_params::d_o"][::std::mem::offset_of!(tf_attn_backward_params, d_o) - 24usize];
+    ["Offset of field: tf_attn_backward_params::dq"][::std::mem::offset_of!(tf_attn_backward_params, dq) - 32usize];
+    ["Offset of field: tf_attn_backward_params::dk"][::std::mem::offset_of!(tf_attn_backward_params, dk) - 40usize];
+    ["Offset of field: tf_attn_backward_params::dv"][::std::mem::offset_of!(tf_attn_backward_params, dv) - 48usize];
+    ["Offset of field: tf_attn_backward_params::stats"]
+        [::std::mem::offset_of!(tf_attn_backward_params, stats) - 56usize];
+    ["Offset of field: tf_attn_backward_params::batch"]
+        [::std::mem::offset_of!(tf_attn_backward_params, batch) - 64usize];
+    ["Offset of field: tf_attn_backward_params::t_q"][::std::mem::offset_of!(tf_attn_backward_params, t_q) - 72usize];
+    ["Offset of field: tf_attn_backward_params::t_k"][::std::mem::offset_of!(tf_attn_backward_params, t_k) - 80usize];
+    ["Offset of field: tf_attn_backward_params::heads"]
+        [::std::mem::offset_of!(tf_attn_backward_params, heads) - 88usize];
+    ["Offset of field: tf_attn_backward_params::head_dim"]
+        [::std::mem::offset_of!(tf_attn_backward_params, head_dim) - 96usize];
+    ["Offset of field: tf_attn_backward_params::q_sb"]
+        [::std::mem::offset_of!(tf_attn_backward_params, q_sb) - 104usize];
+    ["Offset of field: tf_attn_backward_params::q_st"]
+        [::std::mem::offset_of!(tf_attn_backward_params, q_st) - 112usize];
+    ["Offset of field: tf_attn_backward_params::q_sh"]
+        [::std::mem::offset_of!(tf_attn_backward_params, q_sh) - 120usize];
+    ["Offset of field: tf_attn_backward_params::k_sb"]
+        [::std::mem::offset_of!(tf_attn_backward_params, k_sb) - 128usize];
+    ["Offset of field: tf_attn_backward_params::k_st"]
+        [::std::mem::offset_of!(tf_attn_backward_params, k_st) - 136usize];
+    ["Offset of field: tf_attn_backward_params::k_sh"]
+        [::std::mem::offset_of!(tf_attn_backward_params, k_sh) - 144usize];
+    ["Offset of field: tf_attn_backward_params::v_sb"]
+        [::std::mem::offset_of!(tf_attn_backward_params, v_sb) - 152usize];
+    ["Offset of field: tf_attn_backward_params::v_st"]
+        [::std::mem::offset_of!(tf_attn_backward_params, v_st) - 160usize];
+    ["Offset of field: tf_attn_backward_params::v_sh"]
+        [::std::mem::offset_of!(tf_attn_backward_params, v_sh) - 168usize];
+    ["Offset of field: tf_attn_backward_params::o_sb"]
+        [::std::mem::offset_of!(tf_attn_backward_params, o_sb) - 176usize];
+    ["Offset of field: tf_attn_backward_params::o_st"]
+        [::std::mem::offset_of!(tf_attn_backward_params, o_st) - 184usize];
+    ["Offset of field: tf_attn_backward_params::o_sh"]
+        [::std::mem::offset_of!(tf_attn_backward_params, o_sh) - 192usize];
+    ["Offset of field: tf_attn_backward_params::scale"]
+        [::std::mem::offset_of!(tf_attn_backward_params, scale) - 200usize];
+    ["Offset of field: tf_attn_backward_params::causal"]
+        [::std::mem::offset_of!(tf_attn_backward_params, causal) - 204usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod attention_backward;
 pub mod block;
 pub mod block_backward;
 pub mod grow;

@@ -1,0 +1,159 @@
+//! Attention backward (kernels/attention_backward.cu): given the forward's
+//! inputs and `d_o = ∂L/∂o`, the gradients `dq`, `dk`, `dv` of scaled
+//! dot-product attention with the forward's options (bottom-right causal mask,
+//! scale). A correct SIMT path in f32 with f32 gradients; it recomputes the
+//! softmax from q and k rather than reading the forward's output. Rows that see
+//! no key pass no gradient.
+
+use tf_kernels::sys;
+
+use crate::device::{Device, Geometry, KernelParams};
+use crate::dtype::DType;
+use crate::error::{to_i64, to_u32, Error, Result};
+use crate::ops::attention::AttnArgs;
+use crate::tensor::{Tensor, View};
+
+const OP: &str = "attention_backward";
+const THREADS: u32 = 256;
+/// Blocks of 8 warps per SM at most (grid-stride over the rows).
+const BLOCKS_PER_SM: usize = 8;
+/// Largest head dimension (`TF_ATTN_BACKWARD_MAX_D`).
+const MAX_D: usize = sys::TF_ATTN_BACKWARD_MAX_D as usize;
+
+// SAFETY: bindgen-generated repr(C) plain-data struct taken by value by the
+// attn_backward_* kernels.
+unsafe impl KernelParams for sys::tf_attn_backward_params {}
+
+/// The gradients of one attention call, f32, contiguous, in the inputs' shapes.
+#[derive(Debug)]
+pub struct AttnGrads {
+    /// `dq`, `[B, T_q, H, D]`.
+    pub dq: Tensor<f32>,
+    /// `dk`, `[B, T_k, H, D]`.
+    pub dk: Tensor<f32>,
+    /// `dv`, `[B, T_k, H, D]`.
+    pub dv: Tensor<f32>,
+}
+
+fn kernels<T: DType>() -> (&'static str, &'static str) {
+    match T::NAME {
+        "f32" => ("attn_backward_dq_f32", "attn_backward_dkv_f32"),
+        "f16" => ("attn_backward_dq_f16", "attn_backward_dkv_f16"),
+        _ => ("attn_backward_dq_bf16", "attn_backward_dkv_bf16"),
+    }
+}
+
+/// Strides (b, t, h) of a 4-D view whose last dimension is contiguous.
+fn strides3(what: &str, v: &View<'_, impl DType>) -> Result<[i64; 3]> {
+    if !v.inner_contiguous() {
+        return Err(Error::Shape { op: OP, msg: format!("{what}: the head dimension must be contiguous (stride 1)") });
+    }
+    let s = v.strides();
+    Ok([to_i64(OP, what, s[0])?, to_i64(OP, what, s[1])?, to_i64(OP, what, s[2])?])
+}
+
+fn warps_geometry(dev: &Device, rows: usize) -> Result<Geometry> {
+    let want = rows.div_ceil((THREADS / 32) as usize).max(1);
+    let cap = (dev.sm_count() as usize).max(1) * BLOCKS_PER_SM;
+    Ok(Geometry { grid: [to_u32(OP, "blocks", want.min(cap))?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
+}
+
+/// The gradients of attention with respect to `q`, `k` and `v`, given
+/// `d_o [B, T_q, H, D]` (`q`'s shape and type; any strides with a contiguous
+/// head dimension, as the inputs). `args.opts.num_splits` is ignored (the
+/// forward's split-KV does not change the result). Errors: the forward's shape
+/// and option rules, `d_o` not of `q`'s shape, `D` above 256.
+pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &View<'_, T>) -> Result<AttnGrads> {
+    let AttnArgs { q, k, v, opts } = args;
+    for d in [q.device(), k.device(), v.device(), d_o.device()] {
+        if !d.same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+    }
+    let shape_err = |msg: String| Error::Shape { op: OP, msg };
+    let (&[b, t_q, h, d], &[kb, t_k, kh, kd]) = (q.shape(), k.shape()) else {
+        return Err(shape_err(format!("q and k must be 4-D [B, T, H, D], got q {:?}, k {:?}", q.shape(), k.shape())));
+    };
+    if v.shape() != k.shape() {
+        return Err(shape_err(format!("k is {:?} but v is {:?}: they must have the same shape", k.shape(), v.shape())));
+    }
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(shape_err(format!("q is {:?} but k is {:?}: B, H and D must agree", q.shape(), k.shape())));
+    }
+    if d_o.shape() != q.shape() {
+        return Err(shape_err(format!("d_o is {:?} but q is {:?}: they must match", d_o.shape(), q.shape())));
+    }
+    if d == 0 || d > MAX_D {
+        return Err(Error::InvalidArgument { op: OP, msg: format!("head dim {d}: 1..={MAX_D} supported") });
+    }
+    let scale = match opts.scale {
+        None => 1.0 / (d as f32).sqrt(),
+        Some(s) if s.is_finite() && s > 0.0 => s,
+        Some(s) => {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("scale must be finite and > 0, got {s}") })
+        }
+    };
+    let [q_sb, q_st, q_sh] = strides3("q", q)?;
+    let [k_sb, k_st, k_sh] = strides3("k", k)?;
+    let [v_sb, v_st, v_sh] = strides3("v", v)?;
+    let [o_sb, o_st, o_sh] = strides3("d_o", d_o)?;
+    let mut dq = dev.output::<f32>(&[b, t_q, h, d])?;
+    let mut dk = dev.output::<f32>(&[b, t_k, h, d])?;
+    let mut dv = dev.output::<f32>(&[b, t_k, h, d])?;
+    let mut stats = dev.output::<f32>(&[b, h, t_q, 2])?;
+    let q_rows = b.checked_mul(h).and_then(|x| x.checked_mul(t_q));
+    let k_rows = b.checked_mul(h).and_then(|x| x.checked_mul(t_k));
+    let (Some(q_rows), Some(k_rows)) = (q_rows, k_rows) else {
+        return Err(Error::SizeOverflow { op: OP, msg: format!("B·H·T of q {:?} / k {:?}", q.shape(), k.shape()) });
+    };
+    let i = |what: &str, x: usize| to_i64(OP, what, x);
+    let (qp, kp, vp, op) = (q.ptr(), k.ptr(), v.ptr(), d_o.ptr());
+    let (mut dqv, mut dkv, mut dvv, mut sv) = (dq.view_mut(), dk.view_mut(), dv.view_mut(), stats.view_mut());
+    let (dqp, dkp, dvp, sp) = (dqv.ptr_mut(), dkv.ptr_mut(), dvv.ptr_mut(), sv.ptr_mut());
+    let params = sys::tf_attn_backward_params {
+        q: qp.addr,
+        k: kp.addr,
+        v: vp.addr,
+        d_o: op.addr,
+        dq: dqp.addr,
+        dk: dkp.addr,
+        dv: dvp.addr,
+        stats: sp.addr,
+        batch: i("B", b)?,
+        t_q: i("T_q", t_q)?,
+        t_k: i("T_k", t_k)?,
+        heads: i("H", h)?,
+        head_dim: i("D", d)?,
+        q_sb,
+        q_st,
+        q_sh,
+        k_sb,
+        k_st,
+        k_sh,
+        v_sb,
+        v_st,
+        v_sh,
+        o_sb,
+        o_st,
+        o_sh,
+        scale,
+        causal: i32::from(opts.causal),
+    };
+    let (dq_kernel, dkv_kernel) = kernels::<T>();
+    // SAFETY: the four operands were checked [B, T, H, D] with a contiguous head
+    // dimension at their strides (views: every element in bounds); dq, dk, dv and
+    // stats are fresh f32 tensors of [B, T_q, H, D], [B, T_k, H, D] (two) and
+    // [B, H, T_q, 2]. A warp of the first kernel writes one row of dq and one
+    // stats entry, of the second one row of dk and of dv; the second reads stats
+    // after the first (stream order / synchronous). Borrows outlive the launches.
+    unsafe {
+        if q_rows > 0 {
+            dev.launch(OP, dq_kernel, &warps_geometry(dev, q_rows)?, &params)?;
+        }
+        if k_rows > 0 {
+            dev.launch(OP, dkv_kernel, &warps_geometry(dev, k_rows)?, &params)?;
+        }
+    }
+    drop((qp, kp, vp, op, dqp, dkp, dvp, sp));
+    Ok(AttnGrads { dq, dk, dv })
+}

@@ -1,0 +1,207 @@
+//! Attention backward (kernels/attention_backward.cu through tf-host) against
+//! tf-ref's f64 gradients (`tf_ref::attention_backward`, checked there by finite
+//! differences): causal (bottom-right, T_q below, equal to and above T_k, so that
+//! some rows see no key) and not, head dims 8 to 256, a pinned scale, strided
+//! operands (q, k, v as parts of one fused buffer), huge scores, NaN, determinism
+//! and bad input. f32 arithmetic from the stored inputs: the bound is f32's for
+//! every storage type.
+
+mod common;
+
+use common::{assert_close, backends, rand_vec, seed};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tf_host::ops::attention::{AttnArgs, AttnOptions};
+use tf_host::ops::attention_backward::attention_backward;
+use tf_host::{bf16, f16, DType, Device, Error};
+use tf_ref::{Element, Tensor4Ref};
+
+const RTOL: f64 = 2e-5;
+
+struct Problem<T> {
+    q: Vec<T>,
+    k: Vec<T>,
+    v: Vec<T>,
+    d_o: Vec<T>,
+    qs: [usize; 4],
+    ks: [usize; 4],
+}
+
+fn problem<T: DType>(r: &mut StdRng, b: usize, t_q: usize, t_k: usize, h: usize, d: usize) -> Problem<T> {
+    let (qs, ks) = ([b, t_q, h, d], [b, t_k, h, d]);
+    Problem {
+        q: rand_vec(r, b * t_q * h * d, 1.0),
+        k: rand_vec(r, b * t_k * h * d, 1.0),
+        v: rand_vec(r, b * t_k * h * d, 1.0),
+        d_o: rand_vec(r, b * t_q * h * d, 1.0),
+        qs,
+        ks,
+    }
+}
+
+fn reference<T: DType + Element>(p: &Problem<T>, causal: bool, scale: Option<f32>) -> [Vec<f64>; 3] {
+    let g = tf_ref::attention_backward(
+        Tensor4Ref::new(&p.q, p.qs).unwrap(),
+        Tensor4Ref::new(&p.k, p.ks).unwrap(),
+        Tensor4Ref::new(&p.v, p.ks).unwrap(),
+        Tensor4Ref::new(&p.d_o, p.qs).unwrap(),
+        causal,
+        scale.map(f64::from),
+    )
+    .unwrap();
+    [g.dq, g.dk, g.dv]
+}
+
+fn check<T: DType + Element>(dev: &Device, backend: &str, p: &Problem<T>, causal: bool, scale: Option<f32>) -> f64 {
+    check_within(dev, backend, p, causal, scale, RTOL)
+}
+
+fn check_within<T: DType + Element>(
+    dev: &Device,
+    backend: &str,
+    p: &Problem<T>,
+    causal: bool,
+    scale: Option<f32>,
+    rtol: f64,
+) -> f64 {
+    let (q, k) = (dev.upload(&p.q, &p.qs).unwrap(), dev.upload(&p.k, &p.ks).unwrap());
+    let (v, d_o) = (dev.upload(&p.v, &p.ks).unwrap(), dev.upload(&p.d_o, &p.qs).unwrap());
+    let opts = AttnOptions { causal, scale, num_splits: None };
+    let args = AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts };
+    let g = attention_backward(dev, &args, &d_o.view()).unwrap();
+    let want = reference(p, causal, scale);
+    let what = format!("{backend} {} q {:?} k {:?} causal {causal} scale {scale:?}", <T as DType>::NAME, p.qs, p.ks);
+    let mut worst = 0f64;
+    for (name, got, want) in [("dq", &g.dq, &want[0]), ("dk", &g.dk, &want[1]), ("dv", &g.dv, &want[2])] {
+        worst = worst.max(assert_close(&format!("{what} {name}"), &got.to_vec().unwrap(), want, rtol).0);
+    }
+    worst
+}
+
+#[test]
+fn gradients_match_tf_ref() {
+    for (dev, backend) in backends() {
+        let mut r = StdRng::seed_from_u64(seed() ^ 0xa7_0001);
+        let mut worst = 0f64;
+        // (B, T_q, T_k, H, D): T_q = T_k, T_q < T_k (decode-like), T_q > T_k (causal
+        // rows that see no key), D from 8 to 256 with tails of the 32-lane split
+        for (b, t_q, t_k, h, d) in
+            [(1, 5, 5, 2, 16), (2, 3, 7, 1, 40), (1, 7, 3, 2, 8), (1, 1, 9, 3, 64), (1, 4, 4, 1, 256)]
+        {
+            let pf = problem::<f32>(&mut r, b, t_q, t_k, h, d);
+            let ph = problem::<f16>(&mut r, b, t_q, t_k, h, d);
+            let pb = problem::<bf16>(&mut r, b, t_q, t_k, h, d);
+            for causal in [false, true] {
+                worst = worst.max(check(&dev, backend, &pf, causal, None));
+                worst = worst.max(check(&dev, backend, &ph, causal, None));
+                worst = worst.max(check(&dev, backend, &pb, causal, None));
+            }
+            check(&dev, backend, &pf, true, Some(0.7));
+        }
+        eprintln!("{backend}: worst relative error {worst:.2e}");
+    }
+}
+
+/// q, k and v as the three parts of one fused [B, T, 3, H, D] buffer (strided
+/// views), d_o contiguous.
+#[test]
+fn strided_operands() {
+    for (dev, backend) in backends() {
+        let mut r = StdRng::seed_from_u64(seed() ^ 0xa7_0002);
+        let (b, t, h, d) = (2, 6, 2, 24);
+        let fused: Vec<f32> = rand_vec(&mut r, b * t * 3 * h * d, 1.0);
+        let d_o: Vec<f32> = rand_vec(&mut r, b * t * h * d, 1.0);
+        let part = |which: usize| -> Vec<f32> {
+            let mut v = Vec::with_capacity(b * t * h * d);
+            for bi in 0..b {
+                for ti in 0..t {
+                    let at = ((bi * t + ti) * 3 + which) * h * d;
+                    v.extend_from_slice(&fused[at..at + h * d]);
+                }
+            }
+            v
+        };
+        let p = Problem { q: part(0), k: part(1), v: part(2), d_o: d_o.clone(), qs: [b, t, h, d], ks: [b, t, h, d] };
+        let ft = dev.upload(&fused, &[b * t * 3 * h * d]).unwrap();
+        let st = [t * 3 * h * d, 3 * h * d, d, 1];
+        let (q, k, v) = (
+            ft.strided(0, &[b, t, h, d], &st).unwrap(),
+            ft.strided(h * d, &[b, t, h, d], &st).unwrap(),
+            ft.strided(2 * h * d, &[b, t, h, d], &st).unwrap(),
+        );
+        let dot = dev.upload(&d_o, &[b, t, h, d]).unwrap();
+        let args = AttnArgs { q, k, v, opts: AttnOptions { causal: true, scale: None, num_splits: None } };
+        let g = attention_backward(&dev, &args, &dot.view()).unwrap();
+        let want = reference(&p, true, None);
+        assert_close(&format!("{backend} strided dq"), &g.dq.to_vec().unwrap(), &want[0], RTOL);
+        assert_close(&format!("{backend} strided dk"), &g.dk.to_vec().unwrap(), &want[1], RTOL);
+        assert_close(&format!("{backend} strided dv"), &g.dv.to_vec().unwrap(), &want[2], RTOL);
+    }
+}
+
+/// Scores near 100 (q and k share a component of 10; exp overflows f32 past 88, so
+/// the max must be subtracted) with O(1) differences between keys, so the softmax
+/// is not saturated (a saturated one's gradients are cancellations to about 0,
+/// where a relative bound means nothing). An f32 score of 100 is only known to
+/// about 100·2^-24 = 6e-6 absolute, which every p inherits through exp: the bound
+/// here is 2e-4. And a NaN in one query row: that row's
+/// dq is NaN, and so is every dk and dv row it reaches; the non-finite patterns
+/// equal tf-ref's.
+#[test]
+fn huge_scores_and_nan() {
+    for (dev, backend) in backends() {
+        let mut r = StdRng::seed_from_u64(seed() ^ 0xa7_0003);
+        let d = 16;
+        let mut p = problem::<f32>(&mut r, 1, 5, 5, 1, d);
+        for (i, x) in p.q.iter_mut().enumerate() {
+            *x = if i % d == 0 { 10.0 } else { *x * 0.5 };
+        }
+        for (i, x) in p.k.iter_mut().enumerate() {
+            *x = if i % d == 0 { 10.0 } else { *x * 0.5 };
+        }
+        check_within(&dev, &format!("{backend} huge"), &p, false, Some(1.0), 2e-4);
+        let mut p = problem::<f32>(&mut r, 1, 5, 5, 1, d);
+        p.q[2 * d + 3] = f32::NAN;
+        check(&dev, &format!("{backend} NaN"), &p, true, None);
+    }
+}
+
+#[test]
+fn results_repeat_bit_for_bit() {
+    let dev = Device::emulator();
+    let mut r = StdRng::seed_from_u64(seed() ^ 0xa7_0004);
+    let p = problem::<bf16>(&mut r, 1, 6, 6, 2, 40);
+    let run = || {
+        let (q, k) = (dev.upload(&p.q, &p.qs).unwrap(), dev.upload(&p.k, &p.ks).unwrap());
+        let (v, d_o) = (dev.upload(&p.v, &p.ks).unwrap(), dev.upload(&p.d_o, &p.qs).unwrap());
+        let args = AttnArgs {
+            q: q.view(),
+            k: k.view(),
+            v: v.view(),
+            opts: AttnOptions { causal: true, ..Default::default() },
+        };
+        let g = attention_backward(&dev, &args, &d_o.view()).unwrap();
+        [g.dq, g.dk, g.dv].map(|t| t.to_vec().unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn bad_inputs_return_errors() {
+    let dev = Device::emulator();
+    let q = dev.upload(&[0.5f32; 2 * 3 * 8], &[1, 2, 3, 8]).unwrap();
+    let k = dev.upload(&[0.5f32; 4 * 3 * 8], &[1, 4, 3, 8]).unwrap();
+    let args = AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts: AttnOptions::default() };
+    let wrong = dev.upload(&[0.5f32; 4 * 3 * 8], &[1, 4, 3, 8]).unwrap();
+    let e = attention_backward(&dev, &args, &wrong.view()).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("d_o"), "{e}");
+    let bad = AttnArgs { opts: AttnOptions { scale: Some(f32::NAN), ..Default::default() }, ..args.clone() };
+    assert!(matches!(attention_backward(&dev, &bad, &q.view()), Err(Error::InvalidArgument { .. })));
+    let big = dev.upload(&vec![0.5f32; 2 * 264], &[1, 2, 1, 264]).unwrap();
+    let a2 = AttnArgs { q: big.view(), k: big.view(), v: big.view(), opts: AttnOptions::default() };
+    let e = attention_backward(&dev, &a2, &big.view()).unwrap_err();
+    assert!(e.to_string().contains("256"), "{e}");
+    let other = Device::emulator();
+    let qo = other.upload(&[0.5f32; 2 * 3 * 8], &[1, 2, 3, 8]).unwrap();
+    assert!(matches!(attention_backward(&dev, &args, &qo.view()), Err(Error::DeviceMismatch { .. })));
+}
