@@ -18,6 +18,9 @@
 //   attn_backward_dkv_*: warp per (b, h, j): over the queries that see key j, in
 //     increasing i, recomputes p_ij from lse_i and accumulates dk_j and dv_j.
 // No atomics: each gradient row is one warp's, summed in a fixed order.
+//   attn_forward_rows_*: the forward the training chain runs (any head dimension up
+//     to 256, any strides, no padding): warp per (b, h, i), online softmax over the
+//     visible keys, o_i = Σ_j p_ij·v_j in f32 (0 for a row that sees no key).
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
 #include "tf/convert.cuh"
@@ -149,6 +152,37 @@ __device__ __forceinline__ void backward_dkv(const tf_attn_backward_params& p) {
     }
 }
 
+template <typename T>
+__device__ __forceinline__ void forward_rows(const tf_attn_backward_params& p) {
+    const int lane = threadIdx.x % 32;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    const int64_t rows = p.batch * p.heads * p.t_q;
+    for (int64_t w = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < rows; w += warps) {
+        const int64_t i = w % p.t_q, h = (w / p.t_q) % p.heads, b = w / (p.t_q * p.heads);
+        float q[kPer], acc[kPer];
+        load(row<T>(p.q, p.q_sb, p.q_st, p.q_sh, b, i, h), p.head_dim, lane, q);
+#pragma unroll
+        for (int m = 0; m < kPer; ++m) acc[m] = 0.0f;
+        const int64_t j_end = keys_seen(p, i);
+        float mx = -INFINITY, l = 0.0f;
+        for (int64_t j = 0; j < j_end; ++j) {
+            const float s = p.scale * dot(q, row<T>(p.k, p.k_sb, p.k_st, p.k_sh, b, j, h), p.head_dim, lane);
+            const float nm = tf::max_nan(mx, s);
+            const float corr = expf(mx - nm), e = expf(s - nm);
+            l = l * corr + e;
+            const T* vr = row<T>(p.v, p.v_sb, p.v_st, p.v_sh, b, j, h);
+#pragma unroll
+            for (int m = 0; m < kPer; ++m) {
+                const int64_t c = lane + 32 * m;
+                acc[m] = c < p.head_dim ? fmaf(e, tf::to_float(vr[c]), acc[m] * corr) : 0.0f;
+            }
+            mx = nm;
+        }
+        store(reinterpret_cast<float*>(p.o) + ((b * p.t_q + i) * p.heads + h) * p.head_dim, p.head_dim, lane, acc,
+              j_end > 0 ? 1.0f / l : 0.0f);
+    }
+}
+
 }  // namespace tf_attention_backward
 
 // ------------------------------------------------------------------ entry points
@@ -170,4 +204,13 @@ extern "C" __global__ void __launch_bounds__(256) attn_backward_dkv_f16(const tf
 }
 extern "C" __global__ void __launch_bounds__(256) attn_backward_dkv_bf16(const tf_attn_backward_params p) {
     tf_attention_backward::backward_dkv<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) attn_forward_rows_f32(const tf_attn_backward_params p) {
+    tf_attention_backward::forward_rows<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) attn_forward_rows_f16(const tf_attn_backward_params p) {
+    tf_attention_backward::forward_rows<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) attn_forward_rows_bf16(const tf_attn_backward_params p) {
+    tf_attention_backward::forward_rows<__nv_bfloat16>(p);
 }

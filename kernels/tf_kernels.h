@@ -391,7 +391,9 @@ typedef struct tf_cross_entropy_params {
 /* Backward of attention (kernels/attention_backward.cu), two launches with these
  * params: attn_backward_dq_* (one warp per query row: dq and the row statistics)
  * and attn_backward_dkv_* (one warp per key row: dk, dv). Operand element
- * (b, t, h, c) at b*sb + t*st + h*sh + c; gradients f32, contiguous [B, T, H, D]. */
+ * (b, t, h, c) at b*sb + t*st + h*sh + c; gradients f32, contiguous [B, T, H, D].
+ * The same params serve attn_forward_rows_* (the training forward: one warp per
+ * query row, o in f32; d_o, dq, dk, dv and stats unused). */
 typedef struct tf_attn_backward_params {
     tf_ptr q;                /* [B, T_q, H, D] storage type */
     tf_ptr k;                /* [B, T_k, H, D] storage type */
@@ -401,6 +403,7 @@ typedef struct tf_attn_backward_params {
     tf_ptr dk;               /* [B, T_k, H, D] f32 (output of the second launch) */
     tf_ptr dv;               /* [B, T_k, H, D] f32 (output of the second launch) */
     tf_ptr stats;            /* [B, H, T_q] float2 (lse, D = do.o): written, then read */
+    tf_ptr o;                /* [B, T_q, H, D] f32: attn_forward_rows' output */
     int64_t batch, t_q, t_k, heads, head_dim;
     int64_t q_sb, q_st, q_sh; /* strides of q (elements) */
     int64_t k_sb, k_st, k_sh; /* strides of k */

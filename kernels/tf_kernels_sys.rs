@@ -590,6 +590,7 @@ pub struct tf_attn_backward_params {
     pub dk: tf_ptr,
     pub dv: tf_ptr,
     pub stats: tf_ptr,
+    pub o: tf_ptr,
     pub batch: i64,
     pub t_q: i64,
     pub t_k: i64,
@@ -612,7 +613,7 @@ pub struct tf_attn_backward_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_attn_backward_params"][::std::mem::size_of::<tf_attn_backward_params>() - 208usize];
+    ["Size of tf_attn_backward_params"][::std::mem::size_of::<tf_attn_backward_params>() - 216usize];
     ["Alignment of tf_attn_backward_params"][::std::mem::align_of::<tf_attn_backward_params>() - 8usize];
     ["Offset of field: tf_attn_backward_params::q"][::std::mem::offset_of!(tf_attn_backward_params, q) - 0usize];
     ["Offset of field: tf_attn_backward_params::k"][::std::mem::offset_of!(tf_attn_backward_params, k) - 8usize];
@@ -623,42 +624,43 @@ const _: () = {
     ["Offset of field: tf_attn_backward_params::dv"][::std::mem::offset_of!(tf_attn_backward_params, dv) - 48usize];
     ["Offset of field: tf_attn_backward_params::stats"]
         [::std::mem::offset_of!(tf_attn_backward_params, stats) - 56usize];
+    ["Offset of field: tf_attn_backward_params::o"][::std::mem::offset_of!(tf_attn_backward_params, o) - 64usize];
     ["Offset of field: tf_attn_backward_params::batch"]
-        [::std::mem::offset_of!(tf_attn_backward_params, batch) - 64usize];
-    ["Offset of field: tf_attn_backward_params::t_q"][::std::mem::offset_of!(tf_attn_backward_params, t_q) - 72usize];
-    ["Offset of field: tf_attn_backward_params::t_k"][::std::mem::offset_of!(tf_attn_backward_params, t_k) - 80usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, batch) - 72usize];
+    ["Offset of field: tf_attn_backward_params::t_q"][::std::mem::offset_of!(tf_attn_backward_params, t_q) - 80usize];
+    ["Offset of field: tf_attn_backward_params::t_k"][::std::mem::offset_of!(tf_attn_backward_params, t_k) - 88usize];
     ["Offset of field: tf_attn_backward_params::heads"]
-        [::std::mem::offset_of!(tf_attn_backward_params, heads) - 88usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, heads) - 96usize];
     ["Offset of field: tf_attn_backward_params::head_dim"]
-        [::std::mem::offset_of!(tf_attn_backward_params, head_dim) - 96usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, head_dim) - 104usize];
     ["Offset of field: tf_attn_backward_params::q_sb"]
-        [::std::mem::offset_of!(tf_attn_backward_params, q_sb) - 104usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, q_sb) - 112usize];
     ["Offset of field: tf_attn_backward_params::q_st"]
-        [::std::mem::offset_of!(tf_attn_backward_params, q_st) - 112usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, q_st) - 120usize];
     ["Offset of field: tf_attn_backward_params::q_sh"]
-        [::std::mem::offset_of!(tf_attn_backward_params, q_sh) - 120usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, q_sh) - 128usize];
     ["Offset of field: tf_attn_backward_params::k_sb"]
-        [::std::mem::offset_of!(tf_attn_backward_params, k_sb) - 128usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, k_sb) - 136usize];
     ["Offset of field: tf_attn_backward_params::k_st"]
-        [::std::mem::offset_of!(tf_attn_backward_params, k_st) - 136usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, k_st) - 144usize];
     ["Offset of field: tf_attn_backward_params::k_sh"]
-        [::std::mem::offset_of!(tf_attn_backward_params, k_sh) - 144usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, k_sh) - 152usize];
     ["Offset of field: tf_attn_backward_params::v_sb"]
-        [::std::mem::offset_of!(tf_attn_backward_params, v_sb) - 152usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, v_sb) - 160usize];
     ["Offset of field: tf_attn_backward_params::v_st"]
-        [::std::mem::offset_of!(tf_attn_backward_params, v_st) - 160usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, v_st) - 168usize];
     ["Offset of field: tf_attn_backward_params::v_sh"]
-        [::std::mem::offset_of!(tf_attn_backward_params, v_sh) - 168usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, v_sh) - 176usize];
     ["Offset of field: tf_attn_backward_params::o_sb"]
-        [::std::mem::offset_of!(tf_attn_backward_params, o_sb) - 176usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, o_sb) - 184usize];
     ["Offset of field: tf_attn_backward_params::o_st"]
-        [::std::mem::offset_of!(tf_attn_backward_params, o_st) - 184usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, o_st) - 192usize];
     ["Offset of field: tf_attn_backward_params::o_sh"]
-        [::std::mem::offset_of!(tf_attn_backward_params, o_sh) - 192usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, o_sh) - 200usize];
     ["Offset of field: tf_attn_backward_params::scale"]
-        [::std::mem::offset_of!(tf_attn_backward_params, scale) - 200usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, scale) - 208usize];
     ["Offset of field: tf_attn_backward_params::causal"]
-        [::std::mem::offset_of!(tf_attn_backward_params, causal) - 204usize];
+        [::std::mem::offset_of!(tf_attn_backward_params, causal) - 212usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -50,6 +50,7 @@ pub mod layer;
 pub mod model;
 pub mod ops;
 pub mod tensor;
+pub mod train;
 pub mod workspace;
 
 /// The cudarc this crate is built with (same version and features), for programs
@@ -74,6 +75,7 @@ pub use ops::pattention::{
 };
 pub use ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes, PattentionGrads};
 pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
+pub use train::ModelGrads;
 pub use workspace::Workspace;
 
 /// The kernels' fatbin was compiled: false only in a build without CUDA kernels

@@ -545,6 +545,21 @@ impl<T: DType> Tokenformer<T> {
         &self.cfg
     }
 
+    /// The tied embedding `[vocab, d]` (the training chain, crate::train).
+    pub(crate) fn embedding_view(&self) -> View<'_, T> {
+        self.embedding.view()
+    }
+
+    /// The blocks' Pattentions, per block in [`Slot::ALL`] order.
+    pub(crate) fn blocks_ref(&self) -> &[[Pattention<T>; 5]] {
+        &self.blocks
+    }
+
+    /// The final layer norm's weight and bias, `[d]` each.
+    pub(crate) fn final_norm_views(&self) -> (View<'_, T>, View<'_, T>) {
+        (self.norm_weight.view(), self.norm_bias.view())
+    }
+
     /// The device.
     pub fn device(&self) -> &Device {
         &self.dev

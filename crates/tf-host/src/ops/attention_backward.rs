@@ -58,17 +58,25 @@ fn warps_geometry(dev: &Device, rows: usize) -> Result<Geometry> {
     Ok(Geometry { grid: [to_u32(OP, "blocks", want.min(cap))?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
 }
 
-/// The gradients of attention with respect to `q`, `k` and `v`, given
-/// `d_o [B, T_q, H, D]` (`q`'s shape and type; any strides with a contiguous
-/// head dimension, as the inputs). `args.opts.num_splits` is ignored (the
-/// forward's split-KV does not change the result). Errors: the forward's shape
-/// and option rules, `d_o` not of `q`'s shape, `D` above 256.
-pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &View<'_, T>) -> Result<AttnGrads> {
+/// The checked shapes, strides and scale of one call.
+struct Checked {
+    b: usize,
+    t_q: usize,
+    t_k: usize,
+    h: usize,
+    d: usize,
+    scale: f32,
+    q: [i64; 3],
+    k: [i64; 3],
+    v: [i64; 3],
+}
+
+/// The forward's shape and option rules (and `d_o`, when given, of `q`'s shape).
+fn check<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: Option<&View<'_, T>>) -> Result<Checked> {
     let AttnArgs { q, k, v, opts } = args;
-    for d in [q.device(), k.device(), v.device(), d_o.device()] {
-        if !d.same(dev) {
-            return Err(Error::DeviceMismatch { op: OP });
-        }
+    let devices = [Some(q.device()), Some(k.device()), Some(v.device()), d_o.map(|x| x.device())];
+    if devices.into_iter().flatten().any(|d| !d.same(dev)) {
+        return Err(Error::DeviceMismatch { op: OP });
     }
     let shape_err = |msg: String| Error::Shape { op: OP, msg };
     let (&[b, t_q, h, d], &[kb, t_k, kh, kd]) = (q.shape(), k.shape()) else {
@@ -80,8 +88,10 @@ pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &
     if (kb, kh, kd) != (b, h, d) {
         return Err(shape_err(format!("q is {:?} but k is {:?}: B, H and D must agree", q.shape(), k.shape())));
     }
-    if d_o.shape() != q.shape() {
-        return Err(shape_err(format!("d_o is {:?} but q is {:?}: they must match", d_o.shape(), q.shape())));
+    if let Some(d_o) = d_o {
+        if d_o.shape() != q.shape() {
+            return Err(shape_err(format!("d_o is {:?} but q is {:?}: they must match", d_o.shape(), q.shape())));
+        }
     }
     if d == 0 || d > MAX_D {
         return Err(Error::InvalidArgument { op: OP, msg: format!("head dim {d}: 1..={MAX_D} supported") });
@@ -93,51 +103,108 @@ pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &
             return Err(Error::InvalidArgument { op: OP, msg: format!("scale must be finite and > 0, got {s}") })
         }
     };
-    let [q_sb, q_st, q_sh] = strides3("q", q)?;
-    let [k_sb, k_st, k_sh] = strides3("k", k)?;
-    let [v_sb, v_st, v_sh] = strides3("v", v)?;
+    for (rows, what) in [(t_q, "q"), (t_k, "k")] {
+        if b.checked_mul(h).and_then(|x| x.checked_mul(rows)).is_none() {
+            return Err(Error::SizeOverflow { op: OP, msg: format!("B·H·T of {what} overflows") });
+        }
+    }
+    Ok(Checked { b, t_q, t_k, h, d, scale, q: strides3("q", q)?, k: strides3("k", k)?, v: strides3("v", v)? })
+}
+
+/// Params with the inputs' addresses and strides; every output address 0.
+fn params(c: &Checked, causal: bool, (q, k, v): (u64, u64, u64)) -> Result<sys::tf_attn_backward_params> {
+    let i = |what: &str, x: usize| to_i64(OP, what, x);
+    Ok(sys::tf_attn_backward_params {
+        q,
+        k,
+        v,
+        d_o: 0,
+        dq: 0,
+        dk: 0,
+        dv: 0,
+        stats: 0,
+        o: 0,
+        batch: i("B", c.b)?,
+        t_q: i("T_q", c.t_q)?,
+        t_k: i("T_k", c.t_k)?,
+        heads: i("H", c.h)?,
+        head_dim: i("D", c.d)?,
+        q_sb: c.q[0],
+        q_st: c.q[1],
+        q_sh: c.q[2],
+        k_sb: c.k[0],
+        k_st: c.k[1],
+        k_sh: c.k[2],
+        v_sb: c.v[0],
+        v_st: c.v[1],
+        v_sh: c.v[2],
+        o_sb: 0,
+        o_st: 0,
+        o_sh: 0,
+        scale: c.scale,
+        causal: i32::from(causal),
+    })
+}
+
+/// The attention forward of the training chain: `o [B, T_q, H, D]` in f32 from
+/// the same arguments as [`crate::ops::attention::attention_into`] (split-KV
+/// ignored), on the SIMT kernel `attn_forward_rows_*`: any head dimension up to
+/// 256 and any strides with a contiguous head dimension, no padding. A row that
+/// sees no key gives 0.
+pub fn attention_forward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Result<Tensor<f32>> {
+    let c = check(dev, args, None)?;
+    let mut o = dev.output::<f32>(&[c.b, c.t_q, c.h, c.d])?;
+    let rows = c.b * c.h * c.t_q; // checked not to overflow
+    if rows == 0 {
+        return Ok(o);
+    }
+    let (qp, kp, vp) = (args.q.ptr(), args.k.ptr(), args.v.ptr());
+    let mut ov = o.view_mut();
+    let op = ov.ptr_mut();
+    let p = sys::tf_attn_backward_params { o: op.addr, ..params(&c, args.opts.causal, (qp.addr, kp.addr, vp.addr))? };
+    // SAFETY: q, k, v were checked [B, T, H, D] with a contiguous head dimension at
+    // their strides; o is a fresh f32 [B, T_q, H, D] tensor, a warp writing one row
+    // of it. Borrows outlive the launch.
+    unsafe { dev.launch(OP, forward_kernel::<T>(), &warps_geometry(dev, rows)?, &p) }?;
+    drop((qp, kp, vp, op));
+    Ok(o)
+}
+
+fn forward_kernel<T: DType>() -> &'static str {
+    match T::NAME {
+        "f32" => "attn_forward_rows_f32",
+        "f16" => "attn_forward_rows_f16",
+        _ => "attn_forward_rows_bf16",
+    }
+}
+
+/// The gradients of attention with respect to `q`, `k` and `v`, given
+/// `d_o [B, T_q, H, D]` (`q`'s shape and type; any strides with a contiguous
+/// head dimension, as the inputs). `args.opts.num_splits` is ignored (the
+/// forward's split-KV does not change the result). Errors: the forward's shape
+/// and option rules, `d_o` not of `q`'s shape, `D` above 256.
+pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &View<'_, T>) -> Result<AttnGrads> {
+    let c = check(dev, args, Some(d_o))?;
+    let (b, t_q, t_k, h, d) = (c.b, c.t_q, c.t_k, c.h, c.d);
     let [o_sb, o_st, o_sh] = strides3("d_o", d_o)?;
     let mut dq = dev.output::<f32>(&[b, t_q, h, d])?;
     let mut dk = dev.output::<f32>(&[b, t_k, h, d])?;
     let mut dv = dev.output::<f32>(&[b, t_k, h, d])?;
     let mut stats = dev.output::<f32>(&[b, h, t_q, 2])?;
-    let q_rows = b.checked_mul(h).and_then(|x| x.checked_mul(t_q));
-    let k_rows = b.checked_mul(h).and_then(|x| x.checked_mul(t_k));
-    let (Some(q_rows), Some(k_rows)) = (q_rows, k_rows) else {
-        return Err(Error::SizeOverflow { op: OP, msg: format!("B·H·T of q {:?} / k {:?}", q.shape(), k.shape()) });
-    };
-    let i = |what: &str, x: usize| to_i64(OP, what, x);
-    let (qp, kp, vp, op) = (q.ptr(), k.ptr(), v.ptr(), d_o.ptr());
+    let (q_rows, k_rows) = (b * h * t_q, b * h * t_k); // checked not to overflow
+    let (qp, kp, vp, op) = (args.q.ptr(), args.k.ptr(), args.v.ptr(), d_o.ptr());
     let (mut dqv, mut dkv, mut dvv, mut sv) = (dq.view_mut(), dk.view_mut(), dv.view_mut(), stats.view_mut());
     let (dqp, dkp, dvp, sp) = (dqv.ptr_mut(), dkv.ptr_mut(), dvv.ptr_mut(), sv.ptr_mut());
     let params = sys::tf_attn_backward_params {
-        q: qp.addr,
-        k: kp.addr,
-        v: vp.addr,
         d_o: op.addr,
         dq: dqp.addr,
         dk: dkp.addr,
         dv: dvp.addr,
         stats: sp.addr,
-        batch: i("B", b)?,
-        t_q: i("T_q", t_q)?,
-        t_k: i("T_k", t_k)?,
-        heads: i("H", h)?,
-        head_dim: i("D", d)?,
-        q_sb,
-        q_st,
-        q_sh,
-        k_sb,
-        k_st,
-        k_sh,
-        v_sb,
-        v_st,
-        v_sh,
         o_sb,
         o_st,
         o_sh,
-        scale,
-        causal: i32::from(opts.causal),
+        ..params(&c, args.opts.causal, (qp.addr, kp.addr, vp.addr))?
     };
     let (dq_kernel, dkv_kernel) = kernels::<T>();
     // SAFETY: the four operands were checked [B, T, H, D] with a contiguous head

@@ -178,3 +178,62 @@ pub fn linear<T: DType>(dev: &Device, x: &Tensor<T>, w: &Tensor<T>) -> Result<Te
 fn i32_of(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::SizeOverflow { op: OP, msg: format!("{v} does not fit cuBLAS' 32-bit sizes") })
 }
+
+/// Backward of [`linear`] `y = x·wᵀ` (x `[t, d_in]`, w `[d_out, d_in]`), given
+/// `dy [t, d_out]`: `(dx, dw) = (dy·w, dyᵀ·x)` as new f32 tensors (the strided
+/// gemm of the backward ops, f32 accumulation in a fixed order; SIMT, also on
+/// CUDA). With `w` the tied embedding this is the unembedding's backward.
+/// Errors: as [`plan`] (with `dy` in the place of y), and `dy` not `[t, d_out]`.
+pub fn linear_backward<T: DType>(
+    dev: &Device,
+    x: &View<'_, T>,
+    w: &View<'_, T>,
+    dy: &View<'_, T>,
+) -> Result<(Tensor<f32>, Tensor<f32>)> {
+    const OP_B: &str = "linear_backward";
+    for v in [x.device(), w.device(), dy.device()] {
+        if !v.same(dev) {
+            return Err(Error::DeviceMismatch { op: OP_B });
+        }
+    }
+    let dims = |what: &str, v: &View<'_, T>| -> Result<(usize, usize, usize)> {
+        match (v.shape(), v.inner_contiguous()) {
+            (&[r, c], true) => Ok((r, c, v.strides()[0])),
+            _ => Err(Error::Shape {
+                op: OP_B,
+                msg: format!(
+                    "{what} must be 2-D with contiguous rows, got shape {:?} strides {:?}",
+                    v.shape(),
+                    v.strides()
+                ),
+            }),
+        }
+    };
+    let (t, d_in, xs) = dims("x", x)?;
+    let (d_out, w_in, ws) = dims("w", w)?;
+    let (yt, yo, ys) = dims("dy", dy)?;
+    if w_in != d_in || [yt, yo] != [t, d_out] {
+        return Err(Error::Shape {
+            op: OP_B,
+            msg: format!("x [{t}, {d_in}], w [{d_out}, {w_in}] and dy [{yt}, {yo}] do not fit y = x·wᵀ"),
+        });
+    }
+    crate::ops::gemm::check_grid(OP_B, "dx", t, d_in)?;
+    crate::ops::gemm::check_grid(OP_B, "dw", d_out, d_in)?;
+    let mut dx = dev.output::<f32>(&[t, d_in])?;
+    let mut dw = dev.output::<f32>(&[d_out, d_in])?;
+    let (xp, wp, yp) = (x.ptr(), w.ptr(), dy.ptr());
+    let (mut dxv, mut dwv) = (dx.view_mut(), dw.view_mut());
+    let (dxp, dwp) = (dxv.ptr_mut(), dwv.ptr_mut());
+    use crate::ops::gemm::{gemm, Operand};
+    // SAFETY: x [t, d_in], w [d_out, d_in] and dy [t, d_out] were checked 2-D with
+    // contiguous rows at their strides; dx and dw are fresh f32 tensors of
+    // [t, d_in] and [d_out, d_in]. dx = dy·w: A = dy rows, B(c, j) = w[j, c];
+    // dw = dyᵀ·x: A(j, i) = dy[i, j], B(c, i) = x[i, c]. Borrows outlive the launches.
+    unsafe {
+        gemm::<T, T>(OP_B, dev, (t, d_in, d_out), Operand::rows(yp.addr, ys), Operand::cols(wp.addr, ws), dxp.addr)?;
+        gemm::<T, T>(OP_B, dev, (d_out, d_in, t), Operand::cols(yp.addr, ys), Operand::cols(xp.addr, xs), dwp.addr)?;
+    }
+    drop((xp, wp, yp, dxp, dwp));
+    Ok((dx, dw))
+}

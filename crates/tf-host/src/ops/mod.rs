@@ -5,6 +5,7 @@ pub mod attention;
 pub mod attention_backward;
 pub mod block;
 pub mod block_backward;
+pub(crate) mod gemm;
 pub mod grow;
 pub mod linear;
 pub mod pattention;

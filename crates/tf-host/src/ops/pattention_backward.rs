@@ -14,21 +14,19 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{checked_product, to_i64, to_u32, Error, Result};
+use crate::ops::gemm::{check_grid, gemm, Operand};
 use crate::ops::pattention::{check_operand, norm_scale, PattentionArgs};
 use crate::tensor::{Tensor, View};
 use crate::workspace::Workspace;
 
 const OP: &str = "pattention_backward";
-/// Rows and columns of C per block of the gemm kernels (`kTile`).
-const GEMM_TILE: usize = 16;
 /// Threads per block (one row) of the norm backward.
 const NORM_THREADS: u32 = 256;
 /// Alignment of each workspace region.
 const WS_ALIGN: usize = sys::TF_PATTENTION_WS_ALIGN as usize;
 
-// SAFETY: bindgen-generated repr(C) plain-data structs taken by value by the
-// gemm_* and pattention_norm_backward_f32 kernels.
-unsafe impl KernelParams for sys::tf_gemm_params {}
+// SAFETY: bindgen-generated repr(C) plain-data struct taken by value by the
+// pattention_norm_backward_f32 kernel.
 unsafe impl KernelParams for sys::tf_pnorm_backward_params {}
 
 /// The gradients of one Pattention, f32.
@@ -117,72 +115,11 @@ pub fn plan<T: DType>(
             });
         }
     }
-    // The gemm grids: (ceil(cols / 16), ceil(rows / 16)) for C = [t|n, n|d_in|d_out].
     for (what, rows, cols) in [("A", t, n), ("dV_P", n, d_out), ("dX", t, d_in), ("dK_P", n, d_in)] {
-        let (gx, gy) = (cols.div_ceil(GEMM_TILE), rows.div_ceil(GEMM_TILE));
-        if gy > 65535 || gx > i32::MAX as usize {
-            return Err(Error::SizeOverflow {
-                op: OP,
-                msg: format!("{what} [{rows}, {cols}] needs a grid of [{gx}, {gy}]; CUDA allows x < 2^31, y <= 65535"),
-            });
-        }
+        check_grid(OP, what, rows, cols)?;
     }
     to_u32(OP, "rows", t)?;
     Ok(BackwardPlan { t, n, d_in, d_out, scale, region: need / 3 })
-}
-
-fn gemm_kernel<TA: DType, TB: DType>() -> &'static str {
-    match (TA::NAME, TB::NAME) {
-        ("f32", "f32") => "gemm_f32_f32",
-        ("f16", "f16") => "gemm_f16_f16",
-        ("bf16", "bf16") => "gemm_bf16_bf16",
-        ("f32", "f16") => "gemm_f32_f16",
-        _ => "gemm_f32_bf16",
-    }
-}
-
-/// One operand of a gemm: base address and the strides of its (row, l) element.
-#[derive(Clone, Copy)]
-struct Operand {
-    addr: u64,
-    rs: usize,
-    cs: usize,
-}
-
-/// `C [m, n] = A·Bᵀ` in f32 (see `tf_gemm_params`); nothing to do for an empty C.
-///
-/// # Safety
-/// `a` and `b` must address `m × k` and `n × k` elements of types `TA` / `TB` at
-/// their strides, and `c` an f32 `[m, n]` matrix of row stride `n`, all live until
-/// the launch has run.
-unsafe fn gemm<TA: DType, TB: DType>(
-    dev: &Device,
-    (m, n, k): (usize, usize, usize),
-    a: Operand,
-    b: Operand,
-    c: u64,
-) -> Result<()> {
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    let i = |what: &str, v: usize| to_i64(OP, what, v);
-    let params = sys::tf_gemm_params {
-        a: a.addr,
-        b: b.addr,
-        c,
-        m: i("m", m)?,
-        n: i("n", n)?,
-        k: i("k", k)?,
-        a_rs: i("a row stride", a.rs)?,
-        a_cs: i("a column stride", a.cs)?,
-        b_rs: i("b row stride", b.rs)?,
-        b_cs: i("b column stride", b.cs)?,
-        c_rs: i("c row stride", n)?,
-    };
-    let grid = [to_u32(OP, "grid x", n.div_ceil(GEMM_TILE))?, to_u32(OP, "grid y", m.div_ceil(GEMM_TILE))?, 1];
-    let geometry = Geometry { grid, block: [GEMM_TILE as u32, GEMM_TILE as u32, 1], smem: 0 };
-    // SAFETY: the caller's contract (operands and C in bounds at these strides).
-    unsafe { dev.launch(OP, gemm_kernel::<TA, TB>(), &geometry, &params) }
 }
 
 /// The gradients of `Y = Θ(X·K_Pᵀ)·V_P` with respect to `X`, `K_P` and `V_P`,
@@ -220,8 +157,7 @@ pub fn pattention_backward<T: DType>(
     let wp = ws.ptr_mut();
     let (a, s, d) = (wp.addr, wp.addr + p.region as u64, wp.addr + 2 * p.region as u64);
     let (xs, ks, vs, dys) = (x.strides()[0], k_p.strides()[0], v_p.strides()[0], dy.strides()[0]);
-    let rows = |addr: u64, rs: usize| Operand { addr, rs, cs: 1 };
-    let cols = |addr: u64, cs: usize| Operand { addr, rs: 1, cs };
+    let (rows, cols) = (Operand::rows, Operand::cols);
     // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
     // dy [t, d_out] (contiguous rows at the given strides, i64-safe sizes) and the
     // workspace's size: three [t, n] f32 regions a, s, d of row stride n. Each
@@ -230,8 +166,8 @@ pub fn pattention_backward<T: DType>(
     // the norm backward touches rows [0, t) of a, s and d. The borrows and guards
     // outlive the launches, which are stream-ordered (CUDA) or synchronous.
     unsafe {
-        gemm::<T, T>(dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
-        gemm::<T, T>(dev, (t, n, d_out), rows(dyp.addr, dys), rows(vp.addr, vs), d)?;
+        gemm::<T, T>(OP, dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
+        gemm::<T, T>(OP, dev, (t, n, d_out), rows(dyp.addr, dys), rows(vp.addr, vs), d)?;
         if t > 0 {
             let params = sys::tf_pnorm_backward_params {
                 a,
@@ -249,11 +185,11 @@ pub fn pattention_backward<T: DType>(
             dev.launch(OP, "pattention_norm_backward_f32", &geometry, &params)?;
         }
         // dV_P [n, d_out] = Sᵀ·dY: A(j, i) = S[i, j], B(c, i) = dY[i, c]
-        gemm::<f32, T>(dev, (n, d_out, t), cols(s, n), cols(dyp.addr, dys), dvp.addr)?;
+        gemm::<f32, T>(OP, dev, (n, d_out, t), cols(s, n), cols(dyp.addr, dys), dvp.addr)?;
         // dX [t, d_in] = dA·K_P: B(c, j) = K_P[j, c]
-        gemm::<f32, T>(dev, (t, d_in, n), rows(d, n), cols(kp.addr, ks), dxp.addr)?;
+        gemm::<f32, T>(OP, dev, (t, d_in, n), rows(d, n), cols(kp.addr, ks), dxp.addr)?;
         // dK_P [n, d_in] = dAᵀ·X: A(j, i) = dA[i, j], B(c, i) = X[i, c]
-        gemm::<f32, T>(dev, (n, d_in, t), cols(d, n), cols(xp.addr, xs), dkp.addr)?;
+        gemm::<f32, T>(OP, dev, (n, d_in, t), cols(d, n), cols(xp.addr, xs), dkp.addr)?;
     }
     drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
     Ok(PattentionGrads { dx, dk_p, dv_p })

@@ -1,0 +1,88 @@
+//! The whole model's loss and gradients on the device
+//! (`Tokenformer::<f32>::loss_and_grads`, crates/tf-host/src/train.rs) against
+//! tf-ref's f64 `loss_and_grads` on the same parameters: the tiny config, a
+//! random model, random tokens and targets, every parameter tensor; then a
+//! preserving growth, after which the loss is unchanged and the gradients still
+//! agree; and bad input.
+
+mod common;
+
+use common::{assert_close, seed};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tf_host::{Device, Error, SlotCounts, Tokenformer, TokenformerConfig};
+use tf_ref::{ModelParams, Slot};
+
+/// Relative Frobenius error allowed per parameter tensor: f32 through two blocks
+/// of Pattention, attention and layer norms (measured: at most 2.1e-6).
+const RTOL: f64 = 2e-5;
+
+fn tokens(r: &mut StdRng, t: usize, vocab: usize) -> (Vec<u32>, Vec<u32>) {
+    let all: Vec<u32> = (0..=t).map(|_| r.random_range(0..vocab as u32)).collect();
+    (all[..t].to_vec(), all[1..].to_vec())
+}
+
+/// Every parameter tensor of `got` against `want`, by name; the worst error.
+fn compare(what: &str, got: &ModelParams, want: &ModelParams) -> f64 {
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut worst = 0f64;
+    let mut one = |name: String, g: &[f64], w: &[f64]| {
+        worst = worst.max(assert_close(&format!("{what} {name}"), &f32s(g), w, RTOL).0);
+    };
+    one("embedding".into(), &got.embedding, &want.embedding);
+    one("final_norm_weight".into(), &got.final_norm_weight, &want.final_norm_weight);
+    one("final_norm_bias".into(), &got.final_norm_bias, &want.final_norm_bias);
+    for (l, (gb, wb)) in got.blocks.iter().zip(&want.blocks).enumerate() {
+        for slot in Slot::ALL {
+            let (gk, gv) = gb.tokens(slot);
+            let (wk, wv) = wb.tokens(slot);
+            one(format!("block {l} {slot:?} keys"), gk, wk);
+            one(format!("block {l} {slot:?} values"), gv, wv);
+        }
+    }
+    worst
+}
+
+#[test]
+fn loss_and_gradients_match_tf_ref() {
+    let dev = Device::emulator();
+    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+    let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0001);
+    let mut model = Tokenformer::<f32>::new(&dev, &cfg, r.random()).unwrap();
+    for t in [1, 13, 40] {
+        let (x, y) = tokens(&mut r, t, cfg.vocab);
+        let params = model.to_params().unwrap();
+        let (loss, grads) = model.loss_and_grads(&x, &y).unwrap();
+        let (want_loss, want) = tf_ref::loss_and_grads(&params, &cfg, &x, &y).unwrap();
+        assert!((loss - want_loss).abs() <= 1e-5 * want_loss.abs(), "t {t}: loss {loss}, tf-ref {want_loss}");
+        let worst = compare(&format!("t {t}"), &grads.to_params(&params).unwrap(), &want);
+        eprintln!("t {t}: loss {loss:.6} (tf-ref {want_loss:.6}), worst gradient error {worst:.2e}");
+    }
+    // after a preserving growth: the same loss, and gradients for the new rows too
+    let (x, y) = tokens(&mut r, 20, cfg.vocab);
+    let before = model.loss_and_grads(&x, &y).unwrap().0;
+    let s = model.slot_counts();
+    model.grow_preserving(SlotCounts { qkv: s.qkv + 16, proj: s.proj + 8, ffn: s.ffn + 32 }, 5).unwrap();
+    let params = model.to_params().unwrap();
+    let (after, grads) = model.loss_and_grads(&x, &y).unwrap();
+    assert!((after - before).abs() <= 1e-6 * before.abs(), "growth changed the loss: {before} -> {after}");
+    let grown_cfg = model.config().clone();
+    let (want_loss, want) = tf_ref::loss_and_grads(&params, &grown_cfg, &x, &y).unwrap();
+    assert!((after - want_loss).abs() <= 1e-5 * want_loss.abs());
+    compare("grown", &grads.to_params(&params).unwrap(), &want);
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let dev = Device::emulator();
+    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+    let model = Tokenformer::<f32>::new(&dev, &cfg, 1).unwrap();
+    assert!(matches!(model.loss_and_grads(&[], &[]), Err(Error::Shape { .. })));
+    assert!(matches!(model.loss_and_grads(&[1, 2], &[3]), Err(Error::Shape { .. })));
+    let e = model.loss_and_grads(&[1, 600], &[2, 3]).unwrap_err();
+    assert!(e.to_string().contains("600"), "{e}");
+    let e = model.loss_and_grads(&[1, 2], &[2, 512]).unwrap_err();
+    assert!(e.to_string().contains("512"), "{e}");
+    let long = vec![1u32; cfg.seq + 1];
+    assert!(matches!(model.loss_and_grads(&long, &long), Err(Error::InvalidArgument { .. })));
+}
