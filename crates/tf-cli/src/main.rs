@@ -129,7 +129,8 @@ pub struct TrainArgs {
     /// Write the loss curve as an SVG to FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<std::path::PathBuf>,
-    /// Training backend: only `reference` (tf-ref, f64, CPU) exists today.
+    /// Gradients from: `reference` (tf-ref, f64, CPU), or the device backward
+    /// kernels (f32) on `emulator`, `cuda` or `auto` (CUDA when usable).
     #[arg(long, default_value = "reference")]
     pub device: String,
     /// CPU threads of the reference backend (the results do not depend on it).

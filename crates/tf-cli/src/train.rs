@@ -5,7 +5,10 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tf_ref::{AdamWConfig, Corpus, GrowPlan, RunConfig, Trainer};
+use tf_host::{Device, Tokenformer};
+use tf_ref::{
+    param_tensors, param_tensors_mut, AdamWConfig, Corpus, GrowPlan, ModelParams, RunConfig, TokenformerConfig, Trainer,
+};
 
 use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
 use crate::TrainArgs;
@@ -118,13 +121,18 @@ fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
 
 /// Runs `tokenformer train`.
 pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
-    if a.device != "reference" {
-        return Err(format!(
-            "--device {}: device training is not implemented yet (the backward kernels are future work); \
-             use --device reference (tf-ref's exact f64 gradients on the CPU)",
-            a.device
-        ));
-    }
+    let device = match a.device.as_str() {
+        "reference" => None,
+        "emulator" => Some(crate::util::device(crate::DeviceArg::Emulator)?.0),
+        "cuda" => Some(crate::util::device(crate::DeviceArg::Cuda)?.0),
+        "auto" => Some(crate::util::device(crate::DeviceArg::Auto)?.0),
+        other => {
+            return Err(format!(
+                "--device {other}: expected reference (tf-ref's f64 gradients on the CPU), emulator, cuda or auto \
+                 (the device backward kernels, f32)"
+            ))
+        }
+    };
     if a.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
@@ -158,7 +166,7 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let r = &t.run;
     outln!(
         "train: config {} ({} params), {} steps (from {}), batch {} x seq {}, lr {} cosine, seed {}, {} corpus tokens \
-         ({} train, {} held out), reference backend (f64, {} thread{})",
+         ({} train, {} held out), {}",
         t.cfg.name,
         crate::util::millions(t.cfg.param_count()),
         r.steps,
@@ -170,17 +178,26 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         data.len(),
         data.train().len(),
         data.eval().len(),
-        t.threads,
-        if t.threads == 1 { "" } else { "s" }
+        match &device {
+            None => format!("reference backend (f64, {} thread{})", t.threads, if t.threads == 1 { "" } else { "s" }),
+            Some(d) => format!("device backend on {} (f32 gradients; f64 AdamW on the host)", d.name()),
+        }
     );
     let tokens_per_step = (r.batch * r.seq) as f64;
-    let progress = bar(stop - t.step_count(), "training (reference)");
+    let progress =
+        bar(stop - t.step_count(), if device.is_some() { "training (device)" } else { "training (reference)" });
     let mut records = Vec::new();
     let (start, first) = (Instant::now(), t.step_count());
     let mut compute = 0.0;
     while t.step_count() < stop {
         let t0 = Instant::now();
-        let rep = t.step(&data).map_err(s)?;
+        let rep = match &device {
+            None => t.step(&data),
+            Some(dev) => t.step_with(&data, &mut |p: &ModelParams, c: &TokenformerConfig, w: &[&[u32]]| {
+                device_grads(dev, p, c, w)
+            }),
+        }
+        .map_err(s)?;
         let dt = t0.elapsed().as_secs_f64();
         compute += dt;
         let last = t.step_count() == stop;
@@ -220,13 +237,15 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     }
     progress.finish_and_clear();
     let n = (t.step_count() - first) as f64;
+    let backend = match &device {
+        None => format!("reference backend, {} thread{}", t.threads, if t.threads == 1 { "" } else { "s" }),
+        Some(d) => format!("device backend on {}", d.name()),
+    };
     outln!(
-        "trained {} steps in {:.2} s: {:.0} tokens/s (reference backend, {} thread{})",
+        "trained {} steps in {:.2} s: {:.0} tokens/s ({backend})",
         n,
         start.elapsed().as_secs_f64(),
         n * tokens_per_step / compute.max(1e-9),
-        t.threads,
-        if t.threads == 1 { "" } else { "s" }
     );
     if let Some(p) = &a.save {
         t.save(p, data.fingerprint()).map_err(|e| format!("--save: {e}"))?;
@@ -327,6 +346,42 @@ fn svg(records: &[Record], steps: u64) -> String {
     }
     o.push_str("</svg>\n");
     o
+}
+
+/// The device backend's gradients for one step: the parameters rounded to an f32
+/// model on `dev`, each window's loss and gradients there
+/// (`Tokenformer::loss_and_grads`), summed on the host in window order and
+/// divided by the window count (the reference backend's contract).
+fn device_grads(
+    dev: &Device,
+    params: &ModelParams,
+    cfg: &TokenformerConfig,
+    windows: &[&[u32]],
+) -> tf_ref::Result<(f64, ModelParams)> {
+    const OP: &str = "train (device backend)";
+    let err = |e: tf_host::Error| tf_ref::Error::InvalidArgument { op: OP, msg: e.to_string() };
+    let model = Tokenformer::<f32>::from_params(dev, cfg, params).map_err(err)?;
+    let (mut total, mut sum): (f64, Option<ModelParams>) = (0.0, None);
+    for w in windows {
+        let (loss, g) = model.loss_and_grads(&w[..w.len() - 1], &w[1..]).map_err(err)?;
+        let g = g.to_params(params).map_err(err)?;
+        total += loss;
+        match &mut sum {
+            None => sum = Some(g),
+            Some(acc) => {
+                for (a, b) in param_tensors_mut(acc).into_iter().zip(param_tensors(&g)) {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                }
+            }
+        }
+    }
+    let mut grads =
+        sum.ok_or_else(|| tf_ref::Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
+    let n = windows.len() as f64;
+    for t in param_tensors_mut(&mut grads) {
+        t.iter_mut().for_each(|x| *x /= n);
+    }
+    Ok((total / n, grads))
 }
 
 #[cfg(test)]

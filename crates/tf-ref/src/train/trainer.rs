@@ -45,9 +45,10 @@ pub struct RunConfig {
     pub grow: Option<GrowPlan>,
 }
 
-/// Where the gradients are computed. Only the f64 CPU reference exists today;
-/// a device backend is a new variant with the same contract (mean loss and
-/// mean gradients over a batch).
+/// Where [`Trainer::step`] computes the gradients. A device backend lives in a
+/// crate that depends on this one (tf-host), so it comes in through
+/// [`Trainer::step_with`] as a [`Gradients`] function with the same contract
+/// (mean loss and mean gradients over a batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Backend {
     /// tf-ref's exact f64 gradients ([`loss_and_grads`]), one sequence at a time
@@ -55,6 +56,12 @@ pub enum Backend {
     #[default]
     Reference,
 }
+
+/// The gradient computation of one step: given the parameters, their config and
+/// the batch's windows (`seq + 1` tokens each: inputs, then shifted targets),
+/// the mean loss and the mean gradients over the windows, shaped like the
+/// parameters.
+pub type Gradients<'a> = dyn FnMut(&ModelParams, &TokenformerConfig, &[&[u32]]) -> Result<(f64, ModelParams)> + 'a;
 
 /// What one [`Trainer::step`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -120,6 +127,16 @@ impl Trainer {
     /// Errors: the corpus too short for `seq`, and any error of the backend or
     /// the optimizer (a non-finite gradient norm, …).
     pub fn step(&mut self, data: &Corpus) -> Result<StepReport> {
+        let (backend, threads) = (self.backend, self.threads);
+        let mut reference =
+            |p: &ModelParams, c: &TokenformerConfig, w: &[&[u32]]| reference_grads(backend, threads, p, c, w);
+        self.step_with(data, &mut reference)
+    }
+
+    /// [`Trainer::step`] with the gradients from `grads` (e.g. a device backend)
+    /// instead of [`Trainer::backend`]; everything else (data, growth, schedule,
+    /// the f64 AdamW step on the host) is the same.
+    pub fn step_with(&mut self, data: &Corpus, grads: &mut Gradients<'_>) -> Result<StepReport> {
         let step = self.opt.step;
         data.check_fits(self.run.seq, false)?;
         let mut grown = None;
@@ -129,9 +146,9 @@ impl Trainer {
             grown = Some((before, self.batch_loss(data, step)?));
         }
         let windows = data.batch(self.run.seed, step, self.run.batch, self.run.seq);
-        let (loss, grads) = self.loss_and_grads(&windows)?;
+        let (loss, g) = grads(&self.params, &self.cfg, &windows)?;
         let lr = self.run.adamw.lr_at(step, self.run.steps);
-        let info = adamw_step_model(&self.run.adamw, lr, &mut self.opt, &mut self.params, &grads)?;
+        let info = adamw_step_model(&self.run.adamw, lr, &mut self.opt, &mut self.params, &g)?;
         Ok(StepReport { step, loss, lr, grad_norm: info.grad_norm, grown })
     }
 
@@ -152,46 +169,6 @@ impl Trainer {
         self.params = params;
         self.cfg = cfg;
         Ok(())
-    }
-
-    /// Mean loss and mean gradients over `windows` (each `seq + 1` tokens).
-    fn loss_and_grads(&self, windows: &[&[u32]]) -> Result<(f64, ModelParams)> {
-        let Backend::Reference = self.backend;
-        let one = |w: &[u32]| loss_and_grads(&self.params, &self.cfg, &w[..w.len() - 1], &w[1..]);
-        let threads = self.threads.clamp(1, windows.len().max(1));
-        let results: Vec<Result<(f64, ModelParams)>> = if threads == 1 {
-            windows.iter().map(|w| one(w)).collect()
-        } else {
-            let chunk = windows.len().div_ceil(threads);
-            std::thread::scope(|s| {
-                let handles: Vec<_> = windows
-                    .chunks(chunk)
-                    .map(|c| s.spawn(move || c.iter().map(|w| one(w)).collect::<Vec<_>>()))
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-            })
-        };
-        let n = windows.len() as f64;
-        let mut total = 0.0;
-        let mut sum: Option<ModelParams> = None;
-        // Summed in window order whatever the threads: bitwise reproducible.
-        for r in results {
-            let (loss, g) = r?;
-            total += loss;
-            match &mut sum {
-                None => sum = Some(g),
-                Some(acc) => {
-                    for (a, b) in param_tensors_mut(acc).into_iter().zip(param_tensors(&g)) {
-                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    }
-                }
-            }
-        }
-        let mut grads = sum.ok_or_else(|| Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
-        for t in param_tensors_mut(&mut grads) {
-            t.iter_mut().for_each(|x| *x /= n);
-        }
-        Ok((total / n, grads))
     }
 
     /// Mean loss of `windows` by the forward pass alone.
@@ -249,4 +226,49 @@ impl RunConfig {
         }
         Ok(())
     }
+}
+
+/// The reference backend's mean loss and mean gradients over `windows` (each
+/// `seq + 1` tokens), on up to `threads` threads.
+fn reference_grads(
+    backend: Backend,
+    threads: usize,
+    params: &ModelParams,
+    cfg: &TokenformerConfig,
+    windows: &[&[u32]],
+) -> Result<(f64, ModelParams)> {
+    let Backend::Reference = backend;
+    let one = |w: &[u32]| loss_and_grads(params, cfg, &w[..w.len() - 1], &w[1..]);
+    let threads = threads.clamp(1, windows.len().max(1));
+    let results: Vec<Result<(f64, ModelParams)>> = if threads == 1 {
+        windows.iter().map(|w| one(w)).collect()
+    } else {
+        let chunk = windows.len().div_ceil(threads);
+        std::thread::scope(|s| {
+            let handles: Vec<_> =
+                windows.chunks(chunk).map(|c| s.spawn(move || c.iter().map(|w| one(w)).collect::<Vec<_>>())).collect();
+            handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    };
+    let n = windows.len() as f64;
+    let mut total = 0.0;
+    let mut sum: Option<ModelParams> = None;
+    // Summed in window order whatever the threads: bitwise reproducible.
+    for r in results {
+        let (loss, g) = r?;
+        total += loss;
+        match &mut sum {
+            None => sum = Some(g),
+            Some(acc) => {
+                for (a, b) in param_tensors_mut(acc).into_iter().zip(param_tensors(&g)) {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                }
+            }
+        }
+    }
+    let mut grads = sum.ok_or_else(|| Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
+    for t in param_tensors_mut(&mut grads) {
+        t.iter_mut().for_each(|x| *x /= n);
+    }
+    Ok((total / n, grads))
 }
