@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use tf_host::{Device, Tokenformer};
-use tf_ref::{
-    param_tensors, param_tensors_mut, AdamWConfig, Corpus, GrowPlan, ModelParams, RunConfig, TokenformerConfig, Trainer,
-};
+use tf_ref::{batch_mean, AdamWConfig, Corpus, GrowPlan, ModelParams, RunConfig, TokenformerConfig, Trainer};
 
 use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
 use crate::TrainArgs;
@@ -361,27 +359,10 @@ fn device_grads(
     const OP: &str = "train (device backend)";
     let err = |e: tf_host::Error| tf_ref::Error::InvalidArgument { op: OP, msg: e.to_string() };
     let model = Tokenformer::<f32>::from_params(dev, cfg, params).map_err(err)?;
-    let (mut total, mut sum): (f64, Option<ModelParams>) = (0.0, None);
-    for w in windows {
+    batch_mean(windows.iter().map(|w| {
         let (loss, g) = model.loss_and_grads(&w[..w.len() - 1], &w[1..]).map_err(err)?;
-        let g = g.to_params(params).map_err(err)?;
-        total += loss;
-        match &mut sum {
-            None => sum = Some(g),
-            Some(acc) => {
-                for (a, b) in param_tensors_mut(acc).into_iter().zip(param_tensors(&g)) {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                }
-            }
-        }
-    }
-    let mut grads =
-        sum.ok_or_else(|| tf_ref::Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
-    let n = windows.len() as f64;
-    for t in param_tensors_mut(&mut grads) {
-        t.iter_mut().for_each(|x| *x /= n);
-    }
-    Ok((total / n, grads))
+        Ok((loss, g.to_params(params).map_err(err)?))
+    }))
 }
 
 #[cfg(test)]

@@ -17,4 +17,4 @@ mod data;
 mod trainer;
 
 pub use data::{Corpus, EVAL_FRACTION};
-pub use trainer::{Backend, Gradients, GrowPlan, RunConfig, StepReport, Trainer};
+pub use trainer::{batch_mean, Backend, Gradients, GrowPlan, RunConfig, StepReport, Trainer};

@@ -250,12 +250,20 @@ fn reference_grads(
             handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
         })
     };
-    let n = windows.len() as f64;
-    let mut total = 0.0;
-    let mut sum: Option<ModelParams> = None;
     // Summed in window order whatever the threads: bitwise reproducible.
-    for r in results {
+    batch_mean(results)
+}
+
+/// The mean loss and mean gradients of a batch from its windows' `(loss,
+/// gradients)`, summed in the given order (so the result is reproducible to the
+/// bit) and divided by their number: the contract of a [`Gradients`] function.
+/// The first error is returned; an empty batch is an error.
+pub fn batch_mean(windows: impl IntoIterator<Item = Result<(f64, ModelParams)>>) -> Result<(f64, ModelParams)> {
+    let (mut n, mut total) = (0usize, 0.0);
+    let mut sum: Option<ModelParams> = None;
+    for r in windows {
         let (loss, g) = r?;
+        n += 1;
         total += loss;
         match &mut sum {
             None => sum = Some(g),
@@ -267,6 +275,7 @@ fn reference_grads(
         }
     }
     let mut grads = sum.ok_or_else(|| Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
+    let n = n as f64;
     for t in param_tensors_mut(&mut grads) {
         t.iter_mut().for_each(|x| *x /= n);
     }
