@@ -14,6 +14,7 @@
 //   in increasing i: the host sorts the positions by id (a counting sort) into
 //   `order` with per-id ranges `starts`; one warp per vocab row (grid-stride), lanes
 //   over columns. Every row of dE is written (zeros for ids that do not occur).
+// cast_f32_to_*: dst[i] = src[i] rounded to the storage type, grid-stride.
 // cross_entropy_*: one block of 256 threads per row of the logits z [t, V]:
 //   m = max z, s = Σ exp(z - m) (block reductions in warp order), loss[i] =
 //   m + ln s - z[target]; then, in place, z_j ← (exp(z_j - m)/s - [j = target]) / t,
@@ -131,6 +132,17 @@ __device__ __forceinline__ void cross_entropy(const tf_cross_entropy_params& p) 
     }
 }
 
+// ------------------------------------------------------------------- cast
+
+template <typename T>
+__device__ __forceinline__ void cast(const tf_cast_params& p) {
+    const float* src = reinterpret_cast<const float*>(p.src);
+    T* dst = reinterpret_cast<T*>(p.dst);
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += stride)
+        dst[i] = tf::from_float<T>(src[i]);
+}
+
 }  // namespace tf_block_backward
 
 // ------------------------------------------------------------------ entry points
@@ -170,4 +182,13 @@ extern "C" __global__ void __launch_bounds__(256) cross_entropy_f16(const tf_cro
 }
 extern "C" __global__ void __launch_bounds__(256) cross_entropy_bf16(const tf_cross_entropy_params p) {
     tf_block_backward::cross_entropy<__nv_bfloat16>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) cast_f32_to_f32(const tf_cast_params p) {
+    tf_block_backward::cast<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) cast_f32_to_f16(const tf_cast_params p) {
+    tf_block_backward::cast<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) cast_f32_to_bf16(const tf_cast_params p) {
+    tf_block_backward::cast<__nv_bfloat16>(p);
 }

@@ -369,6 +369,14 @@ typedef struct tf_embedding_backward_params {
     int64_t dx_row_stride;   /* elements between rows of dx */
 } tf_embedding_backward_params;
 
+/* dst[i] = src[i] rounded to the storage type (cast_f32_to_*, grid-stride): the
+ * training chain's f32 gradients handed to ops that take the storage type. */
+typedef struct tf_cast_params {
+    tf_ptr src;              /* [n] f32 */
+    tf_ptr dst;              /* [n] storage type (output, not aliasing src) */
+    int64_t n;               /* elements */
+} tf_cast_params;
+
 /* Softmax cross-entropy of logits z [t, vocab] (cross_entropy_*, one block of 256
  * per row): loss[i] = max + ln(sum exp(z_i - max)) - z_i[target_i], and in place
  * z_ij <- (softmax(z_i)_j - [j = target_i]) * inv_t in the storage type. */

@@ -550,6 +550,21 @@ const _: () = {
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct tf_cast_params {
+    pub src: tf_ptr,
+    pub dst: tf_ptr,
+    pub n: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_cast_params"][::std::mem::size_of::<tf_cast_params>() - 24usize];
+    ["Alignment of tf_cast_params"][::std::mem::align_of::<tf_cast_params>() - 8usize];
+    ["Offset of field: tf_cast_params::src"][::std::mem::offset_of!(tf_cast_params, src) - 0usize];
+    ["Offset of field: tf_cast_params::dst"][::std::mem::offset_of!(tf_cast_params, dst) - 8usize];
+    ["Offset of field: tf_cast_params::n"][::std::mem::offset_of!(tf_cast_params, n) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct tf_cross_entropy_params {
     pub logits: tf_ptr,
     pub targets: tf_ptr,

@@ -313,3 +313,34 @@ fn non_finite_inputs_poison_what_they_reach() {
         }
     }
 }
+
+/// The training chain's cast of f32 gradients to the storage type: round to
+/// nearest even, as the half crate's conversion (inf, NaN and values past the
+/// type's range included).
+#[test]
+fn cast_rounds_like_the_host() {
+    use tf_host::ops::block_backward::cast_from_f32;
+    for (dev, backend) in backends() {
+        let mut r = rng(0xbb_0007);
+        let mut v: Vec<f32> = rand_vec(&mut r, 1000, 3.0);
+        v.extend([f32::NAN, f32::INFINITY, -f32::INFINITY, 1e6, -7e4, 1e-30, 0.0, -0.0]);
+        let src = dev.upload(&v, &[v.len()]).unwrap();
+        let h: Vec<f16> = cast_from_f32::<f16>(&dev, &src).unwrap().to_vec().unwrap();
+        let b: Vec<bf16> = cast_from_f32::<bf16>(&dev, &src).unwrap().to_vec().unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            let (wh, wb) = (f16::from_f32(x), bf16::from_f32(x));
+            assert!(
+                h[i].to_bits() == wh.to_bits() || (x.is_nan() && h[i].is_nan()),
+                "{backend} f16 {x}: {} vs {}",
+                h[i],
+                wh
+            );
+            assert!(
+                b[i].to_bits() == wb.to_bits() || (x.is_nan() && b[i].is_nan()),
+                "{backend} bf16 {x}: {} vs {}",
+                b[i],
+                wb
+            );
+        }
+    }
+}

@@ -4,14 +4,16 @@
 //! `ops::block_backward`, `ops::linear::linear_backward`). The math is tf-ref's
 //! `loss_and_grads` (crates/tf-ref/src/grad/model.rs) step for step, in f32.
 //!
-//! f32 models only for now: the backward ops take their output gradient in the
-//! storage type and return f32, so a 16-bit model needs conversions in the chain
-//! (and a loss scale), which are not built. The attention runs on the SIMT
-//! training kernels (any head dimension, no padding). Correct paths, not fast ones.
+//! Any storage type T: activations are kept in T (as the forward computes them),
+//! every gradient is f32, and an f32 gradient handed to an op that takes T is
+//! rounded to T first (`cast_from_f32`). No loss scale: f16's range may not hold
+//! a large model's gradients. The attention runs on the SIMT training kernels
+//! (any head dimension, no padding). Correct paths, not fast ones.
 
 use tf_ref::{ModelParams, Slot};
 
 use crate::device::Device;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::Pattention;
 use crate::model::Tokenformer;
@@ -19,7 +21,7 @@ use crate::ops::attention::{AttnArgs, AttnOptions};
 use crate::ops::attention_backward::{attention_backward, attention_forward};
 use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::block_backward::{
-    cross_entropy_backward_into, embedding_backward, layer_norm_backward, rotary_backward_into,
+    cast_from_f32, cross_entropy_backward_into, embedding_backward, layer_norm_backward, rotary_backward_into,
 };
 use crate::ops::linear::{linear_backward, linear_into};
 use crate::ops::pattention::PattentionArgs;
@@ -62,32 +64,41 @@ impl ModelGrads {
     }
 }
 
-/// One block's activations that its backward needs (`[t, d]`; ctx `[1, t, H, hd]`).
-struct BlockActs {
-    x: Tensor<f32>,
-    h: Tensor<f32>,
-    q: Tensor<f32>,
-    k: Tensor<f32>,
-    v: Tensor<f32>,
-    ctx: Tensor<f32>,
-    x1: Tensor<f32>,
-    h1: Tensor<f32>,
+/// One block's activations that its backward needs (all `[t, d]`).
+struct BlockActs<T: DType> {
+    x: Tensor<T>,
+    h: Tensor<T>,
+    q: Tensor<T>,
+    k: Tensor<T>,
+    v: Tensor<T>,
+    ctx: Tensor<T>,
+    x1: Tensor<T>,
+    h1: Tensor<T>,
+}
+
+/// `a + b` as a new `[t, d]` tensor of `a`'s type (`0 + a` is `a`, then `+ b`
+/// rounded once, as `add_assign`).
+fn add<U: DType>(dev: &Device, td: (usize, usize), a: &View<'_, U>, b: &View<'_, U>) -> Result<Tensor<U>> {
+    let mut s = dev.zeros::<U>(&[td.0, td.1])?;
+    add_assign(dev, &mut s.view_mut(), a)?;
+    add_assign(dev, &mut s.view_mut(), b)?;
+    Ok(s)
 }
 
 /// `y = layer(x)` into a new `[t, d_out]` tensor.
-fn pattn(dev: &Device, layer: &Pattention<f32>, x: &View<'_, f32>) -> Result<Tensor<f32>> {
+fn pattn<T: DType>(dev: &Device, layer: &Pattention<T>, x: &View<'_, T>) -> Result<Tensor<T>> {
     let t = x.shape()[0];
-    let mut y = dev.output::<f32>(&[t, layer.d_out()])?;
+    let mut y = dev.output::<T>(&[t, layer.d_out()])?;
     layer.forward_into(x, &mut y.view_mut(), None)?;
     Ok(y)
 }
 
-impl Tokenformer<f32> {
+impl<T: DType> Tokenformer<T> {
     /// The mean next-token cross-entropy of the model on one sequence (`tokens`
     /// at positions `0..t`, `targets` one per token) and the gradient of every
-    /// parameter, on the model's device. The logits are exactly those of
-    /// [`Tokenformer::forward`]'s math; the result is tf-ref's `loss_and_grads`
-    /// computed in f32 (tests/train_device.rs compares them).
+    /// parameter, on the model's device: tf-ref's `loss_and_grads`, with the
+    /// activations in the storage type and the gradients in f32
+    /// (tests/train_device.rs compares them).
     ///
     /// Errors: no tokens, `targets` not one per token, a token or target id
     /// `>= vocab`, more tokens than the config's context, and the ops' errors.
@@ -109,7 +120,7 @@ impl Tokenformer<f32> {
             });
         }
         let (d, heads) = (cfg.d, cfg.heads);
-        let hd = d / heads;
+        let (hd, td) = (d / heads, (t, d));
         let rope = RotaryArgs {
             heads,
             head_dim: hd,
@@ -120,21 +131,16 @@ impl Tokenformer<f32> {
         let eps = cfg.ln_eps as f32;
         let attn = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let shape4 = [1, t, heads, hd];
-        let ln = |x: &Tensor<f32>| -> Result<Tensor<f32>> {
-            let mut y = dev.output::<f32>(&[t, d])?;
+        let ln = |x: &Tensor<T>| -> Result<Tensor<T>> {
+            let mut y = dev.output::<T>(&[t, d])?;
             layer_norm_into(dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps }, &mut y.view_mut())?;
             Ok(y)
         };
-        // a + b as a new [t, d] tensor (0 + a is a, then + b)
-        let add = |a: &View<'_, f32>, b: &View<'_, f32>| -> Result<Tensor<f32>> {
-            let mut s = dev.zeros::<f32>(&[t, d])?;
-            add_assign(dev, &mut s.view_mut(), a)?;
-            add_assign(dev, &mut s.view_mut(), b)?;
-            Ok(s)
-        };
+        // an f32 tensor (of t·d elements) rounded to T as [t, d]
+        let cast = |g: &Tensor<f32>| -> Result<Tensor<T>> { cast_from_f32::<T>(dev, g)?.reshape(&[t, d]) };
 
         // Forward, keeping the activations.
-        let mut x = dev.output::<f32>(&[t, d])?;
+        let mut x = dev.output::<T>(&[t, d])?;
         embedding_into(dev, &self.embedding_view(), tokens, &mut x.view_mut())?;
         let mut acts = Vec::with_capacity(cfg.layers);
         for blk in self.blocks_ref() {
@@ -147,55 +153,59 @@ impl Tokenformer<f32> {
             rotary_into(dev, &mut k.view_mut(), &rope)?;
             let args =
                 AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: attn };
-            let ctx = attention_forward(dev, &args)?;
-            let x1 = add(&x.view(), &pattn(dev, p(Slot::Proj), &ctx.reshaped(&[t, d])?)?.view())?;
+            let ctx = cast(&attention_forward(dev, &args)?)?;
+            let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
             let h1 = ln(&x1)?;
-            let out = add(&x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
+            let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
             acts.push(BlockActs { x, h, q, k, v, ctx, x1, h1 });
             x = out;
         }
         let (nw, nb) = self.final_norm_views();
         let final_args = LayerNormArgs { x: x.view(), weight: Some(nw), bias: Some(nb), eps };
-        let mut hn = dev.output::<f32>(&[t, d])?;
+        let mut hn = dev.output::<T>(&[t, d])?;
         layer_norm_into(dev, &final_args, &mut hn.view_mut())?;
-        let mut logits = dev.output::<f32>(&[t, cfg.vocab])?;
+        let mut logits = dev.output::<T>(&[t, cfg.vocab])?;
         linear_into(dev, &hn.view(), &self.embedding_view(), &mut logits.view_mut())?;
         let loss = cross_entropy_backward_into(dev, &mut logits.view_mut(), targets)?;
 
-        // Backward (logits now hold dL/dlogits).
+        // Backward (logits now hold dL/dlogits, in T). Every op takes its output
+        // gradient in T: the f32 gradients are cast on the way in.
         let (dhn, de_un) = linear_backward(dev, &hn.view(), &self.embedding_view(), &logits.view())?;
-        let lg = layer_norm_backward(dev, &final_args, &dhn.view())?;
+        let lg = layer_norm_backward(dev, &final_args, &cast(&dhn)?.view())?;
         let (Some(final_norm_weight), Some(final_norm_bias)) = (lg.dweight, lg.dbias) else {
             return Err(Error::InvalidArgument { op: OP, msg: "internal: no final norm gradients".into() });
         };
         let mut dh = lg.dx;
         let mut blocks = Vec::with_capacity(cfg.layers);
         for (blk, a) in self.blocks_ref().iter().zip(&acts).rev() {
-            let pb = |slot: Slot, x: View<'_, f32>, dy: View<'_, f32>| {
+            let pb = |slot: Slot, x: View<'_, T>, dy: &Tensor<f32>| {
                 let l = &blk[slot.index()];
                 let args = PattentionArgs { x, k_p: l.keys(), v_p: l.values(), opts: *l.options() };
-                pattention_backward(dev, &args, &dy, None)
+                pattention_backward(dev, &args, &cast(dy)?.view(), None)
             };
-            let ln_back = |x: &Tensor<f32>, dy: &View<'_, f32>| {
-                layer_norm_backward(dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps }, dy)
+            let ln_back = |x: &Tensor<T>, dy: &Tensor<f32>| {
+                let args = LayerNormArgs { x: x.view(), weight: None, bias: None, eps };
+                layer_norm_backward(dev, &args, &cast(dy)?.view())
             };
-            let ffn = pb(Slot::Ffn, a.h1.view(), dh.view())?;
-            let dx1 = add(&dh.view(), &ln_back(&a.x1, &ffn.dx.view())?.dx.view())?;
-            let proj = pb(Slot::Proj, a.ctx.reshaped(&[t, d])?, dx1.view())?;
+            let ffn = pb(Slot::Ffn, a.h1.view(), &dh)?;
+            let dx1 = add(dev, td, &dh.view(), &ln_back(&a.x1, &ffn.dx)?.dx.view())?;
+            let proj = pb(Slot::Proj, a.ctx.view(), &dx1)?;
             let args = AttnArgs {
                 q: a.q.reshaped(&shape4)?,
                 k: a.k.reshaped(&shape4)?,
                 v: a.v.reshaped(&shape4)?,
                 opts: attn,
             };
-            let mut ag = attention_backward(dev, &args, &proj.dx.reshaped(&shape4)?)?;
-            rotary_backward_into(dev, &mut ag.dq.reshaped_mut(&[t, d])?, &rope)?;
-            rotary_backward_into(dev, &mut ag.dk.reshaped_mut(&[t, d])?, &rope)?;
-            let gq = pb(Slot::Query, a.h.view(), ag.dq.reshaped(&[t, d])?)?;
-            let gk = pb(Slot::Key, a.h.view(), ag.dk.reshaped(&[t, d])?)?;
-            let gv = pb(Slot::Value, a.h.view(), ag.dv.reshaped(&[t, d])?)?;
-            let dhh = add(&add(&gq.dx.view(), &gk.dx.view())?.view(), &gv.dx.view())?;
-            dh = add(&dx1.view(), &ln_back(&a.x, &dhh.view())?.dx.view())?;
+            let d_o = cast(&proj.dx)?;
+            let ag = attention_backward(dev, &args, &d_o.reshaped(&shape4)?)?;
+            let (mut dq, mut dk, dv) = (ag.dq.reshape(&[t, d])?, ag.dk.reshape(&[t, d])?, ag.dv.reshape(&[t, d])?);
+            rotary_backward_into(dev, &mut dq.view_mut(), &rope)?;
+            rotary_backward_into(dev, &mut dk.view_mut(), &rope)?;
+            let gq = pb(Slot::Query, a.h.view(), &dq)?;
+            let gk = pb(Slot::Key, a.h.view(), &dk)?;
+            let gv = pb(Slot::Value, a.h.view(), &dv)?;
+            let dhh = add(dev, td, &add(dev, td, &gq.dx.view(), &gk.dx.view())?.view(), &gv.dx.view())?;
+            dh = add(dev, td, &dx1.view(), &ln_back(&a.x, &dhh)?.dx.view())?;
             blocks.push([
                 (gq.dk_p, gq.dv_p),
                 (gk.dk_p, gk.dv_p),

@@ -18,6 +18,7 @@ use crate::tensor::{Tensor, View, ViewMut};
 unsafe impl KernelParams for sys::tf_layer_norm_backward_params {}
 unsafe impl KernelParams for sys::tf_embedding_backward_params {}
 unsafe impl KernelParams for sys::tf_cross_entropy_params {}
+unsafe impl KernelParams for sys::tf_cast_params {}
 
 const THREADS: u32 = 256;
 /// Warp-per-row kernels: blocks of 8 warps, at most this many blocks per SM.
@@ -36,6 +37,9 @@ fn name<T: DType>(family: &str) -> &'static str {
         ("emb", _) => "embedding_backward_bf16",
         ("ce", "f32") => "cross_entropy_f32",
         ("ce", "f16") => "cross_entropy_f16",
+        ("cast", "f32") => "cast_f32_to_f32",
+        ("cast", "f16") => "cast_f32_to_f16",
+        ("cast", "bf16") => "cast_f32_to_bf16",
         (_, _) => "cross_entropy_bf16",
     }
 }
@@ -309,4 +313,33 @@ pub fn cross_entropy_backward_into<T: DType>(
     }
     let rows = loss.to_vec()?;
     Ok(rows.iter().map(|&l| f64::from(l)).sum::<f64>() / t as f64)
+}
+
+// ------------------------------------------------------------------ cast
+
+const CAST: &str = "cast";
+
+/// `src` (f32, any shape) rounded to the storage type `T` (round to nearest
+/// even), as a new tensor of the same shape: how the training chain hands its
+/// f32 gradients to ops that take `T`. For `T = f32` a copy.
+pub fn cast_from_f32<T: DType>(dev: &Device, src: &Tensor<f32>) -> Result<Tensor<T>> {
+    if !src.device().same(dev) {
+        return Err(Error::DeviceMismatch { op: CAST });
+    }
+    let mut dst = dev.output::<T>(src.shape())?;
+    let n = src.len();
+    if n == 0 {
+        return Ok(dst);
+    }
+    let sp = src.view().ptr();
+    let mut dv = dst.view_mut();
+    let dp = dv.ptr_mut();
+    let params = sys::tf_cast_params { src: sp.addr, dst: dp.addr, n: to_i64(CAST, "n", n)? };
+    let blocks = n.div_ceil(THREADS as usize).min((dev.sm_count() as usize).max(1) * BLOCKS_PER_SM);
+    let geometry = Geometry { grid: [to_u32(CAST, "blocks", blocks)?, 1, 1], block: [THREADS, 1, 1], smem: 0 };
+    // SAFETY: src and dst are contiguous tensors of n elements (dst fresh, so
+    // distinct); thread i touches element i (grid-stride); borrows outlive the launch.
+    unsafe { dev.launch(CAST, name::<T>("cast"), &geometry, &params) }?;
+    drop((sp, dp));
+    Ok(dst)
 }
