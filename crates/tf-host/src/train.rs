@@ -2,7 +2,8 @@
 //! chains the forward (keeping every activation the backward needs) with the
 //! device backward ops (`ops::pattention_backward`, `ops::attention_backward`,
 //! `ops::block_backward`, `ops::linear::linear_backward`). The math is tf-ref's
-//! `loss_and_grads` (crates/tf-ref/src/grad/model.rs) step for step, in f32.
+//! `loss_and_grads` (crates/tf-ref/src/grad/model.rs) step for step, with f32
+//! arithmetic and f32 gradients.
 //!
 //! Any storage type T: activations are kept in T (as the forward computes them),
 //! every gradient is f32, and an f32 gradient handed to an op that takes T is
@@ -49,6 +50,18 @@ impl ModelGrads {
     /// (the model's `to_params()`; its `n_ref` pins are kept, as tf-ref's
     /// `loss_and_grads` does).
     pub fn to_params(&self, like: &ModelParams) -> Result<ModelParams> {
+        if like.blocks.len() != self.blocks.len() || like.embedding.len() != self.embedding.len() {
+            return Err(Error::Shape {
+                op: "ModelGrads::to_params",
+                msg: format!(
+                    "the gradients are of {} blocks and a {}-element embedding, `like` of {} and {}",
+                    self.blocks.len(),
+                    self.embedding.len(),
+                    like.blocks.len(),
+                    like.embedding.len()
+                ),
+            });
+        }
         let f64s = |t: &Tensor<f32>| -> Result<Vec<f64>> { Ok(t.to_vec()?.into_iter().map(f64::from).collect()) };
         let mut g = like.clone();
         g.embedding = f64s(&self.embedding)?;
