@@ -136,6 +136,10 @@ pub struct TrainArgs {
     /// CPU threads of the reference backend (the results do not depend on it).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Storage type of the device backend's model: f32, f16 or bf16 (activations
+    /// in it, gradients f32; the master parameters stay f64 on the host).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
 }
 
 #[derive(Args, Debug)]

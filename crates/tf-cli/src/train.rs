@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tf_host::{Device, Tokenformer};
+use tf_host::{bf16, f16, DType, Device, Tokenformer};
 use tf_ref::{batch_mean, AdamWConfig, Corpus, GrowPlan, ModelParams, RunConfig, TokenformerConfig, Trainer};
 
 use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
@@ -119,6 +119,12 @@ fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
 
 /// Runs `tokenformer train`.
 pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
+    if !["f32", "f16", "bf16"].contains(&a.dtype.as_str()) {
+        return Err(format!("--dtype {}: expected f32, f16 or bf16", a.dtype));
+    }
+    if a.dtype != "f32" && a.device == "reference" {
+        return Err(format!("--dtype {}: the reference backend computes in f64; --dtype is for --device", a.dtype));
+    }
     let device = match a.device.as_str() {
         "reference" => None,
         "emulator" => Some(crate::util::device(crate::DeviceArg::Emulator)?.0),
@@ -178,7 +184,8 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         data.eval().len(),
         match &device {
             None => format!("reference backend (f64, {} thread{})", t.threads, if t.threads == 1 { "" } else { "s" }),
-            Some(d) => format!("device backend on {} (f32 gradients; f64 AdamW on the host)", d.name()),
+            Some(d) =>
+                format!("device backend on {}, {} model (f32 gradients; f64 AdamW on the host)", d.name(), a.dtype),
         }
     );
     let tokens_per_step = (r.batch * r.seq) as f64;
@@ -191,9 +198,13 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         let t0 = Instant::now();
         let rep = match &device {
             None => t.step(&data),
-            Some(dev) => t.step_with(&data, &mut |p: &ModelParams, c: &TokenformerConfig, w: &[&[u32]]| {
-                device_grads(dev, p, c, w)
-            }),
+            Some(dev) => {
+                t.step_with(&data, &mut |p: &ModelParams, c: &TokenformerConfig, w: &[&[u32]]| match a.dtype.as_str() {
+                    "f16" => device_grads::<f16>(dev, p, c, w),
+                    "bf16" => device_grads::<bf16>(dev, p, c, w),
+                    _ => device_grads::<f32>(dev, p, c, w),
+                })
+            }
         }
         .map_err(s)?;
         let dt = t0.elapsed().as_secs_f64();
@@ -346,11 +357,11 @@ fn svg(records: &[Record], steps: u64) -> String {
     o
 }
 
-/// The device backend's gradients for one step: the parameters rounded to an f32
+/// The device backend's gradients for one step: the parameters rounded to a `T`
 /// model on `dev`, each window's loss and gradients there
 /// (`Tokenformer::loss_and_grads`), summed on the host in window order and
 /// divided by the window count (the reference backend's contract).
-fn device_grads(
+fn device_grads<T: DType>(
     dev: &Device,
     params: &ModelParams,
     cfg: &TokenformerConfig,
@@ -358,7 +369,7 @@ fn device_grads(
 ) -> tf_ref::Result<(f64, ModelParams)> {
     const OP: &str = "train (device backend)";
     let err = |e: tf_host::Error| tf_ref::Error::InvalidArgument { op: OP, msg: e.to_string() };
-    let model = Tokenformer::<f32>::from_params(dev, cfg, params).map_err(err)?;
+    let model = Tokenformer::<T>::from_params(dev, cfg, params).map_err(err)?;
     batch_mean(windows.iter().map(|w| {
         let (loss, g) = model.loss_and_grads(&w[..w.len() - 1], &w[1..]).map_err(err)?;
         Ok((loss, g.to_params(params).map_err(err)?))
