@@ -7,16 +7,14 @@
 
 use tf_kernels::sys;
 
-use crate::device::{Device, Geometry, KernelParams};
+use crate::device::{Device, KernelParams};
 use crate::dtype::DType;
-use crate::error::{to_i64, to_u32, Error, Result};
+use crate::error::{to_i64, Error, Result};
 use crate::ops::attention::AttnArgs;
+use crate::ops::block::rows_geometry;
 use crate::tensor::{Tensor, View};
 
 const OP: &str = "attention_backward";
-const THREADS: u32 = 256;
-/// Blocks of 8 warps per SM at most (grid-stride over the rows).
-const BLOCKS_PER_SM: usize = 8;
 /// Largest head dimension (`TF_ATTN_BACKWARD_MAX_D`).
 const MAX_D: usize = sys::TF_ATTN_BACKWARD_MAX_D as usize;
 
@@ -50,12 +48,6 @@ fn strides3(what: &str, v: &View<'_, impl DType>) -> Result<[i64; 3]> {
     }
     let s = v.strides();
     Ok([to_i64(OP, what, s[0])?, to_i64(OP, what, s[1])?, to_i64(OP, what, s[2])?])
-}
-
-fn warps_geometry(dev: &Device, rows: usize) -> Result<Geometry> {
-    let want = rows.div_ceil((THREADS / 32) as usize).max(1);
-    let cap = (dev.sm_count() as usize).max(1) * BLOCKS_PER_SM;
-    Ok(Geometry { grid: [to_u32(OP, "blocks", want.min(cap))?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
 }
 
 /// The checked shapes, strides and scale of one call.
@@ -165,7 +157,7 @@ pub fn attention_forward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>) -> Resu
     // SAFETY: q, k, v were checked [B, T, H, D] with a contiguous head dimension at
     // their strides; o is a fresh f32 [B, T_q, H, D] tensor, a warp writing one row
     // of it. Borrows outlive the launch.
-    unsafe { dev.launch(OP, forward_kernel::<T>(), &warps_geometry(dev, rows)?, &p) }?;
+    unsafe { dev.launch(OP, forward_kernel::<T>(), &rows_geometry(dev, OP, rows)?, &p) }?;
     drop((qp, kp, vp, op));
     Ok(o)
 }
@@ -215,10 +207,10 @@ pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &
     // after the first (stream order / synchronous). Borrows outlive the launches.
     unsafe {
         if q_rows > 0 {
-            dev.launch(OP, dq_kernel, &warps_geometry(dev, q_rows)?, &params)?;
+            dev.launch(OP, dq_kernel, &rows_geometry(dev, OP, q_rows)?, &params)?;
         }
         if k_rows > 0 {
-            dev.launch(OP, dkv_kernel, &warps_geometry(dev, k_rows)?, &params)?;
+            dev.launch(OP, dkv_kernel, &rows_geometry(dev, OP, k_rows)?, &params)?;
         }
     }
     drop((qp, kp, vp, op, dqp, dkp, dvp, sp));

@@ -12,7 +12,7 @@ use tf_kernels::sys;
 
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
-use crate::error::{to_i64, to_u32, Error, Result};
+use crate::error::{to_i32, to_i64, to_u32, Error, Result};
 use crate::tensor::{check_disjoint, View, ViewMut};
 
 /// Threads per block of every kernel of block.cu (their `__launch_bounds__`).
@@ -89,12 +89,12 @@ fn dims_of_mut<T: DType>(op: &'static str, what: &str, v: &ViewMut<'_, T>) -> Re
 }
 
 /// Row stride of a 2-D view, as the kernels' i64.
-fn row_stride(op: &'static str, what: &str, strides: &[usize]) -> Result<i64> {
+pub(crate) fn row_stride(op: &'static str, what: &str, strides: &[usize]) -> Result<i64> {
     to_i64(op, what, strides[0])
 }
 
 /// A warp per row, 8 rows per block, capped at BLOCKS_PER_SM blocks per SM.
-fn rows_geometry(dev: &Device, op: &'static str, rows: usize) -> Result<Geometry> {
+pub(crate) fn rows_geometry(dev: &Device, op: &'static str, rows: usize) -> Result<Geometry> {
     let want = (rows.div_ceil(ROWS_PER_BLOCK) as u64).max(1);
     let cap = u64::from(dev.sm_count()).max(1) * BLOCKS_PER_SM;
     Ok(Geometry { grid: [to_u32(op, "blocks", want.min(cap) as usize)?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
@@ -355,9 +355,9 @@ pub(crate) fn rotary_apply<T: DType>(
         t: to_i64(ROT, "t", plan.t)?,
         row_stride: row_stride(ROT, "x row stride", x.strides())?,
         pos_offset: to_i64(ROT, "pos_offset", pos_offset)?,
-        heads: i32_of(ROT, "heads", heads)?,
-        head_dim: i32_of(ROT, "head_dim", head_dim)?,
-        half: i32_of(ROT, "rot_dim / 2", plan.half)?,
+        heads: to_i32(ROT, "heads", heads)?,
+        head_dim: to_i32(ROT, "head_dim", head_dim)?,
+        half: to_i32(ROT, "rot_dim / 2", plan.half)?,
         reserved: 0,
         turns_hi,
         turns_lo,
@@ -485,8 +485,4 @@ pub fn embedding_into<T: DType>(
         // only; the borrows outlive the launch.
         unsafe { dev.launch(EMB, kernel_name::<T>(Kernel::Embedding), &geometry, &params) }
     })
-}
-
-fn i32_of(op: &'static str, what: &str, v: usize) -> Result<i32> {
-    i32::try_from(v).map_err(|_| Error::SizeOverflow { op, msg: format!("{what} = {v} does not fit in 32 bits") })
 }

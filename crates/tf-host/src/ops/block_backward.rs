@@ -10,7 +10,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Error, Result};
-use crate::ops::block::{layer_norm_check, rotary_apply, LayerNormArgs, RotaryArgs};
+use crate::ops::block::{layer_norm_check, rotary_apply, row_stride, rows_geometry, LayerNormArgs, RotaryArgs};
 use crate::tensor::{Tensor, View, ViewMut};
 
 // SAFETY: bindgen-generated repr(C) plain-data structs taken by value by the
@@ -21,7 +21,7 @@ unsafe impl KernelParams for sys::tf_cross_entropy_params {}
 unsafe impl KernelParams for sys::tf_cast_params {}
 
 const THREADS: u32 = 256;
-/// Warp-per-row kernels: blocks of 8 warps, at most this many blocks per SM.
+/// The cast kernel: at most this many blocks per SM (grid-stride).
 const BLOCKS_PER_SM: usize = 8;
 
 fn name<T: DType>(family: &str) -> &'static str {
@@ -42,18 +42,6 @@ fn name<T: DType>(family: &str) -> &'static str {
         ("cast", "bf16") => "cast_f32_to_bf16",
         (_, _) => "cross_entropy_bf16",
     }
-}
-
-/// One warp per row (grid-stride): blocks of 8 warps, no more than the rows
-/// need nor than `BLOCKS_PER_SM` per SM.
-fn warp_rows(dev: &Device, op: &'static str, rows: usize) -> Result<Geometry> {
-    let want = rows.div_ceil((THREADS / 32) as usize).max(1);
-    let cap = (dev.sm_count() as usize).max(1) * BLOCKS_PER_SM;
-    Ok(Geometry { grid: [to_u32(op, "blocks", want.min(cap))?, 1, 1], block: [THREADS, 1, 1], smem: 0 })
-}
-
-fn row_stride(op: &'static str, what: &str, strides: &[usize]) -> Result<i64> {
-    to_i64(op, what, strides.first().copied().unwrap_or(0))
 }
 
 // ------------------------------------------------------------------ layer norm
@@ -130,7 +118,7 @@ pub fn layer_norm_backward<T: DType>(
         // c of x and dy, stats, and element c of dweight / dbias. The borrows and
         // guards outlive the stream-ordered (CUDA) or synchronous launches.
         unsafe {
-            dev.launch(LN, name::<T>("ln"), &warp_rows(dev, LN, t)?, &params)?;
+            dev.launch(LN, name::<T>("ln"), &rows_geometry(dev, LN, t)?, &params)?;
             dev.launch(LN, name::<T>("lnp"), &cols, &params)?;
         }
         drop((xp, dyp, wp, dxp, sp, dwp, dbp));
@@ -224,7 +212,7 @@ pub fn embedding_backward<T: DType>(
         vocab: to_i64(EMB, "vocab", vocab)?,
         dx_row_stride: row_stride(EMB, "dx row stride", dx.strides())?,
     };
-    let geometry = warp_rows(dev, EMB, vocab)?;
+    let geometry = rows_geometry(dev, EMB, vocab)?;
     dev.with_table(&table, |addr| {
         let params = sys::tf_embedding_backward_params { table: addr, ..params };
         // SAFETY: dx was checked [t, d] with contiguous rows at its stride; de is a
