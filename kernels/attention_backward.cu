@@ -72,6 +72,32 @@ __device__ __forceinline__ int64_t keys_seen(const tf_attn_backward_params& p, i
     return p.causal ? max((int64_t)0, min(p.t_k, i + p.t_k - p.t_q + 1)) : p.t_k;
 }
 
+// The online softmax of query row (b, h) over keys [0, j_end): the running max
+// `mx` and sum `l` of exp(s - mx), s = scale·q·k_j; with VALUES also
+// acc = Σ_j exp(s_j - mx)·v_j, rescaled as the max moves (the forward's o·l).
+template <typename T, bool VALUES>
+__device__ __forceinline__ void online_softmax(const tf_attn_backward_params& p, const float (&q)[kPer], int64_t b,
+                                               int64_t h, int64_t j_end, int lane, float& mx, float& l,
+                                               float (&acc)[kPer]) {
+    mx = -INFINITY;
+    l = 0.0f;
+    for (int64_t j = 0; j < j_end; ++j) {
+        const float s = p.scale * dot(q, row<T>(p.k, p.k_sb, p.k_st, p.k_sh, b, j, h), p.head_dim, lane);
+        const float nm = tf::max_nan(mx, s);
+        const float corr = expf(mx - nm), e = expf(s - nm);
+        l = l * corr + e;
+        if (VALUES) {
+            const T* vr = row<T>(p.v, p.v_sb, p.v_st, p.v_sh, b, j, h);
+#pragma unroll
+            for (int m = 0; m < kPer; ++m) {
+                const int64_t c = lane + 32 * m;
+                acc[m] = c < p.head_dim ? fmaf(e, tf::to_float(vr[c]), acc[m] * corr) : 0.0f;
+            }
+        }
+        mx = nm;
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void backward_dq(const tf_attn_backward_params& p) {
     const int lane = threadIdx.x % 32;
@@ -85,13 +111,8 @@ __device__ __forceinline__ void backward_dq(const tf_attn_backward_params& p) {
 #pragma unroll
         for (int m = 0; m < kPer; ++m) acc[m] = 0.0f;
         const int64_t j_end = keys_seen(p, i);
-        float mx = -INFINITY, l = 0.0f;
-        for (int64_t j = 0; j < j_end; ++j) {
-            const float s = p.scale * dot(q, row<T>(p.k, p.k_sb, p.k_st, p.k_sh, b, j, h), p.head_dim, lane);
-            const float nm = tf::max_nan(mx, s);
-            l = l * expf(mx - nm) + expf(s - nm);
-            mx = nm;
-        }
+        float mx, l;
+        online_softmax<T, false>(p, q, b, h, j_end, lane, mx, l, acc);
         const float lse = j_end > 0 ? mx + logf(l) : -INFINITY;
         float dsum = 0.0f;
         for (int64_t j = 0; j < j_end; ++j) {
@@ -164,20 +185,8 @@ __device__ __forceinline__ void forward_rows(const tf_attn_backward_params& p) {
 #pragma unroll
         for (int m = 0; m < kPer; ++m) acc[m] = 0.0f;
         const int64_t j_end = keys_seen(p, i);
-        float mx = -INFINITY, l = 0.0f;
-        for (int64_t j = 0; j < j_end; ++j) {
-            const float s = p.scale * dot(q, row<T>(p.k, p.k_sb, p.k_st, p.k_sh, b, j, h), p.head_dim, lane);
-            const float nm = tf::max_nan(mx, s);
-            const float corr = expf(mx - nm), e = expf(s - nm);
-            l = l * corr + e;
-            const T* vr = row<T>(p.v, p.v_sb, p.v_st, p.v_sh, b, j, h);
-#pragma unroll
-            for (int m = 0; m < kPer; ++m) {
-                const int64_t c = lane + 32 * m;
-                acc[m] = c < p.head_dim ? fmaf(e, tf::to_float(vr[c]), acc[m] * corr) : 0.0f;
-            }
-            mx = nm;
-        }
+        float mx, l;
+        online_softmax<T, true>(p, q, b, h, j_end, lane, mx, l, acc);
         store(reinterpret_cast<float*>(p.o) + ((b * p.t_q + i) * p.heads + h) * p.head_dim, p.head_dim, lane, acc,
               j_end > 0 ? 1.0f / l : 0.0f);
     }
