@@ -77,21 +77,27 @@ impl SplitMix64 {
     }
 }
 
-/// An f32 tensor ready for serialisation (golden files and checkpoints).
-pub(crate) struct F32Tensor {
+/// A tensor's raw little-endian bytes ready for safetensors serialisation (golden
+/// files and both kinds of checkpoint): its dtype, shape and data.
+pub(crate) struct RawTensor {
+    pub(crate) dtype: Dtype,
     pub(crate) shape: Vec<usize>,
     pub(crate) bytes: Vec<u8>,
 }
 
-impl F32Tensor {
-    fn new(shape: &[usize], values: &[f32]) -> Self {
-        F32Tensor { shape: shape.to_vec(), bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect() }
+impl RawTensor {
+    fn f32(shape: &[usize], values: &[f32]) -> Self {
+        RawTensor {
+            dtype: Dtype::F32,
+            shape: shape.to_vec(),
+            bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
     }
 }
 
-impl View for &F32Tensor {
+impl View for &RawTensor {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -112,7 +118,7 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 /// One golden case being assembled.
 struct Case {
     name: String,
-    tensors: Vec<(&'static str, F32Tensor)>,
+    tensors: Vec<(&'static str, RawTensor)>,
     meta: Metadata,
 }
 
@@ -125,7 +131,7 @@ impl Case {
     }
 
     fn tensor(&mut self, name: &'static str, shape: &[usize], values: &[f32]) {
-        self.tensors.push((name, F32Tensor::new(shape, values)));
+        self.tensors.push((name, RawTensor::f32(shape, values)));
     }
 
     fn meta(&mut self, key: &str, value: impl ToString) {

@@ -2,7 +2,7 @@
 
 use super::config::TokenformerConfig;
 use super::params::{BlockParams, ModelParams, Slot};
-use crate::golden::F32Tensor;
+use crate::golden::RawTensor;
 use crate::{Element, Error, Result};
 use half::{bf16, f16};
 use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
@@ -235,12 +235,12 @@ impl ModelParams {
     ) -> Result<()> {
         cfg.validate()?;
         self.check(cfg)?;
-        let tensors: Vec<(String, F32Tensor)> = self
+        let tensors: Vec<(String, RawTensor)> = self
             .named_tensors(cfg)
             .into_iter()
             .map(|(name, shape, data)| {
                 let bytes = data.iter().flat_map(|&v| f32::from_f64(v).to_le_bytes()).collect();
-                (name, F32Tensor { shape, bytes })
+                (name, RawTensor { dtype: Dtype::F32, shape, bytes })
             })
             .collect();
         let mut meta = HashMap::new();

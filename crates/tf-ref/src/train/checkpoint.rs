@@ -15,35 +15,14 @@
 //! checkpoints' keys (`sequential.{i+2}.<module>.n_ref`).
 
 use super::trainer::{Backend, GrowPlan, RunConfig, Trainer};
+use crate::golden::RawTensor;
 use crate::TokenformerConfig;
 use crate::{param_tensors, AdamWConfig, AdamWState, Error, ModelParams, Result, Slot};
-use safetensors::tensor::{Dtype, SafeTensors, View};
-use std::borrow::Cow;
+use safetensors::tensor::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::Path;
 
 const OP: &str = "training checkpoint";
-
-/// One F64 tensor to serialize.
-struct F64Tensor {
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-impl View for &F64Tensor {
-    fn dtype(&self) -> Dtype {
-        Dtype::F64
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.bytes)
-    }
-    fn data_len(&self) -> usize {
-        self.bytes.len()
-    }
-}
 
 fn n_ref_key(block: usize, slot: Slot) -> String {
     format!("{}.n_ref", slot.key_prefix(block))
@@ -71,9 +50,12 @@ impl Trainer {
         let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         let mut tensors = Vec::new();
         for (i, ((name, shape), p)) in names.iter().zip(&params).enumerate() {
-            tensors.push((name.clone(), F64Tensor { shape: shape.clone(), bytes: bytes(p) }));
+            tensors.push((name.clone(), RawTensor { dtype: Dtype::F64, shape: shape.clone(), bytes: bytes(p) }));
             for (kind, m) in [("exp_avg", &self.opt.m[i]), ("exp_avg_sq", &self.opt.v[i])] {
-                tensors.push((format!("optimizer.{kind}.{name}"), F64Tensor { shape: shape.clone(), bytes: bytes(m) }));
+                tensors.push((
+                    format!("optimizer.{kind}.{name}"),
+                    RawTensor { dtype: Dtype::F64, shape: shape.clone(), bytes: bytes(m) },
+                ));
             }
         }
         let run = &self.run;
