@@ -23,15 +23,18 @@
 //   runs a copy of the loop with plain 16-byte copies and no per-m16-tile branch;
 //   in the others, rows past t / n are zero-filled and warps skip their m16 tiles
 //   that lie wholly past t (decode-sized t costs no wasted mma).
-//   Epilogue: the accumulators are staged as f32 in the (drained) pipeline memory;
-//   one warp per row computes the tile statistics (max, then scaled sum: two
-//   butterflies) and writes 4 elements a lane, 256 contiguous bytes a row.
+//   Epilogue (tf/pattention_scores_epilogue.cuh): from the accumulator registers,
+//   one body per norm; each row's maximum and scaled sum are reduced over the quad
+//   by shuffles and between the row's two warps through 1 KB of shared memory; the
+//   scaled scores are packed to 16 bits in the drained pipeline memory and leave in
+//   16-byte stores, 256 contiguous bytes a row; one thread per row writes the
+//   statistics entry.
 //
 // Split over d_in (decode path, l2_norm_gelu, k_splits > 1): at t <= 64 the n-tiles
 //   alone give a handful of CTAs, each streaming all of d_in, so the grid gains a z
 //   dimension: CTA z runs the same main loop over the k-tiles [z·s, z·s + s) of d_in
 //   (s = split_k_tiles; only the last slice can hold the partial k-tile) and writes
-//   its f32 accumulators, unnormalised, to partial[z, i, j]. Then
+//   its f32 accumulators, unnormalised, from registers to partial[z, i, j]. Then
 //   pattention_scores_reduce_{f16,bf16}: grid (n_tiles, ceil(t / 4)), 128 threads,
 //   one warp per row, sums the slices in the order z = 0, 1, ... (deterministic) and
 //   runs the same per-row epilogue (score_row) as the unsplit kernel.
@@ -46,6 +49,7 @@
 #include "tf/smem.cuh"
 #include "tf/swizzle.cuh"
 #include "tf/pattention_common.cuh"
+#include "tf/pattention_scores_epilogue.cuh"
 
 namespace tf_pattention_scores {
 
@@ -71,7 +75,7 @@ struct Traits {
     static constexpr int kBytesB = kBN * kBK * 2;
     static constexpr int kStageBytes = kBytesA + kBytesB;
     static constexpr int kPipeBytes = kStages * kStageBytes;
-    static constexpr int kEpiBytes = kBM * kStageLd * 4;
+    static constexpr int kEpiBytes = register_epilogue_bytes<kBM, kWarpsN>();
     static constexpr int kSmemBytes = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
 
     static_assert(kBN == kTileN, "one CTA column block is exactly one statistics n-tile");
@@ -94,7 +98,7 @@ struct SimtTraits {
     static_assert(kSmemBytes <= 48 * 1024, "no opt-in needed");
 };
 
-static_assert(Traits::kSmemBytes == TF_PATTENTION_SMEM_MMA, "tf_kernels.h states the launch's shared memory");
+static_assert(Traits::kSmemBytes == TF_PATTENTION_SMEM_SCORES, "tf_kernels.h states the launch's shared memory");
 static_assert(SimtTraits::kSmemBytes == TF_PATTENTION_SMEM_SCORES_F32, "tf_kernels.h states the launch's shared memory");
 
 // ------------------------------------------------------------------- epilogue
@@ -119,18 +123,6 @@ __device__ __forceinline__ void write_scores(const tf_pattention_params& p, cons
     scores_epilogue<T, WARPS>(stage, rows, valid, p.norm, warp, lane, [&](int r, int ln, const float(&v)[4], float2 st) {
         store_row<T>(p, m0 + r, t_idx, ln, v, st);
     });
-}
-
-// Split over d_in: writes rows [0, rows) of the staged f32 tile, as they are, to
-// slice blockIdx.z of partial (row stride n_tiles · 128, one warp per row).
-template <int WARPS>
-__device__ __forceinline__ void write_partial_scores(const tf_pattention_params& p, const float* stage, int64_t m0,
-                                                     int rows, int warp, int lane) {
-    const int64_t ld = p.n_tiles * kTileN;
-    float* out = reinterpret_cast<float*>(p.partial) + ((int64_t)blockIdx.z * p.t + m0) * ld + blockIdx.x * kTileN;
-    for (int r = warp; r < rows; r += WARPS)
-        *reinterpret_cast<float4*>(out + r * ld + 4 * lane) =
-            *reinterpret_cast<const float4*>(stage + r * kStageLd + 4 * lane);
 }
 
 // --------------------------------------------------------- tensor-core kernel
@@ -246,17 +238,21 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
     tf::cp_async_wait<0>();
     __syncthreads();  // every warp is done with the pipeline memory
 
-    float* stage = reinterpret_cast<float*>(smem);
-#pragma unroll
-    for (int mi = 0; mi < Tr::kMT; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < Tr::kNT; ++ni)
-            stage_fragment(stage, wm * Tr::kWM + mi * 16, wn * Tr::kWN + ni * 8, lane, acc[mi][ni]);
-    __syncthreads();
-    if (p.k_splits > 1)
-        write_partial_scores<Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+    if (p.k_splits > 1) {
+        write_partial_fragments<Tr::kWM, Tr::kWN>(p, acc, m0, rows_a, wm, wn, lane);
+        return;
+    }
+    const int valid = (int)min64(kTileN, p.n - n0);
+    auto epilogue = [&](auto norm) {
+        register_epilogue<T, decltype(norm)::value, Tr::kBM, Tr::kWM, Tr::kWN, Tr::kMT, Tr::kNT, Tr::kWarpsN,
+                          Tr::kThreads>(p, acc, smem, m0, rows_a, valid, wm, wn, tid);
+    };
+    if (p.norm == TF_NORM_SOFTMAX)
+        epilogue(Norm<TF_NORM_SOFTMAX>());
+    else if (p.norm == TF_NORM_GELU_L2_NORM)
+        epilogue(Norm<TF_NORM_GELU_L2_NORM>());
     else
-        write_scores<T, Tr::kThreads / 32>(p, stage, m0, rows_a, warp, lane);
+        epilogue(Norm<TF_NORM_L2_NORM_GELU>());
 }
 
 // ------------------------------------------------------------- split-K reduce

@@ -60,7 +60,8 @@ typedef enum tf_norm {
 #define TF_PATTENTION_SPLIT_CTAS 264
 #define TF_PATTENTION_MAX_SPLITS 16
 /* Dynamic shared memory (bytes) of the pattention kernels (static_asserted by them). */
-#define TF_PATTENTION_SMEM_MMA 69632        /* pattention_{scores,out}_{f16,bf16} */
+#define TF_PATTENTION_SMEM_MMA 69632        /* pattention_out_{f16,bf16} */
+#define TF_PATTENTION_SMEM_SCORES 65536     /* pattention_scores_{f16,bf16} */
 #define TF_PATTENTION_SMEM_SCORES_F32 34816 /* pattention_scores_f32 */
 #define TF_PATTENTION_SMEM_OUT_F32 12800    /* pattention_out_f32 */
 #define TF_PATTENTION_SMEM_DECODE 65536     /* pattention_decode_{f16,bf16} */

@@ -788,6 +788,52 @@ fn extreme_rows<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usiz
     }
 }
 
+/// Rows whose largest score sits at the ends of the f32 exponent range: just below
+/// 2^128 (the stored scale 2^-e is then a subnormal 2^-128) and just above 2^-126.
+/// x's row holds one nonzero coordinate, so every score is one rounded product (no
+/// partial sum can overflow) and the row's maximum is known.
+fn exponent_extremes<T: DType + Element>(dev: &Device, backend: &str, s: u64, t: usize) {
+    let mut rng = StdRng::seed_from_u64(s ^ 0x5eed_000b);
+    let mut p = problem::<T>(&mut rng, t, 129, 136, 24);
+    // key coordinate 0 scaled up (|k| ~ 8) for the huge row, coordinate 1 as it is
+    // (|k| < 1) for the tiny one: both x values stay normal numbers
+    for j in 0..p.n {
+        p.k[j * p.d_in] = T::from_f32(p.k[j * p.d_in].to_f32() * 16.0);
+    }
+    for (row, c, target) in [(1, 0, 2f64.powf(127.5)), (t - 1, 1, 2f64.powf(-125.5))] {
+        let max_k = (0..p.n).map(|j| f64::from(p.k[j * p.d_in + c].to_f32()).abs()).fold(0.0, f64::max);
+        let xc = T::from_f32((target / max_k) as f32);
+        assert!(xc.to_f32().abs() >= f32::MIN_POSITIVE, "row {row}: x must stay a normal number");
+        p.x[row * p.d_in..(row + 1) * p.d_in].fill(T::from_f32(0.0));
+        p.x[row * p.d_in + c] = xc;
+        let m = f64::from(xc.to_f32()) * max_k;
+        let (lo, hi) = if target > 1.0 { (2f64.powi(127), 2f64.powi(128)) } else { (2f64.powi(-126), 2f64.powi(-125)) };
+        assert!(lo <= m && m < hi, "row {row}: max |A| = {m:e} is outside [{lo:e}, {hi:e})");
+    }
+    // softmax and gelu_l2_norm are out: A·log2e and gelu's arithmetic overflow near 2^128.
+    let o = PattentionOptions { norm: Norm::L2NormGelu, ..Default::default() };
+    let what = format!("{backend} {} t {t}: rows with max |A| near 2^128 and 2^-126", <T as DType>::NAME);
+    let (bad, _) = check_masked(dev, &what, &p, &o);
+    assert_eq!(bad, 0, "{what}");
+    let got = run_sentinel(dev, &p, &o);
+    let want = reference(&p, &o);
+    for r in [1, t - 1] {
+        let row = r * p.d_out..(r + 1) * p.d_out;
+        assert_close(&format!("{what}, row {r}"), &got[row.clone()], &want[row], tolerance::<T>());
+    }
+}
+
+#[test]
+fn scores_at_the_ends_of_the_exponent_range() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        for t in [5, 70] {
+            exponent_extremes::<f32>(&dev, backend, s, t);
+            exponent_extremes::<bf16>(&dev, backend, s, t);
+        }
+    }
+}
+
 #[test]
 fn huge_and_tiny_rows_stay_finite_and_accurate() {
     let s = seed();

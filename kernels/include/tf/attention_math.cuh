@@ -1,4 +1,5 @@
-// Math helpers of the attention kernels that need one PTX instruction.
+// Math helpers that need one PTX instruction (the attention kernels' online softmax,
+// Pattention's softmax scores).
 #pragma once
 #include "tf/cuda_types.cuh"
 

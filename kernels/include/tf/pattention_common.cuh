@@ -7,6 +7,7 @@
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
 #include "tf/async.cuh"
+#include "tf/attention_math.cuh"
 #include "tf/convert.cuh"
 #include "tf/gelu.cuh"
 #include "tf/reduce.cuh"
@@ -106,7 +107,8 @@ __device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
 //                 l = Σ_t ĥ² (from the f32 accumulators, before rounding ĥ)
 //   gelu_l2_norm: the same with G = gelu(A) in place of A
 //   softmax:      stored ĥ = 2^(A·log2e - e) with e = ceil(max_t A·log2e) (ĥ <= 1; the
-//                 product A·log2e rounded once to f32, the same in both places),
+//                 product A·log2e rounded once to f32, the same in both places;
+//                 2^x by tf::exp2_approx, so on a GPU a ĥ below 2^-126 is 0),
 //                 l = Σ_t ĥ
 // A tile whose (gelu-)scores are all zero, or (softmax) all -inf, records (kEmpty, 0).
 // Because every scale is a power of two, combining tiles (below) and rescaling stored
@@ -195,7 +197,7 @@ __device__ __forceinline__ float2 score_row(float (&v)[4], int lane, int valid, 
         float l = 0.0f;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            v[j] = ok[j] ? exp2f(a[j] - e) : 0.0f;
+            v[j] = ok[j] ? tf::exp2_approx(a[j] - e) : 0.0f;
             l += v[j];
         }
         l = tf::warp_sum<32>(l);
@@ -284,6 +286,11 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
 template <bool B>
 struct Flag {
     static constexpr bool value = B;
+};
+// The same for a norm (tf_norm), so that a lambda can be instantiated per norm.
+template <int N>
+struct Norm {
+    static constexpr int value = N;
 };
 
 // The steady-state form of load_tile: the per-thread part of the address and residue

@@ -11,8 +11,18 @@
 namespace tf {
 
 // max(a, b), NaN if either is NaN (fmaxf(NaN, b) would be b). Symmetric in a and b,
-// so the butterflies below stay bitwise identical across lanes.
-__device__ __forceinline__ float max_nan(float a, float b) { return (a == a && b == b) ? fmaxf(a, b) : a + b; }
+// so the butterflies below stay bitwise identical across lanes. On sm_80+ one
+// instruction (max.NaN.f32: the canonical NaN for any NaN operand); elsewhere (the
+// emulator) a NaN operand's sum, also a NaN.
+__device__ __forceinline__ float max_nan(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a == a && b == b) ? fmaxf(a, b) : a + b;
+#endif
+}
 
 template <int WIDTH = 32>
 __device__ __forceinline__ float warp_sum(float v) {

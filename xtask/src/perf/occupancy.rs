@@ -156,7 +156,8 @@ pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     if kernel.starts_with("pattention_scores") || kernel.starts_with("pattention_out") {
         let stage = if kernel.starts_with("pattention_scores") { "SCORES" } else { "OUT" };
         return if sixteen {
-            Some((128, d("TF_PATTENTION_SMEM_MMA")?))
+            let define = if stage == "SCORES" { "TF_PATTENTION_SMEM_SCORES" } else { "TF_PATTENTION_SMEM_MMA" };
+            Some((128, d(define)?))
         } else {
             Some((256, d(&format!("TF_PATTENTION_SMEM_{stage}_F32"))?))
         };
@@ -211,9 +212,11 @@ mod tests {
 
     #[test]
     fn launches_from_the_header() {
-        let h = "#define TF_PATTENTION_SMEM_MMA 69632 /* x */\n#define TF_ATTN_THREADS 128\n\
+        let h = "#define TF_PATTENTION_SMEM_MMA 69632 /* x */\n#define TF_PATTENTION_SMEM_SCORES 65536\n\
+                 #define TF_ATTN_THREADS 128\n\
                  #define TF_ATTN_BLOCK_M 128\n#define TF_ATTN_BLOCK_N_HD64 64\n";
-        assert_eq!(launch_of(h, "pattention_scores_bf16"), Some((128, 69632)));
+        assert_eq!(launch_of(h, "pattention_scores_bf16"), Some((128, 65536)));
+        assert_eq!(launch_of(h, "pattention_out_f16"), Some((128, 69632)));
         assert_eq!(launch_of(h, "attn_fwd_split_bf16_hd64"), Some((128, 256 * 64 * 2)));
         assert_eq!(launch_of(h, "pattention_scores_reduce_f16"), Some((128, 0)));
         assert_eq!(launch_of(h, "grow_rows"), None);

@@ -453,7 +453,7 @@ pub fn plan<T: DType>(
         let scores = if f32_path {
             g([n_tiles, t.div_ceil(SIMT_ROWS), 1], 256, sys::TF_PATTENTION_SMEM_SCORES_F32)?
         } else {
-            g([n_tiles, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_MMA)?
+            g([n_tiles, t.div_ceil(MMA_ROWS), 1], 128, sys::TF_PATTENTION_SMEM_SCORES)?
         };
         let col_blocks = d_out.div_ceil(COLS);
         match path {
@@ -490,7 +490,7 @@ pub fn plan<T: DType>(
                     // d_in: split d_in, and sum the slices in pattention_scores_reduce.
                     (k_splits, split_k_tiles) = k_split(dev.sm_count() as usize, n_tiles, t, d_in);
                     if k_splits > 1 {
-                        let split = g([n_tiles, 1, k_splits], 128, sys::TF_PATTENTION_SMEM_MMA)?;
+                        let split = g([n_tiles, 1, k_splits], 128, sys::TF_PATTENTION_SMEM_SCORES)?;
                         launches.push(Launch { kernel: kernel_name::<T>("scores"), geometry: split });
                         launches.push(Launch {
                             kernel: kernel_name::<T>("reduce"),
