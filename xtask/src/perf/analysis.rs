@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::occupancy::{launch_of, occupancy, Occupancy, Ptxas, GPUS};
+use super::path::{epilogue, Epilogue};
 use super::sass::{hot_loop, Function, HotLoop};
 
 /// Trip count assumed for a loop nested inside a kernel's hot loop. The
@@ -32,6 +33,8 @@ pub struct Row {
     pub occupancy: Vec<(&'static str, Occupancy)>,
     /// The hot HMMA loop nest.
     pub hot: Option<HotLoop>,
+    /// The code after the last HMMA loop.
+    pub epilogue: Option<Epilogue>,
 }
 
 /// Rows for every function that the model launches or that has an HMMA loop.
@@ -54,7 +57,8 @@ pub fn analyse(functions: &[Function], ptxas: &BTreeMap<(String, String), Ptxas>
                 .collect(),
             _ => Vec::new(),
         };
-        rows.push(Row { kernel: f.name.clone(), arch: f.arch.clone(), ptxas: res, launch, occupancy, hot });
+        let epilogue = epilogue(f);
+        rows.push(Row { kernel: f.name.clone(), arch: f.arch.clone(), ptxas: res, launch, occupancy, hot, epilogue });
     }
     rows.sort_by(|a, b| (&a.kernel, &a.arch).cmp(&(&b.kernel, &b.arch)));
     rows
@@ -107,6 +111,38 @@ pub fn table(rows: &[Row], all: bool) -> String {
     s
 }
 
+/// Main-loop iterations the epilogue of a family is weighed against: the scores
+/// kernel's k-tiles (32 of d_in) at d_in = 1024, the target's reference shape.
+pub fn epilogue_reference(kernel: &str) -> Option<f64> {
+    kernel.starts_with("pattention_scores").then_some(1024.0 / 32.0)
+}
+
+/// The epilogues of the Pattention kernels with an HMMA loop (the attention
+/// kernels' code after their last HMMA loop is no epilogue of one tile): the longest path after the
+/// last HMMA loop (any runtime branch: the worst norm), the static count, and,
+/// where a reference shape is set, the longest path over the main loop's issued
+/// instructions at that shape.
+pub fn epilogue_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<28} {:<6} {:>8} {:>7} {:>5}  vs main loop",
+        "epilogue of", "arch", "longest", "static", "loops"
+    );
+    for r in rows.iter().filter(|r| r.kernel.starts_with("pattention")) {
+        let (Some(h), Some(e)) = (&r.hot, &r.epilogue) else { continue };
+        let vs = epilogue_reference(&r.kernel).map_or("-".to_string(), |k| {
+            format!("{:.1} % of {:.0} x {:.0} (d_in = 1024)", 100.0 * e.longest / (h.total() * k), k, h.total())
+        });
+        let _ = writeln!(
+            s,
+            "{:<28} {:<6} {:>8.0} {:>7} {:>5}  {vs}",
+            r.kernel, r.arch, e.longest, e.static_instrs, e.loops
+        );
+    }
+    s
+}
+
 fn short(gpu: &str) -> &str {
     gpu.split_whitespace().next().unwrap_or(gpu)
 }
@@ -151,6 +187,9 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                     "nested_trips_assumed": nested_trips(&r.kernel),
                     "counts": h.counts, "issued_per_hmma": h.per_hmma(),
                     "static_counts": h.static_counts, "static_per_hmma": h.static_per_hmma(),
+                })),
+                "epilogue": r.epilogue.map(|e| json!({
+                    "longest_path": e.longest, "static": e.static_instrs, "loops": e.loops,
                 })),
             })
         })

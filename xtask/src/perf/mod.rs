@@ -105,6 +105,9 @@ pub fn sass_check(root: &Path, fatbin: &Path, ptxas_report: &str) -> Result<(), 
     // Briefly: the bf16 kernels (their f16 twins compile to the same loops); all are checked.
     let bf16: Vec<analysis::Row> = rows.iter().filter(|r| r.kernel.contains("bf16")).cloned().collect();
     print!("{}", analysis::table(&bf16, false));
+    let scores: Vec<analysis::Row> =
+        bf16.iter().filter(|r| analysis::epilogue_reference(&r.kernel).is_some()).cloned().collect();
+    print!("{}", analysis::epilogue_table(&scores));
     let summary = ratchet::check(&rows)?;
     println!("xtask: perf      issued instructions per HMMA within the ratchet: {summary}");
     Ok(())
@@ -145,6 +148,8 @@ pub fn command(root: &Path, args: &[String]) -> Result<(), String> {
     println!("SASS analysis (estimate inputs) of {}:", fatbin.display());
     print!("{}", analysis::table(&rows, true));
     println!("(static counts per hot-loop iteration; a nested loop weighted by hd / 16 in attention, else 1)\n");
+    print!("{}", analysis::epilogue_table(&rows));
+    println!("(longest: the most instructions on one forward path from the last HMMA loop to an EXIT)\n");
 
     let mut json_gpus = Vec::new();
     for gpu in &gpus {

@@ -13,7 +13,7 @@
 //! the fall-through continues). A nested loop is one node: its weighted counts
 //! times its trip count, continuing after its back edge.
 
-use super::sass::{weighted, Counts, Function, Loop};
+use super::sass::{loops, weighted, Counts, Function, Loop};
 
 #[derive(Clone, Copy)]
 struct Best {
@@ -82,10 +82,78 @@ pub fn issued(f: &Function, l: &Loop, trips: &dyn Fn(usize) -> f64) -> Counts {
     counts
 }
 
+/// What follows a kernel's last HMMA loop: its epilogue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epilogue {
+    /// Instructions on the longest forward path from the first instruction after
+    /// the last HMMA loop to an `EXIT`: an upper bound on what one warp issues
+    /// there whichever runtime branch it takes (a per-norm choice, a split path),
+    /// as long as `loops` is 0.
+    pub longest: f64,
+    /// Every instruction from there to the end of the function (out-of-line code
+    /// included).
+    pub static_instrs: usize,
+    /// Backward branches inside it: each loop body is counted once, so with a
+    /// loop `longest` is no bound.
+    pub loops: usize,
+}
+
+/// The epilogue of `f`, None when no loop holds an HMMA. Edges as in `issued`:
+/// the next instruction (not after an unconditional `BRA` or `EXIT`) and a
+/// forward `BRA` target (`BRA.DIV` targets are out-of-line: not followed); a
+/// backward branch is not followed (and counted in `loops`; a branch to itself,
+/// the padding after the last `EXIT`, is not a loop).
+pub fn epilogue(f: &Function) -> Option<Epilogue> {
+    fn last_hmma_end(f: &Function, ls: &[Loop]) -> Option<usize> {
+        ls.iter()
+            .filter_map(|l| {
+                let own = f.instrs[l.start..=l.end].iter().any(|x| x.class() == "HMMA").then_some(l.end);
+                own.max(last_hmma_end(f, &l.children))
+            })
+            .max()
+    }
+    let start = last_hmma_end(f, &loops(f))? + 1;
+    let n = f.instrs.len();
+    let index_of = |addr: u64| f.instrs[start..].iter().position(|x| x.addr == addr).map(|p| p + start);
+    let mut best = vec![f64::NEG_INFINITY; n + 1];
+    let mut back = 0;
+    for i in (start..n).rev() {
+        let x = &f.instrs[i];
+        let (class, div) = (x.class(), x.opcode.starts_with("BRA.DIV"));
+        let mut b = if class == "EXIT" { 0.0 } else { f64::NEG_INFINITY };
+        let falls_through = match class {
+            "BRA" => x.cond || div,
+            "EXIT" => x.cond,
+            _ => true,
+        };
+        if falls_through && i + 1 < n {
+            b = b.max(best[i + 1]);
+        }
+        if class == "BRA" && !div {
+            match x.target {
+                Some(t) if t > x.addr => {
+                    if let Some(j) = index_of(t) {
+                        b = b.max(best[j]);
+                    }
+                }
+                Some(t) if t < x.addr => back += 1,
+                _ => {} // a branch to itself: the padding after the last EXIT
+            }
+        }
+        best[i] = b + 1.0;
+    }
+    (start < n && best[start].is_finite()).then(|| Epilogue {
+        longest: best[start],
+        static_instrs: n - start,
+        loops: back,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::sass::tests::sass;
     use super::super::sass::{hot_loop, parse};
+    use super::epilogue;
 
     #[test]
     fn a_skippable_region_without_hmma_is_skipped() {
@@ -124,5 +192,29 @@ mod tests {
         // BRA + 4 x (HMMA + BRA) + BRA.DIV + BRA = 11
         assert_eq!(h.total(), 11.0);
         assert_eq!(h.static_counts.values().sum::<f64>(), 12.0);
+    }
+    #[test]
+    fn epilogue_takes_the_longest_branch_after_the_last_hmma_loop() {
+        let f = &parse(&sass(&[
+            "0000 HMMA.16816.F32 R8, R4, R6, R8",
+            "0010 @P0 BRA 0x0",  // the main loop
+            "0020 @P1 BRA 0x60", // norm A (2 instructions) or norm B (3)
+            "0030 FMUL R1, R1, R1",
+            "0040 FMUL R1, R1, R1",
+            "0050 BRA 0xa0",
+            "0060 FADD R1, R1, R1",
+            "0070 FADD R1, R1, R1",
+            "0080 FADD R1, R1, R1",
+            "0090 NOP",
+            "00a0 @P2 EXIT", // an early exit: the path may go on
+            "00b0 STG.E [R2.64], R1",
+            "00c0 EXIT",
+            "00d0 BRA 0xd0", // the end padding: after the EXIT, not reached
+        ]))[0];
+        let e = epilogue(f).unwrap();
+        // BRA, 3 FADD, NOP, EXIT?, STG, EXIT = 8; the padding's self-branch is no loop
+        assert_eq!((e.longest, e.static_instrs, e.loops), (8.0, 12, 0));
+        let no_hmma = &parse(&sass(&["0000 FADD R1, R1, R1", "0010 @P0 BRA 0x0", "0020 EXIT"]))[0];
+        assert!(epilogue(no_hmma).is_none());
     }
 }
