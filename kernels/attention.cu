@@ -17,7 +17,8 @@
 // attention_simt.cu; the split-KV merge is attention_combine.cu; shared helpers
 // (masks, empty rows) in tf/attention_common.cuh.
 //
-//   grid (ceil(T_q / BM), B, H), 128 threads = 4 warps. The CTA keeps its Q tile
+//   grid (ceil(T_q / BM), B, H) (causal: query blocks in reverse, heaviest first),
+//   128 threads = 4 warps. The CTA keeps its Q tile
 //   (BM x D) in shared memory and streams K and V tiles (BN x D) through one K and
 //   one V buffer, K blocks from last to first: V(n) is fetched (cp.async.cg, 16 B)
 //   while S = Q K(n)^T runs, K(n-1) while O += P V(n) runs; the prologue fetches
@@ -354,7 +355,13 @@ __device__ __forceinline__ void attn_fwd_mma(const tf_attn_params& p) {
     // Split-KV: blockIdx.x = query block * num_splits + split; split s takes the K
     // blocks [s * per, (s + 1) * per) of the query block's visible range.
     const int splits = kSplit ? p.num_splits : 1;
-    const int m_block = (int)(blockIdx.x / splits), split = (int)(blockIdx.x % splits);
+    // Causal: query blocks heaviest first. CTAs start in blockIdx order (x fastest),
+    // and under the mask the last query block sees the most keys, so x runs over the
+    // query blocks from the last one down: the CTAs left for the tail of the launch
+    // are the light first blocks of the last heads, not the heaviest ones.
+    const int m_blocks = (int)(gridDim.x / splits);
+    const int m_idx = (int)(blockIdx.x / splits), split = (int)(blockIdx.x % splits);
+    const int m_block = p.causal ? m_blocks - 1 - m_idx : m_idx;
     const int64_t m0 = (int64_t)m_block * BM;
     const int n_visible = num_key_blocks(p, m0, BM, BN);
     int n_lo = 0, n_hi = n_visible;
