@@ -23,8 +23,8 @@
 //        d_in and summed by pattention_scores_reduce when the n-tiles are few); here each
 //        warp combines its rows' statistics and loads P = gelu(ĥ·base·2^(e - E)).
 //   2. partial[chunk, i, c] = Σ_{j in chunk} P[i, j]·V_P[j, c] for the CTA's column
-//      range, 128 columns at a time (k-step 32 tokens, V_P via ldmatrix.x4.trans,
-//      4-stage ring streaming across column blocks), f32 stores. Whole 32 x 128 V_P
+//      range, 128 columns at a time (k-step 64 tokens, V_P via ldmatrix.x4.trans,
+//      3-stage ring streaming across column blocks), f32 stores. Whole 64 x 128 V_P
 //      tiles are copied through a TileStream re-aimed at each column block, the
 //      others by load_tile; ldmatrix offsets are computed once.
 //   pattention_combine then forms y[i, c] = r_i Σ_chunk 2^(e_chunk - E_i)·partial
@@ -60,10 +60,10 @@ struct Traits {
     static constexpr int kEpiBytes = kBM * kStageLd * 4;     // 34 KB
     // phase 2 (partial = P·V_chunk)
     static constexpr int kBN = 128;                          // output columns per block
-    static constexpr int kBKV = 32, kStagesB = 4, kChunksV = kBN / 8;
+    static constexpr int kBKV = 64, kStagesB = 3, kChunksV = kBN / 8;
     static constexpr int kSlices = kChunk / kBKV;            // k-steps per chunk
     static constexpr int kStageB = kBKV * kBN * 2;
-    static constexpr int kPipeB = kStagesB * kStageB;        // 32 KB
+    static constexpr int kPipeB = kStagesB * kStageB;        // 48 KB
     static constexpr int kChunksP = kChunk / 8;
     static constexpr int kBytesP = kBM * kChunk * 2;         // 16 KB
     static constexpr int kRegion = kPipeA > kEpiBytes ? (kPipeA > kPipeB ? kPipeA : kPipeB)
@@ -278,8 +278,8 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
 
     // Each lane's ldmatrix offsets, fixed for the loop: V_P (16 rows = 4 KB per k16
     // step) one per n8 pair np; P one per k16 step of the slice, whose chunk index
-    // 4·s + 2·kk + lane / 16 meets the swizzle (row & 7 = lane & 7) as
-    // (4·s ^ (lane & 4)) | ((2·kk + lane / 16) ^ (lane & 3)).
+    // 8·s + 2·kk + lane / 16 meets the swizzle (row & 7 = lane & 7) as
+    // 8·s + ((2·kk + lane / 16) ^ (lane & 7)): the slice is a constant offset.
     constexpr int kStepV16 = 16 * SwV::kRowBytes, kTileP16 = 16 * SwP::kRowBytes;
     int v_off[Tr::kNT / 2], p_off[Tr::kBKV / 16];
 #pragma unroll
@@ -289,14 +289,18 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
     }
 #pragma unroll
     for (int kk = 0; kk < Tr::kBKV / 16; ++kk)
-        p_off[kk] = (lane % 16) * SwP::kRowBytes + ((2 * kk + lane / 16) ^ (lane & 3)) * 16;
-    static_assert(Tr::kBKV / 8 == 4 && SwP::kGroup == 8 && SwP::kShift == 0, "the P offset split above");
+        p_off[kk] = (lane % 16) * SwP::kRowBytes + ((2 * kk + lane / 16) ^ (lane & 7)) * 16;
+    static_assert(Tr::kBKV / 8 == 8 && SwP::kGroup == 8 && SwP::kShift == 0, "the P offset split above");
 
     float* part = reinterpret_cast<float*>(p.partial);
     const bool even = p.d_out % 2 == 0;
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
+    // The loop in two forms decided once per CTA: FULL when all four m16 tiles hold
+    // rows (t > 48: no per-tile branch), else with the tiles past t skipped.
+    auto mainloop = [&](auto full) {
+    const int mts = decltype(full)::value ? Tr::kMT : mt_active;
     ring_prologue<Tr::kStagesB>(steps, load);
     for (int it = 0, blk = 0, s = 0; it < steps; ++it) {  // step it = column block blk, slice s
         tf::cp_async_wait<Tr::kStagesB - 2>();
@@ -304,7 +308,7 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
         if (it + Tr::kStagesB - 1 < steps) load(it + Tr::kStagesB - 1);
         tf::cp_async_commit();
         const unsigned char* sv = sR + (it % Tr::kStagesB) * Tr::kStageB;
-        const unsigned char* sp = sP + ((s ^ ((lane & 4) >> 2)) * 4) * 16;  // this slice's chunks of P
+        const unsigned char* sp = sP + s * 8 * 16;  // this slice's chunks of P
 #pragma unroll
         for (int kk = 0; kk < Tr::kBKV / 16; ++kk) {
             uint32_t bf[Tr::kNT / 2][4];
@@ -312,7 +316,7 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
             for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4_trans(bf[np], sv + v_off[np] + kk * kStepV16);
 #pragma unroll
             for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mt_active) {
+                if (mi < mts) {
                     uint32_t af[4];
                     tf::ldmatrix_x4(af, sp + p_off[kk] + mi * kTileP16);
 #pragma unroll
@@ -332,7 +336,7 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
                     const int r = mi * 16 + lane / 4 + 8 * hf;
-                    if (mi < mt_active && r < rows) {
+                    if (mi < mts && r < rows) {
                         float* dst = part + (chunk * p.t + r) * p.d_out;
 #pragma unroll
                         for (int ni = 0; ni < Tr::kNT; ++ni) {
@@ -351,6 +355,11 @@ __device__ __forceinline__ void decode(const tf_pattention_params& p) {
         }
         if (++s == slices) s = 0, ++blk;
     }
+    };
+    if (mt_active == Tr::kMT)
+        mainloop(Flag<true>());
+    else
+        mainloop(Flag<false>());
     tf::cp_async_wait<0>();
 }
 
