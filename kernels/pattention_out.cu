@@ -59,8 +59,11 @@ template <int BM>
 struct Traits {
     static constexpr int kBM = BM;             // rows (tokens) per CTA
     static constexpr int kBN = 128;            // output columns per CTA
-    static constexpr int kBK = 32;             // parameter tokens per stage
-    static constexpr int kStages = 4;
+    // parameter tokens per stage: 64 for the 64-row tile (its warps hold half the
+    // HMMA of a k16 step, so a 32-token stage spreads the step's fixed cost over 32
+    // HMMA only), 32 for the 128-row tile
+    static constexpr int kBK = BM == 64 ? 64 : 32;
+    static constexpr int kStages = BM == 64 ? 3 : 4;
     static constexpr int kWarpsM = BM / 64, kWarpsN = 4 / kWarpsM;
     static constexpr int kThreads = 32 * kWarpsM * kWarpsN;
     static constexpr int kWM = kBM / kWarpsM, kWN = kBN / kWarpsN;

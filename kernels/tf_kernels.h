@@ -65,7 +65,7 @@ typedef enum tf_norm {
 #define TF_PATTENTION_SMEM_SCORES_F32 34816 /* pattention_scores_f32 */
 #define TF_PATTENTION_SMEM_OUT_F32 12800    /* pattention_out_f32 */
 #define TF_PATTENTION_SMEM_DECODE 65536     /* pattention_decode_{f16,bf16} */
-#define TF_PATTENTION_SMEM_OUT64 49664      /* pattention_out64_{f16,bf16} */
+#define TF_PATTENTION_SMEM_OUT64 74240      /* pattention_out64_{f16,bf16} */
 
 /* Params of every pattention kernel (kernels/pattention*.cu); one struct, by value.
  *
