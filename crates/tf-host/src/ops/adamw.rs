@@ -233,6 +233,41 @@ impl<T: DType> AdamW<T> {
         self.slots.get(i).map(|s| (&s.m, &s.v))
     }
 
+    /// Replaces the moments of every tensor (f32, shaped as its master weights)
+    /// and the step count, e.g. to resume a checkpointed run; the master weights
+    /// stay. Errors, with nothing changed: not one moment per tensor, a shape or
+    /// device mismatch.
+    pub fn set_moments(&mut self, m: &[View<'_, f32>], v: &[View<'_, f32>], steps: u64) -> Result<()> {
+        let n = self.slots.len();
+        if m.len() != n || v.len() != n {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!("the optimizer holds {n} tensors but got {} and {} moments", m.len(), v.len()),
+            });
+        }
+        for (i, ((a, b), s)) in m.iter().zip(v).zip(&self.slots).enumerate() {
+            for (what, x) in [("first moment", a), ("second moment", b)] {
+                check_view(&self.dev, what, i, x.shape(), x.strides(), x.device())?;
+                if x.shape() != s.shape.as_slice() {
+                    return Err(Error::Shape {
+                        op: OP,
+                        msg: format!("tensor {i} is {:?} but its {what} {:?}", s.shape, x.shape()),
+                    });
+                }
+            }
+        }
+        let mut values = Vec::with_capacity(n);
+        for (a, b) in m.iter().zip(v) {
+            values.push((a.to_vec()?, b.to_vec()?));
+        }
+        for (s, (a, b)) in self.slots.iter_mut().zip(values) {
+            s.m.write(&a)?;
+            s.v.write(&b)?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// The gradient norm and clip factor of the last step (waits for it).
     pub fn last_norm(&self) -> Result<(f32, f32)> {
         let v = self.norm.to_vec()?;
