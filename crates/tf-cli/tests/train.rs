@@ -224,11 +224,11 @@ fn bad_input_is_one_line() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-/// The device backend (the backward kernels on the emulator; an f32 model, then a
-/// bf16 one) trains the same run as the reference backend: the same batches and schedule, losses within
-/// f32's reach of the reference's at every step, a preserving growth that leaves
-/// the batch loss bitwise unchanged (the trainer's check runs on the f64
-/// parameters), and the loss falling.
+/// The device backend (tf_host::Trainer on the emulator; an f32 model, then a
+/// bf16 one) trains the same run as the reference backend: the same batches and
+/// schedule, losses within f32's reach of the reference's at every step, a
+/// preserving growth that leaves the batch loss bitwise unchanged (computed on
+/// the device, before and after), and the loss falling.
 #[test]
 fn the_device_backend_trains_like_the_reference() {
     let dir = tmp("device");
