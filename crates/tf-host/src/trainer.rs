@@ -207,7 +207,9 @@ impl<T: DType> Trainer<T> {
     /// zero moments for the new rows.
     ///
     /// Errors: a count below the current one, the softmax norm with
-    /// `preserving`, and the device's errors.
+    /// `preserving` (checked before anything changes), and the device's errors
+    /// (after which, e.g. an allocation failing once the model grew, the model
+    /// and the optimizer state may disagree: drop the trainer).
     pub fn grow(&mut self, qkv: usize, proj: usize, ffn: usize, preserving: bool) -> Result<()> {
         let old = self.model.config().clone();
         let to = SlotCounts { qkv, proj, ffn };
