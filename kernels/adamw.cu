@@ -1,25 +1,31 @@
 // adamw.cu: the fused AdamW step of training over a list of tensors, deterministic.
 //
 // Computes, for one step t with the clip factor c and every element of every tensor
-// (the f64 formulas of tf-ref's adamw_step, here in f32):
-//   N = sqrt(sum of g^2 over all tensors);  c = min(1, max_norm / (N + 1e-6))
+// (the f64 formulas of tf-ref's adamw_step, here in f32), the f32 gradient first
+// multiplied by the step's grad_scale s (e.g. 1/B for the mean of B summed windows):
+//   g = s * g;  N = sqrt(sum of g^2 over all tensors);  c = min(1, max_norm / (N + 1e-6))
 //   g = c * g;  p = p - lr*wd*p (decayed tensors);  m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*g^2
 //   p = p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps);  param = round(p)
 // in three launches with no host sync between them:
 //   adamw_norm_partial  one CTA per chunk of TF_ADAMW_CHUNK elements: the f32 sum of
-//                       squares of its grads (fixed per-thread order, then a fixed
-//                       tree) -> partial[chunk];
+//                       squares of its scaled grads (fixed per-thread order, then a
+//                       fixed tree) -> partial[chunk];
 //   adamw_norm_final    one CTA: the partials summed in f64 in a fixed order -> N, c;
 //   adamw_update        one CTA per chunk: reads N and c from device memory; when N is
 //                       not finite it writes nothing (the step is skipped, as tf-ref
 //                       refuses it), else updates master, m, v and the parameter copy.
 // No atomics anywhere: the same inputs give the same bits on every run.
 //
+// Gradients are f32 whatever the parameters' storage type T: the model's backward
+// produces f32 gradients, and rounding them to f16 first would flush small ones to
+// zero (f16's smallest subnormal is 6e-8) and coarsen the rest.
+//
 // Thread mapping: blockIdx.x is a chunk; the CTA finds its descriptor by binary search
 // over chunk_start. Its 256 threads stride over the chunk's elements in groups of
 // 16 bytes of the storage type (8 for f16/bf16, 4 for f32) when every pointer of the
 // descriptor is 16-byte aligned, else element by element; the tensor's last chunk ends
-// with a scalar tail. Indices are 64-bit.
+// with a scalar tail. The norm pass reads the f32 gradients in groups of 4. Indices
+// are 64-bit.
 //
 // Preconditions (checked by the host plan): numel >= 1, chunk_start consistent with
 // the numels, pointers aligned to their element size, no buffer overlapping another.
@@ -53,21 +59,8 @@ __device__ __forceinline__ void chunk_range(const tf_adamw_desc& d, int64_t c, i
     end = begin + CHUNK < d.numel ? begin + CHUNK : d.numel;
 }
 
-// N consecutive elements of type T at element i, as f32 (one 16-byte load when N
-// elements make 16 bytes).
-template <typename T, int N>
-__device__ __forceinline__ void load(const T* base, int64_t i, float (&out)[N]) {
-    if constexpr (N * sizeof(T) == 16) {
-        const uint4 raw = *reinterpret_cast<const uint4*>(base + i);
-        const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-        for (int k = 0; k < N; ++k) out[k] = tf::to_float<T>(e[k]);
-    } else {
-#pragma unroll
-        for (int k = 0; k < N; ++k) out[k] = tf::to_float<T>(base[i + k]);
-    }
-}
-
+// N consecutive f32 values rounded to T at element i (one 16-byte store when N
+// elements of T make 16 bytes).
 template <typename T, int N>
 __device__ __forceinline__ void store(T* base, int64_t i, const float (&in)[N]) {
     if constexpr (N * sizeof(T) == 16) {
@@ -109,47 +102,49 @@ __device__ __forceinline__ void store_f32(float* base, int64_t i, const float (&
     }
 }
 
-// Sum of squares of grads [begin, end): groups of N from thread t, then the tail.
-template <typename T, int N>
-__device__ float sum_squares(const T* g, int64_t begin, int64_t end) {
+// Sum of squares of the scaled f32 grads [begin, end): groups of N from thread t,
+// then the tail.
+template <int N>
+__device__ float sum_squares(const float* g, float scale, int64_t begin, int64_t end) {
     float acc = 0.0f;
     const int64_t groups = (end - begin) / N;
     for (int64_t j = threadIdx.x; j < groups; j += THREADS) {
         float x[N];
-        load<T, N>(g, begin + j * N, x);
+        load_f32<N>(g, begin + j * N, x);
 #pragma unroll
-        for (int k = 0; k < N; ++k) acc += x[k] * x[k];
+        for (int k = 0; k < N; ++k) {
+            const float y = scale * x[k];
+            acc += y * y;
+        }
     }
     for (int64_t i = begin + groups * N + threadIdx.x; i < end; i += THREADS) {
-        const float x = tf::to_float<T>(g[i]);
-        acc += x * x;
+        const float y = scale * g[i];
+        acc += y * y;
     }
     return acc;
 }
 
-template <typename T>
-__device__ float chunk_sum_squares(const tf_adamw_desc& d, int64_t begin, int64_t end) {
-    constexpr int V = 16 / sizeof(T);
-    const T* g = reinterpret_cast<const T*>(d.grad);
-    return aligned16(d.grad) ? sum_squares<T, V>(g, begin, end) : sum_squares<T, 1>(g, begin, end);
+__device__ float chunk_sum_squares(const tf_adamw_desc& d, float scale, int64_t begin, int64_t end) {
+    const float* g = reinterpret_cast<const float*>(d.grad);
+    return aligned16(d.grad) ? sum_squares<4>(g, scale, begin, end) : sum_squares<1>(g, scale, begin, end);
 }
 
 // The step's constants, f32.
 struct Coef {
-    float c, lr, lr_wd, b1, omb1, b2, omb2, inv_bc1, inv_bc2, eps;
+    float scale, c, lr, lr_wd, b1, omb1, b2, omb2, inv_bc1, inv_bc2, eps;
 };
 
 template <typename T, int N>
 __device__ __forceinline__ void update_group(const tf_adamw_desc& d, const Coef& k, int64_t i) {
     float g[N], p[N], m[N], v[N];
-    load<T, N>(reinterpret_cast<const T*>(d.grad), i, g);
+    load_f32<N>(reinterpret_cast<const float*>(d.grad), i, g);
     load_f32<N>(reinterpret_cast<const float*>(d.master), i, p);
     load_f32<N>(reinterpret_cast<const float*>(d.m), i, m);
     load_f32<N>(reinterpret_cast<const float*>(d.v), i, v);
 #pragma unroll
     for (int e = 0; e < N; ++e) {
         if (d.decay) p[e] = p[e] - k.lr_wd * p[e];
-        const float ge = k.c * g[e];
+        const float ge = k.c * (k.scale * g[e]);
         m[e] = k.b1 * m[e] + k.omb1 * ge;
         v[e] = k.b2 * v[e] + k.omb2 * (ge * ge);
         p[e] = p[e] - k.lr * (m[e] * k.inv_bc1) / (sqrtf(v[e] * k.inv_bc2) + k.eps);
@@ -188,11 +183,7 @@ extern "C" __global__ void __launch_bounds__(TF_ADAMW_THREADS) adamw_norm_partia
     const tf_adamw_desc d = find(p, c);
     int64_t begin, end;
     chunk_range(d, c, begin, end);
-    float acc;
-    if (d.dtype == TF_DTYPE_F32) acc = chunk_sum_squares<float>(d, begin, end);
-    else if (d.dtype == TF_DTYPE_F16) acc = chunk_sum_squares<__half>(d, begin, end);
-    else acc = chunk_sum_squares<__nv_bfloat16>(d, begin, end);
-    red[threadIdx.x] = acc;
+    red[threadIdx.x] = chunk_sum_squares(d, p.grad_scale, begin, end);
     __syncthreads();
     for (int s = THREADS / 2; s > 0; s /= 2) {
         if ((int)threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
@@ -233,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(TF_ADAMW_THREADS) adamw_update(cons
     const float* nc = reinterpret_cast<const float*>(p.norm);
     const float n = nc[0];
     if (!isfinite(n)) return;  // a NaN or infinite gradient: the step is skipped
-    const Coef k{nc[1], p.lr, p.lr_wd, p.beta1, p.one_minus_beta1, p.beta2, p.one_minus_beta2, p.inv_bc1, p.inv_bc2,
+    const Coef k{p.grad_scale, nc[1], p.lr, p.lr_wd, p.beta1, p.one_minus_beta1, p.beta2, p.one_minus_beta2, p.inv_bc1, p.inv_bc2,
                  p.eps};
     const tf_adamw_desc d = find(p, c);
     int64_t begin, end;

@@ -437,18 +437,18 @@ typedef struct tf_attn_backward_params {
 /* One tensor of an AdamW launch; every buffer holds `numel` contiguous elements. */
 typedef struct tf_adamw_desc {
     tf_ptr param;            /* storage type: the copy written from the master (update) */
-    tf_ptr grad;             /* storage type: the gradient */
+    tf_ptr grad;             /* f32: the gradient (before grad_scale) */
     tf_ptr master;           /* f32 master weights, in and out */
     tf_ptr m;                /* f32 first moment, in and out */
     tf_ptr v;                /* f32 second moment, in and out */
     int64_t numel;           /* elements, >= 1 */
     int64_t chunk_start;     /* index of its first chunk: the sum of ceil(numel / CHUNK) before it */
-    int32_t dtype;           /* tf_dtype of param and grad */
+    int32_t dtype;           /* tf_dtype of param */
     int32_t decay;           /* 1: decoupled weight decay applies, 0: not */
 } tf_adamw_desc;
 
 /* Params of the three adamw kernels (one struct, by value). `norm` holds two f32:
- * the global gradient norm N, then the clip factor c = min(1, max_norm / (N + 1e-6))
+ * the global norm N of the scaled gradients (grad_scale * grad), then the clip factor c = min(1, max_norm / (N + 1e-6))
  * (1 without clipping); adamw_update leaves everything untouched when N is not finite. */
 typedef struct tf_adamw_params {
     tf_ptr descs;            /* tf_adamw_desc[num_descs] in device memory, chunk_start ascending */
@@ -456,6 +456,7 @@ typedef struct tf_adamw_params {
     tf_ptr norm;             /* [2] f32: N and c (written by adamw_norm_final) */
     int64_t num_descs;       /* descriptors, >= 1 */
     int64_t num_chunks;      /* chunks of all descriptors: gridDim.x of the chunked kernels */
+    float grad_scale;        /* every gradient is multiplied by it first (before the norm) */
     float max_norm;          /* clipping threshold; <= 0: no clipping (c = 1) */
     float lr;                /* this step's learning rate */
     float lr_wd;             /* lr * weight_decay (f64 product, rounded) */

@@ -713,6 +713,7 @@ pub struct tf_adamw_params {
     pub norm: tf_ptr,
     pub num_descs: i64,
     pub num_chunks: i64,
+    pub grad_scale: f32,
     pub max_norm: f32,
     pub lr: f32,
     pub lr_wd: f32,
@@ -726,25 +727,26 @@ pub struct tf_adamw_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_adamw_params"][::std::mem::size_of::<tf_adamw_params>() - 80usize];
+    ["Size of tf_adamw_params"][::std::mem::size_of::<tf_adamw_params>() - 88usize];
     ["Alignment of tf_adamw_params"][::std::mem::align_of::<tf_adamw_params>() - 8usize];
     ["Offset of field: tf_adamw_params::descs"][::std::mem::offset_of!(tf_adamw_params, descs) - 0usize];
     ["Offset of field: tf_adamw_params::partial"][::std::mem::offset_of!(tf_adamw_params, partial) - 8usize];
     ["Offset of field: tf_adamw_params::norm"][::std::mem::offset_of!(tf_adamw_params, norm) - 16usize];
     ["Offset of field: tf_adamw_params::num_descs"][::std::mem::offset_of!(tf_adamw_params, num_descs) - 24usize];
     ["Offset of field: tf_adamw_params::num_chunks"][::std::mem::offset_of!(tf_adamw_params, num_chunks) - 32usize];
-    ["Offset of field: tf_adamw_params::max_norm"][::std::mem::offset_of!(tf_adamw_params, max_norm) - 40usize];
-    ["Offset of field: tf_adamw_params::lr"][::std::mem::offset_of!(tf_adamw_params, lr) - 44usize];
-    ["Offset of field: tf_adamw_params::lr_wd"][::std::mem::offset_of!(tf_adamw_params, lr_wd) - 48usize];
-    ["Offset of field: tf_adamw_params::beta1"][::std::mem::offset_of!(tf_adamw_params, beta1) - 52usize];
+    ["Offset of field: tf_adamw_params::grad_scale"][::std::mem::offset_of!(tf_adamw_params, grad_scale) - 40usize];
+    ["Offset of field: tf_adamw_params::max_norm"][::std::mem::offset_of!(tf_adamw_params, max_norm) - 44usize];
+    ["Offset of field: tf_adamw_params::lr"][::std::mem::offset_of!(tf_adamw_params, lr) - 48usize];
+    ["Offset of field: tf_adamw_params::lr_wd"][::std::mem::offset_of!(tf_adamw_params, lr_wd) - 52usize];
+    ["Offset of field: tf_adamw_params::beta1"][::std::mem::offset_of!(tf_adamw_params, beta1) - 56usize];
     ["Offset of field: tf_adamw_params::one_minus_beta1"]
-        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta1) - 56usize];
-    ["Offset of field: tf_adamw_params::beta2"][::std::mem::offset_of!(tf_adamw_params, beta2) - 60usize];
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta1) - 60usize];
+    ["Offset of field: tf_adamw_params::beta2"][::std::mem::offset_of!(tf_adamw_params, beta2) - 64usize];
     ["Offset of field: tf_adamw_params::one_minus_beta2"]
-        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta2) - 64usize];
-    ["Offset of field: tf_adamw_params::inv_bc1"][::std::mem::offset_of!(tf_adamw_params, inv_bc1) - 68usize];
-    ["Offset of field: tf_adamw_params::inv_bc2"][::std::mem::offset_of!(tf_adamw_params, inv_bc2) - 72usize];
-    ["Offset of field: tf_adamw_params::eps"][::std::mem::offset_of!(tf_adamw_params, eps) - 76usize];
+        [::std::mem::offset_of!(tf_adamw_params, one_minus_beta2) - 68usize];
+    ["Offset of field: tf_adamw_params::inv_bc1"][::std::mem::offset_of!(tf_adamw_params, inv_bc1) - 72usize];
+    ["Offset of field: tf_adamw_params::inv_bc2"][::std::mem::offset_of!(tf_adamw_params, inv_bc2) - 76usize];
+    ["Offset of field: tf_adamw_params::eps"][::std::mem::offset_of!(tf_adamw_params, eps) - 80usize];
 };
 pub const TF_EMU_ORDER_FORWARD: tf_emu_lane_order = 0;
 pub const TF_EMU_ORDER_REVERSE: tf_emu_lane_order = 1;

@@ -72,8 +72,9 @@ enum Command {
     /// One op at one shape on the emulator's memory profiler: per kernel, requests,
     /// sectors, coalescing and bank conflicts per source line.
     Profile(ProfileArgs),
-    /// Train a model on a byte or u16-token corpus with tf-ref's exact f64 gradients,
-    /// optionally growing it mid-run; save and resume bit-exactly.
+    /// Train a model on a byte or u16-token corpus, with tf-ref's exact f64 gradients
+    /// and AdamW on the CPU or (--device) everything on a device in f32, optionally
+    /// growing it mid-run; save and resume bit-exactly.
     Train(TrainArgs),
 }
 
@@ -129,15 +130,16 @@ pub struct TrainArgs {
     /// Write the loss curve as an SVG to FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<std::path::PathBuf>,
-    /// Gradients from: `reference` (tf-ref, f64, CPU), or the device backward
-    /// kernels (f32) on `emulator`, `cuda` or `auto` (CUDA when usable).
+    /// Where the run trains: `reference` (tf-ref, f64, CPU), or on `emulator`,
+    /// `cuda` or `auto` (CUDA when usable): model, f32 gradients, f32 master
+    /// weights and AdamW on the device.
     #[arg(long, default_value = "reference")]
     pub device: String,
     /// CPU threads of the reference backend (the results do not depend on it).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Storage type of the device backend's model: f32, f16 or bf16 (activations
-    /// in it, gradients f32; the master parameters stay f64 on the host).
+    /// in it; gradients, master weights and moments f32 on the device).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
 }

@@ -1,12 +1,14 @@
-//! `train`: training on the f64 reference backend (tf-ref's [`Trainer`]), with
-//! an optional growth in the middle, exact checkpoints and resume, a progress
-//! line per step, JSON lines and an SVG loss curve.
+//! `train`: training on the f64 reference backend (tf-ref's [`Trainer`]) or on
+//! a device (tf-host's [`tf_host::Trainer`]: model, gradients and AdamW on the
+//! device), with an optional growth in the middle, exact checkpoints and resume,
+//! a progress line per step, JSON lines and an SVG loss curve.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tf_host::{bf16, f16, DType, Device, Tokenformer};
-use tf_ref::{batch_mean, AdamWConfig, Corpus, GrowPlan, ModelParams, RunConfig, TokenformerConfig, Trainer};
+use tf_host::{bf16, f16, DType, Device};
+use tf_ref::{AdamWConfig, Corpus, GrowPlan, RunConfig, StepReport, TokenformerConfig, Trainer};
 
 use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
 use crate::TrainArgs;
@@ -117,6 +119,72 @@ fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
     Ok((t, Some(data)))
 }
 
+/// What the training loop needs of a backend: tf-ref's trainer (the reference
+/// backend) or tf-host's (the device backend), one run contract.
+trait Backend {
+    fn run(&self) -> &RunConfig;
+    fn cfg(&self) -> &TokenformerConfig;
+    fn step_count(&self) -> u64;
+    fn step(&mut self, data: &Corpus) -> CliResult<StepReport>;
+    fn eval_loss(&self, data: &Corpus) -> CliResult<f64>;
+    fn save(&self, path: &Path, data: u64) -> CliResult<()>;
+}
+
+impl Backend for Trainer {
+    fn run(&self) -> &RunConfig {
+        &self.run
+    }
+    fn cfg(&self) -> &TokenformerConfig {
+        &self.cfg
+    }
+    fn step_count(&self) -> u64 {
+        Trainer::step_count(self)
+    }
+    fn step(&mut self, data: &Corpus) -> CliResult<StepReport> {
+        Trainer::step(self, data).map_err(s)
+    }
+    fn eval_loss(&self, data: &Corpus) -> CliResult<f64> {
+        Trainer::eval_loss(self, data).map_err(s)
+    }
+    fn save(&self, path: &Path, data: u64) -> CliResult<()> {
+        Trainer::save(self, path, data).map_err(s)
+    }
+}
+
+impl<T: DType> Backend for tf_host::Trainer<T> {
+    fn run(&self) -> &RunConfig {
+        tf_host::Trainer::run(self)
+    }
+    fn cfg(&self) -> &TokenformerConfig {
+        self.config()
+    }
+    fn step_count(&self) -> u64 {
+        tf_host::Trainer::step_count(self)
+    }
+    fn step(&mut self, data: &Corpus) -> CliResult<StepReport> {
+        tf_host::Trainer::step(self, data).map_err(s)
+    }
+    fn eval_loss(&self, data: &Corpus) -> CliResult<f64> {
+        tf_host::Trainer::eval_loss(self, data).map_err(s)
+    }
+    fn save(&self, path: &Path, data: u64) -> CliResult<()> {
+        tf_host::Trainer::save(self, path, data).map_err(s)
+    }
+}
+
+/// The device backend's trainer in storage type `dtype`, in the state of `t`
+/// (a fresh run's init or a checkpoint's state, as f32 master weights).
+fn device_trainer(dev: &Device, dtype: &str, t: &Trainer) -> CliResult<Box<dyn Backend>> {
+    fn make<T: DType + 'static>(dev: &Device, t: &Trainer) -> CliResult<Box<dyn Backend>> {
+        Ok(Box::new(tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?))
+    }
+    match dtype {
+        "f16" => make::<f16>(dev, t),
+        "bf16" => make::<bf16>(dev, t),
+        _ => make::<f32>(dev, t),
+    }
+}
+
 /// Runs `tokenformer train`.
 pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     if !["f32", "f16", "bf16"].contains(&a.dtype.as_str()) {
@@ -143,23 +211,23 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     if a.eval_every == Some(0) || a.log_every == 0 {
         return Err("--eval-every and --log-every must be at least 1".into());
     }
-    let (mut t, saved_data) = make_trainer(a)?;
-    t.threads = a.threads;
-    let data = Corpus::read(&a.data, t.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
-    data.check_fits(t.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
+    let (mut rt, saved_data) = make_trainer(a)?;
+    rt.threads = a.threads;
+    let data = Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
+    data.check_fits(rt.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
     if let Some(fp) = saved_data {
         if fp != data.fingerprint() {
             return Err(format!("--resume: the checkpoint was trained on other data than {}", a.data.display()));
         }
     }
-    let stop = a.stop_at.unwrap_or(t.run.steps);
-    if stop <= t.step_count() || stop > t.run.steps {
+    let stop = a.stop_at.unwrap_or(rt.run.steps);
+    if stop <= rt.step_count() || stop > rt.run.steps {
         return Err(format!(
             "--stop-at {stop} must be in {}..={} (the run has taken {} of {} steps)",
-            t.step_count() + 1,
-            t.run.steps,
-            t.step_count(),
-            t.run.steps
+            rt.step_count() + 1,
+            rt.run.steps,
+            rt.step_count(),
+            rt.run.steps
         ));
     }
     for (flag, p) in [("--save", &a.save), ("--json", &a.json), ("--svg", &a.svg)] {
@@ -167,12 +235,17 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
             check_output(flag, p)?;
         }
     }
-    let r = &t.run;
+    let threads = rt.threads;
+    let mut t: Box<dyn Backend> = match &device {
+        None => Box::new(rt),
+        Some(dev) => device_trainer(dev, &a.dtype, &rt)?,
+    };
+    let r = t.run();
     outln!(
         "train: config {} ({} params), {} steps (from {}), batch {} x seq {}, lr {} cosine, seed {}, {} corpus tokens \
          ({} train, {} held out), {}",
-        t.cfg.name,
-        crate::util::millions(t.cfg.param_count()),
+        t.cfg().name,
+        crate::util::millions(t.cfg().param_count()),
         r.steps,
         t.step_count(),
         r.batch,
@@ -183,9 +256,12 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         data.train().len(),
         data.eval().len(),
         match &device {
-            None => format!("reference backend (f64, {} thread{})", t.threads, if t.threads == 1 { "" } else { "s" }),
-            Some(d) =>
-                format!("device backend on {}, {} model (f32 gradients; f64 AdamW on the host)", d.name(), a.dtype),
+            None => format!("reference backend (f64, {threads} thread{})", if threads == 1 { "" } else { "s" }),
+            Some(d) => format!(
+                "device backend on {}, {} model (f32 gradients, f32 master weights and AdamW on the device)",
+                d.name(),
+                a.dtype
+            ),
         }
     );
     let tokens_per_step = (r.batch * r.seq) as f64;
@@ -196,27 +272,17 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let mut compute = 0.0;
     while t.step_count() < stop {
         let t0 = Instant::now();
-        let rep = match &device {
-            None => t.step(&data),
-            Some(dev) => {
-                t.step_with(&data, &mut |p: &ModelParams, c: &TokenformerConfig, w: &[&[u32]]| match a.dtype.as_str() {
-                    "f16" => device_grads::<f16>(dev, p, c, w),
-                    "bf16" => device_grads::<bf16>(dev, p, c, w),
-                    _ => device_grads::<f32>(dev, p, c, w),
-                })
-            }
-        }
-        .map_err(s)?;
+        let rep = t.step(&data)?;
         let dt = t0.elapsed().as_secs_f64();
         compute += dt;
         let last = t.step_count() == stop;
         let eval_loss = match a.eval_every {
-            Some(k) if t.step_count() % k == 0 || last => Some(t.eval_loss(&data).map_err(s)?),
+            Some(k) if t.step_count() % k == 0 || last => Some(t.eval_loss(&data)?),
             _ => None,
         };
         progress.inc(1);
         if let Some((before, after)) = rep.grown {
-            let c = &t.cfg;
+            let c = t.cfg();
             let same = if before.to_bits() == after.to_bits() { "bitwise equal" } else { "changed" };
             let line = format!(
                 "grow: before step {} to {},{},{} slots ({}, {} params): batch loss {before:.6} -> {after:.6} ({same})",
@@ -224,7 +290,7 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
                 c.qkv_slots,
                 c.proj_slots,
                 c.ffn_slots,
-                if t.run.grow.is_some_and(|g| g.preserving) { "preserving" } else { "random init" },
+                if t.run().grow.is_some_and(|g| g.preserving) { "preserving" } else { "random init" },
                 crate::util::millions(c.param_count())
             );
             progress.suspend(|| crate::util::write_stdout(format_args!("{line}"), true))?;
@@ -234,7 +300,7 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
             let line = format!(
                 "step {:>5}/{}  loss {:.4}{ev}  lr {:.3e}  |g| {:.3}  {:.0} tok/s",
                 rep.step,
-                t.run.steps,
+                t.run().steps,
                 rep.loss,
                 rep.lr,
                 rep.grad_norm,
@@ -247,7 +313,7 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     progress.finish_and_clear();
     let n = (t.step_count() - first) as f64;
     let backend = match &device {
-        None => format!("reference backend, {} thread{}", t.threads, if t.threads == 1 { "" } else { "s" }),
+        None => format!("reference backend, {threads} thread{}", if threads == 1 { "" } else { "s" }),
         Some(d) => format!("device backend on {}", d.name()),
     };
     outln!(
@@ -258,13 +324,13 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     );
     if let Some(p) = &a.save {
         t.save(p, data.fingerprint()).map_err(|e| format!("--save: {e}"))?;
-        outln!("saved step {} of {} to {}", t.step_count(), t.run.steps, p.display());
+        outln!("saved step {} of {} to {}", t.step_count(), t.run().steps, p.display());
     }
     if let Some(p) = &a.json {
         write_file("--json", p, json_lines(&records).as_bytes())?;
     }
     if let Some(p) = &a.svg {
-        write_file("--svg", p, svg(&records, t.run.steps).as_bytes())?;
+        write_file("--svg", p, svg(&records, t.run().steps).as_bytes())?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -355,25 +421,6 @@ fn svg(records: &[Record], steps: u64) -> String {
     }
     o.push_str("</svg>\n");
     o
-}
-
-/// The device backend's gradients for one step: the parameters rounded to a `T`
-/// model on `dev`, each window's loss and gradients there
-/// (`Tokenformer::loss_and_grads`), summed on the host in window order and
-/// divided by the window count (the reference backend's contract).
-fn device_grads<T: DType>(
-    dev: &Device,
-    params: &ModelParams,
-    cfg: &TokenformerConfig,
-    windows: &[&[u32]],
-) -> tf_ref::Result<(f64, ModelParams)> {
-    const OP: &str = "train (device backend)";
-    let err = |e: tf_host::Error| tf_ref::Error::InvalidArgument { op: OP, msg: e.to_string() };
-    let model = Tokenformer::<T>::from_params(dev, cfg, params).map_err(err)?;
-    batch_mean(windows.iter().map(|w| {
-        let (loss, g) = model.loss_and_grads(&w[..w.len() - 1], &w[1..]).map_err(err)?;
-        Ok((loss, g.to_params(params).map_err(err)?))
-    }))
 }
 
 #[cfg(test)]

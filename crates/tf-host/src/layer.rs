@@ -260,6 +260,13 @@ impl<T: DType> Pattention<T> {
         self.v_buf.strided(0, &[self.n, d], &[d, 1]).unwrap_or_else(|_| self.v_buf.view())
     }
 
+    /// The key tokens `[n, d_in]` and value tokens `[n, d_out]`, writable (an
+    /// optimizer updates them in place).
+    pub(crate) fn tokens_mut(&mut self) -> Result<(ViewMut<'_, T>, ViewMut<'_, T>)> {
+        let (n, d_in, d_out) = (self.n, self.d_in(), self.d_out());
+        Ok((self.k_buf.strided_mut(0, &[n, d_in], &[d_in, 1])?, self.v_buf.strided_mut(0, &[n, d_out], &[d_out, 1])?))
+    }
+
     /// The key and value tokens copied to the host, `[n, d_in]` and `[n, d_out]`
     /// row-major (checkpoints).
     pub(crate) fn download(&self) -> Result<(Vec<T>, Vec<T>)> {

@@ -10,7 +10,9 @@
 //!   [`ops::block`]. Operands that could be swapped by position are passed by name
 //!   ([`PattentionArgs`], [`AttnArgs`]).
 //! - [`AdamW`]: the fused optimizer step of training (f32 master weights and
-//!   moments, deterministic global-norm clipping).
+//!   moments, f32 gradients, deterministic global-norm clipping).
+//! - [`Trainer`]: training on the device: the model and its optimizer state,
+//!   tf-ref's run contract (schedule, batches, growth mid-run, checkpoints).
 //! - [`Pattention`]: a layer that owns its parameter tokens and grows.
 //! - [`Tokenformer`]: the whole model: init, checkpoints, forward, KV-cache
 //!   generation, growth of every Pattention at once.
@@ -51,6 +53,7 @@ pub mod model;
 pub mod ops;
 pub mod tensor;
 pub mod train;
+pub mod trainer;
 pub mod workspace;
 
 /// The cudarc this crate is built with (same version and features), for programs
@@ -76,6 +79,7 @@ pub use ops::pattention::{
 pub use ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes, PattentionGrads};
 pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
 pub use train::ModelGrads;
+pub use trainer::Trainer;
 pub use workspace::Workspace;
 
 /// The kernels' fatbin was compiled: false only in a build without CUDA kernels

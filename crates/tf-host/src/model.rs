@@ -560,6 +560,35 @@ impl<T: DType> Tokenformer<T> {
         (self.norm_weight.view(), self.norm_bias.view())
     }
 
+    /// Every parameter tensor in [`TokenformerConfig::tensor_names`] order (the
+    /// order of tf-ref's `param_tensors`): the embedding `[vocab, d]`; per block
+    /// the key then value tokens `[n, d]` of query, key, value, proj, ffn; the
+    /// final norm's weight and bias `[d]`.
+    pub fn param_views(&self) -> Vec<View<'_, T>> {
+        let mut out = vec![self.embedding.view()];
+        for p in self.blocks.iter().flatten() {
+            out.push(p.keys());
+            out.push(p.values());
+        }
+        out.push(self.norm_weight.view());
+        out.push(self.norm_bias.view());
+        out
+    }
+
+    /// [`param_views`](Self::param_views), writable: an optimizer updates the
+    /// parameters in place (crate::trainer).
+    pub(crate) fn param_views_mut(&mut self) -> Result<Vec<ViewMut<'_, T>>> {
+        let mut out = vec![self.embedding.view_mut()];
+        for p in self.blocks.iter_mut().flatten() {
+            let (k, v) = p.tokens_mut()?;
+            out.push(k);
+            out.push(v);
+        }
+        out.push(self.norm_weight.view_mut());
+        out.push(self.norm_bias.view_mut());
+        Ok(out)
+    }
+
     /// The device.
     pub fn device(&self) -> &Device {
         &self.dev

@@ -46,6 +46,54 @@ pub struct ModelGrads {
 }
 
 impl ModelGrads {
+    /// Every gradient tensor in the order of [`Tokenformer::param_views`] (the
+    /// model's parameter order), each shaped as its parameter.
+    pub fn views(&self) -> Vec<View<'_, f32>> {
+        self.tensors().into_iter().map(|t| t.view()).collect()
+    }
+
+    fn tensors(&self) -> Vec<&Tensor<f32>> {
+        let mut out = vec![&self.embedding];
+        for (k, v) in self.blocks.iter().flatten() {
+            out.push(k);
+            out.push(v);
+        }
+        out.push(&self.final_norm_weight);
+        out.push(&self.final_norm_bias);
+        out
+    }
+
+    fn tensors_mut(&mut self) -> Vec<&mut Tensor<f32>> {
+        let mut out = vec![&mut self.embedding];
+        for (k, v) in self.blocks.iter_mut().flatten() {
+            out.push(k);
+            out.push(v);
+        }
+        out.push(&mut self.final_norm_weight);
+        out.push(&mut self.final_norm_bias);
+        out
+    }
+
+    /// `self += other`, tensor by tensor on the device (f32, one rounding per
+    /// element): accumulates the gradients of several sequences in a fixed order.
+    /// Errors: gradients of another shape or device.
+    pub fn add_assign(&mut self, other: &ModelGrads) -> Result<()> {
+        const OP_ADD: &str = "ModelGrads::add_assign";
+        let dev = self.embedding.device().clone();
+        let theirs = other.tensors();
+        let mine = self.tensors_mut();
+        if mine.len() != theirs.len() || mine.iter().zip(&theirs).any(|(a, b)| a.shape() != b.shape()) {
+            return Err(Error::Shape { op: OP_ADD, msg: "the gradients are of differently shaped models".into() });
+        }
+        for (a, b) in mine.into_iter().zip(theirs) {
+            // As [rows, elements per row]: the residual add takes 2-D views.
+            let cols = a.shape().last().copied().unwrap_or(1).max(1);
+            let rows2 = [a.len() / cols, cols];
+            add_assign(&dev, &mut a.reshaped_mut(&rows2)?, &b.reshaped(&rows2)?)?;
+        }
+        Ok(())
+    }
+
     /// The gradients copied to the host as a [`ModelParams`] shaped like `like`
     /// (the model's `to_params()`; its `n_ref` pins are kept, as tf-ref's
     /// `loss_and_grads` does).
@@ -106,19 +154,40 @@ fn pattn<T: DType>(dev: &Device, layer: &Pattention<T>, x: &View<'_, T>) -> Resu
     Ok(y)
 }
 
+/// The sizes and options of one sequence's training forward and backward.
+struct Setup {
+    t: usize,
+    d: usize,
+    rope: RotaryArgs,
+    eps: f32,
+    attn: AttnOptions,
+    shape4: [usize; 4],
+}
+
+/// The training forward's results: every block's activations, the final
+/// norm's input and output, and the logits.
+struct Forward<T: DType> {
+    setup: Setup,
+    acts: Vec<BlockActs<T>>,
+    x: Tensor<T>,
+    hn: Tensor<T>,
+    logits: Tensor<T>,
+}
+
 impl<T: DType> Tokenformer<T> {
-    /// The mean next-token cross-entropy of the model on one sequence (`tokens`
-    /// at positions `0..t`, `targets` one per token) and the gradient of every
-    /// parameter, on the model's device: tf-ref's `loss_and_grads`, with the
-    /// activations in the storage type and the gradients in f32
-    /// (tests/train_device.rs compares them).
+    /// The mean next-token cross-entropy of the model on one sequence, by the
+    /// forward of [`loss_and_grads`](Self::loss_and_grads) alone: the same ops in
+    /// the same order, so the same bits as the loss `loss_and_grads` returns.
     ///
-    /// Errors: no tokens, `targets` not one per token, a token or target id
-    /// `>= vocab`, more tokens than the config's context, and the ops' errors.
-    pub fn loss_and_grads(&self, tokens: &[u32], targets: &[u32]) -> Result<(f64, ModelGrads)> {
-        let cfg = self.config().clone();
-        let dev = self.device().clone();
-        let dev = &dev;
+    /// Errors: as `loss_and_grads`.
+    pub fn loss(&self, tokens: &[u32], targets: &[u32]) -> Result<f64> {
+        let mut f = self.train_forward(tokens, targets)?;
+        cross_entropy_backward_into(self.device(), &mut f.logits.view_mut(), targets)
+    }
+
+    /// The checks of a training sequence and the sizes derived from it.
+    fn setup(&self, tokens: &[u32], targets: &[u32]) -> Result<Setup> {
+        let cfg = self.config();
         let t = tokens.len();
         if t == 0 || targets.len() != t {
             return Err(Error::Shape {
@@ -133,7 +202,7 @@ impl<T: DType> Tokenformer<T> {
             });
         }
         let (d, heads) = (cfg.d, cfg.heads);
-        let (hd, td) = (d / heads, (t, d));
+        let hd = d / heads;
         let rope = RotaryArgs {
             heads,
             head_dim: hd,
@@ -141,32 +210,35 @@ impl<T: DType> Tokenformer<T> {
             base: cfg.rotary_base as f32,
             pos_offset: 0,
         };
-        let eps = cfg.ln_eps as f32;
         let attn = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
-        let shape4 = [1, t, heads, hd];
+        Ok(Setup { t, d, rope, eps: cfg.ln_eps as f32, attn, shape4: [1, t, heads, hd] })
+    }
+
+    /// The forward of tf-ref's `loss_and_grads`, keeping the activations.
+    fn train_forward(&self, tokens: &[u32], targets: &[u32]) -> Result<Forward<T>> {
+        let su = self.setup(tokens, targets)?;
+        let dev = self.device();
+        let (t, d, eps, shape4) = (su.t, su.d, su.eps, su.shape4);
+        let td = (t, d);
         let ln = |x: &Tensor<T>| -> Result<Tensor<T>> {
             let mut y = dev.output::<T>(&[t, d])?;
             layer_norm_into(dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps }, &mut y.view_mut())?;
             Ok(y)
         };
-        // an f32 tensor (of t·d elements) rounded to T as [t, d]
-        let cast = |g: &Tensor<f32>| -> Result<Tensor<T>> { cast_from_f32::<T>(dev, g)?.reshape(&[t, d]) };
-
-        // Forward, keeping the activations.
         let mut x = dev.output::<T>(&[t, d])?;
         embedding_into(dev, &self.embedding_view(), tokens, &mut x.view_mut())?;
-        let mut acts = Vec::with_capacity(cfg.layers);
+        let mut acts = Vec::with_capacity(self.blocks_ref().len());
         for blk in self.blocks_ref() {
             let p = |slot: Slot| &blk[slot.index()];
             let h = ln(&x)?;
             let mut q = pattn(dev, p(Slot::Query), &h.view())?;
             let mut k = pattn(dev, p(Slot::Key), &h.view())?;
             let v = pattn(dev, p(Slot::Value), &h.view())?;
-            rotary_into(dev, &mut q.view_mut(), &rope)?;
-            rotary_into(dev, &mut k.view_mut(), &rope)?;
+            rotary_into(dev, &mut q.view_mut(), &su.rope)?;
+            rotary_into(dev, &mut k.view_mut(), &su.rope)?;
             let args =
-                AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: attn };
-            let ctx = cast(&attention_forward(dev, &args)?)?;
+                AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: su.attn };
+            let ctx = cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?;
             let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
             let h1 = ln(&x1)?;
             let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
@@ -174,12 +246,37 @@ impl<T: DType> Tokenformer<T> {
             x = out;
         }
         let (nw, nb) = self.final_norm_views();
-        let final_args = LayerNormArgs { x: x.view(), weight: Some(nw), bias: Some(nb), eps };
         let mut hn = dev.output::<T>(&[t, d])?;
-        layer_norm_into(dev, &final_args, &mut hn.view_mut())?;
-        let mut logits = dev.output::<T>(&[t, cfg.vocab])?;
+        layer_norm_into(
+            dev,
+            &LayerNormArgs { x: x.view(), weight: Some(nw), bias: Some(nb), eps },
+            &mut hn.view_mut(),
+        )?;
+        let mut logits = dev.output::<T>(&[t, self.config().vocab])?;
         linear_into(dev, &hn.view(), &self.embedding_view(), &mut logits.view_mut())?;
+        Ok(Forward { setup: su, acts, x, hn, logits })
+    }
+
+    /// The mean next-token cross-entropy of the model on one sequence (`tokens`
+    /// at positions `0..t`, `targets` one per token) and the gradient of every
+    /// parameter, on the model's device: tf-ref's `loss_and_grads`, with the
+    /// activations in the storage type and the gradients in f32
+    /// (tests/train_device.rs compares them).
+    ///
+    /// Errors: no tokens, `targets` not one per token, a token or target id
+    /// `>= vocab`, more tokens than the config's context, and the ops' errors.
+    pub fn loss_and_grads(&self, tokens: &[u32], targets: &[u32]) -> Result<(f64, ModelGrads)> {
+        let cfg = self.config().clone();
+        let dev = self.device().clone();
+        let dev = &dev;
+        let Forward { setup: su, acts, x, hn, mut logits } = self.train_forward(tokens, targets)?;
+        let (t, d, eps, shape4, attn) = (su.t, su.d, su.eps, su.shape4, su.attn);
+        let (td, rope) = ((t, d), su.rope);
+        // an f32 tensor (of t·d elements) rounded to T as [t, d]
+        let cast = |g: &Tensor<f32>| -> Result<Tensor<T>> { cast_from_f32::<T>(dev, g)?.reshape(&[t, d]) };
         let loss = cross_entropy_backward_into(dev, &mut logits.view_mut(), targets)?;
+        let (nw, nb) = self.final_norm_views();
+        let final_args = LayerNormArgs { x: x.view(), weight: Some(nw), bias: Some(nb), eps };
 
         // Backward (logits now hold dL/dlogits, in T). Every op takes its output
         // gradient in T: the f32 gradients are cast on the way in.

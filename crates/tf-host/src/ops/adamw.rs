@@ -7,6 +7,11 @@
 //! clipping, decoupled weight decay on the value before the update, bias-corrected
 //! moments. The step's lr and bias corrections are computed here in f64 and
 //! rounded once; the clip factor stays on the device.
+//!
+//! Gradients are f32 for every parameter type: the model's backward produces f32
+//! gradients, and rounding them to f16 first would flush those below 6e-8 to zero.
+//! [`AdamW::step_scaled`] multiplies every gradient by a factor before the norm,
+//! so a sum of `B` windows' gradients becomes their mean inside the step.
 
 use tf_kernels::sys;
 
@@ -53,7 +58,7 @@ struct Slot {
 
 /// An AdamW optimizer over a fixed list of parameter tensors of storage type `T`
 /// (f32, f16 or bf16): the parameters are a copy of the f32 master weights it
-/// owns, rounded to `T` after every step; gradients come in `T`.
+/// owns, rounded to `T` after every step; gradients come in f32.
 pub struct AdamW<T: DType> {
     dev: Device,
     cfg: AdamWConfig,
@@ -146,21 +151,40 @@ impl<T: DType> AdamW<T> {
     /// `i` is decayed iff `decay[i]`. Errors: an invalid `cfg`, `decay` not one
     /// flag per tensor, a tensor on another device or not contiguous.
     pub fn new(dev: &Device, params: &[View<'_, T>], decay: &[bool], cfg: AdamWConfig) -> Result<Self> {
+        Self::build(dev, params, decay, cfg, |p| p.to_f32_vec())
+    }
+
+    /// An optimizer at step 0 whose master weights are `master` (f32, each
+    /// contiguous, shaped as its parameter), e.g. the f32 values a 16-bit model
+    /// was rounded from; the moments are zeros. The parameters (of type `T`,
+    /// shaped as `master`) are only written by [`step`](Self::step). Errors: as
+    /// [`new`](Self::new).
+    pub fn with_master(dev: &Device, master: &[View<'_, f32>], decay: &[bool], cfg: AdamWConfig) -> Result<Self> {
+        Self::build(dev, master, decay, cfg, |p| p.to_vec())
+    }
+
+    fn build<U: DType>(
+        dev: &Device,
+        init: &[View<'_, U>],
+        decay: &[bool],
+        cfg: AdamWConfig,
+        values: impl Fn(&View<'_, U>) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
         cfg.validate()?;
-        if decay.len() != params.len() {
+        if decay.len() != init.len() {
             return Err(Error::Shape {
                 op: OP,
-                msg: format!("{} tensors but {} decay flags", params.len(), decay.len()),
+                msg: format!("{} tensors but {} decay flags", init.len(), decay.len()),
             });
         }
-        let mut slots = Vec::with_capacity(params.len());
-        for (i, (p, &d)) in params.iter().zip(decay).enumerate() {
+        let mut slots = Vec::with_capacity(init.len());
+        for (i, (p, &d)) in init.iter().zip(decay).enumerate() {
             check_view(dev, "parameter", i, p.shape(), p.strides(), p.device())?;
             let (rows, inner) = rows_inner(p.shape());
             slots.push(Slot {
                 shape: p.shape().to_vec(),
                 decay: d,
-                master: dev.upload_f32(&p.to_f32_vec()?, &[rows, inner])?,
+                master: dev.upload_f32(&values(p)?, &[rows, inner])?,
                 m: dev.zeros(&[rows, inner])?,
                 v: dev.zeros(&[rows, inner])?,
             });
@@ -209,6 +233,41 @@ impl<T: DType> AdamW<T> {
         self.slots.get(i).map(|s| (&s.m, &s.v))
     }
 
+    /// Replaces the moments of every tensor (f32, shaped as its master weights)
+    /// and the step count, e.g. to resume a checkpointed run; the master weights
+    /// stay. Errors, with nothing changed: not one moment per tensor, a shape or
+    /// device mismatch.
+    pub fn set_moments(&mut self, m: &[View<'_, f32>], v: &[View<'_, f32>], steps: u64) -> Result<()> {
+        let n = self.slots.len();
+        if m.len() != n || v.len() != n {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!("the optimizer holds {n} tensors but got {} and {} moments", m.len(), v.len()),
+            });
+        }
+        for (i, ((a, b), s)) in m.iter().zip(v).zip(&self.slots).enumerate() {
+            for (what, x) in [("first moment", a), ("second moment", b)] {
+                check_view(&self.dev, what, i, x.shape(), x.strides(), x.device())?;
+                if x.shape() != s.shape.as_slice() {
+                    return Err(Error::Shape {
+                        op: OP,
+                        msg: format!("tensor {i} is {:?} but its {what} {:?}", s.shape, x.shape()),
+                    });
+                }
+            }
+        }
+        let mut values = Vec::with_capacity(n);
+        for (a, b) in m.iter().zip(v) {
+            values.push((a.to_vec()?, b.to_vec()?));
+        }
+        for (s, (a, b)) in self.slots.iter_mut().zip(values) {
+            s.m.write(&a)?;
+            s.v.write(&b)?;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// The gradient norm and clip factor of the last step (waits for it).
     pub fn last_norm(&self) -> Result<(f32, f32)> {
         let v = self.norm.to_vec()?;
@@ -218,11 +277,33 @@ impl<T: DType> AdamW<T> {
     /// One AdamW step with learning rate `lr` (e.g. [`AdamWConfig::lr_at`]):
     /// `params[i]` (contiguous, shaped as at [`new`](Self::new) or the last
     /// [`grow_rows`](Self::grow_rows)) receives the rounded master weights updated
-    /// with `grads[i]` (same shape). Errors, with nothing launched: `lr` not finite
-    /// and ≥ 0, lists not one entry per tensor, a shape, device or layout
-    /// mismatch; with the norm read back, a non-finite gradient norm (nothing was
-    /// updated, the step is not counted, as tf-ref refuses such a step).
-    pub fn step(&mut self, params: &mut [ViewMut<'_, T>], grads: &[View<'_, T>], lr: f64) -> Result<StepInfo> {
+    /// with the f32 `grads[i]` (same shape). Errors, with nothing launched: `lr`
+    /// not finite and ≥ 0, lists not one entry per tensor, a shape, device or
+    /// layout mismatch; with the norm read back, a non-finite gradient norm
+    /// (nothing was updated, the step is not counted, as tf-ref refuses such a
+    /// step).
+    pub fn step(&mut self, params: &mut [ViewMut<'_, T>], grads: &[View<'_, f32>], lr: f64) -> Result<StepInfo> {
+        self.step_scaled(params, grads, lr, 1.0)
+    }
+
+    /// [`step`](Self::step) with every gradient multiplied by `grad_scale` (in
+    /// f32) before anything else, the norm and the clipping included: with
+    /// `grad_scale = 1/B` and the sum of `B` gradients, the step of their mean
+    /// without a separate pass over them. The reported norm is that of the
+    /// scaled gradients. Errors: as `step`, and `grad_scale` not finite and > 0.
+    pub fn step_scaled(
+        &mut self,
+        params: &mut [ViewMut<'_, T>],
+        grads: &[View<'_, f32>],
+        lr: f64,
+        grad_scale: f32,
+    ) -> Result<StepInfo> {
+        if !(grad_scale.is_finite() && grad_scale > 0.0) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("grad_scale must be finite and > 0, got {grad_scale}"),
+            });
+        }
         self.check_step(params, grads, lr)?;
         let t = self.steps + 1;
         let cfg = &self.cfg;
@@ -235,6 +316,7 @@ impl<T: DType> AdamW<T> {
             norm: 0,
             num_descs: 0,
             num_chunks: 0,
+            grad_scale,
             max_norm: cfg.max_grad_norm.map_or(0.0, |m| m as f32),
             lr: lr as f32,
             lr_wd: (lr * cfg.weight_decay) as f32,
@@ -326,7 +408,7 @@ impl<T: DType> AdamW<T> {
         Ok(StepInfo { step: t, grad_norm: Some(n), clip_scale: Some(c) })
     }
 
-    fn check_step(&self, params: &[ViewMut<'_, T>], grads: &[View<'_, T>], lr: f64) -> Result<()> {
+    fn check_step(&self, params: &[ViewMut<'_, T>], grads: &[View<'_, f32>], lr: f64) -> Result<()> {
         if !(lr.is_finite() && lr >= 0.0) {
             return Err(Error::InvalidArgument { op: OP, msg: format!("lr must be finite and >= 0, got {lr}") });
         }
@@ -367,46 +449,80 @@ impl<T: DType> AdamW<T> {
     /// another device, not contiguous, with fewer rows or other trailing
     /// dimensions, or a 0-D tensor.
     pub fn grow_rows(&mut self, index: usize, grown: &View<'_, T>) -> Result<()> {
-        let n = self.slots.len();
-        let Some(slot) = self.slots.get_mut(index) else {
-            return Err(Error::InvalidArgument { op: OP, msg: format!("tensor {index} of {n}") });
-        };
-        check_view(&self.dev, "grown parameter", index, grown.shape(), grown.strides(), grown.device())?;
-        let (old, new) = (&slot.shape, grown.shape());
-        if old.is_empty() || new.len() != old.len() || new[1..] != old[1..] || new[0] < old[0] {
-            return Err(Error::Shape {
-                op: OP,
-                msg: format!("tensor {index} is {old:?}; it cannot grow along its first axis to {new:?}"),
-            });
-        }
-        let (rows_old, inner) = rows_inner(old);
-        let rows_new = new[0];
+        let (rows_new, inner) = self.check_growth(index, grown.shape(), grown.strides(), grown.device())?;
+        let rows_old = self.slots[index].master.shape()[0];
         if rows_new == rows_old {
             return Ok(());
         }
         let all = grown.to_f32_vec()?;
-        let fresh = &all[rows_old * inner..];
-        let init_rows = self.dev.upload_f32::<f32>(fresh, &[rows_new - rows_old, inner])?;
+        let fresh = self.dev.upload_f32::<f32>(&all[rows_old * inner..], &[rows_new - rows_old, inner])?;
+        self.grow_state(index, grown.shape(), GrowInit::Rows(fresh.view()))
+    }
+
+    /// [`grow_rows`](Self::grow_rows) with the new master rows made by `init`
+    /// instead of read from the grown parameter: the tensor grows to `shape`
+    /// (the old trailing dimensions, at least as many rows). With the
+    /// parameter's own [`GrowInit`] (the same Philox seed, or zeros), the new
+    /// master rows are the f32 values the parameter's new rows were rounded
+    /// from, so a 16-bit model's master weights keep full f32 precision through
+    /// a growth. Errors: `index` out of range, a shape that is not such a
+    /// growth, `GrowInit::Rows` not `[new rows, inner]` or on another device.
+    pub fn grow_rows_init(&mut self, index: usize, shape: &[usize], init: GrowInit<'_, f32>) -> Result<()> {
+        let strides = dense_strides(shape);
+        self.check_growth(index, shape, &strides, &self.dev.clone())?;
+        self.grow_state(index, shape, init)
+    }
+
+    /// Checks a growth of tensor `index` to `shape`; its `[rows, inner]`.
+    fn check_growth(&self, index: usize, shape: &[usize], strides: &[usize], dev: &Device) -> Result<(usize, usize)> {
+        let n = self.slots.len();
+        let Some(slot) = self.slots.get(index) else {
+            return Err(Error::InvalidArgument { op: OP, msg: format!("tensor {index} of {n}") });
+        };
+        check_view(&self.dev, "grown parameter", index, shape, strides, dev)?;
+        let old = &slot.shape;
+        if old.is_empty() || shape.len() != old.len() || shape[1..] != old[1..] || shape[0] < old[0] {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!("tensor {index} is {old:?}; it cannot grow along its first axis to {shape:?}"),
+            });
+        }
+        Ok(rows_inner(shape))
+    }
+
+    /// Grows tensor `index`'s state to `shape` (checked): master rows from
+    /// `init`, zero moments.
+    fn grow_state(&mut self, index: usize, shape: &[usize], init: GrowInit<'_, f32>) -> Result<()> {
+        let (rows_new, inner) = rows_inner(shape);
+        let slot = &mut self.slots[index];
+        let rows_old = slot.master.shape()[0];
+        if rows_new == rows_old {
+            return Ok(());
+        }
         let mut master = self.dev.zeros::<f32>(&[rows_new, inner])?;
         let mut m = self.dev.zeros::<f32>(&[rows_new, inner])?;
         let mut v = self.dev.zeros::<f32>(&[rows_new, inner])?;
         let items = vec![
-            GrowItem {
-                src: Some(slot.master.view()),
-                dst: master.view_mut(),
-                rows_old,
-                init: GrowInit::Rows(init_rows.view()),
-            },
+            GrowItem { src: Some(slot.master.view()), dst: master.view_mut(), rows_old, init },
             GrowItem { src: Some(slot.m.view()), dst: m.view_mut(), rows_old, init: GrowInit::Zeros },
             GrowItem { src: Some(slot.v.view()), dst: v.view_mut(), rows_old, init: GrowInit::Zeros },
         ];
         grow_batch(&self.dev, items)?;
         (slot.master, slot.m, slot.v) = (master, m, v);
-        slot.shape = new.to_vec();
+        slot.shape = shape.to_vec();
         let chunks = plan(&self.slots.iter().map(|s| s.master.len()).collect::<Vec<_>>())?.chunks;
         if chunks > self.partial.len() {
             self.partial = self.dev.zeros(&[chunks])?;
         }
         Ok(())
     }
+}
+
+/// Row-major strides of a dense tensor of `shape`.
+fn dense_strides(shape: &[usize]) -> Vec<usize> {
+    let mut st = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        st[i] = st[i + 1].saturating_mul(shape[i + 1]);
+    }
+    st
 }

@@ -1,0 +1,288 @@
+//! The device trainer (`tf_host::Trainer`, crates/tf-host/src/trainer.rs) against
+//! tf-ref's f64 trainer on the same run (the tiny config, a fresh random corpus
+//! with structure to learn): the step losses, gradient norms and parameters; a
+//! preserving growth in the middle of the run (loss bitwise unchanged, the new
+//! rows' optimizer state fresh); checkpoint and resume (bitwise an uninterrupted
+//! run); bad input. On the emulator.
+
+mod common;
+
+use common::seed;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tf_host::{bf16, DType, Device, Trainer};
+use tf_ref::{param_tensors, AdamWConfig, Corpus, GrowPlan, RunConfig, StepReport};
+
+/// A corpus of `len` tokens drawn from 48 of tiny's 512 ids, each followed by a
+/// fixed successor 70 % of the time: something to learn in a few steps, different
+/// on every run (never constant).
+fn corpus(r: &mut StdRng, len: usize) -> Corpus {
+    let ids: Vec<u32> = (0..48).map(|_| r.random_range(0..512)).collect();
+    let next: Vec<usize> = (0..48).map(|_| r.random_range(0..48)).collect();
+    let mut cur = r.random_range(0..48);
+    let mut tokens = Vec::with_capacity(len);
+    for _ in 0..len {
+        tokens.push(ids[cur]);
+        cur = if r.random_bool(0.7) { next[cur] } else { r.random_range(0..48) };
+    }
+    Corpus::new(tokens, 512).unwrap()
+}
+
+fn run(seed: u64, steps: u64, grow: Option<GrowPlan>) -> RunConfig {
+    RunConfig {
+        base: "tiny".into(),
+        steps,
+        batch: 3,
+        seq: 24,
+        seed,
+        adamw: AdamWConfig { lr: 3e-3, ..AdamWConfig::default() },
+        grow,
+    }
+}
+
+/// Relative Frobenius error of `got` against `want`.
+fn rel(got: &[f64], want: &[f64]) -> f64 {
+    let (mut num, mut den) = (0.0, 0.0);
+    for (g, w) in got.iter().zip(want) {
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The f32 master weights of every tensor, as f64.
+fn masters<T: DType>(t: &Trainer<T>) -> Vec<Vec<f64>> {
+    let n = t.model().param_views().len();
+    (0..n).map(|i| t.optimizer().master(i).unwrap().to_vec().unwrap().into_iter().map(f64::from).collect()).collect()
+}
+
+/// Every bit of a device run's state: master weights, moments, parameters.
+fn state_bits<T: DType>(t: &Trainer<T>) -> Vec<u32> {
+    let mut out = Vec::new();
+    let opt = t.optimizer();
+    for (i, p) in t.model().param_views().iter().enumerate() {
+        let (m, v) = opt.moments(i).unwrap();
+        for x in [opt.master(i).unwrap(), m, v] {
+            out.extend(x.to_vec().unwrap().iter().map(|x| x.to_bits()));
+        }
+        out.extend(p.to_f32_vec().unwrap().iter().map(|x| x.to_bits()));
+    }
+    out
+}
+
+/// Each step's loss and gradient norm, and every parameter tensor after the
+/// steps, against tf-ref. Measured (printed): losses within 1.3e-8 relative,
+/// gradient norms 1.3e-7, parameters 4.2e-7 (relative Frobenius, per tensor).
+/// Bounds: losses 1e-6, norms 1e-5 (f32 sums of squares), parameters 1e-4. The
+/// parameters' bound is loose on purpose: AdamW's first updates are about
+/// lr·g/|g| per element, so one element whose gradient lies within the f32
+/// noise of the backward (about 2e-6 relative, tests/train_device.rs) can move
+/// 2·lr the other way; an optimizer that skipped a tensor, or moved it by a
+/// different lr, is off by far more (the check below that every tensor moved).
+#[test]
+fn device_run_follows_the_reference_run() {
+    let s = seed();
+    let mut r = StdRng::seed_from_u64(s ^ 0x7a_7a11);
+    let data = corpus(&mut r, 4000);
+    let cfg = run(r.random::<u64>() % 1000, 5, None);
+    let dev = Device::emulator();
+    let mut want = tf_ref::Trainer::new(cfg.clone()).unwrap();
+    let mut got = Trainer::<f32>::new(&dev, cfg).unwrap();
+    let (mut worst_loss, mut worst_norm) = (0f64, 0f64);
+    let mut losses = Vec::new();
+    while !want.done() {
+        let (w, g) = (want.step(&data).unwrap(), got.step(&data).unwrap());
+        assert_eq!((g.step, g.lr.to_bits(), g.grown), (w.step, w.lr.to_bits(), w.grown), "step {}", w.step);
+        let (el, en) = ((g.loss - w.loss).abs() / w.loss, (g.grad_norm - w.grad_norm).abs() / w.grad_norm);
+        assert!(el <= 1e-6, "step {}: loss {} vs tf-ref {}", w.step, g.loss, w.loss);
+        assert!(en <= 1e-5, "step {}: gradient norm {} vs tf-ref {}", w.step, g.grad_norm, w.grad_norm);
+        (worst_loss, worst_norm) = (worst_loss.max(el), worst_norm.max(en));
+        losses.push(w.loss);
+    }
+    assert_eq!(got.step_count(), 5);
+    assert!(got.done());
+    let names = want.cfg.tensor_names();
+    let mut worst = 0f64;
+    for ((name, _), (g, w)) in names.iter().zip(masters(&got).iter().zip(param_tensors(&want.params))) {
+        let e = rel(g, w);
+        assert!(e <= 1e-4, "{name}: relative error {e:.2e} after 5 steps");
+        worst = worst.max(e);
+    }
+    // Every tensor moved by more than 10x the bound: an optimizer that skipped a
+    // tensor would fail above.
+    let init = tf_ref::ModelParams::init(&want.cfg, want.run.seed).unwrap();
+    for ((name, _), (a, b)) in names.iter().zip(param_tensors(&init).iter().zip(param_tensors(&want.params))) {
+        assert!(rel(b, a) > 1e-3, "{name} did not move in the reference run: {:.2e}", rel(b, a));
+    }
+    eprintln!(
+        "losses {losses:.4?}; worst relative error: loss {worst_loss:.2e}, gradient norm {worst_norm:.2e}, \
+         parameters {worst:.2e}"
+    );
+    assert!(losses[4] < losses[0], "the loss fell: {losses:?}");
+    // Evaluation agrees as well.
+    let (e_got, e_want) = (got.eval_loss(&data).unwrap(), want.eval_loss(&data).unwrap());
+    assert!((e_got - e_want).abs() <= 1e-6 * e_want, "eval loss {e_got} vs {e_want}");
+}
+
+/// A preserving growth in the middle of a run: the step reports the batch loss
+/// before and after the growth bitwise equal (f32 and bf16 models); right after
+/// a growth, the new rows' moments are zero, the kept rows' state is unchanged,
+/// the new master rows are tf-ref's grown rows (zero keys, the value init in
+/// f32) and the model holds them rounded; the run then follows the reference.
+fn growth_mid_run<T: DType>(s: u64) {
+    let mut r = StdRng::seed_from_u64(s ^ 0x7a_9e0);
+    let data = corpus(&mut r, 4000);
+    let plan = GrowPlan { at: 2, qkv: 80, proj: 72, ffn: 160, preserving: true };
+    let cfg = run(r.random::<u64>() % 1000, 4, Some(plan));
+    let dev = Device::emulator();
+    let mut want = tf_ref::Trainer::new(cfg.clone()).unwrap();
+    let mut got = Trainer::<T>::new(&dev, cfg.clone()).unwrap();
+    let before_slots = (got.config().qkv_slots, got.config().proj_slots, got.config().ffn_slots);
+    for _ in 0..2 {
+        want.step(&data).unwrap();
+        got.step(&data).unwrap();
+    }
+    // The growth by hand on a copy of the state (through a checkpoint), to look
+    // at the optimizer between growth and update.
+    let dir = tempdir();
+    let ck = dir.join("mid.safetensors");
+    got.save(&ck, data.fingerprint()).unwrap();
+    let (mut probe, _) = Trainer::<T>::load(&dev, &ck).unwrap();
+    let old_bits = state_bits(&probe);
+    let old_shapes: Vec<Vec<usize>> = probe.model().param_views().iter().map(|v| v.shape().to_vec()).collect();
+    probe.grow(plan.qkv, plan.proj, plan.ffn, plan.preserving).unwrap();
+    let mut ref_grown = want.clone();
+    ref_grown.grow(plan.qkv, plan.proj, plan.ffn, plan.preserving).unwrap();
+    let views = probe.model().param_views();
+    let mut kept = Vec::new();
+    for (i, (p, old)) in views.iter().zip(&old_shapes).enumerate() {
+        let opt = probe.optimizer();
+        let (m, v) = opt.moments(i).unwrap();
+        let (master, m, v) = (opt.master(i).unwrap().to_vec().unwrap(), m.to_vec().unwrap(), v.to_vec().unwrap());
+        let old_len: usize = old.iter().product();
+        assert_eq!(master.len(), p.shape().iter().product::<usize>(), "tensor {i}: master grown with the model");
+        assert!(m[old_len..].iter().chain(&v[old_len..]).all(|&x| x == 0.0), "tensor {i}: new moments are zero");
+        let want_new = &param_tensors(&ref_grown.params)[i][old_len..];
+        for (j, (&g, &w)) in master[old_len..].iter().zip(want_new).enumerate() {
+            assert_eq!(g, w as f32, "tensor {i} new element {j}: master {g}, tf-ref {w}");
+        }
+        let pv = p.to_f32_vec().unwrap();
+        for (j, (&c, &g)) in pv.iter().zip(&master).enumerate() {
+            assert_eq!(c.to_bits(), T::from_f32(g).to_f32().to_bits(), "tensor {i} element {j}: not the master");
+        }
+        for x in [&master[..old_len], &m[..old_len], &v[..old_len]] {
+            kept.extend(x.iter().map(|x| x.to_bits()));
+        }
+        kept.extend(pv[..old_len].iter().map(|x| x.to_bits()));
+    }
+    assert!(kept == old_bits, "the kept rows' state changed in the growth");
+    assert!(old_shapes.iter().zip(&views).any(|(o, p)| o.as_slice() != p.shape()), "something grew");
+
+    // The run itself: growth at step 2 inside `step`.
+    let (w, g): (StepReport, StepReport) = (want.step(&data).unwrap(), got.step(&data).unwrap());
+    let (b, a) = g.grown.expect("the device run grew at step 2");
+    assert_eq!(b.to_bits(), a.to_bits(), "{}: loss {b} before the growth, {a} after", T::NAME);
+    let (wb, wa) = w.grown.unwrap();
+    assert_eq!(wb.to_bits(), wa.to_bits(), "tf-ref: loss {wb} before the growth, {wa} after");
+    assert_eq!(b.to_bits(), g.loss.to_bits(), "the reported step loss is the batch loss after the growth");
+    let c = got.config();
+    assert_ne!((c.qkv_slots, c.proj_slots, c.ffn_slots), before_slots);
+    assert_eq!((c.qkv_slots, c.proj_slots, c.ffn_slots), (plan.qkv, plan.proj, plan.ffn));
+    let g3 = got.step(&data).unwrap();
+    let w3 = want.step(&data).unwrap();
+    // f32: as device_run_follows_the_reference_run. bf16: the parameters are the
+    // master weights rounded to 8 bits of mantissa (measured 2e-5 to 2e-4 relative).
+    let tol = if T::NAME == "f32" { 1e-6 } else { 2e-3 };
+    for (g, w) in [(g.loss, w.loss), (g3.loss, w3.loss)] {
+        assert!((g - w).abs() <= tol * w, "{}: loss {g} vs tf-ref {w}", T::NAME);
+    }
+    eprintln!("{}: grown at step 2 with loss {b} (tf-ref {wb}); step 3 loss {} (tf-ref {})", T::NAME, g3.loss, w3.loss);
+}
+
+#[test]
+fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments() {
+    let s = seed();
+    growth_mid_run::<f32>(s);
+    growth_mid_run::<bf16>(s);
+}
+
+/// A run saved after 2 of 4 steps (with a random growth at step 1) and resumed
+/// is bitwise the run that never stopped: every step's report and all state.
+#[test]
+fn resumed_run_is_bitwise_the_uninterrupted_one() {
+    let s = seed();
+    let mut r = StdRng::seed_from_u64(s ^ 0x7a_5e5);
+    let data = corpus(&mut r, 3000);
+    let plan = GrowPlan { at: 1, qkv: 72, proj: 72, ffn: 136, preserving: false };
+    let cfg = run(r.random::<u64>() % 1000, 4, Some(plan));
+    let dev = Device::emulator();
+    let mut whole = Trainer::<f32>::new(&dev, cfg.clone()).unwrap();
+    let reports: Vec<StepReport> = (0..4).map(|_| whole.step(&data).unwrap()).collect();
+    assert!(reports[1].grown.is_some_and(|(b, a)| b != a), "a random growth changes the loss");
+
+    let mut first = Trainer::<f32>::new(&dev, cfg).unwrap();
+    for rep in &reports[..2] {
+        assert_eq!(&first.step(&data).unwrap(), rep);
+    }
+    let dir = tempdir();
+    let ck = dir.join("half.safetensors");
+    first.save(&ck, data.fingerprint()).unwrap();
+    drop(first);
+    let (mut resumed, fp) = Trainer::<f32>::load(&dev, &ck).unwrap();
+    assert_eq!(fp, data.fingerprint());
+    assert_eq!(resumed.step_count(), 2);
+    for rep in &reports[2..] {
+        let got = resumed.step(&data).unwrap();
+        assert_eq!(
+            (got.loss.to_bits(), got.grad_norm.to_bits()),
+            (rep.loss.to_bits(), rep.grad_norm.to_bits()),
+            "step {}",
+            rep.step
+        );
+    }
+    assert!(state_bits(&resumed) == state_bits(&whole), "the resumed run's state differs");
+    assert!(resumed.step(&data).is_err(), "every step was taken");
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 1, "only the checkpoint is left, no temporary file: {names:?}");
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let dev = Device::emulator();
+    let good = run(1, 4, None);
+    let bad = |what: &str, c: RunConfig| {
+        let e = Trainer::<f32>::new(&dev, c).expect_err(what);
+        eprintln!("{what}: {e}");
+    };
+    bad("unknown config", RunConfig { base: "nope".into(), ..good.clone() });
+    bad("batch 0", RunConfig { batch: 0, ..good.clone() });
+    bad("steps 0", RunConfig { steps: 0, ..good.clone() });
+    bad("seq above the context", RunConfig { seq: 129, ..good.clone() });
+    bad("lr NaN", RunConfig { adamw: AdamWConfig { lr: f64::NAN, ..good.adamw }, ..good.clone() });
+    let g = GrowPlan { at: 4, qkv: 64, proj: 64, ffn: 256, preserving: true };
+    bad("growth at the last step", RunConfig { grow: Some(g), ..good.clone() });
+    bad("growth that shrinks", RunConfig { grow: Some(GrowPlan { at: 1, qkv: 8, ..g }), ..good.clone() });
+
+    let mut t = Trainer::<f32>::new(&dev, good).unwrap();
+    let short = Corpus::new((0..20).map(|i| i * 7 % 512).collect(), 512).unwrap();
+    assert!(t.step(&short).is_err(), "a corpus shorter than seq + 1");
+    assert!(t.eval_loss(&short).is_err(), "no held-out window");
+    assert!(t.grow(1, 1, 1, true).is_err(), "growth to fewer slots");
+    assert_eq!(t.step_count(), 0, "nothing was taken");
+    let dir = tempdir();
+    let junk = dir.join("junk.safetensors");
+    std::fs::write(&junk, b"not a checkpoint").unwrap();
+    assert!(Trainer::<f32>::load(&dev, &junk).is_err(), "a file that is not a checkpoint");
+    assert!(Trainer::<f32>::load(&dev, &dir.join("missing")).is_err(), "a missing file");
+    assert!(t.save(&dir.join("no-such-dir").join("x.safetensors"), 0).is_err(), "an unwritable path");
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempdir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("tf-trainer-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
