@@ -301,9 +301,26 @@ fn check_then_save(preserving: bool, differ: usize, save: Option<impl FnOnce() -
 pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     // Everything the user typed is checked before any allocation it sizes.
     let (cfg, prov) = config_and_provenance(&a.config, a.slots.as_deref(), a.checkpoint.as_deref())?;
-    let prompt = parse_ids(&a.tokens)?;
+    let prompt = match (&a.tokens, &a.text) {
+        (Some(ids), _) => parse_ids(ids)?,
+        (None, Some(text)) => {
+            if cfg.vocab < 256 {
+                return Err(format!(
+                    "--text: config {} has a vocabulary of {} tokens, fewer than the 256 byte values",
+                    cfg.name, cfg.vocab
+                ));
+            }
+            text.bytes().map(u32::from).collect()
+        }
+        (None, None) => return Err("give the prompt with --tokens or --text".into()),
+    };
     if prompt.is_empty() {
-        return Err("--tokens: give at least one token id".into());
+        return Err(if a.text.is_some() {
+            "--text: the prompt is empty"
+        } else {
+            "--tokens: give at least one token id"
+        }
+        .into());
     }
     match prompt.len().checked_add(a.max_new) {
         Some(total) if total <= cfg.seq => {}
@@ -333,6 +350,19 @@ pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     }
 }
 
+/// Token ids of the byte-level vocabulary as text: runs of ids < 256 are bytes
+/// decoded as UTF-8 (invalid sequences as U+FFFD), every id >= 256 is U+FFFD.
+fn bytes_as_text(ids: &[u32]) -> String {
+    let mut out = String::new();
+    for run in ids.split(|&id| id >= 256) {
+        let bytes: Vec<u8> = run.iter().map(|&id| id as u8).collect();
+        out.push_str(&String::from_utf8_lossy(&bytes));
+        out.push('\u{fffd}');
+    }
+    out.pop(); // the split leaves one run more than there are separators
+    out
+}
+
 fn generate_with<T: DType>(
     a: &GenerateArgs,
     dev: &Device,
@@ -353,8 +383,12 @@ fn generate_with<T: DType>(
     let pb = bar(a.max_new as u64, "generating");
     let out = m.generate_with(prompt, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
     pb.finish_and_clear();
-    let ids: Vec<String> = out.iter().map(u32::to_string).collect();
-    outln!("{}", ids.join(","));
+    if a.text.is_some() {
+        outln!("{}", bytes_as_text(&[prompt, &out[..]].concat()));
+    } else {
+        let ids: Vec<String> = out.iter().map(u32::to_string).collect();
+        outln!("{}", ids.join(","));
+    }
     // What ran, after the result (so that an error is the only line on stderr).
     let source = match (&a.checkpoint, prov) {
         (None, _) => format!("random init, seed {init_seed}"),
@@ -452,6 +486,15 @@ pub fn info() -> CliResult<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_ids_print_as_text() {
+        assert_eq!(bytes_as_text(&[72, 105, 300, 0xe2, 0x82, 0xac]), "Hi\u{fffd}\u{20ac}");
+        assert_eq!(bytes_as_text(&[0xff, 65]), "\u{fffd}A"); // not UTF-8
+        assert_eq!(bytes_as_text(&[65, 256]), "A\u{fffd}");
+        assert_eq!(bytes_as_text(&[256, 257]), "\u{fffd}\u{fffd}");
+        assert_eq!(bytes_as_text(&[]), "");
+    }
 
     #[test]
     fn a_growth_that_changed_the_logits_is_not_saved() {

@@ -253,8 +253,14 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "QKV,PROJ,FFN")]
     pub slots: Option<String>,
     /// Prompt token ids, comma-separated.
-    #[arg(long, value_name = "IDS")]
-    pub tokens: String,
+    #[arg(long, value_name = "IDS", required_unless_present = "text", conflicts_with = "text")]
+    pub tokens: Option<String>,
+    /// Prompt as text, one token per byte (the byte-level vocabulary `tokenformer
+    /// train` uses for a plain-text corpus; the config's vocab must be >= 256). The
+    /// prompt and its continuation are printed as text: the bytes as UTF-8 (invalid
+    /// sequences, and ids >= 256, as U+FFFD). With --tokens only the new ids print.
+    #[arg(long, value_name = "STRING")]
+    pub text: Option<String>,
     /// Tokens to generate: the prompt plus these must fit the config's context length (seq).
     #[arg(long, default_value_t = 32)]
     pub max_new: usize,

@@ -166,6 +166,38 @@ fn resume_is_bitwise(name: &str, backend: &[&str]) {
 }
 
 #[test]
+fn a_trained_and_grown_checkpoint_generates_text() {
+    let dir = tmp("generate");
+    let data = corpus(&dir);
+    let ck = dir.join("run.safetensors");
+    let ck = ck.to_str().unwrap();
+    let args = ["train", "--config", "tiny", "--data", &data, "--steps", "3", "--batch", "2", "--seq", "16"];
+    ok(&[&args[..], &["--grow-at", "1:80,72,160", "--save", ck]].concat());
+    // the slot counts come from the checkpoint's shapes: the grown model
+    let gen = |prompt: &[&str]| {
+        let base = ["generate", "--config", "tiny", "--checkpoint", ck, "--max-new", "12", "--device", "emulator"];
+        ok(&[&base[..], prompt].concat())
+    };
+    let text = gen(&["--text", "Pattention"]);
+    let text = text.trim_end_matches('\n');
+    assert!(text.starts_with("Pattention") && text.chars().count() > "Pattention".len(), "{text:?}");
+    // the same prompt as byte ids gives the same continuation, printed as ids
+    let ids: Vec<String> = "Pattention".bytes().map(|b| b.to_string()).collect();
+    let out = gen(&["--tokens", &ids.join(",")]);
+    let got: Vec<u32> = out.trim().split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(got.len(), 12);
+    if got.iter().all(|&id| id < 256) {
+        let bytes: Vec<u8> = "Pattention".bytes().chain(got.iter().map(|&id| id as u8)).collect();
+        assert_eq!(String::from_utf8_lossy(&bytes), text);
+    } else {
+        assert!(text.contains('\u{fffd}'), "ids >= 256 print as U+FFFD: {text:?}");
+    }
+    let e = fails(&["generate", "--config", "tiny", "--text", "", "--device", "emulator"]);
+    assert!(e.contains("--text: the prompt is empty"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_u16_token_file_trains() {
     let dir = tmp("bin");
     let ids: Vec<u8> = (0..600u16).flat_map(|i| ((i * 7 + i / 13) % 500).to_le_bytes()).collect();

@@ -123,3 +123,29 @@ fn bad_runs_are_refused() {
     assert!(bad(run(3, Some(plan(3, true)))).contains("not before the last step"));
     assert!(bad(run(3, Some(GrowPlan { qkv: 32, ..plan(1, true) }))).contains("already has 64"));
 }
+
+#[test]
+fn a_training_checkpoint_loads_as_the_model_it_trained() {
+    let data = corpus();
+    let dir = std::env::temp_dir().join(format!("tf-ref-train-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.safetensors");
+    // a preserving growth pins n_ref: the pins must come back too
+    let mut t = Trainer::new(run(4, Some(plan(1, true)))).unwrap();
+    for _ in 0..3 {
+        t.step(&data).unwrap();
+    }
+    t.save(&path, data.fingerprint()).unwrap();
+    let loaded = tf_ref::ModelParams::load_safetensors(&t.cfg, &path).unwrap();
+    assert_eq!(loaded, t.params, "the parameters of a training checkpoint, loaded as a model");
+    // the moments are skipped only in a training checkpoint: the same tensors in a
+    // file without `tokenformer.kind = train` are unexpected keys
+    let buf = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&buf).unwrap();
+    assert_eq!(st.names().len(), 3 * param_tensors(&t.params).len());
+    let plain = dir.join("plain.safetensors");
+    std::fs::write(&plain, safetensors::serialize(st.tensors(), None).unwrap()).unwrap();
+    let e = tf_ref::ModelParams::load_safetensors(&t.cfg, &plain).unwrap_err().to_string();
+    assert!(e.contains("unexpected tensor \"optimizer."), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -271,6 +271,9 @@ impl ModelParams {
     /// names (as written by [`save_safetensors`](Self::save_safetensors); F32, F64,
     /// F16 and BF16 tensors are accepted and widened to f64). Pinned `n_ref`s are
     /// read from the `….n_ref` metadata if present; other metadata is ignored.
+    /// A training checkpoint (`tokenformer.kind = train`, written by
+    /// [`Trainer::save`](crate::Trainer::save)) loads as its parameters: its
+    /// `optimizer.*` tensors are skipped.
     ///
     /// Errors (each naming the key): a tensor the config does not have (extra key),
     /// a tensor it needs that the file lacks (missing key), a shape other than the
@@ -294,7 +297,16 @@ impl ModelParams {
         let expected = cfg.tensor_names();
 
         let wanted: BTreeSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-        let extra: BTreeSet<&str> = st.names().into_iter().filter(|n| !wanted.contains(n)).collect();
+        // A training checkpoint (crates/tf-ref/src/train/checkpoint.rs) holds the
+        // parameters under the same keys plus the optimizer's moments: those are
+        // not the model's, and are skipped.
+        let training =
+            header.metadata().as_ref().and_then(|m| m.get("tokenformer.kind")).map(String::as_str) == Some("train");
+        let extra: BTreeSet<&str> = st
+            .names()
+            .into_iter()
+            .filter(|n| !(wanted.contains(n) || training && n.starts_with("optimizer.")))
+            .collect();
         if let Some(first) = extra.first() {
             let shape = st.tensor(first).map_err(|e| malformed(path, &buf, e))?.shape().to_vec();
             return Err(Error::InvalidArgument {
