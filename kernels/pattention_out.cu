@@ -185,10 +185,31 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
         if (q_ok && tile + 1 < p.n_tiles) q_next_e = stats[q_row * p.n_tiles + tile + 1].x;
     };
     static_assert(Tr::kMT * 2 == 8 && Tr::kWM == 64, "a thread's rows: 8, one 16-byte pair of reads");
+    // The 64-row tile scales h in shared memory instead: every warp of it loads all
+    // 64 rows as A fragments, so scaling fragments costs one HMUL2 per HMMA. Each
+    // thread scales the chunks it copied, after its own cp.async wait and before the
+    // barrier that publishes the stage: q of its kPer rows (tid / kChunksA + i·kRowStep)
+    // for the current n-tile, read from the slot at the n-tile's first step.
+    constexpr bool kSmemQ = Tr::kBM == 64;
+    using StreamA = TileStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T>;
+    uint32_t qc[StreamA::kPer];
+    auto scale_own = [&](unsigned char* st) {
+#pragma unroll
+        for (int i = 0; i < StreamA::kPer; ++i) {
+            uint4* c = reinterpret_cast<uint4*>(st + sh.soff + i * StreamA::kStepBytes);
+            uint4 v = *c;
+            v.x = hmul2<T>(v.x, qc[i]);
+            v.y = hmul2<T>(v.y, qc[i]);
+            v.z = hmul2<T>(v.z, qc[i]);
+            v.w = hmul2<T>(v.w, qc[i]);
+            *c = v;
+        }
+    };
     uint32_t q2[Tr::kMT][2];  // q of the current n-tile, packed (1 for l2_norm_gelu)
 #pragma unroll
     for (int mi = 0; mi < Tr::kMT; ++mi) q2[mi][0] = q2[mi][1] = tf::pack2<T>(1.0f, 1.0f);
     if (scaled) q_publish(0);  // read after the main loop's first barrier
+    if (kSmemQ && scaled) __syncthreads();  // ... or before it, with kSmemQ
 
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
@@ -241,10 +262,27 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
         ring_prologue<Tr::kStages>(k_tiles, load_kt);
         for (int kt = 0; kt < k_tiles; ++kt) {
             tf::cp_async_wait<Tr::kStages - 2>();
+            if (kSmemQ && decltype(scale)::value && scaled) {
+                if (kt % Tr::kStepsPerTile == 0) {  // a new n-tile: its slot, written a barrier ago
+                    const int64_t tile = kt / Tr::kStepsPerTile;
+                    const int r0 = tid / Tr::kChunksA;
+#pragma unroll
+                    for (int i = 0; i < StreamA::kPer; ++i) {
+                        const int r = r0 + i * StreamA::kRowStep;
+                        qc[i] = sq[(tile % 2) * Tr::kBM + (r % 8) * (Tr::kBM / 8) + r / 8];
+                    }
+                }
+                scale_own(smem + (kt % Tr::kStages) * Tr::kStageBytes);
+            }
             __syncthreads();
             if (kt + Tr::kStages - 1 < k_tiles) load(kt + Tr::kStages - 1, full);
             tf::cp_async_commit();
-            if (decltype(scale)::value && scaled && kt % Tr::kStepsPerTile == 0) {
+            if (kSmemQ && decltype(scale)::value && scaled && kt % Tr::kStepsPerTile == 0) {
+                // the other slot was last read before this barrier (its n-tile's first step)
+                const int64_t tile = kt / Tr::kStepsPerTile;
+                if (tile + 1 < p.n_tiles) q_publish(tile + 1);
+            }
+            if (!kSmemQ && decltype(scale)::value && scaled && kt % Tr::kStepsPerTile == 0) {
                 // Slot tile % 2 was written at least one barrier ago (before the loop or
                 // at the previous n-tile's first step); the other slot was last read
                 // kStepsPerTile >= 2 barriers ago, so it is free for the next tile.
@@ -256,7 +294,8 @@ __device__ __forceinline__ void out_mma(const tf_pattention_params& p) {
                 q2[2][0] = hi.x, q2[2][1] = hi.y, q2[3][0] = hi.z, q2[3][1] = hi.w;
                 if (tile + 1 < p.n_tiles) q_publish(tile + 1);
             }
-            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active, scale);
+            mma_stage(smem + (kt % Tr::kStages) * Tr::kStageBytes, kFull ? Tr::kMT : mt_active,
+                      Flag<decltype(scale)::value && !kSmemQ>());
         }
     };
     if (rows_a == Tr::kBM && cols_b >= Tr::kBN && sh.narrow && sv.narrow) {
