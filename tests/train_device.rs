@@ -110,6 +110,33 @@ fn sixteen_bit_models() {
     sixteen_bit::<tf_host::f16>(2e-3, 1e-2);
 }
 
+/// Every gradient as bits, in parameter order.
+fn grad_bits(g: &tf_host::ModelGrads) -> Vec<u32> {
+    g.views().iter().flat_map(|v| v.to_vec().unwrap().into_iter().map(f32::to_bits)).collect()
+}
+
+fn recomputed_is_bitwise<T: tf_host::DType>() {
+    let dev = Device::emulator();
+    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+    let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0004);
+    let model = Tokenformer::<T>::new(&dev, &cfg, r.random()).unwrap();
+    let (x, y) = tokens(&mut r, 21, cfg.vocab);
+    let (loss, kept) = model.loss_and_grads_with(&x, &y, false).unwrap();
+    let (loss_r, again) = model.loss_and_grads_with(&x, &y, true).unwrap();
+    assert_eq!(loss.to_bits(), loss_r.to_bits(), "{}: the loss with recomputation", T::NAME);
+    let (a, b) = (grad_bits(&kept), grad_bits(&again));
+    assert_eq!(a.len(), b.len());
+    let differ = a.iter().zip(&b).filter(|(p, q)| p != q).count();
+    assert_eq!(differ, 0, "{}: {differ} of {} gradient elements differ with recomputation", T::NAME, a.len());
+    assert_eq!(model.loss(&x, &y).unwrap().to_bits(), loss.to_bits(), "{}: loss() alone", T::NAME);
+}
+
+#[test]
+fn activation_recomputation_gives_the_same_bits() {
+    recomputed_is_bitwise::<f32>();
+    recomputed_is_bitwise::<tf_host::bf16>();
+}
+
 #[test]
 fn bad_input_is_an_error() {
     let dev = Device::emulator();

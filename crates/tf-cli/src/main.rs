@@ -138,6 +138,10 @@ pub struct TrainArgs {
     /// CPU threads of the reference backend (the results do not depend on it).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Device backend: keep only each block's input and run its forward again in
+    /// the backward (activation recomputation: less memory, the same results).
+    #[arg(long)]
+    pub recompute: bool,
     /// Storage type of the device backend's model: f32, f16 or bf16 (activations
     /// in it; gradients, master weights and moments f32 on the device).
     #[arg(long, default_value = "f32")]

@@ -174,14 +174,16 @@ impl<T: DType> Backend for tf_host::Trainer<T> {
 
 /// The device backend's trainer in storage type `dtype`, in the state of `t`
 /// (a fresh run's init or a checkpoint's state, as f32 master weights).
-fn device_trainer(dev: &Device, dtype: &str, t: &Trainer) -> CliResult<Box<dyn Backend>> {
-    fn make<T: DType + 'static>(dev: &Device, t: &Trainer) -> CliResult<Box<dyn Backend>> {
-        Ok(Box::new(tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?))
+fn device_trainer(dev: &Device, dtype: &str, t: &Trainer, recompute: bool) -> CliResult<Box<dyn Backend>> {
+    fn make<T: DType + 'static>(dev: &Device, t: &Trainer, recompute: bool) -> CliResult<Box<dyn Backend>> {
+        let mut d = tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?;
+        d.set_recompute(recompute);
+        Ok(Box::new(d))
     }
     match dtype {
-        "f16" => make::<f16>(dev, t),
-        "bf16" => make::<bf16>(dev, t),
-        _ => make::<f32>(dev, t),
+        "f16" => make::<f16>(dev, t, recompute),
+        "bf16" => make::<bf16>(dev, t, recompute),
+        _ => make::<f32>(dev, t, recompute),
     }
 }
 
@@ -207,6 +209,9 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     };
     if a.threads == 0 {
         return Err("--threads must be at least 1".into());
+    }
+    if a.recompute && device.is_none() {
+        return Err("--recompute: the reference backend keeps its activations; --recompute is for --device".into());
     }
     if a.eval_every == Some(0) || a.log_every == 0 {
         return Err("--eval-every and --log-every must be at least 1".into());
@@ -238,7 +243,7 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let threads = rt.threads;
     let mut t: Box<dyn Backend> = match &device {
         None => Box::new(rt),
-        Some(dev) => device_trainer(dev, &a.dtype, &rt)?,
+        Some(dev) => device_trainer(dev, &a.dtype, &rt, a.recompute)?,
     };
     let r = t.run();
     outln!(

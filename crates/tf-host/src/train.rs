@@ -164,11 +164,21 @@ struct Setup {
     shape4: [usize; 4],
 }
 
-/// The training forward's results: every block's activations, the final
-/// norm's input and output, and the logits.
+/// What the training forward keeps of one block for the backward.
+enum Saved<T: DType> {
+    /// Every activation the block's backward needs.
+    All(BlockActs<T>),
+    /// The block's input only: the backward runs the block's forward again
+    /// (activation recomputation; the kernels are deterministic, so the
+    /// recomputed activations are the same bits).
+    Input(Tensor<T>),
+}
+
+/// The training forward's results: what each block keeps, the final norm's
+/// input and output, and the logits.
 struct Forward<T: DType> {
     setup: Setup,
-    acts: Vec<BlockActs<T>>,
+    saved: Vec<Saved<T>>,
     x: Tensor<T>,
     hn: Tensor<T>,
     logits: Tensor<T>,
@@ -181,7 +191,7 @@ impl<T: DType> Tokenformer<T> {
     ///
     /// Errors: as `loss_and_grads`.
     pub fn loss(&self, tokens: &[u32], targets: &[u32]) -> Result<f64> {
-        let mut f = self.train_forward(tokens, targets)?;
+        let mut f = self.train_forward(tokens, targets, true)?;
         cross_entropy_backward_into(self.device(), &mut f.logits.view_mut(), targets)
     }
 
@@ -214,9 +224,9 @@ impl<T: DType> Tokenformer<T> {
         Ok(Setup { t, d, rope, eps: cfg.ln_eps as f32, attn, shape4: [1, t, heads, hd] })
     }
 
-    /// The forward of tf-ref's `loss_and_grads`, keeping the activations.
-    fn train_forward(&self, tokens: &[u32], targets: &[u32]) -> Result<Forward<T>> {
-        let su = self.setup(tokens, targets)?;
+    /// One block's training forward from its input `x`: the activations its
+    /// backward needs, and its output.
+    fn block_forward(&self, su: &Setup, blk: &[Pattention<T>], x: Tensor<T>) -> Result<(BlockActs<T>, Tensor<T>)> {
         let dev = self.device();
         let (t, d, eps, shape4) = (su.t, su.d, su.eps, su.shape4);
         let td = (t, d);
@@ -225,24 +235,35 @@ impl<T: DType> Tokenformer<T> {
             layer_norm_into(dev, &LayerNormArgs { x: x.view(), weight: None, bias: None, eps }, &mut y.view_mut())?;
             Ok(y)
         };
+        let p = |slot: Slot| &blk[slot.index()];
+        let h = ln(&x)?;
+        let mut q = pattn(dev, p(Slot::Query), &h.view())?;
+        let mut k = pattn(dev, p(Slot::Key), &h.view())?;
+        let v = pattn(dev, p(Slot::Value), &h.view())?;
+        rotary_into(dev, &mut q.view_mut(), &su.rope)?;
+        rotary_into(dev, &mut k.view_mut(), &su.rope)?;
+        let args =
+            AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: su.attn };
+        let ctx = cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?;
+        let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
+        let h1 = ln(&x1)?;
+        let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
+        Ok((BlockActs { x, h, q, k, v, ctx, x1, h1 }, out))
+    }
+
+    /// The forward of tf-ref's `loss_and_grads`, keeping every block's
+    /// activations, or only its input when `recompute`.
+    fn train_forward(&self, tokens: &[u32], targets: &[u32], recompute: bool) -> Result<Forward<T>> {
+        let su = self.setup(tokens, targets)?;
+        let dev = self.device();
+        let (t, d, eps) = (su.t, su.d, su.eps);
         let mut x = dev.output::<T>(&[t, d])?;
         embedding_into(dev, &self.embedding_view(), tokens, &mut x.view_mut())?;
-        let mut acts = Vec::with_capacity(self.blocks_ref().len());
+        let mut saved = Vec::with_capacity(self.blocks_ref().len());
         for blk in self.blocks_ref() {
-            let p = |slot: Slot| &blk[slot.index()];
-            let h = ln(&x)?;
-            let mut q = pattn(dev, p(Slot::Query), &h.view())?;
-            let mut k = pattn(dev, p(Slot::Key), &h.view())?;
-            let v = pattn(dev, p(Slot::Value), &h.view())?;
-            rotary_into(dev, &mut q.view_mut(), &su.rope)?;
-            rotary_into(dev, &mut k.view_mut(), &su.rope)?;
-            let args =
-                AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: su.attn };
-            let ctx = cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?;
-            let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
-            let h1 = ln(&x1)?;
-            let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
-            acts.push(BlockActs { x, h, q, k, v, ctx, x1, h1 });
+            let (acts, out) = self.block_forward(&su, blk, x)?;
+            // with recompute the other activations are freed here, block by block
+            saved.push(if recompute { Saved::Input(acts.x) } else { Saved::All(acts) });
             x = out;
         }
         let (nw, nb) = self.final_norm_views();
@@ -254,7 +275,7 @@ impl<T: DType> Tokenformer<T> {
         )?;
         let mut logits = dev.output::<T>(&[t, self.config().vocab])?;
         linear_into(dev, &hn.view(), &self.embedding_view(), &mut logits.view_mut())?;
-        Ok(Forward { setup: su, acts, x, hn, logits })
+        Ok(Forward { setup: su, saved, x, hn, logits })
     }
 
     /// The mean next-token cross-entropy of the model on one sequence (`tokens`
@@ -266,10 +287,20 @@ impl<T: DType> Tokenformer<T> {
     /// Errors: no tokens, `targets` not one per token, a token or target id
     /// `>= vocab`, more tokens than the config's context, and the ops' errors.
     pub fn loss_and_grads(&self, tokens: &[u32], targets: &[u32]) -> Result<(f64, ModelGrads)> {
+        self.loss_and_grads_with(tokens, targets, false)
+    }
+
+    /// [`loss_and_grads`](Self::loss_and_grads), with activation recomputation
+    /// when `recompute`: the forward keeps only each block's input (one `[t, d]`
+    /// tensor where it kept eight) and the backward runs each block's forward
+    /// again before its backward. The result is the same bits either way (the
+    /// kernels are deterministic; tests/train_device.rs checks it); the price is
+    /// a second forward of every block.
+    pub fn loss_and_grads_with(&self, tokens: &[u32], targets: &[u32], recompute: bool) -> Result<(f64, ModelGrads)> {
         let cfg = self.config().clone();
         let dev = self.device().clone();
         let dev = &dev;
-        let Forward { setup: su, acts, x, hn, mut logits } = self.train_forward(tokens, targets)?;
+        let Forward { setup: su, saved, x, hn, mut logits } = self.train_forward(tokens, targets, recompute)?;
         let (t, d, eps, shape4, attn) = (su.t, su.d, su.eps, su.shape4, su.attn);
         let (td, rope) = ((t, d), su.rope);
         // an f32 tensor (of t·d elements) rounded to T as [t, d]
@@ -287,7 +318,11 @@ impl<T: DType> Tokenformer<T> {
         };
         let mut dh = lg.dx;
         let mut blocks = Vec::with_capacity(cfg.layers);
-        for (blk, a) in self.blocks_ref().iter().zip(&acts).rev() {
+        for (blk, saved) in self.blocks_ref().iter().zip(saved).rev() {
+            let a = match saved {
+                Saved::All(a) => a,
+                Saved::Input(x) => self.block_forward(&su, blk, x)?.0,
+            };
             let pb = |slot: Slot, x: View<'_, T>, dy: &Tensor<f32>| {
                 let l = &blk[slot.index()];
                 let args = PattentionArgs { x, k_p: l.keys(), v_p: l.values(), opts: *l.options() };

@@ -41,6 +41,7 @@ pub struct Trainer<T: DType> {
     run: RunConfig,
     model: Tokenformer<T>,
     opt: AdamW<T>,
+    recompute: bool,
 }
 
 impl<T: DType> std::fmt::Debug for Trainer<T> {
@@ -122,7 +123,7 @@ impl<T: DType> Trainer<T> {
         }
         let mut adamw = AdamW::<T>::with_master(dev, &views(&master), &decay_flags(n), run.adamw)?;
         adamw.set_moments(&views(&m), &views(&v), opt.step)?;
-        Ok(Trainer { run, model, opt: adamw })
+        Ok(Trainer { run, model, opt: adamw, recompute: false })
     }
 
     /// The run's settings.
@@ -148,6 +149,19 @@ impl<T: DType> Trainer<T> {
     /// The device.
     pub fn device(&self) -> &Device {
         self.model.device()
+    }
+
+    /// Activation recomputation on or off (off by default): each window's
+    /// backward runs the blocks' forward again instead of keeping their
+    /// activations ([`Tokenformer::loss_and_grads_with`]). Less memory, one more
+    /// forward per step, the same bits. Not part of a checkpoint.
+    pub fn set_recompute(&mut self, on: bool) {
+        self.recompute = on;
+    }
+
+    /// Whether activations are recomputed.
+    pub fn recompute(&self) -> bool {
+        self.recompute
     }
 
     /// Completed steps.
@@ -183,7 +197,7 @@ impl<T: DType> Trainer<T> {
         let windows = data.batch(self.run.seed, step, self.run.batch, self.run.seq);
         let (mut total, mut sum): (f64, Option<ModelGrads>) = (0.0, None);
         for w in &windows {
-            let (loss, g) = self.model.loss_and_grads(&w[..w.len() - 1], &w[1..])?;
+            let (loss, g) = self.model.loss_and_grads_with(&w[..w.len() - 1], &w[1..], self.recompute)?;
             total += loss;
             match &mut sum {
                 None => sum = Some(g),
