@@ -167,7 +167,7 @@ struct Setup {
 /// What the training forward keeps of one block for the backward.
 enum Saved<T: DType> {
     /// Every activation the block's backward needs.
-    All(BlockActs<T>),
+    All(Box<BlockActs<T>>),
     /// The block's input only: the backward runs the block's forward again
     /// (activation recomputation; the kernels are deterministic, so the
     /// recomputed activations are the same bits).
@@ -263,7 +263,7 @@ impl<T: DType> Tokenformer<T> {
         for blk in self.blocks_ref() {
             let (acts, out) = self.block_forward(&su, blk, x)?;
             // with recompute the other activations are freed here, block by block
-            saved.push(if recompute { Saved::Input(acts.x) } else { Saved::All(acts) });
+            saved.push(if recompute { Saved::Input(acts.x) } else { Saved::All(Box::new(acts)) });
             x = out;
         }
         let (nw, nb) = self.final_norm_views();
@@ -320,7 +320,7 @@ impl<T: DType> Tokenformer<T> {
         let mut blocks = Vec::with_capacity(cfg.layers);
         for (blk, saved) in self.blocks_ref().iter().zip(saved).rev() {
             let a = match saved {
-                Saved::All(a) => a,
+                Saved::All(a) => *a,
                 Saved::Input(x) => self.block_forward(&su, blk, x)?.0,
             };
             let pb = |slot: Slot, x: View<'_, T>, dy: &Tensor<f32>| {
