@@ -17,7 +17,14 @@ use tf_host::{bf16, f16, DType, Device, Error};
 use tf_ref::{Element, Tensor4Ref};
 
 const RTOL: f64 = 2e-5;
-
+/// Scale 0.7 makes scores of size 0.7·√D (about 11 at D = 256), so softmax rows are
+/// nearly one-hot and dS = P ∘ (dP − D) is the difference of two nearly equal
+/// numbers: dQ and dK come out small against the terms that formed them and carry
+/// the f32 rounding of those terms, so their error relative to themselves has no
+/// useful bound (1.4e-7 to 3.1e-5 over 100 seeds, with a long tail). They are held
+/// to `PEAKED_RTOL` against the size of the terms instead (`term_sizes`); dV has no
+/// such cancellation and keeps `RTOL`.
+const PEAKED_RTOL: f64 = 1e-5;
 struct Problem<T> {
     q: Vec<T>,
     k: Vec<T>,
@@ -78,11 +85,80 @@ fn check_within<T: DType + Element>(
     worst
 }
 
+/// Per element of dQ and dK, the sum of the magnitudes of the terms it is made of
+/// (f64, from the stored inputs; causal, bottom-right): with S = scale·Q·Kᵀ, P its
+/// softmax over the visible keys, dP = dO·Vᵀ and D_i = Σ_j P_ij·dP_ij,
+/// |dQ_i| <= scale·Σ_j P_ij·(|dP_ij| + |D_i|)·|K_j| and
+/// |dK_j| <= scale·Σ_i P_ij·(|dP_ij| + |D_i|)·|Q_i|.
+fn term_sizes(p: &Problem<f32>, scale: f64) -> (Vec<f64>, Vec<f64>) {
+    let [b, t_q, h, d] = p.qs;
+    let t_k = p.ks[1];
+    let at = |x: &[f32], t: usize, bi: usize, i: usize, hi: usize| -> Vec<f64> {
+        let o = ((bi * t + i) * h + hi) * d;
+        x[o..o + d].iter().map(|&v| f64::from(v)).collect()
+    };
+    let dot = |a: &[f64], c: &[f64]| a.iter().zip(c).map(|(x, y)| x * y).sum::<f64>();
+    let (mut mq, mut mk) = (vec![0.0; p.q.len()], vec![0.0; p.k.len()]);
+    for bi in 0..b {
+        for hi in 0..h {
+            for i in 0..t_q {
+                let visible = (i + t_k).saturating_sub(t_q) + 1; // keys j <= i + t_k - t_q
+                let visible = visible.min(t_k);
+                if i + t_k < t_q {
+                    continue; // the row sees no key
+                }
+                let qi = at(&p.q, t_q, bi, i, hi);
+                let doi = at(&p.d_o, t_q, bi, i, hi);
+                let s: Vec<f64> = (0..visible).map(|j| scale * dot(&qi, &at(&p.k, t_k, bi, j, hi))).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let dp: Vec<f64> = (0..visible).map(|j| dot(&doi, &at(&p.v, t_k, bi, j, hi))).collect();
+                let dd: f64 = (0..visible).map(|j| e[j] / z * dp[j]).sum();
+                for j in 0..visible {
+                    let w = scale * e[j] / z * (dp[j].abs() + dd.abs());
+                    let kj = at(&p.k, t_k, bi, j, hi);
+                    let (oq, ok) = (((bi * t_q + i) * h + hi) * d, ((bi * t_k + j) * h + hi) * d);
+                    for c in 0..d {
+                        mq[oq + c] += w * kj[c].abs();
+                        mk[ok + c] += w * qi[c].abs();
+                    }
+                }
+            }
+        }
+    }
+    (mq, mk)
+}
+
+/// f32, causal, a scale that makes softmax rows nearly one-hot: dQ and dK within
+/// `PEAKED_RTOL` of the size of their terms (Frobenius), dV within `RTOL`.
+/// Returns the worst dQ / dK error against that size.
+fn check_peaked(dev: &Device, backend: &str, p: &Problem<f32>, scale: f32) -> f64 {
+    let (q, k) = (dev.upload(&p.q, &p.qs).unwrap(), dev.upload(&p.k, &p.ks).unwrap());
+    let (v, d_o) = (dev.upload(&p.v, &p.ks).unwrap(), dev.upload(&p.d_o, &p.qs).unwrap());
+    let opts = AttnOptions { causal: true, scale: Some(scale), num_splits: None };
+    let g = attention_backward(dev, &AttnArgs { q: q.view(), k: k.view(), v: v.view(), opts }, &d_o.view()).unwrap();
+    let want = reference(p, true, Some(scale));
+    let what = format!("{backend} f32 q {:?} k {:?} causal, scale {scale}", p.qs, p.ks);
+    assert_close(&format!("{what} dv"), &g.dv.to_vec().unwrap(), &want[2], RTOL);
+    let (mq, mk) = term_sizes(p, f64::from(scale));
+    let mut worst = 0f64;
+    for (name, got, want, size) in [("dq", &g.dq, &want[0], &mq), ("dk", &g.dk, &want[1], &mk)] {
+        let got = got.to_vec().unwrap();
+        let err: f64 = got.iter().zip(want).map(|(&g, &w)| (f64::from(g) - w).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = size.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!(err.is_finite() && norm > 0.0, "{what} {name}: error {err}, term size {norm}");
+        assert!(err <= PEAKED_RTOL * norm, "{what} {name}: error {err:.3e} > {PEAKED_RTOL:e} x term size {norm:.3e}");
+        worst = worst.max(err / norm);
+    }
+    worst
+}
+
 #[test]
 fn gradients_match_tf_ref() {
     for (dev, backend) in backends() {
         let mut r = StdRng::seed_from_u64(seed() ^ 0xa7_0001);
-        let mut worst = 0f64;
+        let (mut worst, mut peaked) = (0f64, 0f64);
         // (B, T_q, T_k, H, D): T_q = T_k, T_q < T_k (decode-like), T_q > T_k (causal
         // rows that see no key), D from 8 to 256 with tails of the 32-lane split
         for (b, t_q, t_k, h, d) in
@@ -96,9 +172,9 @@ fn gradients_match_tf_ref() {
                 worst = worst.max(check(&dev, backend, &ph, causal, None));
                 worst = worst.max(check(&dev, backend, &pb, causal, None));
             }
-            check(&dev, backend, &pf, true, Some(0.7));
+            peaked = peaked.max(check_peaked(&dev, backend, &pf, 0.7));
         }
-        eprintln!("{backend}: worst relative error {worst:.2e}");
+        eprintln!("{backend}: worst relative error {worst:.2e}, peaked softmax {peaked:.2e}");
     }
 }
 
