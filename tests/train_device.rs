@@ -121,8 +121,10 @@ fn recomputed_is_bitwise<T: tf_host::DType>() {
     let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0004);
     let model = Tokenformer::<T>::new(&dev, &cfg, r.random()).unwrap();
     let (x, y) = tokens(&mut r, 21, cfg.vocab);
-    let (loss, kept) = model.loss_and_grads_with(&x, &y, false).unwrap();
-    let (loss_r, again) = model.loss_and_grads_with(&x, &y, true).unwrap();
+    let kept_opts = tf_host::GradOptions::default();
+    let (loss, kept) = model.loss_and_grads_with(&x, &y, &kept_opts).unwrap();
+    let (loss_r, again) =
+        model.loss_and_grads_with(&x, &y, &tf_host::GradOptions { recompute: true, ..kept_opts }).unwrap();
     assert_eq!(loss.to_bits(), loss_r.to_bits(), "{}: the loss with recomputation", T::NAME);
     let (a, b) = (grad_bits(&kept), grad_bits(&again));
     assert_eq!(a.len(), b.len());

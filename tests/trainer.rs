@@ -10,7 +10,7 @@ mod common;
 use common::seed;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::{bf16, DType, Device, Trainer};
+use tf_host::{bf16, f16, DType, Device, LossScale, Trainer};
 use tf_ref::{param_tensors, AdamWConfig, Corpus, GrowPlan, RunConfig, StepReport};
 
 /// A corpus of `len` tokens drawn from 48 of tiny's 512 ids, each followed by a
@@ -244,6 +244,54 @@ fn resumed_run_is_bitwise_the_uninterrupted_one() {
     assert!(resumed.step(&data).is_err(), "every step was taken");
     let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 1, "only the checkpoint is left, no temporary file: {names:?}");
+}
+
+/// `steps` steps of a fresh run under `rule`; the state's bits and the reports.
+fn scaled_run<T: DType>(s: u64, data: &Corpus, steps: u64, rule: LossScale) -> (Trainer<T>, Vec<StepReport>) {
+    let mut t = Trainer::<T>::new(&Device::emulator(), run(s, 4, None)).unwrap();
+    t.set_loss_scale(rule).unwrap();
+    let reports = (0..steps).map(|_| t.step(data).unwrap()).collect();
+    (t, reports)
+}
+
+fn loss_scaling_is_exact<T: DType>(s: u64, data: &Corpus) {
+    // powers of two with nothing overflowing: every bit as the unscaled run
+    let (plain, want) = scaled_run::<T>(s, data, 2, LossScale::Off);
+    let (fixed, got) = scaled_run::<T>(s, data, 2, LossScale::Static(1024.0));
+    assert_eq!(state_bits(&fixed), state_bits(&plain), "{}: a static scale of 2^10", T::NAME);
+    assert_eq!(got, want);
+    // growth every finite step: 2^4 -> 2^6 after two, still the same bits
+    let (grown, got) = scaled_run::<T>(s, data, 2, LossScale::Dynamic { init: 16.0, growth_interval: 1 });
+    assert_eq!(grown.loss_scale(), 64.0);
+    assert_eq!(state_bits(&grown), state_bits(&plain), "{}: a dynamic scale that grows", T::NAME);
+    assert_eq!(got, want);
+}
+
+#[test]
+fn loss_scaling_changes_no_bit_and_backs_off_on_overflow() {
+    let s = seed();
+    let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca1e), 4000);
+    loss_scaling_is_exact::<f32>(s, &data);
+    loss_scaling_is_exact::<bf16>(s, &data);
+    // f16 at 2^24: the scaled gradients overflow f16, the step is taken again with
+    // half the factor until they are finite, and the step that counts is the one a
+    // static run at the final factor takes (the failed tries updated nothing)
+    let init = 2f32.powi(24);
+    let (backed, got) = scaled_run::<f16>(s, &data, 1, LossScale::Dynamic { init, growth_interval: 100 });
+    let f = backed.loss_scale();
+    assert!(f < init && f >= 1.0, "the scale backed off to {f}");
+    assert!(got[0].grad_norm.is_finite() && backed.step_count() == 1, "{:?}", got[0]);
+    let (fixed, want) = scaled_run::<f16>(s, &data, 1, LossScale::Static(f));
+    assert_eq!(state_bits(&backed), state_bits(&fixed), "f16: backed off to {f}");
+    assert_eq!(got, want);
+    eprintln!("f16: a loss scale of 2^24 backed off to 2^{}", f.log2());
+    // bad rules
+    let mut t = Trainer::<f32>::new(&Device::emulator(), run(s, 4, None)).unwrap();
+    for bad in [LossScale::Static(0.0), LossScale::Static(f32::NAN), LossScale::Static(f32::INFINITY)] {
+        assert!(t.set_loss_scale(bad).unwrap_err().to_string().contains("finite and > 0"), "{bad:?}");
+    }
+    let e = t.set_loss_scale(LossScale::Dynamic { init: 8.0, growth_interval: 0 }).unwrap_err().to_string();
+    assert!(e.contains("growth interval"), "{e}");
 }
 
 #[test]

@@ -142,6 +142,11 @@ pub struct TrainArgs {
     /// the backward (activation recomputation: less memory, the same results).
     #[arg(long)]
     pub recompute: bool,
+    /// Device backend: loss scaling: off, dynamic (start at 2^16, halve and retake
+    /// the step when a gradient is not finite, double after 2000 finite steps) or
+    /// a fixed factor N [default: dynamic for --dtype f16, else off].
+    #[arg(long, value_name = "off|dynamic|N")]
+    pub loss_scale: Option<String>,
     /// Storage type of the device backend's model: f32, f16 or bf16 (activations
     /// in it; gradients, master weights and moments f32 on the device).
     #[arg(long, default_value = "f32")]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use tf_host::{bf16, f16, DType, Device};
+use tf_host::{bf16, f16, DType, Device, LossScale};
 use tf_ref::{AdamWConfig, Corpus, GrowPlan, RunConfig, StepReport, TokenformerConfig, Trainer};
 
 use crate::util::{bar, check_output, outln, parse_slots, s, write_file, CliResult};
@@ -174,17 +174,44 @@ impl<T: DType> Backend for tf_host::Trainer<T> {
 
 /// The device backend's trainer in storage type `dtype`, in the state of `t`
 /// (a fresh run's init or a checkpoint's state, as f32 master weights).
-fn device_trainer(dev: &Device, dtype: &str, t: &Trainer, recompute: bool) -> CliResult<Box<dyn Backend>> {
-    fn make<T: DType + 'static>(dev: &Device, t: &Trainer, recompute: bool) -> CliResult<Box<dyn Backend>> {
+fn device_trainer(
+    dev: &Device,
+    dtype: &str,
+    t: &Trainer,
+    recompute: bool,
+    scale: LossScale,
+) -> CliResult<Box<dyn Backend>> {
+    fn make<T: DType + 'static>(
+        dev: &Device,
+        t: &Trainer,
+        recompute: bool,
+        scale: LossScale,
+    ) -> CliResult<Box<dyn Backend>> {
         let mut d = tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?;
         d.set_recompute(recompute);
+        d.set_loss_scale(scale).map_err(|e| format!("--loss-scale: {e}"))?;
         Ok(Box::new(d))
     }
     match dtype {
-        "f16" => make::<f16>(dev, t, recompute),
-        "bf16" => make::<bf16>(dev, t, recompute),
-        _ => make::<f32>(dev, t, recompute),
+        "f16" => make::<f16>(dev, t, recompute, scale),
+        "bf16" => make::<bf16>(dev, t, recompute, scale),
+        _ => make::<f32>(dev, t, recompute, scale),
     }
+}
+
+/// `--loss-scale`: off, dynamic (GradScaler's defaults) or a factor; absent,
+/// dynamic for f16 (whose gradients underflow first) and off otherwise.
+fn parse_loss_scale(arg: Option<&str>, dtype: &str) -> CliResult<LossScale> {
+    let dynamic = LossScale::Dynamic { init: 65536.0, growth_interval: 2000 };
+    Ok(match arg {
+        None if dtype == "f16" => dynamic,
+        None | Some("off") => LossScale::Off,
+        Some("dynamic") => dynamic,
+        Some(v) => match v.parse::<f32>() {
+            Ok(f) if f.is_finite() && f > 0.0 => LossScale::Static(f),
+            _ => return Err(format!("--loss-scale {v}: expected off, dynamic or a finite factor > 0")),
+        },
+    })
 }
 
 /// Runs `tokenformer train`.
@@ -213,6 +240,10 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     if a.recompute && device.is_none() {
         return Err("--recompute: the reference backend keeps its activations; --recompute is for --device".into());
     }
+    if a.loss_scale.is_some() && device.is_none() {
+        return Err("--loss-scale: the reference backend computes in f64; --loss-scale is for --device".into());
+    }
+    parse_loss_scale(a.loss_scale.as_deref(), &a.dtype)?;
     if a.eval_every == Some(0) || a.log_every == 0 {
         return Err("--eval-every and --log-every must be at least 1".into());
     }
@@ -243,7 +274,9 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let threads = rt.threads;
     let mut t: Box<dyn Backend> = match &device {
         None => Box::new(rt),
-        Some(dev) => device_trainer(dev, &a.dtype, &rt, a.recompute)?,
+        Some(dev) => {
+            device_trainer(dev, &a.dtype, &rt, a.recompute, parse_loss_scale(a.loss_scale.as_deref(), &a.dtype)?)?
+        }
     };
     let r = t.run();
     outln!(
@@ -431,6 +464,19 @@ fn svg(records: &[Record], steps: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_scale_flags_parse() {
+        let dynamic = LossScale::Dynamic { init: 65536.0, growth_interval: 2000 };
+        assert_eq!(parse_loss_scale(None, "f16").unwrap(), dynamic);
+        assert_eq!(parse_loss_scale(None, "bf16").unwrap(), LossScale::Off);
+        assert_eq!(parse_loss_scale(Some("dynamic"), "f32").unwrap(), dynamic);
+        assert_eq!(parse_loss_scale(Some("off"), "f16").unwrap(), LossScale::Off);
+        assert_eq!(parse_loss_scale(Some("1024"), "f16").unwrap(), LossScale::Static(1024.0));
+        for bad in ["0", "-2", "inf", "nan", "x"] {
+            assert!(parse_loss_scale(Some(bad), "f16").unwrap_err().contains("--loss-scale"), "{bad}");
+        }
+    }
 
     #[test]
     fn grow_flags_parse() {

@@ -78,8 +78,8 @@ pub use ops::pattention::{
 };
 pub use ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes, PattentionGrads};
 pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
-pub use train::ModelGrads;
-pub use trainer::Trainer;
+pub use train::{GradOptions, ModelGrads};
+pub use trainer::{LossScale, Trainer};
 pub use workspace::Workspace;
 
 /// The kernels' fatbin was compiled: false only in a build without CUDA kernels

@@ -7,8 +7,9 @@
 //!
 //! Any storage type T: activations are kept in T (as the forward computes them),
 //! every gradient is f32, and an f32 gradient handed to an op that takes T is
-//! rounded to T first (`cast_from_f32`). No loss scale: f16's range may not hold
-//! a large model's gradients. The attention runs on the SIMT training kernels
+//! rounded to T first (`cast_from_f32`); f16 flushes magnitudes below 2^-24 there,
+//! which a loss scale (`GradOptions::loss_scale`, `Trainer`'s `LossScale`) keeps
+//! gradients above. The attention runs on the SIMT training kernels
 //! (any head dimension, no padding). Correct paths, not fast ones.
 
 use tf_ref::{ModelParams, Slot};
@@ -22,7 +23,8 @@ use crate::ops::attention::{AttnArgs, AttnOptions};
 use crate::ops::attention_backward::{attention_backward, attention_forward};
 use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::block_backward::{
-    cast_from_f32, cross_entropy_backward_into, embedding_backward, layer_norm_backward, rotary_backward_into,
+    cast_from_f32, cross_entropy_backward_into, cross_entropy_backward_scaled_into, embedding_backward,
+    layer_norm_backward, rotary_backward_into,
 };
 use crate::ops::linear::{linear_backward, linear_into};
 use crate::ops::pattention::PattentionArgs;
@@ -122,6 +124,30 @@ impl ModelGrads {
             }
         }
         Ok(g)
+    }
+}
+
+/// Options of [`Tokenformer::loss_and_grads_with`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradOptions {
+    /// Activation recomputation: the forward keeps only each block's input (one
+    /// `[t, d]` tensor where it kept eight) and the backward runs each block's
+    /// forward again before its backward. The result is the same bits either way
+    /// (the kernels are deterministic; tests/train_device.rs checks it); the price
+    /// is a second forward of every block. Default off.
+    pub recompute: bool,
+    /// Loss scale: the loss's gradient is multiplied by it before it is rounded to
+    /// the storage type, so every gradient comes out multiplied by it (the caller
+    /// divides, e.g. through `AdamW::step_scaled`). With a 16-bit `T` it keeps
+    /// small gradients above the type's underflow; a power of two changes no bit
+    /// but the scaling while nothing overflows. Finite and > 0; default 1. The
+    /// returned loss is unscaled.
+    pub loss_scale: f32,
+}
+
+impl Default for GradOptions {
+    fn default() -> Self {
+        GradOptions { recompute: false, loss_scale: 1.0 }
     }
 }
 
@@ -287,16 +313,18 @@ impl<T: DType> Tokenformer<T> {
     /// Errors: no tokens, `targets` not one per token, a token or target id
     /// `>= vocab`, more tokens than the config's context, and the ops' errors.
     pub fn loss_and_grads(&self, tokens: &[u32], targets: &[u32]) -> Result<(f64, ModelGrads)> {
-        self.loss_and_grads_with(tokens, targets, false)
+        self.loss_and_grads_with(tokens, targets, &GradOptions::default())
     }
 
-    /// [`loss_and_grads`](Self::loss_and_grads), with activation recomputation
-    /// when `recompute`: the forward keeps only each block's input (one `[t, d]`
-    /// tensor where it kept eight) and the backward runs each block's forward
-    /// again before its backward. The result is the same bits either way (the
-    /// kernels are deterministic; tests/train_device.rs checks it); the price is
-    /// a second forward of every block.
-    pub fn loss_and_grads_with(&self, tokens: &[u32], targets: &[u32], recompute: bool) -> Result<(f64, ModelGrads)> {
+    /// [`loss_and_grads`](Self::loss_and_grads) with [`GradOptions`]: activation
+    /// recomputation and a loss scale.
+    pub fn loss_and_grads_with(
+        &self,
+        tokens: &[u32],
+        targets: &[u32],
+        opts: &GradOptions,
+    ) -> Result<(f64, ModelGrads)> {
+        let recompute = opts.recompute;
         let cfg = self.config().clone();
         let dev = self.device().clone();
         let dev = &dev;
@@ -305,7 +333,7 @@ impl<T: DType> Tokenformer<T> {
         let (td, rope) = ((t, d), su.rope);
         // an f32 tensor (of t·d elements) rounded to T as [t, d]
         let cast = |g: &Tensor<f32>| -> Result<Tensor<T>> { cast_from_f32::<T>(dev, g)?.reshape(&[t, d]) };
-        let loss = cross_entropy_backward_into(dev, &mut logits.view_mut(), targets)?;
+        let loss = cross_entropy_backward_scaled_into(dev, &mut logits.view_mut(), targets, opts.loss_scale)?;
         let (nw, nb) = self.final_norm_views();
         let final_args = LayerNormArgs { x: x.view(), weight: Some(nw), bias: Some(nb), eps };
 

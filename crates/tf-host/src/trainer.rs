@@ -30,7 +30,7 @@ use crate::model::{tensor_index, value_std, SlotCounts, Tokenformer, Tokenformer
 use crate::ops::adamw::AdamW;
 use crate::ops::grow::GrowInit;
 use crate::tensor::{Tensor, View};
-use crate::train::ModelGrads;
+use crate::train::{GradOptions, ModelGrads};
 use tf_ref::Slot;
 
 const OP: &str = "Trainer";
@@ -42,7 +42,38 @@ pub struct Trainer<T: DType> {
     model: Tokenformer<T>,
     opt: AdamW<T>,
     recompute: bool,
+    loss_scale: LossScale,
+    /// The factor the next step scales the loss by, and the finite steps in a row
+    /// taken with it (for `LossScale::Dynamic`).
+    scale: f32,
+    good_steps: u32,
 }
+
+/// How [`Trainer`] scales the loss's gradient before the backward (the gradients
+/// are divided by the same factor inside the AdamW step, so the update is that of
+/// the unscaled gradients). For 16-bit storage types: the backward rounds each
+/// op's incoming gradient to `T`, and f16 flushes magnitudes below 2^-24 to zero.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LossScale {
+    /// Factor 1 (the default).
+    Off,
+    /// A fixed factor (finite, > 0; a power of two divides back exactly).
+    Static(f32),
+    /// Start at `init`; a step whose gradient norm is not finite is taken again
+    /// with half the factor (at most 24 halvings a step; then the step fails with
+    /// AdamW's error, as an unscaled one does); after `growth_interval` finite
+    /// steps in a row the factor doubles. PyTorch's GradScaler uses `init` 2^16
+    /// and an interval of 2000.
+    Dynamic {
+        /// The first factor.
+        init: f32,
+        /// Finite steps in a row before the factor doubles (>= 1).
+        growth_interval: u32,
+    },
+}
+
+/// Halvings of a dynamic loss scale within one step before the step is skipped.
+const MAX_BACKOFFS: u32 = 24;
 
 impl<T: DType> std::fmt::Debug for Trainer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -123,7 +154,7 @@ impl<T: DType> Trainer<T> {
         }
         let mut adamw = AdamW::<T>::with_master(dev, &views(&master), &decay_flags(n), run.adamw)?;
         adamw.set_moments(&views(&m), &views(&v), opt.step)?;
-        Ok(Trainer { run, model, opt: adamw, recompute: false })
+        Ok(Trainer { run, model, opt: adamw, recompute: false, loss_scale: LossScale::Off, scale: 1.0, good_steps: 0 })
     }
 
     /// The run's settings.
@@ -164,6 +195,36 @@ impl<T: DType> Trainer<T> {
         self.recompute
     }
 
+    /// Sets the loss scaling ([`LossScale`]; `Off` by default) and resets its
+    /// state. Not part of a checkpoint: a resumed run starts from the rule's
+    /// first factor again. Errors: a factor that is not finite and > 0, a growth
+    /// interval of 0.
+    pub fn set_loss_scale(&mut self, rule: LossScale) -> Result<()> {
+        let first = match rule {
+            LossScale::Off => 1.0,
+            LossScale::Static(f) => f,
+            LossScale::Dynamic { init, growth_interval } => {
+                if growth_interval == 0 {
+                    return Err(Error::InvalidArgument { op: OP, msg: "the growth interval must be >= 1".into() });
+                }
+                init
+            }
+        };
+        if !(first.is_finite() && first > 0.0) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("a loss scale must be finite and > 0, got {first}"),
+            });
+        }
+        (self.loss_scale, self.scale, self.good_steps) = (rule, first, 0);
+        Ok(())
+    }
+
+    /// The factor the next step scales the loss by.
+    pub fn loss_scale(&self) -> f32 {
+        self.scale
+    }
+
     /// Completed steps.
     pub fn step_count(&self) -> u64 {
         self.opt.steps()
@@ -195,21 +256,46 @@ impl<T: DType> Trainer<T> {
             grown = Some((before, self.batch_loss(data, step)?));
         }
         let windows = data.batch(self.run.seed, step, self.run.batch, self.run.seq);
-        let (mut total, mut sum): (f64, Option<ModelGrads>) = (0.0, None);
-        for w in &windows {
-            let (loss, g) = self.model.loss_and_grads_with(&w[..w.len() - 1], &w[1..], self.recompute)?;
-            total += loss;
-            match &mut sum {
-                None => sum = Some(g),
-                Some(acc) => acc.add_assign(&g)?,
-            }
-        }
-        let sum = sum.ok_or_else(|| Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
         let lr = self.run.adamw.lr_at(step, self.run.steps);
-        let scale = (1.0 / windows.len() as f64) as f32;
-        let info = self.opt.step_scaled(&mut self.model.param_views_mut()?, &sum.views(), lr, scale)?;
-        let grad_norm = info.grad_norm.map_or(f64::NAN, f64::from);
-        Ok(StepReport { step, loss: total / windows.len() as f64, lr, grad_norm, grown })
+        let dynamic = matches!(self.loss_scale, LossScale::Dynamic { .. });
+        let mut backoffs = 0;
+        loop {
+            let opts = GradOptions { recompute: self.recompute, loss_scale: self.scale };
+            let (mut total, mut sum): (f64, Option<ModelGrads>) = (0.0, None);
+            for w in &windows {
+                let (loss, g) = self.model.loss_and_grads_with(&w[..w.len() - 1], &w[1..], &opts)?;
+                total += loss;
+                match &mut sum {
+                    None => sum = Some(g),
+                    Some(acc) => acc.add_assign(&g)?,
+                }
+            }
+            let sum = sum.ok_or_else(|| Error::InvalidArgument { op: OP, msg: "a batch of 0 sequences".into() })?;
+            // the mean over windows and the loss scale, undone in one factor
+            let scale = (1.0 / (windows.len() as f64 * f64::from(self.scale))) as f32;
+            let info = match self.opt.step_scaled(&mut self.model.param_views_mut()?, &sum.views(), lr, scale) {
+                Ok(info) => info,
+                Err(e) => {
+                    // A non-finite gradient norm: AdamW updated nothing and did not
+                    // count the step. Dynamic scaling takes it again with half the
+                    // factor; anything else is the caller's error.
+                    let overflow = self.opt.last_norm().is_ok_and(|(n, _)| !n.is_finite());
+                    if dynamic && overflow && backoffs < MAX_BACKOFFS {
+                        (self.scale, self.good_steps, backoffs) = (self.scale / 2.0, 0, backoffs + 1);
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
+            if let LossScale::Dynamic { growth_interval, .. } = self.loss_scale {
+                self.good_steps += 1;
+                if self.good_steps >= growth_interval && (self.scale * 2.0).is_finite() {
+                    (self.scale, self.good_steps) = (self.scale * 2.0, 0);
+                }
+            }
+            let grad_norm = info.grad_norm.map_or(f64::NAN, f64::from);
+            return Ok(StepReport { step, loss: total / windows.len() as f64, lr, grad_norm, grown });
+        }
     }
 
     /// Grows every Pattention to the given slot counts, and the optimizer state

@@ -241,6 +241,28 @@ pub fn cross_entropy_backward_into<T: DType>(
     logits: &mut ViewMut<'_, T>,
     targets: &[u32],
 ) -> Result<f64> {
+    cross_entropy_backward_scaled_into(dev, logits, targets, 1.0)
+}
+
+/// [`cross_entropy_backward_into`] with the gradient multiplied by `grad_scale`
+/// before it is rounded to the storage type (a loss scale: it keeps small
+/// gradients above f16's underflow through the backward). The factor is applied
+/// as one f32 product with `1/t`; a power of two changes no bit beyond the scaling
+/// itself while nothing overflows or underflows. The returned loss is unscaled.
+/// Errors: as `cross_entropy_backward_into`, and a `grad_scale` that is not finite
+/// and > 0.
+pub fn cross_entropy_backward_scaled_into<T: DType>(
+    dev: &Device,
+    logits: &mut ViewMut<'_, T>,
+    targets: &[u32],
+    grad_scale: f32,
+) -> Result<f64> {
+    if !(grad_scale.is_finite() && grad_scale > 0.0) {
+        return Err(Error::InvalidArgument {
+            op: CE,
+            msg: format!("grad_scale must be finite and > 0, got {grad_scale}"),
+        });
+    }
     if !logits.device().same(dev) {
         return Err(Error::DeviceMismatch { op: CE });
     }
@@ -283,7 +305,7 @@ pub fn cross_entropy_backward_into<T: DType>(
             t: to_i64(CE, "t", t)?,
             vocab: to_i64(CE, "vocab", v)?,
             row_stride: row_stride(CE, "logits row stride", logits.strides())?,
-            inv_t: (1.0 / t as f64) as f32,
+            inv_t: (1.0 / t as f64) as f32 * grad_scale,
             reserved: 0,
         };
         let zp = logits.ptr_mut();
