@@ -25,7 +25,7 @@
 //   that lie wholly past t (decode-sized t costs no wasted mma).
 //   Epilogue (tf/pattention_scores_epilogue.cuh): from the accumulator registers,
 //   one body per norm; each row's maximum and scaled sum are reduced over the quad
-//   by shuffles and between the row's two warps through 1 KB of shared memory; the
+//   by shuffles and between the row's two warps through shared memory; the
 //   scaled scores are packed to 16 bits in the drained pipeline memory and leave in
 //   16-byte stores, 256 contiguous bytes a row; one thread per row writes the
 //   statistics entry.
