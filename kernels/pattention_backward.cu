@@ -1,15 +1,15 @@
-// pattention_backward.cu: the backward of Pattention, Y = Θ(X·K_Pᵀ)·V_P, on SIMT
-// cores: a correct path in f32 arithmetic (inputs of any storage type are widened
-// on load, every intermediate and every gradient is f32), not a fast one. The
-// tensor-core form (the norm's vector-Jacobian product fused into the epilogue of
-// dS = dY·V_Pᵀ) is future work; this path is what it will be checked against on
-// the device, as tf-ref's f64 backward checks this one.
+// pattention_backward.cu: the backward of Pattention, Y = Θ(X·K_Pᵀ)·V_P: the norm's
+// vector-Jacobian product (SIMT, f32 arithmetic) and the strided SIMT gemm. For f32
+// storage every product runs on this gemm (a correct path, not a fast one); for
+// f16 / bf16 the five products run on tensor cores (kernels/gemm_tc.cu) with S and
+// dA rounded once to the storage type by the 16-bit norm kernels below. Fusing the
+// VJP into the epilogue of dS = dY·V_Pᵀ is future work.
 //
 // With A = X·K_Pᵀ and S = Θ(A) (tf-ref grad/pattention.rs has the derivation):
 //   dS = dY·V_Pᵀ,  dA = VJP_Θ(A, dS),  dV_P = Sᵀ·dY,  dX = dA·K_P,  dK_P = dAᵀ·X.
 // The host (tf-host ops/pattention_backward.rs) runs, in order:
 //   gemm  A  = X·K_Pᵀ           gemm  dS = dY·V_Pᵀ
-//   pattention_norm_backward: S and dA (dA overwrites dS)
+//   pattention_norm_backward: S and dA (f32: dA overwrites dS; 16-bit: both rounded)
 //   gemm  dV_P = Sᵀ·dY          gemm  dX = dA·K_P          gemm  dK_P = dAᵀ·X
 //
 // gemm_{ta}_{tb}: C [m, n] f32 = Σ_l A(i, l)·B(j, l), with A(i, l) = a[i·a_rs + l·a_cs]
@@ -17,9 +17,9 @@
 //   strides. Grid (ceil(n / 16), ceil(m / 16)), 16 x 16 threads, one element of C
 //   each; 16 x 16 tiles of A and B pass through shared memory (tails zero-filled),
 //   the sum runs over l in order (deterministic).
-// pattention_norm_backward_f32: one block of 256 threads per row (blockIdx.x):
+// pattention_norm_backward_{f32,f16,bf16}: one block of 256 threads per row (blockIdx.x):
 //   the row statistic (the L2 norm scaled by the row's largest magnitude, so that
-//   squares cannot overflow, or the softmax max and sum), then S and dA in place;
+//   squares cannot overflow, or the softmax max and sum), then S and dA;
 //   the block reductions add the 8 warps' partial sums in warp order.
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
@@ -91,12 +91,18 @@ __device__ __forceinline__ float row_l2(int64_t n, float* red, F v) {
     return m * sqrtf(block_reduce<false>(q, red));
 }
 
+// O: the type S and dA are written in. f32: S to s, dA over dS (d); f16 / bf16:
+// both rounded once, to s and da (rows ld_out apart), d then only scratch.
+template <typename O>
 __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p) {
     __shared__ float red[kWarps];
-    const int64_t off = (int64_t)blockIdx.x * p.ld;
+    const int64_t row = blockIdx.x, off = row * p.ld;
     const float* a = reinterpret_cast<const float*>(p.a) + off;
-    float* s = reinterpret_cast<float*>(p.s) + off;
-    float* d = reinterpret_cast<float*>(p.d) + off;  // dS in, dA out
+    float* d = reinterpret_cast<float*>(p.d) + off;  // dS in (f32 S and dA: scratch)
+    O* so = reinterpret_cast<O*>(p.s) + row * p.ld_out;
+    O* dao = sizeof(O) == 4 ? reinterpret_cast<O*>(d) : reinterpret_cast<O*>(p.da) + row * p.ld_out;
+    auto put_s = [&](int64_t j, float v) { so[j] = tf::from_float<O>(v); };
+    auto put_da = [&](int64_t j, float v) { dao[j] = tf::from_float<O>(v); };
     const int64_t n = p.n;
     const int tid = threadIdx.x;
     if (p.norm == TF_NORM_SOFTMAX) {
@@ -108,11 +114,13 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
         const float f = p.scale / block_reduce<false>(l, red);
         float dot = 0.0f;
         for (int64_t j = tid; j < n; j += kThreads) {
-            s[j] = f * expf(a[j] - mx);
-            dot = fmaf(s[j], d[j], dot);
+            const float sj = f * expf(a[j] - mx);
+            put_s(j, sj);
+            dot = fmaf(sj, d[j], dot);
         }
         const float mean = block_reduce<false>(dot, red) / p.scale;
-        for (int64_t j = tid; j < n; j += kThreads) d[j] = s[j] * (d[j] - mean);
+        // S again, unrounded (the same f32 value as above)
+        for (int64_t j = tid; j < n; j += kThreads) put_da(j, f * expf(a[j] - mx) * (d[j] - mean));
         return;
     }
     const bool l2_first = p.norm == TF_NORM_L2_NORM_GELU;
@@ -121,7 +129,10 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
                              : row_l2(n, red, [&](int64_t j) { return tf::gelu(a[j]); });
     const float denom = r + p.eps;
     if (denom == 0.0f) {  // the forward's all-zero row: S = 0, dA = 0
-        for (int64_t j = tid; j < n; j += kThreads) s[j] = d[j] = 0.0f;
+        for (int64_t j = tid; j < n; j += kThreads) {
+            put_s(j, 0.0f);
+            put_da(j, 0.0f);
+        }
         return;
     }
     // In the scale-free form, with v the normalised vector (A, or G = gelu(A)) and
@@ -137,7 +148,7 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
         // S = gelu(c·A), dÂ = dS ⊙ gelu'(c·A) (kept in d), dot = u·dÂ
         for (int64_t j = tid; j < n; j += kThreads) {
             const float h = c * a[j];
-            s[j] = tf::gelu(h);
+            put_s(j, tf::gelu(h));
             d[j] *= gelu_grad(h);
             dot = fmaf(a[j] / rr, d[j], dot);
         }
@@ -145,17 +156,17 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
         // S = c·G, dot = u·dS
         for (int64_t j = tid; j < n; j += kThreads) {
             const float g = tf::gelu(a[j]);
-            s[j] = c * g;
+            put_s(j, c * g);
             dot = fmaf(g / rr, d[j], dot);
         }
     }
     const float coef = r / denom * block_reduce<false>(dot, red);  // 0 when r = 0
     if (l2_first) {
-        for (int64_t j = tid; j < n; j += kThreads) d[j] = c * (d[j] - coef * (a[j] / rr));
+        for (int64_t j = tid; j < n; j += kThreads) put_da(j, c * (d[j] - coef * (a[j] / rr)));
     } else {
         for (int64_t j = tid; j < n; j += kThreads) {
             const float g = tf::gelu(a[j]);
-            d[j] = c * (d[j] - coef * (g / rr)) * gelu_grad(a[j]);
+            put_da(j, c * (d[j] - coef * (g / rr)) * gelu_grad(a[j]));
         }
     }
 }
@@ -181,5 +192,11 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f32_bf16(const tf_gemm_pa
 }
 
 extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_f32(const tf_pnorm_backward_params p) {
-    tf_pattention_backward::norm_backward(p);
+    tf_pattention_backward::norm_backward<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_f16(const tf_pnorm_backward_params p) {
+    tf_pattention_backward::norm_backward<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_bf16(const tf_pnorm_backward_params p) {
+    tf_pattention_backward::norm_backward<__nv_bfloat16>(p);
 }

@@ -309,7 +309,12 @@ typedef struct tf_linear_params {
 /* C [m, n] f32 = sum over l < k of A(i, l) * B(j, l), A(i, l) = a[i * a_rs + l * a_cs],
  * B(j, l) = b[j * b_rs + l * b_cs] (a transposed operand is a swap of its strides);
  * kernels gemm_{f32_f32,f16_f16,bf16_bf16,f32_f16,f32_bf16} (A's, then B's element
- * type), f32 accumulation in order of l (kernels/pattention_backward.cu). */
+ * type), f32 accumulation in order of l (kernels/pattention_backward.cu, SIMT), and
+ * gemm_tc_{f16,bf16}_{rr,rc,cr,cc} (kernels/gemm_tc.cu, tensor cores: 16-bit A and
+ * B, each row-wise "r" (its l stride 1) or column-wise "c" (its row stride 1), the
+ * other stride a multiple of 8, 16-byte aligned). */
+#define TF_GEMM_TC_TILE 128   /* rows and columns of C per CTA of gemm_tc_* */
+#define TF_GEMM_TC_SMEM 65536 /* dynamic shared memory (bytes) of gemm_tc_* */
 typedef struct tf_gemm_params {
     tf_ptr a;                /* A's elements */
     tf_ptr b;                /* B's elements */
@@ -321,13 +326,17 @@ typedef struct tf_gemm_params {
 } tf_gemm_params;
 
 /* The backward of the row normalisation: given the scores A and dS (both [t, n]
- * f32, rows ld elements apart), writes S = Θ(A) and dA (over dS), one block per row
- * (kernel pattention_norm_backward_f32). */
+ * f32, rows ld elements apart), writes S = Θ(A) and dA, one block per row: kernel
+ * pattention_norm_backward_f32 writes f32 S to s and dA over dS; the kernels
+ * pattention_norm_backward_{f16,bf16} write both rounded to 16 bits, to s and da
+ * (rows ld_out elements apart), the operands of the tensor-core products. */
 typedef struct tf_pnorm_backward_params {
     tf_ptr a;                /* [t, n] f32 scores (input) */
-    tf_ptr s;                /* [t, n] f32: S = Θ(A) (output) */
-    tf_ptr d;                /* [t, n] f32: dS in, dA out */
-    int64_t t, n, ld;        /* rows, columns, elements between rows */
+    tf_ptr s;                /* [t, n] S = Θ(A) (output, the kernel's type) */
+    tf_ptr d;                /* [t, n] f32: dS in (f32 kernel: dA out) */
+    tf_ptr da;               /* [t, n] dA (output of the 16-bit kernels; f32: unused) */
+    int64_t t, n, ld;        /* rows, columns, elements between rows of a and d */
+    int64_t ld_out;          /* elements between rows of s and da (f32: ld) */
     float scale;             /* sqrt(n_ref) for the L2 norms, n_ref for softmax */
     float eps;               /* added to the row norm (L2 norms) */
     int32_t norm;            /* tf_norm */

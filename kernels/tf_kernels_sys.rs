@@ -26,6 +26,8 @@ pub const TF_ATTN_MAX_SPLITS: u32 = 128;
 pub const TF_ATTN_COMBINE_ROWS: u32 = 4;
 pub const TF_ROTARY_MAX_PAIRS: u32 = 128;
 pub const TF_ROTARY_MAX_POS: u32 = 16777216;
+pub const TF_GEMM_TC_TILE: u32 = 128;
+pub const TF_GEMM_TC_SMEM: u32 = 65536;
 pub const TF_ATTN_BACKWARD_MAX_D: u32 = 256;
 pub const TF_ADAMW_THREADS: u32 = 256;
 pub const TF_ADAMW_CHUNK: u32 = 16384;
@@ -445,9 +447,11 @@ pub struct tf_pnorm_backward_params {
     pub a: tf_ptr,
     pub s: tf_ptr,
     pub d: tf_ptr,
+    pub da: tf_ptr,
     pub t: i64,
     pub n: i64,
     pub ld: i64,
+    pub ld_out: i64,
     pub scale: f32,
     pub eps: f32,
     pub norm: i32,
@@ -455,21 +459,24 @@ pub struct tf_pnorm_backward_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_pnorm_backward_params"][::std::mem::size_of::<tf_pnorm_backward_params>() - 64usize];
+    ["Size of tf_pnorm_backward_params"][::std::mem::size_of::<tf_pnorm_backward_params>() - 80usize];
     ["Alignment of tf_pnorm_backward_params"][::std::mem::align_of::<tf_pnorm_backward_params>() - 8usize];
     ["Offset of field: tf_pnorm_backward_params::a"][::std::mem::offset_of!(tf_pnorm_backward_params, a) - 0usize];
     ["Offset of field: tf_pnorm_backward_params::s"][::std::mem::offset_of!(tf_pnorm_backward_params, s) - 8usize];
     ["Offset of field: tf_pnorm_backward_params::d"][::std::mem::offset_of!(tf_pnorm_backward_params, d) - 16usize];
-    ["Offset of field: tf_pnorm_backward_params::t"][::std::mem::offset_of!(tf_pnorm_backward_params, t) - 24usize];
-    ["Offset of field: tf_pnorm_backward_params::n"][::std::mem::offset_of!(tf_pnorm_backward_params, n) - 32usize];
-    ["Offset of field: tf_pnorm_backward_params::ld"][::std::mem::offset_of!(tf_pnorm_backward_params, ld) - 40usize];
+    ["Offset of field: tf_pnorm_backward_params::da"][::std::mem::offset_of!(tf_pnorm_backward_params, da) - 24usize];
+    ["Offset of field: tf_pnorm_backward_params::t"][::std::mem::offset_of!(tf_pnorm_backward_params, t) - 32usize];
+    ["Offset of field: tf_pnorm_backward_params::n"][::std::mem::offset_of!(tf_pnorm_backward_params, n) - 40usize];
+    ["Offset of field: tf_pnorm_backward_params::ld"][::std::mem::offset_of!(tf_pnorm_backward_params, ld) - 48usize];
+    ["Offset of field: tf_pnorm_backward_params::ld_out"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, ld_out) - 56usize];
     ["Offset of field: tf_pnorm_backward_params::scale"]
-        [::std::mem::offset_of!(tf_pnorm_backward_params, scale) - 48usize];
-    ["Offset of field: tf_pnorm_backward_params::eps"][::std::mem::offset_of!(tf_pnorm_backward_params, eps) - 52usize];
+        [::std::mem::offset_of!(tf_pnorm_backward_params, scale) - 64usize];
+    ["Offset of field: tf_pnorm_backward_params::eps"][::std::mem::offset_of!(tf_pnorm_backward_params, eps) - 68usize];
     ["Offset of field: tf_pnorm_backward_params::norm"]
-        [::std::mem::offset_of!(tf_pnorm_backward_params, norm) - 56usize];
+        [::std::mem::offset_of!(tf_pnorm_backward_params, norm) - 72usize];
     ["Offset of field: tf_pnorm_backward_params::reserved"]
-        [::std::mem::offset_of!(tf_pnorm_backward_params, reserved) - 60usize];
+        [::std::mem::offset_of!(tf_pnorm_backward_params, reserved) - 76usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -23,7 +23,14 @@ const CHECKED: &[(&str, &[&str])] = &[
             "out_kernel_row_tiles",
         ],
     ),
-    ("pattention_backward", &["gradients_match_tf_ref_for_every_norm_and_dtype", "rows_at_numerical_edges"]),
+    (
+        "pattention_backward",
+        &[
+            "gradients_match_tf_ref_for_every_norm_and_dtype",
+            "rows_at_numerical_edges",
+            "tensor_core_products_over_many_k_tiles",
+        ],
+    ),
     (
         "block_backward",
         &["layer_norm_backward_matches_tf_ref", "embedding_backward_matches_tf_ref", "cross_entropy_matches_tf_ref"],

@@ -165,6 +165,9 @@ pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     if kernel.starts_with("pattention_decode") {
         return Some((128, d("TF_PATTENTION_SMEM_DECODE")?));
     }
+    if kernel.starts_with("gemm_tc") {
+        return Some((128, d("TF_GEMM_TC_SMEM")?)); // ops/gemm.rs
+    }
     if kernel.starts_with("pattention_rows") {
         return Some((256, 0)); // 8 warps, one a row (pattention.rs ROWS_PER_CTA)
     }
@@ -220,5 +223,7 @@ mod tests {
         assert_eq!(launch_of(h, "attn_fwd_split_bf16_hd64"), Some((128, 256 * 64 * 2)));
         assert_eq!(launch_of(h, "pattention_scores_reduce_f16"), Some((128, 0)));
         assert_eq!(launch_of(h, "grow_rows"), None);
+        let g = "#define TF_GEMM_TC_SMEM 65536 /* x */\n";
+        assert_eq!(launch_of(g, "gemm_tc_bf16_cc"), Some((128, 65536)));
     }
 }

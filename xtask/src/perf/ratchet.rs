@@ -10,7 +10,7 @@ use super::analysis::Row;
 /// (family, arch, limit, target): issued instructions per HMMA along the hot
 /// loop's issued path (path.rs). Limits: the values measured on 2026-12-02
 /// (nvcc 13.0, `cargo xtask perf`) rounded up a little; targets: Pattention
-/// mainloops <= 3, attention <= 4.5.
+/// mainloops <= 3 (the backward's gemm_tc too), attention <= 4.5.
 pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     ("pattention_scores", "sm_80", 2.2, 3.0),  // measured 2.05 (was 6.08)
     ("pattention_scores", "sm_90a", 2.5, 3.0), // measured 2.39 (was 6.34)
@@ -22,6 +22,8 @@ pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     ("pattention_decode", "sm_90a", 3.0, 3.0), // measured 2.95 (5.19, 14.12 before)
     ("attn_fwd", "sm_80", 4.4, 4.5),           // worst: hd64 4.29 (split 4.26); was 6.55
     ("attn_fwd", "sm_90a", 4.4, 4.5),          // worst: hd64 4.33 (split 4.27); was 6.66
+    ("gemm_tc", "sm_80", 2.7, 3.0),            // worst layout: cc 2.59 (the backward's products)
+    ("gemm_tc", "sm_90a", 3.0, 3.0),           // worst layout: cc 2.94
 ];
 
 /// (family, arch, limit): the epilogue's longest path (path.rs `epilogue`: any
@@ -42,7 +44,7 @@ pub fn family(kernel: &str) -> Option<&'static str> {
     if kernel.starts_with("pattention_scores_reduce") {
         return None; // the split scores' sum: no tensor-core work
     }
-    ["pattention_scores", "pattention_out64", "pattention_out", "pattention_decode", "attn_fwd"]
+    ["pattention_scores", "pattention_out64", "pattention_out", "pattention_decode", "attn_fwd", "gemm_tc"]
         .into_iter()
         .find(|f| sixteen && kernel.starts_with(f))
 }
@@ -139,6 +141,8 @@ mod tests {
         assert_eq!(family("attn_combine_bf16"), None);
         assert_eq!(family("pattention_scores_reduce_bf16"), None);
         assert_eq!(family("pattention_scores_bf16"), Some("pattention_scores"));
+        assert_eq!(family("gemm_tc_f16_cc"), Some("gemm_tc"));
+        assert_eq!(family("gemm_f16_f16"), None, "the SIMT gemm");
     }
 
     #[test]

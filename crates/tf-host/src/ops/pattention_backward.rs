@@ -3,11 +3,18 @@
 //! `Y = Θ(X·K_Pᵀ)·V_P`, for the three norms with the forward's options (pinned
 //! `n_ref`, `eps`).
 //!
-//! A correct path on SIMT cores: inputs of any storage type are widened to f32
-//! on load and every intermediate and gradient is f32 (gradients feed f32 master
-//! weights: [`crate::AdamW`]). It recomputes `A = X·K_Pᵀ` rather than reading
-//! anything the forward saved. [`plan`] does all validation and the workspace
-//! layout; [`pattention_backward`] only launches.
+//! It recomputes `A = X·K_Pᵀ` rather than reading anything the forward saved,
+//! runs the norm's vector-Jacobian product in f32 arithmetic, and returns f32
+//! gradients (they feed f32 master weights: [`crate::AdamW`]). The five
+//! products run
+//! - for f16 / bf16 storage, on tensor cores (kernels/gemm_tc.cu): 16-bit
+//!   operands, f32 accumulation, with S and dA rounded once to the storage type
+//!   before the three products that use them, as mixed-precision training does;
+//! - for f32 storage, on the SIMT gemm in f32 throughout (a correct path, not a
+//!   fast one).
+//!
+//! [`plan`] does all validation and the workspace layout;
+//! [`pattention_backward`] only launches.
 
 use tf_kernels::sys;
 
@@ -55,12 +62,16 @@ pub struct BackwardPlan {
     pub scale: f32,
     /// Bytes of one `[t, n]` f32 region of the workspace (A, S, dS/dA), aligned.
     pub region: usize,
+    /// Row stride (elements) of the 16-bit S and dA: `n` rounded up to 8.
+    pub ld16: usize,
 }
 
 /// Bytes of workspace [`pattention_backward`] needs for `t` tokens and `n`
-/// parameter tokens: three `[t, n]` f32 matrices (A, S, dS then dA).
+/// parameter tokens: three `[t, n]` f32 matrices (A, S, dS then dA), each
+/// sized for rows of `n` rounded up to 8 (the middle one holds the 16-bit S and
+/// dA of f16 / bf16 storage, rows 16-byte aligned).
 pub fn pattention_backward_workspace_bytes(t: usize, n: usize) -> Result<usize> {
-    let bytes = checked_product(OP, &[t, n, 4])?;
+    let bytes = checked_product(OP, &[t, n.next_multiple_of(8), 4])?;
     let region = bytes
         .checked_next_multiple_of(WS_ALIGN)
         .ok_or_else(|| Error::SizeOverflow { op: OP, msg: format!("[{t}, {n}] f32 workspace region") })?;
@@ -119,7 +130,7 @@ pub fn plan<T: DType>(
         check_grid(OP, what, rows, cols)?;
     }
     to_u32(OP, "rows", t)?;
-    Ok(BackwardPlan { t, n, d_in, d_out, scale, region: need / 3 })
+    Ok(BackwardPlan { t, n, d_in, d_out, scale, region: need / 3, ld16: n.next_multiple_of(8) })
 }
 
 /// The gradients of `Y = Θ(X·K_Pᵀ)·V_P` with respect to `X`, `K_P` and `V_P`,
@@ -158,13 +169,19 @@ pub fn pattention_backward<T: DType>(
     let (a, s, d) = (wp.addr, wp.addr + p.region as u64, wp.addr + 2 * p.region as u64);
     let (xs, ks, vs, dys) = (x.strides()[0], k_p.strides()[0], v_p.strides()[0], dy.strides()[0]);
     let (rows, cols) = (Operand::rows, Operand::cols);
+    let sixteen = std::mem::size_of::<T>() == 2;
+    // 16-bit: S [t, ld16] at s, dA [t, ld16] right after it (t·ld16·2 bytes, a
+    // multiple of 16), both inside region s (t·ld16·4 bytes).
+    let da16 = s + (t * p.ld16 * 2) as u64;
     // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
-    // dy [t, d_out] (contiguous rows at the given strides, i64-safe sizes) and the
-    // workspace's size: three [t, n] f32 regions a, s, d of row stride n. Each
-    // gemm's operands address exactly these matrices (a transposed one through
-    // swapped strides) and its C is one of the [.., ..] f32 outputs or a region;
-    // the norm backward touches rows [0, t) of a, s and d. The borrows and guards
-    // outlive the launches, which are stream-ordered (CUDA) or synchronous.
+    // dy [t, d_out] (contiguous rows at the given strides, 16-bit ones 16-byte
+    // aligned with strides that are multiples of 8, i64-safe sizes) and the
+    // workspace's size: three regions a, s, d of t·ld16·4 bytes (f32 [t, n] of row
+    // stride n; or, in s, the 16-bit S and dA of row stride ld16). Each gemm's
+    // operands address exactly these matrices (a transposed one through swapped
+    // strides) and its C is one of the [.., ..] f32 outputs or a region; the norm
+    // backward touches rows [0, t) of a, s and d (and da16). The borrows and
+    // guards outlive the launches, which are stream-ordered (CUDA) or synchronous.
     unsafe {
         gemm::<T, T>(OP, dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
         gemm::<T, T>(OP, dev, (t, n, d_out), rows(dyp.addr, dys), rows(vp.addr, vs), d)?;
@@ -173,16 +190,31 @@ pub fn pattention_backward<T: DType>(
                 a,
                 s,
                 d,
+                da: if sixteen { da16 } else { 0 },
                 t: to_i64(OP, "t", t)?,
                 n: to_i64(OP, "n", n)?,
                 ld: to_i64(OP, "n", n)?,
+                ld_out: to_i64(OP, "n", if sixteen { p.ld16 } else { n })?,
                 scale: p.scale,
                 eps: opts.eps,
                 norm: opts.norm.code() as i32,
                 reserved: 0,
             };
+            let kernel = match T::NAME {
+                "f16" => "pattention_norm_backward_f16",
+                "bf16" => "pattention_norm_backward_bf16",
+                _ => "pattention_norm_backward_f32",
+            };
             let geometry = Geometry { grid: [to_u32(OP, "rows", t)?, 1, 1], block: [NORM_THREADS, 1, 1], smem: 0 };
-            dev.launch(OP, "pattention_norm_backward_f32", &geometry, &params)?;
+            dev.launch(OP, kernel, &geometry, &params)?;
+        }
+        if sixteen {
+            // the same three products from the 16-bit S and dA, on tensor cores
+            gemm::<T, T>(OP, dev, (n, d_out, t), cols(s, p.ld16), cols(dyp.addr, dys), dvp.addr)?;
+            gemm::<T, T>(OP, dev, (t, d_in, n), rows(da16, p.ld16), cols(kp.addr, ks), dxp.addr)?;
+            gemm::<T, T>(OP, dev, (n, d_in, t), cols(da16, p.ld16), cols(xp.addr, xs), dkp.addr)?;
+            drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
+            return Ok(PattentionGrads { dx, dk_p, dv_p });
         }
         // dV_P [n, d_out] = Sᵀ·dY: A(j, i) = S[i, j], B(c, i) = dY[i, c]
         gemm::<f32, T>(OP, dev, (n, d_out, t), cols(s, n), cols(dyp.addr, dys), dvp.addr)?;
