@@ -294,6 +294,67 @@ fn loss_scaling_changes_no_bit_and_backs_off_on_overflow() {
     assert!(e.contains("growth interval"), "{e}");
 }
 
+/// A dynamic f16 run saved after one step and resumed keeps its loss scaling:
+/// the rule, the next factor and the count of finite steps towards doubling,
+/// so the rest of the run is bitwise the uninterrupted one's. A reference run's
+/// file (no such metadata) loads with scaling off; malformed metadata is an
+/// error that leaves the trainer as it was.
+#[test]
+fn a_resumed_run_keeps_its_loss_scale() {
+    let s = seed();
+    let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca_1e2), 4000);
+    let dev = Device::emulator();
+    let rule = LossScale::Dynamic { init: 2f32.powi(20), growth_interval: 2 };
+    let fresh = || {
+        let mut t = Trainer::<f16>::new(&dev, run(s, 4, None)).unwrap();
+        t.set_loss_scale(rule).unwrap();
+        t
+    };
+    let mut whole = fresh();
+    let reports: Vec<StepReport> = (0..3).map(|_| whole.step(&data).unwrap()).collect();
+    let mut first = fresh();
+    assert_eq!(first.step(&data).unwrap(), reports[0]);
+    let saved = first.loss_scale_metadata();
+    assert_eq!(saved["tokenformer.device.loss_scale.good_steps"], "1", "{saved:?}");
+    let dir = tempdir();
+    let ck = dir.join("scaled.safetensors");
+    first.save(&ck, data.fingerprint()).unwrap();
+    let (mut resumed, _) = Trainer::<f16>::load(&dev, &ck).unwrap();
+    assert_eq!(resumed.loss_scale_metadata(), saved);
+    assert_eq!(resumed.loss_scale(), first.loss_scale());
+    for rep in &reports[1..] {
+        assert_eq!(&resumed.step(&data).unwrap(), rep);
+    }
+    assert_eq!(resumed.loss_scale_metadata(), whole.loss_scale_metadata());
+    assert!(state_bits(&resumed) == state_bits(&whole), "the resumed run's state differs");
+
+    // a reference run's checkpoint: no scaling state, loads with scaling off
+    let (reference, fp) = tf_ref::Trainer::load(&ck).unwrap();
+    let plain = dir.join("reference.safetensors");
+    reference.save(&plain, fp).unwrap();
+    let stray = std::collections::BTreeMap::from([("tokenformer.step".to_string(), "9".to_string())]);
+    let e = reference.save_with(&dir.join("x.safetensors"), fp, &stray).unwrap_err().to_string();
+    assert!(e.contains("tokenformer.device."), "device metadata outside its prefix: {e}");
+    let (off, _) = Trainer::<f16>::load(&dev, &plain).unwrap();
+    assert_eq!(off.loss_scale(), 1.0);
+    assert_eq!(off.loss_scale_metadata()["tokenformer.device.loss_scale"], "off");
+    // malformed metadata: an error, the trainer unchanged
+    let mut t = fresh();
+    for (k, v) in [
+        ("tokenformer.device.loss_scale", "dynamic:8"),
+        ("tokenformer.device.loss_scale.factor", "0"),
+        ("tokenformer.device.loss_scale.factor", "inf"),
+        ("tokenformer.device.loss_scale.good_steps", "-1"),
+    ] {
+        let mut bad = saved.clone();
+        bad.insert(k.to_string(), v.to_string());
+        let e = t.restore_loss_scale(&bad).unwrap_err().to_string();
+        assert!(e.contains(k) && e.contains("malformed"), "{k} = {v}: {e}");
+        assert_eq!(t.loss_scale(), 2f32.powi(20), "{k} = {v}: the trainer changed");
+    }
+    assert!(!t.restore_loss_scale(&Default::default()).unwrap(), "no metadata: nothing restored");
+}
+
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let dev = Device::emulator();

@@ -144,7 +144,8 @@ pub struct TrainArgs {
     pub recompute: bool,
     /// Device backend: loss scaling: off, dynamic (start at 2^16, halve and retake
     /// the step when a gradient is not finite, double after 2000 finite steps) or
-    /// a fixed factor N [default: dynamic for --dtype f16, else off].
+    /// a fixed factor N [default: dynamic for --dtype f16, else off; on --resume,
+    /// the checkpoint's rule and state].
     #[arg(long, value_name = "off|dynamic|N")]
     pub loss_scale: Option<String>,
     /// Storage type of the device backend's model: f32, f16 or bf16 (activations

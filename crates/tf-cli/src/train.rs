@@ -3,6 +3,7 @@
 //! device), with an optional growth in the middle, exact checkpoints and resume,
 //! a progress line per step, JSON lines and an SVG loss curve.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -65,9 +66,12 @@ fn check_run(run: &RunConfig, base: &tf_ref::TokenformerConfig) -> CliResult<()>
     run.check(base).map_err(s)
 }
 
+/// A resumed run's corpus fingerprint and device metadata (the loss scaling).
+type Resumed = Option<(u64, BTreeMap<String, String>)>;
+
 /// A fresh run from the flags, or the checkpoint's run with every given flag
 /// checked against it.
-fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
+fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Resumed)> {
     let grow = a.grow_at.as_deref().map(|g| parse_grow(g, a.preserving)).transpose()?;
     if a.preserving && grow.is_none() {
         return Err("--preserving needs --grow-at".into());
@@ -90,7 +94,7 @@ fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
         check_run(&run, &base)?;
         return Ok((Trainer::new(run).map_err(s)?, None));
     };
-    let (t, data) = Trainer::load(path).map_err(|e| format!("--resume: {e}"))?;
+    let (t, data, meta) = Trainer::load_with(path).map_err(|e| format!("--resume: {e}"))?;
     let r = &t.run;
     let differs = |flag: &str, given: String, saved: String| {
         Err(format!("--resume: {flag} {given} differs from the checkpoint's {saved} (omit it to keep the run's)"))
@@ -116,7 +120,7 @@ fn make_trainer(a: &TrainArgs) -> CliResult<(Trainer, Option<u64>)> {
     if grow.is_some() && grow != r.grow {
         return differs("--grow-at", a.grow_at.clone().unwrap_or_default(), format!("{:?}", r.grow));
     }
-    Ok((t, Some(data)))
+    Ok((t, Some((data, meta))))
 }
 
 /// What the training loop needs of a backend: tf-ref's trainer (the reference
@@ -128,6 +132,10 @@ trait Backend {
     fn step(&mut self, data: &Corpus) -> CliResult<StepReport>;
     fn eval_loss(&self, data: &Corpus) -> CliResult<f64>;
     fn save(&self, path: &Path, data: u64) -> CliResult<()>;
+    /// The loss scaling, as "S (rule)" (the device backend only).
+    fn loss_scale(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Backend for Trainer {
@@ -167,9 +175,22 @@ impl<T: DType> Backend for tf_host::Trainer<T> {
     fn eval_loss(&self, data: &Corpus) -> CliResult<f64> {
         tf_host::Trainer::eval_loss(self, data).map_err(s)
     }
+    fn loss_scale(&self) -> Option<String> {
+        let meta = self.loss_scale_metadata();
+        let rule = meta.get("tokenformer.device.loss_scale").map_or("?", |r| r.split(':').next().unwrap_or("?"));
+        Some(format!("{} ({rule})", tf_host::Trainer::loss_scale(self)))
+    }
     fn save(&self, path: &Path, data: u64) -> CliResult<()> {
         tf_host::Trainer::save(self, path, data).map_err(s)
     }
+}
+
+/// How the device backend scales the loss: a given `--loss-scale`, else a
+/// resumed run's saved rule and state, else the storage type's default.
+struct ScaleChoice<'a> {
+    given: Option<LossScale>,
+    saved: Option<&'a BTreeMap<String, String>>,
+    default: LossScale,
 }
 
 /// The device backend's trainer in storage type `dtype`, in the state of `t`
@@ -179,17 +200,23 @@ fn device_trainer(
     dtype: &str,
     t: &Trainer,
     recompute: bool,
-    scale: LossScale,
+    scale: &ScaleChoice,
 ) -> CliResult<Box<dyn Backend>> {
     fn make<T: DType + 'static>(
         dev: &Device,
         t: &Trainer,
         recompute: bool,
-        scale: LossScale,
+        scale: &ScaleChoice,
     ) -> CliResult<Box<dyn Backend>> {
         let mut d = tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?;
         d.set_recompute(recompute);
-        d.set_loss_scale(scale).map_err(|e| format!("--loss-scale: {e}"))?;
+        let restored = match (scale.given, scale.saved) {
+            (None, Some(meta)) => d.restore_loss_scale(meta).map_err(|e| format!("--resume: {e}"))?,
+            _ => false,
+        };
+        if !restored {
+            d.set_loss_scale(scale.given.unwrap_or(scale.default)).map_err(|e| format!("--loss-scale: {e}"))?;
+        }
         Ok(Box::new(d))
     }
     match dtype {
@@ -251,8 +278,8 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     rt.threads = a.threads;
     let data = Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
     data.check_fits(rt.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
-    if let Some(fp) = saved_data {
-        if fp != data.fingerprint() {
+    if let Some((fp, _)) = &saved_data {
+        if *fp != data.fingerprint() {
             return Err(format!("--resume: the checkpoint was trained on other data than {}", a.data.display()));
         }
     }
@@ -275,7 +302,12 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let mut t: Box<dyn Backend> = match &device {
         None => Box::new(rt),
         Some(dev) => {
-            device_trainer(dev, &a.dtype, &rt, a.recompute, parse_loss_scale(a.loss_scale.as_deref(), &a.dtype)?)?
+            let scale = ScaleChoice {
+                given: a.loss_scale.as_deref().map(|v| parse_loss_scale(Some(v), &a.dtype)).transpose()?,
+                saved: saved_data.as_ref().map(|(_, meta)| meta),
+                default: parse_loss_scale(None, &a.dtype)?,
+            };
+            device_trainer(dev, &a.dtype, &rt, a.recompute, &scale)?
         }
     };
     let r = t.run();
@@ -296,9 +328,11 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         match &device {
             None => format!("reference backend (f64, {threads} thread{})", if threads == 1 { "" } else { "s" }),
             Some(d) => format!(
-                "device backend on {}, {} model (f32 gradients, f32 master weights and AdamW on the device)",
+                "device backend on {}, {} model (f32 gradients, f32 master weights and AdamW on the device), loss \
+                 scale {}",
                 d.name(),
-                a.dtype
+                a.dtype,
+                t.loss_scale().unwrap_or_default()
             ),
         }
     );

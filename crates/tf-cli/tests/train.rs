@@ -165,6 +165,28 @@ fn resume_is_bitwise(name: &str, backend: &[&str]) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An f16 device run resumes with the loss scaling it was saved with (here a
+/// static 2^8, not f16's default dynamic 2^16), unless --loss-scale is given
+/// again.
+#[test]
+fn a_resumed_device_run_keeps_its_loss_scale() {
+    let dir = tmp("resume-scale");
+    let data = corpus(&dir);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    let common = ["train", "--data", &data, "--batch", "2", "--seq", "16", "--device", "emulator", "--dtype", "f16"];
+    let first = ok(&[
+        &common[..],
+        &["--config", "tiny", "--steps", "3", "--stop-at", "1", "--loss-scale", "256", "--save", &p("h.st")],
+    ]
+    .concat());
+    assert!(first.contains("loss scale 256 (static)"), "{first}");
+    let resumed = ok(&[&common[..], &["--resume", &p("h.st"), "--stop-at", "2"]].concat());
+    assert!(resumed.contains("loss scale 256 (static)"), "{resumed}");
+    let replaced = ok(&[&common[..], &["--resume", &p("h.st"), "--stop-at", "2", "--loss-scale", "dynamic"]].concat());
+    assert!(replaced.contains("loss scale 65536 (dynamic)"), "{replaced}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_trained_and_grown_checkpoint_generates_text() {
     let dir = tmp("generate");

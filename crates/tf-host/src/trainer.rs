@@ -18,6 +18,7 @@
 //! its storage type `T`. Checkpoints are tf-ref's training checkpoints (every
 //! value f64, each an exact f32 here), so a saved run resumes bitwise.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use tf_ref::{param_tensors, param_tensors_mut, tensor_seed, AdamWState, ModelParams};
@@ -74,6 +75,35 @@ pub enum LossScale {
 
 /// Halvings of a dynamic loss scale within one step before the step is skipped.
 const MAX_BACKOFFS: u32 = 24;
+
+/// Checkpoint metadata of the loss scaling (tf-ref keeps `tokenformer.device.*`
+/// keys as they are): the rule (`off`, `static:F`, `dynamic:INIT:INTERVAL`), the
+/// factor of the next step, and the finite steps in a row taken with it.
+const META_RULE: &str = "tokenformer.device.loss_scale";
+const META_FACTOR: &str = "tokenformer.device.loss_scale.factor";
+const META_GOOD: &str = "tokenformer.device.loss_scale.good_steps";
+
+impl LossScale {
+    fn to_meta(self) -> String {
+        match self {
+            LossScale::Off => "off".into(),
+            LossScale::Static(f) => format!("static:{f}"),
+            LossScale::Dynamic { init, growth_interval } => format!("dynamic:{init}:{growth_interval}"),
+        }
+    }
+
+    fn from_meta(v: &str) -> Option<LossScale> {
+        let parts: Vec<&str> = v.split(':').collect();
+        match parts[..] {
+            ["off"] => Some(LossScale::Off),
+            ["static", f] => f.parse().ok().map(LossScale::Static),
+            ["dynamic", init, interval] => {
+                Some(LossScale::Dynamic { init: init.parse().ok()?, growth_interval: interval.parse().ok()? })
+            }
+            _ => None,
+        }
+    }
+}
 
 impl<T: DType> std::fmt::Debug for Trainer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -196,9 +226,9 @@ impl<T: DType> Trainer<T> {
     }
 
     /// Sets the loss scaling ([`LossScale`]; `Off` by default) and resets its
-    /// state. Not part of a checkpoint: a resumed run starts from the rule's
-    /// first factor again. Errors: a factor that is not finite and > 0, a growth
-    /// interval of 0.
+    /// state to the rule's first factor. A checkpoint keeps the rule and its
+    /// state ([`load`](Self::load) restores them). Errors: a factor that is not
+    /// finite and > 0, a growth interval of 0.
     pub fn set_loss_scale(&mut self, rule: LossScale) -> Result<()> {
         let first = match rule {
             LossScale::Off => 1.0,
@@ -223,6 +253,40 @@ impl<T: DType> Trainer<T> {
     /// The factor the next step scales the loss by.
     pub fn loss_scale(&self) -> f32 {
         self.scale
+    }
+
+    /// The loss scaling's rule and state as a checkpoint keeps them (metadata
+    /// under `tokenformer.device.`, written by [`save`](Self::save)).
+    pub fn loss_scale_metadata(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (META_RULE.to_string(), self.loss_scale.to_meta()),
+            (META_FACTOR.to_string(), self.scale.to_string()),
+            (META_GOOD.to_string(), self.good_steps.to_string()),
+        ])
+    }
+
+    /// Restores the loss scaling's rule, next factor and count of finite steps
+    /// from a checkpoint's device metadata ([`tf_ref::Trainer::load_with`]), so
+    /// that a resumed run scales as the uninterrupted one would. Returns false,
+    /// changing nothing, when the metadata holds none (a reference backend's
+    /// file, or one written before the loss scale was saved).
+    ///
+    /// Errors: a malformed value, a factor that is not finite and > 0.
+    pub fn restore_loss_scale(&mut self, meta: &BTreeMap<String, String>) -> Result<bool> {
+        let Some(rule) = meta.get(META_RULE) else { return Ok(false) };
+        let bad = |k: &str| Error::InvalidArgument {
+            op: OP,
+            msg: format!("checkpoint metadata {k} = {:?} is malformed", meta.get(k).map_or("(missing)", |v| v)),
+        };
+        let rule = LossScale::from_meta(rule).ok_or_else(|| bad(META_RULE))?;
+        let factor: f32 = meta.get(META_FACTOR).and_then(|v| v.parse().ok()).ok_or_else(|| bad(META_FACTOR))?;
+        let good: u32 = meta.get(META_GOOD).and_then(|v| v.parse().ok()).ok_or_else(|| bad(META_GOOD))?;
+        if !(factor.is_finite() && factor > 0.0) {
+            return Err(bad(META_FACTOR));
+        }
+        self.set_loss_scale(rule)?;
+        (self.scale, self.good_steps) = (factor, good);
+        Ok(true)
     }
 
     /// Completed steps.
@@ -397,17 +461,21 @@ impl<T: DType> Trainer<T> {
     }
 
     /// Writes the run as tf-ref's training checkpoint (every value f64, each an
-    /// exact f32; the storage type `T` is not recorded), atomically. `data` is
-    /// the corpus [`fingerprint`](Corpus::fingerprint).
+    /// exact f32; the storage type `T` is not recorded) with the loss scaling's
+    /// rule and state ([`loss_scale_metadata`](Self::loss_scale_metadata)),
+    /// atomically. `data` is the corpus [`fingerprint`](Corpus::fingerprint).
     pub fn save(&self, path: &Path, data: u64) -> Result<()> {
-        Ok(self.to_reference()?.save(path, data)?)
+        Ok(self.to_reference()?.save_with(path, data, &self.loss_scale_metadata())?)
     }
 
     /// Reads a training checkpoint (of this backend or the reference one: f64
-    /// values are rounded to f32) onto `dev`; returns the run and the corpus
+    /// values are rounded to f32) onto `dev`, with the loss scaling it was saved
+    /// with (`Off` for a reference run's file); returns the run and the corpus
     /// fingerprint it was trained on.
     pub fn load(dev: &Device, path: &Path) -> Result<(Self, u64)> {
-        let (t, data) = tf_ref::Trainer::load(path)?;
-        Ok((Self::from_reference(dev, &t)?, data))
+        let (t, data, meta) = tf_ref::Trainer::load_with(path)?;
+        let mut d = Self::from_reference(dev, &t)?;
+        d.restore_loss_scale(&meta)?;
+        Ok((d, data))
     }
 }

@@ -80,7 +80,9 @@ pub use model::{
 };
 pub use pattention::{linear, pattention, pattention_norm, pattention_scores, Norm, PattentionOpts};
 pub use philox::{philox4x32_10, philox_normal};
-pub use train::{batch_mean, Backend, Corpus, Gradients, GrowPlan, RunConfig, StepReport, Trainer, EVAL_FRACTION};
+pub use train::{
+    batch_mean, Backend, Corpus, Gradients, GrowPlan, RunConfig, StepReport, Trainer, DEVICE_PREFIX, EVAL_FRACTION,
+};
 
 /// Allocates a zero-filled f64 buffer of `len` elements, reporting an
 /// allocation failure as an error instead of aborting.

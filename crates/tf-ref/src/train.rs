@@ -16,5 +16,6 @@ mod checkpoint;
 mod data;
 mod trainer;
 
+pub use checkpoint::DEVICE_PREFIX;
 pub use data::{Corpus, EVAL_FRACTION};
 pub use trainer::{batch_mean, Backend, Gradients, GrowPlan, RunConfig, StepReport, Trainer};

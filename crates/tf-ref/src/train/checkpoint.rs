@@ -12,17 +12,21 @@
 //! field (`tokenformer.adamw.<field>`, shortest round-trip decimal), the growth
 //! plan (`tokenformer.grow = at:qkv,proj,ffn:preserving|random`), the corpus
 //! fingerprint (`tokenformer.data`) and the pinned `n_ref`s under the model
-//! checkpoints' keys (`sequential.{i+2}.<module>.n_ref`).
+//! checkpoints' keys (`sequential.{i+2}.<module>.n_ref`). A device backend
+//! keeps its own state under `tokenformer.device.*` ([`Trainer::save_with`],
+//! [`Trainer::load_with`]); this module stores those keys without reading them.
 
 use super::trainer::{Backend, GrowPlan, RunConfig, Trainer};
 use crate::golden::RawTensor;
 use crate::TokenformerConfig;
 use crate::{param_tensors, AdamWConfig, AdamWState, Error, ModelParams, Result, Slot};
 use safetensors::tensor::{Dtype, SafeTensors};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 const OP: &str = "training checkpoint";
+/// The prefix of the metadata keys a device backend adds to a checkpoint.
+pub const DEVICE_PREFIX: &str = "tokenformer.device.";
 
 fn n_ref_key(block: usize, slot: Slot) -> String {
     format!("{}.n_ref", slot.key_prefix(block))
@@ -45,6 +49,18 @@ impl Trainer {
     /// Writes the run to `path` (format in the module docs), replacing any file
     /// there atomically. `data` is the corpus [`fingerprint`](super::Corpus::fingerprint).
     pub fn save(&self, path: &Path, data: u64) -> Result<()> {
+        self.save_with(path, data, &BTreeMap::new())
+    }
+
+    /// [`save`](Self::save) with a device backend's own metadata, every key of
+    /// which starts with [`DEVICE_PREFIX`] (else an error, nothing written).
+    pub fn save_with(&self, path: &Path, data: u64, device: &BTreeMap<String, String>) -> Result<()> {
+        if let Some(k) = device.keys().find(|k| !k.starts_with(DEVICE_PREFIX)) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("device metadata key {k:?} does not start with {DEVICE_PREFIX:?}"),
+            });
+        }
         let names = self.cfg.tensor_names();
         let params = param_tensors(&self.params);
         let bytes = |v: &[f64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
@@ -86,6 +102,9 @@ impl Trainer {
                 }
             }
         }
+        for (k, v) in device {
+            put(k, v.clone());
+        }
         let views = tensors.iter().map(|(n, t)| (n.as_str(), t));
         let bytes = safetensors::serialize(views, Some(meta))?;
         crate::atomic::write_atomic(path, &bytes).map_err(Error::Io)
@@ -97,6 +116,12 @@ impl Trainer {
     /// Errors (naming the file): I/O, not a safetensors file, not a training
     /// checkpoint, a missing or malformed metadata field or tensor.
     pub fn load(path: &Path) -> Result<(Trainer, u64)> {
+        Self::load_with(path).map(|(t, data, _)| (t, data))
+    }
+
+    /// [`load`](Self::load), also returning the device backend's metadata (the
+    /// keys starting with [`DEVICE_PREFIX`]; empty for a reference run's file).
+    pub fn load_with(path: &Path) -> Result<(Trainer, u64, BTreeMap<String, String>)> {
         let buf = std::fs::read(path)
             .map_err(|e| Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
         let bad = |msg: String| Error::InvalidArgument { op: OP, msg: format!("{}: {msg}", path.display()) };
@@ -192,6 +217,7 @@ impl Trainer {
         let data = u64::from_str_radix(get("tokenformer.data")?, 16)
             .map_err(|_| bad("metadata tokenformer.data is not a hexadecimal fingerprint".into()))?;
         let opt = AdamWState { step, m, v };
-        Ok((Trainer { run, cfg, params, opt, backend: Backend::Reference, threads: 1 }, data))
+        let device = meta.iter().filter(|(k, _)| k.starts_with(DEVICE_PREFIX)).map(|(k, v)| (k.clone(), v.clone()));
+        Ok((Trainer { run, cfg, params, opt, backend: Backend::Reference, threads: 1 }, data, device.collect()))
     }
 }
