@@ -19,6 +19,12 @@
 //   zero filling, and so do rows and columns past m and n. The fragments of k16
 //   step 1 load before the mma of step 0. The epilogue writes C from the
 //   accumulators (8-byte stores where C's row stride is even).
+// Split over the sum (k_splits > 1, when the m x n tiles alone leave SMs idle:
+//   dK_P and dV_P sum over every token into small matrices): CTA z runs the same
+//   main loop over k-steps [z·s, z·s + s) (s = split_k_tiles; only the last slice
+//   can hold the partial k-step) and writes C (z = 0) or its own f32 partial
+//   (z > 0); then gemm_tc_reduce: grid-stride over C's elements, 256 threads,
+//   C += partial_1, += partial_2, ... in slice order (deterministic).
 // Preconditions (the host's plan checks them, else it runs the SIMT gemm): both
 // operands 16-byte aligned, their non-unit stride a multiple of 8 elements.
 // Deterministic: every C element is one CTA's sum over l in k-step order.
@@ -127,12 +133,16 @@ __device__ __forceinline__ void gemm_tc(const tf_gemm_params& p) {
     const int wm = warp / Tr::kWarpsN, wn = warp % Tr::kWarpsN;
     const int64_t m0 = (int64_t)blockIdx.y * Tr::kBM, n0 = (int64_t)blockIdx.x * Tr::kBN;
     const int rows_a = (int)min64(Tr::kBM, p.m - m0), rows_b = (int)min64(Tr::kBN, p.n - n0);
-    const T* a = reinterpret_cast<const T*>(p.a) + m0 * (A_ROWS ? p.a_rs : 1);
-    const T* b = reinterpret_cast<const T*>(p.b) + n0 * (B_ROWS ? p.b_rs : 1);
-    OpA opa(a, A_ROWS ? p.a_rs : p.a_cs, rows_a, tid);
-    OpB opb(b, B_ROWS ? p.b_rs : p.b_cs, rows_b, tid);
-    const int k_tiles = (int)((p.k + Tr::kBK - 1) / Tr::kBK);
-    const int k_full = (int)(p.k / Tr::kBK);
+    // This CTA's slice of the sum: [k_begin, k_begin + k_len) (all of it unsplit).
+    const int64_t k_begin = p.k_splits > 1 ? (int64_t)blockIdx.z * p.split_k_tiles * Tr::kBK : 0;
+    const int64_t k_len = p.k_splits > 1 ? min64((int64_t)p.split_k_tiles * Tr::kBK, p.k - k_begin) : p.k;
+    const int64_t lda = A_ROWS ? p.a_rs : p.a_cs, ldb = B_ROWS ? p.b_rs : p.b_cs;
+    const T* a = reinterpret_cast<const T*>(p.a) + m0 * (A_ROWS ? p.a_rs : 1) + k_begin * (A_ROWS ? 1 : lda);
+    const T* b = reinterpret_cast<const T*>(p.b) + n0 * (B_ROWS ? p.b_rs : 1) + k_begin * (B_ROWS ? 1 : ldb);
+    OpA opa(a, lda, rows_a, tid);
+    OpB opb(b, ldb, rows_b, tid);
+    const int k_tiles = (int)((k_len + Tr::kBK - 1) / Tr::kBK);
+    const int k_full = (int)(k_len / Tr::kBK);
 
     auto load = [&](int kt, auto whole) {
         constexpr bool kWhole = decltype(whole)::value;
@@ -141,8 +151,8 @@ __device__ __forceinline__ void gemm_tc(const tf_gemm_params& p) {
             opa.template full<kWhole>(s);
             opb.template full<kWhole>(s + Tr::kBytesA);
         } else {
-            opa.partial(s, (int64_t)kt * Tr::kBK, p.k, tid);
-            opb.partial(s + Tr::kBytesA, (int64_t)kt * Tr::kBK, p.k, tid);
+            opa.partial(s, (int64_t)kt * Tr::kBK, k_len, tid);
+            opb.partial(s + Tr::kBytesA, (int64_t)kt * Tr::kBK, k_len, tid);
         }
     };
 
@@ -204,15 +214,18 @@ __device__ __forceinline__ void gemm_tc(const tf_gemm_params& p) {
 
     // C from the accumulators: lane (g, c) = (lane / 4, lane % 4) holds rows g and
     // g + 8, columns 2c and 2c + 1 of each m16n8 tile.
-    float* c = reinterpret_cast<float*>(p.c);
-    const bool pairs = (p.c_rs % 2) == 0;
+    // slice 0 (or the unsplit sum) to C, slice z > 0 to its partial [m, n]
+    const bool to_c = blockIdx.z == 0;
+    float* c = to_c ? reinterpret_cast<float*>(p.c) : reinterpret_cast<float*>(p.partial) + ((int64_t)blockIdx.z - 1) * p.m * p.n;
+    const int64_t ldc = to_c ? p.c_rs : p.n;
+    const bool pairs = (ldc % 2) == 0;
 #pragma unroll
     for (int mi = 0; mi < Tr::kMT; ++mi) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int64_t row = m0 + wm * Tr::kWM + mi * 16 + lane / 4 + 8 * h;
             if (row >= p.m) continue;
-            float* crow = c + row * p.c_rs;
+            float* crow = c + row * ldc;
 #pragma unroll
             for (int nt = 0; nt < Tr::kNT; ++nt) {
                 const int64_t col = n0 + wn * Tr::kWN + nt * 8 + 2 * (lane % 4);
@@ -228,10 +241,26 @@ __device__ __forceinline__ void gemm_tc(const tf_gemm_params& p) {
     }
 }
 
+// C += the k_splits - 1 partials, in slice order.
+__device__ __forceinline__ void reduce(const tf_gemm_params& p) {
+    const int64_t total = p.m * p.n;
+    const float* part = reinterpret_cast<const float*>(p.partial);
+    float* c = reinterpret_cast<float*>(p.c);
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t row = e / p.n, col = e % p.n;
+        float v = c[row * p.c_rs + col];
+        for (int z = 1; z < p.k_splits; ++z) v += part[(z - 1) * total + e];
+        c[row * p.c_rs + col] = v;
+    }
+}
+
 }  // namespace tf_gemm_tc
 
 // ------------------------------------------------------------------ entry points
 
+extern "C" __global__ void __launch_bounds__(256) gemm_tc_reduce(const tf_gemm_params p) {
+    tf_gemm_tc::reduce(p);
+}
 extern "C" __global__ void __launch_bounds__(128) gemm_tc_f16_rr(const tf_gemm_params p) {
     tf_gemm_tc::gemm_tc<__half, true, true>(p);
 }

@@ -315,6 +315,9 @@ typedef struct tf_linear_params {
  * other stride a multiple of 8, 16-byte aligned). */
 #define TF_GEMM_TC_TILE 128   /* rows and columns of C per CTA of gemm_tc_* */
 #define TF_GEMM_TC_SMEM 65536 /* dynamic shared memory (bytes) of gemm_tc_* */
+#define TF_GEMM_TC_SPLIT_CTAS 264 /* split-K: slices until about this many CTAs */
+#define TF_GEMM_TC_MAX_SPLITS 16  /* split-K: at most this many slices */
+#define TF_GEMM_TC_MIN_SPLIT_TILES 4 /* split-K: at least this many k-steps a slice */
 typedef struct tf_gemm_params {
     tf_ptr a;                /* A's elements */
     tf_ptr b;                /* B's elements */
@@ -323,6 +326,12 @@ typedef struct tf_gemm_params {
     int64_t a_rs, a_cs;      /* strides of A(i, l) in elements */
     int64_t b_rs, b_cs;      /* strides of B(j, l) in elements */
     int64_t c_rs;            /* elements between rows of C */
+    /* gemm_tc only: split over the sum (grid z = k_splits slices of split_k_tiles
+     * k-steps of 32): slice 0 writes C, slice z > 0 its [m, n] f32 partial at
+     * partial + (z - 1)·m·n, and gemm_tc_reduce adds the partials to C in slice
+     * order. k_splits = 1: no partials (partial unused). */
+    tf_ptr partial;
+    int32_t k_splits, split_k_tiles;
 } tf_gemm_params;
 
 /* The backward of the row normalisation: given the scores A and dS (both [t, n]

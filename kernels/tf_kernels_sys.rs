@@ -28,6 +28,9 @@ pub const TF_ROTARY_MAX_PAIRS: u32 = 128;
 pub const TF_ROTARY_MAX_POS: u32 = 16777216;
 pub const TF_GEMM_TC_TILE: u32 = 128;
 pub const TF_GEMM_TC_SMEM: u32 = 65536;
+pub const TF_GEMM_TC_SPLIT_CTAS: u32 = 264;
+pub const TF_GEMM_TC_MAX_SPLITS: u32 = 16;
+pub const TF_GEMM_TC_MIN_SPLIT_TILES: u32 = 4;
 pub const TF_ATTN_BACKWARD_MAX_D: u32 = 256;
 pub const TF_ADAMW_THREADS: u32 = 256;
 pub const TF_ADAMW_CHUNK: u32 = 16384;
@@ -424,10 +427,13 @@ pub struct tf_gemm_params {
     pub b_rs: i64,
     pub b_cs: i64,
     pub c_rs: i64,
+    pub partial: tf_ptr,
+    pub k_splits: i32,
+    pub split_k_tiles: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_gemm_params"][::std::mem::size_of::<tf_gemm_params>() - 88usize];
+    ["Size of tf_gemm_params"][::std::mem::size_of::<tf_gemm_params>() - 104usize];
     ["Alignment of tf_gemm_params"][::std::mem::align_of::<tf_gemm_params>() - 8usize];
     ["Offset of field: tf_gemm_params::a"][::std::mem::offset_of!(tf_gemm_params, a) - 0usize];
     ["Offset of field: tf_gemm_params::b"][::std::mem::offset_of!(tf_gemm_params, b) - 8usize];
@@ -440,6 +446,10 @@ const _: () = {
     ["Offset of field: tf_gemm_params::b_rs"][::std::mem::offset_of!(tf_gemm_params, b_rs) - 64usize];
     ["Offset of field: tf_gemm_params::b_cs"][::std::mem::offset_of!(tf_gemm_params, b_cs) - 72usize];
     ["Offset of field: tf_gemm_params::c_rs"][::std::mem::offset_of!(tf_gemm_params, c_rs) - 80usize];
+    ["Offset of field: tf_gemm_params::partial"][::std::mem::offset_of!(tf_gemm_params, partial) - 88usize];
+    ["Offset of field: tf_gemm_params::k_splits"][::std::mem::offset_of!(tf_gemm_params, k_splits) - 96usize];
+    ["Offset of field: tf_gemm_params::split_k_tiles"]
+        [::std::mem::offset_of!(tf_gemm_params, split_k_tiles) - 100usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

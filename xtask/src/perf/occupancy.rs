@@ -165,6 +165,9 @@ pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     if kernel.starts_with("pattention_decode") {
         return Some((128, d("TF_PATTENTION_SMEM_DECODE")?));
     }
+    if kernel.starts_with("gemm_tc_reduce") {
+        return Some((256, 0)); // ops/gemm.rs REDUCE_THREADS
+    }
     if kernel.starts_with("gemm_tc") {
         return Some((128, d("TF_GEMM_TC_SMEM")?)); // ops/gemm.rs
     }

@@ -12,12 +12,38 @@ use tf_kernels::sys;
 
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
-use crate::error::{to_i64, to_u32, Result};
+use crate::error::{to_i32, to_i64, to_u32, Result};
 
 /// Rows and columns of C per block of the SIMT gemm (`kTile`).
 const TILE: usize = 16;
 /// Rows and columns of C per CTA of the tensor-core gemm.
 const TC_TILE: usize = sys::TF_GEMM_TC_TILE as usize;
+/// Elements of the sum per k-step of the tensor-core gemm.
+const TC_K_STEP: usize = 32;
+/// Threads per block of `gemm_tc_reduce`.
+const REDUCE_THREADS: u32 = 256;
+
+/// The tensor-core gemm's split over the sum, `(slices, k-steps a slice)`. With
+/// `C = TF_GEMM_TC_SPLIT_CTAS` (264: two CTAs on each of 132 SMs; a constant,
+/// so the bits do not depend on the GPU): when the `[m, n]` tiles give fewer than
+/// C / 2 CTAs, the sum is cut into at most C / ctas slices (so at most C CTAs),
+/// at most `TF_GEMM_TC_MAX_SPLITS`, each of at least
+/// `TF_GEMM_TC_MIN_SPLIT_TILES` k-steps. `(1, all)` when it does not pay.
+pub(crate) fn k_split(m: usize, n: usize, k: usize) -> (usize, usize) {
+    let ctas = (m.div_ceil(TC_TILE) * n.div_ceil(TC_TILE)).max(1);
+    let k_tiles = k.div_ceil(TC_K_STEP);
+    let budget = sys::TF_GEMM_TC_SPLIT_CTAS as usize;
+    if 2 * ctas >= budget {
+        return (1, k_tiles);
+    }
+    let most = (k_tiles / sys::TF_GEMM_TC_MIN_SPLIT_TILES as usize).min(sys::TF_GEMM_TC_MAX_SPLITS as usize);
+    let splits = (budget / ctas).min(most).max(1);
+    if splits == 1 {
+        return (1, k_tiles);
+    }
+    let per = k_tiles.div_ceil(splits);
+    (k_tiles.div_ceil(per), per)
+}
 
 // SAFETY: bindgen-generated repr(C) plain-data struct taken by value by gemm_*.
 unsafe impl KernelParams for sys::tf_gemm_params {}
@@ -121,11 +147,42 @@ pub(crate) unsafe fn gemm<TA: DType, TB: DType>(
         b_rs: i("b row stride", b.rs)?,
         b_cs: i("b column stride", b.cs)?,
         c_rs: i("c row stride", n)?,
+        partial: 0,
+        k_splits: 1,
+        split_k_tiles: 0,
     };
     let (name, geometry) = match tc_kernel::<TA, TB>(&a, &b) {
         Some(name) => {
-            let grid = [to_u32(op, "grid x", n.div_ceil(TC_TILE))?, to_u32(op, "grid y", m.div_ceil(TC_TILE))?, 1];
-            (name, Geometry { grid, block: [128, 1, 1], smem: sys::TF_GEMM_TC_SMEM })
+            let (splits, per) = k_split(m, n, k);
+            let z = to_u32(op, "k slices", splits)?;
+            let grid = [to_u32(op, "grid x", n.div_ceil(TC_TILE))?, to_u32(op, "grid y", m.div_ceil(TC_TILE))?, z];
+            let geometry = Geometry { grid, block: [128, 1, 1], smem: sys::TF_GEMM_TC_SMEM };
+            if splits > 1 {
+                // slices 1.. write [m, n] f32 partials, added to C in slice order
+                let len = crate::error::checked_product(op, &[splits - 1, m, n])?;
+                let mut scratch = dev.output::<f32>(&[len])?;
+                let mut sv = scratch.view_mut();
+                let sp = sv.ptr_mut();
+                let params = sys::tf_gemm_params {
+                    partial: sp.addr,
+                    k_splits: to_i32(op, "k slices", splits)?,
+                    split_k_tiles: to_i32(op, "k-steps a slice", per)?,
+                    ..params
+                };
+                let blocks = to_u32(op, "reduce blocks", (m * n).div_ceil(REDUCE_THREADS as usize).min(4096))?;
+                let reduce = Geometry { grid: [blocks, 1, 1], block: [REDUCE_THREADS, 1, 1], smem: 0 };
+                // SAFETY: the caller's contract for a, b and c; the scratch holds
+                // the (splits - 1) · m · n partials the slices write and the
+                // reduce reads, and lives (with its pointer guard) until both
+                // launches have run (stream-ordered or synchronous).
+                unsafe {
+                    dev.launch(op, name, &geometry, &params)?;
+                    dev.launch(op, "gemm_tc_reduce", &reduce, &params)?;
+                }
+                drop(sp);
+                return Ok(());
+            }
+            (name, geometry)
         }
         None => {
             let grid = [to_u32(op, "grid x", n.div_ceil(TILE))?, to_u32(op, "grid y", m.div_ceil(TILE))?, 1];
@@ -178,8 +235,13 @@ mod tests {
         // r = 6: [254, 194, 158], whose first CTA has all 128 rows of A and of B (the
         // kernel's plain-copy loop) over 4 full k-tiles and a partial one
         let (a_r, b_r, c_r) = ([1, 16, 2, 17, 1, 8, 31, 3], [17, 0, 2, 9, 16, 1, 24, 5], [0, 1, 4, 19, 2, 13, 19, 8]);
-        for r in 0..8 {
-            let (m, n, k) = (8 * a_r[r] + r, 8 * b_r[r] + (3 * r) % 8, 8 * c_r[r] + (5 * r) % 8);
+        // then sums split over the grid's z (k_split): 8 slices of 4 k-steps (the
+        // last step partial), and 2 slices over 2 x 2 CTAs
+        let split = [(40, 24, 1000), (200, 136, 300)];
+        assert_eq!(k_split(40, 24, 1000), (8, 4));
+        assert_eq!(k_split(200, 136, 300), (2, 5));
+        let shapes = (0..8).map(|r| (8 * a_r[r] + r, 8 * b_r[r] + (3 * r) % 8, 8 * c_r[r] + (5 * r) % 8));
+        for (m, n, k) in shapes.chain(split) {
             // the 16-bit values, as f32 and f64
             let av: Vec<f32> = (0..m * k).map(|_| T::from_f32(rand()).to_f32()).collect();
             let bv: Vec<f32> = (0..n * k).map(|_| T::from_f32(rand()).to_f32()).collect();
@@ -242,6 +304,28 @@ mod tests {
     #[test]
     fn tensor_core_layouts_match_f64_bf16() {
         layouts_match_f64::<bf16>();
+    }
+
+    #[test]
+    fn split_rule() {
+        // enough CTAs, or too short a sum: no split
+        assert_eq!(k_split(2048, 2048, 4096), (1, 128));
+        assert_eq!(k_split(128, 128, 100), (1, 4));
+        // 768 x 768 (36 CTAs) over 2048 tokens: 7 slices (252 CTAs) of 10 k-steps
+        assert_eq!(k_split(768, 768, 2048), (7, 10));
+        // 132 CTAs (C / 2): no split; 131: 2 slices; one CTA over 4096: 16 slices
+        assert_eq!(k_split(128 * 132, 128, 4096), (1, 128));
+        assert_eq!(k_split(128 * 131, 128, 4096), (2, 64));
+        assert_eq!(k_split(128, 128, 4096), (16, 8));
+        // one CTA, a long sum: at most 16 slices
+        assert_eq!(k_split(64, 64, 1 << 20), (16, 2048));
+        // every slice has at least 4 k-steps, and the slices cover the sum
+        for (m, n, k) in [(1, 1, 129), (300, 20, 777), (128, 1024, 5000), (8, 8, 32 * 17)] {
+            let (s, per) = k_split(m, n, k);
+            let tiles = k.div_ceil(TC_K_STEP);
+            assert!(s == 1 || per >= 4, "[{m}, {n}, {k}]: {s} x {per}");
+            assert!(s * per >= tiles && (s - 1) * per < tiles, "[{m}, {n}, {k}]: {s} x {per} for {tiles}");
+        }
     }
 
     #[test]
