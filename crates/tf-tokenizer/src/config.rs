@@ -161,6 +161,7 @@ pub fn parse(json: &str) -> Result<Parsed, TokenizerError> {
         return Err(invalid(format!("expected a JSON object at the top, got {}", show(&root))));
     };
     let get = |k: &str| top.get(k).filter(|v| !v.is_null());
+    let (vocab, merge_list) = model(get("model").ok_or_else(|| invalid("model: missing".into()))?)?;
     for key in ["truncation", "padding"] {
         if let Some(v) = get(key) {
             return Err(unsupported(format!("{key} = {} is not supported (expected null)", show(v))));
@@ -194,7 +195,6 @@ pub fn parse(json: &str) -> Result<Parsed, TokenizerError> {
             }
         }
     }
-    let (vocab, merge_list) = model(get("model").ok_or_else(|| invalid("model: missing".into()))?)?;
     let added = added_tokens(get("added_tokens"))?;
 
     let mut byte_ids = [0u32; 256];

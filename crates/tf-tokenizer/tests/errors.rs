@@ -18,7 +18,7 @@ type Edit = Box<dyn FnOnce(&mut Value)>;
 fn error_of(edit: impl FnOnce(&mut Value)) -> TokenizerError {
     let mut v = base();
     edit(&mut v);
-    let e = Tokenizer::from_json_str(&v.to_string()).err().expect("refused");
+    let e = Tokenizer::from_json_str(&v.to_string()).expect_err("refused");
     assert!(!e.to_string().contains('\n'), "{e}");
     e
 }
@@ -112,13 +112,13 @@ fn malformed_json_is_an_error() {
         let e = Tokenizer::from_json_str(text).err().unwrap_or_else(|| panic!("{text:?} was accepted"));
         assert!(!e.to_string().contains('\n'), "{e}");
     }
-    let e = Tokenizer::from_json_str("{").err().unwrap();
+    let e = Tokenizer::from_json_str("{").unwrap_err();
     assert!(matches!(e, TokenizerError::Json(_)) && e.to_string().starts_with("not valid JSON"), "{e}");
 }
 
 #[test]
 fn a_missing_file_names_the_path() {
-    let e = Tokenizer::from_file("/nonexistent/dir/tokenizer.json").err().unwrap();
+    let e = Tokenizer::from_file("/nonexistent/dir/tokenizer.json").unwrap_err();
     assert!(matches!(e, TokenizerError::Io { .. }), "{e:?}");
     assert!(e.to_string().starts_with("/nonexistent/dir/tokenizer.json: "), "{e}");
 }
