@@ -249,7 +249,13 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     }
     let (mut rt, saved_data) = make_trainer(a)?;
     rt.threads = a.threads;
-    let data = Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
+    let data = match &a.tokenizer {
+        Some(path) => {
+            let tok = crate::tokenize::load(path, &rt.cfg.name, rt.cfg.vocab)?;
+            crate::tokenize::corpus(&a.data, &tok, rt.cfg.vocab)?
+        }
+        None => Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?,
+    };
     data.check_fits(rt.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
     if let Some(fp) = saved_data {
         if fp != data.fingerprint() {
