@@ -25,8 +25,8 @@ pub fn load(path: &Path, name: &str, vocab: usize) -> CliResult<Tokenizer> {
     Ok(tok)
 }
 
-/// The corpus of the UTF-8 text file `data`, encoded with `tok`.
-pub fn corpus(data: &Path, tok: &Tokenizer, vocab: usize) -> CliResult<Corpus> {
+/// The corpus of the UTF-8 text file `data`, encoded with `tok`, and the file's size in bytes.
+pub fn corpus(data: &Path, tok: &Tokenizer, vocab: usize) -> CliResult<(Corpus, usize)> {
     if data.extension().is_some_and(|e| e == "bin") {
         return Err(format!(
             "--tokenizer: --data {} is a .bin of token ids, already tokenized; give a text corpus or drop --tokenizer",
@@ -41,7 +41,8 @@ pub fn corpus(data: &Path, tok: &Tokenizer, vocab: usize) -> CliResult<Corpus> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    Corpus::new(tok.encode(&text), vocab).map_err(|e| format!("--data {}: {}", data.display(), s(e)))
+    let corpus = Corpus::new(tok.encode(&text), vocab).map_err(|e| format!("--data {}: {}", data.display(), s(e)))?;
+    Ok((corpus, text.len()))
 }
 
 /// `ids` as text: runs of the tokenizer's ids decoded (invalid UTF-8 as

@@ -252,7 +252,14 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     let data = match &a.tokenizer {
         Some(path) => {
             let tok = crate::tokenize::load(path, &rt.cfg.name, rt.cfg.vocab)?;
-            crate::tokenize::corpus(&a.data, &tok, rt.cfg.vocab)?
+            let (corpus, bytes) = crate::tokenize::corpus(&a.data, &tok, rt.cfg.vocab)?;
+            outln!(
+                "tokenizer: {} ({} tokens): {bytes} bytes of text -> {} tokens",
+                path.display(),
+                tok.vocab_size(),
+                corpus.len()
+            );
+            corpus
         }
         None => Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?,
     };

@@ -370,7 +370,9 @@ fn a_tokenizer_encodes_the_corpus_and_the_generated_text() {
     let args = ["train", "--config", "tiny", "--data", &data, "--steps", "2", "--batch", "2", "--seq", "16"];
     let out = ok(&[&args[..], &["--tokenizer", &tok_path, "--stop-at", "1", "--save", ck]].concat());
     assert!(out.contains(&format!("{n} corpus tokens")), "{out}");
-    assert!(n < std::fs::metadata(&data).unwrap().len() as usize * 3 / 4, "BPE compresses the corpus");
+    let bytes = std::fs::metadata(&data).unwrap().len() as usize;
+    assert!(out.contains(&format!("({} tokens): {bytes} bytes of text -> {n} tokens", tok.vocab_size())), "{out}");
+    assert!(n < bytes * 3 / 4, "BPE compresses the corpus");
     // resuming needs the same tokenizer: without it the corpus is other data
     let e = fails(&["train", "--data", &data, "--resume", ck]);
     assert!(e.contains("other data"), "{e}");
