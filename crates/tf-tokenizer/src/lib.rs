@@ -81,8 +81,10 @@ impl std::error::Error for TokenizerError {}
 pub struct Tokenizer {
     vocab: HashMap<String, u32>,
     /// Token of each id (added tokens, in their normalised form when they are
-    /// `normalized`, take precedence over the model's vocab).
-    tokens: Vec<Option<String>>,
+    /// `normalized`, take precedence over the model's vocab). A map: ids may be sparse.
+    tokens: HashMap<u32, String>,
+    /// Largest id + 1.
+    size: usize,
     bpe: bpe::Bpe,
     raw_added: Matcher,
     normalized_added: Matcher,
@@ -117,16 +119,13 @@ impl Tokenizer {
     pub fn from_json_str(json: &str) -> Result<Tokenizer, TokenizerError> {
         let p = config::parse(json)?;
         let size = p.vocab.values().chain(p.added.iter().map(|t| &t.id)).map(|&id| id as usize + 1).max().unwrap_or(0);
-        let mut tokens = vec![None; size];
-        for (token, &id) in &p.vocab {
-            tokens[id as usize] = Some(token.clone());
-        }
+        let mut tokens: HashMap<u32, String> = p.vocab.iter().map(|(t, &id)| (id, t.clone())).collect();
         let (mut raw, mut normalized) = (Vec::new(), Vec::new());
         let mut vocab = p.vocab;
         for t in &p.added {
             // A normalized token is matched, and decoded, in its normalised form.
             let pattern: String = if t.normalized && p.nfc { t.content.nfc().collect() } else { t.content.clone() };
-            tokens[t.id as usize] = Some(pattern.clone());
+            tokens.insert(t.id, pattern.clone());
             vocab.insert(t.content.clone(), t.id);
             vocab.insert(pattern.clone(), t.id);
             if t.normalized {
@@ -138,6 +137,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             vocab,
             tokens,
+            size,
             bpe: p.bpe,
             raw_added: Matcher::new(raw),
             normalized_added: Matcher::new(normalized),
@@ -150,7 +150,7 @@ impl Tokenizer {
 
     /// Largest token id plus one, added tokens included.
     pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
+        self.size
     }
 
     /// The id of a token (a vocabulary entry in its byte-level spelling, e.g.
@@ -205,7 +205,7 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         let mut bytes = Vec::new();
         for &id in ids {
-            let token = self.tokens.get(id as usize).and_then(Option::as_deref).ok_or(TokenizerError::UnknownId(id))?;
+            let token = self.tokens.get(&id).ok_or(TokenizerError::UnknownId(id))?;
             let mapped: Option<Vec<u8>> = token.chars().map(|c| self.char_to_byte.get(c)).collect();
             match mapped {
                 Some(b) => bytes.extend_from_slice(&b),

@@ -148,3 +148,17 @@ fn use_regex_false_keeps_the_text_whole() {
     // merges across the spaces are impossible only with the pattern's splits
     assert!(tok.encode(text).len() <= Tokenizer::from_json_str(&base().to_string()).unwrap().encode(text).len());
 }
+
+#[test]
+fn a_sparse_large_id_is_accepted_without_a_dense_table() {
+    let mut v = base();
+    v["added_tokens"].as_array_mut().unwrap().push(json!({
+        "id": 4_000_000_000u32, "content": "<|far|>", "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": true
+    }));
+    let tok = Tokenizer::from_json_str(&v.to_string()).unwrap();
+    assert_eq!(tok.vocab_size(), 4_000_000_001);
+    assert_eq!(tok.encode("a<|far|>"), [tok.id_of("a").unwrap(), 4_000_000_000]);
+    assert_eq!(tok.decode(&[4_000_000_000]).unwrap(), "<|far|>");
+    assert!(tok.decode(&[3_000_000_000]).is_err());
+}
