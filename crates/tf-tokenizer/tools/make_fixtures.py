@@ -24,7 +24,7 @@ small enough for the `tiny` config (vocab 512) of the CLI tests.
 
 The tokenizers are trained on the docs as they are when this runs, so running it
 after the docs changed gives other merges and ids; the tests read the tokenizers
-and the fixtures together and assert no particular id.
+and the fixtures together and assert no id that depends on the training.
 """
 
 import json
