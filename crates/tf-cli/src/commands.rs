@@ -9,6 +9,7 @@ use rand::{Rng, SeedableRng};
 use tf_host::{
     bf16, f16, CheckpointInfo, DType, Device, LoadOptions, Sampling, SlotCounts, Tokenformer, TokenformerConfig,
 };
+use tf_tokenizer::Tokenizer;
 
 use crate::util::{bar, check_output, config, device, millions, outln, parse_ids, parse_slots, s, spinner, CliResult};
 use crate::{DtypeArg, GenerateArgs, GoldenArgs, GrowArgs, DEFAULT_DTYPE, DEFAULT_INIT_SEED};
@@ -301,8 +302,16 @@ fn check_then_save(preserving: bool, differ: usize, save: Option<impl FnOnce() -
 pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     // Everything the user typed is checked before any allocation it sizes.
     let (cfg, prov) = config_and_provenance(&a.config, a.slots.as_deref(), a.checkpoint.as_deref())?;
+    let tokenizer = match &a.tokenizer {
+        Some(_) if a.text.is_none() => {
+            return Err("--tokenizer is for --text: with --tokens the prompt is ids and only new ids print".into())
+        }
+        Some(path) => Some(crate::tokenize::load(path, &cfg.name, cfg.vocab)?),
+        None => None,
+    };
     let prompt = match (&a.tokens, &a.text) {
         (Some(ids), _) => parse_ids(ids)?,
+        (None, Some(text)) if tokenizer.is_some() => tokenizer.as_ref().map(|t| t.encode(text)).unwrap_or_default(),
         (None, Some(text)) => {
             if cfg.vocab < 256 {
                 return Err(format!(
@@ -343,11 +352,19 @@ pub fn generate(a: &GenerateArgs) -> CliResult<ExitCode> {
     };
     let (dev, why) = device(a.device)?;
     emulator_guard(&dev, &cfg, &format!("running {}", cfg.name))?;
+    let prompt = Prompt { ids: prompt, tokenizer };
     match pick_dtype(a.dtype, prov.as_ref()) {
         DtypeArg::F32 => generate_with::<f32>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
         DtypeArg::F16 => generate_with::<f16>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
         DtypeArg::Bf16 => generate_with::<bf16>(a, &dev, &why, &cfg, &prompt, sampling, prov.as_ref()),
     }
+}
+
+/// The prompt's ids, and the tokenizer that made them from --text (if any),
+/// which also prints the output.
+struct Prompt {
+    ids: Vec<u32>,
+    tokenizer: Option<Tokenizer>,
 }
 
 /// Token ids of the byte-level vocabulary as text: runs of ids < 256 are bytes
@@ -368,7 +385,7 @@ fn generate_with<T: DType>(
     dev: &Device,
     why: &Option<String>,
     cfg: &TokenformerConfig,
-    prompt: &[u32],
+    prompt: &Prompt,
     sampling: Sampling,
     prov: Option<&Provenance>,
 ) -> CliResult<ExitCode> {
@@ -381,10 +398,13 @@ fn generate_with<T: DType>(
         None => Tokenformer::<T>::new(dev, cfg, init_seed).map_err(s)?,
     };
     let pb = bar(a.max_new as u64, "generating");
-    let out = m.generate_with(prompt, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
+    let out = m.generate_with(&prompt.ids, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
     pb.finish_and_clear();
-    if a.text.is_some() {
-        outln!("{}", bytes_as_text(&[prompt, &out[..]].concat()));
+    let all = [&prompt.ids[..], &out[..]].concat();
+    if let Some(tok) = &prompt.tokenizer {
+        outln!("{}", crate::tokenize::text(tok, &all));
+    } else if a.text.is_some() {
+        outln!("{}", bytes_as_text(&all));
     } else {
         let ids: Vec<String> = out.iter().map(u32::to_string).collect();
         outln!("{}", ids.join(","));

@@ -18,6 +18,7 @@ mod bench;
 mod check;
 mod commands;
 mod profile;
+mod tokenize;
 mod train;
 mod util;
 
@@ -55,6 +56,8 @@ pub enum DtypeArg {
     Bf16,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Pattention vs dense, attention and growth on the GPU (without one: `check` on the emulator).
@@ -72,7 +75,7 @@ enum Command {
     /// One op at one shape on the emulator's memory profiler: per kernel, requests,
     /// sectors, coalescing and bank conflicts per source line.
     Profile(ProfileArgs),
-    /// Train a model on a byte or u16-token corpus, with tf-ref's exact f64 gradients
+    /// Train a model on a byte, u16-token or tokenized text corpus, with tf-ref's exact f64 gradients
     /// and AdamW on the CPU or (--device) everything on a device in f32, optionally
     /// growing it mid-run; save and resume bit-exactly.
     Train(TrainArgs),
@@ -83,10 +86,17 @@ pub struct TrainArgs {
     /// Config to start from (e.g. tiny; its vocab must be >= 256 for a byte corpus).
     #[arg(long)]
     pub config: Option<String>,
-    /// Corpus: a `.bin` of little-endian u16 token ids, else plain text read as bytes.
-    /// The last 10 % is held out for --eval-every.
+    /// Corpus: a `.bin` of little-endian u16 token ids, else plain text read as bytes
+    /// (or, with --tokenizer, UTF-8 text encoded with it). The last 10 % is held out
+    /// for --eval-every.
     #[arg(long, value_name = "FILE")]
     pub data: std::path::PathBuf,
+    /// Encode the text corpus with this Hugging Face tokenizer.json (byte-level BPE,
+    /// e.g. GPT-NeoX-20B's) instead of reading it as bytes; its vocabulary must fit
+    /// the config's vocab. Not with a `.bin` corpus (already token ids). --resume
+    /// needs the same --tokenizer again (the corpus's tokens are checked).
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Total optimizer steps (the length of the cosine schedule).
     #[arg(long)]
     pub steps: Option<u64>,
@@ -268,9 +278,15 @@ pub struct GenerateArgs {
     /// Prompt as text, one token per byte (the byte-level vocabulary `tokenformer
     /// train` uses for a plain-text corpus; the config's vocab must be >= 256). The
     /// prompt and its continuation are printed as text: the bytes as UTF-8 (invalid
-    /// sequences, and ids >= 256, as U+FFFD). With --tokens only the new ids print.
+    /// sequences, and ids >= 256, as U+FFFD). With --tokenizer the prompt is encoded,
+    /// and the output decoded, with it instead. With --tokens only the new ids print.
     #[arg(long, value_name = "STRING")]
     pub text: Option<String>,
+    /// Hugging Face tokenizer.json (byte-level BPE, e.g. GPT-NeoX-20B's) for --text
+    /// (not --tokens); its vocabulary must fit the config's vocab. Ids it lacks print
+    /// as U+FFFD.
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<std::path::PathBuf>,
     /// Tokens to generate: the prompt plus these must fit the config's context length (seq).
     #[arg(long, default_value_t = 32)]
     pub max_new: usize,

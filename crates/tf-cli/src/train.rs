@@ -276,7 +276,20 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     }
     let (mut rt, saved_data) = make_trainer(a)?;
     rt.threads = a.threads;
-    let data = Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?;
+    let data = match &a.tokenizer {
+        Some(path) => {
+            let tok = crate::tokenize::load(path, &rt.cfg.name, rt.cfg.vocab)?;
+            let (corpus, bytes) = crate::tokenize::corpus(&a.data, &tok, rt.cfg.vocab)?;
+            outln!(
+                "tokenizer: {} ({} tokens): {bytes} bytes of text -> {} tokens",
+                path.display(),
+                tok.vocab_size(),
+                corpus.len()
+            );
+            corpus
+        }
+        None => Corpus::read(&a.data, rt.cfg.vocab).map_err(|e| format!("--data: {e}"))?,
+    };
     data.check_fits(rt.run.seq, a.eval_every.is_some()).map_err(|e| format!("--data {}: {e}", a.data.display()))?;
     if let Some((fp, _)) = &saved_data {
         if *fp != data.fingerprint() {

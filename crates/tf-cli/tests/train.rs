@@ -33,7 +33,7 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// A byte corpus: a snapshot of the project's README and docs
+/// A text corpus: a snapshot of the project's README and docs
 /// (`tests/data/corpus.txt`), fixed so that editing the docs cannot move the
 /// loss margins the tests assert.
 fn corpus(dir: &Path) -> String {
@@ -371,5 +371,80 @@ fn the_device_backend_trains_like_the_reference() {
         assert!((d - r).abs() <= 1e-2 * r.abs(), "step {s}: bf16 device {d}, reference {r}");
     }
     eprintln!("bf16 device run: worst relative loss difference {:.2e}", worst(&bf16));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The fixture tokenizer of the CLI tests: byte-level BPE, vocab 400, trained by
+/// `crates/tf-tokenizer/tools/make_fixtures.py` on the project's docs.
+fn small_tokenizer() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tokenizer-small.json").to_str().unwrap().to_string()
+}
+
+#[test]
+fn a_tokenizer_encodes_the_corpus_and_the_generated_text() {
+    let dir = tmp("tokenizer");
+    let data = corpus(&dir);
+    let tok_path = small_tokenizer();
+    let tok = tf_tokenizer::Tokenizer::from_file(&tok_path).unwrap();
+    let n = tok.encode(&std::fs::read_to_string(&data).unwrap()).len();
+    let ck = dir.join("run.safetensors");
+    let ck = ck.to_str().unwrap();
+    let args = ["train", "--config", "tiny", "--data", &data, "--steps", "2", "--batch", "2", "--seq", "16"];
+    let out = ok(&[&args[..], &["--tokenizer", &tok_path, "--stop-at", "1", "--save", ck]].concat());
+    assert!(out.contains(&format!("{n} corpus tokens")), "{out}");
+    let bytes = std::fs::metadata(&data).unwrap().len() as usize;
+    assert!(out.contains(&format!("({} tokens): {bytes} bytes of text -> {n} tokens", tok.vocab_size())), "{out}");
+    assert!(n < bytes * 3 / 4, "BPE compresses the corpus");
+    // resuming needs the same tokenizer: without it the corpus is other data
+    let e = fails(&["train", "--data", &data, "--resume", ck]);
+    assert!(e.contains("other data"), "{e}");
+    let out = ok(&["train", "--data", &data, "--resume", ck, "--tokenizer", &tok_path, "--save", ck]);
+    assert!(out.contains("(from 1)") && out.contains("saved step 2 of 2"), "{out}");
+    // generate: the prompt encoded and the output decoded with the tokenizer
+    let base = ["generate", "--config", "tiny", "--checkpoint", ck, "--max-new", "6", "--device", "emulator"];
+    let text = ok(&[&base[..], &["--text", "Pattention", "--tokenizer", &tok_path]].concat());
+    let text = text.strip_suffix('\n').unwrap();
+    assert!(text.starts_with("Pattention"), "{text:?}");
+    // the same prompt as ids gives the same continuation
+    let prompt = tok.encode("Pattention");
+    let ids: Vec<String> = prompt.iter().map(u32::to_string).collect();
+    let out = ok(&[&base[..], &["--tokens", &ids.join(",")]].concat());
+    let new: Vec<u32> = out.trim().split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(new.len(), 6);
+    if new.iter().all(|&id| (id as usize) < tok.vocab_size()) {
+        assert_eq!(tok.decode(&[&prompt[..], &new[..]].concat()).unwrap(), text);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_tokenizer_input_is_one_line() {
+    let dir = tmp("bad-tokenizer");
+    let data = corpus(&dir);
+    let p = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    std::fs::write(p("broken.json"), "{\"model\": {").unwrap();
+    std::fs::write(p("wordpiece.json"), r#"{"model": {"type": "WordPiece", "vocab": {}}}"#).unwrap();
+    std::fs::write(p("ids.bin"), [1u8, 0, 2, 0]).unwrap();
+    let big = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tf-tokenizer/tests/data/tokenizer.json");
+    let big = big.to_str().unwrap();
+    let train = |data: &str, tok: &str| {
+        fails(&["train", "--config", "tiny", "--data", data, "--steps", "2", "--tokenizer", tok])
+    };
+    let generate = |extra: &[&str]| fails(&[&["generate", "--config", "tiny", "--device", "emulator"], extra].concat());
+    let small = small_tokenizer();
+    for (line, want) in [
+        (train(&data, &p("missing.json")), "missing.json: No such file"),
+        (train(&data, &p("broken.json")), "broken.json: not valid JSON"),
+        (train(&data, &p("wordpiece.json")), "model.type \"WordPiece\" is not supported"),
+        (train(&data, big), "its vocabulary has 2014 tokens, more than config tiny's vocab of 512"),
+        (train(&p("ids.bin"), &small), "already tokenized"),
+        (generate(&["--text", "hi", "--tokenizer", &p("missing.json")]), "missing.json"),
+        (generate(&["--text", "hi", "--tokenizer", &p("broken.json")]), "not valid JSON"),
+        (generate(&["--text", "hi", "--tokenizer", big]), "2014 tokens, more than config tiny's vocab of 512"),
+        (generate(&["--tokens", "1,2", "--tokenizer", &small]), "--tokenizer is for --text"),
+        (generate(&["--text", "", "--tokenizer", &small]), "--text: the prompt is empty"),
+    ] {
+        assert!(line.contains(want), "expected {want:?} in {line:?}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
