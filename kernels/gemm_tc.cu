@@ -179,16 +179,7 @@ __device__ __forceinline__ void gemm_tc(const tf_gemm_params& p) {
 #pragma unroll
         for (int kk = 0; kk < Tr::kKK; ++kk) {
             if (kk + 1 < Tr::kKK) frags(kk + 1, af[(kk + 1) % 2], bf[(kk + 1) % 2]);
-#pragma unroll
-            for (int mi = 0; mi < Tr::kMT; ++mi) {
-#pragma unroll
-                for (int np = 0; np < Tr::kNT / 2; ++np) {
-                    const uint32_t b0[2] = {bf[kk % 2][np][0], bf[kk % 2][np][1]};
-                    const uint32_t b1[2] = {bf[kk % 2][np][2], bf[kk % 2][np][3]};
-                    tf::mma_m16n8k16<T>(acc[mi][2 * np], af[kk % 2][mi], b0);
-                    tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af[kk % 2][mi], b1);
-                }
-            }
+            mma_k16<T>(acc, af[kk % 2], bf[kk % 2], Tr::kMT);
         }
     };
 

@@ -201,18 +201,7 @@ __device__ __forceinline__ void scores_mma(const tf_pattention_params& p) {
 #pragma unroll
         for (int kk = 0; kk < kKK; ++kk) {
             if (kk + 1 < kKK) frags(kk + 1, af[(kk + 1) % 2], bf[(kk + 1) % 2]);
-#pragma unroll
-            for (int mi = 0; mi < Tr::kMT; ++mi) {
-                if (mi < mts) {
-#pragma unroll
-                    for (int np = 0; np < Tr::kNT / 2; ++np) {
-                        const uint32_t b0[2] = {bf[kk % 2][np][0], bf[kk % 2][np][1]};
-                        const uint32_t b1[2] = {bf[kk % 2][np][2], bf[kk % 2][np][3]};
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np], af[kk % 2][mi], b0);
-                        tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], af[kk % 2][mi], b1);
-                    }
-                }
-            }
+            mma_k16<T>(acc, af[kk % 2], bf[kk % 2], mts);
         }
     };
 

@@ -10,6 +10,7 @@
 #include "tf/attention_math.cuh"
 #include "tf/convert.cuh"
 #include "tf/gelu.cuh"
+#include "tf/mma.cuh"
 #include "tf/reduce.cuh"
 #include "tf/swizzle.cuh"
 
@@ -352,6 +353,27 @@ struct TileStream {
     // Moves to the next tile, `elems` elements further on.
     __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
+
+// One k16 step of a warp's MT x NT tile: acc[mi][nt] += A(mi)·B(nt) for the m16
+// tiles mi < mts (a constant MT where no tile is skipped: no branch), with a[mi]
+// an m16 x k16 A fragment (ldmatrix.x4) and b[np] the B fragments of n8 tiles
+// 2np and 2np + 1 (ldmatrix.x4: tile 2np's k lo / hi, then tile 2np + 1's).
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void mma_k16(float (&acc)[MT][NT][4], const uint32_t (&a)[MT][4],
+                                        const uint32_t (&b)[NT / 2][4], int mts) {
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+        if (mi < mts) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                const uint32_t b0[2] = {b[np][0], b[np][1]};
+                const uint32_t b1[2] = {b[np][2], b[np][3]};
+                tf::mma_m16n8k16<T>(acc[mi][2 * np], a[mi], b0);
+                tf::mma_m16n8k16<T>(acc[mi][2 * np + 1], a[mi], b1);
+            }
+        }
+    }
+}
 
 // Zeroes an mma accumulator array of MT x NT m16n8 tiles.
 template <int MT, int NT>
