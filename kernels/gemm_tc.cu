@@ -19,7 +19,7 @@
 //   zero filling, and so do rows and columns past m and n. The fragments of k16
 //   step 1 load before the mma of step 0. The epilogue writes C from the
 //   accumulators (8-byte stores where C's row stride is even).
-// Split over the sum (k_splits > 1, when the m x n tiles alone leave SMs idle:
+// Split over the sum (k_splits > 1, when the m x n tiles leave most SMs idle:
 //   dK_P and dV_P sum over every token into small matrices): CTA z runs the same
 //   main loop over k-steps [z·s, z·s + s) (s = split_k_tiles; only the last slice
 //   can hold the partial k-step) and writes C (z = 0) or its own f32 partial

@@ -315,7 +315,6 @@ typedef struct tf_linear_params {
  * other stride a multiple of 8, 16-byte aligned). */
 #define TF_GEMM_TC_TILE 128   /* rows and columns of C per CTA of gemm_tc_* */
 #define TF_GEMM_TC_SMEM 65536 /* dynamic shared memory (bytes) of gemm_tc_* */
-#define TF_GEMM_TC_SPLIT_CTAS 264 /* split-K: slices until about this many CTAs */
 #define TF_GEMM_TC_MAX_SPLITS 16  /* split-K: at most this many slices */
 #define TF_GEMM_TC_MIN_SPLIT_TILES 4 /* split-K: at least this many k-steps a slice */
 typedef struct tf_gemm_params {

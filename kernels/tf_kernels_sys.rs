@@ -28,7 +28,6 @@ pub const TF_ROTARY_MAX_PAIRS: u32 = 128;
 pub const TF_ROTARY_MAX_POS: u32 = 16777216;
 pub const TF_GEMM_TC_TILE: u32 = 128;
 pub const TF_GEMM_TC_SMEM: u32 = 65536;
-pub const TF_GEMM_TC_SPLIT_CTAS: u32 = 264;
 pub const TF_GEMM_TC_MAX_SPLITS: u32 = 16;
 pub const TF_GEMM_TC_MIN_SPLIT_TILES: u32 = 4;
 pub const TF_ATTN_BACKWARD_MAX_D: u32 = 256;

@@ -308,10 +308,56 @@ fn device_tables(gpu: &Gpu, facts: model::Facts<'_>) -> Result<(String, serde_js
                 "seconds": e.seconds(), "floor_s": e.floor(gpu), "flops": e.flops, "launches": launches_json(&e)}));
         }
     }
+    // The backward's parameter-gradient products, dK_P [n, d] and dV_P [n, d],
+    // each a sum over the tokens of one sequence (or of a batch of them).
+    let _ = writeln!(
+        s,
+        "{:<9} {:<26} {:>5} {:>6} {:>6} {:>10} {:>8} {:>6} {:>10} {:>9} {:>8} {:>9}",
+        "",
+        "backward dK_P (n, d) bf16",
+        "t",
+        "path",
+        "bound",
+        "split µs",
+        "slices",
+        "grid",
+        "whole µs",
+        "cuBLAS µs",
+        "floor µs",
+        "whole/split"
+    );
+    let mut jb = Vec::new();
+    for (label, d, n) in &pat {
+        for &t in &[2048u64, 16384] {
+            let e = model::backward_product(gpu, facts, *n, *d, t, true);
+            let w = model::backward_product(gpu, facts, *n, *d, t, false);
+            let cublas = model::gemm(gpu, *n as f64, *d as f64, t as f64);
+            let (slices, _) = model::gemm_split(gpu.sms as u64, *n, *d, t);
+            let bound = e.launches.first().map_or("-", |l| l.bound());
+            let _ = writeln!(
+                s,
+                "{:<9} {:<26} {:>5} {:>6} {:>6} {:>10} {:>8} {:>6} {:>10} {:>9} {:>8} {:>10.2}x",
+                "estimate",
+                format!("{label} ({n}, {d})"),
+                t,
+                e.path,
+                bound,
+                us(e.seconds()),
+                slices,
+                e.launches.first().map_or(0, |l| l.grid),
+                us(w.seconds()),
+                us(cublas),
+                us(e.floor(gpu)),
+                w.seconds() / e.seconds()
+            );
+            jb.push(json!({"shape": label, "n": n, "d": d, "t": t, "slices": slices, "split_s": e.seconds(),
+                "whole_s": w.seconds(), "cublas_s": cublas, "floor_s": e.floor(gpu), "launches": launches_json(&e)}));
+        }
+    }
     s.push('\n');
     let j = json!({"gpu": gpu.name, "arch": gpu.arch, "sms": gpu.sms, "clock_hz": gpu.clock_hz, "hbm_bytes_s": gpu.hbm_bytes_s,
         "tensor_peak": gpu.tensor_peak, "hmma_cycles": gpu.hmma_cycles, "cublas_efficiency": gpu.cublas_eff,
-        "estimate": true, "pattention": jp, "attention": ja});
+        "estimate": true, "pattention": jp, "attention": ja, "backward": jb});
     Ok((s, j))
 }
 

@@ -54,6 +54,54 @@ pub fn k_split(sms: u64, n_tiles: u64, t: u64, d_in: u64) -> (u64, u64) {
     let per = k_tiles.div_ceil(want);
     (k_tiles.div_ceil(per), per)
 }
+/// The backward's tensor-core gemm (tf_kernels.h TF_GEMM_TC_*, gemm_tc.cu).
+const GEMM_TILE: u64 = 128;
+const GEMM_BK: u64 = 32;
+const GEMM_MAX_SPLITS: u64 = 16;
+const GEMM_MIN_SPLIT_TILES: u64 = 4;
+
+/// (slices, k-steps a slice) of the backward's tensor-core gemm `[m, n]` over
+/// `k` on `sms` SMs, as the host chooses them (ops/gemm.rs k_split): at most
+/// sms / 2 CTAs split into at most sms / ctas and MAX_SPLITS slices of at least
+/// MIN_SPLIT_TILES k-steps, with the partials' bytes at most the operands'.
+pub fn gemm_split(sms: u64, m: u64, n: u64, k: u64) -> (u64, u64) {
+    let ctas = (m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE)).max(1);
+    let k_tiles = k.div_ceil(GEMM_BK);
+    if 2 * ctas > sms {
+        return (1, k_tiles);
+    }
+    let traffic = 1 + (m + n) * k / (2 * m * n).max(1);
+    let splits = (sms / ctas).min(k_tiles / GEMM_MIN_SPLIT_TILES).min(GEMM_MAX_SPLITS).min(traffic).max(1);
+    if splits == 1 {
+        return (1, k_tiles);
+    }
+    let per = k_tiles.div_ceil(splits);
+    (k_tiles.div_ceil(per), per)
+}
+
+/// One backward product `C [m, n] f32 = Σ_l A(i, l)·B(j, l)` over `k` on the
+/// tensor-core gemm (bf16 operands; the column-wise pair, `dK_P = dAᵀ·X` and
+/// `dV_P = Sᵀ·dY`), with the host's split over the sum or (`split` false)
+/// without it. Operands read once (L2 serves the re-reads), C and each partial
+/// written once, the partials read once more by the reduce.
+pub fn backward_product(gpu: &Gpu, facts: Facts<'_>, m: u64, n: u64, k: u64, split: bool) -> OpEstimate {
+    let (splits, per) = if split { gemm_split(gpu.sms as u64, m, n, k) } else { (1, k.div_ceil(GEMM_BK)) };
+    let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
+    let (mf, nf, kf) = (m as f64, n as f64, k as f64);
+    let out = mf * nf * 4.0;
+    let hmma = (GEMM_TILE / 16 * GEMM_TILE / 8 * per * GEMM_BK / 16) as f64;
+    let g = "gemm_tc_bf16_cc";
+    let bytes = (mf + nf) * kf * ELEM + out * splits as f64;
+    let mut launches = vec![launch(gpu, g, facts(g), Work { grid: tiles * splits, hmma, busy_warps: 4, bytes })];
+    if splits > 1 {
+        let bytes = out * (splits - 1) as f64 + 2.0 * out;
+        let grid = (m * n).div_ceil(256).min(4096);
+        launches.push(launch(gpu, "gemm_tc_reduce", None, Work { grid, hmma: 0.0, busy_warps: 8, bytes }));
+    }
+    let path = if splits > 1 { "split" } else { "whole" };
+    OpEstimate { path, launches, flops: 2.0 * mf * nf * kf, min_bytes: (mf + nf) * kf * ELEM + out }
+}
+
 /// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile.
 const ATTN_BM: u64 = 128;
 fn attn_bn(hd: u64) -> u64 {
@@ -416,6 +464,29 @@ mod tests {
         let f = |_: &str| Some(KernelFacts { per_hmma: 2.5, ctas_per_sm: 2 });
         let p = pattention(g, &f, 2048, 768, 1024, 1024);
         assert_eq!((p.launches[2].kernel.as_str(), p.launches[2].grid), ("pattention_out64_bf16", 256));
+    }
+
+    #[test]
+    fn backward_products_split_like_the_host() {
+        // the host's unit-test cases (ops/gemm.rs split_rule)
+        assert_eq!(gemm_split(132, 2048, 2048, 4096), (1, 128));
+        assert_eq!(gemm_split(132, 768, 768, 2048), (3, 22));
+        assert_eq!(gemm_split(108, 768, 768, 2048), (3, 22));
+        assert_eq!(gemm_split(132, 128 * 66, 128, 4096), (2, 64));
+        assert_eq!(gemm_split(132, 128 * 67, 128, 4096), (1, 128));
+        assert_eq!(gemm_split(132, 64, 64, 1 << 20), (16, 2048));
+        assert_eq!(gemm_split(132, 40, 24, 1000), (8, 4));
+        assert_eq!(gemm_split(132, 1024, 1024, 512), (1, 16));
+        let g = &GPUS[1];
+        let f = |_: &str| Some(KernelFacts { per_hmma: 2.9, ctas_per_sm: 2 });
+        let whole = backward_product(g, &f, 768, 768, 2048, false);
+        let split = backward_product(g, &f, 768, 768, 2048, true);
+        assert_eq!((whole.launches.len(), whole.launches[0].grid), (1, 36));
+        assert_eq!((split.launches.len(), split.launches[0].grid), (2, 108));
+        // 36 CTAs use 36 of 132 SMs; 108 use most of them: 1.81x (estimate), less
+        // than 3x for the partials' traffic
+        assert!(split.seconds() < whole.seconds() / 1.5, "{} vs {}", split.seconds(), whole.seconds());
+        assert!(split.seconds() >= split.floor(g));
     }
 
     #[test]

@@ -23,21 +23,24 @@ const TC_K_STEP: usize = 32;
 /// Threads per block of `gemm_tc_reduce`.
 const REDUCE_THREADS: u32 = 256;
 
-/// The tensor-core gemm's split over the sum, `(slices, k-steps a slice)`. With
-/// `C = TF_GEMM_TC_SPLIT_CTAS` (264: two CTAs on each of 132 SMs; a constant,
-/// so the bits do not depend on the GPU): when the `[m, n]` tiles give fewer than
-/// C / 2 CTAs, the sum is cut into at most C / ctas slices (so at most C CTAs),
-/// at most `TF_GEMM_TC_MAX_SPLITS`, each of at least
-/// `TF_GEMM_TC_MIN_SPLIT_TILES` k-steps. `(1, all)` when it does not pay.
-pub(crate) fn k_split(m: usize, n: usize, k: usize) -> (usize, usize) {
+/// The tensor-core gemm's split over the sum on a GPU of `sms` SMs, `(slices,
+/// k-steps a slice)`: when the `[m, n]` tiles give at most `sms / 2` CTAs, the
+/// sum is cut into at most `sms / ctas` slices (one CTA per SM: by the
+/// performance model a second wave costs more than the split gains), at most
+/// `TF_GEMM_TC_MAX_SPLITS`, each of at least `TF_GEMM_TC_MIN_SPLIT_TILES`
+/// k-steps, and so few that the partials written and read again stay within
+/// the operands' bytes (`(slices − 1)·m·n·4 <= (m + n)·k·2`). `(1, all)` when
+/// it does not pay. The bits depend on the SM count (the same on every run of
+/// one GPU model).
+pub(crate) fn k_split(sms: usize, m: usize, n: usize, k: usize) -> (usize, usize) {
     let ctas = (m.div_ceil(TC_TILE) * n.div_ceil(TC_TILE)).max(1);
     let k_tiles = k.div_ceil(TC_K_STEP);
-    let budget = sys::TF_GEMM_TC_SPLIT_CTAS as usize;
-    if 2 * ctas >= budget {
+    if 2 * ctas > sms {
         return (1, k_tiles);
     }
+    let traffic = 1 + (m + n).saturating_mul(k) / (2 * m * n).max(1);
     let most = (k_tiles / sys::TF_GEMM_TC_MIN_SPLIT_TILES as usize).min(sys::TF_GEMM_TC_MAX_SPLITS as usize);
-    let splits = (budget / ctas).min(most).max(1);
+    let splits = (sms / ctas).min(most).min(traffic).max(1);
     if splits == 1 {
         return (1, k_tiles);
     }
@@ -153,7 +156,7 @@ pub(crate) unsafe fn gemm<TA: DType, TB: DType>(
     };
     let (name, geometry) = match tc_kernel::<TA, TB>(&a, &b) {
         Some(name) => {
-            let (splits, per) = k_split(m, n, k);
+            let (splits, per) = k_split(dev.sm_count() as usize, m, n, k);
             let z = to_u32(op, "k slices", splits)?;
             let grid = [to_u32(op, "grid x", n.div_ceil(TC_TILE))?, to_u32(op, "grid y", m.div_ceil(TC_TILE))?, z];
             let geometry = Geometry { grid, block: [128, 1, 1], smem: sys::TF_GEMM_TC_SMEM };
@@ -235,11 +238,12 @@ mod tests {
         // r = 6: [254, 194, 158], whose first CTA has all 128 rows of A and of B (the
         // kernel's plain-copy loop) over 4 full k-tiles and a partial one
         let (a_r, b_r, c_r) = ([1, 16, 2, 17, 1, 8, 31, 3], [17, 0, 2, 9, 16, 1, 24, 5], [0, 1, 4, 19, 2, 13, 19, 8]);
-        // then sums split over the grid's z (k_split): 8 slices of 4 k-steps (the
-        // last step partial), and 2 slices over 2 x 2 CTAs
+        // then sums split over the grid's z (k_split, the emulator's 132 SMs): 8
+        // slices of 4 k-steps (the last step partial), and 2 slices over 2 x 2 CTAs
         let split = [(40, 24, 1000), (200, 136, 300)];
-        assert_eq!(k_split(40, 24, 1000), (8, 4));
-        assert_eq!(k_split(200, 136, 300), (2, 5));
+        assert_eq!(dev.sm_count(), 132);
+        assert_eq!(k_split(132, 40, 24, 1000), (8, 4));
+        assert_eq!(k_split(132, 200, 136, 300), (2, 5));
         let shapes = (0..8).map(|r| (8 * a_r[r] + r, 8 * b_r[r] + (3 * r) % 8, 8 * c_r[r] + (5 * r) % 8));
         for (m, n, k) in shapes.chain(split) {
             // the 16-bit values, as f32 and f64
@@ -309,19 +313,23 @@ mod tests {
     #[test]
     fn split_rule() {
         // enough CTAs, or too short a sum: no split
-        assert_eq!(k_split(2048, 2048, 4096), (1, 128));
-        assert_eq!(k_split(128, 128, 100), (1, 4));
-        // 768 x 768 (36 CTAs) over 2048 tokens: 7 slices (252 CTAs) of 10 k-steps
-        assert_eq!(k_split(768, 768, 2048), (7, 10));
-        // 132 CTAs (C / 2): no split; 131: 2 slices; one CTA over 4096: 16 slices
-        assert_eq!(k_split(128 * 132, 128, 4096), (1, 128));
-        assert_eq!(k_split(128 * 131, 128, 4096), (2, 64));
-        assert_eq!(k_split(128, 128, 4096), (16, 8));
+        assert_eq!(k_split(132, 2048, 2048, 4096), (1, 128));
+        assert_eq!(k_split(132, 128, 128, 100), (1, 4));
+        // 768 x 768 (36 CTAs) over 2048 tokens: 3 slices (108 CTAs) of 22 k-steps,
+        // on 132 SMs and on 108; the partials' bytes cap it at 3 (1 + 2.67)
+        assert_eq!(k_split(132, 768, 768, 2048), (3, 22));
+        assert_eq!(k_split(108, 768, 768, 2048), (3, 22));
+        // 66 CTAs (sms / 2): 2 slices; 67: none
+        assert_eq!(k_split(132, 128 * 66, 128, 4096), (2, 64));
+        assert_eq!(k_split(132, 128 * 67, 128, 4096), (1, 128));
         // one CTA, a long sum: at most 16 slices
-        assert_eq!(k_split(64, 64, 1 << 20), (16, 2048));
+        assert_eq!(k_split(132, 128, 128, 4096), (16, 8));
+        assert_eq!(k_split(132, 64, 64, 1 << 20), (16, 2048));
+        // a wide output over a short sum: the partials' bytes allow no split
+        assert_eq!(k_split(132, 1024, 1024, 512), (1, 16));
         // every slice has at least 4 k-steps, and the slices cover the sum
         for (m, n, k) in [(1, 1, 129), (300, 20, 777), (128, 1024, 5000), (8, 8, 32 * 17)] {
-            let (s, per) = k_split(m, n, k);
+            let (s, per) = k_split(132, m, n, k);
             let tiles = k.div_ceil(TC_K_STEP);
             assert!(s == 1 || per >= 4, "[{m}, {n}, {k}]: {s} x {per}");
             assert!(s * per >= tiles && (s - 1) * per < tiles, "[{m}, {n}, {k}]: {s} x {per} for {tiles}");
