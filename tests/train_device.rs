@@ -3,11 +3,11 @@
 //! tf-ref's f64 `loss_and_grads` on the same parameters: the tiny config, a
 //! random model, random tokens and targets, every parameter tensor; then a
 //! preserving growth, after which the loss is unchanged and the gradients still
-//! agree; and bad input.
+//! agree; and bad input. On every backend (the emulator; CUDA where it works).
 
 mod common;
 
-use common::{assert_close, seed};
+use common::{assert_close, backends, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::{Device, Error, SlotCounts, Tokenformer, TokenformerConfig};
@@ -45,10 +45,16 @@ fn compare(what: &str, got: &ModelParams, want: &ModelParams) -> f64 {
 
 #[test]
 fn loss_and_gradients_match_tf_ref() {
-    let dev = Device::emulator();
+    for (dev, backend) in backends() {
+        eprintln!("loss_and_gradients_match_tf_ref: {backend}");
+        loss_and_gradients_match_tf_ref_on(&dev);
+    }
+}
+
+fn loss_and_gradients_match_tf_ref_on(dev: &Device) {
     let cfg = TokenformerConfig::by_name("tiny").unwrap();
     let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0001);
-    let mut model = Tokenformer::<f32>::new(&dev, &cfg, r.random()).unwrap();
+    let mut model = Tokenformer::<f32>::new(dev, &cfg, r.random()).unwrap();
     for t in [1, 13, 40] {
         let (x, y) = tokens(&mut r, t, cfg.vocab);
         let params = model.to_params().unwrap();
@@ -80,11 +86,10 @@ fn loss_and_gradients_match_tf_ref() {
 /// seeds: bf16 1.7e-2 to 3.5e-2, f16 1.9e-3 to 2.9e-3; with Pattention's
 /// products on tensor cores, S and dA rounded to the type as well, over five:
 /// bf16 2.0e-2 to 3.2e-2, f16 2.2e-3 to 3.3e-3).
-fn sixteen_bit<T: tf_host::DType>(loss_tol: f64, grad_tol: f64) {
-    let dev = Device::emulator();
+fn sixteen_bit<T: tf_host::DType>(dev: &Device, loss_tol: f64, grad_tol: f64) {
     let cfg = TokenformerConfig::by_name("tiny").unwrap();
     let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0003);
-    let model = Tokenformer::<T>::new(&dev, &cfg, r.random()).unwrap();
+    let model = Tokenformer::<T>::new(dev, &cfg, r.random()).unwrap();
     let (x, y) = tokens(&mut r, 24, cfg.vocab);
     let params = model.to_params().unwrap();
     let (loss, grads) = model.loss_and_grads(&x, &y).unwrap();
@@ -108,8 +113,15 @@ fn sixteen_bit<T: tf_host::DType>(loss_tol: f64, grad_tol: f64) {
 
 #[test]
 fn sixteen_bit_models() {
-    sixteen_bit::<tf_host::bf16>(1e-2, 8e-2);
-    sixteen_bit::<tf_host::f16>(2e-3, 1e-2);
+    for (dev, backend) in backends() {
+        eprintln!("sixteen_bit_models: {backend}");
+        sixteen_bit_models_on(&dev);
+    }
+}
+
+fn sixteen_bit_models_on(dev: &Device) {
+    sixteen_bit::<tf_host::bf16>(dev, 1e-2, 8e-2);
+    sixteen_bit::<tf_host::f16>(dev, 2e-3, 1e-2);
 }
 
 /// Every gradient as bits, in parameter order.
@@ -117,11 +129,10 @@ fn grad_bits(g: &tf_host::ModelGrads) -> Vec<u32> {
     g.views().iter().flat_map(|v| v.to_vec().unwrap().into_iter().map(f32::to_bits)).collect()
 }
 
-fn recomputed_is_bitwise<T: tf_host::DType>() {
-    let dev = Device::emulator();
+fn recomputed_is_bitwise<T: tf_host::DType>(dev: &Device) {
     let cfg = TokenformerConfig::by_name("tiny").unwrap();
     let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0004);
-    let model = Tokenformer::<T>::new(&dev, &cfg, r.random()).unwrap();
+    let model = Tokenformer::<T>::new(dev, &cfg, r.random()).unwrap();
     let (x, y) = tokens(&mut r, 21, cfg.vocab);
     let kept_opts = tf_host::GradOptions::default();
     let (loss, kept) = model.loss_and_grads_with(&x, &y, &kept_opts).unwrap();
@@ -137,15 +148,28 @@ fn recomputed_is_bitwise<T: tf_host::DType>() {
 
 #[test]
 fn activation_recomputation_gives_the_same_bits() {
-    recomputed_is_bitwise::<f32>();
-    recomputed_is_bitwise::<tf_host::bf16>();
+    for (dev, backend) in backends() {
+        eprintln!("activation_recomputation_gives_the_same_bits: {backend}");
+        activation_recomputation_gives_the_same_bits_on(&dev);
+    }
+}
+
+fn activation_recomputation_gives_the_same_bits_on(dev: &Device) {
+    recomputed_is_bitwise::<f32>(dev);
+    recomputed_is_bitwise::<tf_host::bf16>(dev);
 }
 
 #[test]
 fn bad_input_is_an_error() {
-    let dev = Device::emulator();
+    for (dev, backend) in backends() {
+        eprintln!("bad_input_is_an_error: {backend}");
+        bad_input_is_an_error_on(&dev);
+    }
+}
+
+fn bad_input_is_an_error_on(dev: &Device) {
     let cfg = TokenformerConfig::by_name("tiny").unwrap();
-    let model = Tokenformer::<f32>::new(&dev, &cfg, 1).unwrap();
+    let model = Tokenformer::<f32>::new(dev, &cfg, 1).unwrap();
     assert!(matches!(model.loss_and_grads(&[], &[]), Err(Error::Shape { .. })));
     assert!(matches!(model.loss_and_grads(&[1, 2], &[3]), Err(Error::Shape { .. })));
     let e = model.loss_and_grads(&[1, 600], &[2, 3]).unwrap_err();

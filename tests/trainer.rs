@@ -3,11 +3,11 @@
 //! with structure to learn): the step losses, gradient norms and parameters; a
 //! preserving growth in the middle of the run (loss bitwise unchanged, the new
 //! rows' optimizer state fresh); checkpoint and resume (bitwise an uninterrupted
-//! run); bad input. On the emulator.
+//! run); bad input. On every backend (the emulator; CUDA where it works).
 
 mod common;
 
-use common::seed;
+use common::{backends, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::{bf16, f16, DType, Device, LossScale, Trainer};
@@ -81,13 +81,19 @@ fn state_bits<T: DType>(t: &Trainer<T>) -> Vec<u32> {
 /// different lr, is off by far more (the check below that every tensor moved).
 #[test]
 fn device_run_follows_the_reference_run() {
+    for (dev, backend) in backends() {
+        eprintln!("device_run_follows_the_reference_run: {backend}");
+        device_run_follows_the_reference_run_on(&dev);
+    }
+}
+
+fn device_run_follows_the_reference_run_on(dev: &Device) {
     let s = seed();
     let mut r = StdRng::seed_from_u64(s ^ 0x7a_7a11);
     let data = corpus(&mut r, 4000);
     let cfg = run(r.random::<u64>() % 1000, 5, None);
-    let dev = Device::emulator();
     let mut want = tf_ref::Trainer::new(cfg.clone()).unwrap();
-    let mut got = Trainer::<f32>::new(&dev, cfg).unwrap();
+    let mut got = Trainer::<f32>::new(dev, cfg).unwrap();
     let (mut worst_loss, mut worst_norm) = (0f64, 0f64);
     let mut losses = Vec::new();
     while !want.done() {
@@ -129,14 +135,13 @@ fn device_run_follows_the_reference_run() {
 /// a growth, the new rows' moments are zero, the kept rows' state is unchanged,
 /// the new master rows are tf-ref's grown rows (zero keys, the value init in
 /// f32) and the model holds them rounded; the run then follows the reference.
-fn growth_mid_run<T: DType>(s: u64) {
+fn growth_mid_run<T: DType>(dev: &Device, s: u64) {
     let mut r = StdRng::seed_from_u64(s ^ 0x7a_9e0);
     let data = corpus(&mut r, 4000);
     let plan = GrowPlan { at: 2, qkv: 80, proj: 72, ffn: 160, preserving: true };
     let cfg = run(r.random::<u64>() % 1000, 4, Some(plan));
-    let dev = Device::emulator();
     let mut want = tf_ref::Trainer::new(cfg.clone()).unwrap();
-    let mut got = Trainer::<T>::new(&dev, cfg.clone()).unwrap();
+    let mut got = Trainer::<T>::new(dev, cfg.clone()).unwrap();
     let before_slots = (got.config().qkv_slots, got.config().proj_slots, got.config().ffn_slots);
     for _ in 0..2 {
         want.step(&data).unwrap();
@@ -147,7 +152,7 @@ fn growth_mid_run<T: DType>(s: u64) {
     let dir = tempdir();
     let ck = dir.join("mid.safetensors");
     got.save(&ck, data.fingerprint()).unwrap();
-    let (mut probe, _) = Trainer::<T>::load(&dev, &ck).unwrap();
+    let (mut probe, _) = Trainer::<T>::load(dev, &ck).unwrap();
     let old_bits = state_bits(&probe);
     let old_shapes: Vec<Vec<usize>> = probe.model().param_views().iter().map(|v| v.shape().to_vec()).collect();
     probe.grow(plan.qkv, plan.proj, plan.ffn, plan.preserving).unwrap();
@@ -201,26 +206,39 @@ fn growth_mid_run<T: DType>(s: u64) {
 
 #[test]
 fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments() {
+    for (dev, backend) in backends() {
+        eprintln!("preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments: {backend}");
+        preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on(&dev);
+    }
+}
+
+fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on(dev: &Device) {
     let s = seed();
-    growth_mid_run::<f32>(s);
-    growth_mid_run::<bf16>(s);
+    growth_mid_run::<f32>(dev, s);
+    growth_mid_run::<bf16>(dev, s);
 }
 
 /// A run saved after 2 of 4 steps (with a random growth at step 1) and resumed
 /// is bitwise the run that never stopped: every step's report and all state.
 #[test]
 fn resumed_run_is_bitwise_the_uninterrupted_one() {
+    for (dev, backend) in backends() {
+        eprintln!("resumed_run_is_bitwise_the_uninterrupted_one: {backend}");
+        resumed_run_is_bitwise_the_uninterrupted_one_on(&dev);
+    }
+}
+
+fn resumed_run_is_bitwise_the_uninterrupted_one_on(dev: &Device) {
     let s = seed();
     let mut r = StdRng::seed_from_u64(s ^ 0x7a_5e5);
     let data = corpus(&mut r, 3000);
     let plan = GrowPlan { at: 1, qkv: 72, proj: 72, ffn: 136, preserving: false };
     let cfg = run(r.random::<u64>() % 1000, 4, Some(plan));
-    let dev = Device::emulator();
-    let mut whole = Trainer::<f32>::new(&dev, cfg.clone()).unwrap();
+    let mut whole = Trainer::<f32>::new(dev, cfg.clone()).unwrap();
     let reports: Vec<StepReport> = (0..4).map(|_| whole.step(&data).unwrap()).collect();
     assert!(reports[1].grown.is_some_and(|(b, a)| b != a), "a random growth changes the loss");
 
-    let mut first = Trainer::<f32>::new(&dev, cfg).unwrap();
+    let mut first = Trainer::<f32>::new(dev, cfg).unwrap();
     for rep in &reports[..2] {
         assert_eq!(&first.step(&data).unwrap(), rep);
     }
@@ -228,7 +246,7 @@ fn resumed_run_is_bitwise_the_uninterrupted_one() {
     let ck = dir.join("half.safetensors");
     first.save(&ck, data.fingerprint()).unwrap();
     drop(first);
-    let (mut resumed, fp) = Trainer::<f32>::load(&dev, &ck).unwrap();
+    let (mut resumed, fp) = Trainer::<f32>::load(dev, &ck).unwrap();
     assert_eq!(fp, data.fingerprint());
     assert_eq!(resumed.step_count(), 2);
     for rep in &reports[2..] {
@@ -247,21 +265,27 @@ fn resumed_run_is_bitwise_the_uninterrupted_one() {
 }
 
 /// `steps` steps of a fresh run under `rule`; the state's bits and the reports.
-fn scaled_run<T: DType>(s: u64, data: &Corpus, steps: u64, rule: LossScale) -> (Trainer<T>, Vec<StepReport>) {
-    let mut t = Trainer::<T>::new(&Device::emulator(), run(s, 4, None)).unwrap();
+fn scaled_run<T: DType>(
+    dev: &Device,
+    s: u64,
+    data: &Corpus,
+    steps: u64,
+    rule: LossScale,
+) -> (Trainer<T>, Vec<StepReport>) {
+    let mut t = Trainer::<T>::new(dev, run(s, 4, None)).unwrap();
     t.set_loss_scale(rule).unwrap();
     let reports = (0..steps).map(|_| t.step(data).unwrap()).collect();
     (t, reports)
 }
 
-fn loss_scaling_is_exact<T: DType>(s: u64, data: &Corpus) {
+fn loss_scaling_is_exact<T: DType>(dev: &Device, s: u64, data: &Corpus) {
     // powers of two with nothing overflowing: every bit as the unscaled run
-    let (plain, want) = scaled_run::<T>(s, data, 2, LossScale::Off);
-    let (fixed, got) = scaled_run::<T>(s, data, 2, LossScale::Static(1024.0));
+    let (plain, want) = scaled_run::<T>(dev, s, data, 2, LossScale::Off);
+    let (fixed, got) = scaled_run::<T>(dev, s, data, 2, LossScale::Static(1024.0));
     assert_eq!(state_bits(&fixed), state_bits(&plain), "{}: a static scale of 2^10", T::NAME);
     assert_eq!(got, want);
     // growth every finite step: 2^4 -> 2^6 after two, still the same bits
-    let (grown, got) = scaled_run::<T>(s, data, 2, LossScale::Dynamic { init: 16.0, growth_interval: 1 });
+    let (grown, got) = scaled_run::<T>(dev, s, data, 2, LossScale::Dynamic { init: 16.0, growth_interval: 1 });
     assert_eq!(grown.loss_scale(), 64.0);
     assert_eq!(state_bits(&grown), state_bits(&plain), "{}: a dynamic scale that grows", T::NAME);
     assert_eq!(got, want);
@@ -269,24 +293,31 @@ fn loss_scaling_is_exact<T: DType>(s: u64, data: &Corpus) {
 
 #[test]
 fn loss_scaling_changes_no_bit_and_backs_off_on_overflow() {
+    for (dev, backend) in backends() {
+        eprintln!("loss_scaling_changes_no_bit_and_backs_off_on_overflow: {backend}");
+        loss_scaling_changes_no_bit_and_backs_off_on_overflow_on(&dev);
+    }
+}
+
+fn loss_scaling_changes_no_bit_and_backs_off_on_overflow_on(dev: &Device) {
     let s = seed();
     let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca1e), 4000);
-    loss_scaling_is_exact::<f32>(s, &data);
-    loss_scaling_is_exact::<bf16>(s, &data);
+    loss_scaling_is_exact::<f32>(dev, s, &data);
+    loss_scaling_is_exact::<bf16>(dev, s, &data);
     // f16 at 2^24: the scaled gradients overflow f16, the step is taken again with
     // half the factor until they are finite, and the step that counts is the one a
     // static run at the final factor takes (the failed tries updated nothing)
     let init = 2f32.powi(24);
-    let (backed, got) = scaled_run::<f16>(s, &data, 1, LossScale::Dynamic { init, growth_interval: 100 });
+    let (backed, got) = scaled_run::<f16>(dev, s, &data, 1, LossScale::Dynamic { init, growth_interval: 100 });
     let f = backed.loss_scale();
     assert!(f < init && f >= 1.0, "the scale backed off to {f}");
     assert!(got[0].grad_norm.is_finite() && backed.step_count() == 1, "{:?}", got[0]);
-    let (fixed, want) = scaled_run::<f16>(s, &data, 1, LossScale::Static(f));
+    let (fixed, want) = scaled_run::<f16>(dev, s, &data, 1, LossScale::Static(f));
     assert_eq!(state_bits(&backed), state_bits(&fixed), "f16: backed off to {f}");
     assert_eq!(got, want);
     eprintln!("f16: a loss scale of 2^24 backed off to 2^{}", f.log2());
     // bad rules
-    let mut t = Trainer::<f32>::new(&Device::emulator(), run(s, 4, None)).unwrap();
+    let mut t = Trainer::<f32>::new(dev, run(s, 4, None)).unwrap();
     for bad in [LossScale::Static(0.0), LossScale::Static(f32::NAN), LossScale::Static(f32::INFINITY)] {
         assert!(t.set_loss_scale(bad).unwrap_err().to_string().contains("finite and > 0"), "{bad:?}");
     }
@@ -301,12 +332,18 @@ fn loss_scaling_changes_no_bit_and_backs_off_on_overflow() {
 /// error that leaves the trainer as it was.
 #[test]
 fn a_resumed_run_keeps_its_loss_scale() {
+    for (dev, backend) in backends() {
+        eprintln!("a_resumed_run_keeps_its_loss_scale: {backend}");
+        a_resumed_run_keeps_its_loss_scale_on(&dev);
+    }
+}
+
+fn a_resumed_run_keeps_its_loss_scale_on(dev: &Device) {
     let s = seed();
     let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca_1e2), 4000);
-    let dev = Device::emulator();
     let rule = LossScale::Dynamic { init: 2f32.powi(20), growth_interval: 2 };
     let fresh = || {
-        let mut t = Trainer::<f16>::new(&dev, run(s, 4, None)).unwrap();
+        let mut t = Trainer::<f16>::new(dev, run(s, 4, None)).unwrap();
         t.set_loss_scale(rule).unwrap();
         t
     };
@@ -319,7 +356,7 @@ fn a_resumed_run_keeps_its_loss_scale() {
     let dir = tempdir();
     let ck = dir.join("scaled.safetensors");
     first.save(&ck, data.fingerprint()).unwrap();
-    let (mut resumed, _) = Trainer::<f16>::load(&dev, &ck).unwrap();
+    let (mut resumed, _) = Trainer::<f16>::load(dev, &ck).unwrap();
     assert_eq!(resumed.loss_scale_metadata(), saved);
     assert_eq!(resumed.loss_scale(), first.loss_scale());
     for rep in &reports[1..] {
@@ -335,7 +372,7 @@ fn a_resumed_run_keeps_its_loss_scale() {
     let stray = std::collections::BTreeMap::from([("tokenformer.step".to_string(), "9".to_string())]);
     let e = reference.save_with(&dir.join("x.safetensors"), fp, &stray).unwrap_err().to_string();
     assert!(e.contains("tokenformer.device."), "device metadata outside its prefix: {e}");
-    let (off, _) = Trainer::<f16>::load(&dev, &plain).unwrap();
+    let (off, _) = Trainer::<f16>::load(dev, &plain).unwrap();
     assert_eq!(off.loss_scale(), 1.0);
     assert_eq!(off.loss_scale_metadata()["tokenformer.device.loss_scale"], "off");
     // malformed metadata: an error, the trainer unchanged
@@ -357,10 +394,16 @@ fn a_resumed_run_keeps_its_loss_scale() {
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
-    let dev = Device::emulator();
+    for (dev, backend) in backends() {
+        eprintln!("bad_input_is_an_error_not_a_panic: {backend}");
+        bad_input_is_an_error_not_a_panic_on(&dev);
+    }
+}
+
+fn bad_input_is_an_error_not_a_panic_on(dev: &Device) {
     let good = run(1, 4, None);
     let bad = |what: &str, c: RunConfig| {
-        let e = Trainer::<f32>::new(&dev, c).expect_err(what);
+        let e = Trainer::<f32>::new(dev, c).expect_err(what);
         eprintln!("{what}: {e}");
     };
     bad("unknown config", RunConfig { base: "nope".into(), ..good.clone() });
@@ -372,7 +415,7 @@ fn bad_input_is_an_error_not_a_panic() {
     bad("growth at the last step", RunConfig { grow: Some(g), ..good.clone() });
     bad("growth that shrinks", RunConfig { grow: Some(GrowPlan { at: 1, qkv: 8, ..g }), ..good.clone() });
 
-    let mut t = Trainer::<f32>::new(&dev, good).unwrap();
+    let mut t = Trainer::<f32>::new(dev, good).unwrap();
     let short = Corpus::new((0..20).map(|i| i * 7 % 512).collect(), 512).unwrap();
     assert!(t.step(&short).is_err(), "a corpus shorter than seq + 1");
     assert!(t.eval_loss(&short).is_err(), "no held-out window");
@@ -381,8 +424,8 @@ fn bad_input_is_an_error_not_a_panic() {
     let dir = tempdir();
     let junk = dir.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint").unwrap();
-    assert!(Trainer::<f32>::load(&dev, &junk).is_err(), "a file that is not a checkpoint");
-    assert!(Trainer::<f32>::load(&dev, &dir.join("missing")).is_err(), "a missing file");
+    assert!(Trainer::<f32>::load(dev, &junk).is_err(), "a file that is not a checkpoint");
+    assert!(Trainer::<f32>::load(dev, &dir.join("missing")).is_err(), "a missing file");
     assert!(t.save(&dir.join("no-such-dir").join("x.safetensors"), 0).is_err(), "an unwritable path");
 }
 

@@ -431,7 +431,19 @@ fn outside_without_nvcc(root: &Path) -> Result<(), String> {
 
 /// Tests the GPU run kit carries (the CUDA half of each; the emulator half is
 /// skipped there through TF_TEST_BACKENDS=cuda).
-const KIT_TESTS: &[&str] = &["pattention", "attention", "grow", "baseline", "model", "adamw"];
+const KIT_TESTS: &[&str] = &[
+    "pattention",
+    "attention",
+    "grow",
+    "baseline",
+    "model",
+    "adamw",
+    "pattention_backward",
+    "attention_backward",
+    "block_backward",
+    "train_device",
+    "trainer",
+];
 /// tf-host's tests the kit carries: its CUDA interop tests, `#[ignore]`d on
 /// machines without a GPU and run there by `run.sh --include-ignored`.
 const KIT_HOST_TESTS: &[&str] = &["interop"];
