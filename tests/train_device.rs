@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{assert_close, backends, seed};
+use common::{assert_close, on_backends, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::{Device, Error, SlotCounts, Tokenformer, TokenformerConfig};
@@ -45,10 +45,7 @@ fn compare(what: &str, got: &ModelParams, want: &ModelParams) -> f64 {
 
 #[test]
 fn loss_and_gradients_match_tf_ref() {
-    for (dev, backend) in backends() {
-        eprintln!("loss_and_gradients_match_tf_ref: {backend}");
-        loss_and_gradients_match_tf_ref_on(&dev);
-    }
+    on_backends("loss_and_gradients_match_tf_ref", loss_and_gradients_match_tf_ref_on);
 }
 
 fn loss_and_gradients_match_tf_ref_on(dev: &Device) {
@@ -113,10 +110,7 @@ fn sixteen_bit<T: tf_host::DType>(dev: &Device, loss_tol: f64, grad_tol: f64) {
 
 #[test]
 fn sixteen_bit_models() {
-    for (dev, backend) in backends() {
-        eprintln!("sixteen_bit_models: {backend}");
-        sixteen_bit_models_on(&dev);
-    }
+    on_backends("sixteen_bit_models", sixteen_bit_models_on);
 }
 
 fn sixteen_bit_models_on(dev: &Device) {
@@ -148,10 +142,7 @@ fn recomputed_is_bitwise<T: tf_host::DType>(dev: &Device) {
 
 #[test]
 fn activation_recomputation_gives_the_same_bits() {
-    for (dev, backend) in backends() {
-        eprintln!("activation_recomputation_gives_the_same_bits: {backend}");
-        activation_recomputation_gives_the_same_bits_on(&dev);
-    }
+    on_backends("activation_recomputation_gives_the_same_bits", activation_recomputation_gives_the_same_bits_on);
 }
 
 fn activation_recomputation_gives_the_same_bits_on(dev: &Device) {
@@ -161,10 +152,7 @@ fn activation_recomputation_gives_the_same_bits_on(dev: &Device) {
 
 #[test]
 fn bad_input_is_an_error() {
-    for (dev, backend) in backends() {
-        eprintln!("bad_input_is_an_error: {backend}");
-        bad_input_is_an_error_on(&dev);
-    }
+    on_backends("bad_input_is_an_error", bad_input_is_an_error_on);
 }
 
 fn bad_input_is_an_error_on(dev: &Device) {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{backends, seed};
+use common::{on_backends, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::{bf16, f16, DType, Device, LossScale, Trainer};
@@ -81,10 +81,7 @@ fn state_bits<T: DType>(t: &Trainer<T>) -> Vec<u32> {
 /// different lr, is off by far more (the check below that every tensor moved).
 #[test]
 fn device_run_follows_the_reference_run() {
-    for (dev, backend) in backends() {
-        eprintln!("device_run_follows_the_reference_run: {backend}");
-        device_run_follows_the_reference_run_on(&dev);
-    }
+    on_backends("device_run_follows_the_reference_run", device_run_follows_the_reference_run_on);
 }
 
 fn device_run_follows_the_reference_run_on(dev: &Device) {
@@ -206,10 +203,10 @@ fn growth_mid_run<T: DType>(dev: &Device, s: u64) {
 
 #[test]
 fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments() {
-    for (dev, backend) in backends() {
-        eprintln!("preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments: {backend}");
-        preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on(&dev);
-    }
+    on_backends(
+        "preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments",
+        preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on,
+    );
 }
 
 fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on(dev: &Device) {
@@ -222,10 +219,7 @@ fn preserving_growth_mid_run_keeps_the_loss_and_starts_fresh_moments_on(dev: &De
 /// is bitwise the run that never stopped: every step's report and all state.
 #[test]
 fn resumed_run_is_bitwise_the_uninterrupted_one() {
-    for (dev, backend) in backends() {
-        eprintln!("resumed_run_is_bitwise_the_uninterrupted_one: {backend}");
-        resumed_run_is_bitwise_the_uninterrupted_one_on(&dev);
-    }
+    on_backends("resumed_run_is_bitwise_the_uninterrupted_one", resumed_run_is_bitwise_the_uninterrupted_one_on);
 }
 
 fn resumed_run_is_bitwise_the_uninterrupted_one_on(dev: &Device) {
@@ -293,10 +287,10 @@ fn loss_scaling_is_exact<T: DType>(dev: &Device, s: u64, data: &Corpus) {
 
 #[test]
 fn loss_scaling_changes_no_bit_and_backs_off_on_overflow() {
-    for (dev, backend) in backends() {
-        eprintln!("loss_scaling_changes_no_bit_and_backs_off_on_overflow: {backend}");
-        loss_scaling_changes_no_bit_and_backs_off_on_overflow_on(&dev);
-    }
+    on_backends(
+        "loss_scaling_changes_no_bit_and_backs_off_on_overflow",
+        loss_scaling_changes_no_bit_and_backs_off_on_overflow_on,
+    );
 }
 
 fn loss_scaling_changes_no_bit_and_backs_off_on_overflow_on(dev: &Device) {
@@ -332,10 +326,7 @@ fn loss_scaling_changes_no_bit_and_backs_off_on_overflow_on(dev: &Device) {
 /// error that leaves the trainer as it was.
 #[test]
 fn a_resumed_run_keeps_its_loss_scale() {
-    for (dev, backend) in backends() {
-        eprintln!("a_resumed_run_keeps_its_loss_scale: {backend}");
-        a_resumed_run_keeps_its_loss_scale_on(&dev);
-    }
+    on_backends("a_resumed_run_keeps_its_loss_scale", a_resumed_run_keeps_its_loss_scale_on);
 }
 
 fn a_resumed_run_keeps_its_loss_scale_on(dev: &Device) {
@@ -394,10 +385,7 @@ fn a_resumed_run_keeps_its_loss_scale_on(dev: &Device) {
 
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
-    for (dev, backend) in backends() {
-        eprintln!("bad_input_is_an_error_not_a_panic: {backend}");
-        bad_input_is_an_error_not_a_panic_on(&dev);
-    }
+    on_backends("bad_input_is_an_error_not_a_panic", bad_input_is_an_error_not_a_panic_on);
 }
 
 fn bad_input_is_an_error_not_a_panic_on(dev: &Device) {

@@ -47,6 +47,15 @@ pub fn backends() -> Vec<(Device, &'static str)> {
     v
 }
 
+/// Runs `f` on every backend of [`backends`], naming the test and the backend
+/// first (so a failure's output says where it happened).
+pub fn on_backends(test: &str, f: impl Fn(&Device)) {
+    for (dev, backend) in backends() {
+        eprintln!("{test}: {backend}");
+        f(&dev);
+    }
+}
+
 /// `n` values uniform in [-scale, scale] (never all zero), as T.
 pub fn rand_vec<T: DType>(rng: &mut impl Rng, n: usize, scale: f32) -> Vec<T> {
     (0..n).map(|_| T::from_f32(rng.random_range(-scale..=scale))).collect()
