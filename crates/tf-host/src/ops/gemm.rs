@@ -137,6 +137,16 @@ pub(crate) unsafe fn gemm<TA: DType, TB: DType>(
         return Ok(());
     }
     check_grid(op, "C", m, n)?;
+    let tc = tc_kernel::<TA, TB>(&a, &b);
+    let (splits, per) = if tc.is_some() { k_split(dev.sm_count() as usize, m, n, k) } else { (1, 0) };
+    // split over the sum: slices 1.. write [m, n] f32 partials, added to C in
+    // slice order by gemm_tc_reduce
+    let mut scratch = match splits {
+        1 => None,
+        _ => Some(dev.output::<f32>(&[crate::error::checked_product(op, &[splits - 1, m, n])?])?),
+    };
+    let mut sv = scratch.as_mut().map(|t| t.view_mut());
+    let sp = sv.as_mut().map(|v| v.ptr_mut());
     let i = |what: &str, v: usize| to_i64(op, what, v);
     let params = sys::tf_gemm_params {
         a: a.addr,
@@ -150,51 +160,36 @@ pub(crate) unsafe fn gemm<TA: DType, TB: DType>(
         b_rs: i("b row stride", b.rs)?,
         b_cs: i("b column stride", b.cs)?,
         c_rs: i("c row stride", n)?,
-        partial: 0,
-        k_splits: 1,
-        split_k_tiles: 0,
+        partial: sp.as_ref().map_or(0, |p| p.addr),
+        k_splits: to_i32(op, "k slices", splits)?,
+        split_k_tiles: to_i32(op, "k-steps a slice", per)?,
     };
-    let (name, geometry) = match tc_kernel::<TA, TB>(&a, &b) {
+    let (name, geometry) = match tc {
         Some(name) => {
-            let (splits, per) = k_split(dev.sm_count() as usize, m, n, k);
             let z = to_u32(op, "k slices", splits)?;
             let grid = [to_u32(op, "grid x", n.div_ceil(TC_TILE))?, to_u32(op, "grid y", m.div_ceil(TC_TILE))?, z];
-            let geometry = Geometry { grid, block: [128, 1, 1], smem: sys::TF_GEMM_TC_SMEM };
-            if splits > 1 {
-                // slices 1.. write [m, n] f32 partials, added to C in slice order
-                let len = crate::error::checked_product(op, &[splits - 1, m, n])?;
-                let mut scratch = dev.output::<f32>(&[len])?;
-                let mut sv = scratch.view_mut();
-                let sp = sv.ptr_mut();
-                let params = sys::tf_gemm_params {
-                    partial: sp.addr,
-                    k_splits: to_i32(op, "k slices", splits)?,
-                    split_k_tiles: to_i32(op, "k-steps a slice", per)?,
-                    ..params
-                };
-                let blocks = to_u32(op, "reduce blocks", (m * n).div_ceil(REDUCE_THREADS as usize).min(4096))?;
-                let reduce = Geometry { grid: [blocks, 1, 1], block: [REDUCE_THREADS, 1, 1], smem: 0 };
-                // SAFETY: the caller's contract for a, b and c; the scratch holds
-                // the (splits - 1) · m · n partials the slices write and the
-                // reduce reads, and lives (with its pointer guard) until both
-                // launches have run (stream-ordered or synchronous).
-                unsafe {
-                    dev.launch(op, name, &geometry, &params)?;
-                    dev.launch(op, "gemm_tc_reduce", &reduce, &params)?;
-                }
-                drop(sp);
-                return Ok(());
-            }
-            (name, geometry)
+            (name, Geometry { grid, block: [128, 1, 1], smem: sys::TF_GEMM_TC_SMEM })
         }
         None => {
             let grid = [to_u32(op, "grid x", n.div_ceil(TILE))?, to_u32(op, "grid y", m.div_ceil(TILE))?, 1];
             (kernel::<TA, TB>(), Geometry { grid, block: [TILE as u32, TILE as u32, 1], smem: 0 })
         }
     };
+    let blocks = to_u32(op, "reduce blocks", (m * n).div_ceil(REDUCE_THREADS as usize).min(4096))?;
+    let reduce = Geometry { grid: [blocks, 1, 1], block: [REDUCE_THREADS, 1, 1], smem: 0 };
     // SAFETY: the caller's contract (operands and C in bounds at these strides);
-    // tc_kernel admitted the tensor-core kernel's alignment preconditions.
-    unsafe { dev.launch(op, name, &geometry, &params) }
+    // tc_kernel admitted the tensor-core kernel's alignment preconditions; the
+    // scratch holds the (splits - 1)·m·n partials the slices write and the
+    // reduce reads, and lives (with its pointer guard) until both launches have
+    // run (stream-ordered or synchronous).
+    unsafe {
+        dev.launch(op, name, &geometry, &params)?;
+        if splits > 1 {
+            dev.launch(op, "gemm_tc_reduce", &reduce, &params)?;
+        }
+    }
+    drop(sp);
+    Ok(())
 }
 
 #[cfg(test)]
