@@ -133,6 +133,32 @@ pub fn plan<T: DType>(
     Ok(BackwardPlan { t, n, d_in, d_out, scale, region: need / 3, ld16: n.next_multiple_of(8) })
 }
 
+/// The three products after the norm backward, from S and dA (type `TS`, row
+/// stride `ld`): `dV_P = Sᵀ·dY`, `dX = dA·K_P`, `dK_P = dAᵀ·X`, with `inputs`
+/// the column-wise dY, K_P and X and `outputs` dV_P, dX and dK_P.
+///
+/// # Safety
+/// As [`gemm`]: S and dA are `[t, n]` at row stride `ld`, dY `[t, d_out]`, K_P
+/// `[n, d_in]`, X `[t, d_in]`, the outputs f32 `[n, d_out]`, `[t, d_in]`,
+/// `[n, d_in]`, all live until the launches have run.
+unsafe fn weight_products<TS: DType, T: DType>(
+    dev: &Device,
+    (t, n, d_in, d_out): (usize, usize, usize, usize),
+    (s, da, ld): (u64, u64, usize),
+    [dy, k_p, x]: [Operand; 3],
+    [dv_p, dx, dk_p]: [u64; 3],
+) -> Result<()> {
+    // SAFETY: the caller's contract, operand by operand.
+    unsafe {
+        // dV_P [n, d_out] = Sᵀ·dY: A(j, i) = S[i, j], B(c, i) = dY[i, c]
+        gemm::<TS, T>(OP, dev, (n, d_out, t), Operand::cols(s, ld), dy, dv_p)?;
+        // dX [t, d_in] = dA·K_P: B(c, j) = K_P[j, c]
+        gemm::<TS, T>(OP, dev, (t, d_in, n), Operand::rows(da, ld), k_p, dx)?;
+        // dK_P [n, d_in] = dAᵀ·X: A(j, i) = dA[i, j], B(c, i) = X[i, c]
+        gemm::<TS, T>(OP, dev, (n, d_in, t), Operand::cols(da, ld), x, dk_p)
+    }
+}
+
 /// The gradients of `Y = Θ(X·K_Pᵀ)·V_P` with respect to `X`, `K_P` and `V_P`,
 /// given `dy = ∂L/∂Y [t, d_out]`, in f32 (new tensors). The scratch (three
 /// `[t, n]` f32 matrices) comes from `workspace` (at least
@@ -170,9 +196,11 @@ pub fn pattention_backward<T: DType>(
     let (xs, ks, vs, dys) = (x.strides()[0], k_p.strides()[0], v_p.strides()[0], dy.strides()[0]);
     let (rows, cols) = (Operand::rows, Operand::cols);
     let sixteen = std::mem::size_of::<T>() == 2;
+    // Where the norm backward leaves S and dA for the last three products.
     // 16-bit: S [t, ld16] at s, dA [t, ld16] right after it (t·ld16·2 bytes, a
-    // multiple of 16), both inside region s (t·ld16·4 bytes).
-    let da16 = s + (t * p.ld16 * 2) as u64;
+    // multiple of 16), both inside region s (t·ld16·4 bytes). f32: S at s, dA
+    // over dS at d, row stride n.
+    let (da, ld_out) = if sixteen { (s + (t * p.ld16 * 2) as u64, p.ld16) } else { (d, n) };
     // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
     // dy [t, d_out] (contiguous rows at the given strides, 16-bit ones 16-byte
     // aligned with strides that are multiples of 8, i64-safe sizes) and the
@@ -180,7 +208,7 @@ pub fn pattention_backward<T: DType>(
     // stride n; or, in s, the 16-bit S and dA of row stride ld16). Each gemm's
     // operands address exactly these matrices (a transposed one through swapped
     // strides) and its C is one of the [.., ..] f32 outputs or a region; the norm
-    // backward touches rows [0, t) of a, s and d (and da16). The borrows and
+    // backward touches rows [0, t) of a, s and d (and da). The borrows and
     // guards outlive the launches, which are stream-ordered (CUDA) or synchronous.
     unsafe {
         gemm::<T, T>(OP, dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
@@ -190,11 +218,11 @@ pub fn pattention_backward<T: DType>(
                 a,
                 s,
                 d,
-                da: if sixteen { da16 } else { 0 },
+                da: if sixteen { da } else { 0 },
                 t: to_i64(OP, "t", t)?,
                 n: to_i64(OP, "n", n)?,
                 ld: to_i64(OP, "n", n)?,
-                ld_out: to_i64(OP, "n", if sixteen { p.ld16 } else { n })?,
+                ld_out: to_i64(OP, "n", ld_out)?,
                 scale: p.scale,
                 eps: opts.eps,
                 norm: opts.norm.code() as i32,
@@ -208,20 +236,14 @@ pub fn pattention_backward<T: DType>(
             let geometry = Geometry { grid: [to_u32(OP, "rows", t)?, 1, 1], block: [NORM_THREADS, 1, 1], smem: 0 };
             dev.launch(OP, kernel, &geometry, &params)?;
         }
+        let inputs = [cols(dyp.addr, dys), cols(kp.addr, ks), cols(xp.addr, xs)];
+        let outputs = [dvp.addr, dxp.addr, dkp.addr];
         if sixteen {
-            // the same three products from the 16-bit S and dA, on tensor cores
-            gemm::<T, T>(OP, dev, (n, d_out, t), cols(s, p.ld16), cols(dyp.addr, dys), dvp.addr)?;
-            gemm::<T, T>(OP, dev, (t, d_in, n), rows(da16, p.ld16), cols(kp.addr, ks), dxp.addr)?;
-            gemm::<T, T>(OP, dev, (n, d_in, t), cols(da16, p.ld16), cols(xp.addr, xs), dkp.addr)?;
-            drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
-            return Ok(PattentionGrads { dx, dk_p, dv_p });
+            // from the 16-bit S and dA, on tensor cores
+            weight_products::<T, T>(dev, (t, n, d_in, d_out), (s, da, ld_out), inputs, outputs)?;
+        } else {
+            weight_products::<f32, T>(dev, (t, n, d_in, d_out), (s, da, ld_out), inputs, outputs)?;
         }
-        // dV_P [n, d_out] = Sᵀ·dY: A(j, i) = S[i, j], B(c, i) = dY[i, c]
-        gemm::<f32, T>(OP, dev, (n, d_out, t), cols(s, n), cols(dyp.addr, dys), dvp.addr)?;
-        // dX [t, d_in] = dA·K_P: B(c, j) = K_P[j, c]
-        gemm::<f32, T>(OP, dev, (t, d_in, n), rows(d, n), cols(kp.addr, ks), dxp.addr)?;
-        // dK_P [n, d_in] = dAᵀ·X: A(j, i) = dA[i, j], B(c, i) = X[i, c]
-        gemm::<f32, T>(OP, dev, (n, d_in, t), cols(d, n), cols(xp.addr, xs), dkp.addr)?;
     }
     drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
     Ok(PattentionGrads { dx, dk_p, dv_p })
