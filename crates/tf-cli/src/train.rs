@@ -176,8 +176,11 @@ impl<T: DType> Backend for tf_host::Trainer<T> {
         tf_host::Trainer::eval_loss(self, data).map_err(s)
     }
     fn loss_scale(&self) -> Option<String> {
-        let meta = self.loss_scale_metadata();
-        let rule = meta.get("tokenformer.device.loss_scale").map_or("?", |r| r.split(':').next().unwrap_or("?"));
+        let rule = match self.loss_scale_rule() {
+            LossScale::Off => "off",
+            LossScale::Static(_) => "static",
+            LossScale::Dynamic { .. } => "dynamic",
+        };
         Some(format!("{} ({rule})", tf_host::Trainer::loss_scale(self)))
     }
     fn save(&self, path: &Path, data: u64) -> CliResult<()> {

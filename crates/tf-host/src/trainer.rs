@@ -255,6 +255,11 @@ impl<T: DType> Trainer<T> {
         self.scale
     }
 
+    /// The loss scaling's rule ([`set_loss_scale`](Self::set_loss_scale)).
+    pub fn loss_scale_rule(&self) -> LossScale {
+        self.loss_scale
+    }
+
     /// The loss scaling's rule and state as a checkpoint keeps them (metadata
     /// under `tokenformer.device.`, written by [`save`](Self::save)).
     pub fn loss_scale_metadata(&self) -> BTreeMap<String, String> {
