@@ -46,7 +46,8 @@
 //   the mask. The epilogue stages O (already
 //   divided by the row sum, in the storage type) through the warp's own rows of
 //   the Q tile and writes 16-byte rows; rows >= T_q are never written.
-//   Tile choices in Traits below (FlashAttention-2's, narrowed where they spill).
+//   Tile loads and step offsets: tf/attention_tiles.cuh. Tile choices in Traits
+//   below (FlashAttention-2's, narrowed where they spill).
 //
 // Split-KV (attn_fwd_split_*, decode against a long KV cache): grid
 //   (ceil(T_q / BM) * num_splits, B, H); split s of a query block runs K blocks
@@ -73,6 +74,7 @@
 #include "tf/swizzle.cuh"
 #include "tf/attention_math.cuh"
 #include "tf/attention_common.cuh"
+#include "tf/attention_tiles.cuh"
 
 namespace tf_attn {
 
@@ -143,17 +145,6 @@ __device__ __forceinline__ float quad_max(float v) {
     return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
 }
 
-// An empty asm that "changes" x: the value becomes loop-carried for the compiler,
-// so ptxas keeps it in its register instead of recomputing it from %tid in every
-// K block (it did: ~8 instructions per block and operand at hd 64). Emits nothing.
-__device__ __forceinline__ void keep_in_register(uint32_t& x) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("" : "+r"(x));
-#else
-    (void)x;
-#endif
-}
-
 // ------------------------------------------------------------- split-KV helpers
 
 // Split-KV partials of one split: rows [r0, r0 + ...) of o_accum / lse_accum
@@ -207,67 +198,6 @@ __device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, co
         }
     }
     return bad;
-}
-
-// ------------------------------------------------- tensor-core path (f16/bf16)
-
-// Issues the cp.async copies of a ROWS x HD tile (rows [0, rows_valid) of `g`, row
-// stride `ld` elements) into the swizzled tile `s`; rows past rows_valid are
-// zero-filled (their source address is clamped to `g`, never read).
-// Thread mapping: 8 threads per row, 16 rows per pass; thread t copies chunks
-// t % 8 and t % 8 + 8 (if the row has it) of rows t / 8 + 16 i. Rows 16 apart have
-// the same swizzle, so a thread's shared offsets are one base plus constants and
-// its global addresses one base plus multiples of 16 * ld.
-template <typename Tr, int ROWS, typename T>
-__device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t ld, int64_t rows_valid, int tid) {
-    using Sw = tf::Swizzle<Tr::kChunks>;
-    constexpr int kPasses = ROWS / 16;
-    static_assert(ROWS % 16 == 0 && Tr::kThreads == 128, "16 rows of 8 threads per pass");
-    static_assert(Tr::kChunks >= 8 && Tr::kChunks <= 16, "one or two chunks per thread and row");
-    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
-    const int rv = (int)min64(rows_valid, ROWS);  // rows_valid >= 1: the tile starts inside the tensor
-    const bool two = c0 + 8 < Tr::kChunks;
-    unsigned char* st = s + Sw::offset(r0, c0);
-    const T* gt = g + r0 * ld + c0 * 8;
-    const int64_t ld16 = 16 * ld;
-#pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-        const bool ok = r0 + 16 * i < rv;
-        const T* src = ok ? gt + i * ld16 : g;
-        const int bytes = ok ? 16 : 0;
-        tf::cp_async_16(st + 16 * i * Sw::kRowBytes, src, bytes);
-        if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, src + (ok ? 64 : 0), bytes);
-    }
-}
-
-// The same copies for a tile whose ROWS rows all lie inside the tensor (every K/V
-// block but the T_k tail): `st` is the thread's swizzled shared address (the tile
-// plus Sw::offset(r0, c0)) and `gt` its global source (row r0, chunk c0), both
-// computed once before the K-block loop; no predicate, no clamping.
-template <typename Tr, int ROWS, typename T>
-__device__ __forceinline__ void load_tile_full(unsigned char* st, const T* gt, int64_t ld16, bool two) {
-    using Sw = tf::Swizzle<Tr::kChunks>;
-    constexpr int kPasses = ROWS / 16;
-#pragma unroll
-    for (int i = 0; i < kPasses; ++i) {
-        tf::cp_async_16(st + 16 * i * Sw::kRowBytes, gt, 16);
-        if (two) tf::cp_async_16(st + 16 * i * Sw::kRowBytes + 128, gt + 64, 16);
-        gt += ld16;
-    }
-}
-
-// Byte offset, inside a swizzled tile, of the 16-byte chunk 2 * step + j of a row
-// when `off0` is that of chunk j (j in {0, 1}). The swizzle XORs the low
-// log2(kGroup) bits of the chunk index with a function of the row, so chunk
-// 2 * step + j lands at off0 with the chunk bits 1 .. log2(kGroup) - 1 flipped by
-// step % (kGroup / 2), plus whole groups of kGroup chunks for step / (kGroup / 2):
-// one LOP3 (or none) per step and per operand instead of recomputing the swizzle.
-// Rows are multiples of kGroup chunks, so the XOR never reaches the row bits.
-template <typename Sw>
-__device__ __forceinline__ uint32_t step_offset(uint32_t off0, int step) {
-    constexpr int kHalf = Sw::kGroup / 2;
-    static_assert(kHalf >= 1, "head dims are multiples of 16: an even number of chunks a row");
-    return (off0 ^ (uint32_t)(32 * (step % kHalf))) + (uint32_t)(32 * kHalf * (step / kHalf));
 }
 
 // ------------------------------------------ non-finite V behind the causal mask

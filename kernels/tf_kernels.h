@@ -439,6 +439,47 @@ typedef struct tf_attn_backward_params {
     int32_t causal;          /* 1: bottom-right aligned causal mask */
 } tf_attn_backward_params;
 
+/* ------------------------------------- attention backward, tensor cores --- */
+
+/* FlashAttention-2-style backward for f16 / bf16 (kernels/attention_backward_tc.cu),
+ * head dims 64, 80, 96, 128, three launches with these params:
+ *   attn_bwd_delta_{f16,bf16}: delta_i = do_i . o_i, a warp per row, any head_dim
+ *     <= TF_ATTN_BACKWARD_MAX_D; grid-stride over B * H * t_q rows, 256 threads.
+ *   attn_bwd_dkv_{t}_hd{D}: grid (ceil(t_k / TF_ATTN_BWD_BLOCK), B, H), dk and dv of
+ *     the block's keys over every query that sees them.
+ *   attn_bwd_dq_{t}_hd{D}: grid (ceil(t_q / TF_ATTN_BWD_BLOCK), B, H), dq of the
+ *     block's queries over every key they see.
+ * TF_ATTN_THREADS threads; dynamic shared memory
+ *   4 * BLOCK * D + 8 * STEP * D + 16 * STEP bytes (STEP = TF_ATTN_BWD_STEP_HD{D}).
+ * Operand element (b, t, h, c) at b*sb + t*st + h*sh + c: bases 16-byte aligned,
+ * strides multiples of 8 elements. lse and delta [B, H, t_q] f32, contiguous;
+ * gradients f32, contiguous [B, T, H, D]. */
+#define TF_ATTN_BWD_BLOCK 64         /* rows a CTA owns (keys for dkv, queries for dq), 16 a warp */
+#define TF_ATTN_BWD_STEP_HD64 64     /* rows streamed per step (queries for dkv, keys for dq) */
+#define TF_ATTN_BWD_STEP_HD80 64
+#define TF_ATTN_BWD_STEP_HD96 64
+#define TF_ATTN_BWD_STEP_HD128 32
+typedef struct tf_attn_bwd_params {
+    tf_ptr q;                /* [B, T_q, H, D] storage type */
+    tf_ptr k;                /* [B, T_k, H, D] storage type */
+    tf_ptr v;                /* [B, T_k, H, D] storage type */
+    tf_ptr o;                /* [B, T_q, H, D] storage type: the forward's output */
+    tf_ptr d_o;              /* [B, T_q, H, D] storage type: dL/do */
+    tf_ptr lse;              /* [B, H, T_q] f32: the forward's lse (+inf: the row sees no key) */
+    tf_ptr delta;            /* [B, H, T_q] f32: written by attn_bwd_delta_*, read by the others */
+    tf_ptr dq;               /* [B, T_q, H, D] f32 (output) */
+    tf_ptr dk;               /* [B, T_k, H, D] f32 (output) */
+    tf_ptr dv;               /* [B, T_k, H, D] f32 (output) */
+    int64_t batch, t_q, t_k, heads, head_dim;
+    int64_t q_sb, q_st, q_sh;    /* strides of q (elements) */
+    int64_t k_sb, k_st, k_sh;    /* strides of k */
+    int64_t v_sb, v_st, v_sh;    /* strides of v */
+    int64_t o_sb, o_st, o_sh;    /* strides of o */
+    int64_t do_sb, do_st, do_sh; /* strides of d_o */
+    float scale;             /* softmax scale on q.k, finite, > 0 */
+    int32_t causal;          /* 1: bottom-right aligned causal mask */
+} tf_attn_bwd_params;
+
 /* ----------------------------------------------------------------- adamw --- */
 
 /* The fused AdamW step (kernels/adamw.cu) over a list of tensors, in three launches

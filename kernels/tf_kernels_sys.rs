@@ -31,6 +31,11 @@ pub const TF_GEMM_TC_SMEM: u32 = 65536;
 pub const TF_GEMM_TC_MAX_SPLITS: u32 = 16;
 pub const TF_GEMM_TC_MIN_SPLIT_TILES: u32 = 4;
 pub const TF_ATTN_BACKWARD_MAX_D: u32 = 256;
+pub const TF_ATTN_BWD_BLOCK: u32 = 64;
+pub const TF_ATTN_BWD_STEP_HD64: u32 = 64;
+pub const TF_ATTN_BWD_STEP_HD80: u32 = 64;
+pub const TF_ATTN_BWD_STEP_HD96: u32 = 64;
+pub const TF_ATTN_BWD_STEP_HD128: u32 = 32;
 pub const TF_ADAMW_THREADS: u32 = 256;
 pub const TF_ADAMW_CHUNK: u32 = 16384;
 pub const TF_EMU_MAX_STATIC_SMEM: u32 = 49152;
@@ -693,6 +698,79 @@ const _: () = {
         [::std::mem::offset_of!(tf_attn_backward_params, scale) - 208usize];
     ["Offset of field: tf_attn_backward_params::causal"]
         [::std::mem::offset_of!(tf_attn_backward_params, causal) - 212usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_attn_bwd_params {
+    pub q: tf_ptr,
+    pub k: tf_ptr,
+    pub v: tf_ptr,
+    pub o: tf_ptr,
+    pub d_o: tf_ptr,
+    pub lse: tf_ptr,
+    pub delta: tf_ptr,
+    pub dq: tf_ptr,
+    pub dk: tf_ptr,
+    pub dv: tf_ptr,
+    pub batch: i64,
+    pub t_q: i64,
+    pub t_k: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub q_sb: i64,
+    pub q_st: i64,
+    pub q_sh: i64,
+    pub k_sb: i64,
+    pub k_st: i64,
+    pub k_sh: i64,
+    pub v_sb: i64,
+    pub v_st: i64,
+    pub v_sh: i64,
+    pub o_sb: i64,
+    pub o_st: i64,
+    pub o_sh: i64,
+    pub do_sb: i64,
+    pub do_st: i64,
+    pub do_sh: i64,
+    pub scale: f32,
+    pub causal: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_attn_bwd_params"][::std::mem::size_of::<tf_attn_bwd_params>() - 248usize];
+    ["Alignment of tf_attn_bwd_params"][::std::mem::align_of::<tf_attn_bwd_params>() - 8usize];
+    ["Offset of field: tf_attn_bwd_params::q"][::std::mem::offset_of!(tf_attn_bwd_params, q) - 0usize];
+    ["Offset of field: tf_attn_bwd_params::k"][::std::mem::offset_of!(tf_attn_bwd_params, k) - 8usize];
+    ["Offset of field: tf_attn_bwd_params::v"][::std::mem::offset_of!(tf_attn_bwd_params, v) - 16usize];
+    ["Offset of field: tf_attn_bwd_params::o"][::std::mem::offset_of!(tf_attn_bwd_params, o) - 24usize];
+    ["Offset of field: tf_attn_bwd_params::d_o"][::std::mem::offset_of!(tf_attn_bwd_params, d_o) - 32usize];
+    ["Offset of field: tf_attn_bwd_params::lse"][::std::mem::offset_of!(tf_attn_bwd_params, lse) - 40usize];
+    ["Offset of field: tf_attn_bwd_params::delta"][::std::mem::offset_of!(tf_attn_bwd_params, delta) - 48usize];
+    ["Offset of field: tf_attn_bwd_params::dq"][::std::mem::offset_of!(tf_attn_bwd_params, dq) - 56usize];
+    ["Offset of field: tf_attn_bwd_params::dk"][::std::mem::offset_of!(tf_attn_bwd_params, dk) - 64usize];
+    ["Offset of field: tf_attn_bwd_params::dv"][::std::mem::offset_of!(tf_attn_bwd_params, dv) - 72usize];
+    ["Offset of field: tf_attn_bwd_params::batch"][::std::mem::offset_of!(tf_attn_bwd_params, batch) - 80usize];
+    ["Offset of field: tf_attn_bwd_params::t_q"][::std::mem::offset_of!(tf_attn_bwd_params, t_q) - 88usize];
+    ["Offset of field: tf_attn_bwd_params::t_k"][::std::mem::offset_of!(tf_attn_bwd_params, t_k) - 96usize];
+    ["Offset of field: tf_attn_bwd_params::heads"][::std::mem::offset_of!(tf_attn_bwd_params, heads) - 104usize];
+    ["Offset of field: tf_attn_bwd_params::head_dim"][::std::mem::offset_of!(tf_attn_bwd_params, head_dim) - 112usize];
+    ["Offset of field: tf_attn_bwd_params::q_sb"][::std::mem::offset_of!(tf_attn_bwd_params, q_sb) - 120usize];
+    ["Offset of field: tf_attn_bwd_params::q_st"][::std::mem::offset_of!(tf_attn_bwd_params, q_st) - 128usize];
+    ["Offset of field: tf_attn_bwd_params::q_sh"][::std::mem::offset_of!(tf_attn_bwd_params, q_sh) - 136usize];
+    ["Offset of field: tf_attn_bwd_params::k_sb"][::std::mem::offset_of!(tf_attn_bwd_params, k_sb) - 144usize];
+    ["Offset of field: tf_attn_bwd_params::k_st"][::std::mem::offset_of!(tf_attn_bwd_params, k_st) - 152usize];
+    ["Offset of field: tf_attn_bwd_params::k_sh"][::std::mem::offset_of!(tf_attn_bwd_params, k_sh) - 160usize];
+    ["Offset of field: tf_attn_bwd_params::v_sb"][::std::mem::offset_of!(tf_attn_bwd_params, v_sb) - 168usize];
+    ["Offset of field: tf_attn_bwd_params::v_st"][::std::mem::offset_of!(tf_attn_bwd_params, v_st) - 176usize];
+    ["Offset of field: tf_attn_bwd_params::v_sh"][::std::mem::offset_of!(tf_attn_bwd_params, v_sh) - 184usize];
+    ["Offset of field: tf_attn_bwd_params::o_sb"][::std::mem::offset_of!(tf_attn_bwd_params, o_sb) - 192usize];
+    ["Offset of field: tf_attn_bwd_params::o_st"][::std::mem::offset_of!(tf_attn_bwd_params, o_st) - 200usize];
+    ["Offset of field: tf_attn_bwd_params::o_sh"][::std::mem::offset_of!(tf_attn_bwd_params, o_sh) - 208usize];
+    ["Offset of field: tf_attn_bwd_params::do_sb"][::std::mem::offset_of!(tf_attn_bwd_params, do_sb) - 216usize];
+    ["Offset of field: tf_attn_bwd_params::do_st"][::std::mem::offset_of!(tf_attn_bwd_params, do_st) - 224usize];
+    ["Offset of field: tf_attn_bwd_params::do_sh"][::std::mem::offset_of!(tf_attn_bwd_params, do_sh) - 232usize];
+    ["Offset of field: tf_attn_bwd_params::scale"][::std::mem::offset_of!(tf_attn_bwd_params, scale) - 240usize];
+    ["Offset of field: tf_attn_bwd_params::causal"][::std::mem::offset_of!(tf_attn_bwd_params, causal) - 244usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

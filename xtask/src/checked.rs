@@ -43,7 +43,15 @@ const CHECKED: &[(&str, &[&str])] = &[
             "fewer_queries_than_keys_decode_and_chunked_prefill",
         ],
     ),
-    ("attention_backward", &["gradients_match_tf_ref", "strided_operands", "training_forward_matches_tf_ref"]),
+    (
+        "attention_backward",
+        &[
+            "gradients_match_tf_ref",
+            "strided_operands",
+            "training_forward_matches_tf_ref",
+            "tensor_core_path_matches_tf_ref",
+        ],
+    ),
     ("grow", &["growth_matches_tf_ref_with_tails", "unaligned_pitches_take_the_scalar_path"]),
     (
         "block_ops",

@@ -71,6 +71,7 @@ pub use model::{
 };
 pub use ops::adamw::{AdamW, AdamWConfig, StepInfo};
 pub use ops::attention::{attention, attention_into, attention_workspace_bytes, AttnArgs, AttnOptions};
+pub use ops::attention_backward::{attention_backward, attention_backward_saved, AttnGrads, AttnSaved};
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{

@@ -10,7 +10,7 @@ use super::analysis::Row;
 /// (family, arch, limit, target): issued instructions per HMMA along the hot
 /// loop's issued path (path.rs). Limits: the values measured on 2026-12-02
 /// (nvcc 13.0, `cargo xtask perf`) rounded up a little; targets: Pattention
-/// mainloops <= 3 (the backward's gemm_tc too), attention <= 4.5.
+/// mainloops <= 3 (the backward's gemm_tc too), attention <= 4.5 (its backward too).
 pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     ("pattention_scores", "sm_80", 2.2, 3.0),  // measured 2.05 (was 6.08)
     ("pattention_scores", "sm_90a", 2.5, 3.0), // measured 2.39 (was 6.34)
@@ -24,6 +24,8 @@ pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     ("attn_fwd", "sm_90a", 4.4, 4.5),          // worst: hd64 4.33 (split 4.27); was 6.66
     ("gemm_tc", "sm_80", 2.7, 3.0),            // worst layout: cc 2.59 (the backward's products)
     ("gemm_tc", "sm_90a", 3.0, 3.0),           // worst layout: cc 2.94
+    ("attn_bwd", "sm_80", 4.8, 4.5),           // worst: dq hd64 4.66, dkv hd64 4.20 (training's backward)
+    ("attn_bwd", "sm_90a", 4.8, 4.5),          // worst: dq hd64 4.70, dkv hd64 4.33
 ];
 
 /// (family, arch, limit): the epilogue's longest path (path.rs `epilogue`: any
@@ -41,10 +43,10 @@ pub const EPILOGUE_LIMITS: &[(&str, &str, f64)] = &[
 /// None for kernels the ratchet does not cover.
 pub fn family(kernel: &str) -> Option<&'static str> {
     let sixteen = kernel.contains("_f16") || kernel.contains("_bf16");
-    if kernel.starts_with("pattention_scores_reduce") {
-        return None; // the split scores' sum: no tensor-core work
+    if kernel.starts_with("pattention_scores_reduce") || kernel.starts_with("attn_bwd_delta") {
+        return None; // the split scores' sum, the backward's row dot products: no tensor-core work
     }
-    ["pattention_scores", "pattention_out64", "pattention_out", "pattention_decode", "attn_fwd", "gemm_tc"]
+    ["pattention_scores", "pattention_out64", "pattention_out", "pattention_decode", "attn_fwd", "attn_bwd", "gemm_tc"]
         .into_iter()
         .find(|f| sixteen && kernel.starts_with(f))
 }

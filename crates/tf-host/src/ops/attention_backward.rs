@@ -1,9 +1,15 @@
-//! Attention backward (kernels/attention_backward.cu): given the forward's
-//! inputs and `d_o = ∂L/∂o`, the gradients `dq`, `dk`, `dv` of scaled
-//! dot-product attention with the forward's options (bottom-right causal mask,
-//! scale). A correct SIMT path in f32 with f32 gradients; it recomputes the
-//! softmax from q and k rather than reading the forward's output. Rows that see
-//! no key pass no gradient.
+//! Attention backward: given the forward's inputs and `d_o = ∂L/∂o`, the
+//! gradients `dq`, `dk`, `dv` of scaled dot-product attention with the forward's
+//! options (bottom-right causal mask, scale), in f32. Rows that see no key pass
+//! no gradient. Two paths:
+//! - [`attention_backward`] (kernels/attention_backward.cu): SIMT, f32
+//!   arithmetic from the stored inputs, any head dimension up to 256 and any
+//!   strides; it recomputes the softmax from q and k. The exact path.
+//! - [`attention_backward_saved`] (kernels/attention_backward_tc.cu): given also
+//!   what the forward saved (`o` and `lse`), FlashAttention-2's backward on tensor
+//!   cores for f16 / bf16 at head dims 64, 80, 96, 128 with every operand 16-byte
+//!   aligned; P and dS are rounded to the storage type before their products, as
+//!   in FA2. Any other call falls back to the SIMT path.
 
 use tf_kernels::sys;
 
@@ -11,6 +17,7 @@ use crate::device::{Device, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, Error, Result};
 use crate::ops::attention::AttnArgs;
+use crate::ops::attention_backward_tc as tc;
 use crate::ops::block::rows_geometry;
 use crate::tensor::{Tensor, View};
 
@@ -215,4 +222,63 @@ pub fn attention_backward<T: DType>(dev: &Device, args: &AttnArgs<'_, T>, d_o: &
     }
     drop((qp, kp, vp, op, dqp, dkp, dvp, sp));
     Ok(AttnGrads { dq, dk, dv })
+}
+
+/// What the attention forward saved for the backward: its output `o`
+/// `[B, T_q, H, D]` (the storage type) and the natural log-sum-exp `lse`
+/// `[B, H, T_q]` (f32, `+inf` for a row that sees no key), as
+/// [`crate::ops::attention::attention`] returns them.
+#[derive(Clone, Debug)]
+pub struct AttnSaved<'a, T: DType> {
+    /// The forward's output.
+    pub o: View<'a, T>,
+    /// The forward's log-sum-exp.
+    pub lse: View<'a, f32>,
+}
+
+/// The gradients of attention from `d_o` and what the forward saved:
+/// FlashAttention-2's backward on tensor cores (`attn_bwd_*`: delta = rowsum(d_o ∘
+/// o), then dk and dv per key block, then dq per query block; no atomics, the same
+/// bits on every run) for f16 / bf16 at head dims 64, 80, 96, 128 when q, k, v, o
+/// and d_o start at multiples of 8 elements with strides (of axes longer than 1)
+/// multiples of 8, and lse is contiguous. P and dS are rounded to the storage type
+/// before their products, so the error is the storage type's, not f32's. Any other
+/// call runs [`attention_backward`] (SIMT, exact f32 arithmetic; `saved` unused
+/// beyond its shape checks).
+///
+/// `saved` must come from the forward of the same `args`: the kernels take lse and
+/// o as given. A NaN or infinite input may make gradients non-finite that the exact
+/// chain keeps finite (masked pairs still multiply 0 by it); finite inputs are
+/// unaffected. Errors: those of [`attention_backward`], `o` not of `q`'s shape, `lse`
+/// not `[B, H, T_q]`, an operand on another device.
+pub fn attention_backward_saved<T: DType>(
+    dev: &Device,
+    args: &AttnArgs<'_, T>,
+    saved: &AttnSaved<'_, T>,
+    d_o: &View<'_, T>,
+) -> Result<AttnGrads> {
+    let c = check(dev, args, Some(d_o))?;
+    if !saved.o.device().same(dev) || !saved.lse.device().same(dev) {
+        return Err(Error::DeviceMismatch { op: OP });
+    }
+    if saved.o.shape() != args.q.shape() {
+        return Err(Error::Shape {
+            op: OP,
+            msg: format!("o is {:?} but q is {:?}: they must match", saved.o.shape(), args.q.shape()),
+        });
+    }
+    if saved.lse.shape() != [c.b, c.h, c.t_q] {
+        return Err(Error::Shape {
+            op: OP,
+            msg: format!("lse is {:?}; [B, H, T_q] = {:?} expected", saved.lse.shape(), [c.b, c.h, c.t_q]),
+        });
+    }
+    let x = tc::Operands { q: &args.q, k: &args.k, v: &args.v, o: &saved.o, d_o, lse: &saved.lse };
+    match tc::plan(dev, [c.b, c.t_q, c.t_k, c.h, c.d], &x, c.scale, args.opts.causal)? {
+        Some(plan) => {
+            let (dq, dk, dv) = tc::run(dev, &plan, &x)?;
+            Ok(AttnGrads { dq, dk, dv })
+        }
+        None => attention_backward(dev, args, d_o),
+    }
 }

@@ -3,6 +3,7 @@
 pub mod adamw;
 pub mod attention;
 pub mod attention_backward;
+mod attention_backward_tc;
 pub mod block;
 pub mod block_backward;
 pub(crate) mod gemm;
