@@ -10,7 +10,7 @@ mod common;
 use common::{assert_close, on_backends, seed};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tf_host::{Device, Error, SlotCounts, Tokenformer, TokenformerConfig};
+use tf_host::{Checks, Device, EmuOptions, Error, SlotCounts, Tokenformer, TokenformerConfig};
 use tf_ref::{ModelParams, Slot};
 
 /// Relative Frobenius error allowed per parameter tensor: f32 through two blocks
@@ -82,12 +82,14 @@ fn loss_and_gradients_match_tf_ref_on(dev: &Device) {
 /// (f16), for a chain of about twenty roundings to the type (measured over nine
 /// seeds: bf16 1.7e-2 to 3.5e-2, f16 1.9e-3 to 2.9e-3; with Pattention's
 /// products on tensor cores, S and dA rounded to the type as well, over five:
-/// bf16 2.0e-2 to 3.2e-2, f16 2.2e-3 to 3.3e-3).
-fn sixteen_bit<T: tf_host::DType>(dev: &Device, loss_tol: f64, grad_tol: f64) {
-    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+/// bf16 2.0e-2 to 3.2e-2, f16 2.2e-3 to 3.3e-3). `heads`: the tiny config's 4
+/// (head dim 16: the SIMT attention) or 1 (head dim 64: attention forward and
+/// backward on tensor cores, `t` tokens over two 64-row blocks).
+fn sixteen_bit<T: tf_host::DType>(dev: &Device, heads: usize, t: usize, loss_tol: f64, grad_tol: f64) {
+    let cfg = TokenformerConfig { heads, ..TokenformerConfig::by_name("tiny").unwrap() };
     let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0003);
     let model = Tokenformer::<T>::new(dev, &cfg, r.random()).unwrap();
-    let (x, y) = tokens(&mut r, 24, cfg.vocab);
+    let (x, y) = tokens(&mut r, t, cfg.vocab);
     let params = model.to_params().unwrap();
     let (loss, grads) = model.loss_and_grads(&x, &y).unwrap();
     let (want_loss, want) = tf_ref::loss_and_grads(&params, &cfg, &x, &y).unwrap();
@@ -105,7 +107,11 @@ fn sixteen_bit<T: tf_host::DType>(dev: &Device, loss_tol: f64, grad_tol: f64) {
             }
         }
     }
-    eprintln!("{}: loss {loss:.5} (tf-ref {want_loss:.5}), worst gradient error {worst:.2e}", T::NAME);
+    eprintln!(
+        "{} hd {}: loss {loss:.5} (tf-ref {want_loss:.5}), worst gradient error {worst:.2e}",
+        T::NAME,
+        cfg.d / heads
+    );
 }
 
 #[test]
@@ -114,8 +120,31 @@ fn sixteen_bit_models() {
 }
 
 fn sixteen_bit_models_on(dev: &Device) {
-    sixteen_bit::<tf_host::bf16>(dev, 1e-2, 8e-2);
-    sixteen_bit::<tf_host::f16>(dev, 2e-3, 1e-2);
+    for (heads, t) in [(4, 24), (1, 70)] {
+        sixteen_bit::<tf_host::bf16>(dev, heads, t, 1e-2, 8e-2);
+        sixteen_bit::<tf_host::f16>(dev, heads, t, 2e-3, 1e-2);
+    }
+}
+
+/// The chain takes the tensor-core attention, forward and backward, for a 16-bit
+/// model at head dim 64 and the SIMT one at head dim 16 (the emulator's launch
+/// profiles name the kernels).
+#[test]
+fn sixteen_bit_attention_takes_the_tensor_cores_at_head_dim_64() {
+    let dev = Device::emulator_with(EmuOptions { checks: Checks::PROFILE, ..Default::default() });
+    let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0006);
+    for (heads, tc) in [(1, true), (4, false)] {
+        let cfg = TokenformerConfig { heads, ..TokenformerConfig::by_name("tiny").unwrap() };
+        let model = Tokenformer::<tf_host::bf16>::new(&dev, &cfg, r.random()).unwrap();
+        let (x, y) = tokens(&mut r, 9, cfg.vocab);
+        let _ = dev.take_profiles();
+        model.loss_and_grads(&x, &y).unwrap();
+        let ran: Vec<String> = dev.take_profiles().into_iter().map(|p| p.kernel).collect();
+        for k in ["attn_fwd_bf16_hd64", "attn_bwd_dkv_bf16_hd64", "attn_bwd_dq_bf16_hd64"] {
+            assert_eq!(ran.iter().any(|r| r.starts_with(k)), tc, "heads {heads}: {k} in {ran:?}");
+        }
+        assert_eq!(ran.iter().any(|r| r.starts_with("attn_backward_dq")), !tc, "heads {heads}: the SIMT backward");
+    }
 }
 
 /// Every gradient as bits, in parameter order.

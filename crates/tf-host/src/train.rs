@@ -19,8 +19,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::layer::Pattention;
 use crate::model::Tokenformer;
-use crate::ops::attention::{AttnArgs, AttnOptions};
-use crate::ops::attention_backward::{attention_backward, attention_forward};
+use crate::ops::attention::{attention, AttnArgs, AttnOptions, HEAD_DIMS};
+use crate::ops::attention_backward::{attention_backward, attention_backward_saved, attention_forward, AttnSaved};
 use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
 use crate::ops::block_backward::{
     cast_from_f32, cross_entropy_backward_into, cross_entropy_backward_scaled_into, embedding_backward,
@@ -159,6 +159,9 @@ struct BlockActs<T: DType> {
     k: Tensor<T>,
     v: Tensor<T>,
     ctx: Tensor<T>,
+    /// The attention's lse when its forward ran on tensor cores (then `ctx` is its
+    /// output `o` and the backward is `attention_backward_saved`).
+    lse: Option<Tensor<f32>>,
     x1: Tensor<T>,
     h1: Tensor<T>,
 }
@@ -270,11 +273,18 @@ impl<T: DType> Tokenformer<T> {
         rotary_into(dev, &mut k.view_mut(), &su.rope)?;
         let args =
             AttnArgs { q: q.reshaped(&shape4)?, k: k.reshaped(&shape4)?, v: v.reshaped(&shape4)?, opts: su.attn };
-        let ctx = cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?;
+        // f16 / bf16 at a head dim with kernels: the tensor-core forward, whose o and
+        // lse the tensor-core backward takes; otherwise the SIMT rows in f32.
+        let (ctx, lse) = if std::mem::size_of::<T>() == 2 && HEAD_DIMS.contains(&su.shape4[3]) {
+            let (o, lse) = attention(dev, &args)?;
+            (o.reshape(&[t, d])?, Some(lse))
+        } else {
+            (cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?, None)
+        };
         let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
         let h1 = ln(&x1)?;
         let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
-        Ok((BlockActs { x, h, q, k, v, ctx, x1, h1 }, out))
+        Ok((BlockActs { x, h, q, k, v, ctx, lse, x1, h1 }, out))
     }
 
     /// The forward of tf-ref's `loss_and_grads`, keeping every block's
@@ -370,7 +380,13 @@ impl<T: DType> Tokenformer<T> {
                 opts: attn,
             };
             let d_o = cast(&proj.dx)?;
-            let ag = attention_backward(dev, &args, &d_o.reshaped(&shape4)?)?;
+            let ag = match &a.lse {
+                Some(lse) => {
+                    let saved = AttnSaved { o: a.ctx.reshaped(&shape4)?, lse: lse.view() };
+                    attention_backward_saved(dev, &args, &saved, &d_o.reshaped(&shape4)?)?
+                }
+                None => attention_backward(dev, &args, &d_o.reshaped(&shape4)?)?,
+            };
             let (mut dq, mut dk, dv) = (ag.dq.reshape(&[t, d])?, ag.dk.reshape(&[t, d])?, ag.dv.reshape(&[t, d])?);
             rotary_backward_into(dev, &mut dq.view_mut(), &rope)?;
             rotary_backward_into(dev, &mut dk.view_mut(), &rope)?;
