@@ -29,7 +29,8 @@ use std::process::Command;
 /// shell, a virtual environment) is no reason to recompile every kernel. The nvcc
 /// found is a rerun trigger itself; to switch compilers, set `NVCC` or `CUDA_HOME`.
 /// (The `emulator-only` feature needs no trigger: cargo rebuilds on a feature change.)
-const ENV_VARS: &[&str] = &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "CI"];
+const ENV_VARS: &[&str] =
+    &["NVCC", "CUDA_HOME", "CUDA_PATH", "TF_CUDA_ARCHS", "CUDA_COMPUTE_CAP", "TF_NO_NVCC", "TF_FATBIN_EXTERNAL", "CI"];
 
 /// Extensions of the kernel sources and headers nvcc and the emulator build read.
 const SOURCE_EXTS: &[&str] = &["cu", "h", "cuh", "hpp", "hh", "inc", "inl"];
@@ -323,9 +324,29 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>, cu_files: &[PathBuf]
     let mut s = String::new();
     match fatbin {
         Some(f) => {
-            writeln!(s, "/// The fatbin of every kernel (SASS + PTX for {}).", f.archs).ok();
-            writeln!(s, "pub static FATBIN: Option<&[u8]> = Some(include_bytes!({:?}));", f.path.display().to_string())
+            // TF_FATBIN_EXTERNAL (the GPU run kit): the fatbin is compiled but not
+            // embedded; the binaries load the file `TF_FATBIN` names at run time.
+            if env::var_os("TF_FATBIN_EXTERNAL").is_some_and(|v| !v.is_empty() && v != "0") {
+                writeln!(
+                    s,
+                    "/// None: built with TF_FATBIN_EXTERNAL, the fatbin ({}) is loaded from TF_FATBIN.",
+                    f.archs
+                )
                 .ok();
+                writeln!(s, "pub static FATBIN: Option<&[u8]> = None;").ok();
+                writeln!(s, "/// The fatbin was compiled but not embedded (TF_FATBIN_EXTERNAL).").ok();
+                writeln!(s, "pub static FATBIN_EXTERNAL: bool = true;").ok();
+            } else {
+                writeln!(s, "/// The fatbin of every kernel (SASS + PTX for {}).", f.archs).ok();
+                writeln!(
+                    s,
+                    "pub static FATBIN: Option<&[u8]> = Some(include_bytes!({:?}));",
+                    f.path.display().to_string()
+                )
+                .ok();
+                writeln!(s, "/// The fatbin was compiled but not embedded (TF_FATBIN_EXTERNAL).").ok();
+                writeln!(s, "pub static FATBIN_EXTERNAL: bool = false;").ok();
+            }
             writeln!(s, "/// ptxas' verbose report (registers, shared memory, spills per kernel and arch).").ok();
             writeln!(s, "pub static PTXAS_REPORT: &str = include_str!({:?});", f.ptxas.display().to_string()).ok();
             writeln!(s, "/// The CUDA archs compiled (SASS), comma-separated.").ok();
@@ -336,6 +357,8 @@ fn write_generated(out_dir: &Path, fatbin: Option<&Fatbin>, cu_files: &[PathBuf]
         None => {
             s.push_str("/// None: built without CUDA kernels (the `emulator-only` feature or `TF_NO_NVCC`).\n");
             s.push_str("pub static FATBIN: Option<&[u8]> = None;\n");
+            s.push_str("/// False: no fatbin was compiled.\n");
+            s.push_str("pub static FATBIN_EXTERNAL: bool = false;\n");
             s.push_str("/// Empty: no kernels were compiled for CUDA.\n");
             s.push_str("pub static PTXAS_REPORT: &str = \"\";\n");
             s.push_str("/// Empty: no kernels were compiled for CUDA.\n");

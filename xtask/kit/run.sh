@@ -42,6 +42,9 @@ unpack tests
 unpack benches
 
 status=0
+# The binaries were built without an embedded fatbin (TF_FATBIN_EXTERNAL): they
+# load the kit's one copy.
+export TF_FATBIN="$here/tf_kernels.fatbin"
 export TF_TEST_BACKENDS=cuda
 for t in "$out/bin/tests"/*; do
     name=$(basename "$t")

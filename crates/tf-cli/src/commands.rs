@@ -465,7 +465,10 @@ pub fn info() -> CliResult<ExitCode> {
         Err(e) => outln!("cuda:     unavailable: {e}"),
     }
     outln!("emulator: {} (always available; runs the same kernel source)", Device::emulator().name());
-    if tf_kernels::FATBIN.is_some() {
+    if tf_kernels::FATBIN_EXTERNAL {
+        outln!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX), loaded from TF_FATBIN", tf_kernels::CUDA_ARCHS);
+        outln!("nvcc:     {}", tf_kernels::NVCC_VERSION);
+    } else if tf_kernels::FATBIN.is_some() {
         outln!("kernels:  fatbin built, SASS for sm_{{{}}} (+ PTX)", tf_kernels::CUDA_ARCHS);
         outln!("nvcc:     {}", tf_kernels::NVCC_VERSION);
     } else {

@@ -103,7 +103,7 @@ const EMU_SM_COUNT: u32 = 132;
 ///     Ok(gpu) => assert!(gpu.is_cuda()),
 ///     Err(e) => assert!(matches!(
 ///         e,
-///         Error::NoDriver | Error::NoDevice { .. } | Error::KernelsNotBuilt | Error::Driver(_)
+///         Error::NoDriver | Error::NoDevice { .. } | Error::KernelsNotBuilt | Error::FatbinFile(_) | Error::Driver(_)
 ///     )),
 /// }
 /// # Ok(()) }
@@ -179,6 +179,31 @@ fn module_cache() -> &'static Mutex<HashMap<usize, Weak<CudaModule>>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// The kernels' fatbin: the file `TF_FATBIN` names when it is set, else the one
+/// embedded in this build. A build made with `TF_FATBIN_EXTERNAL` (the GPU run
+/// kit, whose many binaries would otherwise each carry a copy) embeds none and
+/// needs `TF_FATBIN`.
+fn fatbin_bytes() -> Result<Vec<u8>> {
+    fatbin_from(std::env::var_os("TF_FATBIN"))
+}
+
+/// [`fatbin_bytes`] with the value of `TF_FATBIN` given.
+fn fatbin_from(env: Option<std::ffi::OsString>) -> Result<Vec<u8>> {
+    if let Some(path) = env {
+        let shown = std::path::Path::new(&path).display().to_string();
+        return std::fs::read(&path).map_err(|e| Error::FatbinFile(format!("TF_FATBIN={shown}: {e}")));
+    }
+    match tf_kernels::FATBIN {
+        Some(f) => Ok(f.to_vec()),
+        None if tf_kernels::FATBIN_EXTERNAL => Err(Error::FatbinFile(
+            "this build keeps the fatbin outside the binary (TF_FATBIN_EXTERNAL): set TF_FATBIN to its \
+             tf_kernels.fatbin"
+                .into(),
+        )),
+        None => Err(Error::KernelsNotBuilt),
+    }
+}
+
 impl Device {
     /// The CUDA GPU `ordinal`, on its primary context and a new stream of its
     /// own (non-blocking: it does not wait for the legacy default stream, nor
@@ -248,7 +273,6 @@ impl Device {
     /// ```
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Device> {
         check_driver()?;
-        let fatbin = tf_kernels::FATBIN.ok_or(Error::KernelsNotBuilt)?;
         let ctx = stream.context().clone();
         let key = ctx.cu_ctx() as usize;
         let module = {
@@ -256,7 +280,7 @@ impl Device {
             match cache.get(&key).and_then(Weak::upgrade) {
                 Some(m) => m,
                 None => {
-                    let m = ctx.load_module(Ptx::from_binary(fatbin.to_vec()))?;
+                    let m = ctx.load_module(Ptx::from_binary(fatbin_bytes()?))?;
                     cache.insert(key, Arc::downgrade(&m));
                     m
                 }
@@ -607,4 +631,26 @@ fn driver_library_present() -> bool {
 fn driver_library_present() -> bool {
     // SAFETY: only probes whether the dynamic library can be loaded.
     unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_fatbin_names_the_file_to_load() {
+        let file = std::env::temp_dir().join(format!("tf_fatbin_test_{}", std::process::id()));
+        std::fs::write(&file, b"fatbin bytes").unwrap();
+        assert_eq!(fatbin_from(Some(file.clone().into_os_string())).unwrap(), b"fatbin bytes");
+        std::fs::remove_file(&file).unwrap();
+        let e = fatbin_from(Some(file.clone().into_os_string())).unwrap_err();
+        assert!(matches!(&e, Error::FatbinFile(m) if m.contains(&file.display().to_string())), "{e}");
+        // unset: the embedded fatbin, or the reason there is none
+        match (fatbin_from(None), tf_kernels::FATBIN) {
+            (Ok(b), Some(f)) => assert_eq!(b, f),
+            (Err(Error::KernelsNotBuilt), None) => assert!(!tf_kernels::FATBIN_EXTERNAL),
+            (Err(Error::FatbinFile(_)), None) => assert!(tf_kernels::FATBIN_EXTERNAL),
+            (r, f) => panic!("{:?} with an embedded fatbin: {}", r.map(|b| b.len()), f.is_some()),
+        }
+    }
 }

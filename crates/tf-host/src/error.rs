@@ -29,6 +29,10 @@ pub enum Error {
          installs it)"
     )]
     KernelsNotBuilt,
+    /// The fatbin could not be read from the file `TF_FATBIN` names, or the
+    /// build embeds none (`TF_FATBIN_EXTERNAL`) and `TF_FATBIN` is unset.
+    #[error("CUDA kernels: {0}")]
+    FatbinFile(String),
     /// The fatbin does not contain the kernel (a build of a different version).
     #[error("kernel `{0}` is missing from the loaded module")]
     MissingKernel(String),

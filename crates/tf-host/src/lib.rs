@@ -84,7 +84,8 @@ pub use trainer::{LossScale, Trainer};
 pub use workspace::Workspace;
 
 /// The kernels' fatbin was compiled: false only in a build without CUDA kernels
-/// (the `emulator-only` feature or `TF_NO_NVCC`).
+/// (the `emulator-only` feature or `TF_NO_NVCC`). A build with
+/// `TF_FATBIN_EXTERNAL` compiled it but loads it from the file `TF_FATBIN` names.
 pub fn cuda_kernels_built() -> bool {
-    tf_kernels::FATBIN.is_some()
+    tf_kernels::FATBIN.is_some() || tf_kernels::FATBIN_EXTERNAL
 }
