@@ -128,41 +128,9 @@ template <> struct Traits<96> : TraitsBase<96, TF_ATTN_BLOCK_M, TF_ATTN_BLOCK_N_
 // (fallback: 64 x 64, 167 / 168 registers, but half the mma per ldmatrix).
 template <> struct Traits<128> : TraitsBase<128, TF_ATTN_BLOCK_M, TF_ATTN_BLOCK_N_HD128> {};
 
-// ------------------------------------------------------------ online softmax
-
-// m_neg of a row that has seen no finite score yet: any finite block max raises it,
-// masked scores still give 2^-inf = 0, and its rescale factor 2^(m_new -
-// kNothingSeen) is 0.
-constexpr float kNothingSeen = 3.4028235e38f;
-constexpr float kLn2 = 0.6931471805599453f;
-
-// Max over the quad that holds a row. Plain fmaxf: a NaN score drops out of the max
-// but not out of the row, whose sum 2^NaN makes o and lse NaN (the max only sets
-// the reference exponent). fmaxf is symmetric, so the 4 lanes agree bit for bit
-// (up to the sign of a zero max, which gives the same probabilities).
-__device__ __forceinline__ float quad_max(float v) {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-}
-
 // ------------------------------------------------------------- split-KV helpers
 
-// Split-KV partials of one split: rows [r0, r0 + ...) of o_accum / lse_accum
-// [num_splits, B, H, t_q, (head_dim)], f32, row-major.
-__device__ __forceinline__ int64_t split_row(const tf_attn_params& p, int split, int64_t row) {
-    return ((((int64_t)split * p.batch + blockIdx.y) * p.heads + blockIdx.z) * p.t_q) + row;
-}
-
-// A split whose K range is empty (or whose rows see no key): o_accum = 0 and
-// lse_accum = -inf for rows [m0, min(m0 + bm, t_q)), so the combine weighs it 0.
-template <int HD>
-__device__ void write_empty_split(const tf_attn_params& p, int64_t m0, int bm, int split, int tid, int nthreads) {
-    const int64_t rows = min64(bm, p.t_q - m0);
-    float* oa = reinterpret_cast<float*>(p.o_accum) + split_row(p, split, m0) * HD;
-    for (int i = tid; i < (int)rows * HD; i += nthreads) oa[i] = 0.0f;
-    float* la = reinterpret_cast<float*>(p.lse_accum) + split_row(p, split, m0);
-    for (int r = tid; r < (int)rows; r += nthreads) la[r] = neg_inf();
-}
+// (The online softmax's constants, split_row and write_empty_split: tf/attention_common.cuh.)
 
 // A split's epilogue: o of its K range normalised by its own row sum, and that
 // range's lse (-inf if the row saw none of its keys), in f32. `row0` is this
@@ -198,72 +166,6 @@ __device__ __forceinline__ bool write_split_partials(const tf_attn_params& p, co
         }
     }
     return bad;
-}
-
-// ------------------------------------------ non-finite V behind the causal mask
-//
-// A causal K/V block that crosses the diagonal holds keys some rows of the CTA must
-// not see. Their P is 0, but 0·v = NaN for a NaN or infinite v, so the tensor-core
-// product can leak such a value into rows that cannot see the key. A leak only ever
-// makes an output non-finite, and finite inputs never make one non-finite, so the fix
-// stays off the hot loop and out of its registers: the epilogue notes whether any of
-// the CTA's outputs is non-finite; only then (causal launches) does a second pass,
-// after the outputs are written, recompute each non-finite output of a row in f32
-// from global memory over exactly the keys the row sees,
-//   o_id = Σ_{j visible} exp(scale·q_i·k_j - lse_i)·v_jd,
-// skipping masked keys instead of multiplying them by 0. Legitimate NaN / inf (a
-// visible non-finite q, k or v) come out of the recomputation non-finite again.
-
-// One warp per row (rows [0, rows) of the CTA, `o` / `lse` at row 0, strides in
-// elements): recomputes the row's non-finite outputs over its visible keys in
-// [k_lo, k_hi) with the row's lse (for a split: that split's). lse = -inf (a split
-// that saw no key, or only -inf scores) makes them 0, the weight-0 partial.
-template <int HD, typename T, typename OT>
-__device__ __forceinline__ void recompute_nonfinite_rows(const tf_attn_params& p, const T* q, const T* k, const T* v,
-                                                      OT* o, int64_t o_stride, const float* lse, int64_t lse_stride,
-                                                      int64_t m0, int64_t k_lo, int64_t k_hi, int warp, int lane,
-                                                      int warps, int rows) {
-    constexpr int kPer = (HD + 31) / 32;
-    const int64_t diag = p.t_k - p.t_q;
-    for (int r = warp; r < rows; r += warps) {
-        OT* orow = o + r * o_stride;
-        bool bad = false;
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int d = lane + 32 * i;
-            if (d < HD) bad |= nonfinite(tf::to_float(orow[d]));
-        }
-        if (!__any_sync(0xffffffffu, bad)) continue;  // warp-uniform
-        const int64_t row = m0 + r;
-        const float L = lse[r * lse_stride];
-        const T* qr = q + r * p.q_stride_t;
-        const int64_t end = p.causal ? min64(k_hi, row + diag + 1) : k_hi;
-        float acc[kPer];
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) acc[i] = 0.0f;
-        for (int64_t key = k_lo; key < end; ++key) {
-            const T* kr = k + key * p.k_stride_t;
-            const T* vr = v + key * p.v_stride_t;
-            float dot = 0.0f;
-#pragma unroll
-            for (int i = 0; i < kPer; ++i) {
-                const int d = lane + 32 * i;
-                if (d < HD) dot = fmaf(tf::to_float<T>(qr[d]), tf::to_float<T>(kr[d]), dot);
-            }
-            dot = tf::warp_sum(dot);
-            const float pr = L == neg_inf() ? 0.0f : expf(fmaf(dot, p.scale, -L));
-#pragma unroll
-            for (int i = 0; i < kPer; ++i) {
-                const int d = lane + 32 * i;
-                if (d < HD) acc[i] = fmaf(pr, tf::to_float<T>(vr[d]), acc[i]);
-            }
-        }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-            const int d = lane + 32 * i;
-            if (d < HD && nonfinite(tf::to_float(orow[d]))) orow[d] = tf::from_float<OT>(acc[i]);
-        }
-    }
 }
 
 // kSplit: one split of a split-KV launch (f32 partials for attn_combine) instead of

@@ -132,6 +132,12 @@ typedef struct tf_pattention_params {
 #define TF_ATTN_F32_BLOCK_N 16      /* f32: keys per K/V tile */
 #define TF_ATTN_MAX_SPLITS 128      /* split-KV: most splits of one query block */
 #define TF_ATTN_COMBINE_ROWS 4      /* split-KV combine (attn_combine_*): rows per 128-thread block, a warp each */
+#define TF_ATTN_DECODE_ROWS 16      /* f16/bf16, t_q <= 16 (attn_decode_*): query rows per block */
+#define TF_ATTN_DECODE_BLOCK_N 64   /* ... keys per K/V block, 16 a warp */
+#define TF_ATTN_DECODE_STAGES_HD64 4  /* ... K/V ring stages (smem: stages * 4 * BLOCK_N * D bytes) */
+#define TF_ATTN_DECODE_STAGES_HD80 4
+#define TF_ATTN_DECODE_STAGES_HD96 3
+#define TF_ATTN_DECODE_STAGES_HD128 3
 
 /* Params of the attention kernels (kernels/attention.cu): the forward kernels
  * `attn_fwd_{f32,f16,bf16}_hd{64,80,96,128}` and, after a split-KV forward

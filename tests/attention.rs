@@ -18,7 +18,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tf_host::ops::attention::{plan, tiles};
 use tf_host::{
-    attention, attention_into, bf16, f16, AttnArgs, AttnOptions, DType, Device, EmuOptions, Error, LaneOrder, Tensor,
+    attention, attention_into, bf16, f16, AttnArgs, AttnOptions, Checks, DType, Device, EmuOptions, Error, LaneOrder,
+    Tensor,
 };
 use tf_ref::{Element, Tensor4Ref};
 
@@ -924,5 +925,39 @@ fn nan_and_inf_inputs_reach_only_the_rows_that_see_them() {
             attn_non_finite::<bf16>(&dev, c, s, Some(3), at);
             attn_non_finite::<f16>(&dev, c, s, Some(3), at);
         }
+    }
+}
+
+/// Calls of at most 16 query rows (f16 / bf16) run the decode kernels
+/// (attention_decode.cu: 16-row tiles, the warps splitting the keys): t_q from 1
+/// to 16 against key counts with every kind of tail (one key, a block and a half,
+/// exactly a block, many blocks), causal and not (t_q > t_k: rows that see no key),
+/// whole and split over the keys; a NaN in v behind the causal mask (the recompute
+/// pass); and the launch profiles name the kernel on either side of 16 rows.
+#[test]
+fn decode_kernel_for_up_to_16_query_rows() {
+    let s = seed();
+    for (dev, _) in backends() {
+        for d in DIMS {
+            for causal in [false, true] {
+                for (t_q, t_k) in [(2, 2), (5, 77), (8, 64), (9, 129), (15, 15), (16, 300), (16, 10)] {
+                    let c = Case::new(1, t_q, t_k, 2, d, causal);
+                    check_all_dtypes(&dev, c, s);
+                    check_splits::<bf16>(&dev, c, s, Some(3));
+                }
+            }
+            // key 66 is seen by rows 5..8 of 9 only (t_k - t_q = 61)
+            let c = Case::new(1, 9, 70, 2, d, true);
+            let at = [(Which::Q, 8, d - 1), (Which::K, 30, 3), (Which::V, 66, d - 1)];
+            attn_non_finite::<f16>(&dev, c, s, Some(1), at);
+            attn_non_finite::<bf16>(&dev, c, s, Some(2), at);
+        }
+    }
+    let dev = Device::emulator_with(EmuOptions { checks: Checks::PROFILE, ..Default::default() });
+    for (t_q, want) in [(1, "attn_decode_bf16_hd64"), (16, "attn_decode_bf16_hd64"), (17, "attn_fwd_bf16_hd64")] {
+        let c = Case::new(1, t_q, 100, 2, 64, true);
+        check_splits::<bf16>(&dev, c, s, Some(1));
+        let ran: Vec<String> = dev.take_profiles().into_iter().map(|p| p.kernel).collect();
+        assert!(ran.iter().any(|k| k == want), "t_q {t_q}: {want} not in {ran:?}");
     }
 }

@@ -41,6 +41,7 @@ const CHECKED: &[(&str, &[&str])] = &[
             "head_dims_dtypes_causal_and_not",
             "tails_in_both_sequence_lengths",
             "fewer_queries_than_keys_decode_and_chunked_prefill",
+            "decode_kernel_for_up_to_16_query_rows",
         ],
     ),
     (

@@ -102,13 +102,17 @@ pub fn backward_product(gpu: &Gpu, facts: Facts<'_>, m: u64, n: u64, k: u64, spl
     OpEstimate { path, launches, flops: 2.0 * mf * nf * kf, min_bytes: (mf + nf) * kf * ELEM + out }
 }
 
-/// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile.
+/// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile; calls
+/// of at most ATTN_DECODE_ROWS query rows run the decode kernels' 16 x 64 tiles.
 const ATTN_BM: u64 = 128;
-fn attn_bn(hd: u64) -> u64 {
-    if hd == 128 {
-        32
+const ATTN_DECODE_ROWS: u64 = 16;
+fn attn_tiles(t_q: u64, hd: u64) -> (u64, u64) {
+    if t_q <= ATTN_DECODE_ROWS {
+        (ATTN_DECODE_ROWS, 64)
+    } else if hd == 128 {
+        (ATTN_BM, 32)
     } else {
-        64
+        (ATTN_BM, 64)
     }
 }
 
@@ -333,24 +337,25 @@ impl Attn {
 /// Flash attention (bf16), split-KV as the host's heuristic chooses it.
 pub fn attention(gpu: &Gpu, facts: Facts<'_>, a: Attn) -> OpEstimate {
     let Attn { b, t_q, t_k, heads, hd, causal } = a;
-    let bn = attn_bn(hd);
-    let m_blocks = t_q.div_ceil(ATTN_BM);
+    let (bm, bn) = attn_tiles(t_q, hd);
+    let m_blocks = t_q.div_ceil(bm);
     let n_blocks = t_k.div_ceil(bn);
     let splits = splits_heuristic(m_blocks * b * heads, gpu.sms as u64, n_blocks, 128);
     // K blocks a query block visits (bottom-right causal), averaged over query blocks
     let visits: f64 = if causal {
-        let seen = |i: u64| (((i + 1) * ATTN_BM).min(t_q) + t_k).saturating_sub(t_q).div_ceil(bn);
+        let seen = |i: u64| (((i + 1) * bm).min(t_q) + t_k).saturating_sub(t_q).div_ceil(bn);
         (0..m_blocks).map(|i| seen(i) as f64).sum::<f64>() / m_blocks as f64
     } else {
         n_blocks as f64
     };
     let per_cta = (visits / splits as f64).ceil();
-    let hmma = per_cta * 2.0 * (ATTN_BM / 16) as f64 * (bn / 8) as f64 * (hd as f64 / 16.0).ceil();
+    let hmma = per_cta * 2.0 * (bm / 16) as f64 * (bn / 8) as f64 * (hd as f64 / 16.0).ceil();
     let bh = (b * heads) as f64;
     let (qf, kf, df) = (t_q as f64, t_k as f64, hd as f64);
     let io = (2.0 * qf + 2.0 * kf) * bh * df * ELEM + qf * bh * 4.0;
     let mut launches = Vec::new();
-    let name = format!("attn_fwd{}_bf16_hd{hd}", if splits > 1 { "_split" } else { "" });
+    let family = if t_q <= ATTN_DECODE_ROWS { "attn_decode" } else { "attn_fwd" };
+    let name = format!("{family}{}_bf16_hd{hd}", if splits > 1 { "_split" } else { "" });
     let accum = if splits > 1 { splits as f64 * bh * qf * (df + 1.0) * 4.0 } else { 0.0 };
     let grid = m_blocks * splits * b * heads;
     launches.push(launch(gpu, &name, facts(&name), Work { grid, hmma, busy_warps: 4, bytes: io + accum }));
@@ -493,5 +498,7 @@ mod tests {
     fn split_kv_for_decode_attention() {
         assert_eq!(splits_heuristic(64, 132, 1, 128), 1);
         assert!(splits_heuristic(16, 132, 32, 128) > 1);
+        assert_eq!(attn_tiles(16, 128), (16, 64));
+        assert_eq!(attn_tiles(17, 128), (128, 32));
     }
 }

@@ -177,6 +177,19 @@ pub fn launch_of(header: &str, kernel: &str) -> Option<(u32, u32)> {
     if kernel.starts_with("pattention_combine") || kernel.starts_with("attn_combine") {
         return Some((128, 0));
     }
+    if kernel.starts_with("attn_decode") {
+        let hd: u32 = kernel.rsplit("_hd").next()?.parse().ok()?;
+        let stages = d(&format!("TF_ATTN_DECODE_STAGES_HD{hd}"))?;
+        return Some((d("TF_ATTN_THREADS")?, stages * 4 * d("TF_ATTN_DECODE_BLOCK_N")? * hd));
+    }
+    if kernel.starts_with("attn_bwd_delta") {
+        return Some((256, 0)); // a warp a row (ops/block.rs rows_geometry)
+    }
+    if kernel.starts_with("attn_bwd") {
+        let hd: u32 = kernel.rsplit("_hd").next()?.parse().ok()?;
+        let (block, step) = (d("TF_ATTN_BWD_BLOCK")?, d(&format!("TF_ATTN_BWD_STEP_HD{hd}"))?);
+        return Some((d("TF_ATTN_THREADS")?, 4 * block * hd + 8 * step * hd + 16 * step));
+    }
     if kernel.starts_with("attn_fwd") {
         let hd: u32 = kernel.rsplit("_hd").next()?.parse().ok()?;
         let threads = d("TF_ATTN_THREADS")?;
@@ -226,6 +239,10 @@ mod tests {
         assert_eq!(launch_of(h, "attn_fwd_split_bf16_hd64"), Some((128, 256 * 64 * 2)));
         assert_eq!(launch_of(h, "pattention_scores_reduce_f16"), Some((128, 0)));
         assert_eq!(launch_of(h, "grow_rows"), None);
+        let a = "#define TF_ATTN_THREADS 128\n#define TF_ATTN_DECODE_BLOCK_N 64\n\
+                 #define TF_ATTN_DECODE_STAGES_HD128 3\n#define TF_ATTN_BWD_BLOCK 64\n#define TF_ATTN_BWD_STEP_HD128 32\n";
+        assert_eq!(launch_of(a, "attn_decode_split_bf16_hd128"), Some((128, 3 * 4 * 64 * 128)));
+        assert_eq!(launch_of(a, "attn_bwd_dq_f16_hd128"), Some((128, 4 * 64 * 128 + 8 * 32 * 128 + 16 * 32)));
         let g = "#define TF_GEMM_TC_SMEM 65536 /* x */\n";
         assert_eq!(launch_of(g, "gemm_tc_bf16_cc"), Some((128, 65536)));
     }

@@ -8,8 +8,10 @@
 //! `j ≤ i + T_k − T_q`, so one query row against a KV cache sees every key; a row
 //! that sees no key gets `o = 0` and `lse = +inf`.
 //!
-//! Kernels: f16/bf16 on tensor cores (FlashAttention-2 structure), f32 on a SIMT
-//! path; head dims 64, 80, 96, 128. For f16/bf16, views start at a multiple of 8
+//! Kernels: f16/bf16 on tensor cores (FlashAttention-2 structure; calls of at
+//! most 16 query rows, decode, on kernels with 16-row query tiles whose warps
+//! split the keys, kernels/attention_decode.cu), f32 on a SIMT path; head dims
+//! 64, 80, 96, 128. For f16/bf16, views start at a multiple of 8
 //! elements (16 bytes) and every stride of an axis longer than 1 is a multiple of 8
 //! elements (the kernels move 16-byte chunks with cp.async).
 //!
@@ -154,6 +156,45 @@ fn split_kernel_names<T: DType>(d: usize) -> Option<(&'static str, &'static str)
     })
 }
 
+/// Whether a call of `t_q` query rows runs the 16-row decode kernels
+/// (kernels/attention_decode.cu): f16 / bf16 with `t_q <= 16`.
+fn is_decode<T: DType>(t_q: usize) -> bool {
+    std::mem::size_of::<T>() == 2 && t_q <= sys::TF_ATTN_DECODE_ROWS as usize
+}
+
+/// The decode kernels for `T` and `d` (f16/bf16, a head dim with kernels):
+/// (whole K range, one split of it).
+fn decode_kernel_names<T: DType>(d: usize) -> (&'static str, &'static str) {
+    match (T::NAME, d) {
+        ("f16", 64) => ("attn_decode_f16_hd64", "attn_decode_split_f16_hd64"),
+        ("f16", 80) => ("attn_decode_f16_hd80", "attn_decode_split_f16_hd80"),
+        ("f16", 96) => ("attn_decode_f16_hd96", "attn_decode_split_f16_hd96"),
+        ("f16", _) => ("attn_decode_f16_hd128", "attn_decode_split_f16_hd128"),
+        ("bf16", 64) => ("attn_decode_bf16_hd64", "attn_decode_split_bf16_hd64"),
+        ("bf16", 80) => ("attn_decode_bf16_hd80", "attn_decode_split_bf16_hd80"),
+        ("bf16", 96) => ("attn_decode_bf16_hd96", "attn_decode_split_bf16_hd96"),
+        _ => ("attn_decode_bf16_hd128", "attn_decode_split_bf16_hd128"),
+    }
+}
+
+/// Query rows per block, keys per K/V block and dynamic shared memory (bytes) of
+/// the kernel a call of `t_q` query rows runs: the decode kernels' (16 rows, 64
+/// keys, a ring of `TF_ATTN_DECODE_STAGES_HD*` K/V stages) or [`tiles`].
+pub fn tiles_for<T: DType>(d: usize, t_q: usize) -> Result<(usize, usize, usize)> {
+    let prefill = tiles::<T>(d)?;
+    if !is_decode::<T>(t_q) {
+        return Ok(prefill);
+    }
+    let stages = match d {
+        64 => sys::TF_ATTN_DECODE_STAGES_HD64,
+        80 => sys::TF_ATTN_DECODE_STAGES_HD80,
+        96 => sys::TF_ATTN_DECODE_STAGES_HD96,
+        _ => sys::TF_ATTN_DECODE_STAGES_HD128,
+    } as usize;
+    let bn = sys::TF_ATTN_DECODE_BLOCK_N as usize;
+    Ok((sys::TF_ATTN_DECODE_ROWS as usize, bn, stages * 2 * bn * d * 2))
+}
+
 /// FlashAttention-2's `num_splits_heuristic` (flash_api.cpp): no split when the
 /// blocks already fill 80% of the SMs; otherwise the fewest splits whose wave
 /// efficiency is within 85% of the best, among split counts that change the K
@@ -174,7 +215,8 @@ pub fn num_splits_heuristic(blocks: usize, sm_count: usize, n_blocks: usize, max
 
 /// Query rows per block, keys per K/V tile and dynamic shared memory (bytes) of
 /// the kernel for `T` and head dimension `d` (tiles from tf_kernels.h; the
-/// formulas are the kernels' traits).
+/// formulas are the kernels' traits); for f16/bf16 calls of at most 16 query
+/// rows the decode kernels run instead ([`tiles_for`]).
 pub fn tiles<T: DType>(d: usize) -> Result<(usize, usize, usize)> {
     kernel_name::<T>(d)?;
     Ok(if T::NAME == "f32" {
@@ -252,7 +294,9 @@ pub fn plan<T: DType>(
     if lse.shape() != [b, h, t_q] {
         return Err(shape_err(format!("lse is {:?} but [B, H, T_q] = [{b}, {h}, {t_q}]", lse.shape())));
     }
-    let kernel = kernel_name::<T>(d)?;
+    let decode = is_decode::<T>(t_q);
+    let prefill = kernel_name::<T>(d)?; // also refuses a head dimension without kernels
+    let kernel = if decode { decode_kernel_names::<T>(d).0 } else { prefill };
     for (what, c) in [
         ("q", q.inner_contiguous()),
         ("k", k.inner_contiguous()),
@@ -294,7 +338,7 @@ pub fn plan<T: DType>(
             msg: format!("T_q = {t_q}, T_k = {t_k}: sequence lengths are at most 2^31 - 1"),
         });
     }
-    let (bm, _, smem) = tiles::<T>(d)?;
+    let (bm, _, smem) = tiles_for::<T>(d, t_q)?;
     let m_blocks = t_q.div_ceil(bm);
     let splits = choose_splits::<T>(dev, b, t_q, t_k, h, d, opts.num_splits)?;
     let i = |what: &str, x: usize| to_i64(OP, what, x);
@@ -332,7 +376,9 @@ pub fn plan<T: DType>(
         lse_accum: 0,
     };
     let empty = b == 0 || h == 0 || t_q == 0;
-    let (kernel, combine, scratch) = match split_kernel_names::<T>(d) {
+    let split_names =
+        split_kernel_names::<T>(d).map(|(fwd, comb)| (if decode { decode_kernel_names::<T>(d).1 } else { fwd }, comb));
+    let (kernel, combine, scratch) = match split_names {
         Some((fwd, comb)) if splits > 1 && !empty => {
             let rows = checked_product(OP, &[b, h, t_q])?;
             let lse_n = checked_product(OP, &[splits, rows])?;
@@ -387,7 +433,7 @@ fn choose_splits<T: DType>(
     d: usize,
     forced: Option<usize>,
 ) -> Result<usize> {
-    let (bm, bn, _) = tiles::<T>(d)?;
+    let (bm, bn, _) = tiles_for::<T>(d, t_q)?;
     let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
     Ok(match (forced, split_kernel_names::<T>(d)) {
         (Some(n), _) if n == 0 || n > max_splits => {
@@ -486,7 +532,7 @@ pub(crate) fn workspace_bytes_bound<T: DType>(
     if split_kernel_names::<T>(d).is_none() || b == 0 || h == 0 || t_q == 0 {
         return Ok(0);
     }
-    let (bm, bn, _) = tiles::<T>(d)?;
+    let (bm, bn, _) = tiles_for::<T>(d, t_q)?;
     let blocks = t_q.div_ceil(bm).saturating_mul(b).saturating_mul(h);
     let sm = dev.sm_count() as usize;
     let max_splits = sys::TF_ATTN_MAX_SPLITS as usize;
@@ -660,6 +706,17 @@ mod tests {
             assert_eq!(most, bound, "h {h}, t_q {t_q}: the bound is a size some call needs");
         }
         assert_eq!(workspace_bytes_bound::<f32>(&dev, 1, 1, 600, 2, 64).unwrap(), 0, "no split-KV in f32");
+    }
+
+    #[test]
+    fn decode_tiles_fit_two_ctas_an_sm_on_h100() {
+        for d in HEAD_DIMS {
+            let (bm, bn, smem) = tiles_for::<half::bf16>(d, 16).unwrap();
+            assert_eq!((bm, bn), (16, 64));
+            assert!(smem <= 113 * 1024, "hd {d}: {smem} B");
+            assert_eq!(tiles_for::<half::bf16>(d, 17).unwrap(), tiles::<half::bf16>(d).unwrap());
+            assert_eq!(tiles_for::<f32>(d, 1).unwrap(), tiles::<f32>(d).unwrap());
+        }
     }
 
     #[test]
