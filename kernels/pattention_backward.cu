@@ -2,8 +2,9 @@
 // vector-Jacobian product (SIMT, f32 arithmetic) and the strided SIMT gemm. For f32
 // storage every product runs on this gemm (a correct path, not a fast one); for
 // f16 / bf16 the five products run on tensor cores (kernels/gemm_tc.cu) with S and
-// dA rounded once to the storage type by the 16-bit norm kernels below. Fusing the
-// VJP into the epilogue of dS = dY·V_Pᵀ is future work.
+// dA rounded once to the storage type by the 16-bit norm kernels below. The VJP
+// stays a kernel of its own: fused into dS's epilogue it would move no fewer bytes
+// (docs/training.md, "The Pattention backward on the device").
 //
 // With A = X·K_Pᵀ and S = Θ(A) (tf-ref grad/pattention.rs has the derivation):
 //   dS = dY·V_Pᵀ,  dA = VJP_Θ(A, dS),  dV_P = Sᵀ·dY,  dX = dA·K_P,  dK_P = dAᵀ·X.
@@ -20,7 +21,9 @@
 // pattention_norm_backward_{f32,f16,bf16}: one block of 256 threads per row (blockIdx.x):
 //   the row statistic (the L2 norm scaled by the row's largest magnitude, so that
 //   squares cannot overflow, or the softmax max and sum), then S and dA;
-//   the block reductions add the 8 warps' partial sums in warp order.
+//   the block reductions add the 8 warps' partial sums in warp order. Rows of up
+//   to 8192 elements are read once into registers (32 a thread at most); longer
+//   rows are read again on every pass, with the same arithmetic in the same order.
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
 #include "tf/convert.cuh"
@@ -74,26 +77,46 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return pdf == 0.0f ? cdf : cdf + x * pdf;
 }
 
-// The L2 norm of v(row[j]) over the row, scaled by the largest magnitude (the
+// Every element j of a row that thread threadIdx.x handles, in increasing j:
+// j = tid + kThreads·i. kPer > 0: i < kPer, the whole row when n <= kThreads·kPer
+// (the row then lives in registers, indexed by i); kPer = 0: any n, read from
+// global memory on every pass. Both visit the same j in the same order, so sums
+// come out bit for bit the same.
+template <int kPer, typename F>
+__device__ __forceinline__ void each(int64_t n, F f) {
+    if constexpr (kPer > 0) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int64_t j = threadIdx.x + (int64_t)kThreads * i;
+            if (j < n) f(i, j);
+        }
+    } else {
+        for (int64_t j = threadIdx.x; j < n; j += kThreads) f(0, j);
+    }
+}
+
+// The L2 norm of v(i, j) over the row, scaled by the largest magnitude (the
 // statistic of tf-ref's l2_norm): the largest magnitude itself when it is 0 or
 // not finite.
-template <typename F>
+template <int kPer, typename F>
 __device__ __forceinline__ float row_l2(int64_t n, float* red, F v) {
     float m = 0.0f;
-    for (int64_t j = threadIdx.x; j < n; j += kThreads) m = tf::max_nan(m, fabsf(v(j)));
+    each<kPer>(n, [&](int i, int64_t j) { m = tf::max_nan(m, fabsf(v(i, j))); });
     m = block_reduce<true>(m, red);
     if (m == 0.0f || !isfinite(m)) return m;
     float q = 0.0f;
-    for (int64_t j = threadIdx.x; j < n; j += kThreads) {
-        const float u = v(j) / m;
+    each<kPer>(n, [&](int i, int64_t j) {
+        const float u = v(i, j) / m;
         q = fmaf(u, u, q);
-    }
+    });
     return m * sqrtf(block_reduce<false>(q, red));
 }
 
 // O: the type S and dA are written in. f32: S to s, dA over dS (d); f16 / bf16:
 // both rounded once, to s and da (rows ld_out apart), d then only scratch.
-template <typename O>
+// kPer > 0: the row's A and dS are read once into registers (n <= kThreads·kPer)
+// and every pass works on them; kPer = 0: each pass reads them again.
+template <typename O, int kPer>
 __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p) {
     __shared__ float red[kWarps];
     const int64_t row = blockIdx.x, off = row * p.ld;
@@ -104,35 +127,54 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
     auto put_s = [&](int64_t j, float v) { so[j] = tf::from_float<O>(v); };
     auto put_da = [&](int64_t j, float v) { dao[j] = tf::from_float<O>(v); };
     const int64_t n = p.n;
-    const int tid = threadIdx.x;
+    constexpr int kHeld = kPer > 0 ? kPer : 1;
+    float ca[kHeld], cd[kHeld];  // the cached row (kPer > 0)
+    if constexpr (kPer > 0) {
+        each<kPer>(n, [&](int i, int64_t j) {
+            ca[i] = a[j];
+            cd[i] = d[j];
+        });
+    }
+    auto A = [&](int i, int64_t j) -> float {
+        if constexpr (kPer > 0) return ca[i];
+        else return a[j];
+    };
+    auto D = [&](int i, int64_t j) -> float {
+        if constexpr (kPer > 0) return cd[i];
+        else return d[j];
+    };
+    auto set_d = [&](int i, int64_t j, float v) {
+        if constexpr (kPer > 0) cd[i] = v;
+        else d[j] = v;
+    };
     if (p.norm == TF_NORM_SOFTMAX) {
         float mx = -INFINITY;
-        for (int64_t j = tid; j < n; j += kThreads) mx = tf::max_nan(mx, a[j]);
+        each<kPer>(n, [&](int i, int64_t j) { mx = tf::max_nan(mx, A(i, j)); });
         mx = block_reduce<true>(mx, red);
         float l = 0.0f;
-        for (int64_t j = tid; j < n; j += kThreads) l += expf(a[j] - mx);
+        each<kPer>(n, [&](int i, int64_t j) { l += expf(A(i, j) - mx); });
         const float f = p.scale / block_reduce<false>(l, red);
         float dot = 0.0f;
-        for (int64_t j = tid; j < n; j += kThreads) {
-            const float sj = f * expf(a[j] - mx);
+        each<kPer>(n, [&](int i, int64_t j) {
+            const float sj = f * expf(A(i, j) - mx);
             put_s(j, sj);
-            dot = fmaf(sj, d[j], dot);
-        }
+            dot = fmaf(sj, D(i, j), dot);
+        });
         const float mean = block_reduce<false>(dot, red) / p.scale;
         // S again, unrounded (the same f32 value as above)
-        for (int64_t j = tid; j < n; j += kThreads) put_da(j, f * expf(a[j] - mx) * (d[j] - mean));
+        each<kPer>(n, [&](int i, int64_t j) { put_da(j, f * expf(A(i, j) - mx) * (D(i, j) - mean)); });
         return;
     }
     const bool l2_first = p.norm == TF_NORM_L2_NORM_GELU;
     // l2_norm_gelu normalises A, gelu_l2_norm normalises G = gelu(A)
-    const float r = l2_first ? row_l2(n, red, [&](int64_t j) { return a[j]; })
-                             : row_l2(n, red, [&](int64_t j) { return tf::gelu(a[j]); });
+    const float r = l2_first ? row_l2<kPer>(n, red, [&](int i, int64_t j) { return A(i, j); })
+                             : row_l2<kPer>(n, red, [&](int i, int64_t j) { return tf::gelu(A(i, j)); });
     const float denom = r + p.eps;
     if (denom == 0.0f) {  // the forward's all-zero row: S = 0, dA = 0
-        for (int64_t j = tid; j < n; j += kThreads) {
+        each<kPer>(n, [&](int, int64_t j) {
             put_s(j, 0.0f);
             put_da(j, 0.0f);
-        }
+        });
         return;
     }
     // In the scale-free form, with v the normalised vector (A, or G = gelu(A)) and
@@ -145,29 +187,47 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
     const float rr = r == 0.0f ? 1.0f : r;
     float dot = 0.0f;
     if (l2_first) {
-        // S = gelu(c·A), dÂ = dS ⊙ gelu'(c·A) (kept in d), dot = u·dÂ
-        for (int64_t j = tid; j < n; j += kThreads) {
-            const float h = c * a[j];
+        // S = gelu(c·A), dÂ = dS ⊙ gelu'(c·A) (kept in place of dS), dot = u·dÂ
+        each<kPer>(n, [&](int i, int64_t j) {
+            const float h = c * A(i, j);
             put_s(j, tf::gelu(h));
-            d[j] *= gelu_grad(h);
-            dot = fmaf(a[j] / rr, d[j], dot);
-        }
+            set_d(i, j, D(i, j) * gelu_grad(h));
+            dot = fmaf(A(i, j) / rr, D(i, j), dot);
+        });
     } else {
         // S = c·G, dot = u·dS
-        for (int64_t j = tid; j < n; j += kThreads) {
-            const float g = tf::gelu(a[j]);
+        each<kPer>(n, [&](int i, int64_t j) {
+            const float g = tf::gelu(A(i, j));
             put_s(j, c * g);
-            dot = fmaf(g / rr, d[j], dot);
-        }
+            dot = fmaf(g / rr, D(i, j), dot);
+        });
     }
     const float coef = r / denom * block_reduce<false>(dot, red);  // 0 when r = 0
     if (l2_first) {
-        for (int64_t j = tid; j < n; j += kThreads) put_da(j, c * (d[j] - coef * (a[j] / rr)));
+        each<kPer>(n, [&](int i, int64_t j) { put_da(j, c * (D(i, j) - coef * (A(i, j) / rr))); });
     } else {
-        for (int64_t j = tid; j < n; j += kThreads) {
-            const float g = tf::gelu(a[j]);
-            put_da(j, c * (d[j] - coef * (g / rr)) * gelu_grad(a[j]));
-        }
+        each<kPer>(n, [&](int i, int64_t j) {
+            const float g = tf::gelu(A(i, j));
+            put_da(j, c * (D(i, j) - coef * (g / rr)) * gelu_grad(A(i, j)));
+        });
+    }
+}
+
+// Rows of up to kThreads·32 = 8192 elements (every released config's token
+// counts; 7168 at most) are held in registers: one read of A and dS instead of
+// four and two (l2_norm_gelu).
+template <typename O>
+__device__ __forceinline__ void norm_backward_rows(const tf_pnorm_backward_params& p) {
+    if (p.n <= kThreads * 4) {
+        norm_backward<O, 4>(p);
+    } else if (p.n <= kThreads * 8) {
+        norm_backward<O, 8>(p);
+    } else if (p.n <= kThreads * 16) {
+        norm_backward<O, 16>(p);
+    } else if (p.n <= kThreads * 32) {
+        norm_backward<O, 32>(p);
+    } else {
+        norm_backward<O, 0>(p);
     }
 }
 
@@ -192,11 +252,11 @@ extern "C" __global__ void __launch_bounds__(256) gemm_f32_bf16(const tf_gemm_pa
 }
 
 extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_f32(const tf_pnorm_backward_params p) {
-    tf_pattention_backward::norm_backward<float>(p);
+    tf_pattention_backward::norm_backward_rows<float>(p);
 }
 extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_f16(const tf_pnorm_backward_params p) {
-    tf_pattention_backward::norm_backward<__half>(p);
+    tf_pattention_backward::norm_backward_rows<__half>(p);
 }
 extern "C" __global__ void __launch_bounds__(256) pattention_norm_backward_bf16(const tf_pnorm_backward_params p) {
-    tf_pattention_backward::norm_backward<__nv_bfloat16>(p);
+    tf_pattention_backward::norm_backward_rows<__nv_bfloat16>(p);
 }

@@ -198,6 +198,27 @@ fn gradients_match_tf_ref_for_every_norm_and_dtype() {
     }
 }
 
+/// Row lengths on each side of the norm backward's register caches (a row of
+/// n <= 256·k held k elements a thread, k = 4, 8, 16, 32; longer rows read from
+/// memory on every pass): n = 1024, 1025, 2049, 4097, 8192, 8193, every norm,
+/// f32 and bf16.
+#[test]
+fn norm_backward_row_lengths_across_its_register_caches() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_0007);
+        for n in [1024, 1025, 2049, 4097, 8192, 8193] {
+            let pf = problem::<f32>(&mut rng, 3, n, 8, 16);
+            let pb = problem::<bf16>(&mut rng, 3, n, 8, 16);
+            for norm in Norm::ALL {
+                let o = PattentionOptions { norm, ..Default::default() };
+                check(&dev, &format!("{backend} n {n}"), &pf, &o);
+                check(&dev, &format!("{backend} n {n}"), &pb, &o);
+            }
+        }
+    }
+}
+
 /// Shapes that give the 16-bit path's tensor-core products several full
 /// 128 x 128 tiles and sums of 5 to 9 k-steps of 32 (past the 4-stage ring),
 /// with a partial last tile in every dimension: t = 264, n = 136, d_in = 136,

@@ -29,6 +29,7 @@ const CHECKED: &[(&str, &[&str])] = &[
             "gradients_match_tf_ref_for_every_norm_and_dtype",
             "rows_at_numerical_edges",
             "tensor_core_products_over_many_k_tiles",
+            "norm_backward_row_lengths_across_its_register_caches",
         ],
     ),
     (
