@@ -11,15 +11,17 @@
 //   attn_bwd_dkv_*: a CTA per 64-key block of one (b, h); warp w owns keys
 //     [16w, 16w + 16) and keeps dk, dv in f32 registers. The block's K and V tiles
 //     stay in shared memory; query steps of STEP rows (Q, dO, lse, delta) stream
-//     through a two-stage cp.async ring, from the first query that sees the block's
-//     first key to the last. Per step and warp: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (A from
+//     through a two-stage cp.async ring, from the last (the t_q tail, the only
+//     step copied with predicates) down to the first that sees the block's first
+//     key. Per step and warp: Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (A from
 //     the K / V tile by ldmatrix, B from the Q / dO tile by ldmatrix), Pᵀ and dSᵀ in
 //     registers, then dv += Pᵀ·dO and dk += dSᵀ·Q with Pᵀ, dSᵀ repacked from the
 //     accumulators into A fragments (rounded to the storage type, as FA2 does) and
 //     dO, Q read by ldmatrix.trans.
 //   attn_bwd_dq_*: a CTA per 64-query block (causal: heaviest first); warp w owns
 //     queries [16w, 16w + 16), keeps dq in registers and its rows' lse, delta; the Q
-//     and dO tiles stay, key steps (K, V) stream through the ring. Per step:
+//     and dO tiles stay, key steps (K, V) stream through the ring, last (the T_k
+//     tail) first. Per step:
 //     S = Q·Kᵀ, dP = dO·Vᵀ, P, dS, then dq += dS·K (K by ldmatrix.trans).
 // dq is computed apart from dk / dv (one more S and dP per pair of blocks than
 // FA2's atomic dq) so every gradient is one thread's sum in a fixed order: the same
@@ -147,6 +149,20 @@ __device__ __forceinline__ Offsets lane_offsets(int warp, int lane) {
             (uint32_t)Sw::offset((mi & 1) * 8 + lane % 8, mi >> 1)};
 }
 
+// This thread's place in tf_attn::load_tile's copy mapping (row r0 of 16, chunk
+// c0 and, when the row has it, c0 + 8), for load_tile_full.
+struct Lanes {
+    int r0, c0;
+    uint32_t soff;
+    bool two;
+};
+template <typename Tr>
+__device__ __forceinline__ Lanes lanes(int tid) {
+    using Sw = tf::Swizzle<Tr::kChunks>;
+    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
+    return {r0, c0, (uint32_t)Sw::offset(r0, c0), c0 + 8 < Tr::kChunks};
+}
+
 template <int NT>
 __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 #pragma unroll
@@ -222,12 +238,24 @@ __device__ __forceinline__ void dkv(const tf_attn_bwd_params& p) {
     const int s_lo = (int)(i_first / STEP), s_hi = (int)((p.t_q + STEP - 1) / STEP);
 
     // Stage `st` receives query step `s`: Q and dO rows (zero past t_q), lse in
-    // base 2 (+inf past t_q: p = 0) and delta.
-    auto load_step = [&](int s, int st) {
+    // base 2 (+inf past t_q: p = 0) and delta. The steps run from the last, the
+    // only one that can hold the t_q tail (the prologue's, copied with
+    // predicates), down to s_lo: every step the loop fetches is whole and copies
+    // from per-thread addresses without predicates (load_tile's mapping).
+    const Lanes ln = lanes<Tr>(tid);
+    const T* q_thr = q + ln.r0 * p.q_st + ln.c0 * 8;
+    const T* do_thr = d_o + ln.r0 * p.do_st + ln.c0 * 8;
+    auto load_step = [&](int s, int st, bool whole) {
         unsigned char* base = stages + st * Tr::kStage;
         const int64_t i0 = (int64_t)s * STEP;
-        tf_attn::load_tile<Tr, STEP>(base, q + i0 * p.q_st, p.q_st, p.t_q - i0, tid);
-        tf_attn::load_tile<Tr, STEP>(base + Tr::kTileStep, d_o + i0 * p.do_st, p.do_st, p.t_q - i0, tid);
+        if (whole) {
+            tf_attn::load_tile_full<Tr, STEP>(base + ln.soff, q_thr + i0 * p.q_st, 16 * p.q_st, ln.two);
+            tf_attn::load_tile_full<Tr, STEP>(base + Tr::kTileStep + ln.soff, do_thr + i0 * p.do_st,
+                                              16 * p.do_st, ln.two);
+        } else {
+            tf_attn::load_tile<Tr, STEP>(base, q + i0 * p.q_st, p.q_st, p.t_q - i0, tid);
+            tf_attn::load_tile<Tr, STEP>(base + Tr::kTileStep, d_o + i0 * p.do_st, p.do_st, p.t_q - i0, tid);
+        }
         float* fl = reinterpret_cast<float*>(base + 2 * Tr::kTileStep);
         for (int r = tid; r < STEP; r += Tr::kThreads) {
             const bool in = i0 + r < p.t_q;
@@ -238,7 +266,7 @@ __device__ __forceinline__ void dkv(const tf_attn_bwd_params& p) {
 
     tf_attn::load_tile<Tr, BK>(sK, at<T>(p.k, p.k_sb, p.k_sh, b, h) + j0 * p.k_st, p.k_st, p.t_k - j0, tid);
     tf_attn::load_tile<Tr, BK>(sV, at<T>(p.v, p.v_sb, p.v_sh, b, h) + j0 * p.v_st, p.v_st, p.t_k - j0, tid);
-    if (s_lo < s_hi) load_step(s_lo, 0);
+    if (s_lo < s_hi) load_step(s_hi - 1, 0, false);
     tf::cp_async_commit();
 
     Offsets off = lane_offsets<Sw>(warp, lane);
@@ -248,17 +276,17 @@ __device__ __forceinline__ void dkv(const tf_attn_bwd_params& p) {
     zero(dk);
     zero(dv);
 
-    for (int s = s_lo; s < s_hi; ++s) {
+    for (int s = s_hi - 1, it = 0; s >= s_lo; --s, ++it) {
         tf_attn::keep_in_register(off.a);
         tf_attn::keep_in_register(off.b);
         tf_attn::keep_in_register(off.x);
         tf::cp_async_wait<0>();  // step s (and K, V) landed
-        __syncthreads();         // ... for every thread; every warp is done with step s - 1
-        if (s + 1 < s_hi) {
-            load_step(s + 1, (s + 1 - s_lo) & 1);
+        __syncthreads();         // ... for every thread; every warp is done with step s + 1
+        if (s > s_lo) {
+            load_step(s - 1, (it + 1) & 1, true);
             tf::cp_async_commit();
         }
-        const unsigned char* sQ = stages + ((s - s_lo) & 1) * Tr::kStage;
+        const unsigned char* sQ = stages + (it & 1) * Tr::kStage;
         const unsigned char* sDO = sQ + Tr::kTileStep;
         const float* fl = reinterpret_cast<const float*>(sQ + 2 * Tr::kTileStep);
 
@@ -332,16 +360,28 @@ __device__ __forceinline__ void dq(const tf_attn_bwd_params& p) {
     if (p.causal) n_end = min64(n_end, min64(m0 + BM, p.t_q) - 1 + diag + 1);
     const int s_hi = n_end <= 0 ? 0 : (int)((n_end + STEP - 1) / STEP);
 
-    auto load_step = [&](int s, int st) {
+    // Key steps from the last, the only one that can hold the T_k tail (the
+    // prologue's, copied with predicates), down to 0: every step the loop fetches
+    // is whole and copies from per-thread addresses without predicates.
+    const Lanes ln = lanes<Tr>(tid);
+    const T* k_thr = k + ln.r0 * p.k_st + ln.c0 * 8;
+    const T* v_thr = v + ln.r0 * p.v_st + ln.c0 * 8;
+    auto load_step = [&](int s, int st, bool whole) {
         unsigned char* base = stages + st * Tr::kStage;
         const int64_t n0 = (int64_t)s * STEP;
-        tf_attn::load_tile<Tr, STEP>(base, k + n0 * p.k_st, p.k_st, p.t_k - n0, tid);
-        tf_attn::load_tile<Tr, STEP>(base + Tr::kTileStep, v + n0 * p.v_st, p.v_st, p.t_k - n0, tid);
+        if (whole) {
+            tf_attn::load_tile_full<Tr, STEP>(base + ln.soff, k_thr + n0 * p.k_st, 16 * p.k_st, ln.two);
+            tf_attn::load_tile_full<Tr, STEP>(base + Tr::kTileStep + ln.soff, v_thr + n0 * p.v_st, 16 * p.v_st,
+                                              ln.two);
+        } else {
+            tf_attn::load_tile<Tr, STEP>(base, k + n0 * p.k_st, p.k_st, p.t_k - n0, tid);
+            tf_attn::load_tile<Tr, STEP>(base + Tr::kTileStep, v + n0 * p.v_st, p.v_st, p.t_k - n0, tid);
+        }
     };
 
     tf_attn::load_tile<Tr, BM>(sQ, at<T>(p.q, p.q_sb, p.q_sh, b, h) + m0 * p.q_st, p.q_st, p.t_q - m0, tid);
     tf_attn::load_tile<Tr, BM>(sDO, at<T>(p.d_o, p.do_sb, p.do_sh, b, h) + m0 * p.do_st, p.do_st, p.t_q - m0, tid);
-    if (s_hi > 0) load_step(0, 0);
+    if (s_hi > 0) load_step(s_hi - 1, 0, false);
     tf::cp_async_commit();
 
     // This lane's rows row0 and row0 + 8: lse in base 2 (+inf past t_q) and delta.
@@ -363,17 +403,17 @@ __device__ __forceinline__ void dq(const tf_attn_bwd_params& p) {
     float acc[NTD][4];
     zero(acc);
 
-    for (int s = 0; s < s_hi; ++s) {
+    for (int s = s_hi - 1, it = 0; s >= 0; --s, ++it) {
         tf_attn::keep_in_register(off.a);
         tf_attn::keep_in_register(off.b);
         tf_attn::keep_in_register(off.x);
-        tf::cp_async_wait<0>();
-        __syncthreads();
-        if (s + 1 < s_hi) {
-            load_step(s + 1, (s + 1) & 1);
+        tf::cp_async_wait<0>();  // step s landed
+        __syncthreads();         // ... for every thread; every warp is done with step s + 1
+        if (s > 0) {
+            load_step(s - 1, (it + 1) & 1, true);
             tf::cp_async_commit();
         }
-        const unsigned char* sK = stages + (s & 1) * Tr::kStage;
+        const unsigned char* sK = stages + (it & 1) * Tr::kStage;
         const unsigned char* sV = sK + Tr::kTileStep;
 
         float sc[NTS][4], dp[NTS][4];  // S and dP: rows = this warp's queries, columns = the step's keys
