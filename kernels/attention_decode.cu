@@ -9,7 +9,8 @@
 //   holds the CTA's Q rows as A fragments in registers (read once from global
 //   memory, rows past t_q zero). K / V blocks of 64 keys stream through a ring of
 //   Traits::kStages cp.async stages (both tiles of a block in one stage, swizzled as
-//   in attention.cu); warp w takes keys [16w, 16w + 16) of every block: S = Q·K_wᵀ
+//   in attention.cu), last block first, so that only the prologue copies a T_k
+//   tail and the loop's copies are unpredicated; warp w takes keys [16w, 16w + 16) of every block: S = Q·K_wᵀ
 //   (HD / 16 k16 steps, 2 n8 tiles), its own online softmax over the keys it saw
 //   (base 2, exact running max, the forward's rescale rule), O_w += P·V_w (P
 //   repacked from the accumulators, V by ldmatrix.trans). Only blocks crossing the
@@ -105,17 +106,33 @@ __device__ __forceinline__ void decode(const tf_attn_params& p) {
     const T* v = reinterpret_cast<const T*>(p.v) + b * p.v_stride_b + h * p.v_stride_h;
     const int64_t diag = p.t_k - p.t_q;
 
-    // The ring: stage i % S holds block n_lo + i; a group is committed per block,
-    // empty past n_hi, so wait_group<S - 2> always means "block nb has landed".
-    auto load_block = [&](int nb) {
-        unsigned char* st = smem + ((nb - n_lo) % S) * Tr::kStage;
+    // The ring: the blocks run from n_hi - 1 down to n_lo, block n_hi - 1 - i in
+    // stage i % S; a group is committed per block, empty past n_lo, so
+    // wait_group<S - 2> always means "this iteration's block has landed". Only the
+    // first block can hold the T_k tail: the prologue copies it with predicates,
+    // every other block whole, without predicates, from per-thread addresses
+    // (load_tile's mapping: row r0, chunk c0) computed once.
+    const int lr0 = (tid >> 3) & 15, lc0 = tid & 7;
+    const uint32_t ld_soff = (uint32_t)tf::Swizzle<Tr::kChunks>::offset(lr0, lc0);
+    const bool ld_two = lc0 + 8 < Tr::kChunks;
+    const T* k_thr = k + lr0 * p.k_stride_t + lc0 * 8;
+    const T* v_thr = v + lr0 * p.v_stride_t + lc0 * 8;
+    auto load_block = [&](int nb, int stage, bool whole) {
+        unsigned char* st = smem + stage * Tr::kStage;
         const int64_t n0 = (int64_t)nb * BN;
-        tf_attn::load_tile<Tr, BN>(st, k + n0 * p.k_stride_t, p.k_stride_t, p.t_k - n0, tid);
-        tf_attn::load_tile<Tr, BN>(st + Tr::kTileKV, v + n0 * p.v_stride_t, p.v_stride_t, p.t_k - n0, tid);
+        if (whole) {
+            tf_attn::load_tile_full<Tr, BN>(st + ld_soff, k_thr + n0 * p.k_stride_t, 16 * p.k_stride_t, ld_two);
+            tf_attn::load_tile_full<Tr, BN>(st + Tr::kTileKV + ld_soff, v_thr + n0 * p.v_stride_t,
+                                            16 * p.v_stride_t, ld_two);
+        } else {
+            tf_attn::load_tile<Tr, BN>(st, k + n0 * p.k_stride_t, p.k_stride_t, p.t_k - n0, tid);
+            tf_attn::load_tile<Tr, BN>(st + Tr::kTileKV, v + n0 * p.v_stride_t, p.v_stride_t, p.t_k - n0, tid);
+        }
     };
 #pragma unroll
     for (int i = 0; i < S - 1; ++i) {
-        if (n_lo + i < n_hi) load_block(n_lo + i);
+        const int nb = n_hi - 1 - i;
+        if (nb >= n_lo) load_block(nb, i, i > 0 || (int64_t)(nb + 1) * BN <= p.t_k);
         tf::cp_async_commit();
     }
 
@@ -157,14 +174,17 @@ __device__ __forceinline__ void decode(const tf_attn_params& p) {
         for (int i = 0; i < 4; ++i) acc_o[nt][i] = 0.0f;
     }
 
-    for (int nb = n_lo; nb < n_hi; ++nb) {
+    int stage = 0, fill = S - 1;  // this block's stage, and the stage of block nb - (S - 1)
+    for (int nb = n_hi - 1; nb >= n_lo; --nb) {
         tf_attn::keep_in_register(k_off);
         tf_attn::keep_in_register(v_off);
         tf::cp_async_wait<S - 2>();  // block nb landed
-        __syncthreads();             // ... for every thread; every warp is done with block nb - 1
-        if (nb + S - 1 < n_hi) load_block(nb + S - 1);
+        __syncthreads();             // ... for every thread; every warp is done with block nb + 1
+        if (nb - (S - 1) >= n_lo) load_block(nb - (S - 1), fill, true);
         tf::cp_async_commit();
-        const unsigned char* sK = smem + ((nb - n_lo) % S) * Tr::kStage;
+        fill = fill + 1 == S ? 0 : fill + 1;
+        const unsigned char* sK = smem + stage * Tr::kStage;
+        stage = stage + 1 == S ? 0 : stage + 1;
         const unsigned char* sV = sK + Tr::kTileKV;
 
         float s[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
