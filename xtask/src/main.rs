@@ -486,7 +486,7 @@ fn device_kit(root: &Path) -> Result<(), String> {
         (&mut benches, KIT_BENCHES, "benches"),
     ] {
         // The binaries load the kit's one fatbin (run.sh sets TF_FATBIN) instead
-        // of each embedding a copy: 16 copies of it were most of the kit.
+        // of each embedding a copy: 15 copies of it were most of the kit.
         cmd.env("TF_FATBIN_EXTERNAL", "1")
             .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
             .env("CARGO_PROFILE_BENCH_STRIP", "symbols")
