@@ -149,20 +149,6 @@ __device__ __forceinline__ Offsets lane_offsets(int warp, int lane) {
             (uint32_t)Sw::offset((mi & 1) * 8 + lane % 8, mi >> 1)};
 }
 
-// This thread's place in tf_attn::load_tile's copy mapping (row r0 of 16, chunk
-// c0 and, when the row has it, c0 + 8), for load_tile_full.
-struct Lanes {
-    int r0, c0;
-    uint32_t soff;
-    bool two;
-};
-template <typename Tr>
-__device__ __forceinline__ Lanes lanes(int tid) {
-    using Sw = tf::Swizzle<Tr::kChunks>;
-    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
-    return {r0, c0, (uint32_t)Sw::offset(r0, c0), c0 + 8 < Tr::kChunks};
-}
-
 template <int NT>
 __device__ __forceinline__ void zero(float (&acc)[NT][4]) {
 #pragma unroll
@@ -242,7 +228,7 @@ __device__ __forceinline__ void dkv(const tf_attn_bwd_params& p) {
     // only one that can hold the t_q tail (the prologue's, copied with
     // predicates), down to s_lo: every step the loop fetches is whole and copies
     // from per-thread addresses without predicates (load_tile's mapping).
-    const Lanes ln = lanes<Tr>(tid);
+    const tf_attn::Lanes ln = tf_attn::lanes<Tr>(tid);
     const T* q_thr = q + ln.r0 * p.q_st + ln.c0 * 8;
     const T* do_thr = d_o + ln.r0 * p.do_st + ln.c0 * 8;
     auto load_step = [&](int s, int st, bool whole) {
@@ -363,7 +349,7 @@ __device__ __forceinline__ void dq(const tf_attn_bwd_params& p) {
     // Key steps from the last, the only one that can hold the T_k tail (the
     // prologue's, copied with predicates), down to 0: every step the loop fetches
     // is whole and copies from per-thread addresses without predicates.
-    const Lanes ln = lanes<Tr>(tid);
+    const tf_attn::Lanes ln = tf_attn::lanes<Tr>(tid);
     const T* k_thr = k + ln.r0 * p.k_st + ln.c0 * 8;
     const T* v_thr = v + ln.r0 * p.v_st + ln.c0 * 8;
     auto load_step = [&](int s, int st, bool whole) {

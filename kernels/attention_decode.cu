@@ -112,18 +112,16 @@ __device__ __forceinline__ void decode(const tf_attn_params& p) {
     // first block can hold the T_k tail: the prologue copies it with predicates,
     // every other block whole, without predicates, from per-thread addresses
     // (load_tile's mapping: row r0, chunk c0) computed once.
-    const int lr0 = (tid >> 3) & 15, lc0 = tid & 7;
-    const uint32_t ld_soff = (uint32_t)tf::Swizzle<Tr::kChunks>::offset(lr0, lc0);
-    const bool ld_two = lc0 + 8 < Tr::kChunks;
-    const T* k_thr = k + lr0 * p.k_stride_t + lc0 * 8;
-    const T* v_thr = v + lr0 * p.v_stride_t + lc0 * 8;
+    const tf_attn::Lanes ln = tf_attn::lanes<Tr>(tid);
+    const T* k_thr = k + ln.r0 * p.k_stride_t + ln.c0 * 8;
+    const T* v_thr = v + ln.r0 * p.v_stride_t + ln.c0 * 8;
     auto load_block = [&](int nb, int stage, bool whole) {
         unsigned char* st = smem + stage * Tr::kStage;
         const int64_t n0 = (int64_t)nb * BN;
         if (whole) {
-            tf_attn::load_tile_full<Tr, BN>(st + ld_soff, k_thr + n0 * p.k_stride_t, 16 * p.k_stride_t, ld_two);
-            tf_attn::load_tile_full<Tr, BN>(st + Tr::kTileKV + ld_soff, v_thr + n0 * p.v_stride_t,
-                                            16 * p.v_stride_t, ld_two);
+            tf_attn::load_tile_full<Tr, BN>(st + ln.soff, k_thr + n0 * p.k_stride_t, 16 * p.k_stride_t, ln.two);
+            tf_attn::load_tile_full<Tr, BN>(st + Tr::kTileKV + ln.soff, v_thr + n0 * p.v_stride_t,
+                                            16 * p.v_stride_t, ln.two);
         } else {
             tf_attn::load_tile<Tr, BN>(st, k + n0 * p.k_stride_t, p.k_stride_t, p.t_k - n0, tid);
             tf_attn::load_tile<Tr, BN>(st + Tr::kTileKV, v + n0 * p.v_stride_t, p.v_stride_t, p.t_k - n0, tid);

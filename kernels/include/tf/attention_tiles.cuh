@@ -51,6 +51,20 @@ __device__ __forceinline__ void load_tile(unsigned char* s, const T* g, int64_t 
     }
 }
 
+// This thread's place in load_tile's copy mapping (row r0 of 16, chunk
+// c0 and, when the row has it, c0 + 8), for load_tile_full.
+struct Lanes {
+    int r0, c0;
+    uint32_t soff;
+    bool two;
+};
+template <typename Tr>
+__device__ __forceinline__ Lanes lanes(int tid) {
+    using Sw = tf::Swizzle<Tr::kChunks>;
+    const int r0 = (tid >> 3) & 15, c0 = tid & 7;
+    return {r0, c0, (uint32_t)Sw::offset(r0, c0), c0 + 8 < Tr::kChunks};
+}
+
 // The same copies for a tile whose ROWS rows all lie inside the tensor (every K/V
 // block but the T_k tail): `st` is the thread's swizzled shared address (the tile
 // plus Sw::offset(r0, c0)) and `gt` its global source (row r0, chunk c0), both
