@@ -235,14 +235,20 @@ pub fn tiles<T: DType>(d: usize) -> Result<(usize, usize, usize)> {
     })
 }
 
-/// For f16/bf16: the view's offset and the strides of its axes longer than 1 are
-/// multiples of 8 elements (16 bytes; tensor buffers are 256-byte aligned).
+/// A 4-D 16-bit view's offset and the strides of its first three axes (those
+/// longer than 1) are multiples of 8 elements: 16-byte chunks for cp.async (tensor
+/// buffers are 256-byte aligned). The tensor-core attention kernels' rule, forward
+/// and backward.
+pub(crate) fn chunk_aligned(offset: usize, shape: &[usize], strides: &[usize]) -> bool {
+    offset % 8 == 0 && shape.iter().zip(strides).take(3).all(|(&n, &s)| n <= 1 || s % 8 == 0)
+}
+
+/// For f16/bf16: [`chunk_aligned`], else an alignment error naming the view.
 fn check_aligned<T: DType>(what: &str, offset: usize, shape: &[usize], strides: &[usize]) -> Result<()> {
     if std::mem::size_of::<T>() != 2 {
         return Ok(());
     }
-    let bad_stride = shape.iter().zip(strides).take(3).any(|(&n, &s)| n > 1 && s % 8 != 0);
-    if offset % 8 != 0 || bad_stride {
+    if !chunk_aligned(offset, shape, strides) {
         return Err(Error::Alignment {
             op: OP,
             msg: format!(

@@ -10,7 +10,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i64, to_u32, Result};
-use crate::ops::attention::HEAD_DIMS;
+use crate::ops::attention::{chunk_aligned, HEAD_DIMS};
 use crate::ops::block::rows_geometry;
 use crate::tensor::{Tensor, View};
 
@@ -55,10 +55,9 @@ fn kernels<T: DType>(d: usize) -> (&'static str, &'static str, &'static str) {
     (if bf { "attn_bwd_delta_bf16" } else { "attn_bwd_delta_f16" }, dkv, dq)
 }
 
-/// The element offset and the strides of axes longer than 1 are multiples of 8
-/// (16 bytes), as the kernels' cp.async copies need.
+/// The forward's alignment rule ([`chunk_aligned`]), for the backward's operands.
 fn aligned<T: DType>(v: &View<'_, T>) -> bool {
-    v.offset() % 8 == 0 && v.shape().iter().zip(v.strides()).take(3).all(|(&n, &s)| n <= 1 || s % 8 == 0)
+    chunk_aligned(v.offset(), v.shape(), v.strides())
 }
 
 /// `lse` `[B, H, T_q]` laid out contiguously (axes of length 1 may have any stride).
