@@ -74,7 +74,10 @@ template <> struct Traits<96> : TraitsBase<96, TF_ATTN_DECODE_STAGES_HD96> {};
 template <> struct Traits<128> : TraitsBase<128, TF_ATTN_DECODE_STAGES_HD128> {};
 
 template <typename T, int HD, bool kSplit>
-__device__ __forceinline__ void decode(const tf_attn_params& p) {
+__device__ __forceinline__ void decode(const tf_attn_params& p_in) {
+    // t_k read from device memory when the launch was captured for every step
+    tf_attn_params p = p_in;
+    p.t_k = tf_attn::key_length(p_in);
     using Tr = Traits<HD>;
     using Sw = tf::Swizzle<Tr::kChunks>;
     constexpr int BN = Tr::kBlockN, NTO = Tr::kNTilesO, S = Tr::kStages;

@@ -49,7 +49,10 @@ struct SimtTraits {
 // -------------------------------------------------------------- SIMT path (f32)
 
 template <int HD>
-__device__ __forceinline__ void attn_fwd_simt(const tf_attn_params& p) {
+__device__ __forceinline__ void attn_fwd_simt(const tf_attn_params& p_in) {
+    // t_k read from device memory when the launch was captured for every step
+    tf_attn_params p = p_in;
+    p.t_k = tf_attn::key_length(p_in);
     using Tr = SimtTraits<HD>;
     constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kLdQK, LP = Tr::kLdP;
     constexpr int CPT = Tr::kColsPerThread;

@@ -9,6 +9,9 @@
 //                    position pos_offset + i.
 //   residual_add_*   y += x, both [t, d].
 //   embedding_*      y[i, :] = table[tokens[i], :] (bit-exact gather).
+//   head_copy_*      [t, heads, width] blocks copied bit-exactly to a row offset that
+//                    may be read from device memory (the KV-cache append of a captured
+//                    decode step, the head-dim padding copies).
 //
 // Thread mapping: 256-thread blocks everywhere.
 // - layer norm: one warp per row (8 rows per block, the warps striding over the rows
@@ -19,6 +22,7 @@
 //   barrier. Passes 2 and 3 re-read the row from L1/L2 (as llm.c's layernorm kernel 3).
 // - rotary: one thread per rotated pair (row, head, j), grid-stride, j fastest so a
 //   warp's loads of x1 and x2 are contiguous runs of `half` elements.
+// - head copy: one warp per (pair, row, head), the lanes over its width.
 // - residual add and embedding: one warp per row as well, the warps striding over the
 //   rows (grid-stride) and the lanes over the row in 16-byte chunks (elements when
 //   unaligned): no index division (64-bit division is a call that spilled on sm_80 in a
@@ -190,6 +194,11 @@ __device__ __forceinline__ void rotary_sincos(float pos, float hi, float lo, flo
 template <typename T>
 __device__ void rotary(const tf_rotary_params& p) {
     T* x = reinterpret_cast<T*>(p.x);
+    int64_t pos0 = p.pos_offset;
+    if (p.pos_dev != 0) {
+        const int64_t add = *reinterpret_cast<const int32_t*>(p.pos_dev);
+        pos0 += add < 0 ? 0 : (add > p.pos_dev_max ? p.pos_dev_max : add);
+    }
     const int64_t per_row = (int64_t)p.heads * p.half;
     const int64_t total = p.t * per_row;
     const int64_t nthreads = (int64_t)gridDim.x * blockDim.x;
@@ -198,7 +207,7 @@ __device__ void rotary(const tf_rotary_params& p) {
         const int rem = (int)(i - row * per_row);
         const int head = rem / p.half, j = rem - head * p.half;
         float s, c;
-        rotary_sincos((float)(p.pos_offset + row), p.turns_hi[j], p.turns_lo[j], &s, &c);
+        rotary_sincos((float)(pos0 + row), p.turns_hi[j], p.turns_lo[j], &s, &c);
         T* h = x + row * p.row_stride + (int64_t)head * p.head_dim;
         const float a = tf::to_float<T>(h[j]), b = tf::to_float<T>(h[j + p.half]);
         h[j] = tf::from_float<T>(a * c - b * s);
@@ -266,6 +275,49 @@ __device__ void embedding(const tf_embedding_params& p) {
     }
 }
 
+// ------------------------------------------------------------------ head copy
+
+// Whether [t, heads, width] at `addr` with these strides can move in 16-byte chunks.
+template <typename T>
+__device__ __forceinline__ bool heads_vec_ok(uint64_t addr, int64_t row_stride, int64_t head_stride, int64_t width) {
+    constexpr int V = vec16<T>();
+    return aligned16(addr) && row_stride % V == 0 && head_stride % V == 0 && width % V == 0;
+}
+
+template <typename T, int V>
+__device__ void copy_heads(const tf_head_copy_params& p, int64_t row0) {
+    using C = typename Chunk<V * (int)sizeof(T)>::type;
+    const WarpRows w = warp_rows();
+    // (pair, row, head) items in 32 bits (the host checks pairs * t * heads < 2^31).
+    const int per_pair = (int)(p.t * p.heads), heads = (int)p.heads;
+    for (int64_t it = w.first; it < (int64_t)per_pair * p.pairs; it += w.step) {
+        const int pair = (int)it / per_pair, rem = (int)it - pair * per_pair;
+        const int i = rem / heads, h = rem - i * heads;
+        const int64_t row = row0 + i;
+        if (row < 0 || row >= p.dst_rows) continue;  // warp-uniform
+        const T* src = reinterpret_cast<const T*>(pair == 0 ? p.src[0] : p.src[1]) + i * p.src_row_stride + h * p.src_head_stride;
+        T* dst = reinterpret_cast<T*>(pair == 0 ? p.dst[0] : p.dst[1]) + row * p.dst_row_stride + h * p.dst_head_stride;
+        for (int64_t c = (int64_t)w.lane * V; c < p.width; c += 32 * V)
+            *reinterpret_cast<C*>(dst + c) = *reinterpret_cast<const C*>(src + c);
+    }
+}
+
+template <typename T>
+__device__ void head_copy(const tf_head_copy_params& p) {
+    const int64_t row0 = p.dst_row0 + (p.row0_dev != 0 ? *reinterpret_cast<const int32_t*>(p.row0_dev) : 0);
+    // (indices into the params struct are constants: a runtime index would copy it
+    // to local memory)
+    const bool vec = heads_vec_ok<T>(p.src[0], p.src_row_stride, p.src_head_stride, p.width) &&
+                     heads_vec_ok<T>(p.dst[0], p.dst_row_stride, p.dst_head_stride, p.width) &&
+                     (p.pairs < 2 || (heads_vec_ok<T>(p.src[1], p.src_row_stride, p.src_head_stride, p.width) &&
+                                      heads_vec_ok<T>(p.dst[1], p.dst_row_stride, p.dst_head_stride, p.width)));
+    if (vec) {
+        copy_heads<T, vec16<T>()>(p, row0);
+    } else {
+        copy_heads<T, 1>(p, row0);
+    }
+}
+
 }  // namespace tf_block
 
 // ------------------------------------------------------------------ entry points
@@ -310,4 +362,14 @@ extern "C" __global__ void __launch_bounds__(256) embedding_f16(const tf_embeddi
 }
 extern "C" __global__ void __launch_bounds__(256) embedding_bf16(const tf_embedding_params p) {
     tf_block::embedding<__nv_bfloat16>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(256) head_copy_f32(const tf_head_copy_params p) {
+    tf_block::head_copy<float>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) head_copy_f16(const tf_head_copy_params p) {
+    tf_block::head_copy<__half>(p);
+}
+extern "C" __global__ void __launch_bounds__(256) head_copy_bf16(const tf_head_copy_params p) {
+    tf_block::head_copy<__nv_bfloat16>(p);
 }

@@ -154,6 +154,9 @@ typedef struct tf_attn_params {
     tf_ptr lse;              /* [B, H, t_q] f32 output: natural-log sum-exp of the scaled scores, +inf if no key */
     tf_ptr o_accum;          /* split-KV: [num_splits, B, H, t_q, head_dim] f32 partial o (0 if num_splits == 1) */
     tf_ptr lse_accum;        /* split-KV: [num_splits, B, H, t_q] f32 partial lse, -inf for no key (0 if unsplit) */
+    tf_ptr t_k_dev;          /* 0, or an int32 in device memory read at run time as the key length, clamped to
+                                [0, t_k] (t_k is then the keys' capacity): one captured launch serves every step
+                                of a decode loop. attn_decode_* and attn_fwd_f32_* only; 0 for the others */
     int64_t q_stride_b;      /* q: elements between batches */
     int64_t q_stride_t;      /* q: elements between sequence positions */
     int64_t q_stride_h;      /* q: elements between heads */
@@ -257,9 +260,12 @@ typedef struct tf_layer_norm_params {
  * floats so that the kernel reduces the angle exactly. One thread per pair. */
 typedef struct tf_rotary_params {
     tf_ptr x;                /* [t, heads*head_dim] storage type, in and out */
+    tf_ptr pos_dev;          /* 0, or an int32 in device memory added to pos_offset at run time (clamped to
+                                [0, pos_dev_max]): a captured decode step rotates at the cache's length */
     int64_t t;               /* rows */
     int64_t row_stride;      /* elements between rows of x */
-    int64_t pos_offset;      /* position of row 0; pos_offset + t <= TF_ROTARY_MAX_POS */
+    int64_t pos_offset;      /* position of row 0; pos_offset + pos_dev_max + t <= TF_ROTARY_MAX_POS */
+    int64_t pos_dev_max;     /* largest value taken from pos_dev (0 when pos_dev is 0) */
     int32_t heads;           /* heads per row, >= 1 */
     int32_t head_dim;        /* elements per head, >= 2 * half */
     int32_t half;            /* rotated pairs per head: rot_dim / 2, 1..=TF_ROTARY_MAX_PAIRS */
@@ -292,6 +298,31 @@ typedef struct tf_embedding_params {
     int64_t table_row_stride;/* elements between rows of table */
     int64_t y_row_stride;    /* elements between rows of y */
 } tf_embedding_params;
+
+/* Bit-exact copy of [t, heads, width] blocks: element (i, h, c) of src, at
+ * i*src_row_stride + h*src_head_stride + c, goes to row row0 + i of dst, at
+ * (row0 + i)*dst_row_stride + h*dst_head_stride + c. Up to two (src, dst) pairs
+ * (K and V) in one launch. row0 = dst_row0, plus the int32 at row0_dev when that is
+ * non-zero (read at run time: a captured decode step appends where the KV cache
+ * ends); rows outside [0, dst_rows) are skipped. The KV-cache append and the
+ * head-dim padding copies of the model's forward pass. One warp per (pair, row,
+ * head), grid-stride, 16-byte chunks where aligned. pairs * t * heads < 2^31. */
+typedef struct tf_head_copy_params {
+    tf_ptr src[2];           /* storage type, read */
+    tf_ptr dst[2];           /* storage type, written (not overlapping src) */
+    tf_ptr row0_dev;         /* 0, or an int32 in device memory added to dst_row0 */
+    int64_t dst_row0;        /* first dst row written (before row0_dev) */
+    int64_t dst_rows;        /* rows dst holds */
+    int64_t t;               /* rows copied */
+    int64_t heads;           /* heads per row */
+    int64_t width;           /* elements copied per head */
+    int64_t src_row_stride;  /* elements between rows of src */
+    int64_t src_head_stride; /* elements between heads of src */
+    int64_t dst_row_stride;  /* elements between rows of dst */
+    int64_t dst_head_stride; /* elements between heads of dst */
+    int32_t pairs;           /* 1 or 2 */
+    int32_t reserved;        /* 0 */
+} tf_head_copy_params;
 
 /* ---------------------------------------------------------------- linear --- */
 

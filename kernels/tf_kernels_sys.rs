@@ -139,6 +139,7 @@ pub struct tf_attn_params {
     pub lse: tf_ptr,
     pub o_accum: tf_ptr,
     pub lse_accum: tf_ptr,
+    pub t_k_dev: tf_ptr,
     pub q_stride_b: i64,
     pub q_stride_t: i64,
     pub q_stride_h: i64,
@@ -165,7 +166,7 @@ pub struct tf_attn_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_attn_params"][::std::mem::size_of::<tf_attn_params>() - 216usize];
+    ["Size of tf_attn_params"][::std::mem::size_of::<tf_attn_params>() - 224usize];
     ["Alignment of tf_attn_params"][::std::mem::align_of::<tf_attn_params>() - 8usize];
     ["Offset of field: tf_attn_params::q"][::std::mem::offset_of!(tf_attn_params, q) - 0usize];
     ["Offset of field: tf_attn_params::k"][::std::mem::offset_of!(tf_attn_params, k) - 8usize];
@@ -174,29 +175,30 @@ const _: () = {
     ["Offset of field: tf_attn_params::lse"][::std::mem::offset_of!(tf_attn_params, lse) - 32usize];
     ["Offset of field: tf_attn_params::o_accum"][::std::mem::offset_of!(tf_attn_params, o_accum) - 40usize];
     ["Offset of field: tf_attn_params::lse_accum"][::std::mem::offset_of!(tf_attn_params, lse_accum) - 48usize];
-    ["Offset of field: tf_attn_params::q_stride_b"][::std::mem::offset_of!(tf_attn_params, q_stride_b) - 56usize];
-    ["Offset of field: tf_attn_params::q_stride_t"][::std::mem::offset_of!(tf_attn_params, q_stride_t) - 64usize];
-    ["Offset of field: tf_attn_params::q_stride_h"][::std::mem::offset_of!(tf_attn_params, q_stride_h) - 72usize];
-    ["Offset of field: tf_attn_params::k_stride_b"][::std::mem::offset_of!(tf_attn_params, k_stride_b) - 80usize];
-    ["Offset of field: tf_attn_params::k_stride_t"][::std::mem::offset_of!(tf_attn_params, k_stride_t) - 88usize];
-    ["Offset of field: tf_attn_params::k_stride_h"][::std::mem::offset_of!(tf_attn_params, k_stride_h) - 96usize];
-    ["Offset of field: tf_attn_params::v_stride_b"][::std::mem::offset_of!(tf_attn_params, v_stride_b) - 104usize];
-    ["Offset of field: tf_attn_params::v_stride_t"][::std::mem::offset_of!(tf_attn_params, v_stride_t) - 112usize];
-    ["Offset of field: tf_attn_params::v_stride_h"][::std::mem::offset_of!(tf_attn_params, v_stride_h) - 120usize];
-    ["Offset of field: tf_attn_params::o_stride_b"][::std::mem::offset_of!(tf_attn_params, o_stride_b) - 128usize];
-    ["Offset of field: tf_attn_params::o_stride_t"][::std::mem::offset_of!(tf_attn_params, o_stride_t) - 136usize];
-    ["Offset of field: tf_attn_params::o_stride_h"][::std::mem::offset_of!(tf_attn_params, o_stride_h) - 144usize];
-    ["Offset of field: tf_attn_params::lse_stride_b"][::std::mem::offset_of!(tf_attn_params, lse_stride_b) - 152usize];
-    ["Offset of field: tf_attn_params::lse_stride_h"][::std::mem::offset_of!(tf_attn_params, lse_stride_h) - 160usize];
-    ["Offset of field: tf_attn_params::lse_stride_t"][::std::mem::offset_of!(tf_attn_params, lse_stride_t) - 168usize];
-    ["Offset of field: tf_attn_params::t_q"][::std::mem::offset_of!(tf_attn_params, t_q) - 176usize];
-    ["Offset of field: tf_attn_params::t_k"][::std::mem::offset_of!(tf_attn_params, t_k) - 184usize];
-    ["Offset of field: tf_attn_params::batch"][::std::mem::offset_of!(tf_attn_params, batch) - 192usize];
-    ["Offset of field: tf_attn_params::heads"][::std::mem::offset_of!(tf_attn_params, heads) - 196usize];
-    ["Offset of field: tf_attn_params::head_dim"][::std::mem::offset_of!(tf_attn_params, head_dim) - 200usize];
-    ["Offset of field: tf_attn_params::causal"][::std::mem::offset_of!(tf_attn_params, causal) - 204usize];
-    ["Offset of field: tf_attn_params::scale"][::std::mem::offset_of!(tf_attn_params, scale) - 208usize];
-    ["Offset of field: tf_attn_params::num_splits"][::std::mem::offset_of!(tf_attn_params, num_splits) - 212usize];
+    ["Offset of field: tf_attn_params::t_k_dev"][::std::mem::offset_of!(tf_attn_params, t_k_dev) - 56usize];
+    ["Offset of field: tf_attn_params::q_stride_b"][::std::mem::offset_of!(tf_attn_params, q_stride_b) - 64usize];
+    ["Offset of field: tf_attn_params::q_stride_t"][::std::mem::offset_of!(tf_attn_params, q_stride_t) - 72usize];
+    ["Offset of field: tf_attn_params::q_stride_h"][::std::mem::offset_of!(tf_attn_params, q_stride_h) - 80usize];
+    ["Offset of field: tf_attn_params::k_stride_b"][::std::mem::offset_of!(tf_attn_params, k_stride_b) - 88usize];
+    ["Offset of field: tf_attn_params::k_stride_t"][::std::mem::offset_of!(tf_attn_params, k_stride_t) - 96usize];
+    ["Offset of field: tf_attn_params::k_stride_h"][::std::mem::offset_of!(tf_attn_params, k_stride_h) - 104usize];
+    ["Offset of field: tf_attn_params::v_stride_b"][::std::mem::offset_of!(tf_attn_params, v_stride_b) - 112usize];
+    ["Offset of field: tf_attn_params::v_stride_t"][::std::mem::offset_of!(tf_attn_params, v_stride_t) - 120usize];
+    ["Offset of field: tf_attn_params::v_stride_h"][::std::mem::offset_of!(tf_attn_params, v_stride_h) - 128usize];
+    ["Offset of field: tf_attn_params::o_stride_b"][::std::mem::offset_of!(tf_attn_params, o_stride_b) - 136usize];
+    ["Offset of field: tf_attn_params::o_stride_t"][::std::mem::offset_of!(tf_attn_params, o_stride_t) - 144usize];
+    ["Offset of field: tf_attn_params::o_stride_h"][::std::mem::offset_of!(tf_attn_params, o_stride_h) - 152usize];
+    ["Offset of field: tf_attn_params::lse_stride_b"][::std::mem::offset_of!(tf_attn_params, lse_stride_b) - 160usize];
+    ["Offset of field: tf_attn_params::lse_stride_h"][::std::mem::offset_of!(tf_attn_params, lse_stride_h) - 168usize];
+    ["Offset of field: tf_attn_params::lse_stride_t"][::std::mem::offset_of!(tf_attn_params, lse_stride_t) - 176usize];
+    ["Offset of field: tf_attn_params::t_q"][::std::mem::offset_of!(tf_attn_params, t_q) - 184usize];
+    ["Offset of field: tf_attn_params::t_k"][::std::mem::offset_of!(tf_attn_params, t_k) - 192usize];
+    ["Offset of field: tf_attn_params::batch"][::std::mem::offset_of!(tf_attn_params, batch) - 200usize];
+    ["Offset of field: tf_attn_params::heads"][::std::mem::offset_of!(tf_attn_params, heads) - 204usize];
+    ["Offset of field: tf_attn_params::head_dim"][::std::mem::offset_of!(tf_attn_params, head_dim) - 208usize];
+    ["Offset of field: tf_attn_params::causal"][::std::mem::offset_of!(tf_attn_params, causal) - 212usize];
+    ["Offset of field: tf_attn_params::scale"][::std::mem::offset_of!(tf_attn_params, scale) - 216usize];
+    ["Offset of field: tf_attn_params::num_splits"][::std::mem::offset_of!(tf_attn_params, num_splits) - 220usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -309,9 +311,11 @@ const _: () = {
 #[derive(Debug, Copy, Clone)]
 pub struct tf_rotary_params {
     pub x: tf_ptr,
+    pub pos_dev: tf_ptr,
     pub t: i64,
     pub row_stride: i64,
     pub pos_offset: i64,
+    pub pos_dev_max: i64,
     pub heads: i32,
     pub head_dim: i32,
     pub half: i32,
@@ -321,18 +325,20 @@ pub struct tf_rotary_params {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_rotary_params"][::std::mem::size_of::<tf_rotary_params>() - 1072usize];
+    ["Size of tf_rotary_params"][::std::mem::size_of::<tf_rotary_params>() - 1088usize];
     ["Alignment of tf_rotary_params"][::std::mem::align_of::<tf_rotary_params>() - 8usize];
     ["Offset of field: tf_rotary_params::x"][::std::mem::offset_of!(tf_rotary_params, x) - 0usize];
-    ["Offset of field: tf_rotary_params::t"][::std::mem::offset_of!(tf_rotary_params, t) - 8usize];
-    ["Offset of field: tf_rotary_params::row_stride"][::std::mem::offset_of!(tf_rotary_params, row_stride) - 16usize];
-    ["Offset of field: tf_rotary_params::pos_offset"][::std::mem::offset_of!(tf_rotary_params, pos_offset) - 24usize];
-    ["Offset of field: tf_rotary_params::heads"][::std::mem::offset_of!(tf_rotary_params, heads) - 32usize];
-    ["Offset of field: tf_rotary_params::head_dim"][::std::mem::offset_of!(tf_rotary_params, head_dim) - 36usize];
-    ["Offset of field: tf_rotary_params::half"][::std::mem::offset_of!(tf_rotary_params, half) - 40usize];
-    ["Offset of field: tf_rotary_params::reserved"][::std::mem::offset_of!(tf_rotary_params, reserved) - 44usize];
-    ["Offset of field: tf_rotary_params::turns_hi"][::std::mem::offset_of!(tf_rotary_params, turns_hi) - 48usize];
-    ["Offset of field: tf_rotary_params::turns_lo"][::std::mem::offset_of!(tf_rotary_params, turns_lo) - 560usize];
+    ["Offset of field: tf_rotary_params::pos_dev"][::std::mem::offset_of!(tf_rotary_params, pos_dev) - 8usize];
+    ["Offset of field: tf_rotary_params::t"][::std::mem::offset_of!(tf_rotary_params, t) - 16usize];
+    ["Offset of field: tf_rotary_params::row_stride"][::std::mem::offset_of!(tf_rotary_params, row_stride) - 24usize];
+    ["Offset of field: tf_rotary_params::pos_offset"][::std::mem::offset_of!(tf_rotary_params, pos_offset) - 32usize];
+    ["Offset of field: tf_rotary_params::pos_dev_max"][::std::mem::offset_of!(tf_rotary_params, pos_dev_max) - 40usize];
+    ["Offset of field: tf_rotary_params::heads"][::std::mem::offset_of!(tf_rotary_params, heads) - 48usize];
+    ["Offset of field: tf_rotary_params::head_dim"][::std::mem::offset_of!(tf_rotary_params, head_dim) - 52usize];
+    ["Offset of field: tf_rotary_params::half"][::std::mem::offset_of!(tf_rotary_params, half) - 56usize];
+    ["Offset of field: tf_rotary_params::reserved"][::std::mem::offset_of!(tf_rotary_params, reserved) - 60usize];
+    ["Offset of field: tf_rotary_params::turns_hi"][::std::mem::offset_of!(tf_rotary_params, turns_hi) - 64usize];
+    ["Offset of field: tf_rotary_params::turns_lo"][::std::mem::offset_of!(tf_rotary_params, turns_lo) - 576usize];
 };
 impl Default for tf_rotary_params {
     fn default() -> Self {
@@ -392,6 +398,48 @@ const _: () = {
         [::std::mem::offset_of!(tf_embedding_params, table_row_stride) - 48usize];
     ["Offset of field: tf_embedding_params::y_row_stride"]
         [::std::mem::offset_of!(tf_embedding_params, y_row_stride) - 56usize];
+};
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct tf_head_copy_params {
+    pub src: [tf_ptr; 2usize],
+    pub dst: [tf_ptr; 2usize],
+    pub row0_dev: tf_ptr,
+    pub dst_row0: i64,
+    pub dst_rows: i64,
+    pub t: i64,
+    pub heads: i64,
+    pub width: i64,
+    pub src_row_stride: i64,
+    pub src_head_stride: i64,
+    pub dst_row_stride: i64,
+    pub dst_head_stride: i64,
+    pub pairs: i32,
+    pub reserved: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of tf_head_copy_params"][::std::mem::size_of::<tf_head_copy_params>() - 120usize];
+    ["Alignment of tf_head_copy_params"][::std::mem::align_of::<tf_head_copy_params>() - 8usize];
+    ["Offset of field: tf_head_copy_params::src"][::std::mem::offset_of!(tf_head_copy_params, src) - 0usize];
+    ["Offset of field: tf_head_copy_params::dst"][::std::mem::offset_of!(tf_head_copy_params, dst) - 16usize];
+    ["Offset of field: tf_head_copy_params::row0_dev"][::std::mem::offset_of!(tf_head_copy_params, row0_dev) - 32usize];
+    ["Offset of field: tf_head_copy_params::dst_row0"][::std::mem::offset_of!(tf_head_copy_params, dst_row0) - 40usize];
+    ["Offset of field: tf_head_copy_params::dst_rows"][::std::mem::offset_of!(tf_head_copy_params, dst_rows) - 48usize];
+    ["Offset of field: tf_head_copy_params::t"][::std::mem::offset_of!(tf_head_copy_params, t) - 56usize];
+    ["Offset of field: tf_head_copy_params::heads"][::std::mem::offset_of!(tf_head_copy_params, heads) - 64usize];
+    ["Offset of field: tf_head_copy_params::width"][::std::mem::offset_of!(tf_head_copy_params, width) - 72usize];
+    ["Offset of field: tf_head_copy_params::src_row_stride"]
+        [::std::mem::offset_of!(tf_head_copy_params, src_row_stride) - 80usize];
+    ["Offset of field: tf_head_copy_params::src_head_stride"]
+        [::std::mem::offset_of!(tf_head_copy_params, src_head_stride) - 88usize];
+    ["Offset of field: tf_head_copy_params::dst_row_stride"]
+        [::std::mem::offset_of!(tf_head_copy_params, dst_row_stride) - 96usize];
+    ["Offset of field: tf_head_copy_params::dst_head_stride"]
+        [::std::mem::offset_of!(tf_head_copy_params, dst_head_stride) - 104usize];
+    ["Offset of field: tf_head_copy_params::pairs"][::std::mem::offset_of!(tf_head_copy_params, pairs) - 112usize];
+    ["Offset of field: tf_head_copy_params::reserved"]
+        [::std::mem::offset_of!(tf_head_copy_params, reserved) - 116usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -66,6 +66,7 @@ const CHECKED: &[(&str, &[&str])] = &[
     ),
     ("baseline", &["linear_matches_tf_ref_with_tails", "standalone_norm_matches_tf_ref"]),
     ("model", &["kv_cache_decode_equals_full_forward"]),
+    ("decode_graph", &["graph_steps_run_under_the_emulators_checks"]),
     ("adamw", &["three_steps_match_tf_ref_with_tails_and_clipping", "unaligned_views_take_the_scalar_path"]),
 ];
 

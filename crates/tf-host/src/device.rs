@@ -4,7 +4,7 @@
 //! (threads per block, grid size, shared memory per block).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use cudarc::cublas::CudaBlas;
@@ -115,6 +115,9 @@ pub(crate) struct Inner {
     pub(crate) backend: Backend,
     /// The reused buffer of small argument tables (`Device::with_table`).
     pub(crate) tables: crate::workspace::TableBuf,
+    /// Whether launches are being captured (`Device::capture`), and how many so far.
+    pub(crate) capturing: AtomicBool,
+    pub(crate) captured: AtomicU64,
 }
 
 pub(crate) enum Backend {
@@ -144,6 +147,8 @@ pub(crate) struct EmuBackend {
     launches: AtomicU64,
     /// The memory profiles of launches with `checks.profile`, oldest first.
     profiles: Mutex<Vec<Profile>>,
+    /// The launches recorded while capturing (`Device::capture`).
+    pub(crate) recorded: Mutex<Vec<crate::graph::Recorded>>,
 }
 
 /// Grid, block and dynamic shared memory of one launch, as a plan computes it.
@@ -162,7 +167,7 @@ pub struct Geometry {
 ///
 /// # Safety
 /// The type must be `repr(C)`, `Copy`, and exactly the struct the kernel takes.
-pub(crate) unsafe trait KernelParams: Copy + 'static {}
+pub(crate) unsafe trait KernelParams: Copy + Send + Sync + 'static {}
 
 /// cudarc's `DeviceRepr` for a params struct (the struct is foreign to both
 /// crates, hence the transparent wrapper).
@@ -303,6 +308,8 @@ impl Device {
                 allocations: AtomicU64::new(0),
             }),
             tables: Default::default(),
+            capturing: AtomicBool::new(false),
+            captured: AtomicU64::new(0),
         })))
     }
 
@@ -318,8 +325,11 @@ impl Device {
                 opts,
                 launches: AtomicU64::new(0),
                 profiles: Mutex::new(Vec::new()),
+                recorded: Mutex::new(Vec::new()),
             }),
             tables: Default::default(),
+            capturing: AtomicBool::new(false),
+            captured: AtomicU64::new(0),
         }))
     }
 
@@ -358,10 +368,13 @@ impl Device {
 
     /// Counts one device allocation tf-host makes on a CUDA device (the emulator
     /// counts its own, in its allocator).
-    pub(crate) fn count_allocation(&self) {
+    /// Refused while the device captures a graph.
+    pub(crate) fn count_allocation(&self) -> Result<()> {
+        self.refuse_in_capture("device allocation")?;
         if let Backend::Cuda(c) = &self.0.backend {
             c.allocations.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Whether this is a CUDA device (as opposed to the emulator).
@@ -408,6 +421,7 @@ impl Device {
     /// Waits for all work queued on this device (a no-op on the emulator,
     /// whose launches are synchronous).
     pub fn synchronize(&self) -> Result<()> {
+        self.refuse_in_capture("synchronize")?;
         if let Backend::Cuda(c) = &self.0.backend {
             c.stream.synchronize()?;
         }
@@ -510,6 +524,17 @@ impl Device {
         params: &P,
     ) -> Result<()> {
         self.check_geometry(op, g)?;
+        if self.0.capturing.load(Ordering::Acquire) {
+            self.0.captured.fetch_add(1, Ordering::Relaxed);
+            if let Backend::Emulator(e) = &self.0.backend {
+                let (dev, g, params) = (self.clone(), *g, *params);
+                // SAFETY (of the replay): Graph::launch's contract keeps every
+                // buffer the params address alive and as the kernel expects.
+                let replay: crate::graph::Recorded = Box::new(move || unsafe { dev.emulate(kernel, &g, &params) });
+                e.recorded.lock().unwrap_or_else(|p| p.into_inner()).push(replay);
+                return Ok(());
+            }
+        }
         match &self.0.backend {
             Backend::Cuda(c) => {
                 let f = c.function(kernel, g.smem)?;
@@ -526,6 +551,18 @@ impl Device {
                 unsafe { b.launch(cfg) }?;
                 Ok(())
             }
+            // SAFETY: the caller's guarantee, passed on.
+            Backend::Emulator(_) => unsafe { self.emulate(kernel, g, params) },
+        }
+    }
+
+    /// Runs one launch on the emulator (the launch is synchronous).
+    ///
+    /// # Safety
+    /// As [`launch`](Self::launch).
+    unsafe fn emulate<P: KernelParams>(&self, kernel: &'static str, g: &Geometry, params: &P) -> Result<()> {
+        match &self.0.backend {
+            Backend::Cuda(_) => Err(Error::InvalidArgument { op: "emulate", msg: "not an emulator device".into() }),
             Backend::Emulator(e) => {
                 let n = e.launches.fetch_add(1, Ordering::Relaxed);
                 let cfg = emu::LaunchConfig {

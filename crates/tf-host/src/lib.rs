@@ -48,6 +48,7 @@ pub mod bench_internals;
 pub mod device;
 pub mod dtype;
 pub mod error;
+mod graph;
 pub mod layer;
 pub mod model;
 pub mod ops;
@@ -67,7 +68,8 @@ pub use error::{Error, Result};
 pub use half::{bf16, f16};
 pub use layer::{Init, Pattention, PattentionShape, RandomInit, ValueInit};
 pub use model::{
-    CheckpointInfo, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer, TokenformerConfig,
+    CheckpointInfo, DecodeGraph, KvCache, LoadOptions, ModelParams, Sampling, Slot, SlotCounts, Tokenformer,
+    TokenformerConfig,
 };
 pub use ops::adamw::{AdamW, AdamWConfig, StepInfo};
 pub use ops::attention::{attention, attention_into, attention_workspace_bytes, AttnArgs, AttnOptions};

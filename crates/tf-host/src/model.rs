@@ -21,8 +21,9 @@
 //! the cache. Smaller ones (the `tiny` test config has 16) run padded with zeros
 //! to the next kernel size: q and the cache rows hold the head's dims followed
 //! by zeros, which change neither `q·k` nor (in the dims that are kept) the
-//! output; the scale stays `1/sqrt(head_dim)`. The padding copies go through the
-//! growth kernel used as a strided 2-D copy, q, k and v in one launch.
+//! output; the scale stays `1/sqrt(head_dim)`. k and v are staged `[t, d]` and
+//! appended to the cache by one copy launch (`head_copy_*`), which also pads
+//! them; q and the context are padded and unpadded by the same kernel.
 //!
 //! The configuration and checkpoint formats are tf-ref's ([`TokenformerConfig`],
 //! [`ModelParams`]); no tf-ref arithmetic runs here.
@@ -65,10 +66,14 @@ pub use tf_ref::{CheckpointInfo, LoadOptions, ModelParams, Slot, TokenformerConf
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::graph::DevCounter;
 use crate::layer::{Pattention, StagedGrowth};
-use crate::ops::attention::{attention_into, workspace_bytes_bound, AttnArgs, AttnOptions, HEAD_DIMS};
-use crate::ops::block::{add_assign, embedding_into, layer_norm_into, rotary_into, LayerNormArgs, RotaryArgs};
+use crate::ops::attention::{attention_into_at, workspace_bytes_bound, AttnArgs, AttnOptions, HEAD_DIMS};
+use crate::ops::block::{
+    add_assign, embedding_at, embedding_into, layer_norm_into, rotary_apply_at, LayerNormArgs, RotaryArgs,
+};
 use crate::ops::grow::{grow_batch, GrowInit, GrowItem};
+use crate::ops::head_copy::head_copy;
 use crate::ops::linear::linear_into;
 use crate::ops::pattention::{pattention_workspace_bytes, Norm, PattentionOptions};
 use crate::tensor::{Tensor, View, ViewMut};
@@ -225,23 +230,53 @@ pub struct KvCache<T: DType> {
     heads: usize,
     hd_pad: usize,
     scratch: Option<Scratch<T>>,
+    /// A decode graph's step buffer (token id, position, key count), made by
+    /// the first capture.
+    step: Option<Workspace>,
+}
+
+/// The op name of the forward pass's errors.
+const OP_FORWARD: &str = "Tokenformer::forward";
+
+mod decode_graph;
+pub use decode_graph::DecodeGraph;
+
+/// Byte offsets in a decode graph's step buffer of the position of the step's
+/// token (i32) and of the keys attention then sees (i32); the token id (u32)
+/// is at offset 0.
+pub(crate) const STEP_POS: u64 = 4;
+pub(crate) const STEP_KEYS: u64 = 8;
+/// Bytes of the step buffer.
+pub(crate) const STEP_BYTES: usize = 16;
+
+/// Where a forward pass takes its tokens and position from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pass<'t> {
+    /// Ids from the host (checked), at positions `cache.len()..`; the cache's
+    /// length advances.
+    Host(&'t [u32]),
+    /// One token whose id, position and key count the kernels read from the
+    /// step buffer at this device address (offsets 0, `STEP_POS`, `STEP_KEYS`);
+    /// the cache's length is the caller's to advance.
+    Device(u64),
 }
 
 /// The forward pass's buffers, for up to `rows` tokens per pass.
 struct Scratch<T: DType> {
     rows: usize,
-    /// Residual stream, normed input, q, attention context, Pattention output:
-    /// each `[rows, d]`.
+    /// Residual stream, normed input, q, attention context, Pattention output,
+    /// and k and v before they join the cache: each `[rows, d]`.
     x: Tensor<T>,
     hb: Tensor<T>,
     q: Tensor<T>,
     ctx: Tensor<T>,
     tmp: Tensor<T>,
+    kv: [Tensor<T>; 2],
     /// `[heads · rows]` f32, seen as `[1, heads, t]`.
     lse: Tensor<f32>,
-    /// Padded head dims: k and v staged `[rows, d]`, q and ctx padded
-    /// `[rows · heads · hd_pad]` (q's padding columns stay zero).
-    pad: Option<[Tensor<T>; 4]>,
+    /// Padded head dims: q and ctx padded `[rows · heads · hd_pad]` (q's padding
+    /// columns stay zero).
+    pad: Option<[Tensor<T>; 2]>,
     /// Pattention and split-KV attention workspace (one op at a time).
     ws: Workspace,
     /// The passes (tokens, parameter-token counts per slot) `ws` was checked to
@@ -371,12 +406,6 @@ fn upload_f64<T: DType>(dev: &Device, data: &[f64], shape: &[usize]) -> Result<T
 
 fn to_f64<T: DType>(v: &[T]) -> Vec<f64> {
     v.iter().map(|x| f64::from(x.to_f32())).collect()
-}
-
-/// A growth item that is a plain strided 2-D copy (no rows appended).
-fn copy_item<'a, T: DType>(src: View<'a, T>, dst: ViewMut<'a, T>) -> GrowItem<'a, T> {
-    let rows = src.shape()[0];
-    GrowItem { src: Some(src), dst, rows_old: rows, init: GrowInit::Zeros }
 }
 
 impl<T: DType> Tokenformer<T> {
@@ -620,6 +649,7 @@ impl<T: DType> Tokenformer<T> {
             heads: self.geo.heads,
             hd_pad: self.geo.hd_pad,
             scratch: None,
+            step: None,
         })
     }
 
@@ -636,7 +666,7 @@ impl<T: DType> Tokenformer<T> {
     /// The logits are a new tensor; [`forward_cached_into`](Self::forward_cached_into)
     /// writes them into the caller's buffer instead.
     pub fn forward_cached(&self, tokens: &[u32], cache: &mut KvCache<T>) -> Result<Tensor<T>> {
-        self.check_tokens("Tokenformer::forward", tokens)?;
+        self.check_tokens(OP_FORWARD, tokens)?;
         let mut logits = self.dev.output::<T>(&[tokens.len(), self.geo.vocab])?;
         self.run(tokens, cache, &mut logits.view_mut())?;
         Ok(logits)
@@ -849,8 +879,16 @@ impl<T: DType> Tokenformer<T> {
     /// last one only (`[1, vocab]`). Activations and workspace are the cache's
     /// scratch, enlarged first if this pass needs more.
     fn run(&self, tokens: &[u32], cache: &mut KvCache<T>, logits: &mut ViewMut<'_, T>) -> Result<()> {
-        const OP: &str = "Tokenformer::forward";
-        self.check_tokens(OP, tokens)?;
+        self.check_tokens(OP_FORWARD, tokens)?;
+        self.pass(Pass::Host(tokens), cache, logits)
+    }
+
+    /// The forward pass of [`run`](Self::run), for tokens from the host or for
+    /// one token whose id and position the kernels read on the device (a
+    /// captured decode step: every launch's params are then the same at every
+    /// step). Checks the cache and the logits' shape; the ids are the caller's.
+    pub(crate) fn pass(&self, pass: Pass<'_>, cache: &mut KvCache<T>, logits: &mut ViewMut<'_, T>) -> Result<()> {
+        const OP: &str = OP_FORWARD;
         if !cache.dev.same(&self.dev) || !logits.device().same(&self.dev) {
             return Err(Error::DeviceMismatch { op: OP });
         }
@@ -868,7 +906,10 @@ impl<T: DType> Tokenformer<T> {
                 ),
             });
         }
-        let t = tokens.len();
+        let t = match pass {
+            Pass::Host(tokens) => tokens.len(),
+            Pass::Device(_) => 1,
+        };
         let rows = match logits.shape() {
             &[r, v] if (r == t || r == 1) && v == self.geo.vocab => r,
             other => {
@@ -881,28 +922,47 @@ impl<T: DType> Tokenformer<T> {
                 })
             }
         };
-        let p = cache.len;
-        let end = p.checked_add(t).filter(|&e| e <= cache.max_len).ok_or_else(|| Error::InvalidArgument {
-            op: OP,
-            msg: format!("{t} new tokens after {p} cached positions pass the KV cache's max_len {}", cache.max_len),
-        })?;
+        let max_len = cache.max_len;
+        // p: the host's position of row 0; end: the keys attention sees (the
+        // cache's capacity when the counters say how many are filled).
+        let (p, end, pos, keys) = match pass {
+            Pass::Host(_) => {
+                let p = cache.len;
+                let end = p.checked_add(t).filter(|&e| e <= max_len).ok_or_else(|| Error::InvalidArgument {
+                    op: OP,
+                    msg: format!("{t} new tokens after {p} cached positions pass the KV cache's max_len {max_len}"),
+                })?;
+                (p, end, None, None)
+            }
+            Pass::Device(step) => (
+                0,
+                max_len,
+                Some(DevCounter { addr: step + STEP_POS, max: max_len - 1 }),
+                Some(DevCounter { addr: step + STEP_KEYS, max: max_len }),
+            ),
+        };
         let g = self.geo;
         let (d, h, hd, hp) = (g.d, g.heads, g.hd, g.hd_pad);
         let row = g.cache_row();
-        let max_len = cache.max_len;
         let dev = &self.dev;
         self.ensure_scratch(cache, t)?;
         let KvCache { k: k_cache, v: v_cache, scratch, .. } = cache;
-        let Some(Scratch { rows: cap, x, hb, q, ctx, tmp, lse, pad, ws, .. }) = scratch.as_mut() else {
+        let Some(Scratch { rows: cap, x, hb, q, ctx, tmp, kv, lse, pad, ws, .. }) = scratch.as_mut() else {
             return Err(Error::InvalidArgument { op: OP, msg: "internal: no forward scratch".into() });
         };
         let cap = *cap;
+        let [kt, vt] = kv;
 
-        embedding_into(dev, &self.embedding.view(), tokens, &mut rows_of_mut(x, t)?)?;
+        match pass {
+            Pass::Host(tokens) => embedding_into(dev, &self.embedding.view(), tokens, &mut rows_of_mut(x, t)?)?,
+            // SAFETY: the step buffer holds the id (a u32 the caller checked < vocab)
+            // at its start, alive while the captured step can run (DecodeGraph).
+            Pass::Device(step) => unsafe { embedding_at(dev, &self.embedding.view(), step, &mut rows_of_mut(x, t)?)? },
+        }
         let attn_opts = AttnOptions { causal: true, scale: Some(1.0 / (hd as f32).sqrt()), num_splits: None };
         let [sq, sk, sv, sp, sf] = Slot::ALL.map(Slot::index);
         let rope_args = RotaryArgs { heads: h, head_dim: hd, rot_dim: g.rot_dim, base: g.base, pos_offset: p };
-        let rope = |x: &mut ViewMut<'_, T>| rotary_into(dev, x, &rope_args);
+        let rope = |x: &mut ViewMut<'_, T>| rotary_apply_at(dev, x, &rope_args, false, pos);
         let ln = |x: &Tensor<T>, y: &mut Tensor<T>| {
             layer_norm_into(
                 dev,
@@ -913,7 +973,13 @@ impl<T: DType> Tokenformer<T> {
         // Padded q and context: [1, t, H, hd_pad] at the start of [cap · H · hd_pad].
         let q_shape = [1, t, h, hp];
         let q_strides = [t * row, row, hp, 1];
-        let heads_rows = [t * h, hd];
+        // [t, H, hd] blocks of a [t, d] buffer and of the padded layouts.
+        let heads_of = [t, h, hd];
+        fn unpadded<'b, T: DType>(b: &'b Tensor<T>, heads_of: &[usize; 3], d: usize) -> Result<View<'b, T>> {
+            b.strided(0, heads_of, &[d, heads_of[2], 1])
+        }
+        let kv_shape = [1, end, h, hp];
+        let kv_strides = [max_len * row, row, hp, 1];
 
         for (l, blk) in self.blocks.iter().enumerate() {
             let (kc, vc) = (&mut k_cache[l], &mut v_cache[l]);
@@ -921,36 +987,19 @@ impl<T: DType> Tokenformer<T> {
             let hv = rows_of(hb, t)?;
             blk[sq].forward_into(&hv, &mut rows_of_mut(q, t)?, Some(&mut *ws))?;
             rope(&mut rows_of_mut(q, t)?)?;
-            match pad {
-                None => {
-                    let mut kd = kc.strided_mut(p * d, &[t, d], &[d, 1])?;
-                    blk[sk].forward_into(&hv, &mut kd, Some(&mut *ws))?;
-                    rope(&mut kd)?;
-                    let mut vd = vc.strided_mut(p * d, &[t, d], &[d, 1])?;
-                    blk[sv].forward_into(&hv, &mut vd, Some(&mut *ws))?;
-                }
-                Some([kt, vt, qp, _]) => {
-                    blk[sk].forward_into(&hv, &mut rows_of_mut(kt, t)?, Some(&mut *ws))?;
-                    rope(&mut rows_of_mut(kt, t)?)?;
-                    blk[sv].forward_into(&hv, &mut rows_of_mut(vt, t)?, Some(&mut *ws))?;
-                    grow_batch(
-                        dev,
-                        vec![
-                            copy_item(q.strided(0, &heads_rows, &[hd, 1])?, qp.strided_mut(0, &heads_rows, &[hp, 1])?),
-                            copy_item(
-                                kt.strided(0, &heads_rows, &[hd, 1])?,
-                                kc.strided_mut(p * row, &heads_rows, &[hp, 1])?,
-                            ),
-                            copy_item(
-                                vt.strided(0, &heads_rows, &[hd, 1])?,
-                                vc.strided_mut(p * row, &heads_rows, &[hp, 1])?,
-                            ),
-                        ],
-                    )?;
-                }
-            }
-            let kv_shape = [1, end, h, hp];
-            let kv_strides = [max_len * row, row, hp, 1];
+            blk[sk].forward_into(&hv, &mut rows_of_mut(kt, t)?, Some(&mut *ws))?;
+            rope(&mut rows_of_mut(kt, t)?)?;
+            blk[sv].forward_into(&hv, &mut rows_of_mut(vt, t)?, Some(&mut *ws))?;
+            // k and v join the cache at row p (+ the position counter), padded.
+            head_copy(
+                dev,
+                &mut [
+                    (unpadded(kt, &heads_of, d)?, kc.strided_mut(0, &[max_len, h, hd], &[row, hp, 1])?),
+                    (unpadded(vt, &heads_of, d)?, vc.strided_mut(0, &[max_len, h, hd], &[row, hp, 1])?),
+                ],
+                p,
+                pos,
+            )?;
             let k4 = kc.strided(0, &kv_shape, &kv_strides)?;
             let v4 = vc.strided(0, &kv_shape, &kv_strides)?;
             let mut lse_v = lse.strided_mut(0, &[1, h, t], &[h * cap, cap, 1])?;
@@ -958,32 +1007,23 @@ impl<T: DType> Tokenformer<T> {
                 None => {
                     let q4 = q.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = ctx.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(
-                        dev,
-                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
-                        &mut o4,
-                        &mut lse_v,
-                        Some(&mut *ws),
-                    )?;
+                    let args = AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts };
+                    attention_into_at(dev, &args, &mut o4, &mut lse_v, Some(&mut *ws), keys)?;
                 }
-                Some([_, _, qp, cp]) => {
+                Some([qp, cp]) => {
+                    head_copy(
+                        dev,
+                        &mut [(unpadded(q, &heads_of, d)?, qp.strided_mut(0, &heads_of, &[row, hp, 1])?)],
+                        0,
+                        None,
+                    )?;
                     let q4 = qp.strided(0, &q_shape, &q_strides)?;
                     let mut o4 = cp.strided_mut(0, &q_shape, &q_strides)?;
-                    attention_into(
-                        dev,
-                        &AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts },
-                        &mut o4,
-                        &mut lse_v,
-                        Some(&mut *ws),
-                    )?;
+                    let args = AttnArgs { q: q4, k: k4, v: v4, opts: attn_opts };
+                    attention_into_at(dev, &args, &mut o4, &mut lse_v, Some(&mut *ws), keys)?;
                     drop(o4);
-                    grow_batch(
-                        dev,
-                        vec![copy_item(
-                            cp.strided(0, &heads_rows, &[hp, 1])?,
-                            ctx.strided_mut(0, &heads_rows, &[hd, 1])?,
-                        )],
-                    )?;
+                    let src = cp.strided(0, &heads_of, &[row, hp, 1])?;
+                    head_copy(dev, &mut [(src, ctx.strided_mut(0, &heads_of, &[d, hd, 1])?)], 0, None)?;
                 }
             }
             blk[sp].forward_into(&rows_of(ctx, t)?, &mut rows_of_mut(tmp, t)?, Some(&mut *ws))?;
@@ -1004,7 +1044,9 @@ impl<T: DType> Tokenformer<T> {
         )?;
         let hv = hb.strided((t - rows) * d, &[rows, d], &[d, 1])?;
         linear_into(dev, &hv, &self.embedding.view(), logits)?;
-        cache.len = end;
+        if let Pass::Host(_) = pass {
+            cache.len = end;
+        }
         Ok(())
     }
 
@@ -1049,7 +1091,7 @@ impl<T: DType> Tokenformer<T> {
                 let act = || dev.output::<T>(&[rows, d]);
                 let pad = if g.padded() {
                     // q's padding columns must be zero: the copies write only the head's dims.
-                    Some([act()?, act()?, dev.zeros::<T>(&[rows * h * hp])?, dev.output::<T>(&[rows * h * hp])?])
+                    Some([dev.zeros::<T>(&[rows * h * hp])?, dev.output::<T>(&[rows * h * hp])?])
                 } else {
                     None
                 };
@@ -1064,6 +1106,7 @@ impl<T: DType> Tokenformer<T> {
                     q: act()?,
                     ctx: act()?,
                     tmp: act()?,
+                    kv: [act()?, act()?],
                     lse: dev.output::<f32>(&[h * rows])?,
                     pad,
                     ws,

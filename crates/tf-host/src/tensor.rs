@@ -140,7 +140,7 @@ impl Device {
     /// A zero-filled tensor.
     pub fn zeros<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("zeros", shape)?;
-        self.count_allocation();
+        self.count_allocation()?;
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.alloc_zeros::<T>(len).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => Buffer::Host(HostBuf::zeroed(len)?),
@@ -154,7 +154,7 @@ impl Device {
     /// output before writing it.
     pub(crate) fn output<T: DType>(&self, shape: &[usize]) -> Result<Tensor<T>> {
         let len = checked_product("output", shape)?;
-        self.count_allocation();
+        self.count_allocation()?;
         let buf = match &self.0.backend {
             // SAFETY: every bit pattern is a valid f32/f16/bf16, and the callers'
             // kernels write every element before anything reads it.
@@ -173,7 +173,7 @@ impl Device {
                 msg: format!("shape {shape:?} has {len} elements but {} were given", data.len()),
             });
         }
-        self.count_allocation();
+        self.count_allocation()?;
         let buf = match &self.0.backend {
             Backend::Cuda(c) => Buffer::Cuda(c.stream.clone_htod(data).map_err(|e| device_oom::<T>(e, len))?),
             Backend::Emulator(_) => {
@@ -298,6 +298,7 @@ impl<T: DType> Tensor<T> {
 
     /// Copies the contents to the host (waits for queued work).
     pub fn to_vec(&self) -> Result<Vec<T>> {
+        self.dev.refuse_in_capture("to_vec")?;
         match (&self.buf, &self.dev.0.backend) {
             (Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.clone_dtoh(s)?),
             (Buffer::Host(h), _) => Ok(h.as_slice().to_vec()),
@@ -318,6 +319,7 @@ impl<T: DType> Tensor<T> {
                 msg: format!("tensor {:?} has {} elements but {} were given", self.shape, self.len(), data.len()),
             });
         }
+        self.dev.refuse_in_capture("write")?;
         match (&mut self.buf, &self.dev.0.backend) {
             (Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.memcpy_htod(data, s)?),
             (Buffer::Host(h), _) => {
@@ -340,6 +342,7 @@ impl<T: DType> Tensor<T> {
         if !src.dev.same(&self.dev) {
             return Err(Error::DeviceMismatch { op: "copy_from" });
         }
+        self.dev.refuse_in_capture("copy_from")?;
         match (&mut self.buf, &src.buf, &self.dev.0.backend) {
             (Buffer::Cuda(d), Buffer::Cuda(s), Backend::Cuda(c)) => Ok(c.stream.memcpy_dtod(s, d)?),
             (Buffer::Host(d), Buffer::Host(s), _) => {
@@ -846,7 +849,10 @@ impl<'a, T: DType> View<'a, T> {
         let all = match &self.src {
             Src::Tensor(t) => t.to_vec()?,
             Src::Cuda { dev, view } => match &dev.0.backend {
-                Backend::Cuda(c) => c.stream.clone_dtoh(view)?,
+                Backend::Cuda(c) => {
+                    dev.refuse_in_capture("View::to_vec")?;
+                    c.stream.clone_dtoh(view)?
+                }
                 Backend::Emulator(_) => return Err(Error::NotCuda { op: "View::to_vec" }),
             },
         };

@@ -22,7 +22,7 @@ impl Buf {
     /// uninitialised on CUDA; on the emulator zero-filled but never written as far
     /// as initcheck is concerned.
     fn new(dev: &Device, bytes: usize) -> Result<Buf> {
-        dev.count_allocation();
+        dev.count_allocation()?;
         Ok(match &dev.0.backend {
             // SAFETY: the memory is only ever accessed by kernels (and by
             // `write`, which overwrites it); nothing on the host reads it back.
@@ -47,6 +47,7 @@ impl Buf {
 
     /// Copies `raw` to the start of the buffer (at most `capacity` bytes).
     fn write(&mut self, dev: &Device, raw: &[u8]) -> Result<()> {
+        dev.refuse_in_capture("upload")?;
         match (self, &dev.0.backend) {
             (Buf::Cuda(s), Backend::Cuda(c)) => {
                 if !raw.is_empty() {
@@ -127,6 +128,18 @@ impl Workspace {
     /// The base address for one launch that writes it.
     pub(crate) fn ptr_mut(&mut self) -> DevPtr<'_> {
         self.buf.ptr_mut(&self.dev)
+    }
+
+    /// Copies `raw` to its first bytes (at most [`bytes`](Self::bytes)), queued
+    /// on the device's stream.
+    pub(crate) fn write_bytes(&mut self, raw: &[u8]) -> Result<()> {
+        if raw.len() > self.bytes {
+            return Err(Error::InvalidArgument {
+                op: "workspace",
+                msg: format!("{} bytes do not fit a workspace of {}", raw.len(), self.bytes),
+            });
+        }
+        self.buf.write(&self.dev, raw)
     }
 }
 

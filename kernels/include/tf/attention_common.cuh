@@ -16,6 +16,14 @@ __device__ __forceinline__ float neg_inf() { return -__builtin_huge_valf(); }
 __device__ __forceinline__ float pos_inf() { return __builtin_huge_valf(); }
 __device__ __forceinline__ float nan_f() { return __int_as_float(0x7fffffff); }
 
+// The key length of a launch: t_k, or the int32 at t_k_dev (a captured decode step
+// reads the cache's length at run time) clamped to [0, t_k], t_k being the capacity.
+__device__ __forceinline__ int64_t key_length(const tf_attn_params& p) {
+    if (p.t_k_dev == 0) return p.t_k;
+    const int64_t n = *reinterpret_cast<const int32_t*>(p.t_k_dev);
+    return n < 0 ? 0 : (n > p.t_k ? p.t_k : n);
+}
+
 // Whether query row `row` sees at least one key (t_k >= 1 and, causal, row + t_k - t_q >= 0).
 __device__ __forceinline__ bool row_sees_a_key(const tf_attn_params& p, int64_t row) {
     return p.t_k > 0 && (!p.causal || row + p.t_k - p.t_q >= 0);

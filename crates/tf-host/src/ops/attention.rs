@@ -33,6 +33,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{checked_product, to_i64, to_u32, Error, Result};
+use crate::graph::DevCounter;
 use crate::tensor::{non_overlapping, Tensor, View, ViewMut};
 use crate::workspace::Workspace;
 
@@ -380,6 +381,7 @@ pub fn plan<T: DType>(
         num_splits: splits as i32,
         o_accum: 0,
         lse_accum: 0,
+        t_k_dev: 0,
     };
     let empty = b == 0 || h == 0 || t_q == 0;
     let split_names =
@@ -564,7 +566,40 @@ pub fn attention_into<T: DType>(
     lse: &mut ViewMut<'_, f32>,
     workspace: Option<&mut Workspace>,
 ) -> Result<()> {
-    let plan = plan(dev, args, o, lse)?;
+    attention_into_at(dev, args, o, lse, workspace, None)
+}
+
+/// [`attention_into`] with the key length read at run time from `t_k`
+/// (a captured decode step: k and v are the whole cache, `[B, capacity, H, D]`,
+/// and the counter holds how many of its positions are filled, at most
+/// `capacity`). Split-KV, when chosen, is chosen for the capacity. Only the
+/// kernels that read the counter take one: f32, and f16/bf16 with at most 16
+/// query rows.
+pub(crate) fn attention_into_at<T: DType>(
+    dev: &Device,
+    args: &AttnArgs<'_, T>,
+    o: &mut ViewMut<'_, T>,
+    lse: &mut ViewMut<'_, f32>,
+    workspace: Option<&mut Workspace>,
+    t_k: Option<DevCounter>,
+) -> Result<()> {
+    let mut plan = plan(dev, args, o, lse)?;
+    if let Some(c) = t_k {
+        if c.max != plan.shape.t_k || !(T::CODE == sys::TF_DTYPE_F32 || is_decode::<T>(plan.shape.t_q)) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!(
+                    "a key length read at run time needs k and v of its capacity ({} positions, got {}) and a \
+                     kernel that reads it (f32, or at most 16 query rows; {} has {})",
+                    c.max,
+                    plan.shape.t_k,
+                    T::NAME,
+                    plan.shape.t_q
+                ),
+            });
+        }
+        plan.params.t_k_dev = c.addr;
+    }
     if let Some(ws) = &workspace {
         if !ws.device().same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
@@ -630,7 +665,9 @@ pub fn attention_into<T: DType>(
     // lies inside its tensor; the head dimension is contiguous, the 16-bit views
     // are 16-byte aligned with strides of 8 elements, the outputs do not overlap
     // themselves (and cannot alias the inputs: they are borrowed mutably);
-    // the grid and shared memory match the kernel's traits. With split-KV the
+    // the grid and shared memory match the kernel's traits. A key-length counter
+    // is one int32 on this device (DevCounter's contract), clamped by the kernel
+    // to [0, T_k], the capacity of k and v. With split-KV the
     // workspace (checked above to hold plan.workspace_bytes, 256-byte aligned)
     // holds num_splits·B·H·T_q·D f32 at o_accum and, from the 256-byte boundary
     // after them, num_splits·B·H·T_q f32 at lse_accum: the extents plan()

@@ -13,6 +13,7 @@ use tf_kernels::sys;
 use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{to_i32, to_i64, to_u32, Error, Result};
+use crate::graph::DevCounter;
 use crate::tensor::{check_disjoint, View, ViewMut};
 
 /// Threads per block of every kernel of block.cu (their `__launch_bounds__`).
@@ -260,6 +261,17 @@ pub struct RotaryArgs {
 /// the frequency table in f64 (`inv_freq[j] = base^(-2j/rot_dim)`, as tf-ref)
 /// and the geometry.
 pub fn rotary_plan<T: DType>(dev: &Device, x: &ViewMut<'_, T>, args: &RotaryArgs) -> Result<RotaryPlan> {
+    rotary_plan_at(dev, x, args, 0)
+}
+
+/// [`rotary_plan`] for positions that may start up to `pos_dev_max` later (a
+/// position read from device memory at run time).
+fn rotary_plan_at<T: DType>(
+    dev: &Device,
+    x: &ViewMut<'_, T>,
+    args: &RotaryArgs,
+    pos_dev_max: usize,
+) -> Result<RotaryPlan> {
     let RotaryArgs { heads, head_dim, rot_dim, base, pos_offset } = *args;
     if !x.device().same(dev) {
         return Err(Error::DeviceMismatch { op: ROT });
@@ -293,13 +305,14 @@ pub fn rotary_plan<T: DType>(dev: &Device, x: &ViewMut<'_, T>, args: &RotaryArgs
     if !(base.is_finite() && base > 0.0) {
         return Err(Error::InvalidArgument { op: ROT, msg: format!("base must be finite and > 0, got {base}") });
     }
-    match pos_offset.checked_add(t) {
+    match pos_offset.checked_add(pos_dev_max).and_then(|p| p.checked_add(t)) {
         Some(end) if end <= MAX_POS => {}
         _ => {
+            let first = pos_offset.saturating_add(pos_dev_max);
             return Err(Error::InvalidArgument {
                 op: ROT,
-                msg: format!("positions {pos_offset}..{pos_offset}+{t} reach past {MAX_POS} (2^24, exact in f32)"),
-            })
+                msg: format!("positions {first}..{first}+{t} reach past {MAX_POS} (2^24, exact in f32)"),
+            });
         }
     }
     let base = f64::from(base);
@@ -339,7 +352,19 @@ pub(crate) fn rotary_apply<T: DType>(
     args: &RotaryArgs,
     inverse: bool,
 ) -> Result<()> {
-    let plan = rotary_plan(dev, x, args)?;
+    rotary_apply_at(dev, x, args, inverse, None)
+}
+
+/// [`rotary_apply`] with rows starting at `pos_offset` plus the counter `pos`
+/// read on the device at run time (a captured decode step).
+pub(crate) fn rotary_apply_at<T: DType>(
+    dev: &Device,
+    x: &mut ViewMut<'_, T>,
+    args: &RotaryArgs,
+    inverse: bool,
+    pos: Option<DevCounter>,
+) -> Result<()> {
+    let plan = rotary_plan_at(dev, x, args, pos.map_or(0, |c| c.max))?;
     let RotaryArgs { heads, head_dim, pos_offset, .. } = *args;
     if plan.t == 0 || plan.half == 0 {
         return Ok(());
@@ -352,6 +377,8 @@ pub(crate) fn rotary_apply<T: DType>(
     }
     let params = sys::tf_rotary_params {
         x: 0,
+        pos_dev: pos.map_or(0, |c| c.addr),
+        pos_dev_max: to_i64(ROT, "position counter", pos.map_or(0, |c| c.max))?,
         t: to_i64(ROT, "t", plan.t)?,
         row_stride: row_stride(ROT, "x row stride", x.strides())?,
         pos_offset: to_i64(ROT, "pos_offset", pos_offset)?,
@@ -367,6 +394,8 @@ pub(crate) fn rotary_apply<T: DType>(
     // SAFETY: rotary_plan checked x [t, heads·head_dim] with contiguous rows at its
     // row stride and 2·half <= head_dim; each thread reads and writes one pair
     // (j, j + half) inside one head of one row; the &mut borrow outlives the launch.
+    // A position counter is one int32 on this device (DevCounter's contract),
+    // only read, and clamped by the kernel to the pos_dev_max checked above.
     unsafe { dev.launch(ROT, kernel_name::<T>(Kernel::Rotary), &plan.geometry, &params) }
 }
 
@@ -424,28 +453,35 @@ pub fn embedding_plan<T: DType>(
     tokens: &[u32],
     y: &ViewMut<'_, T>,
 ) -> Result<([usize; 2], Geometry)> {
-    if !table.device().same(dev) || !y.device().same(dev) {
-        return Err(Error::DeviceMismatch { op: EMB });
-    }
-    let [vocab, d] = dims_of(EMB, "table", table)?;
-    let [yt, yd] = dims_of_mut(EMB, "y", y)?;
-    if [yt, yd] != [tokens.len(), d] {
-        return Err(Error::Shape {
-            op: EMB,
-            msg: format!(
-                "{} tokens from a [{vocab}, {d}] table need y [{}, {d}], got [{yt}, {yd}]",
-                tokens.len(),
-                tokens.len()
-            ),
-        });
-    }
+    let ([vocab, d], geometry) = embedding_shapes(dev, table, tokens.len(), y)?;
     if let Some((i, &id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
         return Err(Error::InvalidArgument {
             op: EMB,
             msg: format!("token id {id} at position {i} is out of range: the vocabulary has {vocab} rows"),
         });
     }
-    Ok(([vocab, d], rows_geometry(dev, EMB, tokens.len())?))
+    Ok(([vocab, d], geometry))
+}
+
+/// The shape half of [`embedding_plan`]: table `[vocab, d]` and y `[t, d]`.
+fn embedding_shapes<T: DType>(
+    dev: &Device,
+    table: &View<'_, T>,
+    t: usize,
+    y: &ViewMut<'_, T>,
+) -> Result<([usize; 2], Geometry)> {
+    if !table.device().same(dev) || !y.device().same(dev) {
+        return Err(Error::DeviceMismatch { op: EMB });
+    }
+    let [vocab, d] = dims_of(EMB, "table", table)?;
+    let [yt, yd] = dims_of_mut(EMB, "y", y)?;
+    if [yt, yd] != [t, d] {
+        return Err(Error::Shape {
+            op: EMB,
+            msg: format!("{t} tokens from a [{vocab}, {d}] table need y [{t}, {d}], got [{yt}, {yd}]"),
+        });
+    }
+    Ok(([vocab, d], rows_geometry(dev, EMB, t)?))
 }
 
 /// `y[i, :] = table[tokens[i], :]`: the token embedding (a bit-exact gather).
@@ -462,27 +498,64 @@ pub fn embedding_into<T: DType>(
     if tokens.is_empty() || d == 0 {
         return Ok(());
     }
+    dev.with_table(tokens, |ids| {
+        // SAFETY: embedding_plan checked every id < vocab; the id table holds t
+        // u32s and stays in the device's table buffer, locked, until the launch is
+        // done (emulator) or queued ahead of any later upload into it (CUDA).
+        unsafe { embedding_launch(dev, table, [vocab, d], ids, tokens.len(), y, geometry) }
+    })
+}
+
+/// The embedding of one token whose id is the u32 at device address `id`,
+/// written before the launch runs (a captured decode step); an id `>= vocab`
+/// leaves y unwritten (the caller checks ids before it writes them).
+///
+/// # Safety
+/// `id` must address a u32 on this device, alive until the launch is done.
+pub(crate) unsafe fn embedding_at<T: DType>(
+    dev: &Device,
+    table: &View<'_, T>,
+    id: u64,
+    y: &mut ViewMut<'_, T>,
+) -> Result<()> {
+    let ([vocab, d], geometry) = embedding_shapes(dev, table, 1, y)?;
+    if d == 0 {
+        return Ok(());
+    }
+    // SAFETY: the caller's contract for `id`; the kernel skips ids >= vocab.
+    unsafe { embedding_launch(dev, table, [vocab, d], id, 1, y, geometry) }
+}
+
+/// Launches the gather of `t` rows with the ids at device address `ids`.
+///
+/// # Safety
+/// `ids` must address `t` u32s on this device, alive until the launch is done;
+/// table and y as [`embedding_shapes`] checked them.
+unsafe fn embedding_launch<T: DType>(
+    dev: &Device,
+    table: &View<'_, T>,
+    [vocab, d]: [usize; 2],
+    ids: u64,
+    t: usize,
+    y: &mut ViewMut<'_, T>,
+    geometry: Geometry,
+) -> Result<()> {
     let tp = table.ptr();
     let params = sys::tf_embedding_params {
         table: tp.addr,
         tokens: 0,
         y: 0,
-        t: to_i64(EMB, "t", tokens.len())?,
+        t: to_i64(EMB, "t", t)?,
         d: to_i64(EMB, "d", d)?,
         vocab: to_i64(EMB, "vocab", vocab)?,
         table_row_stride: row_stride(EMB, "table row stride", table.strides())?,
         y_row_stride: row_stride(EMB, "y row stride", y.strides())?,
     };
     let yp = y.ptr_mut();
-    let params = sys::tf_embedding_params { y: yp.addr, ..params };
-    dev.with_table(tokens, |ids| {
-        let params = sys::tf_embedding_params { tokens: ids, ..params };
-        // SAFETY: embedding_plan checked table [vocab, d] and y [t, d] with
-        // contiguous rows at their row strides and every id < vocab; the id table
-        // holds t u32s and stays in the device's table buffer, locked, until the
-        // launch is done (emulator) or queued ahead of any later upload into it
-        // (CUDA); warp r reads row tokens[r] of the table and writes row r of y
-        // only; the borrows outlive the launch.
-        unsafe { dev.launch(EMB, kernel_name::<T>(Kernel::Embedding), &geometry, &params) }
-    })
+    let params = sys::tf_embedding_params { y: yp.addr, tokens: ids, ..params };
+    // SAFETY: embedding_shapes checked table [vocab, d] and y [t, d] with
+    // contiguous rows at their row strides; the caller guarantees the t ids;
+    // warp r reads row tokens[r] of the table (skipped when >= vocab) and writes
+    // row r of y only; the borrows outlive the launch.
+    unsafe { dev.launch(EMB, kernel_name::<T>(Kernel::Embedding), &geometry, &params) }
 }

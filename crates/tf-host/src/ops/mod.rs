@@ -8,6 +8,7 @@ pub mod block;
 pub mod block_backward;
 pub(crate) mod gemm;
 pub mod grow;
+pub(crate) mod head_copy;
 pub mod linear;
 pub mod pattention;
 pub mod pattention_backward;
