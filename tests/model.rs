@@ -9,7 +9,7 @@
 //!
 //! The `tiny` config (2 layers, d 64, 4 heads of 16) exercises the padded
 //! attention path (head dim 16 runs in the 64 kernel); `tiny64` (1 layer, d 128,
-//! 2 heads of 64) the direct one, where k and v are written into the cache.
+//! 2 heads of 64) the direct one, where the cache holds k and v unpadded.
 
 mod common;
 
