@@ -188,3 +188,31 @@ fn bad_steps_are_errors_and_change_nothing() {
     let mut g = m.capture_decode(&mut ok).unwrap();
     assert_eq!(g.step(7).unwrap().to_vec().unwrap(), first);
 }
+
+#[test]
+fn generate_replays_the_captured_step() {
+    // generate's steps are a decode graph's: the same ids as a loop of
+    // DecodeGraph::step with the argmax taken here (bf16: split-KV for the
+    // capacity, which the uncaptured steps would not choose at every length).
+    let s = seed();
+    let dev = Device::emulator();
+    let cfg = tiny();
+    let m = Tokenformer::<bf16>::new(&dev, &cfg, s).unwrap();
+    let prompt = [3u32, 1, 4, 1, 5];
+    let n = 12;
+    let ids = m.generate(&prompt, n, tf_host::Sampling::Greedy).unwrap();
+    let mut cache = m.new_cache(prompt.len() + n).unwrap();
+    let mut logits = dev.zeros::<bf16>(&[1, cfg.vocab]).unwrap();
+    m.forward_cached_into(&prompt, &mut cache, &mut logits.view_mut()).unwrap();
+    let argmax = |v: Vec<bf16>| {
+        let f = f32s(&v);
+        f.iter().enumerate().fold(0, |b, (i, &x)| if x > f[b] { i } else { b }) as u32
+    };
+    let mut want = vec![argmax(logits.to_vec().unwrap())];
+    let mut graph = m.capture_decode(&mut cache).unwrap();
+    while want.len() < n {
+        let next = argmax(graph.step(*want.last().unwrap()).unwrap().to_vec().unwrap());
+        want.push(next);
+    }
+    assert_eq!(ids, want);
+}

@@ -112,3 +112,33 @@ impl Device {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::block::add_assign;
+
+    #[test]
+    fn a_capture_records_launches_and_refuses_the_rest() {
+        let dev = Device::emulator();
+        let mut y = dev.upload(&[1.0f32, 2.0, 3.0, 4.0], &[1, 4]).unwrap();
+        let x = dev.upload(&[10.0f32; 4], &[1, 4]).unwrap();
+        // Not launches: refused, and each capture ends.
+        let refused = |e: Error| assert!(e.to_string().contains("captures a graph"), "{e}");
+        refused(dev.capture(|| dev.zeros::<f32>(&[4]).map(drop)).unwrap_err());
+        refused(dev.capture(|| y.write(&[0.0; 4])).unwrap_err());
+        refused(dev.capture(|| y.to_vec().map(drop)).unwrap_err());
+        refused(dev.capture(|| dev.synchronize()).unwrap_err());
+        let e = dev.capture(|| dev.capture(|| Ok(())).map(drop)).unwrap_err();
+        assert!(e.to_string().contains("already capturing"), "{e}");
+        // The device works again; a capture records without running.
+        let (g, (), n) = dev.capture(|| add_assign(&dev, &mut y.view_mut(), &x.view())).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(y.to_vec().unwrap(), [1.0, 2.0, 3.0, 4.0]);
+        for want in [[11.0, 12.0, 13.0, 14.0], [21.0, 22.0, 23.0, 24.0]] {
+            // SAFETY: y and x, which the captured launch addresses, are alive.
+            unsafe { g.launch() }.unwrap();
+            assert_eq!(y.to_vec().unwrap(), want);
+        }
+    }
+}

@@ -711,10 +711,12 @@ impl<T: DType> Tokenformer<T> {
     }
 
     /// `max_new` token ids continuing `prompt`, each chosen by `sampling` from the
-    /// logits of the last position (prompt processed in one pass, then one token
-    /// per step through the KV cache). Returns the new ids only. The device
-    /// memory (cache, scratch, logits) is allocated before and by the prompt's
-    /// pass; the steps after it allocate none.
+    /// logits of the last position: the prompt in one pass, then one token per
+    /// step through the KV cache, the steps as one captured decode step replayed
+    /// per token ([`capture_decode`](Self::capture_decode); should a GPU refuse
+    /// the capture, the steps run uncaptured). Returns the new ids only. The device
+    /// memory (cache, scratch, logits, the graph's buffers) is allocated before
+    /// the steps; the steps allocate none.
     pub fn generate(&self, prompt: &[u32], max_new: usize, sampling: Sampling) -> Result<Vec<u32>> {
         self.generate_with(prompt, max_new, sampling, |_| {})
     }
@@ -754,7 +756,7 @@ impl<T: DType> Tokenformer<T> {
         let mut out = Vec::with_capacity(max_new);
         let mut logits = self.dev.output::<T>(&[1, self.geo.vocab])?;
         self.run(prompt, &mut cache, &mut logits.view_mut())?;
-        loop {
+        let mut choose = |logits: &Tensor<T>, pos: usize| -> Result<u32> {
             let row: Vec<f32> = logits.to_vec()?.iter().map(|x| x.to_f32()).collect();
             let tok = match &mut rng {
                 None => argmax(&row),
@@ -762,15 +764,34 @@ impl<T: DType> Tokenformer<T> {
             }
             .ok_or_else(|| Error::InvalidArgument {
                 op: OP,
-                msg: format!("the logits at position {} are not finite", cache.len() - 1),
+                msg: format!("the logits at position {pos} are not finite"),
             })?;
             out.push(tok);
             on_token(tok);
-            if out.len() == max_new {
-                return Ok(out);
-            }
-            self.run(&[tok], &mut cache, &mut logits.view_mut())?;
+            Ok(tok)
+        };
+        let mut tok = choose(&logits, prompt.len() - 1)?;
+        if max_new == 1 {
+            return Ok(out);
         }
+        match self.capture_decode(&mut cache) {
+            Ok(mut graph) => {
+                for _ in 1..max_new {
+                    let pos = graph.cache_len();
+                    tok = choose(graph.step(tok)?, pos)?;
+                }
+            }
+            // The emulator refuses nothing a GPU would accept: there a failed
+            // capture is a bug to report, not to work around.
+            Err(e) if !self.dev.is_cuda() => return Err(e),
+            Err(_) => {
+                for _ in 1..max_new {
+                    self.run(&[tok], &mut cache, &mut logits.view_mut())?;
+                    tok = choose(&logits, cache.len() - 1)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Grows every Pattention of every block to the token counts `to` (each at
