@@ -4,7 +4,7 @@
 //! The benchmark cases and their measurement, shared by `tokenformer bench` and
 //! the criterion benches (`benches/*.rs`): the device's measured peaks, median
 //! CUDA-event timing, the Pattention-vs-dense, attention and growth cases of the
-//! benchmarks issue, the roofline table, JSON lines and an SVG chart.
+//! benchmarks issue, the decode step (uncaptured and as a decode graph), the roofline table, JSON lines and an SVG chart.
 //!
 //! Everything here times a CUDA device: [`Device::time_iters`] refuses the
 //! emulator, whose timings are not performance.
@@ -30,6 +30,9 @@ use crate::ops::rownorm::pattention_norm_into;
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 use half::bf16;
+
+mod decode;
+pub use decode::{decode_cases, run_decode, DecodeCase};
 
 /// Input buffers each timed closure rotates over, so caches do not flatter.
 const ROTATE: usize = 4;

@@ -328,6 +328,18 @@ impl<T: DType> KvCache<T> {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Forgets the positions from `len` on (a rejected draft, a retried step);
+    /// the next pass writes over them. A `len` past [`len`](Self::len) is refused.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::InvalidArgument {
+                op: "KvCache::truncate",
+                msg: format!("cannot keep {len} positions of {}", self.len),
+            });
+        }
+        self.len = len;
+        Ok(())
+    }
 }
 
 /// A TokenFormer with storage type `T` (f32, f16, bf16) on a device.

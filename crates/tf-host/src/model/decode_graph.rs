@@ -147,6 +147,12 @@ impl<T: DType> DecodeGraph<'_, T> {
         self.cache.len
     }
 
+    /// [`KvCache::truncate`] of the graph's cache: the next step runs at
+    /// position `len`.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.cache.truncate(len)
+    }
+
     /// Kernel launches a step replays.
     pub fn launches(&self) -> usize {
         self.launches
