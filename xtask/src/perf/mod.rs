@@ -308,6 +308,39 @@ fn device_tables(gpu: &Gpu, facts: model::Facts<'_>) -> Result<(String, serde_js
                 "seconds": e.seconds(), "floor_s": e.floor(gpu), "flops": e.flops, "launches": launches_json(&e)}));
         }
     }
+    // The attention backward at training lengths, beside the forward.
+    let _ = writeln!(
+        s,
+        "{:<9} {:<26} {:>5} {:>6} {:>6} {:>10} {:>8} {:>6} {:>10} {:>8}",
+        "", "attention bwd bf16 (heads, hd)", "t", "path", "bound", "bwd µs", "issue", "tensor", "floor µs", "bwd/fwd"
+    );
+    let mut jab = Vec::new();
+    for (label, h, hd, _) in &att {
+        for &t in &[2048u64, 16384] {
+            let a = model::Attn::tokenformer(t, t, *h, *hd);
+            let e = model::attention_backward(gpu, facts, a);
+            let fwd = model::attention(gpu, facts, a).seconds();
+            let (issue, tensor): (f64, f64) =
+                e.launches.iter().fold((0.0, 0.0), |a, l| (a.0 + l.issue_s, a.1 + l.tensor_s));
+            let bound = e.launches.iter().max_by(|a, b| a.seconds().total_cmp(&b.seconds())).map_or("-", |l| l.bound());
+            let _ = writeln!(
+                s,
+                "{:<9} {:<26} {:>5} {:>6} {:>6} {:>10} {:>8} {:>6} {:>10} {:>7.2}x",
+                "estimate",
+                format!("{label} ({h}, {hd}) causal"),
+                t,
+                e.path,
+                bound,
+                us(e.seconds()),
+                us(issue),
+                us(tensor),
+                us(e.floor(gpu)),
+                e.seconds() / fwd
+            );
+            jab.push(json!({"shape": label, "heads": h, "head_dim": hd, "t": t, "seconds": e.seconds(),
+                "forward_s": fwd, "floor_s": e.floor(gpu), "flops": e.flops, "launches": launches_json(&e)}));
+        }
+    }
     // The backward's parameter-gradient products, dK_P [n, d] and dV_P [n, d],
     // each a sum over the tokens of one sequence (or of a batch of them).
     let _ = writeln!(
@@ -357,7 +390,7 @@ fn device_tables(gpu: &Gpu, facts: model::Facts<'_>) -> Result<(String, serde_js
     s.push('\n');
     let j = json!({"gpu": gpu.name, "arch": gpu.arch, "sms": gpu.sms, "clock_hz": gpu.clock_hz, "hbm_bytes_s": gpu.hbm_bytes_s,
         "tensor_peak": gpu.tensor_peak, "hmma_cycles": gpu.hmma_cycles, "cublas_efficiency": gpu.cublas_eff,
-        "estimate": true, "pattention": jp, "attention": ja, "backward": jb});
+        "estimate": true, "pattention": jp, "attention": ja, "attention_backward": jab, "backward": jb});
     Ok((s, j))
 }
 

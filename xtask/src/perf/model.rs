@@ -373,6 +373,75 @@ pub fn attention(gpu: &Gpu, facts: Facts<'_>, a: Attn) -> OpEstimate {
     OpEstimate { path: "flash", launches, flops: 4.0 * pairs * bh * df, min_bytes: io }
 }
 
+/// The attention backward's tiles (tf_kernels.h): rows a CTA owns, and rows
+/// streamed per step (32 at hd 128).
+const ATTN_BWD_BLOCK: u64 = 64;
+fn attn_bwd_step(hd: u64) -> u64 {
+    if hd == 128 {
+        32
+    } else {
+        64
+    }
+}
+
+/// The attention backward on tensor cores (bf16; tf-host's
+/// `attention_backward_saved`, kernels/attention_backward_tc.cu): delta (a warp
+/// a query row), dk and dv (a CTA per 64 keys streaming the query steps that
+/// see them: Sᵀ, dPᵀ, dv, dk, four products a step), dq (a CTA per 64 queries
+/// streaming the key steps they see: S, dP, dq, three products). Causal steps
+/// that see no key are skipped, as the kernels skip them. Re-reads of Q, dO, K
+/// and V by other CTAs are L2 hits; the gradients are written in f32. FLOPs are
+/// FlashAttention-2's count (five products, 2.5 times the forward's), so the
+/// floor does not credit the seven products this deterministic version runs.
+pub fn attention_backward(gpu: &Gpu, facts: Facts<'_>, a: Attn) -> OpEstimate {
+    let Attn { b, t_q, t_k, heads, hd, causal } = a;
+    let (blk, step) = (ATTN_BWD_BLOCK, attn_bwd_step(hd));
+    let bh = b * heads;
+    let (qf, kf, df, bhf) = (t_q as f64, t_k as f64, hd as f64, bh as f64);
+    let diag = t_k as i64 - t_q as i64; // key j visible to query i iff j <= i + diag
+                                        // dkv: the query steps a key block visits, from the first that sees its first key
+    let key_blocks = t_k.div_ceil(blk);
+    let q_steps = t_q.div_ceil(step);
+    let dkv_steps = |kb: u64| -> u64 {
+        if !causal {
+            return q_steps;
+        }
+        let first_row = (kb as i64 * blk as i64 - diag).max(0) as u64;
+        q_steps.saturating_sub(first_row / step)
+    };
+    let dkv_avg = (0..key_blocks).map(|kb| dkv_steps(kb) as f64).sum::<f64>() / key_blocks.max(1) as f64;
+    // dq: the key steps a query block visits, up to the last key its last row sees
+    let query_blocks = t_q.div_ceil(blk);
+    let dq_steps = |qb: u64| -> u64 {
+        if !causal {
+            return t_k.div_ceil(step);
+        }
+        let last_row = ((qb + 1) * blk).min(t_q) as i64 - 1;
+        ((last_row + diag + 1).clamp(0, t_k as i64) as u64).div_ceil(step)
+    };
+    let dq_avg = (0..query_blocks).map(|qb| dq_steps(qb) as f64).sum::<f64>() / query_blocks.max(1) as f64;
+    let per_product = (blk * step * hd) as f64 / 2048.0; // m16n8k16: 2,048 MACs
+    let (io_q, io_k) = (qf * bhf * df * ELEM, kf * bhf * df * ELEM);
+    let stats = qf * bhf * 4.0;
+    let mut launches = Vec::new();
+    let rows = bh * t_q;
+    let delta_grid = rows.div_ceil(8).min(gpu.sms as u64 * 16).max(1);
+    let delta = "attn_bwd_delta_bf16";
+    let w = Work { grid: delta_grid, hmma: 0.0, busy_warps: 8, bytes: 2.0 * io_q + stats };
+    launches.push(launch(gpu, delta, None, w));
+    let dkv = format!("attn_bwd_dkv_bf16_hd{hd}");
+    let bytes = 2.0 * io_k + 2.0 * io_q + 2.0 * stats + 2.0 * kf * bhf * df * 4.0;
+    let w = Work { grid: key_blocks * bh, hmma: dkv_avg * 4.0 * per_product, busy_warps: 4, bytes };
+    launches.push(launch(gpu, &dkv, facts(&dkv), w));
+    let dq = format!("attn_bwd_dq_bf16_hd{hd}");
+    let bytes = 2.0 * io_q + 2.0 * io_k + 2.0 * stats + qf * bhf * df * 4.0;
+    let w = Work { grid: query_blocks * bh, hmma: dq_avg * 3.0 * per_product, busy_warps: 4, bytes };
+    launches.push(launch(gpu, &dq, facts(&dq), w));
+    let pairs = if causal { qf * (2.0 * kf - qf + 1.0) / 2.0 } else { qf * kf };
+    let min_bytes = 3.0 * io_q + 2.0 * io_k + stats + (qf + 2.0 * kf) * bhf * df * 4.0;
+    OpEstimate { path: "flash", launches, flops: 10.0 * pairs * bhf * df, min_bytes }
+}
+
 /// The split-KV choice of tf-host's `num_splits_heuristic` (attention.rs).
 fn splits_heuristic(blocks: u64, sms: u64, n_blocks: u64, max_splits: u64) -> u64 {
     if blocks * 5 >= sms * 4 || sms == 0 {
@@ -410,6 +479,29 @@ mod tests {
         // two busy warps of one CTA feed two sub-partitions: twice the time
         let half = launch(g, "k", f, Work { busy_warps: 2, ..w(132) });
         assert!((half.seconds() / one.seconds() - 2.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn attention_backward_steps_and_products() {
+        let g = &GPUS[1];
+        let f = |_: &str| Some(KernelFacts { per_hmma: 4.0, ctas_per_sm: 1 });
+        let a = |t, causal| Attn { b: 1, t_q: t, t_k: t, heads: 16, hd: 64, causal };
+        let full = attention_backward(g, &f, a(2048, false));
+        let causal = attention_backward(g, &f, a(2048, true));
+        assert_eq!(full.launches.len(), 3);
+        // 32 key blocks x 16 heads; each visits all 32 query steps: 4 products of
+        // 64 x 64 x 64 (128 HMMA each) a step
+        assert_eq!(full.launches[1].grid, 32 * 16);
+        assert_eq!(full.launches[1].hmma_per_cta, 32.0 * 4.0 * 128.0);
+        assert_eq!(full.launches[2].hmma_per_cta, 32.0 * 3.0 * 128.0);
+        // causal: block kb visits steps kb..32, on average 16.5 of 32
+        assert_eq!(causal.launches[1].hmma_per_cta, 16.5 * 4.0 * 128.0);
+        assert_eq!(causal.launches[2].hmma_per_cta, 16.5 * 3.0 * 128.0);
+        assert!((full.flops / causal.flops - 2.0 * 2048.0 / 2049.0).abs() < 1e-9);
+        // hd 128: 32-row steps, twice as many of them
+        let h128 = attention_backward(g, &f, Attn { hd: 128, ..a(2048, false) });
+        assert_eq!(h128.launches[1].hmma_per_cta, 64.0 * 4.0 * 128.0);
+        assert!(full.seconds() >= full.floor(g) && causal.seconds() < full.seconds());
     }
 
     #[test]
