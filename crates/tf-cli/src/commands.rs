@@ -398,7 +398,9 @@ fn generate_with<T: DType>(
         None => Tokenformer::<T>::new(dev, cfg, init_seed).map_err(s)?,
     };
     let pb = bar(a.max_new as u64, "generating");
+    let started = std::time::Instant::now();
     let out = m.generate_with(&prompt.ids, a.max_new, sampling, |_| pb.inc(1)).map_err(s)?;
+    let seconds = started.elapsed().as_secs_f64();
     pb.finish_and_clear();
     let all = [&prompt.ids[..], &out[..]].concat();
     if let Some(tok) = &prompt.tokenizer {
@@ -429,14 +431,16 @@ fn generate_with<T: DType>(
         (Some(path), None) => path.display().to_string(),
     };
     eprintln!(
-        "generate: {} ({source}) on {}, {}, {}",
+        "generate: {} ({source}) on {}, {}, {}; {} new tokens in {seconds:.2} s with the prompt's pass ({:.1} tokens/s)",
         cfg.name,
         describe(dev, why),
         T::NAME,
         match sampling {
             Sampling::Greedy => "greedy".to_string(),
             Sampling::Temperature { t, seed } => format!("temperature {t}, sample seed {seed}"),
-        }
+        },
+        out.len(),
+        out.len() as f64 / seconds.max(1e-9)
     );
     Ok(ExitCode::SUCCESS)
 }

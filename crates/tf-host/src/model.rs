@@ -782,21 +782,28 @@ impl<T: DType> Tokenformer<T> {
             on_token(tok);
             Ok(tok)
         };
+        // The steps' graph is captured before the first id is chosen, so that
+        // nothing is allocated once ids flow. The emulator refuses nothing a GPU
+        // would accept: there a failed capture is a bug to report, not to work
+        // around.
+        let graph = if max_new > 1 {
+            match self.capture_decode(&mut cache) {
+                Ok(g) => Some(g),
+                Err(e) if !self.dev.is_cuda() => return Err(e),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
         let mut tok = choose(&logits, prompt.len() - 1)?;
-        if max_new == 1 {
-            return Ok(out);
-        }
-        match self.capture_decode(&mut cache) {
-            Ok(mut graph) => {
+        match graph {
+            Some(mut graph) => {
                 for _ in 1..max_new {
                     let pos = graph.cache_len();
                     tok = choose(graph.step(tok)?, pos)?;
                 }
             }
-            // The emulator refuses nothing a GPU would accept: there a failed
-            // capture is a bug to report, not to work around.
-            Err(e) if !self.dev.is_cuda() => return Err(e),
-            Err(_) => {
+            None => {
                 for _ in 1..max_new {
                     self.run(&[tok], &mut cache, &mut logits.view_mut())?;
                     tok = choose(&logits, cache.len() - 1)?;
