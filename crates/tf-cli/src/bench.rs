@@ -6,15 +6,15 @@
 use std::process::ExitCode;
 
 use tf_host::bench_internals::{
-    attention_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios, run_attention_case, run_grow,
-    run_pattention_case, svg, table, BenchSet, Variant,
+    attention_cases, decode_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios, run_attention_case,
+    run_decode, run_grow, run_pattention_case, svg, table, BenchSet, Variant,
 };
 use tf_host::Device;
 
 use crate::util::{bar, check_output, out, outln, s, spinner, write_file, CliResult};
 use crate::{BenchArgs, CheckArgs, DeviceArg};
 
-const FAMILIES: [&str; 3] = ["pattention", "attention", "grow"];
+const FAMILIES: [&str; 4] = ["pattention", "attention", "grow", "decode"];
 
 pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     if let Some(bad) = args.only.iter().find(|f| !FAMILIES.contains(&f.as_str())) {
@@ -55,7 +55,8 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     let want = |f: &str| args.only.iter().any(|o| o == f);
     let pcases = if want("pattention") { pattention_cases(set) } else { Vec::new() };
     let acases = if want("attention") { attention_cases(set) } else { Vec::new() };
-    let total = pcases.len() + acases.len() + usize::from(want("grow"));
+    let dcases = if want("decode") { decode_cases(set) } else { Vec::new() };
+    let total = pcases.len() + acases.len() + usize::from(want("grow")) + dcases.len();
     let pb = bar(total as u64, "benchmarking");
     let mut no_hook = |_: &mut Variant<'_>| {};
     let mut rows = Vec::new();
@@ -72,6 +73,11 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     if want("grow") {
         pb.set_message("grow 1.5b x1.25".to_string());
         rows.extend(run_grow(&dev, &mut no_hook).map_err(s)?);
+        pb.inc(1);
+    }
+    for c in &dcases {
+        pb.set_message(format!("decode step {} kv {}", c.config, c.kv));
+        rows.extend(run_decode(&dev, c, &mut no_hook).map_err(s)?);
         pb.inc(1);
     }
     pb.finish_and_clear();

@@ -193,8 +193,9 @@ pub struct BenchArgs {
     /// The device kit's short set of cases instead of all of them.
     #[arg(long)]
     pub quick: bool,
-    /// Families to run (comma-separated): pattention, attention, grow.
-    #[arg(long, value_delimiter = ',', default_values = ["pattention", "attention", "grow"])]
+    /// Families to run (comma-separated): pattention, attention, grow, decode (one
+    /// token through a whole model, uncaptured and as a replayed decode graph).
+    #[arg(long, value_delimiter = ',', default_values = ["pattention", "attention", "grow", "decode"])]
     pub only: Vec<String>,
     /// Seed of the `check` run used as the fallback without a GPU.
     #[arg(long)]

@@ -30,8 +30,8 @@ pub const LIMITS: &[(&str, &str, f64, f64)] = &[
     // fixed cost per block (ring, mask test, softmax), so per HMMA is high by
     // construction; per key they issue 3.7x fewer instructions than the 128-row
     // tile they replace (docs/performance-model.md). Target: the limit.
-    ("attn_decode", "sm_80", 11.5, 11.5), // worst: hd64 10.88 (hd128 6.66); 14.50 predicated
-    ("attn_decode", "sm_90a", 11.5, 11.5), // worst: hd64 11.12 (hd128 6.69); 14.38 predicated
+    ("attn_decode", "sm_80", 11.5, 11.5), // worst: hd64 10.88 (hd128 6.53; key count from memory); 14.50 predicated
+    ("attn_decode", "sm_90a", 11.5, 11.5), // worst: hd64 11.00 (hd128 6.41); 14.38 predicated
 ];
 
 /// (family, arch, limit): the epilogue's longest path (path.rs `epilogue`: any
