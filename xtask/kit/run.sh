@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU run kit: on a machine with an NVIDIA GPU (no Rust or network needed),
-#   ./run.sh OUT_DIR            GPU tests, then the benches (quick set), then
-#                               PyTorch's baselines, then one side-by-side table
+#   ./run.sh OUT_DIR            GPU tests, then the benches (quick set), a short
+#                               150m training run (tokens/s, MFU), PyTorch's
+#                               baselines, then one side-by-side table
 #   ./run.sh OUT_DIR --check    stop after the GPU check
 # Everything lands in OUT_DIR: table.md, bench.jsonl, torch.jsonl, *.log.
 # Budget: under 8 minutes on an H100/H200.
@@ -40,6 +41,7 @@ unpack() {  # unpack DIR: DIR/*.gz -> $out/bin/DIR/*, executable
 }
 unpack tests
 unpack benches
+unpack tools
 
 status=0
 # The binaries were built without an embedded fatbin (TF_FATBIN_EXTERNAL): they
@@ -67,6 +69,16 @@ for b in "$out/bin/benches"/*; do
         status=1
     fi
 done
+
+# Training at 150m scale, bf16 on the GPU: tokens/s and MFU (issue 13's anchor is
+# llm.c's ~60 % on GPT-2 124M). The corpus is the project's docs, read as bytes.
+log "train 150m (bf16, batch 8 x 1024 tokens, 100 steps)"
+if ! timeout 240 "$out/bin/tools/tokenformer" train --config 150m --data "$here/corpus.txt" --steps 100 \
+        --batch 8 --seq 1024 --dtype bf16 --device cuda --log-every 10 >"$out/train-150m.log" 2>&1; then
+    log "train 150m FAILED (see train-150m.log)"
+    status=1
+fi
+tail -4 "$out/train-150m.log" | tee -a "$out/kit.log"
 
 log "torch baselines"
 : >"$out/torch.jsonl"

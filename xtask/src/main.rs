@@ -462,7 +462,7 @@ fn device_kit(root: &Path) -> Result<(), String> {
     if kit.exists() {
         std::fs::remove_dir_all(&kit).map_err(|e| format!("{}: {e}", kit.display()))?;
     }
-    for sub in ["tests", "benches"] {
+    for sub in ["tests", "benches", "tools"] {
         std::fs::create_dir_all(kit.join(sub)).map_err(|e| format!("{}: {e}", kit.display()))?;
     }
     let mut tests = cargo(root, &tc);
@@ -481,10 +481,14 @@ fn device_kit(root: &Path) -> Result<(), String> {
     for b in KIT_BENCHES {
         benches.args(["--bench", b]);
     }
+    // The CLI, for a short training run at 150m scale (tokens/s and MFU).
+    let mut tools = cargo(root, &tc);
+    tools.args(["build", "--release", "--message-format=json", "-p", "tf-cli", "--bin", "tokenformer"]);
     for (cmd, names, dir) in [
         (&mut tests, KIT_TESTS, "tests"),
         (&mut host_tests, KIT_HOST_TESTS, "tests"),
         (&mut benches, KIT_BENCHES, "benches"),
+        (&mut tools, &["tokenformer"][..], "tools"),
     ] {
         // The binaries load the kit's one fatbin (run.sh sets TF_FATBIN) instead
         // of each embedding a copy: 15 copies of it were most of the kit.
@@ -513,6 +517,13 @@ fn device_kit(root: &Path) -> Result<(), String> {
     copy(&root.join("benches/torch_baseline.py"), &kit.join("torch_baseline.py"))?;
     copy(&root.join("xtask/kit/summarize.py"), &kit.join("summarize.py"))?;
     copy(&root.join("xtask/kit/run.sh"), &kit.join("run.sh"))?;
+    // The training run's corpus: the project's own documentation, read as bytes.
+    let mut corpus = std::fs::read(root.join("README.md")).map_err(|e| format!("README.md: {e}"))?;
+    for doc in ["design", "kernel-design", "performance-model", "tokenformer", "training"] {
+        let path = root.join("docs").join(format!("{doc}.md"));
+        corpus.extend(std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+    }
+    std::fs::write(kit.join("corpus.txt"), &corpus).map_err(|e| format!("corpus.txt: {e}"))?;
     let size = dir_size(&kit);
     println!("xtask: device-kit {} ({:.1} MiB)", kit.display(), size as f64 / (1u64 << 20) as f64);
     if size > KIT_LIMIT {

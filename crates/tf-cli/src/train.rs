@@ -404,12 +404,11 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
         None => format!("reference backend, {threads} thread{}", if threads == 1 { "" } else { "s" }),
         Some(d) => format!("device backend on {}", d.name()),
     };
-    outln!(
-        "trained {} steps in {:.2} s: {:.0} tokens/s ({backend})",
-        n,
-        start.elapsed().as_secs_f64(),
-        n * tokens_per_step / compute.max(1e-9),
-    );
+    let tokens_per_s = n * tokens_per_step / compute.max(1e-9);
+    outln!("trained {} steps in {:.2} s: {:.0} tokens/s ({backend})", n, start.elapsed().as_secs_f64(), tokens_per_s);
+    if let Some(d) = device.as_ref().filter(|d| d.is_cuda() && n > 0.0) {
+        outln!("{}", utilization(t.cfg(), t.run().seq, tokens_per_s, &d.name(), &a.dtype));
+    }
     if let Some(p) = &a.save {
         t.save(p, data.fingerprint()).map_err(|e| format!("--save: {e}"))?;
         outln!("saved step {} of {} to {}", t.step_count(), t.run().steps, p.display());
@@ -542,5 +541,74 @@ mod tests {
         let s = svg(&[rec(0, None), rec(1, Some((4.0, 4.0))), rec(2, None)], 3);
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("grown at step 1") && s.contains("polyline"));
+    }
+}
+
+/// Model FLOPs a token of training: `6·N + 12·L·d·T` (N parameters, the tied
+/// embedding counted once for the unembedding product; L layers of width d; T
+/// tokens a sequence), the count llm.c and PaLM's MFU use (attention not halved
+/// for the causal mask).
+pub(crate) fn flops_per_token(cfg: &tf_ref::TokenformerConfig, seq: usize) -> f64 {
+    6.0 * cfg.param_count() as f64 + 12.0 * (cfg.layers * cfg.d * seq) as f64
+}
+
+/// The dense 16-bit tensor peak of a GPU by its name (datasheet values, without
+/// sparsity), for MFU; None for a GPU not listed.
+pub(crate) fn dense_16bit_peak(name: &str) -> Option<f64> {
+    let n = name.to_ascii_uppercase();
+    if n.contains("H200") || (n.contains("H100") && !n.contains("PCIE")) {
+        Some(989e12)
+    } else if n.contains("H100") {
+        Some(756e12)
+    } else if n.contains("A100") {
+        Some(312e12)
+    } else {
+        None
+    }
+}
+
+/// The line after a device run: model TFLOP/s and, for a 16-bit model on a
+/// listed GPU, the model FLOPs utilisation.
+fn utilization(cfg: &tf_ref::TokenformerConfig, seq: usize, tokens_per_s: f64, gpu: &str, dtype: &str) -> String {
+    let f = flops_per_token(cfg, seq);
+    let achieved = f * tokens_per_s;
+    let mut line = format!(
+        "model FLOPs: {:.3} GFLOP a token (6·N + 12·L·d·T, N = {} parameters): {:.1} TFLOP/s",
+        f / 1e9,
+        cfg.param_count(),
+        achieved / 1e12
+    );
+    match dense_16bit_peak(gpu) {
+        Some(peak) if dtype != "f32" => line.push_str(&format!(
+            ", MFU {:.1} % of the {gpu}'s dense {dtype} peak ({:.0} TFLOP/s, datasheet)",
+            100.0 * achieved / peak,
+            peak / 1e12
+        )),
+        Some(_) => line.push_str(" (MFU is stated for f16 / bf16 models: the tensor-core peak)"),
+        None => line.push_str(&format!(" (no datasheet peak listed for {gpu}: MFU not stated)")),
+    }
+    line
+}
+
+#[cfg(test)]
+mod mfu_tests {
+    use super::*;
+
+    #[test]
+    fn flops_and_peaks() {
+        let cfg = tf_ref::TokenformerConfig::by_name("150m").unwrap();
+        // 6N + 12·L·d·T by hand from the config's fields
+        let n = cfg.param_count() as f64;
+        let want = 6.0 * n + 12.0 * cfg.layers as f64 * cfg.d as f64 * 1024.0;
+        assert_eq!(flops_per_token(&cfg, 1024), want);
+        assert_eq!(dense_16bit_peak("NVIDIA H200"), Some(989e12));
+        assert_eq!(dense_16bit_peak("NVIDIA H100 80GB HBM3"), Some(989e12));
+        assert_eq!(dense_16bit_peak("NVIDIA H100 PCIe"), Some(756e12));
+        assert_eq!(dense_16bit_peak("NVIDIA A100-SXM4-80GB"), Some(312e12));
+        assert_eq!(dense_16bit_peak("NVIDIA L4"), None);
+        let line = utilization(&cfg, 1024, 1e5, "NVIDIA H200", "bf16");
+        let mfu = 100.0 * want * 1e5 / 989e12;
+        assert!(line.contains(&format!("MFU {mfu:.1} %")), "{line}");
+        assert!(utilization(&cfg, 1024, 1e5, "NVIDIA H200", "f32").contains("MFU is stated for f16"));
     }
 }
