@@ -49,6 +49,10 @@ impl<T: DType> Tokenformer<T> {
     /// chosen once, for the cache's capacity, instead of for each length: the
     /// same values up to the rounding of the split combine.
     ///
+    /// While it captures, the device must not be used by another thread: on
+    /// CUDA whatever reaches the stream joins the graph, and the capture
+    /// refuses allocations and copies from any thread.
+    ///
     /// ```
     /// use tf_host::{Device, Tokenformer, TokenformerConfig};
     ///
