@@ -449,7 +449,7 @@ const KIT_TESTS: &[&str] = &[
 /// machines without a GPU and run there by `run.sh --include-ignored`.
 const KIT_HOST_TESTS: &[&str] = &["interop"];
 /// Benches the kit carries.
-const KIT_BENCHES: &[&str] = &["pattention", "attention", "grow", "decode"];
+const KIT_BENCHES: &[&str] = &["pattention", "attention", "grow", "decode", "pattention_backward"];
 /// Largest kit the GPU machine accepts.
 const KIT_LIMIT: u64 = 64 << 20;
 

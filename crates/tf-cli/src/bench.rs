@@ -6,15 +6,15 @@
 use std::process::ExitCode;
 
 use tf_host::bench_internals::{
-    attention_cases, decode_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios, run_attention_case,
-    run_decode, run_grow, run_pattention_case, svg, table, BenchSet, Variant,
+    attention_cases, backward_cases, decode_cases, json_lines, measure_peaks, pattention_cases, pattention_ratios,
+    run_attention_case, run_backward, run_decode, run_grow, run_pattention_case, svg, table, BenchSet, Variant,
 };
 use tf_host::Device;
 
 use crate::util::{bar, check_output, out, outln, s, spinner, write_file, CliResult};
 use crate::{BenchArgs, CheckArgs, DeviceArg};
 
-const FAMILIES: [&str; 4] = ["pattention", "attention", "grow", "decode"];
+const FAMILIES: [&str; 5] = ["pattention", "attention", "grow", "decode", "pattention_backward"];
 
 pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     if let Some(bad) = args.only.iter().find(|f| !FAMILIES.contains(&f.as_str())) {
@@ -56,7 +56,8 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     let pcases = if want("pattention") { pattention_cases(set) } else { Vec::new() };
     let acases = if want("attention") { attention_cases(set) } else { Vec::new() };
     let dcases = if want("decode") { decode_cases(set) } else { Vec::new() };
-    let total = pcases.len() + acases.len() + usize::from(want("grow")) + dcases.len();
+    let bcases = if want("pattention_backward") { backward_cases(set) } else { Vec::new() };
+    let total = pcases.len() + acases.len() + usize::from(want("grow")) + dcases.len() + bcases.len();
     let pb = bar(total as u64, "benchmarking");
     let mut no_hook = |_: &mut Variant<'_>| {};
     let mut rows = Vec::new();
@@ -78,6 +79,11 @@ pub fn run(args: &BenchArgs) -> CliResult<ExitCode> {
     for c in &dcases {
         pb.set_message(format!("decode step {} kv {}", c.config, c.kv));
         rows.extend(run_decode(&dev, c, &mut no_hook).map_err(s)?);
+        pb.inc(1);
+    }
+    for c in &bcases {
+        pb.set_message(format!("pattention backward d{} n{} t{}", c.d, c.n, c.t));
+        rows.extend(run_backward(&dev, c, &mut no_hook).map_err(s)?);
         pb.inc(1);
     }
     pb.finish_and_clear();

@@ -194,8 +194,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
     /// Families to run (comma-separated): pattention, attention, grow, decode (one
-    /// token through a whole model, uncaptured and as a replayed decode graph).
-    #[arg(long, value_delimiter = ',', default_values = ["pattention", "attention", "grow", "decode"])]
+    /// token through a whole model, uncaptured and as a replayed decode graph),
+    /// pattention_backward (with the recompute product and the bytes of a kept S).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["pattention", "attention", "grow", "decode", "pattention_backward"]
+    )]
     pub only: Vec<String>,
     /// Seed of the `check` run used as the fallback without a GPU.
     #[arg(long)]

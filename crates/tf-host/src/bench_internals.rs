@@ -4,7 +4,8 @@
 //! The benchmark cases and their measurement, shared by `tokenformer bench` and
 //! the criterion benches (`benches/*.rs`): the device's measured peaks, median
 //! CUDA-event timing, the Pattention-vs-dense, attention and growth cases of the
-//! benchmarks issue, the decode step (uncaptured and as a decode graph), the roofline table, JSON lines and an SVG chart.
+//! benchmarks issue, the decode step (uncaptured and as a decode graph), the
+//! Pattention backward (and recomputing A against keeping S), the roofline table, JSON lines and an SVG chart.
 //!
 //! Everything here times a CUDA device: [`Device::time_iters`] refuses the
 //! emulator, whose timings are not performance.
@@ -31,7 +32,9 @@ use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 use half::bf16;
 
+mod backward;
 mod decode;
+pub use backward::{backward_cases, run_backward, BackwardCase};
 pub use decode::{decode_cases, run_decode, DecodeCase};
 
 /// Input buffers each timed closure rotates over, so caches do not flatter.
