@@ -13,29 +13,10 @@
 
 mod common;
 
-use common::{backends, seed};
+use common::{backends, seed, tiny, tiny64};
 use rand::{Rng, SeedableRng};
 use tf_host::ops::attention::{num_splits_heuristic, tiles_for};
 use tf_host::{bf16, f16, DType, Device, EmuOptions, Tokenformer, TokenformerConfig};
-
-fn tiny() -> TokenformerConfig {
-    TokenformerConfig::by_name("tiny").unwrap()
-}
-
-/// Head dim 64: the cache is not padded.
-fn tiny64() -> TokenformerConfig {
-    TokenformerConfig {
-        name: "tiny64".into(),
-        layers: 1,
-        d: 128,
-        heads: 2,
-        qkv_slots: 72,
-        proj_slots: 64,
-        ffn_slots: 136,
-        vocab: 320,
-        ..tiny()
-    }
-}
 
 fn f32s<T: DType>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()

@@ -13,29 +13,10 @@
 
 mod common;
 
-use common::{assert_close, backends, seed};
+use common::{assert_close, backends, seed, tiny, tiny64};
 use rand::{Rng, SeedableRng};
 use tf_host::{bf16, DType, Device, Sampling, SlotCounts, Tokenformer};
 use tf_ref::{Element, ModelParams, TokenformerConfig};
-
-fn tiny() -> TokenformerConfig {
-    TokenformerConfig::by_name("tiny").unwrap()
-}
-
-/// A config whose head dim (64) the attention kernels run directly.
-fn tiny64() -> TokenformerConfig {
-    TokenformerConfig {
-        name: "tiny64".into(),
-        layers: 1,
-        d: 128,
-        heads: 2,
-        qkv_slots: 72,
-        proj_slots: 64,
-        ffn_slots: 136,
-        vocab: 320,
-        ..tiny()
-    }
-}
 
 /// The parameters rounded to `T` (what the device model holds), so the
 /// comparison measures the kernels, not the rounding of the weights.

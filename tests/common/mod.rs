@@ -107,3 +107,25 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64) -> (f64, f
     }
     (rel, max_abs)
 }
+
+/// The `tiny` config: 2 layers, d 64, 4 heads of 16 (the attention runs padded
+/// to head dim 64).
+pub fn tiny() -> tf_host::TokenformerConfig {
+    tf_host::TokenformerConfig::by_name("tiny").unwrap()
+}
+
+/// A config whose head dim (64) the attention kernels run directly: 1 layer,
+/// d 128, 2 heads.
+pub fn tiny64() -> tf_host::TokenformerConfig {
+    tf_host::TokenformerConfig {
+        name: "tiny64".into(),
+        layers: 1,
+        d: 128,
+        heads: 2,
+        qkv_slots: 72,
+        proj_slots: 64,
+        ffn_slots: 136,
+        vocab: 320,
+        ..tiny()
+    }
+}

@@ -726,6 +726,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_key_count_from_memory_only_where_a_kernel_reads_it() {
+        // Refused before anything launches: k and v shorter than the counter's
+        // range, and a 16-bit call of 17 query rows (the 128-row kernel does not
+        // read the counter). The counter's address is never read here.
+        let dev = Device::emulator();
+        let c = |max| Some(DevCounter { addr: 64, max });
+        let run = |t_q: usize, t_k: usize, counter| {
+            let q = dev.zeros::<half::bf16>(&[1, t_q, 1, 64]).unwrap();
+            let k = dev.zeros::<half::bf16>(&[1, t_k, 1, 64]).unwrap();
+            let mut o = dev.zeros::<half::bf16>(&[1, t_q, 1, 64]).unwrap();
+            let mut lse = dev.zeros::<f32>(&[1, 1, t_q]).unwrap();
+            let args = AttnArgs { q: q.view(), k: k.view(), v: k.view(), opts: AttnOptions::default() };
+            attention_into_at(&dev, &args, &mut o.view_mut(), &mut lse.view_mut(), None, counter)
+        };
+        for (t_q, t_k, max) in [(1, 8, 9), (17, 8, 8)] {
+            let e = run(t_q, t_k, c(max)).unwrap_err().to_string();
+            assert!(e.contains("read at run time"), "{e}");
+        }
+        run(17, 8, None).unwrap();
+    }
+
+    #[test]
     fn overlap_detection() {
         assert!(non_overlapping(&[2, 3, 4, 64], &[768, 256, 64, 1]));
         assert!(non_overlapping(&[2, 3, 4, 64], &[768, 64, 192, 1]));
