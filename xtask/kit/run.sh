@@ -72,8 +72,8 @@ done
 
 # Training at 150m scale, bf16 on the GPU: tokens/s and MFU (issue 13's anchor is
 # llm.c's ~60 % on GPT-2 124M). The corpus is the project's docs, read as bytes.
-log "train 150m (bf16, batch 8 x 1024 tokens, 100 steps)"
-if ! timeout 240 "$out/bin/tools/tokenformer" train --config 150m --data "$here/corpus.txt" --steps 100 \
+log "train 150m (bf16, batch 8 x 1024 tokens, 60 steps)"
+if ! timeout 240 "$out/bin/tools/tokenformer" train --config 150m --data "$here/corpus.txt" --steps 60 \
         --batch 8 --seq 1024 --dtype bf16 --device cuda --log-every 10 >"$out/train-150m.log" 2>&1; then
     log "train 150m FAILED (see train-150m.log)"
     status=1

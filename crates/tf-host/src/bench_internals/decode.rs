@@ -1,5 +1,5 @@
 //! The decode-step case: one token through a whole bf16 model at a fixed cache
-//! length, uncaptured (`forward_cached_into`, some fifteen launches a layer)
+//! length, uncaptured (`forward_cached_into`, about thirty launches a layer)
 //! and as a replayed decode graph (`DecodeGraph::step`). At one row the step
 //! reads every weight once, so its floor is memory: the parameter bytes plus
 //! the cache's keys and values.

@@ -1,6 +1,6 @@
 //! One decode step captured once and replayed for every token: a CUDA graph
-//! on a GPU (one launch call per token instead of some fifteen per layer), the
-//! recorded launches on the emulator.
+//! on a GPU (one launch call per token instead of 3 + 29 a layer at 354m's
+//! shapes), the recorded launches on the emulator.
 //!
 //! A replay runs the captured launches with the params they were captured
 //! with, so nothing in them may depend on the step: the token id, its position
