@@ -16,6 +16,7 @@ use super::{KvCache, Pass, Tokenformer, STEP_BYTES, STEP_KEYS, STEP_POS};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::graph::Graph;
+use crate::ops::linear::linear_into;
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 
@@ -93,6 +94,12 @@ impl<T: DType> Tokenformer<T> {
             cache.step = Some(Workspace::new(&self.dev, STEP_BYTES)?);
         }
         let mut logits = self.dev.output::<T>(&[1, self.geo.vocab])?;
+        if self.dev.is_cuda() {
+            // The logits product runs on cuBLAS, whose handle and lazily made
+            // resources must exist before the capture: one product first.
+            let x = self.dev.zeros::<T>(&[1, self.geo.d])?;
+            linear_into(&self.dev, &x.view(), &self.embedding.view(), &mut logits.view_mut())?;
+        }
         let step = match cache.step.as_mut() {
             Some(w) => w.ptr_mut().addr,
             None => return Err(Error::InvalidArgument { op: OP, msg: "internal: no step buffer".into() }),
