@@ -279,7 +279,8 @@ __device__ void embedding(const tf_embedding_params& p) {
 
 // Whether [t, heads, width] at `addr` with these strides can move in 16-byte chunks.
 template <typename T>
-__device__ __forceinline__ bool heads_vec_ok(uint64_t addr, int64_t row_stride, int64_t head_stride, int64_t width) {
+__device__ __forceinline__ bool heads_vec_ok(uint64_t addr, int64_t row_stride, int64_t head_stride,
+                                             int64_t width) {
     constexpr int V = vec16<T>();
     return aligned16(addr) && row_stride % V == 0 && head_stride % V == 0 && width % V == 0;
 }
@@ -295,8 +296,10 @@ __device__ void copy_heads(const tf_head_copy_params& p, int64_t row0) {
         const int i = rem / heads, h = rem - i * heads;
         const int64_t row = row0 + i;
         if (row < 0 || row >= p.dst_rows) continue;  // warp-uniform
-        const T* src = reinterpret_cast<const T*>(pair == 0 ? p.src[0] : p.src[1]) + i * p.src_row_stride + h * p.src_head_stride;
-        T* dst = reinterpret_cast<T*>(pair == 0 ? p.dst[0] : p.dst[1]) + row * p.dst_row_stride + h * p.dst_head_stride;
+        const T* src = reinterpret_cast<const T*>(pair == 0 ? p.src[0] : p.src[1]) + i * p.src_row_stride +
+                       h * p.src_head_stride;
+        T* dst = reinterpret_cast<T*>(pair == 0 ? p.dst[0] : p.dst[1]) + row * p.dst_row_stride +
+                 h * p.dst_head_stride;
         for (int64_t c = (int64_t)w.lane * V; c < p.width; c += 32 * V)
             *reinterpret_cast<C*>(dst + c) = *reinterpret_cast<const C*>(src + c);
     }

@@ -20,8 +20,9 @@ use crate::device::{Backend, Device};
 use crate::error::{Error, Result};
 
 /// An int32 in device memory that kernels read at run time, holding a value in
-/// `0..=max` (the kernels clamp to that range, so a wrong value cannot take an
-/// access out of bounds).
+/// `0..=max`. Whatever it holds, no access leaves its buffer: rotary and
+/// attention clamp the value to that range, the head copy skips rows outside
+/// its destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct DevCounter {
     /// Its device address (host address on the emulator), 4-byte aligned.
