@@ -7,20 +7,8 @@
 
 mod common;
 
-use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench_internals::{attention_cases, run_attention_case, BenchSet};
+use tf_host::bench_internals::{attention_cases, run_attention_case};
 
 fn main() {
-    let Some(dev) = gpu("attention") else { return };
-    let peaks = peaks(&dev);
-    let mut c = criterion();
-    let mut rows = Vec::new();
-    {
-        let mut h = hook(&mut c, &dev);
-        for case in attention_cases(BenchSet::from_env()) {
-            rows.extend(run_attention_case(&dev, &case, &mut h).expect("attention case"));
-        }
-    }
-    report(&rows, &peaks);
-    c.final_summary();
+    common::run_cases("attention", attention_cases, run_attention_case);
 }

@@ -6,20 +6,8 @@
 
 mod common;
 
-use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench_internals::{decode_cases, run_decode, BenchSet};
+use tf_host::bench_internals::{decode_cases, run_decode};
 
 fn main() {
-    let Some(dev) = gpu("decode") else { return };
-    let peaks = peaks(&dev);
-    let mut c = criterion();
-    let mut rows = Vec::new();
-    {
-        let mut h = hook(&mut c, &dev);
-        for case in decode_cases(BenchSet::from_env()) {
-            rows.extend(run_decode(&dev, &case, &mut h).expect("decode case"));
-        }
-    }
-    report(&rows, &peaks);
-    c.final_summary();
+    common::run_cases("decode", decode_cases, run_decode);
 }

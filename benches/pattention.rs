@@ -16,20 +16,8 @@
 
 mod common;
 
-use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench_internals::{pattention_cases, run_pattention_case, BenchSet};
+use tf_host::bench_internals::{pattention_cases, run_pattention_case};
 
 fn main() {
-    let Some(dev) = gpu("pattention") else { return };
-    let peaks = peaks(&dev);
-    let mut c = criterion();
-    let mut rows = Vec::new();
-    {
-        let mut h = hook(&mut c, &dev);
-        for case in pattention_cases(BenchSet::from_env()) {
-            rows.extend(run_pattention_case(&dev, &case, &mut h).expect("pattention case"));
-        }
-    }
-    report(&rows, &peaks);
-    c.final_summary();
+    common::run_cases("pattention", pattention_cases, run_pattention_case);
 }

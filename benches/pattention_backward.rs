@@ -6,20 +6,8 @@
 
 mod common;
 
-use common::{criterion, gpu, hook, peaks, report};
-use tf_host::bench_internals::{backward_cases, run_backward, BenchSet};
+use tf_host::bench_internals::{backward_cases, run_backward};
 
 fn main() {
-    let Some(dev) = gpu("pattention_backward") else { return };
-    let peaks = peaks(&dev);
-    let mut c = criterion();
-    let mut rows = Vec::new();
-    {
-        let mut h = hook(&mut c, &dev);
-        for case in backward_cases(BenchSet::from_env()) {
-            rows.extend(run_backward(&dev, &case, &mut h).expect("backward case"));
-        }
-    }
-    report(&rows, &peaks);
-    c.final_summary();
+    common::run_cases("pattention_backward", backward_cases, run_backward);
 }

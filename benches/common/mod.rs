@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Throughput};
-use tf_host::bench_internals::{append_env_json, measure_peaks, pattention_ratios, table, Peaks, Row, Variant, Work};
+use tf_host::bench_internals::{
+    append_env_json, measure_peaks, pattention_ratios, table, BenchSet, Hook, Peaks, Row, Variant, Work,
+};
 use tf_host::Device;
 
 /// The CUDA device, or None after printing why the CUDA benches are skipped.
@@ -74,4 +76,26 @@ pub fn report(rows: &[Row], p: &Peaks) {
     if let Err(e) = append_env_json(rows, p) {
         eprintln!("TF_BENCH_JSON: {e}");
     }
+}
+
+/// The whole of a case-list bench: the GPU (or why there is none), its peaks,
+/// each case of `cases(set)` through `run` as criterion benchmarks, then the
+/// report.
+pub fn run_cases<C>(
+    bench: &str,
+    cases: impl Fn(BenchSet) -> Vec<C>,
+    run: impl Fn(&Device, &C, Hook<'_>) -> tf_host::Result<Vec<Row>>,
+) {
+    let Some(dev) = gpu(bench) else { return };
+    let peaks = peaks(&dev);
+    let mut c = criterion();
+    let mut rows = Vec::new();
+    {
+        let mut h = hook(&mut c, &dev);
+        for case in cases(BenchSet::from_env()) {
+            rows.extend(run(&dev, &case, &mut h).unwrap_or_else(|e| panic!("{bench} case: {e}")));
+        }
+    }
+    report(&rows, &peaks);
+    c.final_summary();
 }
