@@ -15,7 +15,8 @@
 //!   tf-ref's run contract (schedule, batches, growth mid-run, checkpoints).
 //! - [`Pattention`]: a layer that owns its parameter tokens and grows.
 //! - [`Tokenformer`]: the whole model: init, checkpoints, forward, KV-cache
-//!   generation, growth of every Pattention at once.
+//!   generation, growth of every Pattention at once; [`DecodeGraph`]: one decode
+//!   step captured once (a CUDA graph) and replayed per token.
 //! - [`Error`]: every failure, typed; bad input never panics.
 //! - Steady state without allocation: the `*_into` forms take the output and a
 //!   caller's [`Workspace`]; [`Tokenformer::forward_cached_into`] decodes from the
