@@ -27,7 +27,9 @@
 //      by 2^(e_t - E_i) is exact.
 //   2. pattention_rows_*    (here): one warp per row combines the statistics in a fixed
 //      order into (r_i, E_i); for l2_norm_gelu it also rewrites the row of h in place:
-//      S_ij = gelu(ĥ_ij · 2^(e_t - E_i) · s·2^E_i / (‖A_i‖ + eps)).
+//      S_ij = gelu(ĥ_ij · 2^(e_t - E_i) · s·2^E_i / (‖A_i‖ + eps)); or, when the caller
+//      keeps h and the statistics for the backward (they are A: A_ij = ĥ_ij·2^e_t),
+//      writes S to p.s, which product 3 then reads in h's place.
 //   3. pattention_out_*     (pattention_out.cu): Y = S·V_P on 128 x 128 tiles, A operand
 //      scaled per (row, n-tile) by 2^(e_t - E_i) (skipped for l2_norm_gelu), the row
 //      factor r_i applied in the epilogue.
@@ -95,7 +97,8 @@ using namespace tf::pat;
 constexpr int kRowsWarps = 8;      // rows (warps) per CTA of pattention_rows
 constexpr int kCombineCols = 128;  // output columns (threads) per CTA of pattention_combine
 
-// One warp per row: combine the row's statistics; l2_norm_gelu rewrites h in place.
+// One warp per row: combine the row's statistics; l2_norm_gelu rewrites h in place
+// (or writes S to p.s, leaving h, the scaled A, to a backward that keeps it).
 template <typename T>
 __device__ __forceinline__ void rows(const tf_pattention_params& p) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -113,7 +116,9 @@ __device__ __forceinline__ void rows(const tf_pattention_params& p) {
     // 16 bytes (8 or 4 elements) a lane; a group never straddles an n-tile.
     constexpr int kVec = 16 / sizeof(T);
     static_assert(kTileN % kVec == 0, "vector groups stay inside one n-tile");
-    T* h = reinterpret_cast<T*>(p.h) + row * p.h_stride;
+    const T* h = reinterpret_cast<const T*>(p.h) + row * p.h_stride;
+    // S over h, or (the caller keeps h for the backward) into p.s
+    T* out = reinterpret_cast<T*>(p.s ? p.s : p.h) + row * p.h_stride;
     for (int64_t c = (int64_t)lane * kVec; c < p.n; c += 32 * kVec) {
         const float2 s = st[c / kTileN];
         // An empty tile's factor is base·2^(kEmpty - E) = 0 (NaN for a poisoned row).
@@ -124,7 +129,7 @@ __device__ __forceinline__ void rows(const tf_pattention_params& p) {
 #pragma unroll
         for (int j = 0; j < kVec; ++j) e[j] = tf::from_float<T>(tf::gelu_stored_as<T>(tf::to_float<T>(e[j]) * f));
         memcpy(&u, e, 16);
-        *reinterpret_cast<uint4*>(h + c) = u;
+        *reinterpret_cast<uint4*>(out + c) = u;
     }
     if (lane == 0) rowf[row] = make_float2(1.0f, 0.0f);
 }

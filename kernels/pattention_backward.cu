@@ -18,7 +18,9 @@
 //   strides. Grid (ceil(n / 16), ceil(m / 16)), 16 x 16 threads, one element of C
 //   each; 16 x 16 tiles of A and B pass through shared memory (tails zero-filled),
 //   the sum runs over l in order (deterministic).
-// pattention_norm_backward_{f32,f16,bf16}: one block of 256 threads per row (blockIdx.x):
+// pattention_norm_backward_{f32,f16,bf16}: one block of 256 threads per row (blockIdx.x),
+//   A read from the f32 recomputation or (l2_norm_gelu, kept) from the forward's
+//   scaled scores ĥ·2^e (tf_kernels.h, tf_pnorm_backward_params):
 //   the row statistic (the L2 norm scaled by the row's largest magnitude, so that
 //   squares cannot overflow, or the softmax max and sum), then S and dA;
 //   the block reductions add the 8 warps' partial sums in warp order. Rows of up
@@ -112,7 +114,8 @@ __device__ __forceinline__ float row_l2(int64_t n, float* red, F v) {
     return m * sqrtf(block_reduce<false>(q, red));
 }
 
-// O: the type S and dA are written in. f32: S to s, dA over dS (d); f16 / bf16:
+// O: the type S and dA are written in (and the kept scores' type, when kept).
+// f32: S to s, dA over dS (d); f16 / bf16:
 // both rounded once, to s and da (rows ld_out apart), d then only scratch.
 // kPer > 0: the row's A and dS are read once into registers (n <= kThreads·kPer)
 // and every pass works on them; kPer = 0: each pass reads them again.
@@ -127,17 +130,28 @@ __device__ __forceinline__ void norm_backward(const tf_pnorm_backward_params& p)
     auto put_s = [&](int64_t j, float v) { so[j] = tf::from_float<O>(v); };
     auto put_da = [&](int64_t j, float v) { dao[j] = tf::from_float<O>(v); };
     const int64_t n = p.n;
+    // A from the f32 recomputation, or from the forward's kept scaled scores:
+    // ĥ·2^e exactly (a power of two; an empty tile's ĥ is 0 whatever its e)
+    const O* kh = reinterpret_cast<const O*>(p.kept) + row * p.ld_kept;
+    const int64_t n_tiles = (n + TF_PATTENTION_TILE_N - 1) / TF_PATTENTION_TILE_N;
+    const float2* ks = reinterpret_cast<const float2*>(p.kept_stats) + row * n_tiles;
+    auto load_a = [&](int64_t j) -> float {
+        if (!p.kept) return a[j];
+        const float h = tf::to_float<O>(kh[j]);
+        const float e = ks[j / TF_PATTENTION_TILE_N].x;
+        return h == 0.0f ? 0.0f : ldexpf(h, (int)e);
+    };
     constexpr int kHeld = kPer > 0 ? kPer : 1;
     float ca[kHeld], cd[kHeld];  // the cached row (kPer > 0)
     if constexpr (kPer > 0) {
         each<kPer>(n, [&](int i, int64_t j) {
-            ca[i] = a[j];
+            ca[i] = load_a(j);
             cd[i] = d[j];
         });
     }
     auto A = [&](int i, int64_t j) -> float {
         if constexpr (kPer > 0) return ca[i];
-        else return a[j];
+        else return load_a(j);
     };
     auto D = [&](int i, int64_t j) -> float {
         if constexpr (kPer > 0) return cd[i];

@@ -112,6 +112,10 @@ typedef struct tf_pattention_params {
                             * pattention_scores_reduce forms h and stats from their sum */
     int32_t split_k_tiles; /* k_splits > 1: 32-column k-tiles of d_in per slice (the last may have fewer) */
     int32_t reserved;      /* 0 */
+    tf_ptr s;              /* pattention_rows, l2_norm_gelu: where S goes, [t, h_stride] storage type;
+                            * 0 = over h (the default). Non-zero when the caller keeps h (the
+                            * scaled A) for the backward: pattention_out then reads S from here
+                            * (the host passes it as h to that launch) */
 } tf_pattention_params;
 
 /* ------------------------------------------------------------- attention --- */
@@ -374,7 +378,10 @@ typedef struct tf_gemm_params {
  * f32, rows ld elements apart), writes S = Θ(A) and dA, one block per row: kernel
  * pattention_norm_backward_f32 writes f32 S to s and dA over dS; the kernels
  * pattention_norm_backward_{f16,bf16} write both rounded to 16 bits, to s and da
- * (rows ld_out elements apart), the operands of the tensor-core products. */
+ * (rows ld_out elements apart), the operands of the tensor-core products.
+ * kept != 0 (l2_norm_gelu only): A is read from the forward's kept scores instead
+ * of a, A_ij = kept[i·ld_kept + j]·2^e with (e, l) = kept_stats[i·ceil(n / 128) + j / 128]
+ * (the forward's h and stats: tf_pattention_params), kept in the kernel's type. */
 typedef struct tf_pnorm_backward_params {
     tf_ptr a;                /* [t, n] f32 scores (input) */
     tf_ptr s;                /* [t, n] S = Θ(A) (output, the kernel's type) */
@@ -386,6 +393,9 @@ typedef struct tf_pnorm_backward_params {
     float eps;               /* added to the row norm (L2 norms) */
     int32_t norm;            /* tf_norm */
     int32_t reserved;        /* 0 */
+    tf_ptr kept;             /* 0, or the forward's scaled scores [t, ld_kept] (the kernel's type) */
+    tf_ptr kept_stats;       /* with kept: the forward's [t, ceil(n / 128)] float2 statistics */
+    int64_t ld_kept;         /* with kept: elements between rows of kept */
 } tf_pnorm_backward_params;
 
 /* ------------------------------------------------------- block backward --- */

@@ -88,10 +88,11 @@ pub struct tf_pattention_params {
     pub k_splits: i32,
     pub split_k_tiles: i32,
     pub reserved: i32,
+    pub s: tf_ptr,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_pattention_params"][::std::mem::size_of::<tf_pattention_params>() - 176usize];
+    ["Size of tf_pattention_params"][::std::mem::size_of::<tf_pattention_params>() - 184usize];
     ["Alignment of tf_pattention_params"][::std::mem::align_of::<tf_pattention_params>() - 8usize];
     ["Offset of field: tf_pattention_params::x"][::std::mem::offset_of!(tf_pattention_params, x) - 0usize];
     ["Offset of field: tf_pattention_params::k_p"][::std::mem::offset_of!(tf_pattention_params, k_p) - 8usize];
@@ -128,6 +129,7 @@ const _: () = {
         [::std::mem::offset_of!(tf_pattention_params, split_k_tiles) - 168usize];
     ["Offset of field: tf_pattention_params::reserved"]
         [::std::mem::offset_of!(tf_pattention_params, reserved) - 172usize];
+    ["Offset of field: tf_pattention_params::s"][::std::mem::offset_of!(tf_pattention_params, s) - 176usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
@@ -524,10 +526,13 @@ pub struct tf_pnorm_backward_params {
     pub eps: f32,
     pub norm: i32,
     pub reserved: i32,
+    pub kept: tf_ptr,
+    pub kept_stats: tf_ptr,
+    pub ld_kept: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of tf_pnorm_backward_params"][::std::mem::size_of::<tf_pnorm_backward_params>() - 80usize];
+    ["Size of tf_pnorm_backward_params"][::std::mem::size_of::<tf_pnorm_backward_params>() - 104usize];
     ["Alignment of tf_pnorm_backward_params"][::std::mem::align_of::<tf_pnorm_backward_params>() - 8usize];
     ["Offset of field: tf_pnorm_backward_params::a"][::std::mem::offset_of!(tf_pnorm_backward_params, a) - 0usize];
     ["Offset of field: tf_pnorm_backward_params::s"][::std::mem::offset_of!(tf_pnorm_backward_params, s) - 8usize];
@@ -545,6 +550,12 @@ const _: () = {
         [::std::mem::offset_of!(tf_pnorm_backward_params, norm) - 72usize];
     ["Offset of field: tf_pnorm_backward_params::reserved"]
         [::std::mem::offset_of!(tf_pnorm_backward_params, reserved) - 76usize];
+    ["Offset of field: tf_pnorm_backward_params::kept"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, kept) - 80usize];
+    ["Offset of field: tf_pnorm_backward_params::kept_stats"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, kept_stats) - 88usize];
+    ["Offset of field: tf_pnorm_backward_params::ld_kept"]
+        [::std::mem::offset_of!(tf_pnorm_backward_params, ld_kept) - 96usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

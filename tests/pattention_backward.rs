@@ -14,8 +14,9 @@ use common::{assert_close, backends, rand_vec, seed};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tf_host::{
-    bf16, f16, pattention_backward, pattention_backward_workspace_bytes, DType, Device, Error, Norm, PattentionArgs,
-    PattentionGrads, PattentionOptions, Tensor, Workspace,
+    bf16, f16, pattention_backward, pattention_backward_kept, pattention_backward_workspace_bytes, pattention_into,
+    pattention_keeping_into, DType, Device, Error, Norm, PattentionArgs, PattentionGrads, PattentionOptions, Tensor,
+    Workspace,
 };
 use tf_ref::{Element, MatRef};
 
@@ -119,18 +120,44 @@ fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     }
 }
 
+/// Where the backward takes A from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Scores {
+    /// Recomputed (`pattention_backward`).
+    Recomputed,
+    /// Kept by the forward (`pattention_keeping_into`, then
+    /// `pattention_backward_kept`); the forward's output is checked against
+    /// `pattention_into`'s, bit for bit.
+    Kept,
+}
+
 fn grads<T: DType>(
     dev: &Device,
     p: &Problem<T>,
     o: &PattentionOptions,
     ws: Option<&mut Workspace>,
+    scores: Scores,
 ) -> Result<PattentionGrads, Error> {
     let x = dev.upload(&p.x, &[p.t, p.d_in])?;
     let k = dev.upload(&p.k, &[p.n, p.d_in])?;
     let v = dev.upload(&p.v, &[p.n, p.d_out])?;
     let dy = dev.upload(&p.dy, &[p.t, p.d_out])?;
     let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: *o };
-    pattention_backward(dev, &args, &dy.view(), ws)
+    if scores == Scores::Recomputed {
+        return pattention_backward(dev, &args, &dy.view(), ws);
+    }
+    let mut y = dev.upload(&poison::<T>(p.t * p.d_out), &[p.t, p.d_out])?;
+    let kept = pattention_keeping_into(dev, &args, &mut y.view_mut(), None)?;
+    let mut y_plain = dev.upload(&poison::<T>(p.t * p.d_out), &[p.t, p.d_out])?;
+    pattention_into(dev, &args, &mut y_plain.view_mut(), None)?;
+    let bits = |t: &Tensor<T>| t.to_vec().unwrap().iter().map(|e| e.to_f32().to_bits()).collect::<Vec<u32>>();
+    assert_eq!(bits(&y), bits(&y_plain), "keeping the scores changed the forward's output");
+    pattention_backward_kept(dev, &args, &kept, &dy.view(), ws)
+}
+
+/// NaN in every element.
+fn poison<T: DType>(len: usize) -> Vec<T> {
+    vec![T::from_f32(f32::NAN); len]
 }
 
 fn host(t: &Tensor<f32>) -> Vec<f32> {
@@ -142,9 +169,28 @@ fn check<T: DType + Element>(dev: &Device, what: &str, p: &Problem<T>, o: &Patte
     check_within(dev, what, p, o, RTOL)
 }
 
+/// For `l2_norm_gelu` both ways of getting A (recomputed, kept) are checked.
 fn check_within<T: DType + Element>(dev: &Device, what: &str, p: &Problem<T>, o: &PattentionOptions, rtol: f64) -> f64 {
-    let g = grads(dev, p, o, None).unwrap();
+    let modes: &[Scores] =
+        if o.norm == Norm::L2NormGelu { &[Scores::Recomputed, Scores::Kept] } else { &[Scores::Recomputed] };
     let want = reference(p, o);
+    let mut worst = 0f64;
+    for &mode in modes {
+        worst = worst.max(check_mode(dev, &format!("{what} {mode:?}"), p, o, rtol, &want, mode));
+    }
+    worst
+}
+
+fn check_mode<T: DType + Element>(
+    dev: &Device,
+    what: &str,
+    p: &Problem<T>,
+    o: &PattentionOptions,
+    rtol: f64,
+    want: &[Vec<f64>; 3],
+    mode: Scores,
+) -> f64 {
+    let g = grads(dev, p, o, None, mode).unwrap();
     let what = format!(
         "{what} {} {:?} n_ref {:?} eps {} [t {}, n {}, d_in {}, d_out {}]",
         <T as DType>::NAME,
@@ -347,8 +393,8 @@ fn one_workspace_serves_many_calls_and_results_repeat() {
         for (t, n, d_in, d_out) in shapes {
             let p = problem::<f16>(&mut rng, t, n, d_in, d_out);
             let o = PattentionOptions::default();
-            let a = grads(&dev, &p, &o, Some(&mut ws)).unwrap();
-            let b = grads(&dev, &p, &o, Some(&mut ws)).unwrap();
+            let a = grads(&dev, &p, &o, Some(&mut ws), Scores::Recomputed).unwrap();
+            let b = grads(&dev, &p, &o, Some(&mut ws), Scores::Recomputed).unwrap();
             for (x, y) in [(&a.dx, &b.dx), (&a.dk_p, &b.dk_p), (&a.dv_p, &b.dv_p)] {
                 let (x, y): (Vec<u32>, Vec<u32>) =
                     (host(x).iter().map(|v| v.to_bits()).collect(), host(y).iter().map(|v| v.to_bits()).collect());
@@ -366,7 +412,7 @@ fn no_tokens_gives_zero_parameter_gradients() {
     for (dev, backend) in backends() {
         let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0006);
         let p = problem::<bf16>(&mut rng, 0, 20, 8, 16);
-        let g = grads(&dev, &p, &PattentionOptions::default(), None).unwrap();
+        let g = grads(&dev, &p, &PattentionOptions::default(), None, Scores::Recomputed).unwrap();
         assert_eq!(g.dx.shape(), &[0, 8], "{backend}");
         assert!(host(&g.dk_p).iter().all(|&v| v == 0.0) && g.dk_p.shape() == [20, 8], "{backend}");
         assert!(host(&g.dv_p).iter().all(|&v| v == 0.0) && g.dv_p.shape() == [20, 16], "{backend}");
@@ -398,4 +444,48 @@ fn bad_inputs_return_errors() {
     let other = Device::emulator();
     let dy_other = other.upload(&p.dy, &[4, 8]).unwrap();
     assert!(matches!(pattention_backward(&dev, &args, &dy_other.view(), None), Err(Error::DeviceMismatch { .. })));
+}
+
+/// Keeping the scores: refused for the other norms and for d_out = 0; the kept
+/// backward refuses scores of another shape, norm or device.
+#[test]
+fn kept_scores_bad_inputs_return_errors() {
+    let dev = Device::emulator();
+    let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0008);
+    let p = problem::<bf16>(&mut rng, 4, 10, 8, 8);
+    let up = |d: &Device, v: &[bf16], shape: &[usize]| d.upload(v, shape).unwrap();
+    let (x, k, v, dy) =
+        (up(&dev, &p.x, &[4, 8]), up(&dev, &p.k, &[10, 8]), up(&dev, &p.v, &[10, 8]), up(&dev, &p.dy, &[4, 8]));
+    let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+    let mut y = dev.zeros::<bf16>(&[4, 8]).unwrap();
+    for norm in [Norm::GeluL2Norm, Norm::Softmax] {
+        let bad = PattentionArgs { opts: PattentionOptions { norm, ..Default::default() }, ..args.clone() };
+        let e = pattention_keeping_into(&dev, &bad, &mut y.view_mut(), None).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("l2_norm_gelu"), "{e}");
+    }
+    let v0 = dev.zeros::<bf16>(&[10, 0]).unwrap();
+    let mut y0 = dev.zeros::<bf16>(&[4, 0]).unwrap();
+    let e = pattention_keeping_into(&dev, &PattentionArgs { v_p: v0.view(), ..args.clone() }, &mut y0.view_mut(), None)
+        .unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }) && e.to_string().contains("d_out = 0"), "{e}");
+
+    let kept = pattention_keeping_into(&dev, &args, &mut y.view_mut(), None).unwrap();
+    assert_eq!(kept.shape(), (4, 10));
+    // another t: the first three rows of x and dy
+    let (x3, dy3) = (up(&dev, &p.x[..24], &[3, 8]), up(&dev, &p.dy[..24], &[3, 8]));
+    let short = PattentionArgs { x: x3.view(), ..args.clone() };
+    let e = pattention_backward_kept(&dev, &short, &kept, &dy3.view(), None).unwrap_err();
+    assert!(matches!(e, Error::Shape { .. }) && e.to_string().contains("kept"), "{e}");
+    let softmax =
+        PattentionArgs { opts: PattentionOptions { norm: Norm::Softmax, ..Default::default() }, ..args.clone() };
+    let e = pattention_backward_kept(&dev, &softmax, &kept, &dy.view(), None).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    let other = Device::emulator();
+    let (xo, ko, vo, dyo) =
+        (up(&other, &p.x, &[4, 8]), up(&other, &p.k, &[10, 8]), up(&other, &p.v, &[10, 8]), up(&other, &p.dy, &[4, 8]));
+    let args_other = PattentionArgs { x: xo.view(), k_p: ko.view(), v_p: vo.view(), opts: Default::default() };
+    let e = pattention_backward_kept(&other, &args_other, &kept, &dyo.view(), None).unwrap_err();
+    assert!(matches!(e, Error::DeviceMismatch { .. }), "{e}");
+    // the right call works
+    assert!(pattention_backward_kept(&dev, &args, &kept, &dy.view(), None).is_ok());
 }

@@ -78,9 +78,12 @@ pub use ops::attention_backward::{attention_backward, attention_backward_saved, 
 pub use ops::grow::{grow_batch, GrowInit, GrowItem};
 pub use ops::linear::{linear, linear_into};
 pub use ops::pattention::{
-    pattention, pattention_into, pattention_workspace_bytes, Norm, PattentionArgs, PattentionOptions,
+    pattention, pattention_into, pattention_keeping_into, pattention_workspace_bytes, KeptScores, Norm, PattentionArgs,
+    PattentionOptions,
 };
-pub use ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes, PattentionGrads};
+pub use ops::pattention_backward::{
+    pattention_backward, pattention_backward_kept, pattention_backward_workspace_bytes, PattentionGrads,
+};
 pub use tensor::{IntoCudaView, IntoCudaViewMut, Tensor, View, ViewMut};
 pub use train::{GradOptions, ModelGrads};
 pub use trainer::{LossScale, Trainer};

@@ -539,6 +539,91 @@ pub fn pattention_into<T: DType>(
     y: &mut ViewMut<'_, T>,
     workspace: Option<&mut Workspace>,
 ) -> Result<()> {
+    run(dev, args, y, workspace, None)
+}
+
+/// What an `l2_norm_gelu` Pattention forward keeps for its backward
+/// ([`pattention_keeping_into`], [`crate::pattention_backward_kept`]): the
+/// scores `A = x·k_pᵀ` as the forward stored them, `ĥ = A·2^-e` in the storage
+/// type with one power-of-two exponent `e` per row and 128-column n-tile, so
+/// `A_ij = ĥ_ij·2^e` exactly (A rounded once to the storage type). `t·round_up(n,
+/// 8)` elements of the storage type and `t·ceil(n / 128)·8` bytes of statistics.
+#[derive(Debug)]
+pub struct KeptScores<T: DType> {
+    /// ĥ `[t, round_up(n, 8)]`.
+    pub(crate) h: Tensor<T>,
+    /// `[t, ceil(n / 128)]` (e, l) pairs, as `[t, 2·ceil(n / 128)]` f32.
+    pub(crate) stats: Tensor<f32>,
+    pub(crate) t: usize,
+    pub(crate) n: usize,
+}
+
+impl<T: DType> KeptScores<T> {
+    /// `(t, n)`: the forward's tokens and parameter tokens.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.t, self.n)
+    }
+
+    /// Device bytes held (scores and statistics).
+    pub fn bytes(&self) -> usize {
+        self.h.len() * std::mem::size_of::<T>() + self.stats.len() * 4
+    }
+
+    /// The device they live on.
+    pub fn device(&self) -> &Device {
+        self.h.device()
+    }
+}
+
+/// [`pattention_into`], also keeping the scores for the backward
+/// ([`KeptScores`]): the backward then reads them instead of recomputing
+/// `A = x·k_pᵀ` (one of its five products), at the cost of holding them from
+/// the forward to the backward. The forward moves no more bytes: its `[t, n]`
+/// intermediate goes to the kept tensor instead of the workspace, and the rows
+/// pass writes S to the workspace instead of over it. `y` gets the same bits as
+/// from `pattention_into`.
+///
+/// Errors: those of `pattention_into`; a norm other than `l2_norm_gelu` (the
+/// other norms store `gelu(A)` or `exp(A)`, from which the backward cannot take
+/// A); `d_out = 0` (no kernel runs, so there are no scores to keep).
+pub fn pattention_keeping_into<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    y: &mut ViewMut<'_, T>,
+    workspace: Option<&mut Workspace>,
+) -> Result<KeptScores<T>> {
+    if args.opts.norm != Norm::L2NormGelu {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!(
+                "keeping the scores needs the l2_norm_gelu norm; {} stores a function of A the backward cannot invert",
+                args.opts.norm.name()
+            ),
+        });
+    }
+    let p = plan(dev, args, y, workspace.as_ref().map(|w| w.bytes()))?;
+    if p.d_out == 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            msg: format!("v_p is [{}, 0]: with d_out = 0 no scores are computed, so none can be kept", p.n),
+        });
+    }
+    let h = dev.output::<T>(&[p.t, p.h_stride])?;
+    let stats = dev.output::<f32>(&[p.t, 2 * p.n_tiles])?;
+    let kept = KeptScores { h, stats, t: p.t, n: p.n };
+    run(dev, args, y, workspace, Some(&kept))?;
+    Ok(kept)
+}
+
+/// The forward's launches; with `kept`, h and the statistics go to it and the
+/// rows pass writes S to the workspace's h region, which the output product reads.
+fn run<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    y: &mut ViewMut<'_, T>,
+    workspace: Option<&mut Workspace>,
+    kept: Option<&KeptScores<T>>,
+) -> Result<()> {
     if let Some(ws) = &workspace {
         if !ws.device().same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
@@ -587,20 +672,35 @@ pub fn pattention_into<T: DType>(
         k_splits: to_i32(OP, "k splits", p.k_splits)?,
         split_k_tiles: to_i32(OP, "split k-tiles", p.split_k_tiles)?,
         reserved: 0,
+        s: 0,
     };
     let yp = y.ptr_mut();
     let params = sys::tf_pattention_params { y: yp.addr, ..params };
+    // Keeping: every launch takes h and stats from the kept tensors, except the
+    // output product, which reads S where the rows pass put it (the workspace's h).
+    let kept_ptrs = kept.map(|k| (k.h.view().ptr(), k.stats.view().ptr()));
+    let (params, out_params) = match &kept_ptrs {
+        None => (params, params),
+        Some((kh, ks)) => {
+            let kept = sys::tf_pattention_params { h: kh.addr, stats: ks.addr, s: params.h, ..params };
+            (kept, sys::tf_pattention_params { h: params.h, s: 0, ..kept })
+        }
+    };
     for l in &p.launches {
+        let output_product = l.kernel == kernel_name::<T>("out") || l.kernel == kernel_name::<T>("out64");
+        let params = if output_product { &out_params } else { &params };
         // SAFETY: plan() checked x [t, d_in], k_p [n, d_in], v_p [n, d_out] and
         // y [t, d_out] (contiguous rows at the given strides, 16-byte aligned
         // starts and strides for 16-bit storage, i64-safe sizes), and that the
         // workspace holds the layout's `total` bytes, which bound every h /
-        // stats / rowf / partial access; the kernels touch nothing else. The
-        // borrows and guards (xp, kp, vp, wp, yp) outlive the launches, which
-        // are stream-ordered (CUDA) or synchronous (emulator).
-        unsafe { dev.launch(OP, l.kernel, &l.geometry, &params) }?;
+        // stats / rowf / partial access; kept h and stats, when given, are
+        // [t, h_stride] and [t, n_tiles] float2 (pattention_keeping_into sized
+        // them from this plan). The kernels touch nothing else. The borrows and
+        // guards (xp, kp, vp, wp, yp, kept_ptrs) outlive the launches, which are
+        // stream-ordered (CUDA) or synchronous (emulator).
+        unsafe { dev.launch(OP, l.kernel, &l.geometry, params) }?;
     }
-    drop((xp, kp, vp, wp, yp));
+    drop((xp, kp, vp, wp, yp, kept_ptrs));
     Ok(())
 }
 

@@ -3,8 +3,8 @@
 //! `Y = Θ(X·K_Pᵀ)·V_P`, for the three norms with the forward's options (pinned
 //! `n_ref`, `eps`).
 //!
-//! It recomputes `A = X·K_Pᵀ` rather than reading anything the forward saved,
-//! runs the norm's vector-Jacobian product in f32 arithmetic, and returns f32
+//! It recomputes `A = X·K_Pᵀ`, or ([`pattention_backward_kept`], for
+//! `l2_norm_gelu`) reads the scores the forward kept, runs the norm's vector-Jacobian product in f32 arithmetic, and returns f32
 //! gradients (they feed f32 master weights: [`crate::AdamW`]). The five
 //! products run
 //! - for f16 / bf16 storage, on tensor cores (kernels/gemm_tc.cu): 16-bit
@@ -22,7 +22,7 @@ use crate::device::{Device, Geometry, KernelParams};
 use crate::dtype::DType;
 use crate::error::{checked_product, to_i64, to_u32, Error, Result};
 use crate::ops::gemm::{check_grid, gemm, Operand};
-use crate::ops::pattention::{check_operand, norm_scale, PattentionArgs};
+use crate::ops::pattention::{check_operand, norm_scale, KeptScores, Norm, PattentionArgs};
 use crate::tensor::{Tensor, View};
 use crate::workspace::Workspace;
 
@@ -169,12 +169,58 @@ pub fn pattention_backward<T: DType>(
     dy: &View<'_, T>,
     workspace: Option<&mut Workspace>,
 ) -> Result<PattentionGrads> {
+    run(dev, args, dy, workspace, None)
+}
+
+/// [`pattention_backward`] from the scores the forward kept
+/// ([`crate::pattention_keeping_into`], `l2_norm_gelu`): A is read from them
+/// (rounded once to the storage type, as the forward's S was computed from
+/// them) instead of recomputed, so four products run instead of five. `args`
+/// must be the forward's. The gradients are the recomputing backward's within
+/// the storage type's rounding of A (the same tolerances against tf-ref).
+///
+/// Errors: those of `pattention_backward`; `kept` from another device, or for
+/// another `(t, n)`; a norm other than `l2_norm_gelu`.
+pub fn pattention_backward_kept<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    kept: &KeptScores<T>,
+    dy: &View<'_, T>,
+    workspace: Option<&mut Workspace>,
+) -> Result<PattentionGrads> {
+    run(dev, args, dy, workspace, Some(kept))
+}
+
+fn run<T: DType>(
+    dev: &Device,
+    args: &PattentionArgs<'_, T>,
+    dy: &View<'_, T>,
+    workspace: Option<&mut Workspace>,
+    kept: Option<&KeptScores<T>>,
+) -> Result<PattentionGrads> {
     if let Some(ws) = &workspace {
         if !ws.device().same(dev) {
             return Err(Error::DeviceMismatch { op: OP });
         }
     }
     let p = plan(dev, args, dy, workspace.as_ref().map(|w| w.bytes()))?;
+    if let Some(k) = kept {
+        if !k.device().same(dev) {
+            return Err(Error::DeviceMismatch { op: OP });
+        }
+        if args.opts.norm != Norm::L2NormGelu {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                msg: format!("kept scores belong to l2_norm_gelu; the options say {}", args.opts.norm.name()),
+            });
+        }
+        if k.shape() != (p.t, p.n) {
+            return Err(Error::Shape {
+                op: OP,
+                msg: format!("the kept scores are for (t, n) = {:?}; x and k_p give ({}, {})", k.shape(), p.t, p.n),
+            });
+        }
+    }
     let PattentionArgs { x, k_p, v_p, opts } = args;
     let (t, n, d_in, d_out) = (p.t, p.n, p.d_in, p.d_out);
     let mut dx = dev.output::<f32>(&[t, d_in])?;
@@ -208,12 +254,18 @@ pub fn pattention_backward<T: DType>(
     // stride n; or, in s, the 16-bit S and dA of row stride ld16). Each gemm's
     // operands address exactly these matrices (a transposed one through swapped
     // strides) and its C is one of the [.., ..] f32 outputs or a region; the norm
-    // backward touches rows [0, t) of a, s and d (and da). The borrows and
-    // guards outlive the launches, which are stream-ordered (CUDA) or synchronous.
+    // backward touches rows [0, t) of a, s and d (and da), or of the kept scores
+    // ([t, round_up(n, 8)]) and statistics ([t, ceil(n / 128)] float2) in a's
+    // place, their shape checked above. The borrows and guards outlive the
+    // launches, which are stream-ordered (CUDA) or synchronous.
+    let kept_ptrs = kept.map(|k| (k.h.view().ptr(), k.stats.view().ptr()));
     unsafe {
-        gemm::<T, T>(OP, dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
+        if kept_ptrs.is_none() {
+            gemm::<T, T>(OP, dev, (t, n, d_in), rows(xp.addr, xs), rows(kp.addr, ks), a)?;
+        }
         gemm::<T, T>(OP, dev, (t, n, d_out), rows(dyp.addr, dys), rows(vp.addr, vs), d)?;
         if t > 0 {
+            let (kh, kst) = kept_ptrs.as_ref().map_or((0, 0), |(h, s)| (h.addr, s.addr));
             let params = sys::tf_pnorm_backward_params {
                 a,
                 s,
@@ -227,6 +279,9 @@ pub fn pattention_backward<T: DType>(
                 eps: opts.eps,
                 norm: opts.norm.code() as i32,
                 reserved: 0,
+                kept: kh,
+                kept_stats: kst,
+                ld_kept: to_i64(OP, "kept row stride", n.next_multiple_of(8))?,
             };
             let kernel = match T::NAME {
                 "f16" => "pattention_norm_backward_f16",
@@ -245,6 +300,6 @@ pub fn pattention_backward<T: DType>(
             weight_products::<f32, T>(dev, (t, n, d_in, d_out), (s, da, ld_out), inputs, outputs)?;
         }
     }
-    drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp));
+    drop((xp, kp, vp, dyp, dxp, dkp, dvp, wp, kept_ptrs));
     Ok(PattentionGrads { dx, dk_p, dv_p })
 }
