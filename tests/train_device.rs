@@ -154,6 +154,73 @@ fn sixteen_bit_attention_takes_the_tensor_cores_at_head_dim_64() {
     }
 }
 
+/// `GradOptions::keep_scores`: the forward keeps every Pattention's scores (the
+/// tiny config's are all l2_norm_gelu) and the backward reads them. The loss is
+/// the same bits (the forward's outputs do not change); the gradients match
+/// tf-ref within the same bounds as the recomputing backward (f32: 2e-5; bf16:
+/// 8e-2, see `sixteen_bit`); recomputing the activations as well gives the same
+/// bits.
+#[test]
+fn kept_scores_match_tf_ref() {
+    on_backends("kept_scores_match_tf_ref", kept_scores_on);
+}
+
+fn kept_scores_on(dev: &Device) {
+    kept_scores::<f32>(dev, RTOL);
+    kept_scores::<tf_host::bf16>(dev, 8e-2);
+}
+
+fn kept_scores<T: tf_host::DType>(dev: &Device, grad_tol: f64) {
+    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+    let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0007);
+    let model = Tokenformer::<T>::new(dev, &cfg, r.random()).unwrap();
+    let (x, y) = tokens(&mut r, 23, cfg.vocab);
+    let params = model.to_params().unwrap();
+    let keep = tf_host::GradOptions { keep_scores: true, ..Default::default() };
+    let (loss_plain, _) = model.loss_and_grads(&x, &y).unwrap();
+    let (loss, grads) = model.loss_and_grads_with(&x, &y, &keep).unwrap();
+    assert_eq!(loss.to_bits(), loss_plain.to_bits(), "{}: keeping the scores changed the loss", T::NAME);
+    let (want_loss, want) = tf_ref::loss_and_grads(&params, &cfg, &x, &y).unwrap();
+    assert!((loss - want_loss).abs() <= 1e-2 * want_loss.abs(), "{}: loss {loss}, tf-ref {want_loss}", T::NAME);
+    let got = grads.to_params(&params).unwrap();
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    let mut worst =
+        assert_close(&format!("{} kept embedding", T::NAME), &f32s(&got.embedding), &want.embedding, grad_tol).0;
+    for (l, (gb, wb)) in got.blocks.iter().zip(&want.blocks).enumerate() {
+        for slot in Slot::ALL {
+            for (which, g, w) in
+                [("keys", &gb.tokens(slot).0, &wb.tokens(slot).0), ("values", &gb.tokens(slot).1, &wb.tokens(slot).1)]
+            {
+                let what = format!("{} kept block {l} {slot:?} {which}", T::NAME);
+                worst = worst.max(assert_close(&what, &f32s(g), w, grad_tol).0);
+            }
+        }
+    }
+    let (loss_r, again) = model.loss_and_grads_with(&x, &y, &tf_host::GradOptions { recompute: true, ..keep }).unwrap();
+    assert_eq!(loss_r.to_bits(), loss.to_bits(), "{}: kept scores with recomputation: the loss", T::NAME);
+    assert!(grad_bits(&again) == grad_bits(&grads), "{}: kept scores with recomputation: the gradients", T::NAME);
+    eprintln!("{} kept scores: worst gradient error {worst:.2e}", T::NAME);
+}
+
+/// With kept scores the backward skips the product A = X·K_Pᵀ: for f32 (one
+/// SIMT gemm launch per product), exactly 5 gemm launches a layer fewer
+/// (the emulator's launch profiles name the kernels).
+#[test]
+fn kept_scores_skip_one_product_per_pattention() {
+    let dev = Device::emulator_with(EmuOptions { checks: Checks::PROFILE, ..Default::default() });
+    let cfg = TokenformerConfig::by_name("tiny").unwrap();
+    let mut r = StdRng::seed_from_u64(seed() ^ 0x7a_0008);
+    let model = Tokenformer::<f32>::new(&dev, &cfg, r.random()).unwrap();
+    let (x, y) = tokens(&mut r, 23, cfg.vocab);
+    let gemms = |p: Vec<tf_host::Profile>| p.iter().filter(|p| p.kernel.starts_with("gemm")).count();
+    let _ = dev.take_profiles();
+    model.loss_and_grads(&x, &y).unwrap();
+    let plain = gemms(dev.take_profiles());
+    model.loss_and_grads_with(&x, &y, &tf_host::GradOptions { keep_scores: true, ..Default::default() }).unwrap();
+    let kept = gemms(dev.take_profiles());
+    assert_eq!(plain, kept + 5 * cfg.layers, "gemm launches: {plain} recomputing, {kept} keeping");
+}
+
 /// Every gradient as bits, in parameter order.
 fn grad_bits(g: &tf_host::ModelGrads) -> Vec<u32> {
     g.views().iter().flat_map(|v| v.to_vec().unwrap().into_iter().map(f32::to_bits)).collect()

@@ -152,6 +152,11 @@ pub struct TrainArgs {
     /// the backward (activation recomputation: less memory, the same results).
     #[arg(long)]
     pub recompute: bool,
+    /// Device backend: the l2_norm_gelu Pattentions' forward keeps its scores and
+    /// their backward reads them instead of recomputing them (one product fewer
+    /// per Pattention; t·n more elements of memory per Pattention).
+    #[arg(long)]
+    pub keep_scores: bool,
     /// Device backend: loss scaling: off, dynamic (start at 2^16, halve and retake
     /// the step when a gradient is not finite, double after 2000 finite steps) or
     /// a fixed factor N [default: dynamic for --dtype f16, else off; on --resume,

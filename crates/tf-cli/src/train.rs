@@ -202,17 +202,18 @@ fn device_trainer(
     dev: &Device,
     dtype: &str,
     t: &Trainer,
-    recompute: bool,
+    memory: Memory,
     scale: &ScaleChoice,
 ) -> CliResult<Box<dyn Backend>> {
     fn make<T: DType + 'static>(
         dev: &Device,
         t: &Trainer,
-        recompute: bool,
+        memory: Memory,
         scale: &ScaleChoice,
     ) -> CliResult<Box<dyn Backend>> {
         let mut d = tf_host::Trainer::<T>::from_reference(dev, t).map_err(s)?;
-        d.set_recompute(recompute);
+        d.set_recompute(memory.recompute);
+        d.set_keep_scores(memory.keep_scores);
         let restored = match (scale.given, scale.saved) {
             (None, Some(meta)) => d.restore_loss_scale(meta).map_err(|e| format!("--resume: {e}"))?,
             _ => false,
@@ -223,10 +224,18 @@ fn device_trainer(
         Ok(Box::new(d))
     }
     match dtype {
-        "f16" => make::<f16>(dev, t, recompute, scale),
-        "bf16" => make::<bf16>(dev, t, recompute, scale),
-        _ => make::<f32>(dev, t, recompute, scale),
+        "f16" => make::<f16>(dev, t, memory, scale),
+        "bf16" => make::<bf16>(dev, t, memory, scale),
+        _ => make::<f32>(dev, t, memory, scale),
     }
+}
+
+/// What a device run keeps between its forward and its backward
+/// (`--recompute`, `--keep-scores`).
+#[derive(Clone, Copy)]
+struct Memory {
+    recompute: bool,
+    keep_scores: bool,
 }
 
 /// `--loss-scale`: off, dynamic (GradScaler's defaults) or a factor; absent,
@@ -269,6 +278,9 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
     }
     if a.recompute && device.is_none() {
         return Err("--recompute: the reference backend keeps its activations; --recompute is for --device".into());
+    }
+    if a.keep_scores && device.is_none() {
+        return Err("--keep-scores: the reference backend has no kernels to skip; --keep-scores is for --device".into());
     }
     if a.loss_scale.is_some() && device.is_none() {
         return Err("--loss-scale: the reference backend computes in f64; --loss-scale is for --device".into());
@@ -323,7 +335,8 @@ pub fn run(a: &TrainArgs) -> CliResult<ExitCode> {
                 saved: saved_data.as_ref().map(|(_, meta)| meta),
                 default: parse_loss_scale(None, &a.dtype)?,
             };
-            device_trainer(dev, &a.dtype, &rt, a.recompute, &scale)?
+            let memory = Memory { recompute: a.recompute, keep_scores: a.keep_scores };
+            device_trainer(dev, &a.dtype, &rt, memory, &scale)?
         }
     };
     let r = t.run();

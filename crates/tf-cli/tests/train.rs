@@ -243,6 +243,36 @@ fn recompute_changes_no_bit_of_the_run() {
 }
 
 #[test]
+fn keep_scores_trains_the_same_model() {
+    let dir = tmp("keep_scores");
+    let data = corpus(&dir);
+    let run = |json: &Path, extra: &[&str]| {
+        let base = ["train", "--config", "tiny", "--data", &data, "--steps", "3", "--batch", "2", "--seq", "16"];
+        let dev = ["--device", "emulator", "--json", json.to_str().unwrap()];
+        ok(&[&base[..], &dev[..], extra].concat());
+        std::fs::read_to_string(json).unwrap()
+    };
+    let losses = |log: &str| -> Vec<f64> {
+        log.lines().filter_map(|l| field(l, "loss").map(|v| v.parse::<f64>().unwrap())).collect()
+    };
+    let plain = losses(&run(&dir.join("plain.jsonl"), &[]));
+    let kept = losses(&run(&dir.join("kept.jsonl"), &["--keep-scores"]));
+    let both = losses(&run(&dir.join("both.jsonl"), &["--keep-scores", "--recompute"]));
+    assert_eq!(plain.len(), 3);
+    // step 0's loss comes from the same forward; the later ones from gradients
+    // whose A was kept (f32: the forward's own A) instead of recomputed
+    assert_eq!(plain[0].to_bits(), kept[0].to_bits(), "step 0: {plain:?} vs {kept:?}");
+    for (p, k) in plain.iter().zip(&kept) {
+        assert!((p - k).abs() <= 1e-5 * p.abs(), "losses {plain:?} vs kept scores {kept:?}");
+    }
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&kept), bits(&both), "--keep-scores with --recompute");
+    let e = fails(&["train", "--config", "tiny", "--data", &data, "--steps", "2", "--keep-scores"]);
+    assert!(e.contains("--keep-scores") && e.contains("--device"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn a_u16_token_file_trains() {
     let dir = tmp("bin");
     let ids: Vec<u8> = (0..600u16).flat_map(|i| ((i * 7 + i / 13) % 500).to_le_bytes()).collect();

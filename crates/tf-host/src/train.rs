@@ -27,8 +27,8 @@ use crate::ops::block_backward::{
     layer_norm_backward, rotary_backward_into,
 };
 use crate::ops::linear::{linear_backward, linear_into};
-use crate::ops::pattention::PattentionArgs;
-use crate::ops::pattention_backward::pattention_backward;
+use crate::ops::pattention::{pattention_keeping_into, KeptScores, Norm, PattentionArgs};
+use crate::ops::pattention_backward::{pattention_backward, pattention_backward_kept};
 use crate::tensor::{Tensor, View};
 
 const OP: &str = "Tokenformer::loss_and_grads";
@@ -143,11 +143,20 @@ pub struct GradOptions {
     /// but the scaling while nothing overflows. Finite and > 0; default 1. The
     /// returned loss is unscaled.
     pub loss_scale: f32,
+    /// Keep the Pattention scores: every `l2_norm_gelu` Pattention's forward
+    /// keeps its scores (`A` in the storage type, [`crate::KeptScores`]) and its
+    /// backward reads them instead of recomputing `A = X·K_Pᵀ`, one of its five
+    /// products. The price is memory: `t·n` elements of the storage type per
+    /// Pattention, held from the forward to the backward (with `recompute`, one
+    /// block's at a time). The gradients differ from the recomputing backward's
+    /// by the rounding of A to the storage type (none for f32 storage beyond the
+    /// products' summation order). Default off.
+    pub keep_scores: bool,
 }
 
 impl Default for GradOptions {
     fn default() -> Self {
-        GradOptions { recompute: false, loss_scale: 1.0 }
+        GradOptions { recompute: false, loss_scale: 1.0, keep_scores: false }
     }
 }
 
@@ -164,6 +173,8 @@ struct BlockActs<T: DType> {
     lse: Option<Tensor<f32>>,
     x1: Tensor<T>,
     h1: Tensor<T>,
+    /// The kept scores of each Pattention (by `Slot::index`), with `keep_scores`.
+    kept: [Option<KeptScores<T>>; 5],
 }
 
 /// `a + b` as a new `[t, d]` tensor of `a`'s type (`0 + a` is `a`, then `+ b`
@@ -175,12 +186,23 @@ fn add<U: DType>(dev: &Device, td: (usize, usize), a: &View<'_, U>, b: &View<'_,
     Ok(s)
 }
 
-/// `y = layer(x)` into a new `[t, d_out]` tensor.
-fn pattn<T: DType>(dev: &Device, layer: &Pattention<T>, x: &View<'_, T>) -> Result<Tensor<T>> {
+/// `y = layer(x)` into a new `[t, d_out]` tensor, and with `keep` (for an
+/// `l2_norm_gelu` layer with an output) the scores its backward can read.
+fn pattn<T: DType>(
+    dev: &Device,
+    layer: &Pattention<T>,
+    x: &View<'_, T>,
+    keep: bool,
+) -> Result<(Tensor<T>, Option<KeptScores<T>>)> {
     let t = x.shape()[0];
     let mut y = dev.output::<T>(&[t, layer.d_out()])?;
+    if keep && layer.options().norm == Norm::L2NormGelu && layer.d_out() > 0 {
+        let args = PattentionArgs { x: x.clone(), k_p: layer.keys(), v_p: layer.values(), opts: *layer.options() };
+        let kept = pattention_keeping_into(dev, &args, &mut y.view_mut(), None)?;
+        return Ok((y, Some(kept)));
+    }
     layer.forward_into(x, &mut y.view_mut(), None)?;
-    Ok(y)
+    Ok((y, None))
 }
 
 /// The sizes and options of one sequence's training forward and backward.
@@ -220,7 +242,7 @@ impl<T: DType> Tokenformer<T> {
     ///
     /// Errors: as `loss_and_grads`.
     pub fn loss(&self, tokens: &[u32], targets: &[u32]) -> Result<f64> {
-        let mut f = self.train_forward(tokens, targets, true)?;
+        let mut f = self.train_forward(tokens, targets, true, false)?;
         cross_entropy_backward_into(self.device(), &mut f.logits.view_mut(), targets)
     }
 
@@ -255,7 +277,13 @@ impl<T: DType> Tokenformer<T> {
 
     /// One block's training forward from its input `x`: the activations its
     /// backward needs, and its output.
-    fn block_forward(&self, su: &Setup, blk: &[Pattention<T>], x: Tensor<T>) -> Result<(BlockActs<T>, Tensor<T>)> {
+    fn block_forward(
+        &self,
+        su: &Setup,
+        blk: &[Pattention<T>],
+        x: Tensor<T>,
+        keep: bool,
+    ) -> Result<(BlockActs<T>, Tensor<T>)> {
         let dev = self.device();
         let (t, d, eps, shape4) = (su.t, su.d, su.eps, su.shape4);
         let td = (t, d);
@@ -265,10 +293,16 @@ impl<T: DType> Tokenformer<T> {
             Ok(y)
         };
         let p = |slot: Slot| &blk[slot.index()];
+        let mut kept: [Option<KeptScores<T>>; 5] = Default::default();
+        let mut run = |slot: Slot, x: &Tensor<T>| -> Result<Tensor<T>> {
+            let (y, k) = pattn(dev, p(slot), &x.view(), keep)?;
+            kept[slot.index()] = k;
+            Ok(y)
+        };
         let h = ln(&x)?;
-        let mut q = pattn(dev, p(Slot::Query), &h.view())?;
-        let mut k = pattn(dev, p(Slot::Key), &h.view())?;
-        let v = pattn(dev, p(Slot::Value), &h.view())?;
+        let mut q = run(Slot::Query, &h)?;
+        let mut k = run(Slot::Key, &h)?;
+        let v = run(Slot::Value, &h)?;
         rotary_into(dev, &mut q.view_mut(), &su.rope)?;
         rotary_into(dev, &mut k.view_mut(), &su.rope)?;
         let args =
@@ -281,15 +315,16 @@ impl<T: DType> Tokenformer<T> {
         } else {
             (cast_from_f32::<T>(dev, &attention_forward(dev, &args)?)?.reshape(&[t, d])?, None)
         };
-        let x1 = add(dev, td, &x.view(), &pattn(dev, p(Slot::Proj), &ctx.view())?.view())?;
+        let x1 = add(dev, td, &x.view(), &run(Slot::Proj, &ctx)?.view())?;
         let h1 = ln(&x1)?;
-        let out = add(dev, td, &x1.view(), &pattn(dev, p(Slot::Ffn), &h1.view())?.view())?;
-        Ok((BlockActs { x, h, q, k, v, ctx, lse, x1, h1 }, out))
+        let out = add(dev, td, &x1.view(), &run(Slot::Ffn, &h1)?.view())?;
+        Ok((BlockActs { x, h, q, k, v, ctx, lse, x1, h1, kept }, out))
     }
 
     /// The forward of tf-ref's `loss_and_grads`, keeping every block's
-    /// activations, or only its input when `recompute`.
-    fn train_forward(&self, tokens: &[u32], targets: &[u32], recompute: bool) -> Result<Forward<T>> {
+    /// activations (and, with `keep`, its Pattentions' scores), or only its input
+    /// when `recompute`.
+    fn train_forward(&self, tokens: &[u32], targets: &[u32], recompute: bool, keep: bool) -> Result<Forward<T>> {
         let su = self.setup(tokens, targets)?;
         let dev = self.device();
         let (t, d, eps) = (su.t, su.d, su.eps);
@@ -297,7 +332,7 @@ impl<T: DType> Tokenformer<T> {
         embedding_into(dev, &self.embedding_view(), tokens, &mut x.view_mut())?;
         let mut saved = Vec::with_capacity(self.blocks_ref().len());
         for blk in self.blocks_ref() {
-            let (acts, out) = self.block_forward(&su, blk, x)?;
+            let (acts, out) = self.block_forward(&su, blk, x, keep && !recompute)?;
             // with recompute the other activations are freed here, block by block
             saved.push(if recompute { Saved::Input(acts.x) } else { Saved::All(Box::new(acts)) });
             x = out;
@@ -338,7 +373,8 @@ impl<T: DType> Tokenformer<T> {
         let cfg = self.config().clone();
         let dev = self.device().clone();
         let dev = &dev;
-        let Forward { setup: su, saved, x, hn, mut logits } = self.train_forward(tokens, targets, recompute)?;
+        let keep = opts.keep_scores;
+        let Forward { setup: su, saved, x, hn, mut logits } = self.train_forward(tokens, targets, recompute, keep)?;
         let (t, d, eps, shape4, attn) = (su.t, su.d, su.eps, su.shape4, su.attn);
         let (td, rope) = ((t, d), su.rope);
         // an f32 tensor (of t·d elements) rounded to T as [t, d]
@@ -359,12 +395,15 @@ impl<T: DType> Tokenformer<T> {
         for (blk, saved) in self.blocks_ref().iter().zip(saved).rev() {
             let a = match saved {
                 Saved::All(a) => *a,
-                Saved::Input(x) => self.block_forward(&su, blk, x)?.0,
+                Saved::Input(x) => self.block_forward(&su, blk, x, keep)?.0,
             };
             let pb = |slot: Slot, x: View<'_, T>, dy: &Tensor<f32>| {
                 let l = &blk[slot.index()];
                 let args = PattentionArgs { x, k_p: l.keys(), v_p: l.values(), opts: *l.options() };
-                pattention_backward(dev, &args, &cast(dy)?.view(), None)
+                match &a.kept[slot.index()] {
+                    Some(kept) => pattention_backward_kept(dev, &args, kept, &cast(dy)?.view(), None),
+                    None => pattention_backward(dev, &args, &cast(dy)?.view(), None),
+                }
             };
             let ln_back = |x: &Tensor<T>, dy: &Tensor<f32>| {
                 let args = LayerNormArgs { x: x.view(), weight: None, bias: None, eps };

@@ -43,6 +43,7 @@ pub struct Trainer<T: DType> {
     model: Tokenformer<T>,
     opt: AdamW<T>,
     recompute: bool,
+    keep_scores: bool,
     loss_scale: LossScale,
     /// The factor the next step scales the loss by, and the finite steps in a row
     /// taken with it (for `LossScale::Dynamic`).
@@ -184,7 +185,16 @@ impl<T: DType> Trainer<T> {
         }
         let mut adamw = AdamW::<T>::with_master(dev, &views(&master), &decay_flags(n), run.adamw)?;
         adamw.set_moments(&views(&m), &views(&v), opt.step)?;
-        Ok(Trainer { run, model, opt: adamw, recompute: false, loss_scale: LossScale::Off, scale: 1.0, good_steps: 0 })
+        Ok(Trainer {
+            run,
+            model,
+            opt: adamw,
+            recompute: false,
+            keep_scores: false,
+            loss_scale: LossScale::Off,
+            scale: 1.0,
+            good_steps: 0,
+        })
     }
 
     /// The run's settings.
@@ -223,6 +233,20 @@ impl<T: DType> Trainer<T> {
     /// Whether activations are recomputed.
     pub fn recompute(&self) -> bool {
         self.recompute
+    }
+
+    /// Keeping the Pattention scores on or off (off by default): the
+    /// `l2_norm_gelu` Pattentions' backward reads the scores their forward kept
+    /// instead of recomputing them (`GradOptions::keep_scores`). One product
+    /// fewer per Pattention backward, `t·n` elements of `T` more memory per
+    /// Pattention. Not part of a checkpoint.
+    pub fn set_keep_scores(&mut self, on: bool) {
+        self.keep_scores = on;
+    }
+
+    /// Whether the Pattention scores are kept.
+    pub fn keep_scores(&self) -> bool {
+        self.keep_scores
     }
 
     /// Sets the loss scaling ([`LossScale`]; `Off` by default) and resets its
@@ -329,7 +353,7 @@ impl<T: DType> Trainer<T> {
         let dynamic = matches!(self.loss_scale, LossScale::Dynamic { .. });
         let mut backoffs = 0;
         loop {
-            let opts = GradOptions { recompute: self.recompute, loss_scale: self.scale };
+            let opts = GradOptions { recompute: self.recompute, loss_scale: self.scale, keep_scores: self.keep_scores };
             let (mut total, mut sum): (f64, Option<ModelGrads>) = (0.0, None);
             for w in &windows {
                 let (loss, g) = self.model.loss_and_grads_with(&w[..w.len() - 1], &w[1..], &opts)?;
