@@ -1,6 +1,6 @@
 //! The Pattention backward on the GPU at training shapes (bf16, l2_norm_gelu),
-//! beside the product it recomputes (`A = X·K_Pᵀ`) and a copy of the bytes a
-//! kept `S` would cost instead. The cases and the measurement are
+//! recomputing `A = X·K_Pᵀ` and from the scores the forward kept, beside the
+//! product alone. The cases and the measurement are
 //! `tf_host::bench_internals`'s. Without a CUDA device the bench prints why and
 //! measures nothing.
 

@@ -15,8 +15,8 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tf_host::{
     bf16, f16, pattention_backward, pattention_backward_kept, pattention_backward_workspace_bytes, pattention_into,
-    pattention_keeping_into, DType, Device, Error, Norm, PattentionArgs, PattentionGrads, PattentionOptions, Tensor,
-    Workspace,
+    pattention_keeping_into, Checks, DType, Device, EmuOptions, Error, Norm, PattentionArgs, PattentionGrads,
+    PattentionOptions, Profile, Tensor, Workspace,
 };
 use tf_ref::{Element, MatRef};
 
@@ -444,6 +444,50 @@ fn bad_inputs_return_errors() {
     let other = Device::emulator();
     let dy_other = other.upload(&p.dy, &[4, 8]).unwrap();
     assert!(matches!(pattention_backward(&dev, &args, &dy_other.view(), None), Err(Error::DeviceMismatch { .. })));
+}
+
+/// What keeping the scores saves, counted by the emulator's profiler (bf16,
+/// the tiled forward): the forward moves the same bytes in the same launches;
+/// the kept backward runs exactly the recomputing one's launches but the first
+/// (the product A = X·K_Pᵀ), so its mma count drops by that product's, and it
+/// moves fewer bytes (it reads A in 16 bits where the other writes and reads
+/// it in f32).
+#[test]
+fn kept_scores_skip_the_product_and_move_fewer_bytes() {
+    let dev = Device::emulator_with(EmuOptions { checks: Checks::PROFILE, ..Default::default() });
+    let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0009);
+    let (t, n, d) = (130, 300, 64);
+    let p = problem::<bf16>(&mut rng, t, n, d, d);
+    let up = |v: &[bf16], shape: &[usize]| dev.upload(v, shape).unwrap();
+    let (x, k, v, dy) = (up(&p.x, &[t, d]), up(&p.k, &[n, d]), up(&p.v, &[n, d]), up(&p.dy, &[t, d]));
+    let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+    let mut y = dev.zeros::<bf16>(&[t, d]).unwrap();
+    let bytes = |p: &[Profile]| p.iter().map(Profile::global_sector_bytes).sum::<u64>();
+    let names = |p: &[Profile]| p.iter().map(|q| q.kernel.clone()).collect::<Vec<_>>();
+    let _ = dev.take_profiles();
+    pattention_into(&dev, &args, &mut y.view_mut(), None).unwrap();
+    let fwd = dev.take_profiles();
+    let kept = pattention_keeping_into(&dev, &args, &mut y.view_mut(), None).unwrap();
+    let fwd_kept = dev.take_profiles();
+    assert_eq!(names(&fwd), names(&fwd_kept));
+    assert_eq!(bytes(&fwd), bytes(&fwd_kept), "the keeping forward's bytes");
+    pattention_backward(&dev, &args, &dy.view(), None).unwrap();
+    let bwd = dev.take_profiles();
+    pattention_backward_kept(&dev, &args, &kept, &dy.view(), None).unwrap();
+    let bwd_kept = dev.take_profiles();
+    assert!(bwd[0].kernel.starts_with("gemm_tc") && bwd[0].mma > 0, "{:?}", names(&bwd));
+    assert_eq!(names(&bwd)[1..], names(&bwd_kept)[..], "the kept backward's launches");
+    let mma = |p: &[Profile]| p.iter().map(|q| q.mma).sum::<u64>();
+    assert_eq!(mma(&bwd) - bwd[0].mma, mma(&bwd_kept));
+    let (b, bk) = (bytes(&bwd), bytes(&bwd_kept));
+    assert!(bk < b, "bytes: recomputing {b}, kept {bk}");
+    eprintln!(
+        "t {t}, n {n}, d {d}: mma {} -> {}, sector bytes {b} -> {bk} ({:.1} -> {:.1} per t·n element)",
+        mma(&bwd),
+        mma(&bwd_kept),
+        b as f64 / (t * n) as f64,
+        bk as f64 / (t * n) as f64
+    );
 }
 
 /// Keeping the scores: refused for the other norms and for d_out = 0; the kept

@@ -200,7 +200,7 @@ pub struct BenchArgs {
     pub quick: bool,
     /// Families to run (comma-separated): pattention, attention, grow, decode (one
     /// token through a whole model, uncaptured and as a replayed decode graph),
-    /// pattention_backward (with the recompute product and the bytes of a kept S).
+    /// pattention_backward (recomputing A and from kept scores, and the recompute product).
     #[arg(
         long,
         value_delimiter = ',',

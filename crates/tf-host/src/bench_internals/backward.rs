@@ -1,11 +1,11 @@
 //! The Pattention backward at training shapes, and the measurement behind its
-//! one open design question: recompute `A = X·K_Pᵀ` in the backward (what it
-//! does) or keep the forward's `S` in 16 bits. Three timed variants per case:
-//! the whole backward, the recompute product alone (the same gemm call the
-//! backward makes), and a device copy of a 16-bit `[t, n]` matrix, which moves
-//! exactly the bytes a kept `S` costs (written once by the forward, read once
-//! by the backward). Keeping `S` pays where the copy is faster than the
-//! product, at the memory price of `t·n·2` bytes per Pattention per layer.
+//! one open design question: recompute `A = X·K_Pᵀ` in the backward (the
+//! default) or read the scores the forward kept (`pattention_backward_kept`,
+//! `GradOptions::keep_scores`). Three timed variants per case: the recomputing
+//! backward, the backward from kept scores (kept once, by a forward before the
+//! timing), and the recompute product alone (the same gemm call the backward
+//! makes). Keeping pays by the difference of the first two, at the memory price
+//! of `t·n·2` bytes per Pattention per layer.
 
 use half::bf16;
 
@@ -13,8 +13,10 @@ use super::{median_time, random, BenchSet, Hook, Row, Variant, Work};
 use crate::device::Device;
 use crate::error::Result;
 use crate::ops::gemm::{gemm, Operand};
-use crate::ops::pattention::{Norm, PattentionArgs, PattentionOptions};
-use crate::ops::pattention_backward::{pattention_backward, pattention_backward_workspace_bytes};
+use crate::ops::pattention::{pattention_keeping_into, Norm, PattentionArgs, PattentionOptions};
+use crate::ops::pattention_backward::{
+    pattention_backward, pattention_backward_kept, pattention_backward_workspace_bytes,
+};
 use crate::tensor::Tensor;
 use crate::workspace::Workspace;
 
@@ -49,7 +51,7 @@ pub fn backward_cases(set: BenchSet) -> Vec<BackwardCase> {
 }
 
 /// Times one case: `backward` (FLOPs of its five products, `10·t·n·d`),
-/// `recompute A` (`2·t·n·d`) and `copy t·n 16-bit` (bytes `4·t·n`).
+/// `backward (kept scores)` (four, `8·t·n·d`) and `recompute A` (`2·t·n·d`).
 pub fn run_backward(dev: &Device, case: &BackwardCase, hook: Hook<'_>) -> Result<Vec<Row>> {
     let BackwardCase { d, n, t } = *case;
     let x: Tensor<bf16> = random(dev, &[t, d], 1.0, 30)?;
@@ -94,13 +96,15 @@ pub fn run_backward(dev: &Device, case: &BackwardCase, hook: Hook<'_>) -> Result
     hook(&mut Variant { group: group.clone(), function: f, param: param.clone(), work: w, run: &mut recompute });
     let t_recompute = median_time(dev, 7, 3, &mut recompute)?;
 
-    let src: Tensor<bf16> = random(dev, &[t, n], 1.0, 34)?;
-    let mut dst: Tensor<bf16> = dev.zeros(&[t, n])?;
-    let mut copy = || dst.copy_from(&src);
-    let bytes = 4.0 * tf * nf;
-    let f = "copy t·n 16-bit".to_string();
-    hook(&mut Variant { group, function: f, param: param.clone(), work: Work::Bytes(bytes), run: &mut copy });
-    let t_copy = median_time(dev, 7, 3, &mut copy)?;
+    let args = PattentionArgs { x: x.view(), k_p: k_p.view(), v_p: v_p.view(), opts };
+    let mut y: Tensor<bf16> = dev.zeros(&[t, d])?;
+    let kept = pattention_keeping_into(dev, &args, &mut y.view_mut(), None)?;
+    let mut from_kept = || pattention_backward_kept(dev, &args, &kept, &dy.view(), Some(&mut ws)).map(drop);
+    let kept_flops = 8.0 * tf * nf * df;
+    let w = Work::Flops(kept_flops);
+    let f = "backward (kept scores)".to_string();
+    hook(&mut Variant { group, function: f, param: param.clone(), work: w, run: &mut from_kept });
+    let t_kept = median_time(dev, 7, 3, &mut from_kept)?;
 
     let elem = std::mem::size_of::<bf16>() as f64;
     let io = elem * (2.0 * tf * df + 2.0 * nf * df) + 4.0 * (tf * df + 2.0 * nf * df);
@@ -117,6 +121,6 @@ pub fn run_backward(dev: &Device, case: &BackwardCase, hook: Hook<'_>) -> Result
     Ok(vec![
         row("backward", flops, io, t_whole),
         row("recompute A (gemm_tc)", 2.0 * tf * nf * df, elem * (tf + nf) * df + 4.0 * tf * nf, t_recompute),
-        row("copy t·n 16-bit (a kept S)", 0.0, bytes, t_copy),
+        row("backward (kept scores)", kept_flops, io + elem * tf * nf, t_kept),
     ])
 }
