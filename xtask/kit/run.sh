@@ -79,6 +79,16 @@ if ! timeout 240 "$out/bin/tools/tokenformer" train --config 150m --data "$here/
     status=1
 fi
 tail -4 "$out/train-150m.log" | tee -a "$out/kit.log"
+# The same run keeping the Pattention scores for the backward (--keep-scores):
+# tokens/s against the line above decide whether keeping pays at this scale.
+log "train 150m --keep-scores (20 steps)"
+if ! timeout 120 "$out/bin/tools/tokenformer" train --config 150m --data "$here/corpus.txt" --steps 20 \
+        --batch 8 --seq 1024 --dtype bf16 --device cuda --keep-scores --log-every 10 \
+        >"$out/train-150m-keep.log" 2>&1; then
+    log "train 150m --keep-scores FAILED (see train-150m-keep.log)"
+    status=1
+fi
+tail -4 "$out/train-150m-keep.log" | tee -a "$out/kit.log"
 
 log "torch baselines"
 : >"$out/torch.jsonl"
