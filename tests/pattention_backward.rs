@@ -490,6 +490,29 @@ fn kept_scores_skip_the_product_and_move_fewer_bytes() {
     );
 }
 
+/// The decode path's split scores (16-bit, t <= 64, few n-tiles and a long
+/// d_in: product 1 split over d_in, the slices summed by
+/// pattention_scores_reduce) write the scores the kept backward reads: the
+/// plan is checked to split, then both ways of getting A against tf-ref.
+#[test]
+fn kept_scores_from_the_split_decode_path() {
+    let s = seed();
+    for (dev, backend) in backends() {
+        let mut rng = StdRng::seed_from_u64(s ^ 0xb0_000a);
+        let (t, n, d_in, d_out) = (5, 200, 136, 16);
+        let p = problem::<bf16>(&mut rng, t, n, d_in, d_out);
+        let up = |v: &[bf16], shape: &[usize]| dev.upload(v, shape).unwrap();
+        let (x, k, v) = (up(&p.x, &[t, d_in]), up(&p.k, &[n, d_in]), up(&p.v, &[n, d_out]));
+        let args = PattentionArgs { x: x.view(), k_p: k.view(), v_p: v.view(), opts: Default::default() };
+        let mut y = dev.zeros::<bf16>(&[t, d_out]).unwrap();
+        let plan = tf_host::ops::pattention::plan(&dev, &args, &y.view_mut(), None).unwrap();
+        assert!(plan.k_splits > 1, "{backend}: {plan:?}");
+        let ph = problem::<f16>(&mut rng, t, n, d_in, d_out);
+        check(&dev, backend, &p, &PattentionOptions::default());
+        check(&dev, backend, &ph, &PattentionOptions::default());
+    }
+}
+
 /// Keeping the scores: refused for the other norms and for d_out = 0; the kept
 /// backward refuses scores of another shape, norm or device.
 #[test]

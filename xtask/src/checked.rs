@@ -30,6 +30,7 @@ const CHECKED: &[(&str, &[&str])] = &[
             "rows_at_numerical_edges",
             "tensor_core_products_over_many_k_tiles",
             "norm_backward_row_lengths_across_its_register_caches",
+            "kept_scores_from_the_split_decode_path",
         ],
     ),
     (

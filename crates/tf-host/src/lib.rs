@@ -9,6 +9,9 @@
 //!   [`grow_batch`]; layer norm, rotary, residual add and embedding in
 //!   [`ops::block`]. Operands that could be swapped by position are passed by name
 //!   ([`PattentionArgs`], [`AttnArgs`]).
+//! - Backward ops: [`pattention_backward`] (or, from the scores the forward
+//!   kept with [`pattention_keeping_into`], [`pattention_backward_kept`]),
+//!   [`attention_backward`], and the block's in [`ops::block_backward`].
 //! - [`AdamW`]: the fused optimizer step of training (f32 master weights and
 //!   moments, f32 gradients, deterministic global-norm clipping).
 //! - [`Trainer`]: training on the device: the model and its optimizer state,
