@@ -5,8 +5,10 @@
 //! `family`, `case`, `variant`, `seconds`), or a Markdown table with the
 //! columns `family | case | variant | time (us) | ...` (the device kit's
 //! `table.md`). Cases the model covers: `bf16/l2_norm_gelu/d{D}_n{N}_t{T}`
-//! (variants `fused`, `unfused(cuBLAS)`, `dense dxd (cuBLAS)`) and
-//! `bf16/hd{HD}_s{S}_b{B}_h{H}_{causal|full}` (variant `flash`).
+//! (variants `fused`, `unfused(cuBLAS)`, `dense dxd (cuBLAS)`),
+//! `bf16/hd{HD}_s{S}_b{B}_h{H}_{causal|full}` (variant `flash`) and, family
+//! `pattention_backward`, `bf16/d{D}_n{N}_t{T}` (variants `backward`,
+//! `backward (kept scores)`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -85,6 +87,17 @@ fn estimate(gpu: &Gpu, facts: Facts<'_>, m: &Measured) -> Option<(f64, &'static 
                 v if v.starts_with("dense") => Some((model::gemm(gpu, t as f64, d as f64, d as f64), "cublas")),
                 _ => None,
             }
+        }
+        "pattention_backward" => {
+            let [d, n, t] = numbers(parts.next()?)[..] else { return None };
+            let kept = match m.variant.as_str() {
+                "backward" => false,
+                "backward (kept scores)" => true,
+                _ => return None,
+            };
+            let e = model::pattention_backward(gpu, facts, t, n, d, d, kept);
+            let bound = e.launches.iter().max_by(|a, b| a.seconds().total_cmp(&b.seconds()))?.bound();
+            Some((e.seconds(), bound))
         }
         "attention" if m.variant == "flash" => {
             let id = parts.next()?;
@@ -175,6 +188,22 @@ mod tests {
         let r = report(&GPUS[2], &facts, &m);
         assert!(r.contains("refitted constants"), "{r}");
         assert!(report(&GPUS[2], &facts, &[]).contains("no measurements"));
+    }
+
+    /// The Pattention backward's bench rows map to the model, both variants;
+    /// the recompute product alone does not.
+    #[test]
+    fn pattention_backward_rows() {
+        let line = |v: &str| {
+            format!("{{\"family\":\"pattention_backward\",\"case\":\"bf16/d1024_n1024_t16384\",\"variant\":\"{v}\",\"seconds\":5e-4}}")
+        };
+        let m = parse(&[line("backward"), line("backward (kept scores)"), line("recompute A (gemm_tc)")].join("\n"));
+        assert_eq!(m.len(), 3);
+        let facts = |_: &str| Some(model::KernelFacts { per_hmma: 2.6, ctas_per_sm: 2 });
+        let e: Vec<Option<f64>> = m.iter().map(|m| estimate(&GPUS[2], &facts, m).map(|e| e.0)).collect();
+        let (r, k) = (e[0].unwrap(), e[1].unwrap());
+        assert!(k < r && k > 0.5 * r, "recompute {r}, kept {k}");
+        assert!(e[2].is_none());
     }
 
     #[test]

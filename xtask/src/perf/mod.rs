@@ -387,10 +387,39 @@ fn device_tables(gpu: &Gpu, facts: model::Facts<'_>) -> Result<(String, serde_js
                 "whole_s": w.seconds(), "cublas_s": cublas, "floor_s": e.floor(gpu), "launches": launches_json(&e)}));
         }
     }
+    // The whole Pattention backward, recomputing A and from kept scores.
+    let _ = writeln!(
+        s,
+        "{:<9} {:<26} {:>5} {:>13} {:>9} {:>10} {:>8} {:>12}",
+        "", "pattention bwd bf16 (d, n)", "t", "recompute µs", "kept µs", "kept/rec", "floor µs", "kept MB"
+    );
+    let mut jpb = Vec::new();
+    for (label, d, n) in &pat {
+        for &t in &[2048u64, 16384] {
+            let r = model::pattention_backward(gpu, facts, t, *n, *d, *d, false);
+            let k = model::pattention_backward(gpu, facts, t, *n, *d, *d, true);
+            let kept_mb = (t * n.next_multiple_of(8)) as f64 * model::ELEM / 1e6;
+            let _ = writeln!(
+                s,
+                "{:<9} {:<26} {:>5} {:>13} {:>9} {:>9.2}x {:>8} {:>12.1}",
+                "estimate",
+                format!("{label} ({d}, {n})"),
+                t,
+                us(r.seconds()),
+                us(k.seconds()),
+                k.seconds() / r.seconds(),
+                us(r.floor(gpu)),
+                kept_mb
+            );
+            jpb.push(json!({"shape": label, "d": d, "n": n, "t": t, "recompute_s": r.seconds(), "kept_s": k.seconds(),
+                "floor_s": r.floor(gpu), "kept_bytes": kept_mb * 1e6, "launches": launches_json(&r),
+                "kept_launches": launches_json(&k)}));
+        }
+    }
     s.push('\n');
     let j = json!({"gpu": gpu.name, "arch": gpu.arch, "sms": gpu.sms, "clock_hz": gpu.clock_hz, "hbm_bytes_s": gpu.hbm_bytes_s,
         "tensor_peak": gpu.tensor_peak, "hmma_cycles": gpu.hmma_cycles, "cublas_efficiency": gpu.cublas_eff,
-        "estimate": true, "pattention": jp, "attention": ja, "attention_backward": jab, "backward": jb});
+        "estimate": true, "pattention": jp, "attention": ja, "attention_backward": jab, "backward": jb, "pattention_backward": jpb});
     Ok((s, j))
 }
 

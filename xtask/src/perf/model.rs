@@ -85,12 +85,16 @@ pub fn gemm_split(sms: u64, m: u64, n: u64, k: u64) -> (u64, u64) {
 /// without it. Operands read once (L2 serves the re-reads), C and each partial
 /// written once, the partials read once more by the reduce.
 pub fn backward_product(gpu: &Gpu, facts: Facts<'_>, m: u64, n: u64, k: u64, split: bool) -> OpEstimate {
+    product(gpu, facts, "gemm_tc_bf16_cc", (m, n, k), split)
+}
+
+/// [`backward_product`] on the gemm kernel `g` (its layouts: `rr`, `rc`, `cr`, `cc`).
+fn product(gpu: &Gpu, facts: Facts<'_>, g: &'static str, (m, n, k): (u64, u64, u64), split: bool) -> OpEstimate {
     let (splits, per) = if split { gemm_split(gpu.sms as u64, m, n, k) } else { (1, k.div_ceil(GEMM_BK)) };
     let tiles = m.div_ceil(GEMM_TILE) * n.div_ceil(GEMM_TILE);
     let (mf, nf, kf) = (m as f64, n as f64, k as f64);
     let out = mf * nf * 4.0;
     let hmma = (GEMM_TILE / 16 * GEMM_TILE / 8 * per * GEMM_BK / 16) as f64;
-    let g = "gemm_tc_bf16_cc";
     let bytes = (mf + nf) * kf * ELEM + out * splits as f64;
     let mut launches = vec![launch(gpu, g, facts(g), Work { grid: tiles * splits, hmma, busy_warps: 4, bytes })];
     if splits > 1 {
@@ -100,6 +104,61 @@ pub fn backward_product(gpu: &Gpu, facts: Facts<'_>, m: u64, n: u64, k: u64, spl
     }
     let path = if splits > 1 { "split" } else { "whole" };
     OpEstimate { path, launches, flops: 2.0 * mf * nf * kf, min_bytes: (mf + nf) * kf * ELEM + out }
+}
+
+/// DRAM bytes per `[t, n]` element of the Pattention backward's row kernel
+/// (pattention_norm_backward_bf16): A (f32, recomputed) or the kept 16-bit
+/// scores, dS (f32) read once, S and dA (16-bit) written. Measured by the
+/// emulator's profiler as unique bytes (docs/training.md: 12 per element with
+/// A in f32).
+const NORM_BWD_BYTES: f64 = 12.0;
+const NORM_BWD_BYTES_KEPT: f64 = 10.0;
+
+/// The whole Pattention backward (l2_norm_gelu, bf16) as the host runs it
+/// (ops/pattention_backward.rs): `A = X·K_Pᵀ` (unless `kept`: the forward's
+/// scores are read instead), `dS = dY·V_Pᵀ`, the row kernel, then `dV_P = Sᵀ·dY`,
+/// `dX = dA·K_P`, `dK_P = dAᵀ·X`, each product with the host's split over the sum.
+pub fn pattention_backward(
+    gpu: &Gpu,
+    facts: Facts<'_>,
+    t: u64,
+    n: u64,
+    d_in: u64,
+    d_out: u64,
+    kept: bool,
+) -> OpEstimate {
+    let mut launches = Vec::new();
+    let mut flops = 0.0;
+    let mut products = Vec::new();
+    if !kept {
+        products.push(("gemm_tc_bf16_rr", (t, n, d_in)));
+    }
+    products.push(("gemm_tc_bf16_rr", (t, n, d_out)));
+    let (tf, nf, di, dout) = (t as f64, n as f64, d_in as f64, d_out as f64);
+    let per = if kept { NORM_BWD_BYTES_KEPT } else { NORM_BWD_BYTES };
+    let row = launch(
+        gpu,
+        "pattention_norm_backward_bf16",
+        None,
+        Work { grid: t, hmma: 0.0, busy_warps: 8, bytes: per * tf * nf },
+    );
+    for (g, shape) in products.drain(..) {
+        let e = product(gpu, facts, g, shape, true);
+        flops += e.flops;
+        launches.extend(e.launches);
+    }
+    launches.push(row);
+    for (g, shape) in
+        [("gemm_tc_bf16_cc", (n, d_out, t)), ("gemm_tc_bf16_rc", (t, d_in, n)), ("gemm_tc_bf16_cc", (n, d_in, t))]
+    {
+        let e = product(gpu, facts, g, shape, true);
+        flops += e.flops;
+        launches.extend(e.launches);
+    }
+    // x, k_p, v_p, dy read; the f32 gradients written (and the kept scores read)
+    let io = ELEM * (tf * di + nf * di + nf * dout + tf * dout) + 4.0 * (tf * di + nf * di + nf * dout);
+    let min_bytes = io + if kept { ELEM * tf * nf } else { 0.0 };
+    OpEstimate { path: if kept { "kept" } else { "recompute" }, launches, flops, min_bytes }
 }
 
 /// The attention tiles (tf_kernels.h): query rows per CTA, keys per tile; calls
@@ -479,6 +538,26 @@ mod tests {
         // two busy warps of one CTA feed two sub-partitions: twice the time
         let half = launch(g, "k", f, Work { busy_warps: 2, ..w(132) });
         assert!((half.seconds() / one.seconds() - 2.0).abs() < 1e-9);
+    }
+
+    /// Keeping the scores removes the first product and 2 bytes per [t, n]
+    /// element from the row kernel, and nothing else.
+    #[test]
+    fn pattention_backward_kept_skips_one_product() {
+        let facts = |_: &str| Some(KernelFacts { per_hmma: 2.6, ctas_per_sm: 2 });
+        for gpu in &GPUS {
+            let (t, n, d) = (16384, 1024, 1024);
+            let r = pattention_backward(gpu, &facts, t, n, d, d, false);
+            let k = pattention_backward(gpu, &facts, t, n, d, d, true);
+            let a = product(gpu, &facts, "gemm_tc_bf16_rr", (t, n, d), true);
+            assert_eq!(r.launches.len(), k.launches.len() + a.launches.len());
+            assert_eq!(r.flops, k.flops + 2.0 * (t * n * d) as f64);
+            assert_eq!(r.flops, 10.0 * (t * n * d) as f64);
+            let row_saving = 2.0 * (t * n) as f64 / gpu.hbm_bytes_s;
+            let diff = r.seconds() - k.seconds() - a.seconds() - row_saving;
+            assert!(diff.abs() < 1e-12, "{}: {diff}", gpu.name);
+            assert!(k.seconds() < r.seconds());
+        }
     }
 
     #[test]
