@@ -75,6 +75,23 @@ fn loss_and_gradients_match_tf_ref_on(dev: &Device) {
     compare("grown", &grads.to_params(&params).unwrap(), &want);
 }
 
+/// The embedding's and every parameter token's gradient in `got`, divided by
+/// `scale` (a power of two: exact), against `want` within `tol`; the worst error.
+fn embedding_and_tokens_within(what: &str, got: &ModelParams, want: &ModelParams, tol: f64, scale: f32) -> f64 {
+    let f32s = |v: &[f64]| v.iter().map(|&x| (x / f64::from(scale)) as f32).collect::<Vec<f32>>();
+    let mut worst = assert_close(&format!("{what} embedding"), &f32s(&got.embedding), &want.embedding, tol).0;
+    for (l, (gb, wb)) in got.blocks.iter().zip(&want.blocks).enumerate() {
+        for slot in Slot::ALL {
+            for (which, g, w) in
+                [("keys", &gb.tokens(slot).0, &wb.tokens(slot).0), ("values", &gb.tokens(slot).1, &wb.tokens(slot).1)]
+            {
+                worst = worst.max(assert_close(&format!("{what} block {l} {slot:?} {which}"), &f32s(g), w, tol).0);
+            }
+        }
+    }
+    worst
+}
+
 /// A 16-bit model: the same chain with activations in the storage type (every
 /// op's input rounded to it) and f32 gradients, against tf-ref in f64 on the same
 /// (16-bit) parameters; f16 with the trainer's initial loss scale (2^16, exact to
@@ -101,19 +118,7 @@ fn sixteen_bit<T: tf_host::DType>(dev: &Device, heads: usize, t: usize, loss_tol
     let (want_loss, want) = tf_ref::loss_and_grads(&params, &cfg, &x, &y).unwrap();
     assert!((loss - want_loss).abs() <= loss_tol * want_loss.abs(), "{}: loss {loss}, tf-ref {want_loss}", T::NAME);
     let got = grads.to_params(&params).unwrap();
-    // unscaled: a power of two, so the division is exact
-    let f32s = |v: &[f64]| v.iter().map(|&x| (x / f64::from(scale)) as f32).collect::<Vec<f32>>();
-    let mut worst = assert_close(&format!("{} embedding", T::NAME), &f32s(&got.embedding), &want.embedding, grad_tol).0;
-    for (l, (gb, wb)) in got.blocks.iter().zip(&want.blocks).enumerate() {
-        for slot in Slot::ALL {
-            for (which, g, w) in
-                [("keys", &gb.tokens(slot).0, &wb.tokens(slot).0), ("values", &gb.tokens(slot).1, &wb.tokens(slot).1)]
-            {
-                let what = format!("{} block {l} {slot:?} {which}", T::NAME);
-                worst = worst.max(assert_close(&what, &f32s(g), w, grad_tol).0);
-            }
-        }
-    }
+    let worst = embedding_and_tokens_within(T::NAME, &got, &want, grad_tol, scale);
     eprintln!(
         "{} hd {}: loss {loss:.5} (tf-ref {want_loss:.5}), worst gradient error {worst:.2e}",
         T::NAME,
@@ -183,19 +188,7 @@ fn kept_scores<T: tf_host::DType>(dev: &Device, grad_tol: f64) {
     let (want_loss, want) = tf_ref::loss_and_grads(&params, &cfg, &x, &y).unwrap();
     assert!((loss - want_loss).abs() <= 1e-2 * want_loss.abs(), "{}: loss {loss}, tf-ref {want_loss}", T::NAME);
     let got = grads.to_params(&params).unwrap();
-    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
-    let mut worst =
-        assert_close(&format!("{} kept embedding", T::NAME), &f32s(&got.embedding), &want.embedding, grad_tol).0;
-    for (l, (gb, wb)) in got.blocks.iter().zip(&want.blocks).enumerate() {
-        for slot in Slot::ALL {
-            for (which, g, w) in
-                [("keys", &gb.tokens(slot).0, &wb.tokens(slot).0), ("values", &gb.tokens(slot).1, &wb.tokens(slot).1)]
-            {
-                let what = format!("{} kept block {l} {slot:?} {which}", T::NAME);
-                worst = worst.max(assert_close(&what, &f32s(g), w, grad_tol).0);
-            }
-        }
-    }
+    let worst = embedding_and_tokens_within(&format!("{} kept", T::NAME), &got, &want, grad_tol, 1.0);
     let (loss_r, again) = model.loss_and_grads_with(&x, &y, &tf_host::GradOptions { recompute: true, ..keep }).unwrap();
     assert_eq!(loss_r.to_bits(), loss.to_bits(), "{}: kept scores with recomputation: the loss", T::NAME);
     assert!(grad_bits(&again) == grad_bits(&grads), "{}: kept scores with recomputation: the gradients", T::NAME);

@@ -219,16 +219,20 @@ fn a_trained_and_grown_checkpoint_generates_text() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A 3-step emulator run of the tiny config on `data` with `extra` flags; its
+/// JSON log.
+fn emulator_run(data: &str, json: &Path, extra: &[&str]) -> String {
+    let base = ["train", "--config", "tiny", "--data", data, "--steps", "3", "--batch", "2", "--seq", "16"];
+    let dev = ["--device", "emulator", "--json", json.to_str().unwrap()];
+    ok(&[&base[..], &dev[..], extra].concat());
+    std::fs::read_to_string(json).unwrap()
+}
+
 #[test]
 fn recompute_changes_no_bit_of_the_run() {
     let dir = tmp("recompute");
     let data = corpus(&dir);
-    let run = |json: &Path, extra: &[&str]| {
-        let base = ["train", "--config", "tiny", "--data", &data, "--steps", "3", "--batch", "2", "--seq", "16"];
-        let dev = ["--device", "emulator", "--json", json.to_str().unwrap()];
-        ok(&[&base[..], &dev[..], extra].concat());
-        std::fs::read_to_string(json).unwrap()
-    };
+    let run = |json: &Path, extra: &[&str]| emulator_run(&data, json, extra);
     let (a, b) = (dir.join("kept.jsonl"), dir.join("recomputed.jsonl"));
     let kept = run(&a, &[]);
     let again = run(&b, &["--recompute"]);
@@ -246,12 +250,7 @@ fn recompute_changes_no_bit_of_the_run() {
 fn keep_scores_trains_the_same_model() {
     let dir = tmp("keep_scores");
     let data = corpus(&dir);
-    let run = |json: &Path, extra: &[&str]| {
-        let base = ["train", "--config", "tiny", "--data", &data, "--steps", "3", "--batch", "2", "--seq", "16"];
-        let dev = ["--device", "emulator", "--json", json.to_str().unwrap()];
-        ok(&[&base[..], &dev[..], extra].concat());
-        std::fs::read_to_string(json).unwrap()
-    };
+    let run = |json: &Path, extra: &[&str]| emulator_run(&data, json, extra);
     let losses = |log: &str| -> Vec<f64> {
         log.lines().filter_map(|l| field(l, "loss").map(|v| v.parse::<f64>().unwrap())).collect()
     };
