@@ -412,10 +412,12 @@ fn no_tokens_gives_zero_parameter_gradients() {
     for (dev, backend) in backends() {
         let mut rng = StdRng::seed_from_u64(seed() ^ 0xb0_0006);
         let p = problem::<bf16>(&mut rng, 0, 20, 8, 16);
-        let g = grads(&dev, &p, &PattentionOptions::default(), None, Scores::Recomputed).unwrap();
-        assert_eq!(g.dx.shape(), &[0, 8], "{backend}");
-        assert!(host(&g.dk_p).iter().all(|&v| v == 0.0) && g.dk_p.shape() == [20, 8], "{backend}");
-        assert!(host(&g.dv_p).iter().all(|&v| v == 0.0) && g.dv_p.shape() == [20, 16], "{backend}");
+        for mode in [Scores::Recomputed, Scores::Kept] {
+            let g = grads(&dev, &p, &PattentionOptions::default(), None, mode).unwrap();
+            assert_eq!(g.dx.shape(), &[0, 8], "{backend} {mode:?}");
+            assert!(host(&g.dk_p).iter().all(|&v| v == 0.0) && g.dk_p.shape() == [20, 8], "{backend} {mode:?}");
+            assert!(host(&g.dv_p).iter().all(|&v| v == 0.0) && g.dv_p.shape() == [20, 16], "{backend} {mode:?}");
+        }
     }
 }
 
