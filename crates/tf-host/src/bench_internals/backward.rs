@@ -32,7 +32,7 @@ pub struct BackwardCase {
     pub t: usize,
 }
 
-/// 354m's qkv/proj (1024, 1024) and ffn (1024, 4096) Pattentions at 16384 tokens
+/// 450m's qkv/proj (1024, 1024) and ffn (1024, 4096) Pattentions at 16384 tokens
 /// (8 sequences of 2048); the full set adds 1.5b's (1536, 1536 / 6144) and t = 2048.
 pub fn backward_cases(set: BenchSet) -> Vec<BackwardCase> {
     let mut shapes = vec![(1024, 1024), (1024, 4096)];
