@@ -127,34 +127,26 @@ pub fn pattention_backward(
     d_out: u64,
     kept: bool,
 ) -> OpEstimate {
-    let mut launches = Vec::new();
-    let mut flops = 0.0;
-    let mut products = Vec::new();
-    if !kept {
-        products.push(("gemm_tc_bf16_rr", (t, n, d_in)));
-    }
-    products.push(("gemm_tc_bf16_rr", (t, n, d_out)));
     let (tf, nf, di, dout) = (t as f64, n as f64, d_in as f64, d_out as f64);
+    let prod = |g: &'static str, shape: (u64, u64, u64)| product(gpu, facts, g, shape, true);
     let per = if kept { NORM_BWD_BYTES_KEPT } else { NORM_BWD_BYTES };
-    let row = launch(
-        gpu,
-        "pattention_norm_backward_bf16",
-        None,
-        Work { grid: t, hmma: 0.0, busy_warps: 8, bytes: per * tf * nf },
-    );
-    for (g, shape) in products.drain(..) {
-        let e = product(gpu, facts, g, shape, true);
-        flops += e.flops;
-        launches.extend(e.launches);
-    }
-    launches.push(row);
-    for (g, shape) in
-        [("gemm_tc_bf16_cc", (n, d_out, t)), ("gemm_tc_bf16_rc", (t, d_in, n)), ("gemm_tc_bf16_cc", (n, d_in, t))]
-    {
-        let e = product(gpu, facts, g, shape, true);
-        flops += e.flops;
-        launches.extend(e.launches);
-    }
+    let row = Work { grid: t, hmma: 0.0, busy_warps: 8, bytes: per * tf * nf };
+    let row = OpEstimate {
+        path: "row",
+        launches: vec![launch(gpu, "pattention_norm_backward_bf16", None, row)],
+        flops: 0.0,
+        min_bytes: 0.0,
+    };
+    let parts = [
+        (!kept).then(|| prod("gemm_tc_bf16_rr", (t, n, d_in))), // A = X·K_Pᵀ
+        Some(prod("gemm_tc_bf16_rr", (t, n, d_out))),           // dS = dY·V_Pᵀ
+        Some(row),
+        Some(prod("gemm_tc_bf16_cc", (n, d_out, t))), // dV_P = Sᵀ·dY
+        Some(prod("gemm_tc_bf16_rc", (t, d_in, n))),  // dX = dA·K_P
+        Some(prod("gemm_tc_bf16_cc", (n, d_in, t))),  // dK_P = dAᵀ·X
+    ];
+    let flops = parts.iter().flatten().map(|e| e.flops).sum();
+    let launches = parts.into_iter().flatten().flat_map(|e| e.launches).collect();
     // x, k_p, v_p, dy read; the f32 gradients written (and the kept scores read)
     let io = ELEM * (tf * di + nf * di + nf * dout + tf * dout) + 4.0 * (tf * di + nf * di + nf * dout);
     let min_bytes = io + if kept { ELEM * tf * nf } else { 0.0 };

@@ -4,8 +4,9 @@
 //! `n_ref`, `eps`).
 //!
 //! It recomputes `A = X·K_Pᵀ`, or ([`pattention_backward_kept`], for
-//! `l2_norm_gelu`) reads the scores the forward kept, runs the norm's vector-Jacobian product in f32 arithmetic, and returns f32
-//! gradients (they feed f32 master weights: [`crate::AdamW`]). The five
+//! `l2_norm_gelu`) reads the scores the forward kept, runs the norm's
+//! vector-Jacobian product in f32 arithmetic, and returns f32 gradients (they
+//! feed f32 master weights: [`crate::AdamW`]). The five
 //! products run
 //! - for f16 / bf16 storage, on tensor cores (kernels/gemm_tc.cu): 16-bit
 //!   operands, f32 accumulation, with S and dA rounded once to the storage type
