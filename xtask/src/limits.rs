@@ -94,6 +94,15 @@ pub fn run_test_binary(cmd: &mut Command, what: &str) -> Result<(), String> {
     run_limited_from(cmd, per_binary, total, true, Some(first))
 }
 
+/// Runs a program that is not a test binary (an example) under the same limits:
+/// past one, the error names `what`, with no test list to consult.
+pub fn run_program(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let per_binary = limit("TF_TEST_BINARY_TIMEOUT_S", BINARY_LIMIT_S)?;
+    let total = limit("TF_TEST_TIMEOUT_S", TOTAL_LIMIT_S)?;
+    let first = Current { what: what.to_string(), binary: None, since: Instant::now(), finished: BTreeSet::new() };
+    run_limited_from(cmd, per_binary, total, true, Some(first))
+}
+
 /// `echo`: pass the command's output through (off in this module's tests, whose
 /// stand-in output would otherwise look like cargo's to an enclosing run).
 fn run_limited(cmd: &mut Command, per_binary: Duration, total: Duration, echo: bool) -> Result<(), String> {
@@ -194,7 +203,7 @@ fn kill_group(pgid: u32) {
 
 /// "tests not finished: a, b" from the binary's own list minus the finished ones.
 fn unfinished(c: &Current) -> String {
-    let Some(bin) = &c.binary else { return "its tests are not listed (doc tests)".into() };
+    let Some(bin) = &c.binary else { return "it has no test list (doc tests, or not a test binary)".into() };
     let listed = Command::new(bin).args(["--list", "--format", "terse"]).stdin(Stdio::null()).output();
     let names: Vec<String> = match listed {
         Ok(o) => String::from_utf8_lossy(&o.stdout)

@@ -204,14 +204,39 @@ fn test(root: &Path, extra: &[String]) -> Result<(), String> {
     sass_checks(root)
 }
 
-/// The README's example program on the emulator (about a second), from the
-/// test profile the tests just built, so nothing is compiled again.
+/// The README's example program on the emulator (about a second), under the
+/// test limits. Its binary is the one `cargo test --workspace` just built:
+/// `cargo build --workspace` resolves the same features, so nothing is compiled
+/// again (`cargo run -p tf-host` resolves tf-host's alone and rebuilt tf-host and
+/// its dependents, about 30 s).
 fn quickstart(root: &Path, tc: &Toolchain) -> Result<(), String> {
     let args = ["--device", "emulator"];
-    println!("xtask: quickstart cargo run -p tf-host --example quickstart -- {}", args.join(" "));
-    run(cargo(root, tc)
-        .args(["run", "--quiet", "--profile", "test", "-p", "tf-host", "--example", "quickstart", "--"])
-        .args(args))
+    let json = run_capture(cargo(root, tc).args([
+        "build",
+        "--quiet",
+        "--workspace",
+        "--profile",
+        "test",
+        "--example",
+        "quickstart",
+        "--message-format=json",
+    ]))?;
+    let exe = example_executable(&json, "quickstart")
+        .ok_or("cargo built the quickstart example but named no executable for it")?;
+    println!("xtask: quickstart {} {}", exe.display(), args.join(" "));
+    limits::run_program(Command::new(&exe).args(args).current_dir(root), "the quickstart example")
+}
+
+/// The executable of the example `name` in cargo's `--message-format=json` output.
+fn example_executable(json: &str, name: &str) -> Option<PathBuf> {
+    json.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|m| {
+        let target = m.get("target")?;
+        let is_example = target.get("kind")?.as_array()?.iter().any(|k| k == "example");
+        if m.get("reason")? != "compiler-artifact" || !is_example || target.get("name")? != name {
+            return None;
+        }
+        m.get("executable")?.as_str().map(PathBuf::from)
+    })
 }
 
 /// Exit code of `bindgen --check` when no libclang is found (its test then skips).
@@ -596,22 +621,19 @@ fn sass_checks(root: &Path) -> Result<(), String> {
     }
     let kernels = report.matches("Compiling entry function").count();
     println!("xtask: ptxas     {kernels} kernel compilations, 0 spill bytes ({})", ptxas.display());
-    sass_instructions(&fatbin)?;
-    perf::sass_check(root, &fatbin, &report)
+    // One disassembly (about 200 MB of text, 13 s) for both checks.
+    let Some(sass) = perf::sass_of(root, &fatbin).transpose()? else {
+        println!("xtask: SASS      skipped: no cuobjdump beside nvcc");
+        return Ok(());
+    };
+    sass_instructions(&sass)?;
+    perf::sass_check(root, &sass, &report)
 }
 
 /// Tensor-core kernels (16-bit Pattention products and attention) must use the
 /// tensor cores (HMMA), ldmatrix (LDSM) and cp.async (LDGSTS) in the SASS of
-/// every arch, as `cuobjdump -sass` shows.
-fn sass_instructions(fatbin: &Path) -> Result<(), String> {
-    let root = project_root();
-    let Some(cuobjdump) =
-        toolchain::find_nvcc(&root).and_then(|n| Some(n.parent()?.join("cuobjdump"))).filter(|p| p.is_file())
-    else {
-        println!("xtask: SASS      skipped: no cuobjdump beside nvcc");
-        return Ok(());
-    };
-    let sass = run_capture(Command::new(&cuobjdump).arg("-sass").arg(fatbin))?;
+/// every arch, as `cuobjdump -sass` shows (`sass`).
+fn sass_instructions(sass: &str) -> Result<(), String> {
     // the kernels of the ratchet's tensor-core families (one list of them)
     let needs_tensor_cores = |name: &str| perf::ratchet::family(name).is_some();
     // (kernel name, its SASS) for every function of every arch
