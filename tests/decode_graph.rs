@@ -18,6 +18,15 @@ use rand::{Rng, SeedableRng};
 use tf_host::ops::attention::{num_splits_heuristic, tiles_for};
 use tf_host::{bf16, f16, DType, Device, EmuOptions, Tokenformer, TokenformerConfig};
 
+/// `Device::allocations` counts every emulator allocation in the process, and
+/// [`compare`] checks that the graph's steps allocate nothing: a test allocating
+/// beside it would fail it. The tests of this file run one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn f32s<T: DType>(v: &[T]) -> Vec<f32> {
     v.iter().map(|x| x.to_f32()).collect()
 }
@@ -107,6 +116,7 @@ fn compare<T: DType>(
 
 #[test]
 fn graph_steps_equal_uncaptured_steps() {
+    let _one = one_at_a_time();
     let s = seed();
     for (dev, name) in backends() {
         eprintln!("backend {name}");
@@ -126,6 +136,7 @@ fn graph_steps_equal_uncaptured_steps() {
 
 #[test]
 fn graph_steps_run_under_the_emulators_checks() {
+    let _one = one_at_a_time();
     // The checked pass (xtask) runs this with racecheck, memcheck and initcheck.
     let s = seed();
     let dev = Device::emulator_with(EmuOptions { seed: s, ..Default::default() });
@@ -135,6 +146,7 @@ fn graph_steps_run_under_the_emulators_checks() {
 
 #[test]
 fn bad_steps_are_errors_and_change_nothing() {
+    let _one = one_at_a_time();
     let s = seed();
     let dev = Device::emulator();
     let cfg = tiny();
@@ -174,6 +186,7 @@ fn bad_steps_are_errors_and_change_nothing() {
 
 #[test]
 fn generate_replays_the_captured_step() {
+    let _one = one_at_a_time();
     // generate's steps are a decode graph's: the same ids as a loop of
     // DecodeGraph::step with the argmax taken here (bf16: split-KV for the
     // capacity, which the uncaptured steps would not choose at every length).
