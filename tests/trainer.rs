@@ -285,6 +285,12 @@ fn loss_scaling_is_exact<T: DType>(dev: &Device, s: u64, data: &Corpus) {
     assert_eq!(got, want);
 }
 
+/// The seed and corpus of the loss-scaling tests.
+fn scaling_run_data() -> (u64, Corpus) {
+    let s = seed();
+    (s, corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca1e), 4000))
+}
+
 /// Static and dynamic scales by powers of two change no bit of an f32 or a bf16
 /// run. (The longest checks of this file: the f16 back-off is a test of its own,
 /// so that the two run side by side.)
@@ -294,8 +300,7 @@ fn loss_scaling_changes_no_bit() {
 }
 
 fn loss_scaling_changes_no_bit_on(dev: &Device) {
-    let s = seed();
-    let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca1e), 4000);
+    let (s, data) = scaling_run_data();
     loss_scaling_is_exact::<f32>(dev, s, &data);
     loss_scaling_is_exact::<bf16>(dev, s, &data);
 }
@@ -306,8 +311,7 @@ fn loss_scaling_backs_off_on_overflow() {
 }
 
 fn loss_scaling_backs_off_on_overflow_on(dev: &Device) {
-    let s = seed();
-    let data = corpus(&mut StdRng::seed_from_u64(s ^ 0x5ca1e), 4000);
+    let (s, data) = scaling_run_data();
     // f16 at 2^24: the scaled gradients overflow f16, the step is taken again with
     // half the factor until they are finite, and the step that counts is the one a
     // static run at the final factor takes (the failed tries updated nothing)

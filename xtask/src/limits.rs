@@ -99,8 +99,12 @@ pub fn run_test_binary(cmd: &mut Command, what: &str) -> Result<(), String> {
 pub fn run_program(cmd: &mut Command, what: &str) -> Result<(), String> {
     let per_binary = limit("TF_TEST_BINARY_TIMEOUT_S", BINARY_LIMIT_S)?;
     let total = limit("TF_TEST_TIMEOUT_S", TOTAL_LIMIT_S)?;
-    let first = Current { what: what.to_string(), binary: None, since: Instant::now(), finished: BTreeSet::new() };
-    run_limited_from(cmd, per_binary, total, true, Some(first))
+    run_limited_from(cmd, per_binary, total, true, Some(program(what)))
+}
+
+/// A running program with no test list, named `what` in errors.
+fn program(what: &str) -> Current {
+    Current { what: what.to_string(), binary: None, since: Instant::now(), finished: BTreeSet::new() }
 }
 
 /// `echo`: pass the command's output through (off in this module's tests, whose
@@ -288,6 +292,18 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
         assert!(e.contains("tests/direct.rs") && e.contains("ran past its 1 s limit"), "{e}");
         assert!(e.contains("tests not finished: a, b"), "{e}");
+    }
+
+    #[test]
+    fn a_program_past_its_limit_is_killed_and_named() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("60");
+        let start = Instant::now();
+        let e =
+            run_limited_from(&mut cmd, Duration::from_secs(1), Duration::from_secs(120), false, Some(program("ex")))
+                .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
+        assert!(e.contains("test binary ex ran past its 1 s limit") && e.contains("it has no test list"), "{e}");
     }
 
     #[test]

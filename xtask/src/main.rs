@@ -713,3 +713,21 @@ fn run_capture(cmd: &mut Command) -> Result<String, String> {
         Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// cargo's JSON lines for a build of tf-host's examples: the quickstart's
+    /// executable is found, a library artifact or another example is not taken.
+    #[test]
+    fn finds_the_example_executable_in_cargo_json() {
+        let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"quickstart"},"executable":null}"#;
+        let other = r#"{"reason":"compiler-artifact","target":{"kind":["example"],"name":"generate"},"executable":"/t/generate"}"#;
+        let ex = r#"{"reason":"compiler-artifact","target":{"kind":["example"],"name":"quickstart"},"executable":"/t/examples/quickstart"}"#;
+        let done = r#"{"reason":"build-finished","success":true}"#;
+        let json = [lib, "not json", other, ex, done].join("\n");
+        assert_eq!(example_executable(&json, "quickstart"), Some(PathBuf::from("/t/examples/quickstart")));
+        assert_eq!(example_executable(&[lib, other, done].join("\n"), "quickstart"), None);
+    }
+}
