@@ -623,7 +623,7 @@ fn sass_checks(root: &Path) -> Result<(), String> {
     println!("xtask: ptxas     {kernels} kernel compilations, 0 spill bytes ({})", ptxas.display());
     // One disassembly (about 200 MB of text, 13 s) for both checks.
     let Some(sass) = perf::sass_of(root, &fatbin).transpose()? else {
-        println!("xtask: SASS      skipped: no cuobjdump beside nvcc");
+        println!("xtask: SASS      skipped, and the ratchet with it: no cuobjdump beside nvcc");
         return Ok(());
     };
     sass_instructions(&sass)?;
