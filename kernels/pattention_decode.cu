@@ -15,9 +15,11 @@
 //        4-stage cp.async ring, warp w owns chunk columns [32w, 32w + 32)); the
 //        scores epilogue of product 1 (tf/pattention_common.cuh) turns it into ĥ
 //        and the chunk's statistics (written by the y == 0 CTAs only). Full k-tiles
-//        use copies and ldmatrix offsets computed once (tf::pat::TileStream; plain
-//        16-byte K copies when the chunk has 128 tokens), the partial last k-tile
-//        load_tile's zero filling.
+//        use copies and ldmatrix offsets computed once (tf::pat::TileStream for
+//        K_P, plain 16-byte copies when the chunk has 128 tokens; X by
+//        ClampedRowStream, rows past t repeating row t - 1), the partial last
+//        k-tile load_tile's zero filling. A copy of the loop without per-m16-tile
+//        branches runs when t > 48.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
 //        pattention_scores ran first (same h and stats as the tiled path; split over
 //        d_in and summed by pattention_scores_reduce when the n-tiles are few); here each
@@ -98,14 +100,16 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
 
     const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
 
-    // Full k-tiles stream through precomputed per-thread copies (rows past t / past the
-    // chunk's tokens zero-filled); the partial last one goes through load_tile.
-    TileStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sx(gx, p.x_row_stride, rows, Tr::kBK, tid);
+    // Full k-tiles stream through precomputed per-thread copies: X's rows past t repeat
+    // row t - 1 (plain copies; those rows of A are never read: the epilogue stops at
+    // t and P's rows past t are zero), K_P's tokens past the chunk are zero-filled
+    // unless the chunk is whole. The partial last k-tile goes through load_tile.
+    ClampedRowStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sx(gx, p.x_row_stride, rows, tid);
     TileStream<Tr::kChunk, Tr::kChunksA, Tr::kThreads, T> sk(gk, p.k_row_stride, tokens, Tr::kBK, tid);
     auto load = [&](int kt, auto full_k) {
         unsigned char* s = sR + (kt % Tr::kStagesA) * Tr::kStageA;
         if (kt < k_full) {
-            sx.template issue<false>(s);
+            sx.issue(s);
             sk.template issue<decltype(full_k)::value>(s + Tr::kBytesX);
             sx.advance(Tr::kBK);
             sk.advance(Tr::kBK);
@@ -131,10 +135,11 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     float acc[Tr::kMT][Tr::kNT][4];
     zero_acc(acc);
 
-    // The loop in two copies decided once per CTA: plain 16-byte K copies when the
-    // chunk has all 128 tokens (and K_P's stride is `narrow`), zero-filling ones
-    // otherwise.
-    auto mainloop = [&](auto full_k) {
+    // The loop in copies decided once per CTA: plain 16-byte K copies when the chunk
+    // has all 128 tokens (and K_P's stride is `narrow`), zero-filling ones otherwise;
+    // and with no per-m16-tile branch when all four m16 tiles hold rows (t > 48).
+    auto mainloop = [&](auto full_k, auto full_m) {
+        const int mts = decltype(full_m)::value ? Tr::kMT : mt_active;
         auto load_kt = [&](int kt) { load(kt, full_k); };
         ring_prologue<Tr::kStagesA>(k_tiles, load_kt);
         for (int kt = 0; kt < k_tiles; ++kt) {
@@ -150,7 +155,7 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
                 for (int np = 0; np < Tr::kNT / 2; ++np) tf::ldmatrix_x4(bf[np], st + b_off[kk] + np * kTile16);
 #pragma unroll
                 for (int mi = 0; mi < Tr::kMT; ++mi) {
-                    if (mi < mt_active) {
+                    if (mi < mts) {
                         uint32_t af[4];
                         tf::ldmatrix_x4(af, st + a_off[kk] + mi * kTile16);
 #pragma unroll
@@ -165,10 +170,11 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
             }
         }
     };
-    if (tokens == Tr::kChunk && sk.narrow)
-        mainloop(Flag<true>());
+    const bool full_k = tokens == Tr::kChunk && sk.narrow;
+    if (mt_active == Tr::kMT)
+        full_k ? mainloop(Flag<true>(), Flag<true>()) : mainloop(Flag<false>(), Flag<true>());
     else
-        mainloop(Flag<false>());
+        full_k ? mainloop(Flag<true>(), Flag<false>()) : mainloop(Flag<false>(), Flag<false>());
     tf::cp_async_wait<0>();
     __syncthreads();
 

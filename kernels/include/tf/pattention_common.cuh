@@ -354,6 +354,44 @@ struct TileStream {
     __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
 
+// A stream of whole-width tiles whose rows past rows_valid repeat row rows_valid - 1
+// instead of being zero-filled: every copy is a plain 16-byte one, with no source
+// size to select. Only for an operand whose rows past rows_valid are never read back
+// (their products land in accumulator rows nobody stores). Thread tid copies the
+// chunks load_tile gives it; chunk i sits off[i] elements after the first one.
+// Preconditions: 1 <= rows_valid, every tile streamed has all CHUNKS·8 columns.
+template <int ROWS, int CHUNKS, int THREADS, typename T>
+struct ClampedRowStream {
+    using Sw = tf::Swizzle<CHUNKS>;
+    static constexpr int kPer = ROWS * CHUNKS / THREADS;
+    static constexpr int kRowStep = THREADS / CHUNKS;
+    static constexpr int kStepBytes = kRowStep * Sw::kRowBytes;
+    static_assert(sizeof(T) == 2, "16-bit tiles");
+    static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
+    static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+
+    const T* src;         // the thread's first chunk in the current tile
+    int64_t off[kPer];    // elements from the first chunk to chunk i (off[0] = 0)
+    int soff;             // shared-memory offset of the thread's first chunk in a tile
+
+    __device__ __forceinline__ ClampedRowStream(const T* g, int64_t ld, int rows_valid, int tid) {
+        const int r0 = tid / CHUNKS, ch = tid % CHUNKS;
+        const int first = r0 < rows_valid ? r0 : rows_valid - 1;
+        soff = Sw::offset(r0, ch);
+        src = g + first * ld + ch * 8;
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+            const int r = r0 + i * kRowStep;
+            off[i] = (int64_t)((r < rows_valid ? r : rows_valid - 1) - first) * ld;
+        }
+    }
+    __device__ __forceinline__ void issue(unsigned char* s) const {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) tf::cp_async_16(s + soff + i * kStepBytes, src + off[i], 16);
+    }
+    __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
+};
+
 // One k16 step of a warp's MT x NT tile: acc[mi][nt] += A(mi)·B(nt) for the m16
 // tiles mi < mts (a constant MT where no tile is skipped: no branch), with a[mi]
 // an m16 x k16 A fragment (ldmatrix.x4) and b[np] the B fragments of n8 tiles

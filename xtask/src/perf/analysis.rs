@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::occupancy::{launch_of, occupancy, Occupancy, Ptxas, GPUS};
 use super::path::{epilogue, Epilogue};
-use super::sass::{hot_loop, Function, HotLoop};
+use super::sass::{hot_loop, loop_costs, Function, HotLoop};
 
 /// Trip count assumed for a loop nested inside a kernel's hot loop. The
 /// attention kernels' K-block loop holds one nested loop: the k16 steps of
@@ -33,6 +33,8 @@ pub struct Row {
     pub occupancy: Vec<(&'static str, Occupancy)>,
     /// The hot HMMA loop nest.
     pub hot: Option<HotLoop>,
+    /// Every outermost HMMA loop: (HMMAs, issued per HMMA) on its issued path.
+    pub loops: Vec<(f64, f64)>,
     /// The code after the last HMMA loop.
     pub epilogue: Option<Epilogue>,
 }
@@ -58,7 +60,17 @@ pub fn analyse(functions: &[Function], ptxas: &BTreeMap<(String, String), Ptxas>
             _ => Vec::new(),
         };
         let epilogue = epilogue(f);
-        rows.push(Row { kernel: f.name.clone(), arch: f.arch.clone(), ptxas: res, launch, occupancy, hot, epilogue });
+        let loops = loop_costs(f, &|_| trips);
+        rows.push(Row {
+            kernel: f.name.clone(),
+            arch: f.arch.clone(),
+            ptxas: res,
+            launch,
+            occupancy,
+            hot,
+            loops,
+            epilogue,
+        });
     }
     rows.sort_by(|a, b| (&a.kernel, &a.arch).cmp(&(&b.kernel, &b.arch)));
     rows
@@ -188,6 +200,7 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                     "counts": h.counts, "issued_per_hmma": h.per_hmma(),
                     "static_counts": h.static_counts, "static_per_hmma": h.static_per_hmma(),
                 })),
+                "hmma_loops": r.loops.iter().map(|(h, p)| json!({"hmma": h, "issued_per_hmma": p})).collect::<Vec<_>>(),
                 "epilogue": r.epilogue.map(|e| json!({
                     "longest_path": e.longest, "static": e.static_instrs, "loops": e.loops,
                 })),

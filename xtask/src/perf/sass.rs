@@ -241,6 +241,21 @@ pub fn hot_loop(f: &Function, trips: &dyn Fn(usize) -> f64) -> Option<HotLoop> {
         })
 }
 
+/// Every outermost loop holding HMMA, as (HMMAs, issued instructions per HMMA)
+/// along its issued path: the kernels keep specialised copies of a loop (a
+/// whole tile, a branch-free row count), and the ratchet checks the copy it
+/// names by its HMMA count.
+pub fn loop_costs(f: &Function, trips: &dyn Fn(usize) -> f64) -> Vec<(f64, f64)> {
+    loops(f)
+        .iter()
+        .map(|l| super::path::issued(f, l, trips))
+        .filter_map(|c| {
+            let h = c.get("HMMA").copied().unwrap_or(0.0);
+            (h > 0.0).then(|| (h, c.values().sum::<f64>() / h))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
