@@ -24,7 +24,8 @@
 //      type plus one statistics entry per (row, 128-column n-tile), [t, n_tiles] float2,
 //      no atomics. Every stored tile is scaled by a POWER OF TWO 2^-e chosen from the
 //      tile (|ĥ| <= 1): f16 cannot overflow however large A is, and all later rescaling
-//      by 2^(e_t - E_i) is exact.
+//      by 2^(e_t - E_i) is exact. (l2_norm_gelu's 16-bit tiles whose rows all have an
+//      ordinary sum of squares, the common case, store A as it is: e = 0.)
 //   2. pattention_rows_*    (here): one warp per row combines the statistics in a fixed
 //      order into (r_i, E_i); for l2_norm_gelu it also rewrites the row of h in place:
 //      S_ij = gelu(ĥ_ij · 2^(e_t - E_i) · s·2^E_i / (‖A_i‖ + eps)); or, when the caller

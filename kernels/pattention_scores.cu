@@ -3,7 +3,8 @@
 // The whole design (and why l2_norm_gelu stores scaled A) is in pattention.cu.
 //
 // Writes, for the CTA's rows i and n-tile t (columns [128t, 128t + 128) of A):
-//   h[i, j]      = ĥ_ij (storage type): A·2^-e (l2_norm_gelu), gelu(A)·2^-e
+//   h[i, j]      = ĥ_ij (storage type): A·2^-e (l2_norm_gelu; e = 0 on the plain
+//                  path of tf/pattention_scores_epilogue.cuh), gelu(A)·2^-e
 //                  (gelu_l2_norm) or 2^(A·log2e - e) (softmax); 0 at columns
 //                  [n, h_stride) so the padding of h is defined
 //   stats[i, t]  = (e, l): see tf/pattention_common.cuh

@@ -278,6 +278,52 @@ fn adversarial_rows_on_both_paths() {
     }
 }
 
+/// The scores launch's (mma, shuffles) counts of one run on a profiling emulator,
+/// and the run's output.
+fn scores_counts<T: DType + Element>(p: &Problem<T>, norm: Norm) -> ((u64, u64), Vec<f32>) {
+    let dev = Device::emulator_with(EmuOptions { checks: tf_host::Checks::PROFILE, ..Default::default() });
+    let got = run(&dev, p, &PattentionOptions { norm, ..Default::default() }, None);
+    let name = format!("pattention_scores_{}", <T as DType>::NAME);
+    let prof = dev.take_profiles().into_iter().find(|q| q.kernel == name).expect("a profiled scores launch");
+    ((prof.mma, prof.shuffles), got)
+}
+
+/// l2_norm_gelu's scores epilogue stores ordinary tiles unscaled, with the rows' sums
+/// of squares from the tensor cores (32 mma and no shuffle a warp; the general
+/// epilogue reduces with shuffles and has no mma), and sends a CTA holding a row it
+/// cannot take (all zero, or tiny) to the general epilogue. (Rows that overflow f16
+/// or hold NaN / inf: adversarial_rows_on_both_paths and the non-finite tests.)
+fn plain_and_general_scores<T: DType + Element>(rng: &mut StdRng, rows_scale: f32) {
+    // 2 x 2 CTAs of 128 x 128, two of them of 2 rows. (An n-tile of few columns can
+    // have a row sum under the bound by chance: whole n-tiles keep this test exact.)
+    let p = problem::<T>(rng, 130, 256, 64, 40);
+    let ((mma_l2, shfl_l2), got) = scores_counts(&p, Norm::L2NormGelu);
+    let ((mma_g, shfl_g), _) = scores_counts(&p, Norm::GeluL2Norm);
+    let o = PattentionOptions::default();
+    assert_close("plain l2_norm_gelu", &got, &reference(&p, &o), tolerance::<T>());
+    let warps = 4 * 4; // 4 CTAs of 4 warps
+    assert_eq!((mma_l2, shfl_l2), (mma_g + 32 * warps, 0), "{}: every CTA plain", <T as DType>::NAME);
+    assert!(shfl_g > 0, "the general epilogue reduces with shuffles");
+    // Row 3 all zero or scaled by rows_scale: row block 0's two CTAs go general.
+    for scale in [0.0, rows_scale] {
+        let mut q = Problem { x: p.x.clone(), k: p.k.clone(), v: p.v.clone(), ..p };
+        for c in 0..q.d_in {
+            q.x[3 * q.d_in + c] = T::from_f32(q.x[3 * q.d_in + c].to_f32() * scale);
+        }
+        let ((mma, shfl), got) = scores_counts(&q, Norm::L2NormGelu);
+        assert_eq!(mma, mma_g + 32 * warps, "{} x{scale}: the plain attempt runs everywhere", <T as DType>::NAME);
+        assert_eq!(2 * shfl, shfl_g, "{} x{scale}: 2 of the 4 CTAs general", <T as DType>::NAME);
+        assert_close(&format!("general l2_norm_gelu x{scale}"), &got, &reference(&q, &o), tolerance::<T>());
+    }
+}
+
+#[test]
+fn l2_norm_gelu_scores_are_plain_unless_a_row_forbids_it() {
+    let mut rng = StdRng::seed_from_u64(seed() ^ 0x5eed_0011);
+    plain_and_general_scores::<bf16>(&mut rng, 1e-35); // sum of squares under 2^-100
+    plain_and_general_scores::<f16>(&mut rng, 1e-4); // sum of squares under 2^-15
+}
+
 #[test]
 fn decode_and_tiled_paths_at_their_boundary() {
     let s = seed();

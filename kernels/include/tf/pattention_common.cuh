@@ -105,7 +105,11 @@ __device__ __forceinline__ void load4(const T* src, float (&v)[4]) {
 //
 // One entry per (row i, n-tile t), float2 (e, l):
 //   l2_norm_gelu: stored ĥ = A·2^-e with e = frexp exponent of max_t |A| (|ĥ| <= 1),
-//                 l = Σ_t ĥ² (from the f32 accumulators, before rounding ĥ)
+//                 l = Σ_t ĥ² (from the f32 accumulators, before rounding ĥ); or, in
+//                 the 16-bit tensor-core scores kernel when every row of the CTA's
+//                 tile has an ordinary sum (l2_plain_epilogue in
+//                 tf/pattention_scores_epilogue.cuh), e = 0: ĥ = A rounded, and
+//                 l = Σ_t ĥ² of those rounded values (on the tensor cores)
 //   gelu_l2_norm: the same with G = gelu(A) in place of A
 //   softmax:      stored ĥ = 2^(A·log2e - e) with e = ceil(max_t A·log2e) (ĥ <= 1; the
 //                 product A·log2e rounded once to f32, the same in both places;
@@ -307,9 +311,9 @@ struct Norm {
 // that is past the residue), so that every address the stream forms stays inside
 // the source for as long as its tiles are full ones.
 // Usage: construct on the tile at k = 0, then per tile issue() into the stage and
-// advance() by the step.
+// advance() by the step. (StreamGeometry: what the two streams share.)
 template <int ROWS, int CHUNKS, int THREADS, typename T>
-struct TileStream {
+struct StreamGeometry {
     using Sw = tf::Swizzle<CHUNKS>;
     static constexpr int kPer = ROWS * CHUNKS / THREADS;
     static constexpr int kRowStep = THREADS / CHUNKS;
@@ -317,6 +321,13 @@ struct TileStream {
     static_assert(sizeof(T) == 2, "16-bit tiles");
     static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
     static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+};
+
+template <int ROWS, int CHUNKS, int THREADS, typename T>
+struct TileStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
+    using G = StreamGeometry<ROWS, CHUNKS, THREADS, T>;
+    using typename G::Sw;
+    using G::kPer, G::kRowStep, G::kStepBytes;
 
     const T* src;     // the thread's first chunk in the current tile
     int64_t step;     // elements from one of the thread's chunks to the next
@@ -361,14 +372,10 @@ struct TileStream {
 // chunks load_tile gives it; chunk i sits off[i] elements after the first one.
 // Preconditions: 1 <= rows_valid, every tile streamed has all CHUNKS·8 columns.
 template <int ROWS, int CHUNKS, int THREADS, typename T>
-struct ClampedRowStream {
-    using Sw = tf::Swizzle<CHUNKS>;
-    static constexpr int kPer = ROWS * CHUNKS / THREADS;
-    static constexpr int kRowStep = THREADS / CHUNKS;
-    static constexpr int kStepBytes = kRowStep * Sw::kRowBytes;
-    static_assert(sizeof(T) == 2, "16-bit tiles");
-    static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
-    static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
+    using G = StreamGeometry<ROWS, CHUNKS, THREADS, T>;
+    using typename G::Sw;
+    using G::kPer, G::kRowStep, G::kStepBytes;
 
     const T* src;         // the thread's first chunk in the current tile
     int64_t off[kPer];    // elements from the first chunk to chunk i (off[0] = 0)

@@ -22,8 +22,10 @@
 // case. Softmax masks them (exp2 of a 0 score is not 0).
 //
 // Cost, per element (l2_norm_gelu): one max, one scale (FFMA), one square-add, half a
-// pack, and no branch. Two __syncthreads in all. kernels/NOTES-pattention.md counts
-// the SASS.
+// pack, and no branch. Two __syncthreads in all. l2_norm_gelu first tries its plain
+// path (l2_plain_epilogue: half a pack, half a store and a quarter of an HMMA an
+// element, no max, no scale), which every CTA whose rows are ordinary takes.
+// kernels/NOTES-pattention.md counts the SASS.
 #pragma once
 #include "tf_kernels.h"
 #include "tf/cuda_types.cuh"
@@ -58,6 +60,107 @@ __device__ __forceinline__ float l2_scale(float mx) {
 }
 __device__ __forceinline__ int l2_exponent(float mx) { return (int)((__float_as_uint(mx) >> 23) & 0xffu) - 126; }
 
+// The staged 16-bit tile's rows < `rows` to h (n-tile blockIdx.x of rows m0 ..),
+// 16 bytes a thread, columns past h_stride left alone.
+template <typename T, int BM, int THREADS>
+__device__ __forceinline__ void copy_out_tile(const tf_pattention_params& p, const uint16_t* tile, int64_t m0,
+                                              int rows, int tid) {
+    constexpr int kChunks = kTileN / 8;          // 16-byte chunks of a tile row
+    constexpr int kRowStep = THREADS / kChunks;  // rows between a thread's chunks
+    static_assert(THREADS % kChunks == 0 && BM % kRowStep == 0, "every thread copies the same chunks");
+    const unsigned row0 = (unsigned)tid / kChunks, ch = (unsigned)tid % kChunks;
+    const int64_t col = (int64_t)blockIdx.x * kTileN + 8 * ch;
+    if (col < p.h_stride) {
+        T* dst = reinterpret_cast<T*>(p.h) + (m0 + row0) * p.h_stride + col;
+        const int64_t step = kRowStep * p.h_stride;
+        const uint16_t* src = tile + row0 * kLd16 + 8 * ch;
+#pragma unroll
+        for (int i = 0; i < BM / kRowStep; ++i) {
+            if ((int)row0 + i * kRowStep < rows)
+                *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src + i * kRowStep * kLd16);
+            dst += step;
+        }
+    }
+}
+
+// Where a (row, n-tile)'s sum of squares of the unscaled 16-bit scores lies in
+// [l2_plain_min<T>(), kPlainMax], l2_norm_gelu stores the scores unscaled (e = 0):
+// see l2_plain_epilogue. Unscaled, only values that are subnormal in T lose
+// precision. f16: a sum >= 2^-15 over at most 128 values means a largest |value| >=
+// 2^-11, so a subnormal's error (at most 2^-25, half its ulp) is <= 2^-14 of the
+// tile row's largest value, under the 2^-12 that rounding that value costs.
+// bf16's subnormals start at 2^-126 (2^-134 error): 2^-100 leaves as much room.
+// Above: 2^100 keeps the sum of every tile's sum finite.
+template <typename T>
+__device__ __forceinline__ constexpr float l2_plain_min() {
+    return detail::same_type<T, __half>::value ? 0x1p-15f : 0x1p-100f;
+}
+constexpr float kPlainMax = 0x1p100f;
+
+// l2_norm_gelu's common case: the accumulators packed to 16 bits UNSCALED (e = 0),
+// and each row's sum of squares taken from exactly those 16-bit values on the tensor
+// cores, as the diagonal of the Gram matrix ĥ·ĥᵀ of each m16 block: for the k16
+// block of n8 tiles (2kk, 2kk + 1) the packed accumulators ARE an m16 x k16 A
+// fragment (a0 = rows g, a1 = rows g + 8, a2 / a3 the second n8 tile), and the top /
+// bottom 8 rows of it are the k16 x n8 B fragment (B[k][n] = ĥ[n][k]) of the rows
+// they hold. mma(A, B_top) puts Σ_k ĥ[g][k]² at C[g][g], mma(A, B_bottom) puts
+// Σ_k ĥ[g + 8][k]² at C[g + 8][g]: both in lane (g, q = g / 2), element g % 2 and
+// 2 + g % 2. 8 HMMA per m16 block replace 32 FFMA a thread, and no row maximum
+// and no scaling are needed. The packed tile goes to shared memory as in the
+// general path. Returns false (CTA-uniform, nothing written to global memory) when
+// some row < rows of the tile has a sum outside [l2_plain_min<T>(), kPlainMax]: a
+// row that is zero, tiny, huge, NaN or infinite (an overflowing pack gives an
+// infinite sum) goes through the general path, which rewrites the staged tile.
+// A stored value equals the general path's ĥ·2^e exactly (power-of-two scaling
+// commutes with rounding for normal numbers); only the sum's arithmetic differs.
+template <typename T, int BM, int WM, int WN, int MT, int NT, int WARPS_N, int THREADS>
+__device__ __forceinline__ bool l2_plain_epilogue(const tf_pattention_params& p, const float (&acc)[MT][NT][4],
+                                                  uint16_t* tile, float* red_sum, int64_t m0, int rows, int wm,
+                                                  int wn, int tid) {
+    static_assert(NT % 2 == 0, "n8 tiles pair into k16 blocks");
+    const int lane = tid % 32, g = lane / 4, q = lane % 4;
+    const bool diag = q == g / 2, odd = g % 2;
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+        uint32_t top[NT], bot[NT];
+#pragma unroll
+        for (int ni = 0; ni < NT; ++ni) {
+            top[ni] = tf::pack2<T>(acc[mi][ni][0], acc[mi][ni][1]);
+            bot[ni] = tf::pack2<T>(acc[mi][ni][2], acc[mi][ni][3]);
+            uint16_t* at = tile + (wm * WM + mi * 16 + g) * kLd16 + wn * WN + ni * 8 + 2 * q;
+            *reinterpret_cast<uint32_t*>(at) = top[ni];
+            *reinterpret_cast<uint32_t*>(at + 8 * kLd16) = bot[ni];
+        }
+        float ct[4] = {0.0f, 0.0f, 0.0f, 0.0f}, cb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; ++kk) {
+            const uint32_t a[4] = {top[2 * kk], bot[2 * kk], top[2 * kk + 1], bot[2 * kk + 1]};
+            const uint32_t bt[2] = {top[2 * kk], top[2 * kk + 1]};
+            const uint32_t bb[2] = {bot[2 * kk], bot[2 * kk + 1]};
+            tf::mma_m16n8k16<T>(ct, a, bt);
+            tf::mma_m16n8k16<T>(cb, a, bb);
+        }
+        if (diag) {
+            const int r = wm * WM + mi * 16 + g;
+            red_sum[wn * BM + r] = odd ? ct[1] : ct[0];
+            red_sum[wn * BM + r + 8] = odd ? cb[3] : cb[2];
+        }
+    }
+    __syncthreads();
+    float sum = 0.0f;
+    bool general = false;
+    if (tid < rows) {
+        sum = red_sum[tid];
+#pragma unroll
+        for (int w = 1; w < WARPS_N; ++w) sum += red_sum[w * BM + tid];
+        general = !(sum >= l2_plain_min<T>() && sum <= kPlainMax);  // NaN fails both
+    }
+    if (__syncthreads_or(general)) return false;
+    if (tid < rows) reinterpret_cast<float2*>(p.stats)[(m0 + tid) * p.n_tiles + blockIdx.x] = make_float2(0.0f, sum);
+    copy_out_tile<T, BM, THREADS>(p, tile, m0, rows, tid);
+    return true;
+}
+
 // The epilogue for one norm; the CTA's n-tile holds `valid` <= 128 columns of A. The
 // split path is the caller's (write_partial_fragments). `acc` is consumed.
 template <typename T, int NORM, int BM, int WM, int WN, int MT, int NT, int WARPS_N, int THREADS>
@@ -73,6 +176,10 @@ __device__ __forceinline__ void register_epilogue(const tf_pattention_params& p,
     float* red_sum = red_max + WARPS_N * BM;
     auto row_of = [&](int r) { return wm * WM + (r / 2) * 16 + (r % 2) * 8 + g; };
     constexpr bool kSoftmax = NORM == TF_NORM_SOFTMAX;
+    if constexpr (NORM == TF_NORM_L2_NORM_GELU) {
+        if (l2_plain_epilogue<T, BM, WM, WN, MT, NT, WARPS_N, THREADS>(p, acc, tile, red_sum, m0, rows, wm, wn, tid))
+            return;
+    }
     auto ok = [&](int ni, int j) { return !kSoftmax || wn * WN + ni * 8 + 2 * q + (j & 1) < valid; };
 
     // 1. The element-wise part before the statistics, and each row's maximum: of
@@ -173,22 +280,7 @@ __device__ __forceinline__ void register_epilogue(const tf_pattention_params& p,
         }
         reinterpret_cast<float2*>(p.stats)[(m0 + tid) * p.n_tiles + t_idx] = st;
     }
-    constexpr int kChunks = kTileN / 8;          // 16-byte chunks of a tile row
-    constexpr int kRowStep = THREADS / kChunks;  // rows between a thread's chunks
-    static_assert(THREADS % kChunks == 0 && BM % kRowStep == 0, "every thread copies the same chunks");
-    const unsigned row0 = (unsigned)tid / kChunks, ch = (unsigned)tid % kChunks;
-    const int64_t col = t_idx * kTileN + 8 * ch;
-    if (col < p.h_stride) {
-        T* dst = reinterpret_cast<T*>(p.h) + (m0 + row0) * p.h_stride + col;
-        const int64_t step = kRowStep * p.h_stride;
-        const uint16_t* src = tile + row0 * kLd16 + 8 * ch;
-#pragma unroll
-        for (int i = 0; i < BM / kRowStep; ++i) {
-            if ((int)row0 + i * kRowStep < rows)
-                *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src + i * kRowStep * kLd16);
-            dst += step;
-        }
-    }
+    copy_out_tile<T, BM, THREADS>(p, tile, m0, rows, tid);
 }
 
 // Split over d_in: the CTA's raw f32 accumulators to slice blockIdx.z of partial
