@@ -155,7 +155,9 @@ __device__ __forceinline__ bool l2_plain_epilogue(const tf_pattention_params& p,
         for (int w = 1; w < WARPS_N; ++w) sum += red_sum[w * BM + tid];
         general = !(sum >= l2_plain_min<T>() && sum <= kPlainMax);  // NaN fails both
     }
-    if (__syncthreads_or(general)) return false;
+    // (The vote makes the CTA-wide result visibly warp-uniform to the compiler: the
+    // general path's shuffles then need no divergence fallback.)
+    if (__any_sync(0xffffffffu, __syncthreads_or(general))) return false;
     if (tid < rows) reinterpret_cast<float2*>(p.stats)[(m0 + tid) * p.n_tiles + blockIdx.x] = make_float2(0.0f, sum);
     copy_out_tile<T, BM, THREADS>(p, tile, m0, rows, tid);
     return true;
