@@ -138,13 +138,15 @@ pub fn epilogue_table(rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<28} {:<6} {:>8} {:>7} {:>5}  vs main loop",
+        "{:<28} {:<6} {:>8} {:>7} {:>5}  vs main loop; tensor-core path (HMMA, no shuffle)",
         "epilogue of", "arch", "longest", "static", "loops"
     );
     for r in rows.iter().filter(|r| r.kernel.starts_with("pattention")) {
         let (Some(h), Some(e)) = (&r.hot, &r.epilogue) else { continue };
         let vs = epilogue_reference(&r.kernel).map_or("-".to_string(), |k| {
-            format!("{:.1} % of {:.0} x {:.0} (d_in = 1024)", 100.0 * e.longest / (h.total() * k), k, h.total())
+            let main = h.total() * k;
+            let tensor = e.tensor_path.map_or("none".to_string(), |p| format!("{p:.0} = {:.1} %", 100.0 * p / main));
+            format!("{:.1} % of {k:.0} x {:.0} (d_in = 1024); {tensor}", 100.0 * e.longest / main, h.total())
         });
         let _ = writeln!(
             s,
@@ -202,7 +204,7 @@ pub fn json(rows: &[Row]) -> serde_json::Value {
                 })),
                 "hmma_loops": r.loops.iter().map(|(h, p)| json!({"hmma": h, "issued_per_hmma": p})).collect::<Vec<_>>(),
                 "epilogue": r.epilogue.map(|e| json!({
-                    "longest_path": e.longest, "static": e.static_instrs, "loops": e.loops,
+                    "longest_path": e.longest, "static": e.static_instrs, "loops": e.loops, "tensor_path": e.tensor_path,
                 })),
             })
         })

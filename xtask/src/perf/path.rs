@@ -96,6 +96,10 @@ pub struct Epilogue {
     /// Backward branches inside it: each loop body is counted once, so with a
     /// loop `longest` is no bound.
     pub loops: usize,
+    /// The longest forward path to an `EXIT` that holds an HMMA and no shuffle:
+    /// the tensor-core epilogue, whose row statistics come from mma instead of
+    /// shuffles (the scores kernel's plain l2_norm_gelu path). None without one.
+    pub tensor_path: Option<f64>,
 }
 
 /// The epilogue of `f`, None when no loop holds an HMMA. Edges as in `issued`:
@@ -115,37 +119,49 @@ pub fn epilogue(f: &Function) -> Option<Epilogue> {
     let start = last_hmma_end(f, &loops(f))? + 1;
     let n = f.instrs.len();
     let index_of = |addr: u64| f.instrs[start..].iter().position(|x| x.addr == addr).map(|p| p + start);
-    let mut best = vec![f64::NEG_INFINITY; n + 1];
+    let none = f64::NEG_INFINITY;
+    // per instruction: the longest path to an EXIT; the same with no shuffle
+    // (any, and holding an HMMA)
+    let mut best = vec![none; n + 1];
+    let (mut no_shfl, mut tensor) = (vec![none; n + 1], vec![none; n + 1]);
     let mut back = 0;
     for i in (start..n).rev() {
         let x = &f.instrs[i];
         let (class, div) = (x.class(), x.opcode.starts_with("BRA.DIV"));
-        let mut b = if class == "EXIT" { 0.0 } else { f64::NEG_INFINITY };
+        let ends = if class == "EXIT" { 0.0 } else { none };
+        let (mut b, mut ns, mut tc) = (ends, ends, none);
         let falls_through = match class {
             "BRA" => x.cond || div,
             "EXIT" => x.cond,
             _ => true,
         };
+        let mut succ = Vec::new();
         if falls_through && i + 1 < n {
-            b = b.max(best[i + 1]);
+            succ.push(i + 1);
         }
         if class == "BRA" && !div {
             match x.target {
-                Some(t) if t > x.addr => {
-                    if let Some(j) = index_of(t) {
-                        b = b.max(best[j]);
-                    }
-                }
+                Some(t) if t > x.addr => succ.extend(index_of(t)),
                 Some(t) if t < x.addr => back += 1,
                 _ => {} // a branch to itself: the padding after the last EXIT
             }
         }
+        for j in succ {
+            b = b.max(best[j]);
+            ns = ns.max(no_shfl[j]);
+            tc = tc.max(if class == "HMMA" { no_shfl[j] } else { tensor[j] });
+        }
         best[i] = b + 1.0;
+        if class != "SHFL" {
+            no_shfl[i] = ns + 1.0;
+            tensor[i] = tc + 1.0;
+        }
     }
     (start < n && best[start].is_finite()).then(|| Epilogue {
         longest: best[start],
         static_instrs: n - start,
         loops: back,
+        tensor_path: tensor[start].is_finite().then_some(tensor[start]),
     })
 }
 
@@ -214,7 +230,32 @@ mod tests {
         let e = epilogue(f).unwrap();
         // BRA, 3 FADD, NOP, EXIT?, STG, EXIT = 8; the padding's self-branch is no loop
         assert_eq!((e.longest, e.static_instrs, e.loops), (8.0, 12, 0));
+        assert_eq!(e.tensor_path, None, "no HMMA after the main loop");
         let no_hmma = &parse(&sass(&["0000 FADD R1, R1, R1", "0010 @P0 BRA 0x0", "0020 EXIT"]))[0];
         assert!(epilogue(no_hmma).is_none());
+    }
+
+    #[test]
+    fn the_tensor_core_path_holds_an_hmma_and_no_shuffle() {
+        let f = &parse(&sass(&[
+            "0000 HMMA.16816.F32 R8, R4, R6, R8",
+            "0010 @P0 BRA 0x0",  // the main loop
+            "0020 @P1 BRA 0x70", // the plain path (an HMMA) or a shuffling one
+            "0030 HMMA.16816.F32 R20, R4, R6, R20",
+            "0040 @P2 BRA 0xb0", // the plain path goes on, or falls back
+            "0050 STS [R1], R20",
+            "0060 EXIT",
+            "0070 SHFL.BFLY PT, R2, R1, 0x1, 0x1f",
+            "0080 FADD R1, R1, R2",
+            "0090 FADD R1, R1, R2",
+            "00a0 FADD R1, R1, R2",
+            "00b0 SHFL.BFLY PT, R2, R1, 0x2, 0x1f", // the fallback shuffles
+            "00c0 STG.E [R2.64], R1",
+            "00d0 EXIT",
+        ]))[0];
+        let e = epilogue(f).unwrap();
+        // longest: BRA, HMMA, BRA, SHFL, STG, EXIT = 6 or BRA, SHFL, 3 FADD, SHFL, STG,
+        // EXIT = 8; tensor: BRA, HMMA, BRA, STS, EXIT = 5 (the fallback shuffles)
+        assert_eq!((e.longest, e.tensor_path), (8.0, Some(5.0)));
     }
 }
