@@ -17,7 +17,8 @@
 //        and the chunk's statistics (written by the y == 0 CTAs only). Full k-tiles
 //        use copies and ldmatrix offsets computed once (tf::pat::TileStream for
 //        K_P, plain 16-byte copies when the chunk has 128 tokens; X by
-//        ClampedRowStream, rows past t repeating row t - 1), the partial last
+//        ClampedRowStream, rows past t repeating row t - 1 when t > 48, zero-filled
+//        otherwise), the partial last
 //        k-tile load_tile's zero filling. A copy of the loop without per-m16-tile
 //        branches runs when t > 48.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
@@ -100,16 +101,18 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
 
     const int k_full = (int)(p.d_in / Tr::kBK);  // k-tiles with no d_in residue
 
-    // Full k-tiles stream through precomputed per-thread copies: X's rows past t repeat
-    // row t - 1 (plain copies; those rows of A are never read: the epilogue stops at
-    // t and P's rows past t are zero), K_P's tokens past the chunk are zero-filled
-    // unless the chunk is whole. The partial last k-tile goes through load_tile.
+    // Full k-tiles stream through precomputed per-thread copies: when all four m16
+    // tiles hold rows (t > 48), X's rows past t (at most 15) repeat row t - 1 (plain
+    // copies; those rows of A are never read: the epilogue stops at t and P's rows
+    // past t are zero); at t <= 48 they are zero-filled and read nothing. K_P's tokens
+    // past the chunk are zero-filled unless the chunk is whole. The partial last
+    // k-tile goes through load_tile.
     ClampedRowStream<Tr::kBM, Tr::kChunksA, Tr::kThreads, T> sx(gx, p.x_row_stride, rows, tid);
     TileStream<Tr::kChunk, Tr::kChunksA, Tr::kThreads, T> sk(gk, p.k_row_stride, tokens, Tr::kBK, tid);
-    auto load = [&](int kt, auto full_k) {
+    auto load = [&](int kt, auto full_k, auto full_m) {
         unsigned char* s = sR + (kt % Tr::kStagesA) * Tr::kStageA;
         if (kt < k_full) {
-            sx.issue(s);
+            sx.template issue<decltype(full_m)::value>(s);
             sk.template issue<decltype(full_k)::value>(s + Tr::kBytesX);
             sx.advance(Tr::kBK);
             sk.advance(Tr::kBK);
@@ -140,12 +143,12 @@ __device__ __forceinline__ void chunk_scores(const tf_pattention_params& p, unsi
     // and with no per-m16-tile branch when all four m16 tiles hold rows (t > 48).
     auto mainloop = [&](auto full_k, auto full_m) {
         const int mts = decltype(full_m)::value ? Tr::kMT : mt_active;
-        auto load_kt = [&](int kt) { load(kt, full_k); };
+        auto load_kt = [&](int kt) { load(kt, full_k, full_m); };
         ring_prologue<Tr::kStagesA>(k_tiles, load_kt);
         for (int kt = 0; kt < k_tiles; ++kt) {
             tf::cp_async_wait<Tr::kStagesA - 2>();
             __syncthreads();
-            if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1, full_k);
+            if (kt + Tr::kStagesA - 1 < k_tiles) load(kt + Tr::kStagesA - 1, full_k, full_m);
             tf::cp_async_commit();
             const unsigned char* st = sR + (kt % Tr::kStagesA) * Tr::kStageA;
 #pragma unroll

@@ -365,12 +365,14 @@ struct TileStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
     __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
 
-// A stream of whole-width tiles whose rows past rows_valid repeat row rows_valid - 1
-// instead of being zero-filled: every copy is a plain 16-byte one, with no source
-// size to select. Only for an operand whose rows past rows_valid are never read back
-// (their products land in accumulator rows nobody stores). Thread tid copies the
-// chunks load_tile gives it; chunk i sits off[i] elements after the first one.
-// Preconditions: 1 <= rows_valid, every tile streamed has all CHUNKS·8 columns.
+// A stream of whole-width tiles whose rows past rows_valid point at row
+// rows_valid - 1. issue<true>() copies them (every copy a plain 16-byte one, with no
+// source size to select: the tile's rows past rows_valid hold row rows_valid - 1);
+// issue<false>() zero-fills them and reads nothing. Only for an operand whose rows
+// past rows_valid are never read back (their products land in accumulator rows
+// nobody stores). Thread tid copies the chunks load_tile gives it; chunk i sits
+// off[i] elements after the first one. Preconditions: 1 <= rows_valid, every tile
+// streamed has all CHUNKS·8 columns.
 template <int ROWS, int CHUNKS, int THREADS, typename T>
 struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
     using G = StreamGeometry<ROWS, CHUNKS, THREADS, T>;
@@ -379,6 +381,7 @@ struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
 
     const T* src;         // the thread's first chunk in the current tile
     int64_t off[kPer];    // elements from the first chunk to chunk i (off[0] = 0)
+    int bytes[kPer];      // issue<false>'s source size of chunk i: 16, or 0 past rows_valid
     int soff;             // shared-memory offset of the thread's first chunk in a tile
 
     __device__ __forceinline__ ClampedRowStream(const T* g, int64_t ld, int rows_valid, int tid) {
@@ -390,11 +393,13 @@ struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
         for (int i = 0; i < kPer; ++i) {
             const int r = r0 + i * kRowStep;
             off[i] = (int64_t)((r < rows_valid ? r : rows_valid - 1) - first) * ld;
+            bytes[i] = r < rows_valid ? 16 : 0;
         }
     }
+    template <bool REPEAT>
     __device__ __forceinline__ void issue(unsigned char* s) const {
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) tf::cp_async_16(s + soff + i * kStepBytes, src + off[i], 16);
+        for (int i = 0; i < kPer; ++i) tf::cp_async_16(s + soff + i * kStepBytes, src + off[i], REPEAT ? 16 : bytes[i]);
     }
     __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
