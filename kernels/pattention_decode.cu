@@ -18,9 +18,8 @@
 //        use copies and ldmatrix offsets computed once (tf::pat::TileStream for
 //        K_P, plain 16-byte copies when the chunk has 128 tokens; X by
 //        ClampedRowStream, rows past t repeating row t - 1 when t > 48, zero-filled
-//        otherwise), the partial last
-//        k-tile load_tile's zero filling. A copy of the loop without per-m16-tile
-//        branches runs when t > 48.
+//        otherwise), the partial last k-tile load_tile's zero filling. A copy of
+//        the loop without per-m16-tile branches runs when t > 48.
 //      - l2_norm_gelu: the row norm is needed before the gelu, so
 //        pattention_scores ran first (same h and stats as the tiled path; split over
 //        d_in and summed by pattention_scores_reduce when the n-tiles are few); here each
