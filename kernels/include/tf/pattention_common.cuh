@@ -311,9 +311,9 @@ struct Norm {
 // that is past the residue), so that every address the stream forms stays inside
 // the source for as long as its tiles are full ones.
 // Usage: construct on the tile at k = 0, then per tile issue() into the stage and
-// advance() by the step. (StreamGeometry: what the two streams share.)
+// advance() by the step. (StreamBase: what the two streams share.)
 template <int ROWS, int CHUNKS, int THREADS, typename T>
-struct StreamGeometry {
+struct StreamBase {
     using Sw = tf::Swizzle<CHUNKS>;
     static constexpr int kPer = ROWS * CHUNKS / THREADS;
     static constexpr int kRowStep = THREADS / CHUNKS;
@@ -321,20 +321,24 @@ struct StreamGeometry {
     static_assert(sizeof(T) == 2, "16-bit tiles");
     static_assert(THREADS % CHUNKS == 0 && ROWS % kRowStep == 0, "a thread keeps one chunk column");
     static_assert(kRowStep % (Sw::kGroup << Sw::kShift) == 0, "rows kRowStep apart share a swizzle");
+
+    const T* src;  // the thread's first chunk in the current tile
+    int soff;      // shared-memory offset of the thread's first chunk in a tile
+
+    // Moves to the next tile, `elems` elements further on.
+    __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
 
 template <int ROWS, int CHUNKS, int THREADS, typename T>
-struct TileStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
-    using G = StreamGeometry<ROWS, CHUNKS, THREADS, T>;
+struct TileStream : StreamBase<ROWS, CHUNKS, THREADS, T> {
+    using G = StreamBase<ROWS, CHUNKS, THREADS, T>;
     using typename G::Sw;
-    using G::kPer, G::kRowStep, G::kStepBytes;
+    using G::kPer, G::kRowStep, G::kStepBytes, G::src, G::soff;
 
-    const T* src;     // the thread's first chunk in the current tile
     int64_t step;     // elements from one of the thread's chunks to the next
     int step32;       // the same as an int, when `narrow` (offsets from 32-bit products)
     bool narrow;      // every offset i·step of the stream fits an int of bytes
     int bytes[kPer];  // source size of each chunk
-    int soff;         // shared-memory offset of the thread's first chunk in a tile
 
     __device__ __forceinline__ TileStream(const T* g, int64_t ld, int rows_valid, int64_t cols_valid, int tid) {
         const int r0 = tid / CHUNKS, ch = tid % CHUNKS;
@@ -361,8 +365,6 @@ struct TileStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
                 tf::cp_async_16(s + soff + i * kStepBytes, src + (bytes[i] > 0 ? i : 0) * step, bytes[i]);
         }
     }
-    // Moves to the next tile, `elems` elements further on.
-    __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
 
 // A stream of whole-width tiles whose rows past rows_valid point at row
@@ -374,15 +376,13 @@ struct TileStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
 // off[i] elements after the first one. Preconditions: 1 <= rows_valid, every tile
 // streamed has all CHUNKS·8 columns.
 template <int ROWS, int CHUNKS, int THREADS, typename T>
-struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
-    using G = StreamGeometry<ROWS, CHUNKS, THREADS, T>;
+struct ClampedRowStream : StreamBase<ROWS, CHUNKS, THREADS, T> {
+    using G = StreamBase<ROWS, CHUNKS, THREADS, T>;
     using typename G::Sw;
-    using G::kPer, G::kRowStep, G::kStepBytes;
+    using G::kPer, G::kRowStep, G::kStepBytes, G::src, G::soff;
 
-    const T* src;         // the thread's first chunk in the current tile
-    int64_t off[kPer];    // elements from the first chunk to chunk i (off[0] = 0)
-    int bytes[kPer];      // issue<false>'s source size of chunk i: 16, or 0 past rows_valid
-    int soff;             // shared-memory offset of the thread's first chunk in a tile
+    int64_t off[kPer];  // elements from the first chunk to chunk i (off[0] = 0)
+    int bytes[kPer];    // issue<false>'s source size of chunk i: 16, or 0 past rows_valid
 
     __device__ __forceinline__ ClampedRowStream(const T* g, int64_t ld, int rows_valid, int tid) {
         const int r0 = tid / CHUNKS, ch = tid % CHUNKS;
@@ -401,7 +401,6 @@ struct ClampedRowStream : StreamGeometry<ROWS, CHUNKS, THREADS, T> {
 #pragma unroll
         for (int i = 0; i < kPer; ++i) tf::cp_async_16(s + soff + i * kStepBytes, src + off[i], REPEAT ? 16 : bytes[i]);
     }
-    __device__ __forceinline__ void advance(int64_t elems) { src += elems; }
 };
 
 // One k16 step of a warp's MT x NT tile: acc[mi][nt] += A(mi)·B(nt) for the m16
